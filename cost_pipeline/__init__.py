@@ -1,0 +1,1 @@
+"""cost_pipeline: transcripts in, cleaned turns, function calls and exact LLM costs out."""

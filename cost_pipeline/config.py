@@ -1,0 +1,26 @@
+"""Settings from the environment, each with a default that works on a laptop.
+
+A setting that is present in the environment reaches resources as `dg.EnvVar`, so the
+Dagster UI shows the variable's name rather than its value and each run resolves it
+at launch; the default applies only when the variable is absent.
+"""
+
+import os
+
+import dagster as dg
+
+DB_ENV = "COST_PIPELINE_DB"
+DEFAULT_DB = "data/cost_pipeline.duckdb"
+
+LANDING_ENV = "COST_PIPELINE_LANDING"
+DEFAULT_LANDING = "data/landing"
+
+
+def env_or_default(name: str, default: str) -> str | dg.EnvVar:
+    """`dg.EnvVar(name)` when the variable is set, else the documented default."""
+    return dg.EnvVar(name) if os.environ.get(name) else default
+
+
+def resolved(name: str, default: str) -> str:
+    """The setting's value now, for code outside Dagster (the CLI)."""
+    return os.environ.get(name) or default

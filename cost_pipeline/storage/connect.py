@@ -1,0 +1,61 @@
+"""Opening the DuckDB file when another process may hold it.
+
+DuckDB lets one process write a database file, or several read it, never both: a second
+process gets an `IOException` ("Could not set lock on file") at connect time. Our writers
+hold the file only for one short transaction, so waiting with jittered exponential
+backoff lets concurrent runs (and a report reading mid-run) take turns instead of
+failing. After `timeout_s` the error names the file and the lock holder.
+"""
+
+import random
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import duckdb
+
+LOCK_MESSAGE = "Could not set lock on file"
+
+
+class DatabaseBusy(TimeoutError):
+    """Another process kept the DuckDB file locked for longer than we were willing to wait."""
+
+
+@contextmanager
+def connect(
+    database: str | Path,
+    *,
+    read_only: bool = False,
+    timeout_s: float = 120.0,
+    first_delay_s: float = 0.02,
+    max_delay_s: float = 1.0,
+) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A connection to `database`, retried while another process holds its lock; closed on exit."""
+    path = Path(database)
+    if not read_only:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + timeout_s
+    delay = first_delay_s
+    attempts = 0
+    while True:
+        attempts += 1
+        try:
+            connection = duckdb.connect(str(path), read_only=read_only)
+            break
+        except duckdb.IOException as err:
+            if LOCK_MESSAGE not in str(err):
+                raise
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise DatabaseBusy(
+                    f"DuckDB file {path} stayed locked by another process for {timeout_s:.0f}s "
+                    f"({attempts} attempts): {err}"
+                ) from None
+            time.sleep(min(remaining, random.uniform(0, delay)))
+            delay = min(max_delay_s, delay * 2)
+    try:
+        connection.execute("SET TimeZone = 'UTC'")
+        yield connection
+    finally:
+        connection.close()
