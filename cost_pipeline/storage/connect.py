@@ -9,7 +9,7 @@ failing. After `timeout_s` the error names the file and the lock holder.
 
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -30,12 +30,17 @@ def connect(
     timeout_s: float = 120.0,
     first_delay_s: float = 0.02,
     max_delay_s: float = 1.0,
+    on_wait: Callable[[str], None] | None = None,
 ) -> Iterator[duckdb.DuckDBPyConnection]:
-    """A connection to `database`, retried while another process holds its lock; closed on exit."""
+    """A connection to `database`, retried while another process holds its lock; closed on exit.
+
+    `on_wait` hears one sentence when the connection had to wait, so runs can log contention.
+    """
     path = Path(database)
     if not read_only:
         path.parent.mkdir(parents=True, exist_ok=True)
-    deadline = time.monotonic() + timeout_s
+    started = time.monotonic()
+    deadline = started + timeout_s
     delay = first_delay_s
     attempts = 0
     while True:
@@ -54,6 +59,8 @@ def connect(
                 ) from None
             time.sleep(min(remaining, random.uniform(0, delay)))
             delay = min(max_delay_s, delay * 2)
+    if attempts > 1 and on_wait:
+        on_wait(f"waited {time.monotonic() - started:.1f}s ({attempts} attempts) for the lock on DuckDB file {path}")
     try:
         connection.execute("SET TimeZone = 'UTC'")
         yield connection

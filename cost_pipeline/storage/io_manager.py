@@ -75,7 +75,7 @@ class PartitionBatchIOManager(dg.IOManager):
             return
         writes = [pending[name] for name in sorted(batch)]
         del self._pending[key]
-        with connect(self.database, timeout_s=self.lock_timeout_s) as connection:
+        with connect(self.database, timeout_s=self.lock_timeout_s, on_wait=context.log.info) as connection:
             replace_partitions(connection, writes)
         context.log.info(
             "committed "
@@ -90,7 +90,7 @@ class PartitionBatchIOManager(dg.IOManager):
         partitions = (
             [date.fromisoformat(key) for key in context.asset_partition_keys] if context.has_asset_partitions else None
         )
-        with connect(self.database, read_only=True, timeout_s=self.lock_timeout_s) as connection:
+        with connect(self.database, read_only=True, timeout_s=self.lock_timeout_s, on_wait=context.log.info) as connection:
             return read_slice(connection, table, partitions, schema)
 
     def _table_write(self, context: dg.OutputContext, frame: pd.DataFrame) -> TableWrite:

@@ -1,0 +1,51 @@
+"""The console script: `generate` is deterministic, `demo` runs a day end to end."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import duckdb
+
+from cost_pipeline.cli import main
+from cost_pipeline.landing import read_landing_day
+
+CLI = str(Path(sys.executable).with_name("cost-pipeline"))
+
+
+def test_generate_is_deterministic_for_a_seed(tmp_path, capsys):
+    for name, seed in (("a", 4), ("b", 4), ("c", 5)):
+        assert main(["generate", "--start", "2026-11-01", "--days", "2", "--turns-per-day", "300",
+                     "--seed", str(seed), "--landing", str(tmp_path / name)]) == 0
+    files = lambda name: {p.relative_to(tmp_path / name): p.read_bytes() for p in (tmp_path / name).rglob("*.jsonl")}
+    assert files("a") == files("b")
+    assert files("a") != files("c")
+    assert "2026-11-02: 300 turns, 9 malformed lines" in capsys.readouterr().out
+
+
+def test_generated_days_read_like_speech_and_repeat_user_texts(tmp_path):
+    main(["generate", "--start", "2026-11-01", "--turns-per-day", "2000", "--landing", str(tmp_path)])
+    day = read_landing_day(tmp_path / "2026-11-01")
+    user_texts = [t.text for t in day.turns if t.speaker == "User"]
+    repeated_share = 1 - len(set(user_texts)) / len(user_texts)
+    assert len(day.turns) == 2000
+    assert 0.2 < repeated_share < 0.45
+    assert sum(any(f" {w} " in f" {t} " for w in ("um", "uh", "like")) for t in user_texts) > len(user_texts) / 3
+    assert any("-" in word and word.split("-")[0] == word.split("-")[1][:1] for t in user_texts for word in t.split())
+    assert len({t.conversation_id for t in day.turns}) > 100
+
+
+def test_demo_materializes_a_day_and_says_where_to_look(tmp_path):
+    env = {
+        **os.environ,
+        "COST_PIPELINE_DB": str(tmp_path / "demo.duckdb"),
+        "COST_PIPELINE_LANDING": str(tmp_path / "landing"),
+        "DAGSTER_HOME": str(tmp_path / "home"),
+    }
+    result = subprocess.run([CLI, "demo", "--day", "2026-11-03", "--turns", "400"], env=env, cwd=tmp_path,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    assert "raw_turns" in result.stdout and "http://127.0.0.1:3000" in result.stdout
+    with duckdb.connect(env["COST_PIPELINE_DB"], read_only=True) as connection:
+        assert connection.execute("SELECT count(*) FROM raw_turns WHERE partition_date = '2026-11-03'").fetchone() == (400,)
+    assert any((tmp_path / "home").iterdir()), "the run should be recorded in DAGSTER_HOME for the UI"

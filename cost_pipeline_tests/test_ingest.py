@@ -1,0 +1,89 @@
+"""raw_turns and quarantined_turns, materialized by Dagster from generated landing days."""
+
+from datetime import date
+
+import duckdb
+import pytest
+
+from cost_pipeline.landing import LandingFolderMissing
+from cost_pipeline.synthetic import MALFORMED_KINDS, generate
+
+from .conftest import materialize_day
+
+DAY1, DAY2 = date(2026, 11, 1), date(2026, 11, 2)
+
+
+def partition_counts(database, table: str) -> dict[str, int]:
+    with duckdb.connect(str(database), read_only=True) as connection:
+        return {str(day): n for day, n in connection.execute(f"SELECT partition_date, count(*) FROM {table} GROUP BY 1").fetchall()}
+
+
+def test_two_generated_days_land_with_exact_counts_and_metadata(landing_root, database):
+    summaries = generate(landing_root, DAY1, days=2, turns_per_day=700, seed=3)
+    results = [materialize_day(day.day, landing_root, database) for day in summaries]
+
+    assert partition_counts(database, "raw_turns") == {str(s.day): s.good_lines for s in summaries}
+    assert partition_counts(database, "quarantined_turns") == {str(s.day): len(MALFORMED_KINDS) for s in summaries}
+    with duckdb.connect(str(database), read_only=True) as connection:
+        codes = connection.execute("SELECT DISTINCT reason_code FROM quarantined_turns ORDER BY 1").fetchall()
+    assert [code for (code,) in codes] == sorted(MALFORMED_KINDS)
+
+    metadata = results[0].asset_materializations_for_node("landed_turns")[0].metadata
+    by_asset = {m.asset_key.path[-1]: m.metadata for m in results[0].asset_materializations_for_node("landed_turns")}
+    assert by_asset["raw_turns"]["rows"].value == summaries[0].good_lines
+    assert by_asset["raw_turns"]["quarantined"].value == len(MALFORMED_KINDS)
+    assert by_asset["raw_turns"]["conversations"].value == summaries[0].conversations
+    assert by_asset["raw_turns"]["evaluations"].value == 5
+    assert by_asset["quarantined_turns"]["reasons"].value == {kind: 1 for kind in MALFORMED_KINDS}
+    assert metadata["dagster/row_count"].value in (summaries[0].good_lines, len(MALFORMED_KINDS))
+
+
+def test_rematerializing_a_partition_leaves_exactly_the_same_rows(landing_root, database):
+    generate(landing_root, DAY1, days=2, turns_per_day=300, seed=5)
+    materialize_day(DAY1, landing_root, database)
+    materialize_day(DAY2, landing_root, database)
+    query = "SELECT * EXCLUDE (run_id) FROM raw_turns ORDER BY partition_date, turn_id"
+    with duckdb.connect(str(database), read_only=True) as connection:
+        before = connection.execute(query).df()
+    second = materialize_day(DAY1, landing_root, database)
+    with duckdb.connect(str(database), read_only=True) as connection:
+        after = connection.execute(query).df()
+        runs = connection.execute("SELECT partition_date, count(DISTINCT run_id), min(run_id) FROM raw_turns GROUP BY 1 ORDER BY 1").fetchall()
+    assert len(after) == 600
+    assert before.equals(after)
+    assert runs[0][1:] == (1, second.run_id)
+
+
+def test_bad_lines_beside_good_ones_in_a_dagster_run(landing_root, database):
+    folder = landing_root / str(DAY1)
+    folder.mkdir()
+    good = '{"evaluation_id":"e","conversation_id":"c","turn_index":%d,"speaker":"user","text":"hi %d","created_at":"2026-11-01T09:00:00"}'
+    (folder / "mixed.jsonl").write_bytes(
+        "\n".join([good % (0, 0), "{broken", good % (1, 1), '{"evaluation_id":"e"}', good % (2, 2)]).encode() + b"\n\xff\n"
+    )
+    materialize_day(DAY1, landing_root, database)
+    with duckdb.connect(str(database), read_only=True) as connection:
+        kept = connection.execute("SELECT turn_index, speaker FROM raw_turns ORDER BY 1").fetchall()
+        bad = connection.execute("SELECT line_number, reason_code FROM quarantined_turns ORDER BY 1").fetchall()
+    assert kept == [(0, "User"), (1, "User"), (2, "User")]
+    assert bad == [(2, "not_json"), (4, "missing_field"), (6, "invalid_utf8")]
+
+
+def test_a_missing_landing_folder_fails_the_run_with_its_name(landing_root, database):
+    with pytest.raises(LandingFolderMissing, match=r"No landing folder for partition 2026-11-09: expected .*2026-11-09"):
+        materialize_day("2026-11-09", landing_root, database)
+
+
+def test_the_landing_limit_is_run_config(landing_root, database):
+    generate(landing_root, DAY1, days=1, turns_per_day=200, seed=1)
+    materialize_day(
+        DAY1,
+        landing_root,
+        database,
+        run_config={"resources": {"landing": {"config": {"root": str(landing_root), "max_text_chars": 40}}}},
+    )
+    with duckdb.connect(str(database), read_only=True) as connection:
+        too_long = connection.execute("SELECT count(*) FROM quarantined_turns WHERE reason_code = 'text_too_long'").fetchone()[0]
+        longest = connection.execute("SELECT max(length(text)) FROM raw_turns").fetchone()[0]
+    assert too_long > 1
+    assert longest <= 40
