@@ -58,7 +58,8 @@ def run_demo(day: date, turns: int, seed: int) -> int:
     print(f"generated {summary.good_lines} turns and {summary.malformed_lines} malformed lines for {day} in {landing}")
     with dg.DagsterInstance.get() as instance:
         result = defs.resolve_job_def("daily_pipeline").execute_in_process(
-            partition_key=day.isoformat(), instance=instance, raise_on_error=False
+            partition_key=day.isoformat(), instance=instance, raise_on_error=False,
+            run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},
         )
     if not result.success:
         print(f"run {result.run_id} failed; see the UI or the logs above", file=sys.stderr)

@@ -24,3 +24,14 @@ def env_or_default(name: str, default: str) -> str | dg.EnvVar:
 def resolved(name: str, default: str) -> str:
     """The setting's value now, for code outside Dagster (the CLI)."""
     return os.environ.get(name) or default
+
+
+API_KEY_ENVS = ("GEMINI_API_KEY", "GOOGLE_API_KEY")
+
+
+def gemini_api_key() -> dg.EnvVar | None:
+    """The Gemini key as an `EnvVar` (never its value), or None to use the local server."""
+    for name in API_KEY_ENVS:
+        if os.environ.get(name):
+            return dg.EnvVar(name)
+    return None

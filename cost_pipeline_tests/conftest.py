@@ -1,14 +1,61 @@
-"""Shared fixtures: a temp landing folder and DuckDB file, and a way to materialize a day."""
+"""Shared fixtures: a temp landing folder and DuckDB file, the shipped model server, and runs of a day."""
 
+import json
+import urllib.request
 from datetime import date
 from pathlib import Path
 
 import dagster as dg
 import pytest
 
+from cost_pipeline.assets import ingest
 from cost_pipeline.definitions import all_assets
+from cost_pipeline.llm.client import GeminiResource
+from cost_pipeline.llm.local_server import ServerConfig, running_local_server
 from cost_pipeline.resources import LandingResource
 from cost_pipeline.storage.io_manager import DuckDBPartitionIOManager
+
+INGEST_ASSETS = dg.load_assets_from_modules([ingest])
+
+
+class ModelServer:
+    """The shipped Gemini-compatible server in a child process, reconfigured per test."""
+
+    def __init__(self, url: str):
+        self.url = url
+
+    def _send(self, path: str, payload: dict | None = None) -> dict:
+        data = None if payload is None else json.dumps(payload).encode()
+        request = urllib.request.Request(self.url + path, data=data, method="GET" if data is None else "POST",
+                                         headers={"content-type": "application/json"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return json.loads(response.read())
+
+    def configure(self, **changes) -> dict:
+        return self._send("/admin/config", changes)
+
+    def reset(self) -> None:
+        self._send("/admin/reset", {})
+        self.configure(**{k: v for k, v in ServerConfig().__dict__.items()})
+
+    def stats(self) -> dict:
+        return self._send("/admin/stats")
+
+    def requests(self) -> list[dict]:
+        return self._send("/admin/requests")["requests"]
+
+
+@pytest.fixture(scope="session")
+def _model_server_url():
+    with running_local_server(ServerConfig()) as url:
+        yield url
+
+
+@pytest.fixture
+def model_server(_model_server_url) -> ModelServer:
+    server = ModelServer(_model_server_url)
+    server.reset()
+    return server
 
 
 @pytest.fixture
@@ -23,18 +70,23 @@ def database(tmp_path: Path) -> Path:
     return tmp_path / "store.duckdb"
 
 
-def local_resources(landing_root: Path, database: Path) -> dict:
-    return {
+def local_resources(landing_root: Path, database: Path, model_server: ModelServer | None = None, **gemini) -> dict:
+    resources = {
         "io_manager": DuckDBPartitionIOManager(database=str(database)),
         "landing": LandingResource(root=str(landing_root)),
     }
+    if model_server is not None:
+        options = {"initial_backoff_s": 0.01, "max_backoff_s": 0.2, "timeout_s": 5.0, **gemini}
+        resources["gemini"] = GeminiResource(base_url=model_server.url, cache_database=str(database), **options)
+    return resources
 
 
-def materialize_day(day: date | str, landing_root: Path, database: Path, **kwargs) -> dg.ExecuteInProcessResult:
-    """A real Dagster materialization of every asset for one partition."""
+def materialize_day(day: date | str, landing_root: Path, database: Path, model_server: ModelServer | None = None,
+                    gemini: dict | None = None, **kwargs) -> dg.ExecuteInProcessResult:
+    """A real Dagster materialization of one partition: ingest only, or the whole graph given a model server."""
     return dg.materialize(
-        all_assets,
+        all_assets if model_server is not None else INGEST_ASSETS,
         partition_key=str(day),
-        resources=local_resources(landing_root, database),
+        resources=local_resources(landing_root, database, model_server, **(gemini or {})),
         **kwargs,
     )

@@ -1,0 +1,189 @@
+"""cleaned_turns, function_calls and llm_calls: one step per day through Gemini, committed as one batch.
+
+The three tables are outputs of one step and the IO manager commits them in a single
+transaction, so a day's turns, decisions and the calls that paid for them always come
+from the same run. New response-cache entries are written first, so a run that fails
+after paying for answers does not pay for them again.
+"""
+
+import asyncio
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+from pydantic import Field
+
+from cost_pipeline.llm.cache import ResponseCache
+from cost_pipeline.llm.client import FAILED, GeminiResource
+from cost_pipeline.llm.processing import DayResult, process_day, text_hash
+from cost_pipeline.partitions import daily_partitions
+
+_ID_COLUMNS = [
+    dg.TableColumn("turn_id", "VARCHAR"),
+    dg.TableColumn("evaluation_id", "VARCHAR"),
+    dg.TableColumn("conversation_id", "VARCHAR"),
+    dg.TableColumn("turn_index", "INTEGER"),
+]
+_OUTCOME_COLUMNS = [
+    dg.TableColumn("processing_ms", "INTEGER", description="Wall time for this turn's call, queueing and retries included."),
+    dg.TableColumn("status", "VARCHAR", description="ok, or failed with the error."),
+    dg.TableColumn("error", "VARCHAR"),
+    dg.TableColumn("call_id", "VARCHAR", description="The llm_calls row that produced this one."),
+]
+CLEANED_TURNS_SCHEMA = dg.TableSchema(columns=[
+    *_ID_COLUMNS,
+    dg.TableColumn("speaker", "VARCHAR"),
+    dg.TableColumn("created_at", "TIMESTAMPTZ"),
+    dg.TableColumn("raw_text", "VARCHAR"),
+    dg.TableColumn("cleaned_text", "VARCHAR", description="Null when cleaning failed."),
+    dg.TableColumn("cleaning_model", "VARCHAR"),
+    dg.TableColumn("confidence", "DOUBLE"),
+    dg.TableColumn("changes", "VARCHAR", description="JSON list of what cleaning changed."),
+    *_OUTCOME_COLUMNS,
+])
+FUNCTION_CALLS_SCHEMA = dg.TableSchema(columns=[
+    *_ID_COLUMNS,
+    dg.TableColumn("function_name", "VARCHAR", description="The tool Gemini called; null for no call."),
+    dg.TableColumn("arguments", "VARCHAR", description="The call's arguments as JSON."),
+    dg.TableColumn("model", "VARCHAR"),
+    *_OUTCOME_COLUMNS,
+])
+_TOKEN_COLUMNS = ["input_tokens", "output_tokens", "thinking_tokens", "cached_tokens", "tool_prompt_tokens", "total_tokens"]
+_SAVED_COLUMNS = ["saved_input_tokens", "saved_cached_tokens", "saved_output_tokens", "saved_thinking_tokens"]
+LLM_CALLS_SCHEMA = dg.TableSchema(columns=[
+    dg.TableColumn("call_id", "VARCHAR", description="Stable per turn and stage."),
+    dg.TableColumn("evaluation_id", "VARCHAR"),
+    dg.TableColumn("conversation_id", "VARCHAR"),
+    dg.TableColumn("turn_id", "VARCHAR"),
+    dg.TableColumn("stage", "VARCHAR", description="clean or function."),
+    dg.TableColumn("model", "VARCHAR"),
+    dg.TableColumn("input_tokens", "BIGINT", description="promptTokenCount, cached tokens included."),
+    dg.TableColumn("output_tokens", "BIGINT", description="candidatesTokenCount."),
+    dg.TableColumn("thinking_tokens", "BIGINT", description="thoughtsTokenCount."),
+    dg.TableColumn("cached_tokens", "BIGINT", description="cachedContentTokenCount: the cached part of input_tokens."),
+    dg.TableColumn("tool_prompt_tokens", "BIGINT", description="toolUsePromptTokenCount."),
+    dg.TableColumn("total_tokens", "BIGINT"),
+    *(dg.TableColumn(name, "BIGINT", description="Tokens a cache hit avoided paying for.") for name in _SAVED_COLUMNS),
+    dg.TableColumn("usage_source", "VARCHAR", description="reported, estimated (usage missing), cache, or none (failed)."),
+    dg.TableColumn("latency_ms", "DOUBLE", description="The answering attempt's HTTP time."),
+    dg.TableColumn("tokens_per_second", "DOUBLE", description="(output + thinking) tokens / latency."),
+    dg.TableColumn("attempts", "INTEGER"),
+    dg.TableColumn("cache_hit", "BOOLEAN"),
+    dg.TableColumn("status", "VARCHAR"),
+    dg.TableColumn("error", "VARCHAR"),
+    dg.TableColumn("request_hash", "VARCHAR", description="The response-cache key."),
+    dg.TableColumn("called_at", "TIMESTAMPTZ"),
+])
+
+
+class GeminiStageConfig(dg.Config):
+    max_failure_share: float = Field(
+        default=0.05, description="Fail the run, writing nothing, when more calls than this share fail."
+    )
+    progress_every: int = Field(default=500, description="Log progress every N turns.")
+
+
+def _out(description: str, schema: dg.TableSchema) -> dg.AssetOut:
+    return dg.AssetOut(description=description, metadata={"dagster/column_schema": schema}, kinds={"gemini", "duckdb"})
+
+
+@dg.multi_asset(
+    outs={
+        "cleaned_turns": _out("Every raw turn with its Gemini-cleaned text, or the error that stopped it.", CLEANED_TURNS_SCHEMA),
+        "function_calls": _out("Gemini's function-calling decision for each cleaned user turn.", FUNCTION_CALLS_SCHEMA),
+        "llm_calls": _out("One row per Gemini call: tokens by kind, latency, attempts, cache use, status.", LLM_CALLS_SCHEMA),
+    },
+    partitions_def=daily_partitions,
+    group_name="gemini",
+)
+def turns_through_gemini(context: dg.AssetExecutionContext, config: GeminiStageConfig, gemini: GeminiResource,
+                         raw_turns: pd.DataFrame):
+    """Clean the day's turns and decide function calls with Gemini, accounting for every call."""
+    cache = ResponseCache(gemini.cache_database, gemini.cache_enabled)
+    loaded = cache.load([text_hash(text) for text in raw_turns["text"]])
+    result, stats, latencies = asyncio.run(_run_day(raw_turns, gemini, cache, context.log.info, config.progress_every))
+    written = cache.flush()
+    cleaned = _frame(result.cleaned, CLEANED_TURNS_SCHEMA, ["conversation_id", "turn_index"])
+    functions = _frame(result.functions, FUNCTION_CALLS_SCHEMA, ["conversation_id", "turn_index"])
+    calls = _frame(result.calls, LLM_CALLS_SCHEMA, ["turn_id", "stage"])
+
+    failed = int((calls["status"] == FAILED).sum())
+    if stats["estimated"]:
+        context.log.warning(f"{stats['estimated']} responses carried no usage metadata; their usage is estimated")
+    if len(calls) and failed / len(calls) > config.max_failure_share:
+        raise dg.Failure(
+            description=f"{failed} of {len(calls)} Gemini calls failed, over the limit of {config.max_failure_share:.0%}; "
+            "nothing was written for this partition",
+            metadata={"failed_calls": failed, "calls": len(calls),
+                      "first_errors": dg.MetadataValue.md(_error_table(calls))},
+        )
+    context.add_output_metadata(_cleaned_metadata(cleaned), output_name="cleaned_turns")
+    context.add_output_metadata(_function_metadata(functions), output_name="function_calls")
+    context.add_output_metadata(
+        _call_metadata(calls, stats, latencies, result, cache_loaded=loaded, cache_written=written), output_name="llm_calls"
+    )
+    return cleaned, functions, calls
+
+
+async def _run_day(turns: pd.DataFrame, gemini: GeminiResource, cache: ResponseCache, log, progress_every: int):
+    session = gemini.session(cache)
+    try:
+        result = await process_day(turns, session, log, progress_every)
+    finally:
+        await session.aclose()
+    return result, session.stats, session.latencies_ms
+
+
+def _frame(rows: list[dict], schema: dg.TableSchema, order: list[str]) -> pd.DataFrame:
+    return pd.DataFrame(rows, columns=[c.name for c in schema.columns]).sort_values(order, ignore_index=True)
+
+
+def _cleaned_metadata(cleaned: pd.DataFrame) -> dict:
+    ok = cleaned[cleaned["status"] != FAILED]
+    return {
+        "rows": len(cleaned),
+        "failed": int((cleaned["status"] == FAILED).sum()),
+        "mean_confidence": float(ok["confidence"].mean()) if len(ok) else 0.0,
+        "changed_turns": int((ok["cleaned_text"] != ok["raw_text"]).sum()),
+    }
+
+
+def _function_metadata(functions: pd.DataFrame) -> dict:
+    counts = functions["function_name"].fillna("(no call)").value_counts()
+    table = "\n".join(["| function | decisions |", "|---|---|", *(f"| {name} | {n} |" for name, n in counts.items())])
+    return {
+        "rows": len(functions),
+        "with_call": int(functions["function_name"].notna().sum()),
+        "failed": int((functions["status"] == FAILED).sum()),
+        "by_function": dg.MetadataValue.md(table),
+    }
+
+
+def _call_metadata(calls: pd.DataFrame, stats, latencies: list[float], result: DayResult, cache_loaded: int,
+                   cache_written: int) -> dict:
+    turns = len(result.cleaned)
+    metadata = {
+        "calls": len(calls),
+        "api_calls": int(stats["api_calls"]),
+        "cache_hits": int(calls["cache_hit"].sum()),
+        "retries": int(stats["retries"]),
+        "failures": int((calls["status"] == FAILED).sum()),
+        "estimated_usage_calls": int((calls["usage_source"] == "estimated").sum()),
+        **{name: int(calls[name].sum()) for name in _TOKEN_COLUMNS},
+        "saved_tokens": int(calls[_SAVED_COLUMNS].sum().sum()),
+        "latency_p50_ms": float(np.percentile(latencies, 50)) if latencies else 0.0,
+        "latency_p95_ms": float(np.percentile(latencies, 95)) if latencies else 0.0,
+        "turns_per_second": turns / result.elapsed_s if result.elapsed_s else 0.0,
+        "elapsed_s": result.elapsed_s,
+        "cache_entries_loaded": cache_loaded,
+        "cache_entries_written": cache_written,
+    }
+    if metadata["failures"]:
+        metadata["first_errors"] = dg.MetadataValue.md(_error_table(calls))
+    return metadata
+
+
+def _error_table(calls: pd.DataFrame, limit: int = 10) -> str:
+    failed = calls[calls["status"] == FAILED].head(limit)
+    rows = [f"| {r.turn_id} | {r.stage} | {str(r.error).replace('|', '/')[:200]} |" for r in failed.itertuples()]
+    return "\n".join(["| turn | stage | error |", "|---|---|---|", *rows])

@@ -1,0 +1,94 @@
+"""The response cache: an identical request is never paid for twice, across runs.
+
+Entries live in the DuckDB table `llm_response_cache`, keyed by the request hash
+(model, system instruction, tools, contents, generation config). A run loads only
+the entries whose turn text it is about to send, serves hits from memory, and writes
+its new entries in one transaction when its calls are done, before its outputs are
+committed: a paid answer is remembered even if the run later fails.
+"""
+
+import json
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+
+from cost_pipeline.llm.usage import CACHE, Usage
+from cost_pipeline.storage.connect import connect
+from cost_pipeline.storage.tables import table_exists
+
+TABLE = "llm_response_cache"
+DDL = f"""
+CREATE TABLE IF NOT EXISTS {TABLE} (
+    request_hash VARCHAR PRIMARY KEY,
+    text_hash VARCHAR NOT NULL,
+    stage VARCHAR NOT NULL,
+    model VARCHAR NOT NULL,
+    result_json VARCHAR NOT NULL,
+    input_tokens BIGINT, output_tokens BIGINT, thinking_tokens BIGINT, cached_tokens BIGINT,
+    tool_prompt_tokens BIGINT, total_tokens BIGINT, usage_source VARCHAR,
+    created_at TIMESTAMPTZ NOT NULL
+)
+"""
+USAGE_FIELDS = ("input_tokens", "output_tokens", "thinking_tokens", "cached_tokens", "tool_prompt_tokens", "total_tokens")
+
+
+@dataclass(frozen=True)
+class CachedResponse:
+    result: dict
+    usage: Usage
+    """What the original call was billed, which is what a hit saves."""
+
+
+class ResponseCache:
+    """In-memory view of the cache for one run, loaded by turn text and flushed once."""
+
+    def __init__(self, database: str | Path, enabled: bool = True):
+        self.database = Path(database)
+        self.enabled = enabled
+        self._entries: dict[str, CachedResponse] = {}
+        self._new: list[dict] = []
+
+    def load(self, text_hashes: list[str]) -> int:
+        """Load the entries for these turn texts; returns how many were found."""
+        if not self.enabled or not text_hashes or not self.database.exists():
+            return 0
+        with connect(self.database, read_only=True) as connection:
+            if not table_exists(connection, "main", TABLE):
+                return 0
+            rows = connection.execute(
+                f"SELECT request_hash, result_json, {', '.join(USAGE_FIELDS)}, usage_source FROM {TABLE} "
+                "WHERE text_hash IN (SELECT unnest(?::VARCHAR[]))",
+                [sorted(set(text_hashes))],
+            ).fetchall()
+        for request_hash, result_json, *counts, source in rows:
+            usage = Usage(**dict(zip(USAGE_FIELDS, (int(c or 0) for c in counts))), source=source)
+            self._entries[request_hash] = CachedResponse(json.loads(result_json), usage)
+        return len(rows)
+
+    def get(self, request_hash: str) -> CachedResponse | None:
+        return self._entries.get(request_hash) if self.enabled else None
+
+    def put(self, request_hash: str, text_hash: str, stage: str, model: str, result: dict, usage: Usage) -> None:
+        if not self.enabled or usage.source == CACHE:
+            return
+        self._entries[request_hash] = CachedResponse(result, usage)
+        self._new.append({
+            "request_hash": request_hash, "text_hash": text_hash, "stage": stage, "model": model,
+            "result_json": json.dumps(result, sort_keys=True),
+            **{name: getattr(usage, name) for name in USAGE_FIELDS}, "usage_source": usage.source,
+            "created_at": datetime.now(timezone.utc),
+        })
+
+    def flush(self, timeout_s: float = 120.0) -> int:
+        """Write the run's new entries in one transaction; returns how many."""
+        if not self._new:
+            return 0
+        frame = pd.DataFrame(self._new)
+        with connect(self.database, timeout_s=timeout_s) as connection:
+            connection.execute(DDL)
+            connection.register("new_entries", frame)
+            connection.execute(f"INSERT OR REPLACE INTO {TABLE} BY NAME SELECT * FROM new_entries")
+        written, self._new = len(self._new), []
+        return written

@@ -1,0 +1,400 @@
+"""A Gemini-compatible HTTP server: the real google-genai client talks to it unchanged.
+
+There is no internet and usually no API key here, yet the pipeline must exercise the
+real SDK, its HTTP stack and its error types. This server speaks the REST shape of
+`POST /{version}/models/{model}:generateContent` with a deterministic "model":
+
+- without tools it cleans the last text part (fillers, stutters, repeated words,
+  capitals, end punctuation) and answers the JSON the cleaning prompt asks for;
+- with function declarations it picks a declared tool by the text's content and fills
+  its arguments from the text, or answers in words when no tool fits;
+- `usageMetadata` comes from a deterministic token count: prompt (system instruction,
+  contents and tool declarations), candidates, thoughts for thinking models, an
+  implicit-cache hit when the system instruction and tools were seen before, and
+  `toolUsePromptTokenCount` when a built-in tool such as `googleSearch` is declared.
+
+Latency and faults are configurable and can be changed while it runs
+(`POST /admin/config`): HTTP 429 with a `RetryInfo` delay, 500, 503, 400, responses
+slower than the client's timeout, and responses without `usageMetadata`.
+`GET /admin/stats` counts requests by model and outcome, `GET /admin/requests` returns
+the latest request bodies, `POST /admin/reset` clears both. Served by uvicorn on
+loopback; `cost-pipeline serve-model --port N` runs it on its own.
+"""
+
+import argparse
+import asyncio
+import json
+import random
+import re
+import select
+import subprocess
+import sys
+import tempfile
+from collections import Counter, deque
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, fields
+
+import uvicorn
+
+FILLERS = {"um", "uh", "er", "hmm", "uhm", "erm"}
+FILLER_PHRASES = (("you", "know"), ("i", "mean"))
+QUESTION_WORDS = {"what", "how", "is", "can", "could", "would", "will", "do", "does", "are", "when", "where",
+                  "who", "why", "should", "did"}
+TOKEN_PATTERN = re.compile(r"\w{1,4}|[^\w\s]")
+MODEL_PATH = re.compile(r"^/(?P<version>v1[a-z0-9]*)/models/(?P<model>[^:/]+):(?P<method>[A-Za-z]+)$")
+RECENT_REQUESTS = 200
+
+# Keywords that select a tool, checked in this order; only declared tools are eligible.
+TOOL_KEYWORDS = {
+    "set_reminder": ("remind", "reminder"),
+    "send_email": ("email",),
+    "schedule_meeting": ("schedule", "meeting", "set up a call", "call with"),
+    "place_order": ("order",),
+    "get_weather": ("weather", "rain", "forecast"),
+    "search_web": ("search", "look up", "find"),
+}
+
+
+@dataclass
+class ServerConfig:
+    """What the fake model does; every field can be changed at run time."""
+
+    latency_ms: float = 0.0
+    latency_jitter_ms: float = 0.0
+    rate_429: float = 0.0
+    rate_500: float = 0.0
+    rate_503: float = 0.0
+    rate_400: float = 0.0
+    rate_slow: float = 0.0
+    slow_s: float = 30.0
+    rate_missing_usage: float = 0.0
+    retry_delay_s: float = 0.2
+    implicit_cache_min_tokens: int = 64
+    seed: int = 0
+
+
+def count_tokens(text: str) -> int:
+    """The fake model's tokenizer: words in pieces of up to four characters, and punctuation."""
+    return len(TOKEN_PATTERN.findall(text))
+
+
+def clean_text(text: str) -> tuple[str, list[str]]:
+    """Remove fillers, stutters and immediate repeats; fix capitals and end punctuation."""
+    words = text.split()
+    kept: list[str] = []
+    fillers = stutters = repeats = 0
+    index = 0
+    while index < len(words):
+        word = words[index]
+        bare = word.lower().strip(",.!?")
+        pair = tuple(w.lower().strip(",.!?") for w in words[index:index + 2])
+        if pair in FILLER_PHRASES:
+            fillers += 1
+            index += 2
+            continue
+        if bare in FILLERS or (bare == "like" and _filler_like(kept)):
+            fillers += 1
+            index += 1
+            continue
+        stutter = re.fullmatch(r"(\w+)-(\w+)", word)
+        if stutter and stutter.group(2).lower().startswith(stutter.group(1).lower()):
+            word = stutter.group(2)
+            stutters += 1
+        if kept and kept[-1].lower().strip(",.!?") == word.lower().strip(",.!?"):
+            repeats += 1
+            index += 1
+            continue
+        kept.append(word)
+        index += 1
+    changes = []
+    if fillers:
+        changes.append(f"removed {fillers} filler(s)")
+    if stutters:
+        changes.append(f"removed {stutters} stutter(s)")
+    if repeats:
+        changes.append(f"removed {repeats} repeated word(s)")
+    kept = ["I" if w == "i" else re.sub(r"^i'", "I'", w) for w in kept]
+    if kept and kept[0][0].islower():
+        kept[0] = kept[0][0].upper() + kept[0][1:]
+        changes.append("capitalised the first word")
+    cleaned = " ".join(kept)
+    if cleaned and cleaned[-1] not in ".?!":
+        cleaned += "?" if kept[0].lower() in QUESTION_WORDS else "."
+        changes.append("added end punctuation")
+    return cleaned, changes
+
+
+def _filler_like(kept: list[str]) -> bool:
+    """'like' is a filler unless it follows a word that makes it a verb ('would like', 'I'd like')."""
+    return not kept or kept[-1].lower() not in {"would", "i'd", "you'd", "we'd", "they'd", "i", "you", "we", "they", "to"}
+
+
+def choose_tool(text: str, declarations: list[dict]) -> dict | None:
+    """The declared tool the text asks for, with arguments filled from the text, or None."""
+    lowered = text.lower()
+    declared = {d["name"]: d for d in declarations}
+    for name, keywords in TOOL_KEYWORDS.items():
+        if name in declared and any(k in lowered for k in keywords):
+            declaration = declared[name]
+            schema = (declaration.get("parametersJsonSchema") or declaration.get("parameters_json_schema")
+                      or declaration.get("parameters") or {})
+            properties = schema.get("properties", {})
+            arguments = {k: v for k, v in _arguments(name, text).items() if k in properties and v}
+            return {"name": name, "args": arguments}
+    return None
+
+
+def _arguments(name: str, text: str) -> dict:
+    body = text.rstrip(".?!")
+
+    def after(pattern: str) -> str | None:
+        found = re.search(pattern, body, flags=re.IGNORECASE)
+        return found.group(1).strip() if found else None
+
+    when = after(r"\b(tomorrow(?: morning)?|tonight|next week|in an hour|on \w+day|\w+day)\b")
+    if name == "schedule_meeting":
+        return {"attendees": [a] if (a := after(r"\bwith (.+?)(?: on | at | tomorrow| next|$)")) else None,
+                "date": when, "time": after(r"\bat ([\w:]+(?: ?[ap]m)?)")}
+    if name == "send_email":
+        return {"to": after(r"\b(?:email|email to|an email to) (.+?)(?: saying | that |$)"),
+                "body": after(r"\b(?:saying|that) (.+)$")}
+    if name == "search_web":
+        return {"query": after(r"\b(?:search the web for|search for|look up|find) (.+?)(?: for me)?$")}
+    if name == "set_reminder":
+        return {"task": after(r"\bto (.+?)(?: in an hour| tomorrow| at \d| on \w+day| tonight|$)"),
+                "when": after(r"\b(in an hour|tomorrow morning|tomorrow|tonight|at [\w:]+|on \w+day)$")}
+    if name == "place_order":
+        found = re.search(r"order (\w+) (.+?) from (.+)$", body, flags=re.IGNORECASE)
+        if not found:
+            return {"item": after(r"order (.+)$")}
+        quantity = {"a": 1, "an": 1, "one": 1, "two": 2, "three": 3, "four": 4}.get(found.group(1).lower())
+        return {"quantity": quantity, "item": found.group(2), "store": found.group(3)}
+    if name == "get_weather":
+        return {"city": after(r"\bin (\w[\w ]*?)(?: tomorrow| tonight| today| next| on | in an|$)"), "when": when}
+    return {}
+
+
+class GeminiLikeServer:
+    """The ASGI application: routing, fault injection, the fake model and its usage."""
+
+    def __init__(self, config: ServerConfig):
+        self.config = config
+        self.random = random.Random(config.seed)
+        self.stats: Counter = Counter()
+        self.requests: deque = deque(maxlen=RECENT_REQUESTS)
+        self.seen_prefixes: set[tuple[str, str]] = set()
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        status, payload = await self.route(scope["method"], scope["path"], body)
+        data = json.dumps(payload).encode()
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]})
+        await send({"type": "http.response.body", "body": data})
+
+    async def route(self, method: str, path: str, body: bytes) -> tuple[int, dict]:
+        if path == "/admin/stats":
+            return 200, dict(self.stats)
+        if path == "/admin/requests":
+            return 200, {"requests": list(self.requests)}
+        if path == "/admin/reset" and method == "POST":
+            self.stats.clear()
+            self.requests.clear()
+            self.seen_prefixes.clear()
+            return 200, {}
+        if path == "/admin/config":
+            if method == "POST":
+                changes = json.loads(body or b"{}")
+                unknown = set(changes) - {f.name for f in fields(ServerConfig)}
+                if unknown:
+                    return 400, _error(400, f"unknown config fields {sorted(unknown)}", "INVALID_ARGUMENT")
+                for name, value in changes.items():
+                    setattr(self.config, name, value)
+                if "seed" in changes:
+                    self.random.seed(self.config.seed)
+            return 200, asdict(self.config)
+        found = MODEL_PATH.match(path)
+        if not found or method != "POST":
+            return 404, _error(404, f"no route for {method} {path}", "NOT_FOUND")
+        if found["method"] != "generateContent":
+            return 400, _error(400, f"method {found['method']} is not supported here", "INVALID_ARGUMENT")
+        try:
+            request = json.loads(body)
+        except json.JSONDecodeError:
+            return 400, _error(400, "request body is not JSON", "INVALID_ARGUMENT")
+        return await self.generate(found["model"], request)
+
+    async def generate(self, model: str, request: dict) -> tuple[int, dict]:
+        config = self.config
+        record = {"model": model, "body": request}
+        self.requests.append(record)
+        self.stats["requests"] += 1
+        delay = config.latency_ms + self.random.uniform(0, config.latency_jitter_ms)
+        if delay:
+            await asyncio.sleep(delay / 1000)
+        roll = self.random.random()
+        for outcome, rate in (("429", config.rate_429), ("500", config.rate_500), ("503", config.rate_503),
+                              ("400", config.rate_400), ("slow", config.rate_slow)):
+            if roll < rate:
+                self.stats[f"fault_{outcome}"] += 1
+                return await self._fault(outcome)
+            roll -= rate
+        response = self.model_response(model, request)
+        if self.random.random() < config.rate_missing_usage:
+            self.stats["missing_usage"] += 1
+            del response["usageMetadata"]
+        self.stats["ok"] += 1
+        self.stats[f"ok:{model}"] += 1
+        record["usageMetadata"] = response.get("usageMetadata")
+        return 200, response
+
+    async def _fault(self, outcome: str) -> tuple[int, dict]:
+        if outcome == "429":
+            error = _error(429, "Resource has been exhausted (e.g. check quota).", "RESOURCE_EXHAUSTED")
+            error["error"]["details"] = [{"@type": "type.googleapis.com/google.rpc.RetryInfo",
+                                          "retryDelay": f"{self.config.retry_delay_s}s"}]
+            return 429, error
+        if outcome == "500":
+            return 500, _error(500, "An internal error has occurred.", "INTERNAL")
+        if outcome == "503":
+            return 503, _error(503, "The model is overloaded. Please try again later.", "UNAVAILABLE")
+        if outcome == "400":
+            return 400, _error(400, "Request contains an invalid argument.", "INVALID_ARGUMENT")
+        await asyncio.sleep(self.config.slow_s)
+        return 504, _error(504, "Deadline exceeded.", "DEADLINE_EXCEEDED")
+
+    def model_response(self, model: str, request: dict) -> dict:
+        system = " ".join(p.get("text", "") for p in (request.get("systemInstruction") or {}).get("parts", []))
+        texts = [p.get("text", "") for c in request.get("contents", []) for p in c.get("parts", [])]
+        tools = request.get("tools") or []
+        declarations = [d for tool in tools for d in tool.get("functionDeclarations", [])]
+        last = texts[-1] if texts else ""
+        if declarations:
+            call = choose_tool(last, declarations)
+            part = {"functionCall": call} if call else {"text": "No tool is needed for this request."}
+            output_text = json.dumps(call) if call else part["text"]
+        else:
+            cleaned, changes = clean_text(last)
+            confidence = round(max(0.5, 0.99 - 0.04 * len(changes)), 2)
+            output_text = json.dumps({"cleaned_text": cleaned, "confidence": confidence, "changes": changes})
+            part = {"text": output_text}
+        tools_text = json.dumps(tools, sort_keys=True) if tools else ""
+        prefix_tokens = count_tokens(system) + count_tokens(tools_text)
+        prompt_tokens = prefix_tokens + sum(count_tokens(t) for t in texts)
+        candidate_tokens = count_tokens(output_text)
+        usage = {"promptTokenCount": prompt_tokens, "candidatesTokenCount": candidate_tokens,
+                 "promptTokensDetails": [{"modality": "TEXT", "tokenCount": prompt_tokens}]}
+        total = prompt_tokens + candidate_tokens
+        thoughts = self._thinking_tokens(model, request, candidate_tokens)
+        if thoughts:
+            usage["thoughtsTokenCount"] = thoughts
+            total += thoughts
+        prefix = (model, system + tools_text)
+        if prefix in self.seen_prefixes and prefix_tokens >= self.config.implicit_cache_min_tokens:
+            usage["cachedContentTokenCount"] = prefix_tokens
+            usage["cacheTokensDetails"] = [{"modality": "TEXT", "tokenCount": prefix_tokens}]
+        self.seen_prefixes.add(prefix)
+        if any("googleSearch" in tool or "google_search" in tool for tool in tools):
+            usage["toolUsePromptTokenCount"] = 50
+            total += 50
+        usage["totalTokenCount"] = total
+        return {
+            "candidates": [{"content": {"role": "model", "parts": [part]}, "finishReason": "STOP", "index": 0}],
+            "usageMetadata": usage,
+            "modelVersion": model,
+            "responseId": f"local-{self.stats['requests']}",
+        }
+
+    def _thinking_tokens(self, model: str, request: dict, candidate_tokens: int) -> int:
+        """Thinking models think unless told not to; lite models only when given a budget."""
+        budget = ((request.get("generationConfig") or {}).get("thinkingConfig") or {}).get("thinkingBudget")
+        if budget == 0 or ("lite" in model and not budget):
+            return 0
+        thoughts = 3 * candidate_tokens + 24
+        return min(thoughts, budget) if budget and budget > 0 else thoughts
+
+
+def _error(code: int, message: str, status: str) -> dict:
+    return {"error": {"code": code, "message": message, "status": status}}
+
+
+def build_server(config: ServerConfig, port: int = 0) -> uvicorn.Server:
+    """A uvicorn server for the app on loopback; `port=0` takes any free port."""
+    return uvicorn.Server(uvicorn.Config(
+        GeminiLikeServer(config), host="127.0.0.1", port=port, log_level="warning",
+        backlog=2048, timeout_keep_alive=30, lifespan="off",
+    ))
+
+
+def serve(config: ServerConfig, port: int) -> None:
+    """Run until interrupted, printing the bound address as the first line of output."""
+    server = build_server(config, port)
+
+    async def run() -> None:
+        task = asyncio.create_task(server.serve())
+        while not server.started:
+            if task.done():
+                await task
+                return
+            await asyncio.sleep(0.01)
+        bound = server.servers[0].sockets[0].getsockname()[1]
+        print(f"serving Gemini-compatible API on http://127.0.0.1:{bound}", flush=True)
+        await task
+
+    asyncio.run(run())
+
+
+@contextmanager
+def running_local_server(config: ServerConfig, startup_timeout_s: float = 30.0) -> Iterator[str]:
+    """Run the server in a child process (its own core, not the caller's GIL); yields its URL."""
+    flags = [f"--{item.name.replace('_', '-')}={getattr(config, item.name)}" for item in fields(ServerConfig)]
+    errors = tempfile.TemporaryFile("w+")
+    process = subprocess.Popen([sys.executable, "-m", "cost_pipeline.llm.local_server", "--port", "0", *flags],
+                               stdout=subprocess.PIPE, stderr=errors, text=True)
+    try:
+        ready = select.select([process.stdout], [], [], startup_timeout_s)[0]
+        line = process.stdout.readline() if ready else ""
+        found = re.search(r"http://127\.0\.0\.1:\d+", line)
+        if not found:
+            process.kill()
+            process.wait()
+            errors.seek(0)
+            raise RuntimeError(f"local Gemini server did not start: {line or errors.read()[-2000:]}")
+        yield found.group(0)
+    finally:
+        errors.close()
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def config_arguments(parser: argparse.ArgumentParser) -> None:
+    """One `--flag` per `ServerConfig` field."""
+    for item in fields(ServerConfig):
+        parser.add_argument(f"--{item.name.replace('_', '-')}", type=type(item.default), default=item.default)
+
+
+def config_from(args: argparse.Namespace) -> ServerConfig:
+    return ServerConfig(**{item.name: getattr(args, item.name) for item in fields(ServerConfig)})
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Serve a Gemini-compatible API on loopback.")
+    parser.add_argument("--port", type=int, default=0)
+    config_arguments(parser)
+    args = parser.parse_args(argv)
+    serve(config_from(args), args.port)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

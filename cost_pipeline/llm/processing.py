@@ -1,0 +1,171 @@
+"""A day of turns through Gemini: cleaning in conversation order, function decisions, one row per call.
+
+Each conversation is one asyncio task that cleans its turns in order, holding the
+earlier cleaned turns in memory as context; conversations run concurrently and the
+session's semaphore and rate limiters bound what is in flight. A user turn's function
+decision starts as soon as the turn is clean and does not hold up the next turn.
+Every turn gets a cleaned row (`ok`, or `failed` with the error), and every call a
+usage row. No Dagster here: the asset wires it in.
+"""
+
+import asyncio
+import hashlib
+import json
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+import pandas as pd
+
+from cost_pipeline.llm.client import OK, CallOutcome, GeminiSession
+from cost_pipeline.llm.prompts import cleaning_request, function_request
+
+CALL_ID_NAMESPACE = uuid.UUID("0c7d3e3a-58c4-4d0e-9a6e-4a1f6c2b9e55")
+
+
+@dataclass
+class DayResult:
+    cleaned: list[dict] = field(default_factory=list)
+    functions: list[dict] = field(default_factory=list)
+    calls: list[dict] = field(default_factory=list)
+    elapsed_s: float = 0.0
+
+
+def text_hash(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def call_id(turn_id: str, stage: str) -> str:
+    """Stable per turn and stage, so a re-run replaces the same calls."""
+    return str(uuid.uuid5(CALL_ID_NAMESPACE, f"{turn_id}\x1f{stage}"))
+
+
+async def process_day(turns: pd.DataFrame, session: GeminiSession, progress: Callable[[str], None],
+                      progress_every: int = 500) -> DayResult:
+    """Clean every turn and decide functions for user turns; returns all rows."""
+    result = DayResult()
+    tracker = _Progress(session, progress, progress_every, total=len(turns))
+    ordered = turns.sort_values(["evaluation_id", "conversation_id", "turn_index"])
+    conversations = [group.to_dict("records") for _, group in ordered.groupby(["evaluation_id", "conversation_id"], sort=False)]
+    await asyncio.gather(*(_conversation(records, session, result, tracker) for records in conversations))
+    result.elapsed_s = tracker.elapsed()
+    return result
+
+
+async def _conversation(turns: list[dict], session: GeminiSession, result: DayResult, tracker: "_Progress") -> None:
+    settings = session.settings
+    context: list[tuple[str, str]] = []
+    decisions = []
+    for turn in turns:
+        raw_hash = text_hash(turn["text"])
+        started = time.perf_counter()
+        request = cleaning_request(settings.clean_model, turn["speaker"], turn["text"],
+                                   context[-settings.context_turns:] if settings.context_turns else [],
+                                   settings.thinking_budget)
+        outcome = await session.call(request, raw_hash)
+        cleaned = outcome.result["cleaned_text"] if outcome.status == OK else None
+        result.cleaned.append(_cleaned_row(turn, outcome, cleaned, _ms_since(started)))
+        result.calls.append(_call_row(turn, outcome, "clean"))
+        context.append((turn["speaker"], cleaned or turn["text"]))
+        if turn["speaker"] == "User" and cleaned:
+            decisions.append(asyncio.create_task(_decide(turn, cleaned, raw_hash, session, result)))
+        tracker.turn_done()
+    await asyncio.gather(*decisions)
+
+
+async def _decide(turn: dict, cleaned: str, raw_hash: str, session: GeminiSession, result: DayResult) -> None:
+    started = time.perf_counter()
+    request = function_request(session.settings.function_model, cleaned, session.settings.thinking_budget)
+    outcome = await session.call(request, raw_hash)
+    answer = outcome.result or {}
+    result.functions.append({
+        **_ids(turn),
+        "function_name": answer.get("function_name"),
+        "arguments": json.dumps(answer["arguments"], sort_keys=True) if answer.get("arguments") is not None else None,
+        "model": outcome.model,
+        "processing_ms": _ms_since(started),
+        "status": outcome.status,
+        "error": outcome.error,
+        "call_id": call_id(turn["turn_id"], "function"),
+    })
+    result.calls.append(_call_row(turn, outcome, "function"))
+
+
+def _ids(turn: dict) -> dict:
+    return {key: turn[key] for key in ("turn_id", "evaluation_id", "conversation_id", "turn_index")}
+
+
+def _cleaned_row(turn: dict, outcome: CallOutcome, cleaned: str | None, processing_ms: int) -> dict:
+    answer = outcome.result or {}
+    return {
+        **_ids(turn),
+        "speaker": turn["speaker"],
+        "created_at": turn["created_at"],
+        "raw_text": turn["text"],
+        "cleaned_text": cleaned,
+        "cleaning_model": outcome.model,
+        "confidence": answer.get("confidence"),
+        "changes": json.dumps(answer.get("changes")) if outcome.status == OK else None,
+        "processing_ms": processing_ms,
+        "status": outcome.status,
+        "error": outcome.error,
+        "call_id": call_id(turn["turn_id"], "clean"),
+    }
+
+
+def _call_row(turn: dict, outcome: CallOutcome, stage: str) -> dict:
+    usage, saved = outcome.usage, outcome.saved
+    generated = usage.output_tokens + usage.thinking_tokens
+    return {
+        "call_id": call_id(turn["turn_id"], stage),
+        "evaluation_id": turn["evaluation_id"],
+        "conversation_id": turn["conversation_id"],
+        "turn_id": turn["turn_id"],
+        "stage": stage,
+        "model": outcome.model,
+        "input_tokens": usage.input_tokens,
+        "output_tokens": usage.output_tokens,
+        "thinking_tokens": usage.thinking_tokens,
+        "cached_tokens": usage.cached_tokens,
+        "tool_prompt_tokens": usage.tool_prompt_tokens,
+        "total_tokens": usage.total_tokens,
+        **(saved.as_saved() if saved else dict.fromkeys(
+            ("saved_input_tokens", "saved_cached_tokens", "saved_output_tokens", "saved_thinking_tokens"), 0)),
+        "usage_source": usage.source,
+        "latency_ms": round(outcome.latency_ms, 3) if outcome.latency_ms is not None else None,
+        "tokens_per_second": round(generated / (outcome.latency_ms / 1000), 3) if outcome.latency_ms and generated else None,
+        "attempts": outcome.attempts,
+        "cache_hit": outcome.cache_hit,
+        "status": outcome.status,
+        "error": outcome.error,
+        "request_hash": outcome.request_hash,
+        "called_at": datetime.fromtimestamp(outcome.started_at, timezone.utc),
+    }
+
+
+def _ms_since(started: float) -> int:
+    return round((time.perf_counter() - started) * 1000)
+
+
+class _Progress:
+    """Logs turns done, calls, cache hits, retries and throughput every N turns."""
+
+    def __init__(self, session: GeminiSession, log: Callable[[str], None], every: int, total: int):
+        self.session, self.log, self.every, self.total = session, log, max(1, every), total
+        self.done = 0
+        self.started = time.perf_counter()
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+    def turn_done(self) -> None:
+        self.done += 1
+        if self.done % self.every == 0 or self.done == self.total:
+            stats, elapsed = self.session.stats, self.elapsed()
+            self.log(
+                f"{self.done}/{self.total} turns cleaned, {stats['calls']} calls ({stats['api_calls']} to the API, "
+                f"{stats['cache_hits']} cache hits, {stats['retries']} retries, {stats['failures']} failed) "
+                f"in {elapsed:.1f}s, {self.done / elapsed if elapsed else 0:.1f} turns/s"
+            )

@@ -1,0 +1,113 @@
+"""What we ask Gemini: the cleaning prompt with its conversation context, and the function decision.
+
+A request is a plain `LlmRequest` so that its hash (the response-cache key) covers
+exactly what Gemini sees: model, system instruction, tools, contents and generation
+config. Parsing the answers lives here too, beside the prompts that ask for them.
+"""
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+
+from cost_pipeline.llm.tools import FUNCTION_DECLARATIONS
+
+CLEAN, FUNCTION = "clean", "function"
+
+CLEANING_INSTRUCTION = (
+    "You clean speech-to-text transcripts of conversations between a user and a voice assistant. "
+    "Rewrite only the last turn you are given: remove fillers (um, uh, er, filler 'like', 'you know'), "
+    "stutters and immediately repeated words, fix capitalisation and end punctuation, and change nothing "
+    "else: keep the speaker's words, meaning and language. Earlier cleaned turns are context only. "
+    "Answer with JSON: cleaned_text, your confidence from 0 to 1, and the list of changes you made."
+)
+CLEANING_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "cleaned_text": {"type": "string"},
+        "confidence": {"type": "number", "minimum": 0, "maximum": 1},
+        "changes": {"type": "array", "items": {"type": "string"}},
+    },
+    "required": ["cleaned_text", "confidence", "changes"],
+}
+FUNCTION_INSTRUCTION = (
+    "You are a voice assistant's planner. If the user's request calls for one of your tools, call exactly "
+    "one tool with arguments taken from the request. If no tool fits, answer briefly without calling a tool."
+)
+
+
+@dataclass(frozen=True)
+class LlmRequest:
+    stage: str
+    model: str
+    system_instruction: str
+    contents: tuple[tuple[str, ...], ...]
+    """One tuple of text parts per user content, in order."""
+    generation_config: dict = field(default_factory=dict)
+    with_tools: bool = False
+
+    def request_hash(self) -> str:
+        """The cache key: a hash of everything that determines Gemini's answer."""
+        canonical = json.dumps(
+            {
+                "model": self.model,
+                "system_instruction": self.system_instruction,
+                "tools": [d.model_dump(mode="json", exclude_none=True) for d in FUNCTION_DECLARATIONS] if self.with_tools else [],
+                "contents": self.contents,
+                "generation_config": self.generation_config,
+            },
+            sort_keys=True,
+        )
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+    def text(self) -> str:
+        """Everything the prompt says, for estimating tokens when usage is missing."""
+        return "\n".join([self.system_instruction, *(part for content in self.contents for part in content)])
+
+
+def cleaning_request(model: str, speaker: str, text: str, context: list[tuple[str, str]], thinking_budget: int | None) -> LlmRequest:
+    """Clean `text`, with the conversation's earlier cleaned turns (speaker, text) as context."""
+    contents = []
+    if context:
+        contents.append(("Earlier cleaned turns of this conversation:\n" + "\n".join(f"{s}: {t}" for s, t in context),))
+    contents.append((f"Turn to clean, spoken by {speaker}:", text))
+    return LlmRequest(CLEAN, model, CLEANING_INSTRUCTION, tuple(contents),
+                      _generation_config(thinking_budget, {"response_mime_type": "application/json",
+                                                           "response_json_schema": CLEANING_SCHEMA}))
+
+
+def function_request(model: str, cleaned_text: str, thinking_budget: int | None) -> LlmRequest:
+    """Decide on a tool for one cleaned user turn; the turn alone, so repeats share a cache entry."""
+    return LlmRequest(FUNCTION, model, FUNCTION_INSTRUCTION, ((cleaned_text,),),
+                      _generation_config(thinking_budget, {}), with_tools=True)
+
+
+def _generation_config(thinking_budget: int | None, extra: dict) -> dict:
+    config = {"temperature": 0.0, **extra}
+    if thinking_budget is not None:
+        config["thinking_budget"] = thinking_budget
+    return config
+
+
+def parse_cleaning(text: str | None) -> dict:
+    """The cleaning answer as {cleaned_text, confidence, changes}; ValueError if it is not that."""
+    try:
+        answer = json.loads(text or "")
+    except json.JSONDecodeError as err:
+        raise ValueError(f"cleaning answer is not JSON: {err.msg}") from None
+    if not isinstance(answer, dict) or not isinstance(answer.get("cleaned_text"), str) or not answer["cleaned_text"].strip():
+        raise ValueError("cleaning answer has no cleaned_text")
+    confidence = answer.get("confidence")
+    changes = answer.get("changes") or []
+    return {
+        "cleaned_text": answer["cleaned_text"],
+        "confidence": float(confidence) if isinstance(confidence, (int, float)) else None,
+        "changes": [str(change) for change in changes] if isinstance(changes, list) else [str(changes)],
+    }
+
+
+def parse_function(function_calls, text: str | None) -> dict:
+    """The decision as {function_name, arguments, answer}; no call means function_name None."""
+    if function_calls:
+        call = function_calls[0]
+        return {"function_name": call.name, "arguments": dict(call.args or {}), "answer": None}
+    return {"function_name": None, "arguments": None, "answer": text}
