@@ -139,7 +139,7 @@ class GeminiSession:
         request_hash = request.request_hash()
         self.stats["calls"] += 1
         cached = self.cache.get(request_hash)
-        if cached is None and request_hash in self.inflight:
+        if cached is None and self.cache.enabled and request_hash in self.inflight:
             first = await asyncio.shield(self.inflight[request_hash])
             if first.status == OK:
                 cached = self.cache.get(request_hash) or CachedResponse(first.result, first.usage)
@@ -148,7 +148,8 @@ class GeminiSession:
             return CallOutcome(request_hash, request.stage, request.model, OK, cached.result,
                                Usage(source=CACHE), saved=cached.usage, cache_hit=True, latency_ms=0.0)
         future = asyncio.get_running_loop().create_future()
-        self.inflight[request_hash] = future
+        if self.cache.enabled:
+            self.inflight[request_hash] = future
         outcome = _failed(request, request_hash, "cancelled", 0)
         try:
             outcome = await self._call_api(request, request_hash)
@@ -157,7 +158,8 @@ class GeminiSession:
             return outcome
         finally:
             future.set_result(outcome)
-            del self.inflight[request_hash]
+            if self.inflight.get(request_hash) is future:
+                del self.inflight[request_hash]
 
     async def _call_api(self, request: LlmRequest, request_hash: str) -> CallOutcome:
         attempts = 0

@@ -152,7 +152,7 @@ def _arguments(name: str, text: str) -> dict:
         found = re.search(pattern, body, flags=re.IGNORECASE)
         return found.group(1).strip() if found else None
 
-    when = after(r"\b(tomorrow(?: morning)?|tonight|next week|in an hour|on \w+day|\w+day)\b")
+    when = after(r"\b(?:on )?(tomorrow(?: morning)?|tonight|next week|in an hour|\w+day)\b")
     if name == "schedule_meeting":
         return {"attendees": [a] if (a := after(r"\bwith (.+?)(?: on | at | tomorrow| next|$)")) else None,
                 "date": when, "time": after(r"\bat ([\w:]+(?: ?[ap]m)?)")}
@@ -315,7 +315,8 @@ class GeminiLikeServer:
 
     def _thinking_tokens(self, model: str, request: dict, candidate_tokens: int) -> int:
         """Thinking models think unless told not to; lite models only when given a budget."""
-        budget = ((request.get("generationConfig") or {}).get("thinkingConfig") or {}).get("thinkingBudget")
+        thinking = (request.get("generationConfig") or {}).get("thinkingConfig") or {}
+        budget = thinking.get("thinkingBudget", thinking.get("thinking_budget"))  # the SDK sends the latter
         if budget == 0 or ("lite" in model and not budget):
             return 0
         thoughts = 3 * candidate_tokens + 24

@@ -1,0 +1,123 @@
+"""The shipped model server: its deterministic model, its usage, and its faults, through the real SDK."""
+
+import asyncio
+
+import pytest
+from google import genai
+from google.genai import errors, types
+
+from cost_pipeline.llm.local_server import choose_tool, clean_text, count_tokens
+from cost_pipeline.llm.tools import FUNCTION_DECLARATIONS, TOOLS
+
+DECLARATIONS = [d.model_dump(mode="json", exclude_none=True) for d in FUNCTION_DECLARATIONS]
+
+
+@pytest.mark.parametrize("raw,cleaned", [
+    ("um can you s-schedule a a meeting with Sarah", "Can you schedule a meeting with Sarah?"),
+    ("i-i want to uh order like two pizzas", "I want to order two pizzas."),
+    ("you know what i mean the the weather is nice", "What the weather is nice?"),
+    ("I would like a coffee", "I would like a coffee."),
+    ("Already clean.", "Already clean."),
+])
+def test_cleaning_removes_fillers_stutters_repeats_and_fixes_case(raw, cleaned):
+    assert clean_text(raw)[0] == cleaned
+
+
+def test_cleaning_reports_what_it_changed():
+    _, changes = clean_text("um s-so so hello")
+    assert changes == ["removed 1 filler(s)", "removed 1 stutter(s)", "removed 1 repeated word(s)",
+                       "capitalised the first word", "added end punctuation"]
+
+
+@pytest.mark.parametrize("text,name,arguments", [
+    ("Can you schedule a meeting with Sarah on friday at 2pm?", "schedule_meeting",
+     {"attendees": ["Sarah"], "date": "friday", "time": "2pm"}),
+    ("Send an email to John saying I'll be late today.", "send_email", {"to": "John", "body": "I'll be late today"}),
+    ("Search the web for flights to Lisbon.", "search_web", {"query": "flights to Lisbon"}),
+    ("Remind me to call the dentist tomorrow morning.", "set_reminder", {"task": "call the dentist", "when": "tomorrow morning"}),
+    ("I want to order two large pizzas from Dominos.", "place_order", {"quantity": 2, "item": "large pizzas", "store": "Dominos"}),
+    ("What's the weather in Paris tomorrow?", "get_weather", {"city": "Paris", "when": "tomorrow"}),
+])
+def test_each_tool_is_chosen_with_arguments_from_the_text(text, name, arguments):
+    assert choose_tool(text, DECLARATIONS) == {"name": name, "args": arguments}
+
+
+@pytest.mark.parametrize("text", ["Thanks, that's great.", "How are you doing today?", "Tell me a joke."])
+def test_small_talk_calls_no_tool(text):
+    assert choose_tool(text, DECLARATIONS) is None
+
+
+def test_only_declared_tools_are_chosen():
+    weather_only = [d for d in DECLARATIONS if d["name"] == "get_weather"]
+    assert choose_tool("Send an email to John.", weather_only) is None
+
+
+def sdk(model_server) -> genai.Client:
+    return genai.Client(api_key="test-key", http_options=types.HttpOptions(base_url=model_server.url, timeout=5000))
+
+
+def generate(model_server, model="gemini-2.5-flash-lite", **config):
+    async def go():
+        client = sdk(model_server)
+        try:
+            return await client.aio.models.generate_content(
+                model=model, contents="um search the web for flights to lisbon",
+                config=types.GenerateContentConfig(system_instruction="You clean text. " * 30, **config))
+        finally:
+            await client.aio.aclose()
+    return asyncio.run(go())
+
+
+def test_usage_is_deterministic_and_complete(model_server):
+    first = generate(model_server).usage_metadata
+    second = generate(model_server).usage_metadata
+    system = "You clean text. " * 30
+    assert first.prompt_token_count == count_tokens(system) + count_tokens("um search the web for flights to lisbon")
+    assert first.cached_content_token_count is None
+    assert second.cached_content_token_count == count_tokens(system)
+    assert second.total_token_count == second.prompt_token_count + second.candidates_token_count
+    assert first.thoughts_token_count is None
+
+
+def test_thinking_models_report_thoughts_and_budgets_bound_them(model_server):
+    usage = generate(model_server, model="gemini-2.5-flash").usage_metadata
+    assert usage.thoughts_token_count == 3 * usage.candidates_token_count + 24
+    assert usage.total_token_count == usage.prompt_token_count + usage.candidates_token_count + usage.thoughts_token_count
+    bounded = generate(model_server, model="gemini-2.5-flash", thinking_config=types.ThinkingConfig(thinking_budget=10))
+    assert bounded.usage_metadata.thoughts_token_count == 10
+    off = generate(model_server, model="gemini-2.5-flash", thinking_config=types.ThinkingConfig(thinking_budget=0))
+    assert off.usage_metadata.thoughts_token_count is None
+
+
+def test_a_built_in_tool_reports_tool_use_prompt_tokens(model_server):
+    usage = generate(model_server, tools=[types.Tool(google_search=types.GoogleSearch())]).usage_metadata
+    assert usage.tool_use_prompt_token_count == 50
+
+
+def test_function_declarations_come_back_as_native_function_calls(model_server):
+    async def go():
+        client = sdk(model_server)
+        try:
+            return await client.aio.models.generate_content(
+                model="gemini-2.5-flash-lite", contents="Remind me to water the plants tonight.",
+                config=types.GenerateContentConfig(tools=TOOLS, automatic_function_calling=types.AutomaticFunctionCallingConfig(disable=True)))
+        finally:
+            await client.aio.aclose()
+    (call,) = asyncio.run(go()).function_calls
+    assert (call.name, call.args) == ("set_reminder", {"task": "water the plants", "when": "tonight"})
+
+
+@pytest.mark.parametrize("fault,code", [("rate_429", 429), ("rate_500", 500), ("rate_503", 503), ("rate_400", 400)])
+def test_injected_faults_reach_the_sdk_as_api_errors(model_server, fault, code):
+    model_server.configure(**{fault: 1.0})
+    with pytest.raises(errors.APIError) as raised:
+        generate(model_server)
+    assert raised.value.code == code
+    if code == 429:
+        assert raised.value.details["error"]["details"][0]["retryDelay"] == "0.2s"
+
+
+def test_missing_usage_is_injectable(model_server):
+    model_server.configure(rate_missing_usage=1.0)
+    assert generate(model_server).usage_metadata is None
+    assert model_server.stats()["missing_usage"] == 1

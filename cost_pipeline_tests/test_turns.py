@@ -1,0 +1,163 @@
+"""The Gemini stage in real Dagster runs: the real google-genai client against the shipped server, real DuckDB."""
+
+import json
+from datetime import date
+
+import dagster as dg
+import duckdb
+import pytest
+
+from cost_pipeline.assets import turns as turns_module
+from cost_pipeline.storage import io_manager as io_manager_module
+from cost_pipeline.synthetic import generate
+
+from .conftest import materialize_day
+
+DAY = date(2026, 11, 1)
+SECRET = "AIzaFAKE-test-key-0123456789-never-to-be-seen"
+
+
+def query(database, sql: str, params=None):
+    with duckdb.connect(str(database), read_only=True) as connection:
+        return connection.execute(sql, params or []).fetchall()
+
+
+def write_conversation(landing_root, texts: list[tuple[str, str]], conversation="c1", evaluation="e1", name="a.jsonl"):
+    folder = landing_root / str(DAY)
+    folder.mkdir(exist_ok=True)
+    lines = [json.dumps({"evaluation_id": evaluation, "conversation_id": conversation, "turn_index": i, "speaker": speaker,
+                         "text": text, "created_at": f"{DAY}T10:00:{i:02d}Z"}) for i, (speaker, text) in enumerate(texts)]
+    with open(folder / name, "a") as handle:
+        handle.write("\n".join(lines) + "\n")
+
+
+def test_usage_lands_exactly_as_the_server_reported_it(landing_root, database, model_server):
+    generate(landing_root, DAY, days=1, turns_per_day=120, seed=21)
+    materialize_day(DAY, landing_root, database, model_server, gemini={"function_model": "gemini-2.5-flash"})
+    fields = ("promptTokenCount", "candidatesTokenCount", "thoughtsTokenCount", "cachedContentTokenCount",
+              "toolUsePromptTokenCount", "totalTokenCount")
+    reported: dict[tuple, list] = {}
+    for record in model_server.requests():
+        body = record["body"]
+        key = ("function" if body.get("tools") else "clean", body["contents"][-1]["parts"][-1]["text"])
+        reported.setdefault(key, []).append([record["usageMetadata"].get(k, 0) for k in fields])
+    rows = query(database, """
+        SELECT c.stage, CASE WHEN c.stage = 'clean' THEN t.raw_text ELSE t.cleaned_text END, c.input_tokens, c.output_tokens,
+               c.thinking_tokens, c.cached_tokens, c.tool_prompt_tokens, c.total_tokens, c.usage_source
+        FROM llm_calls c JOIN cleaned_turns t USING (turn_id) WHERE NOT c.cache_hit""")
+    assert len(rows) > 100
+    for stage, text, *tokens, source in rows:
+        assert tokens in reported[(stage, text)] and source == "reported"
+    # Every reported usage is stored once, and nothing else is: the multisets are equal.
+    assert sorted(tokens for _, _, *tokens, _ in rows) == sorted(u for usages in reported.values() for u in usages)
+    thinking = sum(tokens[2] for _, _, *tokens, _ in rows)
+    cached = sum(tokens[3] for _, _, *tokens, _ in rows)
+    assert thinking > 0 and cached > 0, "the day should exercise thinking and implicit-cache tokens"
+
+
+def test_missing_usage_is_estimated_flagged_and_counted(landing_root, database, model_server):
+    generate(landing_root, DAY, days=1, turns_per_day=40, seed=2)
+    model_server.configure(rate_missing_usage=1.0)
+    result = materialize_day(DAY, landing_root, database, model_server)
+    sources = dict(query(database, "SELECT usage_source, count(*) FROM llm_calls WHERE NOT cache_hit GROUP BY 1"))
+    assert set(sources) == {"estimated"}
+    assert query(database, "SELECT min(input_tokens), min(output_tokens) FROM llm_calls WHERE NOT cache_hit")[0] > (0, 0)
+    metadata = {m.asset_key.path[-1]: m.metadata for m in result.asset_materializations_for_node("turns_through_gemini")}
+    assert metadata["llm_calls"]["estimated_usage_calls"].value == sources["estimated"]
+
+
+def test_the_second_turn_is_cleaned_with_the_first_turns_cleaned_text(landing_root, database, model_server):
+    write_conversation(landing_root, [("User", "um hello hello there"), ("Assistant", "Hi, how can I help?"),
+                                      ("User", "uh order two coffees from Starbucks")])
+    materialize_day(DAY, landing_root, database, model_server)
+    cleaning = [r["body"] for r in model_server.requests() if not r["body"].get("tools")]
+    second = next(b for b in cleaning if b["contents"][-1]["parts"][-1]["text"] == "Hi, how can I help?")
+    third = next(b for b in cleaning if b["contents"][-1]["parts"][-1]["text"].startswith("uh order"))
+    assert "User: Hello there." in second["contents"][0]["parts"][0]["text"]
+    assert "User: Hello there.\nAssistant: Hi, how can I help?" in third["contents"][0]["parts"][0]["text"]
+    assert query(database, "SELECT function_name, arguments FROM function_calls ORDER BY turn_index") == [
+        (None, None), ("place_order", '{"item": "coffees", "quantity": 2, "store": "Starbucks"}')]
+
+
+def test_repeated_texts_hit_the_cache_and_a_second_run_makes_no_api_call(landing_root, database, model_server):
+    summary, = generate(landing_root, DAY, days=1, turns_per_day=300, seed=9)
+    materialize_day(DAY, landing_root, database, model_server)
+    first_requests = model_server.stats()["requests"]
+    calls, hits = query(database, "SELECT count(*), count(*) FILTER (cache_hit) FROM llm_calls")[0]
+    assert hits > 0 and first_requests == calls - hits
+    saved = query(database, "SELECT min(saved_input_tokens), max(input_tokens) FROM llm_calls WHERE cache_hit")[0]
+    assert saved[0] > 0 and saved[1] == 0
+
+    model_server.reset()
+    materialize_day(DAY, landing_root, database, model_server)
+    assert model_server.stats().get("requests", 0) == 0
+    assert query(database, "SELECT count(*), count(*) FILTER (cache_hit) FROM llm_calls")[0] == (calls, calls)
+
+
+def test_transient_faults_are_retried_and_every_turn_has_a_row(landing_root, database, model_server):
+    summary, = generate(landing_root, DAY, days=1, turns_per_day=200, seed=4)
+    model_server.configure(rate_429=0.1, rate_503=0.1, retry_delay_s=0.01, seed=3)
+    result = materialize_day(DAY, landing_root, database, model_server, gemini={"cache_enabled": False, "max_attempts": 8})
+    assert result.success
+    assert query(database, "SELECT count(*), count(*) FILTER (status = 'ok') FROM cleaned_turns")[0] == (200, 200)
+    assert query(database, "SELECT count(*) FROM llm_calls WHERE attempts > 1")[0][0] > 10
+    stats = model_server.stats()
+    retries = query(database, "SELECT sum(attempts - 1) FROM llm_calls WHERE NOT cache_hit")[0][0]
+    assert retries == stats["fault_429"] + stats["fault_503"]
+
+
+def test_a_permanent_error_gives_failed_rows_and_the_key_is_never_stored_or_logged(
+        landing_root, database, model_server, tmp_path, capfd):
+    write_conversation(landing_root, [("User", "um search the web for cheap flights"), ("Assistant", "Sure.")])
+    model_server.configure(rate_400=1.0)
+    instance_home = tmp_path / "dagster_home"
+    instance_home.mkdir()
+    (instance_home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    with dg.instance_for_test(temp_dir=str(instance_home)) as instance:
+        result = materialize_day(DAY, landing_root, database, model_server, instance=instance,
+                                 gemini={"api_key": SECRET}, run_config={"ops": {"turns_through_gemini": {"config": {"max_failure_share": 1.0}}}})
+        events = "".join(str(e) for e in instance.all_logs(result.run_id))
+    assert result.success
+    rows = query(database, "SELECT status, attempts, error FROM llm_calls")
+    assert [(status, attempts) for status, attempts, _ in rows] == [("failed", 1), ("failed", 1)]
+    assert all("400" in error and "INVALID_ARGUMENT" in error for _, _, error in rows)
+    assert query(database, "SELECT status, cleaned_text FROM cleaned_turns") == [("failed", None), ("failed", None)]
+    assert SECRET.encode() not in database.read_bytes()
+    assert SECRET not in events
+    assert all(SECRET.encode() not in p.read_bytes() for p in instance_home.rglob("*") if p.is_file())
+    captured = capfd.readouterr()
+    assert SECRET not in captured.out + captured.err
+
+
+def test_too_many_failures_fail_the_run_and_write_nothing(landing_root, database, model_server):
+    generate(landing_root, DAY, days=1, turns_per_day=30, seed=8)
+    model_server.configure(rate_500=1.0)
+    result = materialize_day(DAY, landing_root, database, model_server, gemini={"max_attempts": 2}, raise_on_error=False)
+    assert not result.success
+    failure = result.failure_data_for_node("turns_through_gemini")
+    assert "over the limit of 5%" in failure.error.message
+    assert query(database, "SELECT count(*) FROM information_schema.tables WHERE table_name = 'llm_calls'")[0][0] == 0
+
+
+@pytest.mark.parametrize("breakage", ["after_cleaning", "during_commit"])
+def test_a_crash_before_the_batch_commits_keeps_all_three_tables(landing_root, database, model_server, monkeypatch, breakage):
+    generate(landing_root, DAY, days=1, turns_per_day=60, seed=12)
+    first = materialize_day(DAY, landing_root, database, model_server)
+    state = lambda: [query(database, f"SELECT count(*), min(run_id), max(run_id) FROM {t}")[0]
+                     for t in ("cleaned_turns", "function_calls", "llm_calls")]
+    before = state()
+    assert {run for _, run, _ in before} == {first.run_id}
+
+    def explode(*args, **kwargs):
+        raise RuntimeError(f"injected {breakage}")
+
+    if breakage == "after_cleaning":
+        monkeypatch.setattr(turns_module, "_call_metadata", explode)
+    else:
+        original = io_manager_module.replace_partitions
+        monkeypatch.setattr(io_manager_module, "replace_partitions",
+                            lambda connection, writes: explode() if len(writes) == 3 else original(connection, writes))
+    generate(landing_root, DAY, days=1, turns_per_day=90, seed=13)
+    failed = materialize_day(DAY, landing_root, database, model_server, raise_on_error=False)
+    assert not failed.success
+    assert state() == before
