@@ -1,4 +1,4 @@
-"""`cost-pipeline`: generate landing data, and run a demo day end to end.
+"""`cost-pipeline`: generate landing data, serve the local model, run a demo day end to end.
 
 The demo runs the same job the schedule runs, on a persistent Dagster instance
 (`DAGSTER_HOME`, default `.dagster_home/`), so the run and its metadata are there when
@@ -12,6 +12,7 @@ from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
 from cost_pipeline.config import DB_ENV, DEFAULT_DB, DEFAULT_LANDING, LANDING_ENV, resolved
+from cost_pipeline.llm.local_server import config_arguments, config_from, serve
 from cost_pipeline.synthetic import generate
 
 DEFAULT_DAGSTER_HOME = ".dagster_home"
@@ -33,7 +34,14 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--turns", type=_positive, default=2000)
     demo.add_argument("--seed", type=int, default=7)
 
+    model = commands.add_parser("serve-model", help="serve the Gemini-compatible local model on loopback")
+    model.add_argument("--port", type=int, default=8765)
+    config_arguments(model)
+
     args = parser.parse_args(argv)
+    if args.command == "serve-model":
+        serve(config_from(args), args.port)
+        return 0
     if args.command == "generate":
         for day in generate(args.landing, args.start, args.days, args.turns_per_day, args.seed):
             print(f"{day.day}: {day.good_lines} turns, {day.malformed_lines} malformed lines, "

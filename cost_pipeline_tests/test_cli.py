@@ -49,3 +49,24 @@ def test_demo_materializes_a_day_and_says_where_to_look(tmp_path):
     with duckdb.connect(env["COST_PIPELINE_DB"], read_only=True) as connection:
         assert connection.execute("SELECT count(*) FROM raw_turns WHERE partition_date = '2026-11-03'").fetchone() == (400,)
     assert any((tmp_path / "home").iterdir()), "the run should be recorded in DAGSTER_HOME for the UI"
+
+
+def test_serve_model_answers_the_real_sdk_on_the_given_port(tmp_path):
+    import socket
+
+    from google import genai
+    from google.genai import types
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen([CLI, "serve-model", "--port", str(port), "--latency-ms", "1"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert f"http://127.0.0.1:{port}" in server.stdout.readline()
+        client = genai.Client(api_key="any", http_options=types.HttpOptions(base_url=f"http://127.0.0.1:{port}"))
+        answer = client.models.generate_content(model="gemini-2.5-flash-lite", contents="uh hello hello world")
+        assert "Hello world." in answer.text
+        assert answer.usage_metadata.prompt_token_count > 0
+    finally:
+        server.terminate()
+        server.wait()

@@ -10,7 +10,7 @@ import pytest
 
 from cost_pipeline_tests.crash_writer import DAY
 
-LARGE = 3_000_000
+LARGE = 8_000_000
 
 
 def write_in_child(database, rows: int, run_id: str) -> subprocess.Popen:
@@ -29,7 +29,7 @@ def partition(database) -> tuple:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("phase,delay_s", [("deleting", 0.0), ("inserting", 0.0), ("inserting", 0.4)])
+@pytest.mark.parametrize("phase,delay_s", [("deleting", 0.0), ("inserting", 0.0), ("inserting", 0.25)])
 def test_kill_9_mid_write_keeps_the_old_partition_and_the_next_run_succeeds(database, phase, delay_s):
     first = write_in_child(database, 1_000, "old-run")
     assert first.communicate()[0].splitlines()[-1] == "committed"

@@ -161,3 +161,15 @@ def test_a_crash_before_the_batch_commits_keeps_all_three_tables(landing_root, d
     failed = materialize_day(DAY, landing_root, database, model_server, raise_on_error=False)
     assert not failed.success
     assert state() == before
+
+
+def test_answers_slower_than_the_timeout_are_retried(landing_root, database, model_server):
+    generate(landing_root, DAY, days=1, turns_per_day=30, seed=5)
+    model_server.configure(rate_slow=0.3, slow_s=3.0, seed=1)
+    result = materialize_day(DAY, landing_root, database, model_server,
+                             gemini={"timeout_s": 0.5, "max_attempts": 10, "cache_enabled": False})
+    assert result.success
+    assert query(database, "SELECT count(*) FILTER (status = 'ok'), count(*) FROM cleaned_turns")[0] == (30, 30)
+    timed_out = model_server.stats()["fault_slow"]
+    assert timed_out > 0
+    assert query(database, "SELECT sum(attempts - 1) FROM llm_calls")[0][0] == timed_out

@@ -15,7 +15,7 @@ from pydantic import Field
 
 from cost_pipeline.llm.cache import ResponseCache
 from cost_pipeline.llm.client import FAILED, GeminiResource
-from cost_pipeline.llm.processing import DayResult, process_day, text_hash
+from cost_pipeline.llm.processing import DayResult, long_lived_objects_frozen, process_day, text_hash
 from cost_pipeline.partitions import daily_partitions
 
 _ID_COLUMNS = [
@@ -101,7 +101,8 @@ def turns_through_gemini(context: dg.AssetExecutionContext, config: GeminiStageC
     """Clean the day's turns and decide function calls with Gemini, accounting for every call."""
     cache = ResponseCache(gemini.cache_database, gemini.cache_enabled)
     loaded = cache.load([text_hash(text) for text in raw_turns["text"]])
-    result, stats, latencies = asyncio.run(_run_day(raw_turns, gemini, cache, context.log.info, config.progress_every))
+    with long_lived_objects_frozen():
+        result, stats, latencies = asyncio.run(_run_day(raw_turns, gemini, cache, context.log.info, config.progress_every))
     written = cache.flush()
     cleaned = _frame(result.cleaned, CLEANED_TURNS_SCHEMA, ["conversation_id", "turn_index"])
     functions = _frame(result.functions, FUNCTION_CALLS_SCHEMA, ["conversation_id", "turn_index"])

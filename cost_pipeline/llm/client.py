@@ -9,8 +9,8 @@ Retries are tenacity's (the SDK's own dependency) at this level rather than the 
 `HttpRetryOptions`, for two reasons the SDK cannot serve: every attempt must pass the
 rate limiters again (SDK-internal retries would bypass them and overshoot the quota),
 and a 429's `RetryInfo.retryDelay` must be honoured (the SDK waits only its own
-exponential backoff). Rate limits use aiolimiter, spread over one-second buckets so
-that a minute's quota is never spent in a burst.
+exponential backoff). Rate limits use aiolimiter: requests evenly spaced, prompt tokens
+in one-second buckets, so a minute's quota is never spent in a burst.
 
 With no API key and no base URL, setup starts the shipped Gemini-compatible server on
 loopback; a key alone talks to the real API, a `base_url` (or the SDK's own
@@ -126,7 +126,9 @@ class GeminiSession:
         )
         self._secrets += [k for k in (os.environ.get("GEMINI_API_KEY"), os.environ.get("GOOGLE_API_KEY")) if k]
         self.semaphore = asyncio.Semaphore(settings.max_concurrency)
-        self.request_limiter = _per_second_limiter(settings.requests_per_minute)
+        # Requests are spaced evenly (a bucket of one), so no 60-second window exceeds the limit;
+        # tokens drain per second, as a request's weight can be far above one token.
+        self.request_limiter = AsyncLimiter(1, 60 / settings.requests_per_minute)
         self.token_limiter = _per_second_limiter(settings.tokens_per_minute)
         self.backoff = tenacity.wait_exponential_jitter(initial=settings.initial_backoff_s, max=settings.max_backoff_s)
         self.inflight: dict[str, asyncio.Future] = {}

@@ -9,11 +9,13 @@ usage row. No Dagster here: the asset wires it in.
 """
 
 import asyncio
+import gc
 import hashlib
 import json
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
@@ -40,6 +42,22 @@ def text_hash(text: str) -> str:
 def call_id(turn_id: str, stage: str) -> str:
     """Stable per turn and stage, so a re-run replaces the same calls."""
     return str(uuid.uuid5(CALL_ID_NAMESPACE, f"{turn_id}\x1f{stage}"))
+
+
+@contextmanager
+def long_lived_objects_frozen() -> Iterator[None]:
+    """Keep the garbage collector off the objects that already exist while calls run.
+
+    A Dagster step process holds many long-lived objects (definitions, modules, frames);
+    every full collection would rescan them thousands of times during a day's calls.
+    Freezing them measured 10-20% more calls per second (bench/gemini_overhead.py).
+    """
+    gc.collect()
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 async def process_day(turns: pd.DataFrame, session: GeminiSession, progress: Callable[[str], None],

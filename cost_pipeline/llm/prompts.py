@@ -29,6 +29,11 @@ CLEANING_SCHEMA = {
     },
     "required": ["cleaned_text", "confidence", "changes"],
 }
+# Digested once: hashing a request must not serialise the declarations on every call.
+TOOLS_DIGEST = hashlib.sha256(
+    json.dumps([d.model_dump(mode="json", exclude_none=True) for d in FUNCTION_DECLARATIONS], sort_keys=True).encode()
+).hexdigest()
+
 FUNCTION_INSTRUCTION = (
     "You are a voice assistant's planner. If the user's request calls for one of your tools, call exactly "
     "one tool with arguments taken from the request. If no tool fits, answer briefly without calling a tool."
@@ -51,7 +56,7 @@ class LlmRequest:
             {
                 "model": self.model,
                 "system_instruction": self.system_instruction,
-                "tools": [d.model_dump(mode="json", exclude_none=True) for d in FUNCTION_DECLARATIONS] if self.with_tools else [],
+                "tools": TOOLS_DIGEST if self.with_tools else None,
                 "contents": self.contents,
                 "generation_config": self.generation_config,
             },

@@ -1,0 +1,124 @@
+"""Pipeline vs bare SDK loop: the Gemini stage's overhead on a zero-latency local server.
+
+1. Generates a day of N turns (default 39,000) and lands raw_turns.
+2. Materializes `turns_through_gemini` end to end (Dagster step, DuckDB read, cache,
+   concurrency, retries machinery, frames, one batch write) against the shipped server
+   in its own process, with rate limits out of the way, and counts the API calls the
+   server answered.
+3. Rebuilds exactly those API requests from the stored tables and sends them with a
+   bare `client.aio.models.generate_content` loop at the same concurrency.
+Prints calls/s for both and the ratio (goal: pipeline >= 0.85 of bare).
+
+    python bench/gemini_overhead.py [--turns 39000] [--concurrency 64]
+"""
+
+import argparse
+import asyncio
+import json
+import tempfile
+import time
+import urllib.request
+from datetime import date
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+from google import genai
+from google.genai import types
+
+from cost_pipeline.assets import ingest, turns
+from cost_pipeline.llm.client import GeminiResource
+from cost_pipeline.llm.local_server import ServerConfig, running_local_server
+from cost_pipeline.llm.prompts import cleaning_request, function_request
+from cost_pipeline.llm.tools import TOOLS
+from cost_pipeline.resources import LandingResource
+from cost_pipeline.storage.io_manager import DuckDBPartitionIOManager
+from cost_pipeline.synthetic import generate
+
+DAY = date(2026, 11, 1)
+
+
+def server_requests(url: str) -> int:
+    with urllib.request.urlopen(f"{url}/admin/stats") as response:
+        return json.loads(response.read()).get("requests", 0)
+
+
+def rebuild_requests(database: Path, gemini: GeminiResource) -> list:
+    """The API requests the pipeline sent (cache hits excluded), rebuilt from cleaned_turns and llm_calls."""
+    with duckdb.connect(str(database), read_only=True) as connection:
+        rows = connection.execute("""
+            SELECT t.conversation_id, t.turn_index, t.speaker, t.raw_text, t.cleaned_text, c.stage, c.cache_hit
+            FROM cleaned_turns t JOIN llm_calls c USING (turn_id)
+            ORDER BY t.evaluation_id, t.conversation_id, t.turn_index, c.stage""").fetchall()
+    requests, context, conversation = [], [], None
+    for conversation_id, _, speaker, raw, cleaned, stage, cache_hit in rows:
+        if conversation_id != conversation:
+            context, conversation = [], conversation_id
+        if stage == "clean":
+            if not cache_hit:
+                requests.append(cleaning_request(gemini.clean_model, speaker, raw, context[-gemini.context_turns:], None))
+            context.append((speaker, cleaned))
+        elif not cache_hit:
+            requests.append(function_request(gemini.function_model, cleaned, None))
+    return requests
+
+
+async def bare_loop(url: str, requests: list, concurrency: int) -> float:
+    client = genai.Client(api_key="bench", http_options=types.HttpOptions(base_url=url, timeout=30_000))
+    semaphore = asyncio.Semaphore(concurrency)
+    configs = {}
+
+    async def send(request):
+        config = configs.get(request.stage)
+        if config is None:
+            config = configs[request.stage] = types.GenerateContentConfig(
+                system_instruction=request.system_instruction,
+                tools=TOOLS if request.with_tools else None,
+                automatic_function_calling=types.AutomaticFunctionCallingConfig(disable=True) if request.with_tools else None,
+                **request.generation_config)
+        contents = [types.Content(role="user", parts=[types.Part(text=p) for p in parts]) for parts in request.contents]
+        async with semaphore:
+            await client.aio.models.generate_content(model=request.model, contents=contents, config=config)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(send(r) for r in requests))
+    elapsed = time.perf_counter() - started
+    await client.aio.aclose()
+    return elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--turns", type=int, default=39_000)
+    parser.add_argument("--concurrency", type=int, default=64)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as folder, running_local_server(ServerConfig()) as url:
+        landing, database = Path(folder) / "landing", Path(folder) / "bench.duckdb"
+        generate(landing, DAY, 1, args.turns, seed=7)
+        resources = {"io_manager": DuckDBPartitionIOManager(database=str(database)), "landing": LandingResource(root=str(landing))}
+        dg.materialize(dg.load_assets_from_modules([ingest]), partition_key=str(DAY), resources=resources)
+
+        gemini = GeminiResource(base_url=url, cache_database=str(database), max_concurrency=args.concurrency,
+                                requests_per_minute=100_000_000, tokens_per_minute=10_000_000_000)
+        assets = dg.load_assets_from_modules([turns])
+        before = server_requests(url)
+        started = time.perf_counter()
+        result = dg.materialize([*assets, *dg.load_assets_from_modules([ingest])], partition_key=str(DAY),
+                                resources={**resources, "gemini": gemini}, selection=assets)
+        pipeline_s = time.perf_counter() - started
+        api_calls = server_requests(url) - before
+        assert result.success
+
+        requests = rebuild_requests(database, gemini)
+        bare_s = asyncio.run(bare_loop(url, requests, args.concurrency))
+
+    pipeline_rate, bare_rate = api_calls / pipeline_s, len(requests) / bare_s
+    print(f"{args.turns:,} turns, concurrency {args.concurrency}, zero-latency local server in its own process")
+    print(f"pipeline (Dagster step end to end): {api_calls:,} API calls in {pipeline_s:.1f} s = {pipeline_rate:,.0f} calls/s, "
+          f"{args.turns / pipeline_s:,.0f} turns/s")
+    print(f"bare generate_content loop:        {len(requests):,} API calls in {bare_s:.1f} s = {bare_rate:,.0f} calls/s")
+    print(f"throughput ratio pipeline / bare: {pipeline_rate / bare_rate:.2f} (goal >= 0.85)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,62 @@
+"""Achieved request rate under a requests-per-minute limit, against a server with real latency.
+
+Sends N unique calls (default 2,000) through `GeminiSession` with the given limit
+(default 600 RPM) to the shipped server at 200 ms latency, and prints the achieved
+RPM as a fraction of the limit (goal >= 0.95) and the busiest 60-second window (which
+must not exceed the limit).
+
+    python bench/rate_limit.py [--calls 2000] [--rpm 600] [--latency-ms 200]
+"""
+
+import argparse
+import asyncio
+import bisect
+import tempfile
+import time
+from pathlib import Path
+
+from cost_pipeline.llm.cache import ResponseCache
+from cost_pipeline.llm.client import GeminiResource
+from cost_pipeline.llm.local_server import ServerConfig, running_local_server
+from cost_pipeline.llm.prompts import function_request
+
+
+async def run(url: str, calls: int, rpm: int, concurrency: int, database: Path) -> tuple[float, list[float]]:
+    gemini = GeminiResource(base_url=url, cache_database=str(database), requests_per_minute=rpm,
+                            max_concurrency=concurrency, cache_enabled=False)
+    session = gemini.session(ResponseCache(database, enabled=False))
+    sent_at: list[float] = []
+
+    async def one(index: int) -> None:
+        outcome = await session.call(function_request(gemini.function_model, f"Search the web for topic {index}.", None), "")
+        assert outcome.status == "ok", outcome.error
+        sent_at.append(time.perf_counter() - outcome.latency_ms / 1000)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(one(i) for i in range(calls)))
+    elapsed = time.perf_counter() - started
+    await session.aclose()
+    return elapsed, sorted(t - started for t in sent_at)
+
+
+def busiest_minute(times: list[float]) -> int:
+    return max(bisect.bisect_left(times, t + 60) - i for i, t in enumerate(times))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calls", type=int, default=2_000)
+    parser.add_argument("--rpm", type=int, default=600)
+    parser.add_argument("--latency-ms", type=float, default=200.0)
+    parser.add_argument("--concurrency", type=int, default=16)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as folder, running_local_server(ServerConfig(latency_ms=args.latency_ms)) as url:
+        elapsed, sent = asyncio.run(run(url, args.calls, args.rpm, args.concurrency, Path(folder) / "x.duckdb"))
+    achieved = args.calls / (sent[-1] - sent[0]) * 60 if len(sent) > 1 else 0.0
+    print(f"{args.calls:,} calls, limit {args.rpm} RPM, server latency {args.latency_ms:.0f} ms, concurrency {args.concurrency}")
+    print(f"elapsed {elapsed:.1f} s; achieved {achieved:.0f} RPM between first and last send = {achieved / args.rpm:.3f} of the limit (goal >= 0.95)")
+    print(f"busiest 60 s window: {busiest_minute(sent)} requests (limit {args.rpm})")
+
+
+if __name__ == "__main__":
+    main()
