@@ -64,13 +64,15 @@ def run_demo(day: date, turns: int, seed: int) -> int:
 
     (summary,) = generate(landing, day, 1, turns, seed)
     print(f"generated {summary.good_lines} turns and {summary.malformed_lines} malformed lines for {day} in {landing}")
+    quiet = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
     with dg.DagsterInstance.get() as instance:
         result = defs.resolve_job_def("daily_pipeline").execute_in_process(
-            partition_key=day.isoformat(), instance=instance, raise_on_error=False,
-            run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},
-        )
-    if not result.success:
-        print(f"run {result.run_id} failed; see the UI or the logs above", file=sys.stderr)
+            partition_key=day.isoformat(), instance=instance, raise_on_error=False, run_config=quiet)
+        if result.success:
+            totals = defs.resolve_job_def("evaluation_costs_job").execute_in_process(
+                instance=instance, raise_on_error=False, run_config=quiet)
+    if not result.success or not totals.success:
+        print(f"run {(totals if result.success else result).run_id} failed; see the logs above", file=sys.stderr)
         return 1
     print(f"\nrun {result.run_id} materialized partition {day} into {Path(database).resolve()}:")
     for table, rows in table_counts(database, day).items():

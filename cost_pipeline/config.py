@@ -15,8 +15,11 @@ DEFAULT_DB = "data/cost_pipeline.duckdb"
 LANDING_ENV = "COST_PIPELINE_LANDING"
 DEFAULT_LANDING = "data/landing"
 
+COSTS_ENV = "COST_PIPELINE_COSTS"
+DEFAULT_COSTS = "costs.toml"
 
-def env_or_default(name: str, default: str) -> str | dg.EnvVar:
+
+def env_or_default(name: str, default: str | None) -> str | dg.EnvVar | None:
     """`dg.EnvVar(name)` when the variable is set, else the documented default."""
     return dg.EnvVar(name) if os.environ.get(name) else default
 

@@ -1,34 +1,41 @@
-"""The one `Definitions` object: assets, jobs and the resources of the chosen deployment."""
+"""The one `Definitions` object: assets, checks, jobs, schedule, sensor and the local resources."""
+
+from pathlib import Path
 
 import dagster as dg
 
-from cost_pipeline.assets import ingest, turns
-from cost_pipeline.config import DB_ENV, DEFAULT_DB, DEFAULT_LANDING, LANDING_ENV, env_or_default, gemini_api_key
-from cost_pipeline.llm.client import GeminiResource
-from cost_pipeline.resources import LandingResource
-from cost_pipeline.storage.io_manager import DuckDBPartitionIOManager
-
-all_assets = dg.load_assets_from_modules([ingest, turns])
-
-daily_pipeline_job = dg.define_asset_job(
-    "daily_pipeline",
-    selection=dg.AssetSelection.all(),
-    description="Every asset of one day's partition, from landing files to costs.",
+from cost_pipeline import checks
+from cost_pipeline.assets import costs, ingest, turns
+from cost_pipeline.config import (
+    COSTS_ENV, DB_ENV, DEFAULT_COSTS, DEFAULT_DB, DEFAULT_LANDING, LANDING_ENV, env_or_default, gemini_api_key,
 )
+from cost_pipeline.llm.client import GeminiResource
+from cost_pipeline.resources import CostSettings, LandingResource
+from cost_pipeline.schedules import daily_pipeline_job, daily_pipeline_schedule, evaluation_costs_job, late_landing_sensor
+from cost_pipeline.storage.io_manager import DuckDBPartitionIOManager
+from cost_pipeline.storage.warehouse import DuckDBWarehouse
+
+all_assets = dg.load_assets_from_modules([ingest, turns, costs])
+all_checks = dg.load_asset_checks_from_modules([checks])
 
 
 def local_resources() -> dict:
-    """The embedded default: a DuckDB file and a landing folder on this machine."""
+    """The embedded default: one DuckDB file, a landing folder and cost settings on this machine."""
     database = env_or_default(DB_ENV, DEFAULT_DB)
     return {
         "io_manager": DuckDBPartitionIOManager(database=database),
+        "warehouse": DuckDBWarehouse(database=database),
         "landing": LandingResource(root=env_or_default(LANDING_ENV, DEFAULT_LANDING)),
         "gemini": GeminiResource(api_key=gemini_api_key(), cache_database=database),
+        "costs": CostSettings(config_file=env_or_default(COSTS_ENV, DEFAULT_COSTS if Path(DEFAULT_COSTS).is_file() else None)),
     }
 
 
 defs = dg.Definitions(
     assets=all_assets,
-    jobs=[daily_pipeline_job],
+    asset_checks=all_checks,
+    jobs=[daily_pipeline_job, evaluation_costs_job],
+    schedules=[daily_pipeline_schedule],
+    sensors=[late_landing_sensor],
     resources=local_resources(),
 )

@@ -1,9 +1,14 @@
-"""The landing folder as a Dagster resource, so its location and limits are run config."""
+"""Resources for the landing folder and cost settings, so their locations and limits are run config."""
+
+import tomllib
+from decimal import Decimal
+from pathlib import Path
 
 import dagster as dg
 from pydantic import Field
 
 from cost_pipeline.landing import DEFAULT_MAX_TEXT_CHARS, LandingDay, LandingFolderMissing, landing_folder, read_landing_day
+from cost_pipeline.pricing import PriceBook, parse_overrides
 
 
 class LandingResource(dg.ConfigurableResource):
@@ -23,3 +28,27 @@ class LandingResource(dg.ConfigurableResource):
                 f"No landing folder for partition {day}: expected {folder.resolve()} "
                 "(set COST_PIPELINE_LANDING or the landing resource's root to change where transcripts land)"
             ) from None
+
+
+class CostSettings(dg.ConfigurableResource):
+    """Price overrides, per-evaluation budgets and alert thresholds, from a small TOML file."""
+
+    config_file: str | None = Field(default=None, description="TOML with [prices.\"<model>\"] and [budgets]; none: library prices, no budgets.")
+    budget_warn_share: float = Field(default=0.8, description="Warn when an evaluation has used this share of its budget.")
+    estimated_share_warn: float = Field(default=0.05, description="Warn when more calls than this share have estimated usage.")
+
+    def _table(self) -> dict:
+        if not self.config_file:
+            return {}
+        path = Path(self.config_file)
+        if not path.is_file():
+            raise FileNotFoundError(f"cost settings file {path.resolve()} does not exist (COST_PIPELINE_COSTS)")
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+
+    def price_book(self) -> PriceBook:
+        return PriceBook(parse_overrides(self._table().get("prices", {})), override_source=f"override ({self.config_file})")
+
+    def budgets(self) -> dict[str, Decimal]:
+        """Budget per evaluation in USD; the key `default` covers evaluations not listed."""
+        return {name: Decimal(str(value)) for name, value in self._table().get("budgets", {}).items()}

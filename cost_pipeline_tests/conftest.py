@@ -9,11 +9,12 @@ import dagster as dg
 import pytest
 
 from cost_pipeline.assets import ingest
-from cost_pipeline.definitions import all_assets
+from cost_pipeline.definitions import all_assets, all_checks
 from cost_pipeline.llm.client import GeminiResource
 from cost_pipeline.llm.local_server import ServerConfig, running_local_server
-from cost_pipeline.resources import LandingResource
+from cost_pipeline.resources import CostSettings, LandingResource
 from cost_pipeline.storage.io_manager import DuckDBPartitionIOManager
+from cost_pipeline.storage.warehouse import DuckDBWarehouse
 
 INGEST_ASSETS = dg.load_assets_from_modules([ingest])
 
@@ -70,10 +71,13 @@ def database(tmp_path: Path) -> Path:
     return tmp_path / "store.duckdb"
 
 
-def local_resources(landing_root: Path, database: Path, model_server: ModelServer | None = None, **gemini) -> dict:
+def local_resources(landing_root: Path, database: Path, model_server: ModelServer | None = None,
+                    costs: CostSettings | None = None, **gemini) -> dict:
     resources = {
         "io_manager": DuckDBPartitionIOManager(database=str(database)),
+        "warehouse": DuckDBWarehouse(database=str(database)),
         "landing": LandingResource(root=str(landing_root)),
+        "costs": costs or CostSettings(),
     }
     if model_server is not None:
         options = {"initial_backoff_s": 0.01, "max_backoff_s": 0.2, "timeout_s": 5.0, **gemini}
@@ -82,11 +86,14 @@ def local_resources(landing_root: Path, database: Path, model_server: ModelServe
 
 
 def materialize_day(day: date | str, landing_root: Path, database: Path, model_server: ModelServer | None = None,
-                    gemini: dict | None = None, **kwargs) -> dg.ExecuteInProcessResult:
-    """A real Dagster materialization of one partition: ingest only, or the whole graph given a model server."""
+                    gemini: dict | None = None, costs: CostSettings | None = None, **kwargs) -> dg.ExecuteInProcessResult:
+    """A real Dagster run of one partition: ingest only, or every daily asset and check given a model server."""
+    if model_server is None:
+        return dg.materialize(INGEST_ASSETS, partition_key=str(day), resources=local_resources(landing_root, database), **kwargs)
     return dg.materialize(
-        all_assets if model_server is not None else INGEST_ASSETS,
+        [*all_assets, *all_checks],
         partition_key=str(day),
-        resources=local_resources(landing_root, database, model_server, **(gemini or {})),
+        resources=local_resources(landing_root, database, model_server, costs, **(gemini or {})),
+        selection=dg.AssetSelection.all() - dg.AssetSelection.assets("evaluation_costs"),
         **kwargs,
     )

@@ -7,6 +7,7 @@ after paying for answers does not pay for them again.
 """
 
 import asyncio
+from decimal import Decimal
 
 import dagster as dg
 import numpy as np
@@ -15,8 +16,10 @@ from pydantic import Field
 
 from cost_pipeline.llm.cache import ResponseCache
 from cost_pipeline.llm.client import FAILED, GeminiResource
-from cost_pipeline.llm.processing import DayResult, long_lived_objects_frozen, process_day, text_hash
+from cost_pipeline.llm.processing import DayResult, call_id, long_lived_objects_frozen, process_day, text_hash
 from cost_pipeline.partitions import daily_partitions
+from cost_pipeline.pricing import MISSING, MONEY_PLACES, MONEY_SQL_TYPE, price_calls
+from cost_pipeline.resources import CostSettings
 
 _ID_COLUMNS = [
     dg.TableColumn("turn_id", "VARCHAR"),
@@ -40,6 +43,9 @@ CLEANED_TURNS_SCHEMA = dg.TableSchema(columns=[
     dg.TableColumn("confidence", "DOUBLE"),
     dg.TableColumn("changes", "VARCHAR", description="JSON list of what cleaning changed."),
     *_OUTCOME_COLUMNS,
+    dg.TableColumn("cleaning_cost_usd", MONEY_SQL_TYPE, description="What the cleaning call was billed."),
+    dg.TableColumn("function_cost_usd", MONEY_SQL_TYPE, description="What the function decision was billed (0 without one)."),
+    dg.TableColumn("total_cost_usd", MONEY_SQL_TYPE),
 ])
 FUNCTION_CALLS_SCHEMA = dg.TableSchema(columns=[
     *_ID_COLUMNS,
@@ -73,6 +79,13 @@ LLM_CALLS_SCHEMA = dg.TableSchema(columns=[
     dg.TableColumn("error", "VARCHAR"),
     dg.TableColumn("request_hash", "VARCHAR", description="The response-cache key."),
     dg.TableColumn("called_at", "TIMESTAMPTZ"),
+    dg.TableColumn("input_cost_usd", MONEY_SQL_TYPE, description="Uncached prompt tokens, tool-use prompt included."),
+    dg.TableColumn("cached_input_cost_usd", MONEY_SQL_TYPE, description="Cached prompt tokens at the cache-read rate."),
+    dg.TableColumn("output_cost_usd", MONEY_SQL_TYPE, description="Candidates and thinking tokens."),
+    dg.TableColumn("total_cost_usd", MONEY_SQL_TYPE, description="Null when the model has no price."),
+    dg.TableColumn("saved_cost_usd", MONEY_SQL_TYPE, description="What a cache hit avoided paying."),
+    dg.TableColumn("price_source", "VARCHAR", description="genai-prices and its version, or the override file."),
+    dg.TableColumn("price_status", "VARCHAR", description="ok, or missing when no price is known."),
 ])
 
 
@@ -97,16 +110,20 @@ def _out(description: str, schema: dg.TableSchema) -> dg.AssetOut:
     group_name="gemini",
 )
 def turns_through_gemini(context: dg.AssetExecutionContext, config: GeminiStageConfig, gemini: GeminiResource,
-                         raw_turns: pd.DataFrame):
+                         costs: CostSettings, raw_turns: pd.DataFrame):
     """Clean the day's turns and decide function calls with Gemini, accounting for every call."""
     cache = ResponseCache(gemini.cache_database, gemini.cache_enabled)
     loaded = cache.load([text_hash(text) for text in raw_turns["text"]])
     with long_lived_objects_frozen():
         result, stats, latencies = asyncio.run(_run_day(raw_turns, gemini, cache, context.log.info, config.progress_every))
     written = cache.flush()
-    cleaned = _frame(result.cleaned, CLEANED_TURNS_SCHEMA, ["conversation_id", "turn_index"])
+    calls = price_calls(pd.DataFrame(result.calls), costs.price_book())
+    calls = _frame(calls, LLM_CALLS_SCHEMA, ["turn_id", "stage"])
+    cleaned = _frame(_with_turn_costs(pd.DataFrame(result.cleaned), calls), CLEANED_TURNS_SCHEMA, ["conversation_id", "turn_index"])
     functions = _frame(result.functions, FUNCTION_CALLS_SCHEMA, ["conversation_id", "turn_index"])
-    calls = _frame(result.calls, LLM_CALLS_SCHEMA, ["turn_id", "stage"])
+    missing = sorted(calls.loc[calls["price_status"] == MISSING, "model"].unique())
+    if missing:
+        context.log.warning(f"no price for model(s) {', '.join(missing)}: their calls carry price_status 'missing' and null costs")
 
     failed = int((calls["status"] == FAILED).sum())
     if stats["estimated"]:
@@ -135,8 +152,18 @@ async def _run_day(turns: pd.DataFrame, gemini: GeminiResource, cache: ResponseC
     return result, session.stats, session.latencies_ms
 
 
-def _frame(rows: list[dict], schema: dg.TableSchema, order: list[str]) -> pd.DataFrame:
+def _frame(rows: list[dict] | pd.DataFrame, schema: dg.TableSchema, order: list[str]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=[c.name for c in schema.columns]).sort_values(order, ignore_index=True)
+
+
+def _with_turn_costs(cleaned: pd.DataFrame, calls: pd.DataFrame) -> pd.DataFrame:
+    """Each turn's cleaning and function costs, as the original system stored them per turn."""
+    zero = Decimal(0).quantize(MONEY_PLACES)
+    cost = dict(zip(calls["call_id"], calls["total_cost_usd"]))
+    cleaning = [cost.get(i) for i in cleaned.get("call_id", [])]
+    function = [cost.get(call_id(turn, "function"), zero) for turn in cleaned.get("turn_id", [])]
+    total = [None if c is None or f is None else c + f for c, f in zip(cleaning, function)]
+    return cleaned.assign(cleaning_cost_usd=cleaning, function_cost_usd=function, total_cost_usd=total)
 
 
 def _cleaned_metadata(cleaned: pd.DataFrame) -> dict:

@@ -12,6 +12,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
+from decimal import Decimal
 
 import duckdb
 import pandas as pd
@@ -77,16 +78,24 @@ def read_slice(
     partitions: Sequence[date] | None,
     schema: str = "main",
 ) -> pd.DataFrame:
-    """Rows of `table` for the given days (all rows for `None`), ordered by day."""
-    if not table_exists(connection, schema, table):
+    """Rows of `table` for the given days (all rows for `None`), ordered by day; DECIMALs as `Decimal`."""
+    types = _existing_types(connection, schema, table)
+    if not types:
         raise LookupError(f"table {schema}.{table} does not exist yet: materialize it first")
-    sql = f"SELECT * FROM {qualified(schema, table)}"
+    money = [name for name, sql_type in types.items() if sql_type.startswith("DECIMAL")]
+    # DuckDB would hand DECIMALs to pandas as float64; as text they convert to exact Decimals.
+    columns = ", ".join(f"CAST({quote(n)} AS VARCHAR) AS {quote(n)}" if n in money else quote(n) for n in types)
+    sql = f"SELECT {columns} FROM {qualified(schema, table)}"
     if partitions is None:
-        return connection.execute(sql).df()
-    return connection.execute(
-        f"{sql} WHERE {quote(PARTITION_COLUMN)} IN (SELECT unnest(?::DATE[])) ORDER BY {quote(PARTITION_COLUMN)}",
-        [list(partitions)],
-    ).df()
+        frame = connection.execute(sql).df()
+    else:
+        frame = connection.execute(
+            f"{sql} WHERE {quote(PARTITION_COLUMN)} IN (SELECT unnest(?::DATE[])) ORDER BY {quote(PARTITION_COLUMN)}",
+            [list(partitions)],
+        ).df()
+    for name in money:
+        frame[name] = frame[name].map(lambda value: None if value is None else Decimal(value))
+    return frame
 
 
 def table_exists(connection: duckdb.DuckDBPyConnection, schema: str, table: str) -> bool:

@@ -1,0 +1,114 @@
+"""Asset checks: the numbers that money decisions rest on are proved, partition by partition.
+
+Blocking checks stop a wrong number from propagating: a rollup that does not reconcile
+to the cent, calls without usage, impossible costs, or a partition whose tables come
+from different runs keep the downstream assets from materializing on top of them.
+"""
+
+import dagster as dg
+
+from cost_pipeline.assets.costs import COST_KINDS, GROUP_KEYS, TOKEN_KINDS
+from cost_pipeline.markdown import markdown_table
+from cost_pipeline.partitions import daily_partitions
+from cost_pipeline.resources import CostSettings
+from cost_pipeline.storage.warehouse import DuckDBWarehouse
+
+BATCH_TABLES = ("cleaned_turns", "function_calls", "llm_calls")
+RECONCILED = ["calls", "cache_hits", "failures", *TOKEN_KINDS, *COST_KINDS]
+
+
+@dg.asset_check(asset="daily_cost_rollup", partitions_def=daily_partitions, blocking=True,
+                description="Every rollup row equals the sum of its calls, to the last decimal place.")
+def rollup_reconciles_with_calls(context: dg.AssetCheckExecutionContext, warehouse: DuckDBWarehouse) -> dg.AssetCheckResult:
+    sums = ", ".join(
+        f"count(*) FILTER (WHERE {cond}) AS {name}" if cond else f"sum({name}) AS {name}"
+        for name, cond in [("calls", "true"), ("cache_hits", "cache_hit"), ("failures", "status = 'failed'"),
+                           *((n, None) for n in [*TOKEN_KINDS, *COST_KINDS])]
+    )
+    differs = " OR ".join(f"c.{n} IS DISTINCT FROM r.{n}" for n in RECONCILED)
+    keys = ", ".join(GROUP_KEYS)
+    mismatched = warehouse.query(f"""
+        WITH c AS (SELECT {keys}, {sums} FROM llm_calls WHERE partition_date = ? GROUP BY ALL),
+             r AS (SELECT * FROM daily_cost_rollup WHERE partition_date = ?)
+        SELECT {", ".join(f"coalesce(c.{k}, r.{k}) AS {k}" for k in GROUP_KEYS)}, c.total_cost_usd AS calls_cost,
+               r.total_cost_usd AS rollup_cost
+        FROM c FULL OUTER JOIN r USING ({keys}) WHERE c.calls IS NULL OR r.calls IS NULL OR {differs}""",
+        [context.partition_key, context.partition_key])
+    return dg.AssetCheckResult(
+        passed=mismatched.empty,
+        metadata={"mismatched_groups": len(mismatched),
+                  "mismatches": dg.MetadataValue.md(markdown_table(mismatched)) if len(mismatched) else ""},
+    )
+
+
+@dg.asset_check(asset="llm_calls", partitions_def=daily_partitions, blocking=True,
+                description="Every answered call has usage (reported, estimated or from the cache); warns when too many are estimated.")
+def calls_have_usage(context: dg.AssetCheckExecutionContext, warehouse: DuckDBWarehouse,
+                     costs: CostSettings) -> dg.AssetCheckResult:
+    counts = warehouse.query("""
+        SELECT count(*) AS calls,
+               count(*) FILTER (WHERE status = 'ok' AND usage_source NOT IN ('reported', 'estimated', 'cache')) AS without_usage,
+               count(*) FILTER (WHERE usage_source = 'estimated') AS estimated
+        FROM llm_calls WHERE partition_date = ?""", [context.partition_key]).iloc[0]
+    calls, without, estimated = int(counts["calls"]), int(counts["without_usage"]), int(counts["estimated"])
+    share = estimated / calls if calls else 0.0
+    metadata = {"calls": calls, "without_usage": without, "estimated": estimated, "estimated_share": share}
+    if without:
+        return dg.AssetCheckResult(passed=False, severity=dg.AssetCheckSeverity.ERROR, metadata=metadata)
+    if share > costs.estimated_share_warn:
+        return dg.AssetCheckResult(passed=False, severity=dg.AssetCheckSeverity.WARN, metadata=metadata,
+                                   description=f"{share:.1%} of calls have estimated usage (warn above {costs.estimated_share_warn:.0%})")
+    return dg.AssetCheckResult(passed=True, metadata=metadata)
+
+
+@dg.asset_check(asset="llm_calls", partitions_def=daily_partitions, blocking=True,
+                description="No negative costs, and no null cost on a call whose model has a price.")
+def costs_are_valid(context: dg.AssetCheckExecutionContext, warehouse: DuckDBWarehouse) -> dg.AssetCheckResult:
+    negative = " OR ".join(f"{kind} < 0" for kind in COST_KINDS)
+    null = " OR ".join(f"{kind} IS NULL" for kind in COST_KINDS)
+    bad = warehouse.query(f"""
+        SELECT count(*) FILTER (WHERE {negative}) AS negative,
+               count(*) FILTER (WHERE price_status = 'ok' AND ({null})) AS null_costs
+        FROM llm_calls WHERE partition_date = ?""", [context.partition_key]).iloc[0]
+    metadata = {"negative_cost_calls": int(bad["negative"]), "null_cost_calls": int(bad["null_costs"])}
+    return dg.AssetCheckResult(passed=not (metadata["negative_cost_calls"] or metadata["null_cost_calls"]), metadata=metadata)
+
+
+@dg.asset_check(asset="llm_calls", partitions_def=daily_partitions,
+                description="Every call's model has a price (warns on price_status = 'missing').")
+def prices_are_known(context: dg.AssetCheckExecutionContext, warehouse: DuckDBWarehouse) -> dg.AssetCheckResult:
+    missing = warehouse.query("""
+        SELECT model, count(*) AS calls FROM llm_calls
+        WHERE partition_date = ? AND price_status = 'missing' GROUP BY model ORDER BY model""", [context.partition_key])
+    return dg.AssetCheckResult(
+        passed=missing.empty, severity=dg.AssetCheckSeverity.WARN,
+        metadata={"missing_price_calls": int(missing["calls"].sum()) if len(missing) else 0,
+                  "models": ", ".join(missing["model"])},
+    )
+
+
+@dg.asset_check(asset="llm_calls", partitions_def=daily_partitions, blocking=True,
+                description="The partition's cleaned turns, function calls and calls were all written by one run.")
+def batch_from_one_run(context: dg.AssetCheckExecutionContext, warehouse: DuckDBWarehouse) -> dg.AssetCheckResult:
+    union = " UNION ALL ".join(f"SELECT '{t}' AS table_name, run_id FROM {t} WHERE partition_date = $day" for t in BATCH_TABLES)
+    runs = warehouse.query(f"SELECT DISTINCT table_name, run_id FROM ({union}) ORDER BY ALL", {"day": context.partition_key})
+    distinct = runs["run_id"].nunique()
+    return dg.AssetCheckResult(
+        passed=distinct <= 1,
+        metadata={"distinct_runs": distinct,
+                  "runs": dg.MetadataValue.md(markdown_table(runs)) if distinct > 1 else ""},
+    )
+
+
+@dg.asset_check(asset="evaluation_costs", description="Each evaluation within its budget: warn at the warn share, error above 100%.")
+def budgets_held(warehouse: DuckDBWarehouse, costs: CostSettings) -> dg.AssetCheckResult:
+    totals = warehouse.query("SELECT evaluation_id, total_cost_usd, budget_usd, budget_used_share FROM evaluation_costs")
+    budgeted = totals[totals["budget_used_share"].notna()]
+    over = budgeted[budgeted["budget_used_share"] > 1]
+    near = budgeted[(budgeted["budget_used_share"] >= costs.budget_warn_share) & (budgeted["budget_used_share"] <= 1)]
+    metadata = {"evaluations": len(totals), "over_budget": len(over), "near_budget": len(near),
+                "max_budget_used_share": float(budgeted["budget_used_share"].max()) if len(budgeted) else 0.0,
+                "over": ", ".join(over["evaluation_id"]), "near": ", ".join(near["evaluation_id"])}
+    if len(over):
+        return dg.AssetCheckResult(passed=False, severity=dg.AssetCheckSeverity.ERROR, metadata=metadata)
+    return dg.AssetCheckResult(passed=near.empty, severity=dg.AssetCheckSeverity.WARN, metadata=metadata)

@@ -1,0 +1,61 @@
+"""Jobs, the daily schedule, and the sensor that picks up a landing folder that arrives late."""
+
+import os
+from datetime import datetime, timedelta
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import dagster as dg
+
+from cost_pipeline.partitions import daily_partitions
+from cost_pipeline.resources import LandingResource
+
+SCHEDULE_HOUR_ENV, SCHEDULE_TIMEZONE_ENV = "COST_PIPELINE_SCHEDULE_HOUR", "COST_PIPELINE_SCHEDULE_TIMEZONE"
+SCHEDULE_HOUR = int(os.environ.get(SCHEDULE_HOUR_ENV, "2"))
+SCHEDULE_TIMEZONE = os.environ.get(SCHEDULE_TIMEZONE_ENV, "UTC")
+
+daily_pipeline_job = dg.define_asset_job(
+    "daily_pipeline",
+    selection=dg.AssetSelection.all() - dg.AssetSelection.assets("evaluation_costs"),
+    description="One day's partition of every daily asset: landing files to cost rollup, with their checks.",
+)
+evaluation_costs_job = dg.define_asset_job(
+    "evaluation_costs_job",
+    selection=dg.AssetSelection.assets("evaluation_costs"),
+    description="Totals per evaluation over all days, with the budget check.",
+)
+
+
+@dg.schedule(job=daily_pipeline_job, cron_schedule=f"0 {SCHEDULE_HOUR} * * *", execution_timezone=SCHEDULE_TIMEZONE,
+             description=f"Yesterday's partition, every day at {SCHEDULE_HOUR:02d}:00 {SCHEDULE_TIMEZONE} "
+                         f"({SCHEDULE_HOUR_ENV}, {SCHEDULE_TIMEZONE_ENV}).")
+def daily_pipeline_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
+    """Yesterday, as a date in the schedule's timezone, is the partition to run."""
+    tick = context.scheduled_execution_time.astimezone(ZoneInfo(SCHEDULE_TIMEZONE))
+    day = (tick.date() - timedelta(days=1)).isoformat()
+    return dg.RunRequest(run_key=day, partition_key=day, tags={"trigger": "daily_schedule"})
+
+
+@dg.sensor(job=daily_pipeline_job, minimum_interval_seconds=300,
+           description="Runs a day whose landing folder appeared, or changed, after its last raw_turns materialization.")
+def late_landing_sensor(context: dg.SensorEvaluationContext, landing: LandingResource) -> dg.SensorResult:
+    known = set(daily_partitions.get_partition_keys(current_time=datetime.now(ZoneInfo("UTC"))))
+    requests = []
+    for folder in sorted(Path(landing.root).glob("????-??-??")):
+        files = list(folder.glob("*.jsonl"))
+        if folder.name not in known or not files:
+            continue
+        landed_at = max(path.stat().st_mtime for path in files)
+        materialized_at = _materialized_at(context.instance, folder.name)
+        if materialized_at is None or landed_at > materialized_at:
+            requests.append(dg.RunRequest(run_key=f"{folder.name}@{landed_at:.0f}", partition_key=folder.name,
+                                          tags={"trigger": "late_landing_sensor"}))
+    return dg.SensorResult(run_requests=requests)
+
+
+def _materialized_at(instance: dg.DagsterInstance, day: str) -> float | None:
+    """When raw_turns was last materialized for `day`, as a Unix time."""
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey("raw_turns"), asset_partitions=[day]), limit=1
+    ).records
+    return records[0].timestamp if records else None

@@ -1,0 +1,40 @@
+"""Read-only SQL over the DuckDB store, with money kept exact.
+
+DuckDB hands DECIMAL columns to pandas as float64; here they come back as Python
+`Decimal`s, so no cent is rounded on its way through a rollup, a check or a report.
+Reads use read-only connections that wait out a writer's lock.
+"""
+
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+import pandas as pd
+from pydantic import Field
+
+from cost_pipeline.storage.connect import connect
+
+
+def query_frame(connection: duckdb.DuckDBPyConnection, sql: str, params: list | dict | None = None) -> pd.DataFrame:
+    """Run `sql` and return a frame whose DECIMAL columns hold `Decimal`s."""
+    result = connection.execute(sql, params or [])
+    names = [column[0] for column in result.description]
+    decimal_columns = [column[0] for column in result.description if str(column[1]).startswith("DECIMAL")]
+    frame = pd.DataFrame(result.fetchall(), columns=names)
+    for name in decimal_columns:
+        frame[name] = frame[name].astype(object)
+    return frame
+
+
+class DuckDBWarehouse(dg.ConfigurableResource):
+    """The DuckDB file, for assets and checks that aggregate in SQL rather than in pandas."""
+
+    database: str = Field(description="Path of the DuckDB file.")
+    lock_timeout_s: float = Field(default=120.0, description="How long to wait for a writer to release the file.")
+
+    def query(self, sql: str, params: list | dict | None = None) -> pd.DataFrame:
+        if not Path(self.database).exists():
+            raise FileNotFoundError(f"DuckDB file {self.database} does not exist yet: materialize upstream assets first")
+        with connect(self.database, read_only=True, timeout_s=self.lock_timeout_s) as connection:
+            return query_frame(connection, sql, params)
+

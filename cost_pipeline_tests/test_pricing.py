@@ -1,0 +1,94 @@
+"""Prices against figures computed by hand from Google's published per-million-token rates.
+
+Rates used (USD per 1M tokens): gemini-2.5-flash-lite input 0.10, cached 0.01, output 0.40;
+gemini-2.5-flash input 0.30, cached 0.03, output 2.50; gemini-2.5-pro up to 200k prompt
+tokens input 1.25, cached 0.125, output 10, above 200k input 2.50, cached 0.25, output 15.
+"""
+
+from datetime import datetime, timezone
+from decimal import Decimal
+
+import pytest
+
+from cost_pipeline.pricing import LIBRARY_SOURCE, MISSING, PriceBook, TokenCounts, parse_overrides
+
+AT = datetime(2026, 11, 1, 12, tzinfo=timezone.utc)
+D = Decimal
+
+
+def cost(model, **tokens):
+    return PriceBook().cost(model, TokenCounts(**tokens), AT)
+
+
+def test_flash_lite_with_cached_tokens_bills_the_cached_part_once_at_the_cache_rate():
+    c = cost("gemini-2.5-flash-lite", input=1000, cached=400, output=100)
+    assert c.input_cost == D("0.000060")          # 600 uncached x 0.10 / 1M
+    assert c.cached_input_cost == D("0.000004")   # 400 cached x 0.01 / 1M
+    assert c.output_cost == D("0.000040")         # 100 x 0.40 / 1M
+    assert c.total_cost == D("0.000104")
+    assert c.price_source == LIBRARY_SOURCE and c.price_status == "ok"
+
+
+def test_thinking_tokens_are_billed_as_output():
+    c = cost("gemini-2.5-pro", input=10_000, output=500, thinking=1_500)
+    assert c.input_cost == D("0.0125")            # 10,000 x 1.25 / 1M
+    assert c.output_cost == D("0.02")             # (500 + 1,500) x 10 / 1M
+    assert c.total_cost == D("0.0325")
+
+
+def test_a_long_context_prompt_moves_the_whole_request_to_the_higher_tier():
+    c = cost("gemini-2.5-pro", input=250_000, cached=50_000, output=2_000, thinking=1_000)
+    assert c.input_cost == D("0.5")               # 200,000 uncached x 2.50 / 1M
+    assert c.cached_input_cost == D("0.0125")     # 50,000 x 0.25 / 1M
+    assert c.output_cost == D("0.045")            # 3,000 x 15 / 1M
+    assert c.total_cost == D("0.5575")
+
+
+def test_just_under_the_threshold_stays_on_the_base_tier():
+    assert cost("gemini-2.5-pro", input=200_000).input_cost == D("0.25")
+
+
+def test_one_million_tokens_cost_the_per_million_rate_not_a_millionth_of_it():
+    assert cost("gemini-2.5-flash", input=1_000_000).total_cost == D("0.30")
+    assert cost("gemini-2.5-flash", output=1_000_000).total_cost == D("2.50")
+
+
+def test_a_zero_token_call_costs_exactly_zero():
+    c = cost("gemini-2.5-flash-lite")
+    assert (c.input_cost, c.cached_input_cost, c.output_cost, c.total_cost) == (0, 0, 0, 0)
+    assert c.price_status == "ok"
+
+
+def test_tool_use_prompt_tokens_are_input():
+    assert cost("gemini-2.5-flash", input=1000, tool_prompt=500).input_cost == D("0.00045")
+
+
+def test_money_is_decimal_with_twelve_places():
+    c = cost("gemini-2.5-flash-lite", input=1)
+    assert isinstance(c.total_cost, Decimal) and c.total_cost == D("0.0000001")
+    assert c.total_cost.as_tuple().exponent == -12
+
+
+def test_an_unknown_model_is_missing_not_free():
+    c = cost("gemini-9-ultra", input=1000, output=10)
+    assert c.price_status == MISSING
+    assert c.total_cost is None and c.input_cost is None
+
+
+def test_overrides_replace_library_prices_and_price_unknown_models():
+    overrides = parse_overrides({
+        "gemini-2.5-flash-lite": {"input_mtok": "0.08", "output_mtok": "0.32", "cached_input_mtok": "0.008"},
+        "gemini-9-ultra": {"input_mtok": 5, "output_mtok": 20},
+    })
+    book = PriceBook(overrides, override_source="override costs.toml")
+    lite = book.cost("gemini-2.5-flash-lite", TokenCounts(input=1000, cached=500, output=100), AT)
+    assert (lite.input_cost, lite.cached_input_cost, lite.output_cost) == (D("0.00004"), D("0.000004"), D("0.000032"))
+    assert lite.price_source == "override costs.toml"
+    ultra = book.cost("gemini-9-ultra", TokenCounts(input=1000, output=10), AT)
+    assert ultra.total_cost == D("0.0052") and ultra.price_status == "ok"
+
+
+@pytest.mark.parametrize("bad", [{"input_mtok": "1"}, {"input_mtok": "1", "output_mtok": "2", "cache": "3"}])
+def test_a_malformed_override_is_a_clear_error(bad):
+    with pytest.raises(ValueError, match="needs input_mtok and output_mtok"):
+        parse_overrides({"m": bad})
