@@ -13,6 +13,7 @@ from pathlib import Path
 
 from cost_pipeline.config import DB_ENV, DEFAULT_DB, DEFAULT_LANDING, LANDING_ENV, resolved
 from cost_pipeline.llm.local_server import config_arguments, config_from, serve
+from cost_pipeline.reporting import DIMENSIONS
 from cost_pipeline.synthetic import generate
 
 DEFAULT_DAGSTER_HOME = ".dagster_home"
@@ -38,7 +39,17 @@ def main(argv: list[str] | None = None) -> int:
     model.add_argument("--port", type=int, default=8765)
     config_arguments(model)
 
+    report = commands.add_parser("report", help="print costs from daily_cost_rollup (read-only, safe while Dagster writes)")
+    report.add_argument("--start", type=date.fromisoformat, required=True)
+    report.add_argument("--end", type=date.fromisoformat, required=True)
+    report.add_argument("--by", choices=list(DIMENSIONS), default="day")
+    report.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    report.add_argument("--chart", help="also write a PNG of daily cost by model to this path")
+    report.add_argument("--database", default=resolved(DB_ENV, DEFAULT_DB))
+
     args = parser.parse_args(argv)
+    if args.command == "report":
+        return run_report(args)
     if args.command == "serve-model":
         serve(config_from(args), args.port)
         return 0
@@ -60,7 +71,7 @@ def run_demo(day: date, turns: int, seed: int) -> int:
     import dagster as dg  # Dagster's import is slow; `generate` does not need it.
 
     from cost_pipeline.definitions import defs
-    from cost_pipeline.reporting import table_counts
+    from cost_pipeline.reporting import cost_report, render, table_counts
 
     (summary,) = generate(landing, day, 1, turns, seed)
     print(f"generated {summary.good_lines} turns and {summary.malformed_lines} malformed lines for {day} in {landing}")
@@ -77,6 +88,8 @@ def run_demo(day: date, turns: int, seed: int) -> int:
     print(f"\nrun {result.run_id} materialized partition {day} into {Path(database).resolve()}:")
     for table, rows in table_counts(database, day).items():
         print(f"  {table:<24} {rows:>8} rows")
+    print(f"\nWhat {day} cost, by evaluation (cost-pipeline report --start {day} --end {day} --by evaluation):\n")
+    print(render(cost_report(database, day, day, "evaluation"), "table"))
     print(
         "\nWhere to look:\n"
         f"  UI:      DAGSTER_HOME={os.environ['DAGSTER_HOME']} .venv/bin/dagster dev   (or: make ui)"
@@ -84,6 +97,26 @@ def run_demo(day: date, turns: int, seed: int) -> int:
         f"  DuckDB:  .venv/bin/python -c \"import duckdb; print(duckdb.connect('{database}', read_only=True)"
         ".sql('SELECT * FROM raw_turns LIMIT 5'))\""
     )
+    return 0
+
+
+def run_report(args: argparse.Namespace) -> int:
+    from cost_pipeline.reporting import cost_report, daily_cost_by_model, render, write_chart
+
+    if args.end < args.start:
+        print(f"--end {args.end} is before --start {args.start}", file=sys.stderr)
+        return 2
+    if not Path(args.database).exists():
+        print(f"no DuckDB file at {args.database}: run the pipeline first (make demo)", file=sys.stderr)
+        return 1
+    report = cost_report(args.database, args.start, args.end, args.by)
+    if report.empty:
+        print(f"no cost data between {args.start} and {args.end} in {args.database}")
+        return 0
+    print(render(report, args.format))
+    if args.chart:
+        write_chart(daily_cost_by_model(args.database, args.start, args.end), args.chart)
+        print(f"chart written to {args.chart}", file=sys.stderr)
     return 0
 
 

@@ -119,7 +119,10 @@ def parse_overrides(table: dict) -> dict[str, PriceOverride]:
         if unknown or not {"input_mtok", "output_mtok"} <= set(prices):
             raise ValueError(f"price override for {model!r} needs input_mtok and output_mtok "
                              f"(and optionally cached_input_mtok); got {sorted(prices)}")
-        overrides[model] = PriceOverride(**{name: Decimal(str(value)) for name, value in prices.items()})
+        override = PriceOverride(**{name: Decimal(str(value)) for name, value in prices.items()})
+        if any(price < 0 for price in (override.input_mtok, override.output_mtok, override.cached_input_mtok or 0)):
+            raise ValueError(f"price override for {model!r} has a negative price")
+        overrides[model] = override
     return overrides
 
 

@@ -1,13 +1,28 @@
-"""Read-only views of the DuckDB store for people at a terminal."""
+"""Read-only views of the DuckDB store for people at a terminal: row counts and the cost report.
 
+The report reads `daily_cost_rollup` through a read-only connection, which waits for a
+writer's short transaction instead of blocking it, and keeps money as `Decimal` all the
+way to the printed figure.
+"""
+
+import csv
+import io
+import json
 from datetime import date
+from decimal import Decimal
+
+import pandas as pd
 
 from cost_pipeline.storage.connect import connect
-from cost_pipeline.storage.tables import PARTITION_COLUMN, qualified
+from cost_pipeline.storage.tables import PARTITION_COLUMN, qualified, table_exists
+from cost_pipeline.storage.warehouse import query_frame
+
+DIMENSIONS = {"day": "partition_date", "evaluation": "evaluation_id", "model": "model", "stage": "stage"}
+MEASURES = ["calls", "cache_hits", "total_tokens", "total_cost_usd", "saved_cost_usd"]
 
 
 def table_counts(database: str, day: date) -> dict[str, int]:
-    """Rows per partitioned table for one day, read without taking the writer's lock."""
+    """Rows per table for one day (all rows of an unpartitioned table), read without taking the writer's lock."""
     with connect(database, read_only=True) as connection:
         tables = connection.execute(
             "SELECT table_schema, table_name FROM information_schema.columns WHERE column_name = ? ORDER BY 1, 2",
@@ -15,7 +30,100 @@ def table_counts(database: str, day: date) -> dict[str, int]:
         ).fetchall()
         return {
             table: connection.execute(
-                f"SELECT count(*) FROM {qualified(schema, table)} WHERE {PARTITION_COLUMN} = ?", [day]
+                f"SELECT count(*) FROM {qualified(schema, table)} WHERE {PARTITION_COLUMN} = ? OR {PARTITION_COLUMN} IS NULL",
+                [day],
             ).fetchone()[0]
             for schema, table in tables
         }
+
+
+def cost_report(database: str, start: date, end: date, by: str) -> pd.DataFrame:
+    """Calls, tokens and cost per `by` (day, evaluation, model or stage) between two days, inclusive."""
+    column = DIMENSIONS[by]
+    with connect(database, read_only=True) as connection:
+        if not table_exists(connection, "main", "daily_cost_rollup"):
+            return pd.DataFrame(columns=[by, *MEASURES])
+        return query_frame(connection, f"""
+            SELECT {column} AS {by}, sum(calls)::BIGINT AS calls, sum(cache_hits)::BIGINT AS cache_hits,
+                   sum(total_tokens)::BIGINT AS total_tokens, sum(total_cost_usd) AS total_cost_usd,
+                   sum(saved_cost_usd) AS saved_cost_usd
+            FROM daily_cost_rollup WHERE partition_date BETWEEN ? AND ?
+            GROUP BY 1 ORDER BY 1""", [start, end])
+
+
+def daily_cost_by_model(database: str, start: date, end: date) -> pd.DataFrame:
+    """Daily cost per model, one column per model, for the chart."""
+    with connect(database, read_only=True) as connection:
+        if not table_exists(connection, "main", "daily_cost_rollup"):
+            return pd.DataFrame()
+        frame = query_frame(connection, """
+            SELECT partition_date AS day, model, sum(total_cost_usd) AS cost FROM daily_cost_rollup
+            WHERE partition_date BETWEEN ? AND ? GROUP BY ALL ORDER BY ALL""", [start, end])
+    return frame.pivot(index="day", columns="model", values="cost").fillna(Decimal(0))
+
+
+def render(report: pd.DataFrame, fmt: str) -> str:
+    """The report as an aligned table with a total line, or as JSON or CSV."""
+    rows = [{k: _plain(v) for k, v in row.items()} for row in report.to_dict("records")]
+    if fmt == "json":
+        return json.dumps({"rows": rows, "total": _plain_dict(_totals(report))}, indent=2)
+    if fmt == "csv":
+        out = io.StringIO()
+        writer = csv.DictWriter(out, fieldnames=list(report.columns))
+        writer.writeheader()
+        writer.writerows(rows)
+        return out.getvalue()
+    return _table(report)
+
+
+def write_chart(by_model: pd.DataFrame, path: str) -> None:
+    """A stacked bar chart of daily cost by model, as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(10, 5))
+    by_model.astype(float).plot.bar(stacked=True, ax=axes)
+    axes.set_ylabel("cost (USD)")
+    axes.set_xlabel("day")
+    axes.set_title("Daily Gemini cost by model")
+    axes.set_xticklabels([str(day) for day in by_model.index], rotation=45, ha="right")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def _totals(report: pd.DataFrame) -> dict:
+    return {m: sum((v for v in report[m] if v is not None), Decimal(0) if m.endswith("_usd") else 0) for m in MEASURES}
+
+
+def _table(report: pd.DataFrame) -> str:
+    header = list(report.columns)
+    body = [[_cell(v) for v in row] for row in report.itertuples(index=False)]
+    totals = _totals(report)
+    body.append(["TOTAL", *(_cell(totals[m]) for m in header[1:])])
+    widths = [max(len(h), *(len(r[i]) for r in body)) for i, h in enumerate(header)]
+    line = lambda cells: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+    rule = "  ".join("-" * w for w in widths)
+    return "\n".join([line(header), rule, *map(line, body[:-1]), rule, line(body[-1])])
+
+
+def _cell(value) -> str:
+    if isinstance(value, Decimal):
+        return f"{value:,.6f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def _plain(value):
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, date):
+        return value.isoformat()
+    return value.item() if hasattr(value, "item") else value
+
+
+def _plain_dict(values: dict) -> dict:
+    return {k: _plain(v) for k, v in values.items()}

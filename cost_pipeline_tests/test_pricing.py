@@ -88,7 +88,11 @@ def test_overrides_replace_library_prices_and_price_unknown_models():
     assert ultra.total_cost == D("0.0052") and ultra.price_status == "ok"
 
 
-@pytest.mark.parametrize("bad", [{"input_mtok": "1"}, {"input_mtok": "1", "output_mtok": "2", "cache": "3"}])
-def test_a_malformed_override_is_a_clear_error(bad):
-    with pytest.raises(ValueError, match="needs input_mtok and output_mtok"):
+@pytest.mark.parametrize("bad,message", [
+    ({"input_mtok": "1"}, "needs input_mtok and output_mtok"),
+    ({"input_mtok": "1", "output_mtok": "2", "cache": "3"}, "needs input_mtok and output_mtok"),
+    ({"input_mtok": "-1", "output_mtok": "2"}, "negative price"),
+])
+def test_a_malformed_override_is_a_clear_error(bad, message):
+    with pytest.raises(ValueError, match=message):
         parse_overrides({"m": bad})
