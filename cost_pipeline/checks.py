@@ -3,22 +3,28 @@
 Blocking checks stop a wrong number from propagating: a rollup that does not reconcile
 to the cent, calls without usage, impossible costs, or a partition whose tables come
 from different runs keep the downstream assets from materializing on top of them.
-Checks run in the partition's own run and read `context.partition_key`; they are not
-themselves partitioned, because partitioned checks are still a Dagster preview feature.
+Daily checks are partitioned like their assets, so the UI shows a result per day and
+can re-run a check for any one day. Partitioned checks are a Dagster preview feature;
+we accept that knowingly and silence only its preview notice.
 """
+
+import warnings
 
 import dagster as dg
 
 from cost_pipeline.assets.costs import COST_KINDS, GROUP_KEYS, TOKEN_KINDS
 from cost_pipeline.markdown import markdown_table
+from cost_pipeline.partitions import daily_partitions
 from cost_pipeline.resources import CostSettings
 from cost_pipeline.storage.warehouse import DuckDBWarehouse
+
+warnings.filterwarnings("ignore", message="Specifying a partitions_def on an AssetCheckSpec", category=dg.PreviewWarning)
 
 BATCH_TABLES = ("cleaned_turns", "function_calls", "llm_calls")
 RECONCILED = ["calls", "cache_hits", "failures", *TOKEN_KINDS, *COST_KINDS]
 
 
-@dg.asset_check(asset="daily_cost_rollup", blocking=True,
+@dg.asset_check(asset="daily_cost_rollup", partitions_def=daily_partitions, blocking=True,
                 description="Every rollup row equals the sum of its calls, to the last decimal place.")
 def rollup_reconciles_with_calls(context: dg.AssetCheckExecutionContext, warehouse: DuckDBWarehouse) -> dg.AssetCheckResult:
     sums = ", ".join(
@@ -42,13 +48,13 @@ def rollup_reconciles_with_calls(context: dg.AssetCheckExecutionContext, warehou
     )
 
 
-@dg.asset_check(asset="llm_calls", blocking=True,
+@dg.asset_check(asset="llm_calls", partitions_def=daily_partitions, blocking=True,
                 description="Every answered call has usage (reported, estimated or from the cache); warns when too many are estimated.")
 def calls_have_usage(context: dg.AssetCheckExecutionContext, warehouse: DuckDBWarehouse,
                      costs: CostSettings) -> dg.AssetCheckResult:
     counts = warehouse.query("""
         SELECT count(*) AS calls,
-               count(*) FILTER (WHERE status = 'ok' AND usage_source NOT IN ('reported', 'estimated', 'cache')) AS without_usage,
+               count(*) FILTER (WHERE status = 'ok' AND coalesce(usage_source, '') NOT IN ('reported', 'estimated', 'cache')) AS without_usage,
                count(*) FILTER (WHERE usage_source = 'estimated') AS estimated
         FROM llm_calls WHERE partition_date = ?""", [context.partition_key]).iloc[0]
     calls, without, estimated = int(counts["calls"]), int(counts["without_usage"]), int(counts["estimated"])
@@ -62,7 +68,7 @@ def calls_have_usage(context: dg.AssetCheckExecutionContext, warehouse: DuckDBWa
     return dg.AssetCheckResult(passed=True, metadata=metadata)
 
 
-@dg.asset_check(asset="llm_calls", blocking=True,
+@dg.asset_check(asset="llm_calls", partitions_def=daily_partitions, blocking=True,
                 description="No negative costs, and no null cost on a call whose model has a price.")
 def costs_are_valid(context: dg.AssetCheckExecutionContext, warehouse: DuckDBWarehouse) -> dg.AssetCheckResult:
     negative = " OR ".join(f"{kind} < 0" for kind in COST_KINDS)
@@ -75,7 +81,7 @@ def costs_are_valid(context: dg.AssetCheckExecutionContext, warehouse: DuckDBWar
     return dg.AssetCheckResult(passed=not (metadata["negative_cost_calls"] or metadata["null_cost_calls"]), metadata=metadata)
 
 
-@dg.asset_check(asset="llm_calls",
+@dg.asset_check(asset="llm_calls", partitions_def=daily_partitions,
                 description="Every call's model has a price (warns on price_status = 'missing').")
 def prices_are_known(context: dg.AssetCheckExecutionContext, warehouse: DuckDBWarehouse) -> dg.AssetCheckResult:
     missing = warehouse.query("""
@@ -88,7 +94,7 @@ def prices_are_known(context: dg.AssetCheckExecutionContext, warehouse: DuckDBWa
     )
 
 
-@dg.asset_check(asset="llm_calls", blocking=True,
+@dg.asset_check(asset="llm_calls", partitions_def=daily_partitions, blocking=True,
                 description="The partition's cleaned turns, function calls and calls were all written by one run.")
 def batch_from_one_run(context: dg.AssetCheckExecutionContext, warehouse: DuckDBWarehouse) -> dg.AssetCheckResult:
     union = " UNION ALL ".join(f"SELECT '{t}' AS table_name, run_id FROM {t} WHERE partition_date = $day" for t in BATCH_TABLES)

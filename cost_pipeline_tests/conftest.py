@@ -1,6 +1,7 @@
 """Shared fixtures: a temp landing folder and DuckDB file, the shipped model server, and runs of a day."""
 
 import json
+import shutil
 import urllib.request
 from datetime import date
 from pathlib import Path
@@ -15,6 +16,7 @@ from cost_pipeline.llm.local_server import ServerConfig, running_local_server
 from cost_pipeline.resources import CostSettings, LandingResource
 from cost_pipeline.storage.io_manager import DuckDBPartitionIOManager
 from cost_pipeline.storage.warehouse import DuckDBWarehouse
+from cost_pipeline.synthetic import generate
 
 INGEST_ASSETS = dg.load_assets_from_modules([ingest])
 
@@ -97,3 +99,27 @@ def materialize_day(day: date | str, landing_root: Path, database: Path, model_s
         selection=dg.AssetSelection.all() - dg.AssetSelection.assets("evaluation_costs"),
         **kwargs,
     )
+
+
+THREE_DAYS = [date(2026, 11, 1), date(2026, 11, 2), date(2026, 11, 3)]
+
+
+@pytest.fixture(scope="session")
+def _three_days_store(tmp_path_factory, _model_server_url):
+    """Three real days through every daily asset (two models), built once for the session."""
+    folder = tmp_path_factory.mktemp("three_days")
+    server = ModelServer(_model_server_url)
+    server.reset()
+    generate(folder / "landing", THREE_DAYS[0], days=3, turns_per_day=150, seed=17)
+    results = [materialize_day(day, folder / "landing", folder / "store.duckdb", server,
+                               gemini={"function_model": "gemini-2.5-flash"}) for day in THREE_DAYS]
+    return folder, results
+
+
+@pytest.fixture
+def three_days(_three_days_store, landing_root, database, model_server):
+    """This test's own copy of the three-day store (landing files and DuckDB file)."""
+    folder, results = _three_days_store
+    shutil.copytree(folder / "landing", landing_root, dirs_exist_ok=True)
+    shutil.copy(folder / "store.duckdb", database)
+    return results
