@@ -24,3 +24,6 @@ ui: setup
 
 bench: setup
 	$(BIN)/python bench/partition_write.py
+	$(BIN)/python bench/rate_limit.py
+	$(BIN)/python bench/gemini_overhead.py
+	$(BIN)/python bench/rollup.py
