@@ -10,6 +10,7 @@ from decimal import Decimal
 import dagster as dg
 import pandas as pd
 
+from cost_pipeline.markdown import markdown_table
 from cost_pipeline.partitions import daily_partitions
 from cost_pipeline.pricing import MONEY_PLACES
 from cost_pipeline.resources import CostSettings
@@ -125,8 +126,7 @@ def with_budgets(totals: pd.DataFrame, budgets: dict[str, Decimal]) -> pd.DataFr
 def rollup_metadata(rollup: pd.DataFrame) -> dict:
     calls = int(rollup["calls"].sum())
     by_evaluation = rollup.groupby("evaluation_id")["total_cost_usd"].agg(lambda costs: sum(c for c in costs if c is not None))
-    top = by_evaluation.sort_values(ascending=False).head(10)
-    lines = ["| evaluation | cost (USD) |", "|---|---:|", *(f"| {name} | {cost:.6f} |" for name, cost in top.items())]
+    top = by_evaluation.sort_values(ascending=False).map(lambda cost: f"{cost:.6f}").rename_axis("evaluation")
     return {
         "total_cost_usd": float(_sum(rollup["total_cost_usd"])),
         "saved_cost_usd": float(_sum(rollup["saved_cost_usd"])),
@@ -134,17 +134,19 @@ def rollup_metadata(rollup: pd.DataFrame) -> dict:
         "calls": calls,
         "cache_hit_rate": float(rollup["cache_hits"].sum() / calls) if calls else 0.0,
         "missing_price_calls": int(rollup["missing_price_calls"].sum()),
-        "top_evaluations": dg.MetadataValue.md("\n".join(lines)),
+        "top_evaluations": dg.MetadataValue.md(markdown_table(top.reset_index(name="cost_usd"), 10)),
     }
 
 
 def evaluation_metadata(totals: pd.DataFrame) -> dict:
     costs = [c for c in totals["total_cost_usd"] if c is not None]
     shares = [s for s in totals["budget_used_share"] if s is not None]
-    lines = ["| evaluation | days | turns | cost (USD) | per turn | budget | used |", "|---|---:|---:|---:|---:|---:|---:|"]
-    lines += [f"| {r.evaluation_id} | {r.days} | {r.turns} | {_fmt(r.total_cost_usd)} | {_fmt(r.cost_per_turn_usd, 8)} | "
-              f"{_fmt(r.budget_usd, 2)} | {'' if r.budget_used_share is None else f'{r.budget_used_share:.1%}'} |"
-              for r in totals.itertuples()]
+    summary = pd.DataFrame({
+        "evaluation": totals["evaluation_id"], "days": totals["days"], "turns": totals["turns"],
+        "cost_usd": totals["total_cost_usd"].map(_fmt), "per_turn_usd": totals["cost_per_turn_usd"].map(lambda v: _fmt(v, 8)),
+        "budget_usd": totals["budget_usd"].map(lambda v: _fmt(v, 2)),
+        "used": totals["budget_used_share"].map(lambda v: "" if v is None else f"{v:.1%}"),
+    })
     return {
         "evaluations": len(totals),
         "total_cost_usd": float(sum(costs)) if costs else 0.0,
@@ -152,7 +154,7 @@ def evaluation_metadata(totals: pd.DataFrame) -> dict:
         "min_cost_usd": float(min(costs)) if costs else 0.0,
         "max_cost_usd": float(max(costs)) if costs else 0.0,
         "all_under_budget": bool(shares) and all(share <= 1 for share in shares),
-        "summary": dg.MetadataValue.md("\n".join(lines)),
+        "summary": dg.MetadataValue.md(markdown_table(summary, len(summary))),
     }
 
 

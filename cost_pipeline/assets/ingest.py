@@ -10,6 +10,7 @@ import dagster as dg
 import pandas as pd
 
 from cost_pipeline.landing import LandingDay
+from cost_pipeline.markdown import markdown_table
 from cost_pipeline.partitions import daily_partitions
 from cost_pipeline.resources import LandingResource
 
@@ -81,13 +82,7 @@ def _quarantine_metadata(quarantined: pd.DataFrame) -> dict:
     metadata: dict = {"rows": len(quarantined)}
     if len(quarantined):
         kinds = Counter(quarantined["reason_code"])
-        preview = quarantined.head(QUARANTINE_PREVIEW_ROWS)
-        lines = ["| file | line | reason |", "|---|---|---|"]
-        lines += [f"| {r.source_file} | {r.line_number} | {_md(r.reason)} |" for r in preview.itertuples()]
         metadata["reasons"] = dg.MetadataValue.json(dict(kinds.most_common()))
-        metadata["preview"] = dg.MetadataValue.md("\n".join(lines))
+        metadata["preview"] = dg.MetadataValue.md(
+            markdown_table(quarantined[["source_file", "line_number", "reason"]], QUARANTINE_PREVIEW_ROWS))
     return metadata
-
-
-def _md(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")

@@ -17,6 +17,7 @@ from pydantic import Field
 from cost_pipeline.llm.cache import ResponseCache
 from cost_pipeline.llm.client import FAILED, GeminiResource
 from cost_pipeline.llm.processing import DayResult, call_id, long_lived_objects_frozen, process_day, text_hash
+from cost_pipeline.markdown import markdown_table
 from cost_pipeline.partitions import daily_partitions
 from cost_pipeline.pricing import MISSING, MONEY_PLACES, MONEY_SQL_TYPE, price_calls
 from cost_pipeline.resources import CostSettings
@@ -177,8 +178,8 @@ def _cleaned_metadata(cleaned: pd.DataFrame) -> dict:
 
 
 def _function_metadata(functions: pd.DataFrame) -> dict:
-    counts = functions["function_name"].fillna("(no call)").value_counts()
-    table = "\n".join(["| function | decisions |", "|---|---|", *(f"| {name} | {n} |" for name, n in counts.items())])
+    counts = functions["function_name"].fillna("(no call)").value_counts().rename_axis("function").reset_index(name="decisions")
+    table = markdown_table(counts)
     return {
         "rows": len(functions),
         "with_call": int(functions["function_name"].notna().sum()),
@@ -212,6 +213,4 @@ def _call_metadata(calls: pd.DataFrame, stats, latencies: list[float], result: D
 
 
 def _error_table(calls: pd.DataFrame, limit: int = 10) -> str:
-    failed = calls[calls["status"] == FAILED].head(limit)
-    rows = [f"| {r.turn_id} | {r.stage} | {str(r.error).replace('|', '/')[:200]} |" for r in failed.itertuples()]
-    return "\n".join(["| turn | stage | error |", "|---|---|---|", *rows])
+    return markdown_table(calls.loc[calls["status"] == FAILED, ["turn_id", "stage", "error"]], limit)
