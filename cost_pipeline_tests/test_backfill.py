@@ -1,11 +1,11 @@
-"""A three-day backfill through Dagster's own CLI and daemon, on one DuckDB file."""
+"""A 14-day backfill through Dagster's own CLI and daemon, 4 runs at once on one DuckDB file, reported on meanwhile."""
 
 import os
 import shutil
 import subprocess
 import sys
 import time
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 
 import dagster as dg
@@ -16,12 +16,18 @@ from cost_pipeline.synthetic import generate
 
 BIN = Path(sys.executable).parent
 REPO = Path(__file__).parents[1]
-DAYS = ["2026-11-01", "2026-11-02", "2026-11-03"]
+START, DAYS = date(2026, 11, 1), 14
+PARTITIONS = [(START + timedelta(days=i)).isoformat() for i in range(DAYS)]
+
+
+def most_runs_at_once(runs) -> int:
+    spans = [(run.start_time, run.end_time) for run in runs]
+    return max(sum(1 for start, end in spans if start <= moment < end) for moment, _ in spans)
 
 
 @pytest.mark.slow
-def test_job_backfill_over_three_days_runs_every_partition(tmp_path, landing_root, database):
-    generate(landing_root, date(2026, 11, 1), days=3, turns_per_day=60, seed=23)
+def test_job_backfill_over_fourteen_days_with_four_runs_at_once(tmp_path, landing_root, database):
+    generate(landing_root, START, days=DAYS, turns_per_day=40, seed=23)
     home = tmp_path / "dagster_home"
     home.mkdir()
     shutil.copy(REPO / ".dagster_home" / "dagster.yaml", home)
@@ -30,26 +36,34 @@ def test_job_backfill_over_three_days_runs_every_partition(tmp_path, landing_roo
     dg.DagsterInstance.from_config(str(home)).dispose()
     launched = subprocess.run(
         [str(BIN / "dagster"), "job", "backfill", "-m", "cost_pipeline.definitions", "-j", "daily_pipeline",
-         "--from", DAYS[0], "--to", DAYS[-1], "--noprompt"],
+         "--from", PARTITIONS[0], "--to", PARTITIONS[-1], "--noprompt"],
         env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert launched.returncode == 0, launched.stderr[-2000:]
     daemon = subprocess.Popen([str(BIN / "dagster-daemon"), "run", "-m", "cost_pipeline.definitions"],
                               env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    reports = []
     try:
         with dg.DagsterInstance.from_config(str(home)) as instance:
-            deadline = time.monotonic() + 300
+            deadline = time.monotonic() + 600
             while time.monotonic() < deadline:
                 runs = instance.get_runs()
-                if len(runs) == 3 and all(run.is_finished for run in runs):
+                if len(runs) == DAYS and all(run.is_finished for run in runs):
                     break
-                time.sleep(2)
-            statuses = sorted((run.tags["dagster/partition"], run.status.value) for run in instance.get_runs())
+                if database.exists():
+                    reports.append(subprocess.run(
+                        [str(BIN / "cost-pipeline"), "report", "--database", str(database), "--start", PARTITIONS[0],
+                         "--end", PARTITIONS[-1], "--format", "json"], capture_output=True, text=True, timeout=120))
+                time.sleep(1)
+            records = instance.get_run_records()
     finally:
         daemon.terminate()
         daemon.wait(timeout=30)
-    assert statuses == [(day, "SUCCESS") for day in DAYS]
+    statuses = sorted((r.dagster_run.tags["dagster/partition"], r.dagster_run.status.value) for r in records)
+    assert statuses == [(day, "SUCCESS") for day in PARTITIONS]
+    assert 2 <= most_runs_at_once(records) <= 4
+    assert reports and all(report.returncode == 0 for report in reports), [r.stderr for r in reports if r.returncode]
     with duckdb.connect(str(database), read_only=True) as connection:
         days = connection.execute("SELECT DISTINCT partition_date::VARCHAR FROM daily_cost_rollup ORDER BY 1").fetchall()
         runs = connection.execute("SELECT partition_date, count(DISTINCT run_id) FROM llm_calls GROUP BY 1").fetchall()
-    assert [d for (d,) in days] == DAYS
+    assert [d for (d,) in days] == PARTITIONS
     assert all(count == 1 for _, count in runs)

@@ -173,3 +173,23 @@ def test_answers_slower_than_the_timeout_are_retried(landing_root, database, mod
     timed_out = model_server.stats()["fault_slow"]
     assert timed_out > 0
     assert query(database, "SELECT sum(attempts - 1) FROM llm_calls")[0][0] == timed_out
+
+
+def test_thirty_percent_faults_of_every_kind_lose_no_turn(landing_root, database, model_server):
+    summary, = generate(landing_root, DAY, days=1, turns_per_day=150, seed=31)
+    model_server.configure(rate_429=0.1, rate_500=0.05, rate_503=0.05, rate_slow=0.05, slow_s=2.0,
+                           rate_truncated=0.05, retry_delay_s=0.01, seed=5)
+    result = materialize_day(DAY, landing_root, database, model_server,
+                             gemini={"timeout_s": 0.4, "max_attempts": 3, "cache_enabled": False},
+                             run_config={"ops": {"turns_through_gemini": {"config": {"max_failure_share": 1.0}}}})
+    assert result.success
+    stats = model_server.stats()
+    assert all(stats.get(f"fault_{kind}", 0) > 0 for kind in ("429", "500", "503", "slow", "truncated"))
+    raw = query(database, "SELECT turn_id FROM raw_turns")
+    cleaned = query(database, "SELECT turn_id, status, error FROM cleaned_turns")
+    assert sorted(t for (t,) in raw) == sorted(t for t, _, _ in cleaned)
+    assert all(status == "ok" or (status == "failed" and error) for _, status, error in cleaned)
+    users_ok = query(database, "SELECT count(*) FROM cleaned_turns WHERE speaker = 'User' AND status = 'ok'")[0][0]
+    assert query(database, "SELECT count(*) FROM function_calls")[0][0] == users_ok
+    calls = query(database, "SELECT count(*), count(*) FILTER (attempts > 1), count(*) FILTER (status = 'failed' AND error IS NULL) FROM llm_calls")[0]
+    assert calls[0] == len(cleaned) + users_ok and calls[1] > 0 and calls[2] == 0

@@ -231,10 +231,11 @@ class GeminiSession:
 
 
 def is_retryable(err: BaseException) -> bool:
-    """Rate limits, server errors and transport failures (timeouts included) are worth another attempt."""
+    """Rate limits, server errors, transport failures (timeouts included) and broken bodies are worth another attempt."""
     if isinstance(err, errors.APIError):
         return err.code in RETRYABLE_STATUS
-    return _is_transport_error(err) or isinstance(err, (asyncio.TimeoutError, MalformedResponse))
+    # UnknownApiResponseError: a 200 whose body is not JSON (cut off in transit).
+    return _is_transport_error(err) or isinstance(err, (asyncio.TimeoutError, MalformedResponse, errors.UnknownApiResponseError))
 
 
 def server_retry_delay(err: BaseException | None) -> float | None:

@@ -15,7 +15,8 @@ real SDK, its HTTP stack and its error types. This server speaks the REST shape 
 
 Latency and faults are configurable and can be changed while it runs
 (`POST /admin/config`): HTTP 429 with a `RetryInfo` delay, 500, 503, 400, responses
-slower than the client's timeout, and responses without `usageMetadata`.
+slower than the client's timeout, bodies cut off mid-JSON, and responses without
+`usageMetadata`.
 `GET /admin/stats` counts requests by model and outcome, `GET /admin/requests` returns
 the latest request bodies, `POST /admin/reset` clears both. Served by uvicorn on
 loopback; `cost-pipeline serve-model --port N` runs it on its own.
@@ -69,6 +70,7 @@ class ServerConfig:
     rate_slow: float = 0.0
     slow_s: float = 30.0
     rate_missing_usage: float = 0.0
+    rate_truncated: float = 0.0
     retry_delay_s: float = 0.2
     implicit_cache_min_tokens: int = 64
     seed: int = 0
@@ -194,13 +196,15 @@ class GeminiLikeServer:
             body += message.get("body", b"")
             if not message.get("more_body"):
                 break
+        if any(name == b"x-goog-api-key" for name, _ in scope.get("headers", [])):
+            self.stats["with_api_key"] += 1
         status, payload = await self.route(scope["method"], scope["path"], body)
-        data = json.dumps(payload).encode()
+        data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
         await send({"type": "http.response.start", "status": status,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]})
         await send({"type": "http.response.body", "body": data})
 
-    async def route(self, method: str, path: str, body: bytes) -> tuple[int, dict]:
+    async def route(self, method: str, path: str, body: bytes) -> tuple[int, dict | bytes]:
         if path == "/admin/stats":
             return 200, dict(self.stats)
         if path == "/admin/requests":
@@ -232,7 +236,7 @@ class GeminiLikeServer:
             return 400, _error(400, "request body is not JSON", "INVALID_ARGUMENT")
         return await self.generate(found["model"], request)
 
-    async def generate(self, model: str, request: dict) -> tuple[int, dict]:
+    async def generate(self, model: str, request: dict) -> tuple[int, dict | bytes]:
         config = self.config
         record = {"model": model, "body": request}
         self.requests.append(record)
@@ -248,6 +252,10 @@ class GeminiLikeServer:
                 return await self._fault(outcome)
             roll -= rate
         response = self.model_response(model, request)
+        if self.random.random() < config.rate_truncated:
+            self.stats["fault_truncated"] += 1
+            whole = json.dumps(response).encode()
+            return 200, whole[: len(whole) // 2]
         if self.random.random() < config.rate_missing_usage:
             self.stats["missing_usage"] += 1
             del response["usageMetadata"]
