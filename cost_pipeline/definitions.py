@@ -38,4 +38,8 @@ defs = dg.Definitions(
     schedules=[daily_pipeline_schedule],
     sensors=[late_landing_sensor],
     resources=local_resources(),
+    # The daily graph is a chain, so a process per step buys no parallelism and costs
+    # seconds of start-up per step (a 14-day backfill: 217 s -> 53 s); runs of
+    # different days give the parallelism.
+    executor=dg.in_process_executor,
 )
