@@ -4,9 +4,18 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
+# Debian packages the tests drive for real: Chromium (the UI test) and PostgreSQL
+# (the prod profile test). Installed from Debian, never downloaded by a test tool.
+SYSTEM_PACKAGES := chromium postgresql
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup demo test ui bench
+.PHONY: setup system-deps demo test ui bench
 setup: $(VENV)/.installed
+
+system-deps:
+	@command -v chromium >/dev/null && [ -d /usr/lib/postgresql ] || { \
+		$(SUDO) apt-get update -qq && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SYSTEM_PACKAGES) >/dev/null; }
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,7 +25,7 @@ $(VENV)/.installed: pyproject.toml
 demo: setup
 	$(BIN)/cost-pipeline demo
 
-test: setup
+test: setup system-deps
 	$(BIN)/python -m pytest
 
 ui: setup

@@ -1,0 +1,134 @@
+"""The Dagster UI in a real browser: Debian's Chromium, driven by Playwright, against `dagster dev`.
+
+Run alone with `pytest -m ui`. Screenshots go to `test-artifacts/ui/`.
+"""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from datetime import date
+from pathlib import Path
+
+import pytest
+
+from cost_pipeline.synthetic import generate
+
+REPO = Path(__file__).parents[1]
+ARTIFACTS = REPO / "test-artifacts" / "ui"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+DAY = "2026-11-02"
+ASSETS = ["raw_turns", "quarantined_turns", "cleaned_turns", "function_calls", "llm_calls", "daily_cost_rollup", "evaluation_costs"]
+
+LAUNCH_RUN = """
+mutation($params: ExecutionParams!) {
+  launchRun(executionParams: $params) {
+    __typename
+    ... on LaunchRunSuccess { run { runId } }
+    ... on PythonError { message }
+    ... on InvalidSubsetError { message }
+    ... on RunConfigValidationInvalid { errors { message } }
+  }
+}"""
+RUN_STATUS = "query($id: ID!) { runOrError(runId: $id) { ... on Run { status } } }"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def graphql(url: str, query: str, variables: dict | None = None) -> dict:
+    request = urllib.request.Request(f"{url}/graphql", data=json.dumps({"query": query, "variables": variables or {}}).encode(),
+                                     headers={"content-type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
+
+
+@pytest.fixture
+def dagster_dev(tmp_path):
+    """`dagster dev` on loopback with a temp DAGSTER_HOME, DuckDB file and landing folder holding one day."""
+    home, landing = tmp_path / "home", tmp_path / "landing"
+    home.mkdir()
+    shutil.copy(REPO / ".dagster_home" / "dagster.yaml", home)
+    generate(landing, date.fromisoformat(DAY), days=1, turns_per_day=120, seed=3)
+    env = {**os.environ, "DAGSTER_HOME": str(home), "COST_PIPELINE_DB": str(tmp_path / "ui.duckdb"),
+           "COST_PIPELINE_LANDING": str(landing), "COST_PIPELINE_COSTS": str(REPO / "costs.toml")}
+    for secret in ("GEMINI_API_KEY", "GOOGLE_API_KEY", "GOOGLE_GEMINI_BASE_URL"):
+        env.pop(secret, None)
+    port = free_port()
+    server = subprocess.Popen([str(Path(sys.executable).with_name("dagster")), "dev", "-h", "127.0.0.1", "-p", str(port)],
+                              cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if graphql(url, "{ version }").get("data"):
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline and server.poll() is None, "dagster dev did not come up"
+            time.sleep(1)
+        yield url
+    finally:
+        os.killpg(server.pid, 15)
+        server.wait(timeout=60)
+
+
+@pytest.fixture
+def browser():
+    playwright_api = pytest.importorskip("playwright.sync_api")
+    assert Path(CHROMIUM).exists(), "Debian's chromium is missing: `make test` installs it"
+    with playwright_api.sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.mark.ui
+@pytest.mark.slow
+def test_the_ui_shows_the_graph_runs_a_partition_and_shows_costs_and_checks(dagster_dev, browser):
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page = browser.new_page(viewport={"width": 1600, "height": 1000})
+    page.set_default_timeout(60_000)
+
+    page.goto(f"{dagster_dev}/assets")
+    for asset in ASSETS:
+        page.get_by_text(asset, exact=True).first.wait_for()
+    page.screenshot(path=str(ARTIFACTS / "1-assets.png"), full_page=True)
+
+    page.goto(f"{dagster_dev}/locations/cost_pipeline/asset-groups/gemini")
+    page.get_by_text("llm_calls", exact=True).first.wait_for()
+    page.screenshot(path=str(ARTIFACTS / "2-asset-graph.png"))
+
+    launched = graphql(dagster_dev, LAUNCH_RUN, {"params": {
+        "selector": {"repositoryLocationName": "cost_pipeline", "repositoryName": "__repository__", "jobName": "daily_pipeline"},
+        "executionMetadata": {"tags": [{"key": "dagster/partition", "value": DAY}]},
+        "runConfigData": "{}",
+    }})["data"]["launchRun"]
+    assert launched["__typename"] == "LaunchRunSuccess", launched
+    run_id = launched["run"]["runId"]
+    page.goto(f"{dagster_dev}/runs/{run_id}")
+    deadline = time.monotonic() + 300
+    while (status := graphql(dagster_dev, RUN_STATUS, {"id": run_id})["data"]["runOrError"]["status"]) not in ("SUCCESS", "FAILURE", "CANCELED"):
+        assert time.monotonic() < deadline, f"run still {status}"
+        time.sleep(2)
+    page.screenshot(path=str(ARTIFACTS / "3-run.png"))
+    assert status == "SUCCESS"
+
+    page.goto(f"{dagster_dev}/assets/daily_cost_rollup")
+    page.get_by_text("total_cost_usd").first.wait_for()
+    page.get_by_text("cache_hit_rate").first.wait_for()
+    page.screenshot(path=str(ARTIFACTS / "4-daily-cost-rollup.png"), full_page=True)
+    page.goto(f"{dagster_dev}/assets/daily_cost_rollup?view=checks")
+    page.get_by_text("rollup_reconciles_with_calls").first.wait_for()
+    page.get_by_text("Passed").first.wait_for()
+    page.screenshot(path=str(ARTIFACTS / "5-daily-cost-rollup-checks.png"), full_page=True)
