@@ -11,7 +11,7 @@ import dagster as dg
 import pandas as pd
 
 from cost_pipeline.markdown import markdown_table
-from cost_pipeline.partitions import daily_partitions
+from cost_pipeline.partitions import DUCKDB_POOL, daily_partitions
 from cost_pipeline.pricing import MONEY_PLACES
 from cost_pipeline.resources import CostSettings
 from cost_pipeline.storage.warehouse import DuckDBWarehouse
@@ -89,6 +89,7 @@ EVALUATION_SCHEMA = dg.TableSchema(columns=[
     group_name="costs",
     kinds={"duckdb", "pandas"},
     metadata={"dagster/column_schema": ROLLUP_SCHEMA},
+    pool=DUCKDB_POOL,
 )
 def daily_cost_rollup(context: dg.AssetExecutionContext, warehouse: DuckDBWarehouse) -> pd.DataFrame:
     """One row per day x evaluation x model x stage: calls, tokens and cost by kind, savings, latency."""
@@ -104,6 +105,7 @@ def daily_cost_rollup(context: dg.AssetExecutionContext, warehouse: DuckDBWareho
     kinds={"duckdb", "pandas"},
     metadata={"dagster/column_schema": EVALUATION_SCHEMA},
     automation_condition=dg.AutomationCondition.eager(),
+    pool=DUCKDB_POOL,
 )
 def evaluation_costs(context: dg.AssetExecutionContext, warehouse: DuckDBWarehouse, costs: CostSettings) -> pd.DataFrame:
     """Per evaluation over all days: total cost, cost per turn, first and last day, budget used."""

@@ -11,7 +11,7 @@ import pandas as pd
 
 from cost_pipeline.landing import LandingDay
 from cost_pipeline.markdown import markdown_table
-from cost_pipeline.partitions import daily_partitions
+from cost_pipeline.partitions import DUCKDB_POOL, daily_partitions
 from cost_pipeline.resources import LandingResource
 
 RAW_TURNS_SCHEMA = dg.TableSchema(
@@ -54,6 +54,7 @@ QUARANTINE_PREVIEW_ROWS = 20
     },
     partitions_def=daily_partitions,
     group_name="ingest",
+    pool=DUCKDB_POOL,
 )
 def landed_turns(context: dg.AssetExecutionContext, landing: LandingResource):
     """Validate the day's landing files into raw_turns and quarantined_turns."""

@@ -18,7 +18,7 @@ from cost_pipeline.llm.cache import ResponseCache
 from cost_pipeline.llm.client import FAILED, GeminiResource
 from cost_pipeline.llm.processing import DayResult, call_id, long_lived_objects_frozen, process_day, text_hash
 from cost_pipeline.markdown import markdown_table
-from cost_pipeline.partitions import daily_partitions
+from cost_pipeline.partitions import DUCKDB_POOL, daily_partitions
 from cost_pipeline.pricing import MISSING, MONEY_PLACES, MONEY_SQL_TYPE, price_calls
 from cost_pipeline.resources import CostSettings
 
@@ -109,6 +109,7 @@ def _out(description: str, schema: dg.TableSchema) -> dg.AssetOut:
     },
     partitions_def=daily_partitions,
     group_name="gemini",
+    pool=DUCKDB_POOL,
 )
 def turns_through_gemini(context: dg.AssetExecutionContext, config: GeminiStageConfig, gemini: GeminiResource,
                          costs: CostSettings, raw_turns: pd.DataFrame):

@@ -1,0 +1,89 @@
+"""The prod profile: a real PostgreSQL (Debian's packages) on loopback holds Dagster's runs and events."""
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+from datetime import date
+from pathlib import Path
+
+import duckdb
+import psycopg2
+import pytest
+
+from cost_pipeline.synthetic import generate
+
+REPO = Path(__file__).parents[1]
+PG_BIN = next(iter(sorted(Path("/usr/lib/postgresql").glob("*/bin"))), None) if Path("/usr/lib/postgresql").exists() else None
+DAY = "2026-11-04"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def as_postgres(*command: str) -> list[str]:
+    """PostgreSQL refuses to run as root; run its tools as the `postgres` user the package created."""
+    return ["runuser", "-u", "postgres", "--", *command] if os.geteuid() == 0 else list(command)
+
+
+@pytest.fixture
+def postgres():
+    assert PG_BIN is not None, "Debian's postgresql is missing: `make test` installs it"
+    # Outside pytest's root-only temp tree, so the postgres user can reach it.
+    cluster = Path(tempfile.mkdtemp(prefix="cost-pipeline-pg-"))
+    data, sockets = cluster / "data", cluster / "sockets"
+    sockets.mkdir()
+    if os.geteuid() == 0:
+        shutil.chown(cluster, "postgres", "postgres")
+        shutil.chown(sockets, "postgres", "postgres")
+    subprocess.run(as_postgres(str(PG_BIN / "initdb"), "-D", str(data), "-U", "dagster", "--auth=trust"),
+                   check=True, capture_output=True)
+    port = free_port()
+    subprocess.run(as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(data), "-w", "-l", str(cluster / "pg.log"), "-o",
+                               f"-h 127.0.0.1 -p {port} -k {sockets}", "start"), check=True, capture_output=True)
+    try:
+        connection = psycopg2.connect(host="127.0.0.1", port=port, user="dagster", dbname="postgres")
+        connection.autocommit = True
+        connection.cursor().execute("CREATE DATABASE dagster")
+        connection.close()
+        yield port
+    finally:
+        subprocess.run(as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"), capture_output=True)
+        shutil.rmtree(cluster, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_a_partition_runs_with_runs_and_events_in_postgres(tmp_path, postgres):
+    port = postgres
+    home, landing, database = tmp_path / "home", tmp_path / "landing", tmp_path / "store.duckdb"
+    home.mkdir()
+    shutil.copy(REPO / "deploy" / "prod" / "dagster.yaml", home)
+    generate(landing, date.fromisoformat(DAY), days=1, turns_per_day=80, seed=6)
+    env = {**os.environ, "DAGSTER_PG_URL": f"postgresql+psycopg2://dagster@127.0.0.1:{port}/dagster", "DAGSTER_HOME": str(home), "COST_PIPELINE_DB": str(database),
+           "COST_PIPELINE_LANDING": str(landing), "COST_PIPELINE_COSTS": str(REPO / "costs.toml")}
+    run = subprocess.run(
+        [str(Path(sys.executable).with_name("dagster")), "asset", "materialize", "-m", "cost_pipeline.definitions",
+         "--select", "raw_turns,quarantined_turns,cleaned_turns,function_calls,llm_calls,daily_cost_rollup",
+         "--partition", DAY], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    connection = psycopg2.connect(host="127.0.0.1", port=port, user="dagster", dbname="dagster")
+    try:
+        cursor = connection.cursor()
+        cursor.execute("SELECT status FROM runs")
+        statuses = [status for (status,) in cursor.fetchall()]
+        cursor.execute("SELECT count(*) FROM event_logs WHERE dagster_event_type = 'ASSET_MATERIALIZATION' AND partition = %s", [DAY])
+        materializations = cursor.fetchone()[0]
+        cursor.execute("SELECT count(*) FROM asset_check_executions WHERE partition = %s", [DAY])
+        checks = cursor.fetchone()[0]
+    finally:
+        connection.close()
+    assert statuses == ["SUCCESS"]
+    assert materializations == 6 and checks >= 5
+    assert not list(home.glob("**/*.db")), "no SQLite storage: everything went to PostgreSQL"
+    with duckdb.connect(str(database), read_only=True) as connection:
+        assert connection.execute("SELECT count(*) FROM cleaned_turns").fetchone() == (80,)
