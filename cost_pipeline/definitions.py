@@ -11,7 +11,9 @@ from cost_pipeline.config import (
 )
 from cost_pipeline.llm.client import GeminiResource
 from cost_pipeline.resources import CostSettings, LandingResource
-from cost_pipeline.schedules import daily_pipeline_job, daily_pipeline_schedule, evaluation_costs_job, late_landing_sensor
+from cost_pipeline.schedules import (
+    daily_pipeline_job, daily_pipeline_schedule, evaluation_costs_automation, evaluation_costs_job, late_landing_sensor,
+)
 from cost_pipeline.storage.io_manager import DuckDBPartitionIOManager
 from cost_pipeline.storage.warehouse import DuckDBWarehouse
 
@@ -36,7 +38,7 @@ defs = dg.Definitions(
     asset_checks=all_checks,
     jobs=[daily_pipeline_job, evaluation_costs_job],
     schedules=[daily_pipeline_schedule],
-    sensors=[late_landing_sensor],
+    sensors=[late_landing_sensor, evaluation_costs_automation],
     resources=local_resources(),
     # The daily graph is a chain, so a process per step buys no parallelism and costs
     # seconds of start-up per step (a 14-day backfill: 217 s -> 53 s); runs of

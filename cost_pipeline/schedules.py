@@ -1,4 +1,4 @@
-"""Jobs, the daily schedule, and the sensor that picks up a landing folder that arrives late."""
+"""Jobs, the daily schedule, the sensor that picks up a landing folder that arrives late, and the totals' automation."""
 
 import os
 from datetime import datetime, timedelta
@@ -23,6 +23,16 @@ evaluation_costs_job = dg.define_asset_job(
     "evaluation_costs_job",
     selection=dg.AssetSelection.assets("evaluation_costs"),
     description="Totals per evaluation over all days, with the budget check.",
+)
+
+
+# evaluation_costs declares an eager automation condition; this sensor evaluates it, on
+# by default, so totals follow every rollup a schedule, backfill or person materializes.
+evaluation_costs_automation = dg.AutomationConditionSensorDefinition(
+    "evaluation_costs_automation",
+    target=dg.AssetSelection.assets("evaluation_costs"),
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Refreshes evaluation_costs after any daily_cost_rollup partition changes.",
 )
 
 

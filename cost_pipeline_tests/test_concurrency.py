@@ -34,7 +34,7 @@ def test_two_runs_on_one_file_both_succeed(tmp_path, landing_root, database):
     dg.DagsterInstance.from_config(str(tmp_path / "dagster_home")).dispose()
     # Holding the file while both runs start forces both to wait for the lock and then
     # contend for it, instead of relying on lucky timing.
-    holder = hold_lock(database, 6.0)
+    holder = hold_lock(database, 12.0)
     runs = [
         subprocess.Popen(
             [DAGSTER, "asset", "materialize", "-m", "cost_pipeline.definitions",

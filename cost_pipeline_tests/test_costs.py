@@ -193,3 +193,14 @@ def test_the_sensor_picks_up_a_landing_folder_that_arrives_late(landing_root, da
         for path in (landing_root / str(DAYS[1])).glob("*.jsonl"):
             os.utime(path, (future, future))
         assert evaluate() == [str(DAYS[1])]
+
+
+def test_totals_are_requested_once_a_rollup_changes(three_days, landing_root, database, model_server):
+    defs = dg.Definitions(assets=all_assets, asset_checks=all_checks,
+                          resources=local_resources(landing_root, database, model_server))
+    with dg.instance_for_test() as instance:
+        first = dg.evaluate_automation_conditions(defs=defs, instance=instance)
+        assert first.total_requested == 0, "nothing has changed yet on this instance"
+        materialize_day(DAYS[0], landing_root, database, model_server, instance=instance)
+        after = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=first.cursor)
+        assert after.get_requested_partitions(dg.AssetKey("evaluation_costs")) == {None}
