@@ -2,6 +2,7 @@
 
 import json
 import shutil
+import socket
 import urllib.request
 from datetime import date
 from pathlib import Path
@@ -19,6 +20,26 @@ from cost_pipeline.storage.warehouse import DuckDBWarehouse
 from cost_pipeline.synthetic import generate
 
 INGEST_ASSETS = dg.load_assets_from_modules([ingest])
+REPO = Path(__file__).parents[1]
+
+
+def dagster_home(path: Path, profile: Path = REPO / ".dagster_home" / "dagster.yaml", initialize: bool = True) -> Path:
+    """A DAGSTER_HOME at `path` with the project's instance profile.
+
+    Initializing it once up front matters: Dagster's SQLite storage is created on first
+    use, and two processes creating it at once race (an alembic error).
+    """
+    path.mkdir(parents=True, exist_ok=True)
+    shutil.copy(profile, path / "dagster.yaml")
+    if initialize:
+        dg.DagsterInstance.from_config(str(path)).dispose()
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 class ModelServer:

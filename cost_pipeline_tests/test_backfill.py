@@ -2,7 +2,6 @@
 meanwhile; the automation sensor then refreshes the all-days totals."""
 
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -15,8 +14,9 @@ import pytest
 
 from cost_pipeline.synthetic import generate
 
+from .conftest import REPO, dagster_home
+
 BIN = Path(sys.executable).parent
-REPO = Path(__file__).parents[1]
 START, DAYS = date(2026, 11, 1), 14
 PARTITIONS = [(START + timedelta(days=i)).isoformat() for i in range(DAYS)]
 
@@ -36,12 +36,9 @@ def most_runs_at_once(runs) -> int:
 @pytest.mark.slow
 def test_job_backfill_over_fourteen_days_with_four_runs_at_once(tmp_path, landing_root, database):
     generate(landing_root, START, days=DAYS, turns_per_day=40, seed=23)
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    shutil.copy(REPO / ".dagster_home" / "dagster.yaml", home)
+    home = dagster_home(tmp_path / "dagster_home")
     env = {**os.environ, "DAGSTER_HOME": str(home), "COST_PIPELINE_DB": str(database),
            "COST_PIPELINE_LANDING": str(landing_root), "COST_PIPELINE_COSTS": str(REPO / "costs.toml")}
-    dg.DagsterInstance.from_config(str(home)).dispose()
     launched = subprocess.run(
         [str(BIN / "dagster"), "job", "backfill", "-m", "cost_pipeline.definitions", "-j", "daily_pipeline",
          "--from", PARTITIONS[0], "--to", PARTITIONS[-1], "--noprompt"],

@@ -1,18 +1,17 @@
 """Two processes materialize different partitions of one DuckDB file at once, through Dagster's CLI."""
 
 import os
-import shutil
 import subprocess
 import sys
 from datetime import date
 from pathlib import Path
 
-import dagster as dg
 import duckdb
 import pytest
 
 from cost_pipeline.synthetic import generate
 
+from .conftest import dagster_home
 from .test_connect import hold_lock
 
 DAGSTER = str(Path(sys.executable).with_name("dagster"))
@@ -27,11 +26,7 @@ def test_two_runs_on_one_file_both_succeed(tmp_path, landing_root, database):
         "COST_PIPELINE_LANDING": str(landing_root),
         "DAGSTER_HOME": str(tmp_path / "dagster_home"),
     }
-    (tmp_path / "dagster_home").mkdir()
-    shutil.copy(Path(__file__).parents[1] / ".dagster_home" / "dagster.yaml", tmp_path / "dagster_home")
-    # Dagster's SQLite run storage is created on first use and two processes creating it
-    # at once race (an alembic error); `dagster dev` creates it first in real use.
-    dg.DagsterInstance.from_config(str(tmp_path / "dagster_home")).dispose()
+    dagster_home(tmp_path / "dagster_home")
     # Holding the file while both runs start forces both to wait for the lock and then
     # contend for it, instead of relying on lucky timing.
     holder = hold_lock(database, 12.0)

@@ -1,7 +1,7 @@
 """Costs end to end: several real days, rollups against independent sums, every check passing and failing."""
 
 import os
-from datetime import date, datetime, timezone
+from datetime import datetime, timezone
 from decimal import Decimal
 
 import dagster as dg

@@ -2,7 +2,6 @@
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -15,15 +14,10 @@ import pytest
 
 from cost_pipeline.synthetic import generate
 
-REPO = Path(__file__).parents[1]
+from .conftest import REPO, dagster_home, free_port
+
 PG_BIN = next(iter(sorted(Path("/usr/lib/postgresql").glob("*/bin"))), None) if Path("/usr/lib/postgresql").exists() else None
 DAY = "2026-11-04"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def as_postgres(*command: str) -> list[str]:
@@ -60,9 +54,8 @@ def postgres():
 @pytest.mark.slow
 def test_a_partition_runs_with_runs_and_events_in_postgres(tmp_path, postgres):
     port = postgres
-    home, landing, database = tmp_path / "home", tmp_path / "landing", tmp_path / "store.duckdb"
-    home.mkdir()
-    shutil.copy(REPO / "deploy" / "prod" / "dagster.yaml", home)
+    home = dagster_home(tmp_path / "home", REPO / "deploy" / "prod" / "dagster.yaml", initialize=False)
+    landing, database = tmp_path / "landing", tmp_path / "store.duckdb"
     generate(landing, date.fromisoformat(DAY), days=1, turns_per_day=80, seed=6)
     env = {**os.environ, "DAGSTER_PG_URL": f"postgresql+psycopg2://dagster@127.0.0.1:{port}/dagster", "DAGSTER_HOME": str(home), "COST_PIPELINE_DB": str(database),
            "COST_PIPELINE_LANDING": str(landing), "COST_PIPELINE_COSTS": str(REPO / "costs.toml")}

@@ -1,7 +1,6 @@
 """`kill -9` of a whole Dagster run (its process group) at several points: every table keeps a whole partition."""
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -9,14 +8,14 @@ import time
 from datetime import date
 from pathlib import Path
 
-import dagster as dg
 import duckdb
 import pytest
 
 from cost_pipeline.synthetic import generate
 
+from .conftest import REPO, dagster_home
+
 DAY = date(2026, 11, 1)
-REPO = Path(__file__).parents[1]
 DAILY = "raw_turns,quarantined_turns,cleaned_turns,function_calls,llm_calls,daily_cost_rollup"
 BATCHES = [("raw_turns", "quarantined_turns"), ("cleaned_turns", "function_calls", "llm_calls")]
 
@@ -38,10 +37,7 @@ def partition_state(database) -> dict:
 
 @pytest.mark.slow
 def test_killing_a_run_mid_flight_leaves_old_or_new_partitions_never_a_mix(tmp_path, landing_root, database):
-    home = tmp_path / "home"
-    home.mkdir()
-    shutil.copy(REPO / ".dagster_home" / "dagster.yaml", home)
-    dg.DagsterInstance.from_config(str(home)).dispose()
+    home = dagster_home(tmp_path / "home")
     env = {**os.environ, "DAGSTER_HOME": str(home), "COST_PIPELINE_DB": str(database),
            "COST_PIPELINE_LANDING": str(landing_root), "COST_PIPELINE_COSTS": str(REPO / "costs.toml")}
     env.pop("GEMINI_API_KEY", None), env.pop("GOOGLE_API_KEY", None), env.pop("GOOGLE_GEMINI_BASE_URL", None)

@@ -5,8 +5,6 @@ Run alone with `pytest -m ui`. Screenshots go to `test-artifacts/ui/`.
 
 import json
 import os
-import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -18,7 +16,8 @@ import pytest
 
 from cost_pipeline.synthetic import generate
 
-REPO = Path(__file__).parents[1]
+from .conftest import REPO, dagster_home, free_port
+
 ARTIFACTS = REPO / "test-artifacts" / "ui"
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
@@ -39,12 +38,6 @@ mutation($params: ExecutionParams!) {
 RUN_STATUS = "query($id: ID!) { runOrError(runId: $id) { ... on Run { status } } }"
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def graphql(url: str, query: str, variables: dict | None = None) -> dict:
     request = urllib.request.Request(f"{url}/graphql", data=json.dumps({"query": query, "variables": variables or {}}).encode(),
                                      headers={"content-type": "application/json"})
@@ -55,9 +48,7 @@ def graphql(url: str, query: str, variables: dict | None = None) -> dict:
 @pytest.fixture
 def dagster_dev(tmp_path):
     """`dagster dev` on loopback with a temp DAGSTER_HOME, DuckDB file and landing folder holding one day."""
-    home, landing = tmp_path / "home", tmp_path / "landing"
-    home.mkdir()
-    shutil.copy(REPO / ".dagster_home" / "dagster.yaml", home)
+    home, landing = dagster_home(tmp_path / "home", initialize=False), tmp_path / "landing"
     generate(landing, date.fromisoformat(DAY), days=1, turns_per_day=120, seed=3)
     env = {**os.environ, "DAGSTER_HOME": str(home), "COST_PIPELINE_DB": str(tmp_path / "ui.duckdb"),
            "COST_PIPELINE_LANDING": str(landing), "COST_PIPELINE_COSTS": str(REPO / "costs.toml")}
