@@ -193,3 +193,15 @@ def test_thirty_percent_faults_of_every_kind_lose_no_turn(landing_root, database
     assert query(database, "SELECT count(*) FROM function_calls")[0][0] == users_ok
     calls = query(database, "SELECT count(*), count(*) FILTER (attempts > 1), count(*) FILTER (status = 'failed' AND error IS NULL) FROM llm_calls")[0]
     assert calls[0] == len(cleaned) + users_ok and calls[1] > 0 and calls[2] == 0
+
+
+def test_a_day_with_no_valid_turn_writes_empty_tables(landing_root, database, model_server):
+    folder = landing_root / str(DAY)
+    folder.mkdir()
+    (folder / "bad.jsonl").write_text('{"broken\n{"evaluation_id": "e"}\n')
+    result = materialize_day(DAY, landing_root, database, model_server)
+    assert result.success
+    counts = [query(database, f"SELECT count(*) FROM {t}")[0][0]
+              for t in ("raw_turns", "quarantined_turns", "cleaned_turns", "function_calls", "llm_calls")]
+    assert counts == [0, 2, 0, 0, 0]
+    assert model_server.stats().get("requests", 0) == 0

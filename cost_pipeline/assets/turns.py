@@ -119,10 +119,9 @@ def turns_through_gemini(context: dg.AssetExecutionContext, config: GeminiStageC
     with long_lived_objects_frozen():
         result, stats, latencies = asyncio.run(_run_day(raw_turns, gemini, cache, context.log.info, config.progress_every))
     written = cache.flush()
-    calls = price_calls(pd.DataFrame(result.calls), costs.price_book())
-    calls = _frame(calls, LLM_CALLS_SCHEMA, ["turn_id", "stage"])
-    cleaned = _frame(_with_turn_costs(pd.DataFrame(result.cleaned), calls), CLEANED_TURNS_SCHEMA, ["conversation_id", "turn_index"])
-    functions = _frame(result.functions, FUNCTION_CALLS_SCHEMA, ["conversation_id", "turn_index"])
+    calls = _frame(price_calls(result.calls.frame(), costs.price_book()), LLM_CALLS_SCHEMA, ["turn_id", "stage"])
+    cleaned = _frame(_with_turn_costs(result.cleaned.frame(), calls), CLEANED_TURNS_SCHEMA, ["conversation_id", "turn_index"])
+    functions = _frame(result.functions.frame(), FUNCTION_CALLS_SCHEMA, ["conversation_id", "turn_index"])
     missing = sorted(calls.loc[calls["price_status"] == MISSING, "model"].unique())
     if missing:
         context.log.warning(f"no price for model(s) {', '.join(missing)}: their calls carry price_status 'missing' and null costs")
@@ -154,8 +153,9 @@ async def _run_day(turns: pd.DataFrame, gemini: GeminiResource, cache: ResponseC
     return result, session.stats, session.latencies_ms
 
 
-def _frame(rows: list[dict] | pd.DataFrame, schema: dg.TableSchema, order: list[str]) -> pd.DataFrame:
-    return pd.DataFrame(rows, columns=[c.name for c in schema.columns]).sort_values(order, ignore_index=True)
+def _frame(rows: pd.DataFrame, schema: dg.TableSchema, order: list[str]) -> pd.DataFrame:
+    """The schema's columns in its order (absent ones empty), sorted so re-runs write identical rows."""
+    return rows.reindex(columns=[c.name for c in schema.columns]).sort_values(order, ignore_index=True)
 
 
 def _with_turn_costs(cleaned: pd.DataFrame, calls: pd.DataFrame) -> pd.DataFrame:

@@ -28,11 +28,32 @@ CALL_PHASE_GC_THRESHOLDS = (100_000, 50, 1_000)
 CALL_ID_NAMESPACE = uuid.UUID("0c7d3e3a-58c4-4d0e-9a6e-4a1f6c2b9e55")
 
 
+class Columns:
+    """Rows kept column by column: a day's rows cost a pointer per field, not a dict each."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, list] = {}
+        self.rows = 0
+
+    def append(self, row: dict) -> None:
+        if not self.data:
+            self.data = {key: [] for key in row}
+        for key, value in row.items():
+            self.data[key].append(value)
+        self.rows += 1
+
+    def __len__(self) -> int:
+        return self.rows
+
+    def frame(self) -> pd.DataFrame:
+        return pd.DataFrame(self.data)
+
+
 @dataclass
 class DayResult:
-    cleaned: list[dict] = field(default_factory=list)
-    functions: list[dict] = field(default_factory=list)
-    calls: list[dict] = field(default_factory=list)
+    cleaned: Columns = field(default_factory=Columns)
+    functions: Columns = field(default_factory=Columns)
+    calls: Columns = field(default_factory=Columns)
     elapsed_s: float = 0.0
 
 
