@@ -35,9 +35,6 @@ class TokenCounts:
     thinking: int = 0
     tool_prompt: int = 0
 
-    def is_empty(self) -> bool:
-        return not (self.input or self.output or self.thinking or self.tool_prompt)
-
 
 @dataclass(frozen=True)
 class CallCost:
@@ -65,6 +62,7 @@ class PriceOverride:
 
 
 ZERO = Decimal(0).quantize(MONEY_PLACES)
+"""Zero dollars at money precision: what a call never made (no function decision) cost."""
 
 
 class PriceBook:

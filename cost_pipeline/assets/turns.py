@@ -7,7 +7,6 @@ after paying for answers does not pay for them again.
 """
 
 import asyncio
-from decimal import Decimal
 
 import dagster as dg
 import numpy as np
@@ -19,7 +18,7 @@ from cost_pipeline.llm.client import FAILED, GeminiResource
 from cost_pipeline.llm.processing import DayResult, call_id, long_lived_objects_frozen, process_day, text_hash
 from cost_pipeline.markdown import markdown_table
 from cost_pipeline.partitions import DUCKDB_POOL, daily_partitions
-from cost_pipeline.pricing import MISSING, MONEY_PLACES, MONEY_SQL_TYPE, price_calls
+from cost_pipeline.pricing import MISSING, MONEY_SQL_TYPE, ZERO, price_calls
 from cost_pipeline.resources import CostSettings
 
 _ID_COLUMNS = [
@@ -160,10 +159,9 @@ def _frame(rows: pd.DataFrame, schema: dg.TableSchema, order: list[str]) -> pd.D
 
 def _with_turn_costs(cleaned: pd.DataFrame, calls: pd.DataFrame) -> pd.DataFrame:
     """Each turn's cleaning and function costs, as the original system stored them per turn."""
-    zero = Decimal(0).quantize(MONEY_PLACES)
     cost = dict(zip(calls["call_id"], calls["total_cost_usd"]))
     cleaning = [cost.get(i) for i in cleaned.get("call_id", [])]
-    function = [cost.get(call_id(turn, "function"), zero) for turn in cleaned.get("turn_id", [])]
+    function = [cost.get(call_id(turn, "function"), ZERO) for turn in cleaned.get("turn_id", [])]
     total = [None if c is None or f is None else c + f for c, f in zip(cleaning, function)]
     return cleaned.assign(cleaning_cost_usd=cleaning, function_cost_usd=function, total_cost_usd=total)
 

@@ -33,7 +33,7 @@ from google import genai
 from google.genai import errors, types
 from pydantic import Field, PrivateAttr
 
-from cost_pipeline.config import DEFAULT_DB
+from cost_pipeline.config import API_KEY_ENVS, DEFAULT_DB
 from cost_pipeline.llm.cache import CachedResponse, ResponseCache
 from cost_pipeline.llm.local_server import ServerConfig, running_local_server
 from cost_pipeline.llm.prompts import CLEAN, LlmRequest, parse_cleaning, parse_function
@@ -119,12 +119,12 @@ class GeminiSession:
     def __init__(self, settings: GeminiResource, cache: ResponseCache):
         self.settings = settings
         self.cache = cache
-        self._secrets = [s for s in (settings.api_key,) if s]
+        # Every key this process knows, first the resource's: the one used, and the ones to redact.
+        self._secrets = [key for key in (settings.api_key, *(os.environ.get(n) for n in API_KEY_ENVS)) if key]
         self.client = genai.Client(
-            api_key=settings.api_key or os.environ.get("GEMINI_API_KEY") or os.environ.get("GOOGLE_API_KEY") or LOCAL_PLACEHOLDER_KEY,
+            api_key=self._secrets[0] if self._secrets else LOCAL_PLACEHOLDER_KEY,
             http_options=types.HttpOptions(base_url=settings.endpoint(), timeout=int(settings.timeout_s * 1000)),
         )
-        self._secrets += [k for k in (os.environ.get("GEMINI_API_KEY"), os.environ.get("GOOGLE_API_KEY")) if k]
         self.semaphore = asyncio.Semaphore(settings.max_concurrency)
         # Requests are spaced evenly (a bucket of one), so no 60-second window exceeds the limit;
         # tokens drain per second, as a request's weight can be far above one token.

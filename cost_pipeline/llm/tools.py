@@ -40,4 +40,3 @@ FUNCTION_DECLARATIONS = [
 ]
 
 TOOLS = [types.Tool(function_declarations=FUNCTION_DECLARATIONS)]
-TOOL_NAMES = [declaration.name for declaration in FUNCTION_DECLARATIONS]
