@@ -24,7 +24,8 @@ CHILD = r"""
 import json, resource, sys
 from pathlib import Path
 import dagster as dg
-from cost_pipeline.assets import costs, ingest, turns
+from cost_pipeline.assets import ingest, turns
+from cost_pipeline.costs import rollups
 from cost_pipeline.llm.client import GeminiResource
 from cost_pipeline.resources import CostSettings, LandingResource
 from cost_pipeline.storage.io_manager import DuckDBPartitionIOManager
@@ -36,7 +37,7 @@ resources = {"io_manager": DuckDBPartitionIOManager(database=database), "warehou
              "landing": LandingResource(root=str(folder / "landing")), "costs": CostSettings(),
              "gemini": GeminiResource(base_url=url, cache_database=database, max_concurrency=64,
                                       requests_per_minute=100_000_000, tokens_per_minute=10_000_000_000)}
-everything = dg.load_assets_from_modules([ingest, turns, costs])
+everything = dg.load_assets_from_modules([ingest, turns, rollups])
 selection = {"ingest": ["raw_turns", "quarantined_turns"], "gemini": ["cleaned_turns", "function_calls", "llm_calls"]}[stage]
 result = dg.materialize(everything, partition_key=day, resources=resources, selection=selection)
 assert result.success

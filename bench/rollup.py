@@ -17,7 +17,7 @@ from pathlib import Path
 import dagster as dg
 import duckdb
 
-from cost_pipeline.assets import costs
+from cost_pipeline.costs import rollups
 from cost_pipeline.resources import CostSettings
 from cost_pipeline.storage.io_manager import DuckDBPartitionIOManager
 from cost_pipeline.storage.warehouse import DuckDBWarehouse
@@ -60,7 +60,7 @@ def main() -> None:
         print(f"built llm_calls: {args.days} days x {args.calls:,} calls in {time.perf_counter() - started:.1f} s")
         resources = {"io_manager": DuckDBPartitionIOManager(database=str(database)),
                      "warehouse": DuckDBWarehouse(database=str(database)), "costs": CostSettings()}
-        assets = dg.load_assets_from_modules([costs])
+        assets = dg.load_assets_from_modules([rollups])
         per_day = []
         for offset in range(args.days):
             day = (START + timedelta(days=offset)).isoformat()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from cost_pipeline.config import DB_ENV, DEFAULT_DB, DEFAULT_LANDING, LANDING_ENV, resolved
 from cost_pipeline.llm.local_server import config_arguments, config_from, serve
-from cost_pipeline.reporting import DIMENSIONS
+from cost_pipeline.costs.report import DIMENSIONS
 from cost_pipeline.synthetic import generate
 
 DEFAULT_DAGSTER_HOME = ".dagster_home"
@@ -71,7 +71,7 @@ def run_demo(day: date, turns: int, seed: int) -> int:
     import dagster as dg  # Dagster's import is slow; `generate` does not need it.
 
     from cost_pipeline.definitions import defs
-    from cost_pipeline.reporting import cost_report, render, table_counts
+    from cost_pipeline.costs.report import cost_report, render, table_counts
 
     (summary,) = generate(landing, day, 1, turns, seed)
     print(f"generated {summary.good_lines} turns and {summary.malformed_lines} malformed lines for {day} in {landing}")
@@ -101,7 +101,7 @@ def run_demo(day: date, turns: int, seed: int) -> int:
 
 
 def run_report(args: argparse.Namespace) -> int:
-    from cost_pipeline.reporting import cost_report, daily_cost_by_model, render, write_chart
+    from cost_pipeline.costs.report import cost_report, daily_cost_by_model, render, write_chart
 
     if args.end < args.start:
         print(f"--end {args.end} is before --start {args.start}", file=sys.stderr)

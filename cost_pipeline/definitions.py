@@ -4,8 +4,8 @@ from pathlib import Path
 
 import dagster as dg
 
-from cost_pipeline import checks
-from cost_pipeline.assets import costs, ingest, turns
+from cost_pipeline.costs import checks, rollups
+from cost_pipeline.assets import ingest, turns
 from cost_pipeline.config import (
     COSTS_ENV, DB_ENV, DEFAULT_COSTS, DEFAULT_DB, DEFAULT_LANDING, LANDING_ENV, env_or_default, gemini_api_key,
 )
@@ -17,7 +17,7 @@ from cost_pipeline.schedules import (
 from cost_pipeline.storage.io_manager import DuckDBPartitionIOManager
 from cost_pipeline.storage.warehouse import DuckDBWarehouse
 
-all_assets = dg.load_assets_from_modules([ingest, turns, costs])
+all_assets = dg.load_assets_from_modules([ingest, turns, rollups])
 all_checks = dg.load_asset_checks_from_modules([checks])
 
 

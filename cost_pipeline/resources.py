@@ -8,7 +8,7 @@ import dagster as dg
 from pydantic import Field
 
 from cost_pipeline.landing import DEFAULT_MAX_TEXT_CHARS, LandingDay, LandingFolderMissing, landing_folder, read_landing_day
-from cost_pipeline.pricing import PriceBook, parse_overrides
+from cost_pipeline.costs.pricing import PriceBook, parse_overrides
 
 
 class LandingResource(dg.ConfigurableResource):

@@ -9,7 +9,7 @@ import duckdb
 import pytest
 
 from cost_pipeline.definitions import all_assets, all_checks
-from cost_pipeline.pricing import PriceBook
+from cost_pipeline.costs.pricing import PriceBook
 from cost_pipeline.resources import CostSettings
 from cost_pipeline.schedules import daily_pipeline_schedule, late_landing_sensor
 from cost_pipeline.synthetic import generate

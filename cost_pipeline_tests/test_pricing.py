@@ -10,7 +10,7 @@ from decimal import Decimal
 
 import pytest
 
-from cost_pipeline.pricing import LIBRARY_SOURCE, MISSING, PriceBook, TokenCounts, parse_overrides
+from cost_pipeline.costs.pricing import LIBRARY_SOURCE, MISSING, PriceBook, TokenCounts, parse_overrides
 
 AT = datetime(2026, 11, 1, 12, tzinfo=timezone.utc)
 D = Decimal

@@ -18,7 +18,7 @@ from cost_pipeline.llm.client import FAILED, GeminiResource
 from cost_pipeline.llm.processing import DayResult, call_id, long_lived_objects_frozen, process_day, text_hash
 from cost_pipeline.markdown import markdown_table
 from cost_pipeline.partitions import DUCKDB_POOL, daily_partitions
-from cost_pipeline.pricing import MISSING, MONEY_SQL_TYPE, ZERO, price_calls
+from cost_pipeline.costs.pricing import MISSING, MONEY_SQL_TYPE, ZERO, price_calls
 from cost_pipeline.resources import CostSettings
 
 _ID_COLUMNS = [

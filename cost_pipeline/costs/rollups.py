@@ -12,7 +12,7 @@ import pandas as pd
 
 from cost_pipeline.markdown import markdown_table
 from cost_pipeline.partitions import DUCKDB_POOL, daily_partitions
-from cost_pipeline.pricing import MONEY_PLACES
+from cost_pipeline.costs.pricing import MONEY_PLACES
 from cost_pipeline.resources import CostSettings
 from cost_pipeline.storage.warehouse import DuckDBWarehouse
 

@@ -12,7 +12,7 @@ import warnings
 
 import dagster as dg
 
-from cost_pipeline.assets.costs import COST_KINDS, GROUP_KEYS, TOKEN_KINDS
+from cost_pipeline.costs.rollups import COST_KINDS, GROUP_KEYS, TOKEN_KINDS
 from cost_pipeline.markdown import markdown_table
 from cost_pipeline.partitions import daily_partitions
 from cost_pipeline.resources import CostSettings
