@@ -31,7 +31,7 @@ from cost_pipeline.llm.client import GeminiResource
 from cost_pipeline.llm.local_server import ServerConfig, running_local_server
 from cost_pipeline.llm.prompts import cleaning_request, function_request
 from cost_pipeline.llm.tools import TOOLS
-from cost_pipeline.resources import LandingResource
+from cost_pipeline.resources import CostSettings, LandingResource
 from cost_pipeline.storage.io_manager import DuckDBPartitionIOManager
 from cost_pipeline.synthetic import generate
 
@@ -104,7 +104,7 @@ def main() -> None:
         before = server_requests(url)
         started = time.perf_counter()
         result = dg.materialize([*assets, *dg.load_assets_from_modules([ingest])], partition_key=str(DAY),
-                                resources={**resources, "gemini": gemini}, selection=assets)
+                                resources={**resources, "gemini": gemini, "costs": CostSettings()}, selection=assets)
         pipeline_s = time.perf_counter() - started
         api_calls = server_requests(url) - before
         assert result.success

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from cost_pipeline.llm.cache import ResponseCache
-from cost_pipeline.llm.client import GeminiResource
+from cost_pipeline.llm.client import CallTag, GeminiResource
 from cost_pipeline.llm.local_server import ServerConfig, running_local_server
 from cost_pipeline.llm.prompts import function_request
 
@@ -28,7 +28,8 @@ async def run(url: str, calls: int, rpm: int, concurrency: int, database: Path) 
     sent_at: list[float] = []
 
     async def one(index: int) -> None:
-        outcome = await session.call(function_request(gemini.function_model, f"Search the web for topic {index}.", None), "")
+        outcome = await session.call(function_request(gemini.function_model, f"Search the web for topic {index}.", None), "",
+                                     CallTag(f"bench-{index}", "bench", f"turn-{index}"))
         assert outcome.status == "ok", outcome.error
         sent_at.append(time.perf_counter() - outcome.latency_ms / 1000)
 

@@ -39,12 +39,13 @@ def main(argv: list[str] | None = None) -> int:
     model.add_argument("--port", type=int, default=8765)
     config_arguments(model)
 
-    report = commands.add_parser("report", help="print costs from daily_cost_rollup (read-only, safe while Dagster writes)")
+    report = commands.add_parser("report", help="print spend and cost of the data from daily_cost_rollup "
+                                                "(read-only, safe while Dagster writes)")
     report.add_argument("--start", type=date.fromisoformat, required=True)
     report.add_argument("--end", type=date.fromisoformat, required=True)
     report.add_argument("--by", choices=list(DIMENSIONS), default="day")
     report.add_argument("--format", choices=["table", "json", "csv"], default="table")
-    report.add_argument("--chart", help="also write a PNG of daily cost by model to this path")
+    report.add_argument("--chart", help="also write a PNG of daily spend by model to this path")
     report.add_argument("--database", default=resolved(DB_ENV, DEFAULT_DB))
 
     args = parser.parse_args(argv)

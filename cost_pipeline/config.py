@@ -15,6 +15,9 @@ DEFAULT_DB = "data/cost_pipeline.duckdb"
 LANDING_ENV = "COST_PIPELINE_LANDING"
 DEFAULT_LANDING = "data/landing"
 
+BILLING_ENV = "COST_PIPELINE_BILLING"
+DEFAULT_BILLING = "data/billing"
+
 COSTS_ENV = "COST_PIPELINE_COSTS"
 DEFAULT_COSTS = "costs.toml"
 
@@ -30,6 +33,8 @@ def resolved(name: str, default: str) -> str:
 
 
 API_KEY_ENVS = ("GEMINI_API_KEY", "GOOGLE_API_KEY")
+BASE_URL_ENV = "GOOGLE_GEMINI_BASE_URL"
+"""The SDK's own variable for a Gemini-compatible endpoint."""
 
 
 def gemini_api_key() -> dg.EnvVar | None:

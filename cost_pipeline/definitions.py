@@ -4,21 +4,21 @@ from pathlib import Path
 
 import dagster as dg
 
-from cost_pipeline.costs import checks, rollups
+from cost_pipeline.costs import checks, reconciliation, rollups
 from cost_pipeline.assets import ingest, turns
 from cost_pipeline.config import (
-    COSTS_ENV, DB_ENV, DEFAULT_COSTS, DEFAULT_DB, DEFAULT_LANDING, LANDING_ENV, env_or_default, gemini_api_key,
+    BILLING_ENV, COSTS_ENV, DB_ENV, DEFAULT_BILLING, DEFAULT_COSTS, DEFAULT_DB, DEFAULT_LANDING, LANDING_ENV, env_or_default, gemini_api_key,
 )
 from cost_pipeline.llm.client import GeminiResource
-from cost_pipeline.resources import CostSettings, LandingResource
+from cost_pipeline.resources import BillingExports, CostSettings, LandingResource
 from cost_pipeline.schedules import (
     daily_pipeline_job, daily_pipeline_schedule, evaluation_costs_automation, evaluation_costs_job, late_landing_sensor,
 )
 from cost_pipeline.storage.io_manager import DuckDBPartitionIOManager
 from cost_pipeline.storage.warehouse import DuckDBWarehouse
 
-all_assets = dg.load_assets_from_modules([ingest, turns, rollups])
-all_checks = dg.load_asset_checks_from_modules([checks])
+all_assets = [*dg.load_assets_from_modules([ingest, turns, rollups, reconciliation]), rollups.llm_attempts]
+all_checks = dg.load_asset_checks_from_modules([checks, reconciliation])
 
 
 def local_resources() -> dict:
@@ -29,6 +29,7 @@ def local_resources() -> dict:
         "warehouse": DuckDBWarehouse(database=database),
         "landing": LandingResource(root=env_or_default(LANDING_ENV, DEFAULT_LANDING)),
         "gemini": GeminiResource(api_key=gemini_api_key(), cache_database=database),
+        "billing": BillingExports(folder=env_or_default(BILLING_ENV, DEFAULT_BILLING)),
         "costs": CostSettings(config_file=env_or_default(COSTS_ENV, DEFAULT_COSTS if Path(DEFAULT_COSTS).is_file() else None)),
     }
 
@@ -36,9 +37,9 @@ def local_resources() -> dict:
 defs = dg.Definitions(
     assets=all_assets,
     asset_checks=all_checks,
-    jobs=[daily_pipeline_job, evaluation_costs_job],
+    jobs=[daily_pipeline_job, evaluation_costs_job, reconciliation.billing_reconciliation_job],
     schedules=[daily_pipeline_schedule],
-    sensors=[late_landing_sensor, evaluation_costs_automation],
+    sensors=[late_landing_sensor, evaluation_costs_automation, reconciliation.billing_export_sensor],
     resources=local_resources(),
     # The daily graph is a chain, so a process per step buys no parallelism and costs
     # seconds of start-up per step (a 14-day backfill: 217 s -> 53 s); runs of

@@ -6,6 +6,9 @@ PARTITIONS_START = "2025-01-01"
 
 daily_partitions = dg.DailyPartitionsDefinition(start_date=PARTITIONS_START, timezone="UTC")
 
+# Billing days (UTC) for reconciliation: today included, since an export can cover the day so far.
+billing_days = dg.DailyPartitionsDefinition(start_date=PARTITIONS_START, timezone="UTC", end_offset=1)
+
 # Steps that write the DuckDB file; an instance can cap how many run at once
 # (deploy/prod/dagster.yaml: concurrency.pools.default_limit).
 DUCKDB_POOL = "duckdb"

@@ -30,6 +30,16 @@ class LandingResource(dg.ConfigurableResource):
             ) from None
 
 
+class BillingExports(dg.ConfigurableResource):
+    """Where Cloud Billing exports land: any `*.csv` in the folder, in the layout `costs/billing.py` reads."""
+
+    folder: str = Field(description="Folder of billing export CSV files (COST_PIPELINE_BILLING).")
+
+    def files(self) -> list[Path]:
+        folder = Path(self.folder)
+        return sorted(folder.glob("*.csv")) if folder.is_dir() else []
+
+
 class CostSettings(dg.ConfigurableResource):
     """Price overrides, per-evaluation budgets and alert thresholds, from a small TOML file."""
 
@@ -48,6 +58,15 @@ class CostSettings(dg.ConfigurableResource):
 
     def price_book(self) -> PriceBook:
         return PriceBook(parse_overrides(self._table().get("prices", {})), override_source=f"override ({self.config_file})")
+
+    def sku_overrides(self) -> dict[str, str]:
+        """`[billing.skus]`: exact SKU description -> '<model>/<kind>' for invoices worded differently."""
+        return dict(self._table().get("billing", {}).get("skus", {}))
+
+    def billing_tolerance(self) -> tuple[int, Decimal]:
+        """`[billing]` token_tolerance (default 0) and usd_tolerance (default 0.000001) per invoice line."""
+        billing = self._table().get("billing", {})
+        return int(billing.get("token_tolerance", 0)), Decimal(str(billing.get("usd_tolerance", "0.000001")))
 
     def budgets(self) -> dict[str, Decimal]:
         """Budget per evaluation in USD; the key `default` covers evaluations not listed."""

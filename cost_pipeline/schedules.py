@@ -16,7 +16,8 @@ SCHEDULE_TIMEZONE = os.environ.get(SCHEDULE_TIMEZONE_ENV, "UTC")
 
 daily_pipeline_job = dg.define_asset_job(
     "daily_pipeline",
-    selection=dg.AssetSelection.all() - dg.AssetSelection.assets("evaluation_costs"),
+    # Totals over all days and the invoice reconciliation run on their own triggers, never in the daily job.
+    selection=dg.AssetSelection.all() - dg.AssetSelection.assets("evaluation_costs", "billing_reconciliation"),
     description="One day's partition of every daily asset: landing files to cost rollup, with their checks.",
 )
 evaluation_costs_job = dg.define_asset_job(

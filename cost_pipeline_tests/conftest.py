@@ -14,7 +14,7 @@ from cost_pipeline.assets import ingest
 from cost_pipeline.definitions import all_assets, all_checks
 from cost_pipeline.llm.client import GeminiResource
 from cost_pipeline.llm.local_server import ServerConfig, running_local_server
-from cost_pipeline.resources import CostSettings, LandingResource
+from cost_pipeline.resources import BillingExports, CostSettings, LandingResource
 from cost_pipeline.storage.io_manager import DuckDBPartitionIOManager
 from cost_pipeline.storage.warehouse import DuckDBWarehouse
 from cost_pipeline.synthetic import generate
@@ -68,6 +68,14 @@ class ModelServer:
     def requests(self) -> list[dict]:
         return self._send("/admin/requests")["requests"]
 
+    def billing(self) -> list[dict]:
+        """The provider's own record: one entry per billed 200."""
+        return self._send("/admin/billing")["records"]
+
+    def billing_export(self) -> str:
+        with urllib.request.urlopen(self.url + "/admin/billing/export", timeout=10) as response:
+            return response.read().decode()
+
 
 @pytest.fixture(scope="session")
 def _model_server_url():
@@ -101,6 +109,7 @@ def local_resources(landing_root: Path, database: Path, model_server: ModelServe
         "warehouse": DuckDBWarehouse(database=str(database)),
         "landing": LandingResource(root=str(landing_root)),
         "costs": costs or CostSettings(),
+        "billing": BillingExports(folder=str(landing_root.parent / "billing")),
     }
     if model_server is not None:
         options = {"initial_backoff_s": 0.01, "max_backoff_s": 0.2, "timeout_s": 5.0, **gemini}
@@ -117,7 +126,7 @@ def materialize_day(day: date | str, landing_root: Path, database: Path, model_s
         [*all_assets, *all_checks],
         partition_key=str(day),
         resources=local_resources(landing_root, database, model_server, costs, **(gemini or {})),
-        selection=dg.AssetSelection.all() - dg.AssetSelection.assets("evaluation_costs"),
+        selection=dg.AssetSelection.all() - dg.AssetSelection.assets("evaluation_costs", "billing_reconciliation"),
         **kwargs,
     )
 

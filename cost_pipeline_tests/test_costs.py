@@ -1,5 +1,6 @@
 """Costs end to end: several real days, rollups against independent sums, every check passing and failing."""
 
+import json
 import os
 from datetime import datetime, timezone
 from decimal import Decimal
@@ -59,7 +60,8 @@ def test_rollups_equal_sums_computed_independently_from_the_calls(three_days, da
 def test_every_check_passes_on_a_healthy_day(three_days):
     results = check_results(three_days[-1])
     assert results == {name: (True, dg.AssetCheckSeverity.ERROR) for name in
-                       ("rollup_reconciles_with_calls", "calls_have_usage", "costs_are_valid", "batch_from_one_run")} | {
+                       ("rollup_reconciles_with_calls", "spend_matches_ledger", "calls_have_usage", "costs_are_valid",
+                        "batch_from_one_run")} | {
         "prices_are_known": (True, dg.AssetCheckSeverity.WARN)}
 
 
@@ -204,3 +206,23 @@ def test_totals_are_requested_once_a_rollup_changes(three_days, landing_root, da
         materialize_day(DAYS[0], landing_root, database, model_server, instance=instance)
         after = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=first.cursor)
         assert after.get_requested_partitions(dg.AssetKey("evaluation_costs")) == {None}
+
+
+def test_totals_that_leave_out_unpriced_calls_say_so_and_no_budget_passes_on_them(landing_root, database, model_server, tmp_path):
+    generate(landing_root, DAYS[0], days=1, turns_per_day=40, seed=3)
+    materialize_day(DAYS[0], landing_root, database, model_server, gemini={"function_model": "gemini-9-ultra"})
+    budgets = tmp_path / "costs.toml"
+    budgets.write_text('[budgets]\ndefault = "1000"\n')
+    result = evaluation_totals(landing_root, database, model_server, CostSettings(config_file=str(budgets)))
+    unpriced = fetch(database, "SELECT evaluation_id, unpriced_calls, complete FROM evaluation_costs WHERE unpriced_calls > 0")
+    assert unpriced and all(not complete for _, _, complete in unpriced)
+    (evaluation,) = result.get_asset_check_evaluations()
+    assert (evaluation.passed, evaluation.severity) == (False, dg.AssetCheckSeverity.ERROR)
+    assert "cannot hold budgets on incomplete totals" in evaluation.description and "calls without a price" in evaluation.description
+    metadata = result.asset_materializations_for_node("evaluation_costs")[0].metadata
+    assert metadata["totals"].value.startswith("incomplete: leaves out") and metadata["all_under_budget"].value is False
+    from cost_pipeline.costs.report import cost_report, render
+    table = render(cost_report(str(database), DAYS[0], DAYS[0], "model"), "table")
+    missing = fetch(database, "SELECT sum(missing_price_calls + unpriced_attempts) FROM daily_cost_rollup")[0][0]
+    assert table.splitlines()[-1] == f"TOTAL is incomplete: leaves out {missing:,} calls without a price: it is a lower bound"
+    assert json.loads(render(cost_report(str(database), DAYS[0], DAYS[0], "day"), "json"))["total"]["complete"] is False

@@ -121,3 +121,32 @@ def test_missing_usage_is_injectable(model_server):
     model_server.configure(rate_missing_usage=1.0)
     assert generate(model_server).usage_metadata is None
     assert model_server.stats()["missing_usage"] == 1
+
+
+@pytest.mark.parametrize("rate,finish", [("rate_max_tokens", "MAX_TOKENS"), ("rate_safety", "SAFETY")])
+def test_rejectable_answers_keep_their_usage(model_server, rate, finish):
+    model_server.configure(**{rate: 1.0})
+    answer = generate(model_server)
+    assert answer.candidates[0].finish_reason.value == finish
+    assert answer.usage_metadata.prompt_token_count > 0
+    (record,) = model_server.billing()
+    assert record["promptTokenCount"] == answer.usage_metadata.prompt_token_count and record["rejection"]
+
+
+def test_a_blocked_prompt_has_no_candidates_but_is_billed(model_server):
+    model_server.configure(rate_blocked_prompt=1.0)
+    answer = generate(model_server)
+    assert not answer.candidates and answer.prompt_feedback.block_reason.value == "PROHIBITED_CONTENT"
+    assert model_server.billing()[0]["promptTokenCount"] == answer.usage_metadata.prompt_token_count
+
+
+def test_an_identical_request_gets_the_identical_rejection(model_server):
+    model_server.configure(rate_safety=0.5, seed=4)
+    finishes = {generate(model_server).candidates[0].finish_reason.value for _ in range(3)}
+    assert len(finishes) == 1
+
+
+def test_an_alias_is_served_and_billed_as_its_model(model_server):
+    answer = generate(model_server, model="gemini-flash-lite-latest")
+    assert answer.model_version == "gemini-2.5-flash-lite"
+    assert model_server.billing()[0]["model"] == "gemini-2.5-flash-lite"

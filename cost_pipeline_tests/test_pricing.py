@@ -96,3 +96,18 @@ def test_overrides_replace_library_prices_and_price_unknown_models():
 def test_a_malformed_override_is_a_clear_error(bad, message):
     with pytest.raises(ValueError, match=message):
         parse_overrides({"m": bad})
+
+
+def test_audio_tokens_are_priced_apart_from_text():
+    text = cost("gemini-2.5-flash", input=10_000, output=100)
+    audio = cost("gemini-2.5-flash", input=10_000, input_audio=10_000, output=100)
+    assert audio.input_cost == D("0.01")          # 10,000 audio x 1.00 / 1M, not 0.30 as text
+    assert text.input_cost == D("0.003") and audio.output_cost == text.output_cost
+
+
+def test_the_served_model_is_priced_and_an_unpriced_alias_falls_back_to_the_requested_model():
+    book = PriceBook()
+    served = book.cost("gemini-flash-lite-latest", TokenCounts(input=1_000_000), AT, served_model="gemini-2.5-flash-lite")
+    assert served.input_cost == D("0.1")
+    fallback = book.cost("gemini-2.5-flash-lite", TokenCounts(input=1_000_000), AT, served_model="gemini-unknown-build-7")
+    assert fallback.input_cost == D("0.1") and fallback.price_status == "ok"

@@ -76,7 +76,7 @@ def test_a_partition_runs_with_runs_and_events_in_postgres(tmp_path, postgres):
     finally:
         connection.close()
     assert statuses == ["SUCCESS"]
-    assert materializations == 6 and checks >= 5
+    assert materializations == 7 and checks >= 5, "six daily assets and the llm_attempts ledger append"
     assert not list(home.glob("**/*.db")), "no SQLite storage: everything went to PostgreSQL"
     with duckdb.connect(str(database), read_only=True) as connection:
         assert connection.execute("SELECT count(*) FROM cleaned_turns").fetchone() == (80,)

@@ -13,10 +13,12 @@ import numpy as np
 import pandas as pd
 from pydantic import Field
 
+from cost_pipeline.costs.ledger import AttemptSpool, load_spools, spool_folder
 from cost_pipeline.llm.cache import ResponseCache
 from cost_pipeline.llm.client import FAILED, GeminiResource
 from cost_pipeline.llm.processing import DayResult, call_id, long_lived_objects_frozen, process_day, text_hash
 from cost_pipeline.markdown import markdown_table
+from cost_pipeline.llm.usage import SAVED_FIELDS, TOKEN_FIELDS
 from cost_pipeline.partitions import DUCKDB_POOL, daily_partitions
 from cost_pipeline.costs.pricing import MISSING, MONEY_SQL_TYPE, ZERO, price_calls
 from cost_pipeline.resources import CostSettings
@@ -54,32 +56,41 @@ FUNCTION_CALLS_SCHEMA = dg.TableSchema(columns=[
     dg.TableColumn("model", "VARCHAR"),
     *_OUTCOME_COLUMNS,
 ])
-_TOKEN_COLUMNS = ["input_tokens", "output_tokens", "thinking_tokens", "cached_tokens", "tool_prompt_tokens", "total_tokens"]
-_SAVED_COLUMNS = ["saved_input_tokens", "saved_cached_tokens", "saved_output_tokens", "saved_thinking_tokens"]
+_TOKEN_COLUMNS = list(TOKEN_FIELDS)
+_SAVED_COLUMNS = list(SAVED_FIELDS)
 LLM_CALLS_SCHEMA = dg.TableSchema(columns=[
     dg.TableColumn("call_id", "VARCHAR", description="Stable per turn and stage."),
     dg.TableColumn("evaluation_id", "VARCHAR"),
     dg.TableColumn("conversation_id", "VARCHAR"),
     dg.TableColumn("turn_id", "VARCHAR"),
     dg.TableColumn("stage", "VARCHAR", description="clean or function."),
-    dg.TableColumn("model", "VARCHAR"),
-    dg.TableColumn("input_tokens", "BIGINT", description="promptTokenCount, cached tokens included."),
+    dg.TableColumn("model", "VARCHAR", description="As requested."),
+    dg.TableColumn("model_version", "VARCHAR", description="As served: the last answer's modelVersion."),
+    dg.TableColumn("endpoint", "VARCHAR", description="Who answered: local-server, a base URL, or Google's API."),
+    dg.TableColumn("input_tokens", "BIGINT", description="promptTokenCount, cached tokens included, over every billed attempt."),
     dg.TableColumn("output_tokens", "BIGINT", description="candidatesTokenCount."),
     dg.TableColumn("thinking_tokens", "BIGINT", description="thoughtsTokenCount."),
     dg.TableColumn("cached_tokens", "BIGINT", description="cachedContentTokenCount: the cached part of input_tokens."),
     dg.TableColumn("tool_prompt_tokens", "BIGINT", description="toolUsePromptTokenCount."),
     dg.TableColumn("total_tokens", "BIGINT"),
+    *(dg.TableColumn(name, "BIGINT", description="The audio part of the kind above (priced apart by genai-prices).")
+      for name in ("input_audio_tokens", "cached_audio_tokens", "output_audio_tokens")),
     *(dg.TableColumn(name, "BIGINT", description="Tokens a cache hit avoided paying for.") for name in _SAVED_COLUMNS),
-    dg.TableColumn("usage_source", "VARCHAR", description="reported, estimated (usage missing), cache, or none (failed)."),
+    dg.TableColumn("usage_source", "VARCHAR",
+                   description="reported, estimated (usage missing), cache, none (nothing billed) or unknown (a cut-off body)."),
     dg.TableColumn("latency_ms", "DOUBLE", description="The answering attempt's HTTP time."),
     dg.TableColumn("tokens_per_second", "DOUBLE", description="(output + thinking) tokens / latency."),
-    dg.TableColumn("attempts", "INTEGER"),
+    dg.TableColumn("attempts", "INTEGER", description="HTTP attempts in this run; each is a row of llm_attempts."),
+    dg.TableColumn("billed_attempts", "INTEGER", description="Attempts billed (accepted or rejected 200s with usage)."),
+    dg.TableColumn("rejected_attempts", "INTEGER", description="Billed answers we could not use, then retried."),
+    dg.TableColumn("billing_unknown_attempts", "INTEGER", description="Cut-off bodies: billed, usage never seen."),
     dg.TableColumn("cache_hit", "BOOLEAN"),
     dg.TableColumn("status", "VARCHAR"),
     dg.TableColumn("error", "VARCHAR"),
     dg.TableColumn("request_hash", "VARCHAR", description="The response-cache key."),
     dg.TableColumn("called_at", "TIMESTAMPTZ"),
-    dg.TableColumn("input_cost_usd", MONEY_SQL_TYPE, description="Uncached prompt tokens, tool-use prompt included."),
+    dg.TableColumn("input_cost_usd", MONEY_SQL_TYPE, description="Uncached prompt tokens, tool-use prompt included. "
+                   "Costs are this run's attempts for the call; a cache hit costs 0."),
     dg.TableColumn("cached_input_cost_usd", MONEY_SQL_TYPE, description="Cached prompt tokens at the cache-read rate."),
     dg.TableColumn("output_cost_usd", MONEY_SQL_TYPE, description="Candidates and thinking tokens."),
     dg.TableColumn("total_cost_usd", MONEY_SQL_TYPE, description="Null when the model has no price."),
@@ -87,6 +98,9 @@ LLM_CALLS_SCHEMA = dg.TableSchema(columns=[
     dg.TableColumn("price_source", "VARCHAR", description="genai-prices and its version, or the override file."),
     dg.TableColumn("price_status", "VARCHAR", description="ok, or missing when no price is known."),
 ])
+
+
+LLM_ATTEMPTS = dg.AssetKey("llm_attempts")
 
 
 class GeminiStageConfig(dg.Config):
@@ -113,14 +127,28 @@ def _out(description: str, schema: dg.TableSchema) -> dg.AssetOut:
 def turns_through_gemini(context: dg.AssetExecutionContext, config: GeminiStageConfig, gemini: GeminiResource,
                          costs: CostSettings, raw_turns: pd.DataFrame):
     """Clean the day's turns and decide function calls with Gemini, accounting for every call."""
-    cache = ResponseCache(gemini.cache_database, gemini.cache_enabled)
+    database, book = gemini.database(), costs.price_book()
+    load_spools(database, book, log=context.log.warning)
+    cache = ResponseCache(database, gemini.cache_enabled)
     loaded = cache.load([text_hash(text) for text in raw_turns["text"]])
-    with long_lived_objects_frozen():
-        result, stats, latencies = asyncio.run(_run_day(raw_turns, gemini, cache, context.log.info, config.progress_every))
-    written = cache.flush()
-    calls = _frame(price_calls(result.calls.frame(), costs.price_book()), LLM_CALLS_SCHEMA, ["turn_id", "stage"])
+    spool = AttemptSpool(spool_folder(database), context.run.run_id)
+    try:
+        with long_lived_objects_frozen():
+            result, stats, latencies = asyncio.run(
+                _run_day(raw_turns, gemini, cache, spool, context, config.progress_every))
+    finally:
+        # Paid for, whatever happens next: attempts to the ledger first (money), then answers to the cache.
+        spool.close()
+        ledger_rows = load_spools(database, book, only=spool.path, log=context.log.info)
+        written = cache.flush()
+    calls = _frame(price_calls(result.calls.frame(), book), LLM_CALLS_SCHEMA, ["turn_id", "stage"])
     cleaned = _frame(_with_turn_costs(result.cleaned.frame(), calls), CLEANED_TURNS_SCHEMA, ["conversation_id", "turn_index"])
     functions = _frame(result.functions.frame(), FUNCTION_CALLS_SCHEMA, ["conversation_id", "turn_index"])
+    context.log_event(dg.AssetMaterialization(
+        asset_key=LLM_ATTEMPTS, partition=context.partition_key,
+        description=f"{ledger_rows} attempts appended by run {context.run.run_id}",
+        metadata={"attempts_appended": ledger_rows, "rejected_attempts": int(stats["rejected"]),
+                  "endpoint": gemini.endpoint_id()}))
     missing = sorted(calls.loc[calls["price_status"] == MISSING, "model"].unique())
     if missing:
         context.log.warning(f"no price for model(s) {', '.join(missing)}: their calls carry price_status 'missing' and null costs")
@@ -131,22 +159,24 @@ def turns_through_gemini(context: dg.AssetExecutionContext, config: GeminiStageC
     if len(calls) and failed / len(calls) > config.max_failure_share:
         raise dg.Failure(
             description=f"{failed} of {len(calls)} Gemini calls failed, over the limit of {config.max_failure_share:.0%}; "
-            "nothing was written for this partition",
+            "nothing was written for this partition (its billed attempts are in llm_attempts)",
             metadata={"failed_calls": failed, "calls": len(calls),
                       "first_errors": dg.MetadataValue.md(_error_table(calls))},
         )
     context.add_output_metadata(_cleaned_metadata(cleaned), output_name="cleaned_turns")
     context.add_output_metadata(_function_metadata(functions), output_name="function_calls")
     context.add_output_metadata(
-        _call_metadata(calls, stats, latencies, result, cache_loaded=loaded, cache_written=written), output_name="llm_calls"
+        {**_call_metadata(calls, stats, latencies, result, cache_loaded=loaded, cache_written=written),
+         "endpoint": gemini.endpoint_id()}, output_name="llm_calls"
     )
     return cleaned, functions, calls
 
 
-async def _run_day(turns: pd.DataFrame, gemini: GeminiResource, cache: ResponseCache, log, progress_every: int):
-    session = gemini.session(cache)
+async def _run_day(turns: pd.DataFrame, gemini: GeminiResource, cache: ResponseCache, spool: AttemptSpool,
+                   context: dg.AssetExecutionContext, progress_every: int):
+    session = gemini.session(cache, spool, context.run.run_id, context.partition_key)
     try:
-        result = await process_day(turns, session, log, progress_every)
+        result = await process_day(turns, session, context.log.info, progress_every)
     finally:
         await session.aclose()
     return result, session.stats, session.latencies_ms
@@ -196,6 +226,8 @@ def _call_metadata(calls: pd.DataFrame, stats, latencies: list[float], result: D
         "cache_hits": int(calls["cache_hit"].sum()),
         "retries": int(stats["retries"]),
         "failures": int((calls["status"] == FAILED).sum()),
+        "rejected_attempts": int(calls["rejected_attempts"].sum()),
+        "billing_unknown_attempts": int(calls["billing_unknown_attempts"].sum()),
         "estimated_usage_calls": int((calls["usage_source"] == "estimated").sum()),
         **{name: int(calls[name].sum()) for name in _TOKEN_COLUMNS},
         "saved_tokens": int(calls[_SAVED_COLUMNS].sum().sum()),

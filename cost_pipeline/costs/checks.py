@@ -12,6 +12,7 @@ import warnings
 
 import dagster as dg
 
+from cost_pipeline.costs.report import incomplete_note
 from cost_pipeline.costs.rollups import COST_KINDS, GROUP_KEYS, TOKEN_KINDS
 from cost_pipeline.markdown import markdown_table
 from cost_pipeline.partitions import daily_partitions
@@ -36,7 +37,7 @@ def rollup_reconciles_with_calls(context: dg.AssetCheckExecutionContext, warehou
     keys = ", ".join(GROUP_KEYS)
     mismatched = warehouse.query(f"""
         WITH c AS (SELECT {keys}, {sums} FROM llm_calls WHERE partition_date = ? GROUP BY ALL),
-             r AS (SELECT * FROM daily_cost_rollup WHERE partition_date = ?)
+             r AS (SELECT * FROM daily_cost_rollup WHERE partition_date = ? AND calls > 0)
         SELECT {", ".join(f"coalesce(c.{k}, r.{k}) AS {k}" for k in GROUP_KEYS)}, c.total_cost_usd AS calls_cost,
                r.total_cost_usd AS rollup_cost
         FROM c FULL OUTER JOIN r USING ({keys}) WHERE c.calls IS NULL OR r.calls IS NULL OR {differs}""",
@@ -48,13 +49,44 @@ def rollup_reconciles_with_calls(context: dg.AssetCheckExecutionContext, warehou
     )
 
 
+@dg.asset_check(asset="daily_cost_rollup", partitions_def=daily_partitions, blocking=True,
+                description="The rollup's spend_usd equals the sum of llm_attempts.cost_usd for the day, exactly, "
+                            "group by group, with the same billed attempts and tokens.")
+def spend_matches_ledger(context: dg.AssetCheckExecutionContext, warehouse: DuckDBWarehouse) -> dg.AssetCheckResult:
+    keys = ", ".join(GROUP_KEYS)
+    compared = ["billed_attempts", "spend_usd", *(f"spend_{k}" for k in TOKEN_KINDS)]
+    mismatched = warehouse.query(f"""
+        WITH l AS (SELECT {keys}, count(*) FILTER (WHERE billed) AS billed_attempts,
+                          coalesce(sum(cost_usd), 0) AS spend_usd,
+                          {", ".join(f"coalesce(sum({k}) FILTER (WHERE billed), 0) AS spend_{k}" for k in TOKEN_KINDS)}
+                   FROM llm_attempts WHERE partition_date = $day GROUP BY ALL),
+             r AS (SELECT * FROM daily_cost_rollup WHERE partition_date = $day AND attempts > 0)
+        SELECT {", ".join(f"coalesce(l.{k}, r.{k}) AS {k}" for k in GROUP_KEYS)}, l.spend_usd AS ledger_usd, r.spend_usd AS rollup_usd
+        FROM l FULL OUTER JOIN r USING ({keys})
+        WHERE {" OR ".join(f"l.{n} IS DISTINCT FROM r.{n}" for n in compared)}""", {"day": context.partition_key})
+    totals = warehouse.query("""
+        SELECT (SELECT coalesce(sum(cost_usd), 0) FROM llm_attempts WHERE partition_date = $day) AS ledger_usd,
+               (SELECT coalesce(sum(spend_usd), 0) FROM daily_cost_rollup WHERE partition_date = $day) AS rollup_usd
+        """, {"day": context.partition_key}).iloc[0]
+    passed = mismatched.empty and totals["ledger_usd"] == totals["rollup_usd"]
+    return dg.AssetCheckResult(
+        passed=bool(passed),
+        description=None if passed else f"spend_usd {totals['rollup_usd']} differs from the ledger's {totals['ledger_usd']} "
+                                        f"in {len(mismatched)} group(s)",
+        metadata={"ledger_spend_usd": str(totals["ledger_usd"]), "rollup_spend_usd": str(totals["rollup_usd"]),
+                  "mismatched_groups": len(mismatched),
+                  "mismatches": dg.MetadataValue.md(markdown_table(mismatched)) if len(mismatched) else ""},
+    )
+
+
 @dg.asset_check(asset="llm_calls", partitions_def=daily_partitions, blocking=True,
-                description="Every answered call has usage (reported, estimated or from the cache); warns when too many are estimated.")
+                description="Every answered call has usage (reported, estimated, from the cache, or unknown for an attempt "
+                            "cut off in transit, counted in the rollup); warns when too many are estimated.")
 def calls_have_usage(context: dg.AssetCheckExecutionContext, warehouse: DuckDBWarehouse,
                      costs: CostSettings) -> dg.AssetCheckResult:
     counts = warehouse.query("""
         SELECT count(*) AS calls,
-               count(*) FILTER (WHERE status = 'ok' AND coalesce(usage_source, '') NOT IN ('reported', 'estimated', 'cache')) AS without_usage,
+               count(*) FILTER (WHERE status = 'ok' AND coalesce(usage_source, '') NOT IN ('reported', 'estimated', 'cache', 'unknown')) AS without_usage,
                count(*) FILTER (WHERE usage_source = 'estimated') AS estimated
         FROM llm_calls WHERE partition_date = ?""", [context.partition_key]).iloc[0]
     calls, without, estimated = int(counts["calls"]), int(counts["without_usage"]), int(counts["estimated"])
@@ -107,9 +139,19 @@ def batch_from_one_run(context: dg.AssetCheckExecutionContext, warehouse: DuckDB
     )
 
 
-@dg.asset_check(asset="evaluation_costs", description="Each evaluation within its budget: warn at the warn share, error above 100%.")
+@dg.asset_check(asset="evaluation_costs",
+                description="Each evaluation's spend within its budget: warn at the warn share, error above 100%, "
+                            "and never pass on a total that leaves calls out.")
 def budgets_held(warehouse: DuckDBWarehouse, costs: CostSettings) -> dg.AssetCheckResult:
-    totals = warehouse.query("SELECT evaluation_id, total_cost_usd, budget_usd, budget_used_share FROM evaluation_costs")
+    totals = warehouse.query("SELECT evaluation_id, spend_usd, budget_usd, budget_used_share, complete, unpriced_calls, "
+                             "billing_unknown_attempts FROM evaluation_costs")
+    incomplete = totals[~totals["complete"].astype(bool)]
+    if len(totals) and len(incomplete):
+        note = incomplete_note(int(incomplete["unpriced_calls"].sum()), int(incomplete["billing_unknown_attempts"].sum()))
+        return dg.AssetCheckResult(
+            passed=False, severity=dg.AssetCheckSeverity.ERROR,
+            description=f"cannot hold budgets on incomplete totals: {', '.join(incomplete['evaluation_id'])} {note}",
+            metadata={"evaluations": len(totals), "incomplete": ", ".join(incomplete["evaluation_id"])})
     budgeted = totals[totals["budget_used_share"].notna()]
     over = budgeted[budgeted["budget_used_share"] > 1]
     near = budgeted[(budgeted["budget_used_share"] >= costs.budget_warn_share) & (budgeted["budget_used_share"] <= 1)]
@@ -117,5 +159,7 @@ def budgets_held(warehouse: DuckDBWarehouse, costs: CostSettings) -> dg.AssetChe
                 "max_budget_used_share": float(budgeted["budget_used_share"].max()) if len(budgeted) else 0.0,
                 "over": ", ".join(over["evaluation_id"]), "near": ", ".join(near["evaluation_id"])}
     if len(over):
-        return dg.AssetCheckResult(passed=False, severity=dg.AssetCheckSeverity.ERROR, metadata=metadata)
-    return dg.AssetCheckResult(passed=near.empty, severity=dg.AssetCheckSeverity.WARN, metadata=metadata)
+        return dg.AssetCheckResult(passed=False, severity=dg.AssetCheckSeverity.ERROR, metadata=metadata,
+                                   description=f"over budget: {metadata['over']} (max {metadata['max_budget_used_share']:.1%} used)")
+    return dg.AssetCheckResult(passed=near.empty, severity=dg.AssetCheckSeverity.WARN, metadata=metadata,
+                               description=None if near.empty else f"near budget: {metadata['near']}")

@@ -34,6 +34,10 @@ class TokenCounts:
     output: int = 0
     thinking: int = 0
     tool_prompt: int = 0
+    input_audio: int = 0
+    """The audio part of `input` (genai-prices prices audio apart from text); likewise the two below."""
+    cached_audio: int = 0
+    output_audio: int = 0
 
 
 @dataclass(frozen=True)
@@ -73,11 +77,19 @@ class PriceBook:
         self.override_source = override_source
         self._memo: dict[tuple, CallCost] = {}
 
-    def cost(self, model: str, tokens: TokenCounts, at: datetime) -> CallCost:
-        """The cost of `tokens` on `model` at time `at`; status `missing` when no price is known."""
-        key = (model, at.date(), tokens)
+    def cost(self, model: str, tokens: TokenCounts, at: datetime, served_model: str | None = None) -> CallCost:
+        """The cost of `tokens` on `model` at time `at`; status `missing` when no price is known.
+
+        `served_model` is the `modelVersion` the response named: the provider bills the model
+        that served the request, so its price wins when it is known; an alias with no price
+        of its own falls back to the requested model's.
+        """
+        key = (model, served_model, at.date(), tokens)
         if key not in self._memo:
-            self._memo[key] = self._price(model, tokens, at)
+            priced = self._price(served_model, tokens, at) if served_model and served_model != model else None
+            if priced is None or priced.price_status == MISSING:
+                priced = self._price(model, tokens, at)
+            self._memo[key] = priced
         return self._memo[key]
 
     def _price(self, model: str, tokens: TokenCounts, at: datetime) -> CallCost:
@@ -87,6 +99,9 @@ class PriceBook:
             input_tool_tokens=tokens.tool_prompt,
             output_tokens=tokens.output + tokens.thinking,
             output_reasoning_tokens=tokens.thinking,
+            **({"input_audio_tokens": tokens.input_audio} if tokens.input_audio else {}),
+            **({"cache_audio_read_tokens": tokens.cached_audio} if tokens.cached_audio else {}),
+            **({"output_audio_tokens": tokens.output_audio} if tokens.output_audio else {}),
         )
         if model in self.overrides:
             model_price, source = self.overrides[model].model_price(), self.override_source
@@ -99,8 +114,11 @@ class PriceBook:
                 return CallCost(None, None, None, None, None, MISSING)
             model_price, source = calculated.model_price, LIBRARY_SOURCE
             input_price, output_price = calculated.input_price, calculated.output_price
-        cached = calc_unit_price(getattr(model_price, "cache_read_mtok", None), tokens.cached,
-                                 tokens.input + tokens.tool_prompt, PER_MILLION)
+        text_rate = getattr(model_price, "cache_read_mtok", None)
+        audio_rate = getattr(model_price, "cache_audio_read_mtok", None) or text_rate
+        total_input = tokens.input + tokens.tool_prompt
+        cached = (calc_unit_price(text_rate, tokens.cached - tokens.cached_audio, total_input, PER_MILLION)
+                  + calc_unit_price(audio_rate, tokens.cached_audio, total_input, PER_MILLION))
         input_cost, cached_cost, output_cost = (_money(input_price - cached), _money(cached), _money(output_price))
         return CallCost(input_cost, cached_cost, output_cost, input_cost + cached_cost + output_cost, source, OK)
 
@@ -125,22 +143,29 @@ def parse_overrides(table: dict) -> dict[str, PriceOverride]:
 
 
 COST_COLUMNS = ["input_cost_usd", "cached_input_cost_usd", "output_cost_usd", "total_cost_usd", "saved_cost_usd"]
-BILLED_SOURCES = {"reported", "estimated"}
+
+
+def token_counts(row, prefix: str = "") -> TokenCounts:
+    """The priced token kinds of a row (an itertuples row of llm_calls or llm_attempts)."""
+    get = lambda name: int(getattr(row, prefix + name, 0) or 0)
+    return TokenCounts(get("input_tokens"), get("cached_tokens"), get("output_tokens"), get("thinking_tokens"),
+                       get("tool_prompt_tokens"), get("input_audio_tokens"), get("cached_audio_tokens"),
+                       get("output_audio_tokens"))
 
 
 def price_calls(calls: pd.DataFrame, book: PriceBook) -> pd.DataFrame:
-    """`llm_calls` rows with cost columns: what each call was billed, and what a cache hit saved.
+    """`llm_calls` rows with cost columns: what each call's attempts were billed, and what a cache hit saved.
 
-    Cache hits and failed calls were billed nothing; a cache hit's `saved_cost_usd` is its
-    saved tokens priced like a real call. Rows of a model without a price keep null costs.
+    A call's tokens are the billed usage of all its attempts in this run, rejected answers
+    included; a cache hit was billed nothing and its `saved_cost_usd` is its saved tokens
+    priced like a real call. Rows of a model without a price keep null costs.
     """
     columns: dict[str, list] = {name: [] for name in [*COST_COLUMNS, "price_source", "price_status"]}
     for row in calls.itertuples(index=False):
         at = row.called_at.to_pydatetime() if hasattr(row.called_at, "to_pydatetime") else row.called_at
-        billed = TokenCounts(row.input_tokens, row.cached_tokens, row.output_tokens, row.thinking_tokens, row.tool_prompt_tokens)
-        saved = TokenCounts(row.saved_input_tokens, row.saved_cached_tokens, row.saved_output_tokens, row.saved_thinking_tokens)
-        paid = book.cost(row.model, billed if row.usage_source in BILLED_SOURCES else TokenCounts(), at)
-        avoided = book.cost(row.model, saved, at)
+        served = row.model_version if isinstance(row.model_version, str) else None
+        paid = book.cost(row.model, token_counts(row), at, served)
+        avoided = book.cost(row.model, token_counts(row, "saved_"), at, served)
         columns["input_cost_usd"].append(paid.input_cost)
         columns["cached_input_cost_usd"].append(paid.cached_input_cost)
         columns["output_cost_usd"].append(paid.output_cost)

@@ -18,7 +18,17 @@ from cost_pipeline.storage.tables import PARTITION_COLUMN, qualified, table_exis
 from cost_pipeline.storage.warehouse import query_frame
 
 DIMENSIONS = {"day": "partition_date", "evaluation": "evaluation_id", "model": "model", "stage": "stage"}
-MEASURES = ["calls", "cache_hits", "total_tokens", "total_cost_usd", "saved_cost_usd"]
+MEASURES = ["calls", "cache_hits", "total_tokens", "spend_usd", "total_cost_usd", "saved_cost_usd", "unpriced_calls",
+            "billing_unknown_attempts"]
+"""`spend_usd` is money out (every billed attempt of every run); `total_cost_usd` the cost of the data as it stands."""
+
+
+def incomplete_note(unpriced: int, unknown: int) -> str:
+    """The words a total carries when it leaves something out; empty when it does not."""
+    parts = [f"{unpriced:,} calls without a price" if unpriced else "",
+             f"{unknown:,} attempts billed for usage never seen" if unknown else ""]
+    parts = [p for p in parts if p]
+    return f"incomplete: leaves out {' and '.join(parts)}" if parts else ""
 
 
 def table_counts(database: str, day: date) -> dict[str, int]:
@@ -45,19 +55,21 @@ def cost_report(database: str, start: date, end: date, by: str) -> pd.DataFrame:
             return pd.DataFrame(columns=[by, *MEASURES])
         return query_frame(connection, f"""
             SELECT {column} AS {by}, sum(calls)::BIGINT AS calls, sum(cache_hits)::BIGINT AS cache_hits,
-                   sum(total_tokens)::BIGINT AS total_tokens, sum(total_cost_usd) AS total_cost_usd,
-                   sum(saved_cost_usd) AS saved_cost_usd
+                   sum(total_tokens)::BIGINT AS total_tokens, sum(spend_usd) AS spend_usd,
+                   sum(total_cost_usd) AS total_cost_usd, sum(saved_cost_usd) AS saved_cost_usd,
+                   (sum(missing_price_calls) + sum(unpriced_attempts))::BIGINT AS unpriced_calls,
+                   sum(billing_unknown_attempts)::BIGINT AS billing_unknown_attempts
             FROM daily_cost_rollup WHERE partition_date BETWEEN ? AND ?
             GROUP BY 1 ORDER BY 1""", [start, end])
 
 
 def daily_cost_by_model(database: str, start: date, end: date) -> pd.DataFrame:
-    """Daily cost per model, one column per model, for the chart."""
+    """Daily spend per model, one column per model, for the chart."""
     with connect(database, read_only=True) as connection:
         if not table_exists(connection, "main", "daily_cost_rollup"):
             return pd.DataFrame()
         frame = query_frame(connection, """
-            SELECT partition_date AS day, model, sum(total_cost_usd) AS cost FROM daily_cost_rollup
+            SELECT partition_date AS day, model, sum(spend_usd) AS cost FROM daily_cost_rollup
             WHERE partition_date BETWEEN ? AND ? GROUP BY ALL ORDER BY ALL""", [start, end])
     return frame.pivot(index="day", columns="model", values="cost").fillna(Decimal(0))
 
@@ -65,19 +77,22 @@ def daily_cost_by_model(database: str, start: date, end: date) -> pd.DataFrame:
 def render(report: pd.DataFrame, fmt: str) -> str:
     """The report as an aligned table with a total line, or as JSON or CSV."""
     rows = [{k: _plain(v) for k, v in row.items()} for row in report.to_dict("records")]
+    totals = _totals(report)
+    note = incomplete_note(totals["unpriced_calls"], totals["billing_unknown_attempts"])
     if fmt == "json":
-        return json.dumps({"rows": rows, "total": _plain_dict(_totals(report))}, indent=2)
+        return json.dumps({"rows": rows, "total": {**_plain_dict(totals), "complete": not note, "note": note or None}},
+                          indent=2)
     if fmt == "csv":
         out = io.StringIO()
         writer = csv.DictWriter(out, fieldnames=list(report.columns))
         writer.writeheader()
         writer.writerows(rows)
         return out.getvalue()
-    return _table(report)
+    return _table(report) + (f"\nTOTAL is {note}: it is a lower bound" if note else "")
 
 
 def write_chart(by_model: pd.DataFrame, path: str) -> None:
-    """A stacked bar chart of daily cost by model, as PNG."""
+    """A stacked bar chart of daily spend by model, as PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -85,9 +100,9 @@ def write_chart(by_model: pd.DataFrame, path: str) -> None:
 
     figure, axes = plt.subplots(figsize=(10, 5))
     by_model.astype(float).plot.bar(stacked=True, ax=axes)
-    axes.set_ylabel("cost (USD)")
+    axes.set_ylabel("spend (USD)")
     axes.set_xlabel("day")
-    axes.set_title("Daily Gemini cost by model")
+    axes.set_title("Daily Gemini spend by model")
     axes.set_xticklabels([str(day) for day in by_model.index], rotation=45, ha="right")
     figure.tight_layout()
     figure.savefig(path, dpi=120)

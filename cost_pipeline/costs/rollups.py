@@ -1,8 +1,18 @@
 """daily_cost_rollup and evaluation_costs: what each evaluation and model cost, day by day and in total.
 
-Both aggregate in DuckDB SQL over the stored calls, where DECIMAL sums are exact and a
-million calls take well under a second, and return small frames whose money is
-`Decimal`. `evaluation_costs` replaces the original system's admin cost endpoint.
+Two numbers, side by side, named plainly:
+- **cost of the data** (`total_cost_usd`): what the calls behind the day's current rows
+  were billed in the run that wrote them; a cache hit costs 0 and records what it saved
+  (`saved_cost_usd`). A re-run served from the cache makes this fall, correctly.
+- **spend** (`spend_usd`): every billed attempt of every run of that day, from the
+  append-only ledger `llm_attempts`: re-runs, backfills, failed and killed runs
+  included. This is the number the invoice is compared with, and the one budgets use.
+
+Both aggregate in DuckDB SQL, where DECIMAL sums are exact and a million calls take
+well under a second, and return small frames whose money is `Decimal`. A sum that
+leaves something out says so in the same row: `missing_price_calls` and
+`unpriced_attempts` (no price known), `billing_unknown_attempts` (a body cut off in
+transit: billed for usage we never saw).
 """
 
 from decimal import Decimal
@@ -10,18 +20,23 @@ from decimal import Decimal
 import dagster as dg
 import pandas as pd
 
+from cost_pipeline.costs.ledger import COLUMNS as LEDGER_COLUMNS
+from cost_pipeline.costs.ledger import ensure_ledger, load_spools
+from cost_pipeline.costs.pricing import MONEY_PLACES
+from cost_pipeline.costs.report import incomplete_note
 from cost_pipeline.markdown import markdown_table
 from cost_pipeline.partitions import DUCKDB_POOL, daily_partitions
-from cost_pipeline.costs.pricing import MONEY_PLACES
 from cost_pipeline.resources import CostSettings
 from cost_pipeline.storage.warehouse import DuckDBWarehouse
 
 TOTAL_MONEY = "DECIMAL(38,12)"
 TOKEN_KINDS = ["input_tokens", "cached_tokens", "output_tokens", "thinking_tokens", "tool_prompt_tokens", "total_tokens"]
 COST_KINDS = ["input_cost_usd", "cached_input_cost_usd", "output_cost_usd", "total_cost_usd", "saved_cost_usd"]
+SPEND_TOKEN_KINDS = [f"spend_{kind}" for kind in TOKEN_KINDS]
+SPEND_COUNTS = ["attempts", "billed_attempts", "rejected_attempts", "billing_unknown_attempts", "unpriced_attempts", "spend_runs"]
 GROUP_KEYS = ["evaluation_id", "model", "stage"]
 
-ROLLUP_SQL = f"""
+CALLS_SQL = f"""
 SELECT evaluation_id, model, stage,
        count(*) AS calls,
        count(*) FILTER (WHERE cache_hit) AS cache_hits,
@@ -33,22 +48,51 @@ SELECT evaluation_id, model, stage,
        quantile_cont(latency_ms, 0.5) FILTER (WHERE NOT cache_hit AND status = 'ok') AS latency_p50_ms,
        quantile_cont(latency_ms, 0.95) FILTER (WHERE NOT cache_hit AND status = 'ok') AS latency_p95_ms,
        avg(tokens_per_second) AS mean_tokens_per_second
-FROM llm_calls
-WHERE partition_date = ?
-GROUP BY ALL
+FROM llm_calls WHERE partition_date = $day GROUP BY ALL
+"""
+SPEND_SQL = f"""
+SELECT evaluation_id, model, stage,
+       count(*) AS attempts,
+       count(*) FILTER (WHERE billed) AS billed_attempts,
+       count(*) FILTER (WHERE outcome = 'rejected') AS rejected_attempts,
+       count(*) FILTER (WHERE billed IS NULL) AS billing_unknown_attempts,
+       count(*) FILTER (WHERE billed AND price_status = 'missing') AS unpriced_attempts,
+       count(DISTINCT run_id) AS spend_runs,
+       {", ".join(f"coalesce(sum({kind}) FILTER (WHERE billed), 0)::BIGINT AS spend_{kind}" for kind in TOKEN_KINDS)},
+       coalesce(sum(cost_usd), 0)::{TOTAL_MONEY} AS spend_usd
+FROM llm_attempts WHERE partition_date = $day GROUP BY ALL
+"""
+ROLLUP_SQL = f"""
+WITH c AS ({CALLS_SQL}), s AS ({SPEND_SQL})
+SELECT {", ".join(f"coalesce(c.{k}, s.{k}) AS {k}" for k in GROUP_KEYS)},
+       {", ".join(f"coalesce(c.{n}, 0)::BIGINT AS {n}" for n in ["calls", "cache_hits", "failures", "estimated_usage_calls", "missing_price_calls", *TOKEN_KINDS])},
+       {", ".join(f"(CASE WHEN c.calls IS NULL THEN 0 ELSE c.{n} END)::{TOTAL_MONEY} AS {n}" for n in COST_KINDS)},
+       c.latency_p50_ms, c.latency_p95_ms, c.mean_tokens_per_second,
+       {", ".join(f"coalesce(s.{n}, 0)::BIGINT AS {n}" for n in [*SPEND_COUNTS, *SPEND_TOKEN_KINDS])},
+       coalesce(s.spend_usd, 0)::{TOTAL_MONEY} AS spend_usd
+FROM c FULL OUTER JOIN s ON c.evaluation_id = s.evaluation_id AND c.model = s.model AND c.stage = s.stage
 ORDER BY ALL
 """
 
 ROLLUP_SCHEMA = dg.TableSchema(columns=[
     dg.TableColumn("evaluation_id", "VARCHAR"),
-    dg.TableColumn("model", "VARCHAR"),
+    dg.TableColumn("model", "VARCHAR", description="As requested."),
     dg.TableColumn("stage", "VARCHAR"),
     *(dg.TableColumn(name, "BIGINT") for name in
       ["calls", "cache_hits", "failures", "estimated_usage_calls", "missing_price_calls", *TOKEN_KINDS]),
-    *(dg.TableColumn(name, TOTAL_MONEY) for name in COST_KINDS),
+    *(dg.TableColumn(name, TOTAL_MONEY, description="Cost of the data: the calls behind today's rows." if name == "total_cost_usd" else "")
+      for name in COST_KINDS),
     dg.TableColumn("latency_p50_ms", "DOUBLE", description="Over answered API calls (cache hits excluded)."),
     dg.TableColumn("latency_p95_ms", "DOUBLE"),
     dg.TableColumn("mean_tokens_per_second", "DOUBLE"),
+    dg.TableColumn("attempts", "BIGINT", description="Ledger attempts of every run of this day."),
+    dg.TableColumn("billed_attempts", "BIGINT"),
+    dg.TableColumn("rejected_attempts", "BIGINT", description="Billed answers that were rejected."),
+    dg.TableColumn("billing_unknown_attempts", "BIGINT", description="Billed for usage never seen: spend_usd leaves them out."),
+    dg.TableColumn("unpriced_attempts", "BIGINT", description="Billed on a model without a price: spend_usd leaves them out."),
+    dg.TableColumn("spend_runs", "BIGINT", description="Runs whose attempts make up the spend."),
+    *(dg.TableColumn(name, "BIGINT", description="Billed tokens over every run.") for name in SPEND_TOKEN_KINDS),
+    dg.TableColumn("spend_usd", TOTAL_MONEY, description="Spend: every billed attempt of every run of this day (llm_attempts)."),
 ])
 
 EVALUATION_SQL = f"""
@@ -56,14 +100,17 @@ WITH spend AS (
     SELECT evaluation_id, min(partition_date) AS first_day, max(partition_date) AS last_day,
            count(DISTINCT partition_date) AS days, sum(calls)::BIGINT AS calls, sum(cache_hits)::BIGINT AS cache_hits,
            sum(total_tokens)::BIGINT AS total_tokens,
-           sum(total_cost_usd)::{TOTAL_MONEY} AS total_cost_usd, sum(saved_cost_usd)::{TOTAL_MONEY} AS saved_cost_usd
+           sum(total_cost_usd)::{TOTAL_MONEY} AS total_cost_usd, sum(saved_cost_usd)::{TOTAL_MONEY} AS saved_cost_usd,
+           sum(spend_usd)::{TOTAL_MONEY} AS spend_usd,
+           (sum(missing_price_calls) + sum(unpriced_attempts))::BIGINT AS unpriced_calls,
+           sum(billing_unknown_attempts)::BIGINT AS billing_unknown_attempts
     FROM daily_cost_rollup GROUP BY evaluation_id
 ), turns AS (
     SELECT evaluation_id, count(*) AS turns FROM cleaned_turns GROUP BY evaluation_id
 )
 SELECT spend.*, coalesce(turns.turns, 0)::BIGINT AS turns
 FROM spend LEFT JOIN turns USING (evaluation_id)
-ORDER BY total_cost_usd DESC NULLS FIRST, evaluation_id
+ORDER BY spend_usd DESC NULLS FIRST, evaluation_id
 """
 
 EVALUATION_SCHEMA = dg.TableSchema(columns=[
@@ -74,26 +121,46 @@ EVALUATION_SCHEMA = dg.TableSchema(columns=[
     dg.TableColumn("calls", "BIGINT"),
     dg.TableColumn("cache_hits", "BIGINT"),
     dg.TableColumn("total_tokens", "BIGINT"),
-    dg.TableColumn("total_cost_usd", TOTAL_MONEY),
+    dg.TableColumn("total_cost_usd", TOTAL_MONEY, description="Cost of the data as it stands."),
     dg.TableColumn("saved_cost_usd", TOTAL_MONEY),
+    dg.TableColumn("spend_usd", TOTAL_MONEY, description="Every billed attempt of every run: money out."),
+    dg.TableColumn("unpriced_calls", "BIGINT", description="Calls and attempts without a price, left out of the sums."),
+    dg.TableColumn("billing_unknown_attempts", "BIGINT", description="Attempts billed for usage never seen, left out."),
     dg.TableColumn("turns", "BIGINT"),
-    dg.TableColumn("cost_per_turn_usd", TOTAL_MONEY),
+    dg.TableColumn("complete", "BOOLEAN", description="False when a sum above leaves something out."),
+    dg.TableColumn("cost_per_turn_usd", TOTAL_MONEY, description="Spend per turn."),
     dg.TableColumn("budget_usd", TOTAL_MONEY, description="From the cost settings; null without a budget."),
-    dg.TableColumn("budget_used_share", "DECIMAL(18,6)", description="total_cost_usd / budget_usd."),
+    dg.TableColumn("budget_used_share", "DECIMAL(18,6)", description="spend_usd / budget_usd."),
 ])
+
+
+llm_attempts = dg.AssetSpec(
+    "llm_attempts",
+    description="The spend ledger: one row per HTTP attempt that left the process, from every run, append-only "
+                "(cost_pipeline/costs/ledger.py). Appended by turns_through_gemini; never replaced by a re-run.",
+    partitions_def=daily_partitions,
+    group_name="costs",
+    kinds={"duckdb"},
+    deps=["raw_turns"],
+    metadata={"dagster/column_schema": dg.TableSchema(columns=[
+        dg.TableColumn(name, sql_type.replace(" PRIMARY KEY", ""), description=text) for name, sql_type, text in LEDGER_COLUMNS])},
+)
 
 
 @dg.asset(
     partitions_def=daily_partitions,
-    deps=["llm_calls"],
+    deps=["llm_calls", llm_attempts],
     group_name="costs",
     kinds={"duckdb", "pandas"},
     metadata={"dagster/column_schema": ROLLUP_SCHEMA},
     pool=DUCKDB_POOL,
 )
-def daily_cost_rollup(context: dg.AssetExecutionContext, warehouse: DuckDBWarehouse) -> pd.DataFrame:
-    """One row per day x evaluation x model x stage: calls, tokens and cost by kind, savings, latency."""
-    rollup = warehouse.query(ROLLUP_SQL, [context.partition_key])
+def daily_cost_rollup(context: dg.AssetExecutionContext, warehouse: DuckDBWarehouse, costs: CostSettings) -> pd.DataFrame:
+    """One row per day x evaluation x model x stage: cost of the data and spend, tokens and cost by kind, latency."""
+    # Attempts of a run that died before loading its spool belong in this day's spend.
+    load_spools(warehouse.database, costs.price_book(), log=context.log.warning)
+    ensure_ledger(warehouse.database)
+    rollup = warehouse.query(ROLLUP_SQL, {"day": context.partition_key})
     context.add_output_metadata(rollup_metadata(rollup))
     return rollup
 
@@ -110,60 +177,74 @@ def daily_cost_rollup(context: dg.AssetExecutionContext, warehouse: DuckDBWareho
     pool=DUCKDB_POOL,
 )
 def evaluation_costs(context: dg.AssetExecutionContext, warehouse: DuckDBWarehouse, costs: CostSettings) -> pd.DataFrame:
-    """Per evaluation over all days: total cost, cost per turn, first and last day, budget used."""
+    """Per evaluation over all days: spend and cost of the data, spend per turn, first and last day, budget used."""
     totals = with_budgets(warehouse.query(EVALUATION_SQL), costs.budgets())
     context.add_output_metadata(evaluation_metadata(totals))
     return totals
 
 
 def with_budgets(totals: pd.DataFrame, budgets: dict[str, Decimal]) -> pd.DataFrame:
-    """Cost per turn, budget and the share of it used, all in exact Decimals."""
+    """Completeness, spend per turn, budget and the share of it used, all in exact Decimals."""
     default = budgets.get("default")
     budget = [budgets.get(evaluation, default) for evaluation in totals["evaluation_id"]]
+    complete = [not (unpriced or unknown) for unpriced, unknown in zip(totals["unpriced_calls"], totals["billing_unknown_attempts"])]
     per_turn = [(cost / turns).quantize(MONEY_PLACES) if cost is not None and turns else None
-                for cost, turns in zip(totals["total_cost_usd"], totals["turns"])]
+                for cost, turns in zip(totals["spend_usd"], totals["turns"])]
     share = [(cost / limit).quantize(Decimal("0.000001")) if cost is not None and limit else None
-             for cost, limit in zip(totals["total_cost_usd"], budget)]
-    return totals.assign(cost_per_turn_usd=per_turn, budget_usd=budget, budget_used_share=share)
+             for cost, limit in zip(totals["spend_usd"], budget)]
+    return totals.assign(complete=complete, cost_per_turn_usd=per_turn, budget_usd=budget, budget_used_share=share)
 
 
 def rollup_metadata(rollup: pd.DataFrame) -> dict:
     calls = int(rollup["calls"].sum())
-    by_evaluation = rollup.groupby("evaluation_id")["total_cost_usd"].agg(lambda costs: sum(c for c in costs if c is not None))
-    top = by_evaluation.sort_values(ascending=False).map(lambda cost: f"{cost:.6f}").rename_axis("evaluation")
+    by_evaluation = rollup.groupby("evaluation_id")[["spend_usd", "total_cost_usd"]].agg(_sum)
+    top = by_evaluation.sort_values("spend_usd", ascending=False).map(lambda cost: f"{cost:.6f}").rename_axis("evaluation")
+    unpriced = int(rollup["missing_price_calls"].sum() + rollup["unpriced_attempts"].sum())
+    unknown = int(rollup["billing_unknown_attempts"].sum())
     return {
+        "spend_usd": float(_sum(rollup["spend_usd"])),
         "total_cost_usd": float(_sum(rollup["total_cost_usd"])),
         "saved_cost_usd": float(_sum(rollup["saved_cost_usd"])),
         "total_tokens": int(rollup["total_tokens"].sum()),
         "calls": calls,
+        "billed_attempts": int(rollup["billed_attempts"].sum()),
+        "rejected_attempts": int(rollup["rejected_attempts"].sum()),
         "cache_hit_rate": float(rollup["cache_hits"].sum() / calls) if calls else 0.0,
         "missing_price_calls": int(rollup["missing_price_calls"].sum()),
-        "top_evaluations": dg.MetadataValue.md(markdown_table(top.reset_index(name="cost_usd"), 10)),
+        "unpriced_attempts": int(rollup["unpriced_attempts"].sum()),
+        "billing_unknown_attempts": unknown,
+        "totals": incomplete_note(unpriced, unknown) or "complete",
+        "top_evaluations": dg.MetadataValue.md(markdown_table(top.reset_index(), 10)),
     }
 
 
 def evaluation_metadata(totals: pd.DataFrame) -> dict:
-    costs = [c for c in totals["total_cost_usd"] if c is not None]
+    spends = [c for c in totals["spend_usd"] if c is not None]
     shares = [s for s in totals["budget_used_share"] if s is not None]
     summary = pd.DataFrame({
         "evaluation": totals["evaluation_id"], "days": totals["days"], "turns": totals["turns"],
-        "cost_usd": totals["total_cost_usd"].map(_fmt), "per_turn_usd": totals["cost_per_turn_usd"].map(lambda v: _fmt(v, 8)),
+        "spend_usd": totals["spend_usd"].map(_fmt), "data_cost_usd": totals["total_cost_usd"].map(_fmt),
+        "per_turn_usd": totals["cost_per_turn_usd"].map(lambda v: _fmt(v, 8)),
         "budget_usd": totals["budget_usd"].map(lambda v: _fmt(v, 2)),
         "used": totals["budget_used_share"].map(lambda v: "" if v is None else f"{v:.1%}"),
+        "complete": totals["complete"].map(lambda v: "yes" if v else "NO"),
     })
+    unpriced, unknown = int(totals["unpriced_calls"].sum()), int(totals["billing_unknown_attempts"].sum())
     return {
         "evaluations": len(totals),
-        "total_cost_usd": float(sum(costs)) if costs else 0.0,
-        "average_cost_usd": float(sum(costs) / len(costs)) if costs else 0.0,
-        "min_cost_usd": float(min(costs)) if costs else 0.0,
-        "max_cost_usd": float(max(costs)) if costs else 0.0,
-        "all_under_budget": bool(shares) and all(share <= 1 for share in shares),
+        "spend_usd": float(sum(spends)) if spends else 0.0,
+        "total_cost_usd": float(_sum(totals["total_cost_usd"])),
+        "average_spend_usd": float(sum(spends) / len(spends)) if spends else 0.0,
+        "min_spend_usd": float(min(spends)) if spends else 0.0,
+        "max_spend_usd": float(max(spends)) if spends else 0.0,
+        "all_under_budget": bool(shares) and all(share <= 1 for share in shares) and all(totals["complete"]),
+        "totals": incomplete_note(unpriced, unknown) or "complete",
         "summary": dg.MetadataValue.md(markdown_table(summary, len(summary))),
     }
 
 
 def _sum(values) -> Decimal:
-    return sum((v for v in values if v is not None), Decimal(0))
+    return sum((v for v in values if v is not None and not pd.isna(v)), Decimal(0))
 
 
 def _fmt(value, places: int = 6) -> str:

@@ -19,9 +19,11 @@ tables or error text: errors pass through `redact` before they are kept.
 """
 
 import asyncio
+import json
 import os
 import re
 import time
+import uuid
 from collections import Counter
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -33,25 +35,37 @@ from google import genai
 from google.genai import errors, types
 from pydantic import Field, PrivateAttr
 
-from cost_pipeline.config import API_KEY_ENVS, DEFAULT_DB
+from cost_pipeline.config import API_KEY_ENVS, BASE_URL_ENV, DB_ENV, DEFAULT_DB, resolved
+from cost_pipeline.llm.answers import Verdict, judge
+from cost_pipeline.llm.attempts import ACCEPTED, ERROR, REJECTED, Attempt, AttemptSink, NoSink
 from cost_pipeline.llm.cache import CachedResponse, ResponseCache
 from cost_pipeline.llm.local_server import ServerConfig, running_local_server
-from cost_pipeline.llm.prompts import CLEAN, LlmRequest, parse_cleaning, parse_function
+from cost_pipeline.llm.prompts import LlmRequest
 from cost_pipeline.llm.tools import TOOLS
-from cost_pipeline.llm.usage import CACHE, Usage, estimate_tokens, estimate_usage, usage_from_metadata
+from cost_pipeline.llm.usage import CACHE, NO_USAGE, UNKNOWN, Usage, estimate_tokens, estimate_usage, usage_from_metadata
 
 DEFAULT_MODEL = "gemini-2.5-flash-lite"
 LOCAL_PLACEHOLDER_KEY = "local-server-needs-no-key"
+LOCAL_ENDPOINT = "local-server"
+GOOGLE_ENDPOINT = "https://generativelanguage.googleapis.com"
 RETRYABLE_STATUS = {408, 429, 500, 502, 503, 504}
 ERROR_TEXT_LIMIT = 500
 OK, FAILED = "ok", "failed"
 
 
 class GeminiResource(dg.ConfigurableResource):
-    """Gemini through google-genai: models per stage, limits, retries and the response cache."""
+    """Gemini through google-genai: models per stage, limits, retries, rejections and the response cache.
 
-    api_key: str | None = Field(default=None, description="Gemini API key (GEMINI_API_KEY); none: the local server.")
-    base_url: str | None = Field(default=None, description="A Gemini-compatible endpoint instead of Google's.")
+    Fields left unset resolve from the environment when a run starts, not when the code
+    location loads: run config that changes one field (say `max_concurrency` in the
+    launchpad) replaces the values `Definitions` took from the environment with the class
+    defaults, and those defaults must still mean "the key, base URL and database this
+    deployment set", never "the local server and a database in the working directory".
+    """
+
+    api_key: str | None = Field(default=None, description=f"Gemini API key; unset: {' or '.join(API_KEY_ENVS)} at run time.")
+    base_url: str | None = Field(default=None, description=f"A Gemini-compatible endpoint; unset: {BASE_URL_ENV} at run time.")
+    use_local_server: bool = Field(default=False, description="Use the shipped local server even when a key is set.")
     clean_model: str = Field(default=DEFAULT_MODEL, description="Model that cleans every turn.")
     function_model: str = Field(default=DEFAULT_MODEL, description="Model that decides function calls for user turns.")
     thinking_budget: int | None = Field(default=None, description="Thinking tokens allowed; none: the model's default.")
@@ -60,11 +74,14 @@ class GeminiResource(dg.ConfigurableResource):
     requests_per_minute: int = Field(default=4_000, description="Request rate limit.")
     tokens_per_minute: int = Field(default=4_000_000, description="Prompt-token rate limit.")
     timeout_s: float = Field(default=30.0, description="Per-attempt HTTP timeout.")
-    max_attempts: int = Field(default=5, description="Attempts per call, first included.")
+    max_attempts: int = Field(default=5, description="Attempts per call, first included, rejected answers included.")
+    max_rejected_attempts: int = Field(
+        default=2, description="Paid answers a call may reject before it fails: caps what a turn spends on rejections.")
     initial_backoff_s: float = Field(default=0.5, description="First retry wait; doubles, with jitter.")
     max_backoff_s: float = Field(default=30.0, description="Longest wait between attempts.")
     cache_enabled: bool = Field(default=True, description="Serve identical requests from the response cache.")
-    cache_database: str = Field(default=DEFAULT_DB, description="DuckDB file holding the response cache.")
+    cache_database: str | None = Field(
+        default=None, description=f"DuckDB file of the response cache and the spend ledger; unset: {DB_ENV} at run time.")
     local_server_latency_ms: float = Field(default=0.0, description="Latency of the auto-started local server.")
 
     _exit_stack: ExitStack = PrivateAttr(default_factory=ExitStack)
@@ -75,29 +92,57 @@ class GeminiResource(dg.ConfigurableResource):
             self._local_url = self._exit_stack.enter_context(
                 running_local_server(ServerConfig(latency_ms=self.local_server_latency_ms))
             )
-            if context.log:
-                context.log.info(f"no API key: using the local Gemini-compatible server at {self._local_url}")
+        if context.log:
+            context.log.info(f"Gemini calls go to {self.describe_endpoint()}")
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
         self._exit_stack.close()
 
+    def resolved_api_key(self) -> str | None:
+        return self.api_key or next((os.environ[n] for n in API_KEY_ENVS if os.environ.get(n)), None)
+
+    def resolved_base_url(self) -> str | None:
+        return self.base_url or os.environ.get(BASE_URL_ENV) or None
+
+    def database(self) -> str:
+        return self.cache_database or resolved(DB_ENV, DEFAULT_DB)
+
     def needs_local_server(self) -> bool:
-        return not (self.api_key or self.base_url or os.environ.get("GOOGLE_GEMINI_BASE_URL"))
+        return self.use_local_server or not (self.resolved_api_key() or self.resolved_base_url())
 
     def endpoint(self) -> str | None:
-        """Where calls go; None means the SDK's default (Google, or GOOGLE_GEMINI_BASE_URL)."""
-        return self.base_url or self._local_url
+        """The base URL calls go to; None means the SDK's default, Google's API."""
+        return self._local_url if self.needs_local_server() else self.resolved_base_url()
 
-    def session(self, cache: ResponseCache) -> "GeminiSession":
+    def endpoint_id(self) -> str:
+        """Who answers, as stored with every call and in the cache key: stable across runs and ports."""
+        if self.needs_local_server():
+            return LOCAL_ENDPOINT
+        return self.resolved_base_url() or GOOGLE_ENDPOINT
+
+    def describe_endpoint(self) -> str:
+        if self.needs_local_server():
+            why = "chosen explicitly" if self.use_local_server else "no API key or base URL is set"
+            return f"the local Gemini-compatible server at {self._local_url} ({why})"
+        if self.resolved_base_url():
+            return f"{self.resolved_base_url()} (base URL)"
+        return f"Google's Gemini API, {GOOGLE_ENDPOINT} (API key from {self._key_source()})"
+
+    def _key_source(self) -> str:
+        if self.api_key:
+            return "the resource's config"
+        return next((n for n in API_KEY_ENVS if os.environ.get(n)), "nowhere")
+
+    def session(self, cache: ResponseCache, ledger: AttemptSink | None = None, run_id: str = "", partition_date: str = "") -> "GeminiSession":
         """A session for one run; create it inside the event loop that will use it."""
         if self.needs_local_server() and not self._local_url:
             raise RuntimeError("no API key or base URL, and the local server was not started (use the resource via Dagster)")
-        return GeminiSession(self, cache)
+        return GeminiSession(self, cache, ledger or NoSink(), run_id, partition_date)
 
 
 @dataclass
 class CallOutcome:
-    """One logical call: its answer or final error, what it cost in tokens, and how it went."""
+    """One logical call: its answer or final error, what its attempts were billed, and how it went."""
 
     request_hash: str
     stage: str
@@ -105,24 +150,51 @@ class CallOutcome:
     status: str
     result: dict | None
     usage: Usage
+    """The billed usage of every attempt of this call in this run (rejected answers included)."""
     saved: Usage | None = None
     cache_hit: bool = False
     attempts: int = 0
+    billed_attempts: int = 0
+    rejected_attempts: int = 0
+    billing_unknown_attempts: int = 0
+    model_version: str | None = None
     latency_ms: float | None = None
     error: str | None = None
     started_at: float = field(default_factory=time.time)
 
 
-class GeminiSession:
-    """The run-time half of the resource: one genai client, limiters, cache and counters."""
+@dataclass(frozen=True)
+class CallTag:
+    """Which turn a call is for, as the ledger records it."""
 
-    def __init__(self, settings: GeminiResource, cache: ResponseCache):
+    call_id: str
+    evaluation_id: str
+    turn_id: str
+
+
+class RejectedAnswer(Exception):
+    """A billed 200 whose answer we cannot use; retried with a reminder unless final or over the cap."""
+
+    def __init__(self, reason: str, final: bool):
+        super().__init__(reason)
+        self.final = final
+
+
+class GeminiSession:
+    """The run-time half of the resource: one genai client, limiters, cache, ledger and counters."""
+
+    def __init__(self, settings: GeminiResource, cache: ResponseCache, ledger: AttemptSink, run_id: str = "",
+                 partition_date: str = ""):
         self.settings = settings
         self.cache = cache
+        self.ledger = ledger
+        self.run_id, self.partition_date = run_id, partition_date
+        self.endpoint_id = settings.endpoint_id()
         # Every key this process knows, first the resource's: the one used, and the ones to redact.
         self._secrets = [key for key in (settings.api_key, *(os.environ.get(n) for n in API_KEY_ENVS)) if key]
+        key = settings.resolved_api_key()
         self.client = genai.Client(
-            api_key=self._secrets[0] if self._secrets else LOCAL_PLACEHOLDER_KEY,
+            api_key=key if key and not settings.needs_local_server() else LOCAL_PLACEHOLDER_KEY,
             http_options=types.HttpOptions(base_url=settings.endpoint(), timeout=int(settings.timeout_s * 1000)),
         )
         self.semaphore = asyncio.Semaphore(settings.max_concurrency)
@@ -136,15 +208,15 @@ class GeminiSession:
         self.latencies_ms: list[float] = []
         self._configs: dict[tuple, types.GenerateContentConfig] = {}
 
-    async def call(self, request: LlmRequest, text_hash: str) -> CallOutcome:
+    async def call(self, request: LlmRequest, text_hash: str, tag: CallTag) -> CallOutcome:
         """Answer `request` from the cache, from an identical call in flight, or from Gemini."""
-        request_hash = request.request_hash()
+        request_hash = request.request_hash(self.endpoint_id)
         self.stats["calls"] += 1
         cached = self.cache.get(request_hash)
         if cached is None and self.cache.enabled and request_hash in self.inflight:
             first = await asyncio.shield(self.inflight[request_hash])
             if first.status == OK:
-                cached = self.cache.get(request_hash) or CachedResponse(first.result, first.usage)
+                cached = self.cache.get(request_hash) or CachedResponse(first.result, first.saved or first.usage)
         if cached is not None:
             self.stats["cache_hits"] += 1
             return CallOutcome(request_hash, request.stage, request.model, OK, cached.result,
@@ -154,60 +226,109 @@ class GeminiSession:
             self.inflight[request_hash] = future
         outcome = _failed(request, request_hash, "cancelled", 0)
         try:
-            outcome = await self._call_api(request, request_hash)
+            outcome = await self._call_api(request, request_hash, tag)
             if outcome.status == OK:
-                self.cache.put(request_hash, text_hash, request.stage, request.model, outcome.result, outcome.usage)
+                self.cache.put(request_hash, text_hash, request.stage, request.model, outcome.result, outcome.saved)
             return outcome
         finally:
             future.set_result(outcome)
             if self.inflight.get(request_hash) is future:
                 del self.inflight[request_hash]
 
-    async def _call_api(self, request: LlmRequest, request_hash: str) -> CallOutcome:
-        attempts = 0
-        latency_ms = None
+    async def _call_api(self, request: LlmRequest, request_hash: str, tag: CallTag) -> CallOutcome:
+        attempts: list[Attempt] = []
+        accepted: list = []
         tokens = min(estimate_tokens(request.text()), self.token_limiter.max_rate)
+        settings = self.settings
+
+        def worth_retrying(err: BaseException) -> bool:
+            if isinstance(err, RejectedAnswer):
+                rejected = sum(a.outcome == REJECTED for a in attempts)
+                return not err.final and rejected < settings.max_rejected_attempts
+            return is_retryable(err)
+
         retrying = tenacity.AsyncRetrying(
-            stop=tenacity.stop_after_attempt(self.settings.max_attempts),
+            stop=tenacity.stop_after_attempt(settings.max_attempts),
             wait=self._wait,
-            retry=tenacity.retry_if_exception(is_retryable),
+            retry=tenacity.retry_if_exception(worth_retrying),
             reraise=True,
         )
+        error = None
         try:
-            async for attempt in retrying:
-                with attempt:
-                    attempts += 1
+            async for retry in retrying:
+                with retry:
+                    last = attempts[-1] if attempts else None
+                    sent = request.with_reminder(last.reason, len(attempts) + 1) if last and last.outcome == REJECTED else request
                     await self.request_limiter.acquire()
                     await self.token_limiter.acquire(tokens)
                     async with self.semaphore:
+                        attempt = Attempt(uuid.uuid4().hex, tag.call_id, self.run_id, self.partition_date,
+                                          tag.evaluation_id, tag.turn_id, request.stage, request.model, self.endpoint_id,
+                                          request_hash, len(attempts) + 1, time.time())
+                        attempts.append(attempt)
+                        self.ledger.sent(attempt)
                         started = time.perf_counter()
-                        response = await self.client.aio.models.generate_content(
-                            model=request.model, contents=_contents(request), config=self._config(request)
-                        )
-                        latency_ms = (time.perf_counter() - started) * 1000
-                    result, answer_text = _parse(request, response)
+                        try:
+                            response = await self.client.aio.models.generate_content(
+                                model=request.model, contents=_contents(sent), config=self._config(sent))
+                        except BaseException as err:
+                            attempt.latency_ms = (time.perf_counter() - started) * 1000
+                            _record_error(attempt, err, self.redact)
+                            self.ledger.done(attempt)
+                            raise
+                        attempt.latency_ms = (time.perf_counter() - started) * 1000
+                    accepted[:] = [self._record_answer(attempt, request, sent, response)]
+                    self.ledger.done(attempt)
+                    if attempt.outcome == REJECTED:
+                        raise RejectedAnswer(attempt.reason, accepted[0].final)
         except Exception as err:  # every failure becomes a row; nothing escapes as a lost turn
-            self.stats["api_calls"] += attempts
-            self.stats["retries"] += max(0, attempts - 1)
-            self.stats["failures"] += 1
-            return _failed(request, request_hash, self.redact(f"{type(err).__name__}: {err}"), attempts)
-        self.stats["api_calls"] += attempts
-        self.stats["retries"] += attempts - 1
+            error = self.redact(f"rejected: {err}" if isinstance(err, RejectedAnswer) else f"{type(err).__name__}: {err}")
+        return self._outcome(request, request_hash, attempts, None if error else accepted[0], error)
+
+    def _record_answer(self, attempt: Attempt, request: LlmRequest, sent: LlmRequest, response) -> Verdict:
+        """Fill in a 200's usage and verdict: billed whatever the verdict."""
+        verdict = judge(request.stage, response)
         usage = usage_from_metadata(response.usage_metadata)
         if usage is None:
-            usage = estimate_usage(request.text(), answer_text)
+            usage = estimate_usage(sent.text(), verdict.answer_text)
             self.stats["estimated"] += 1
-        self.latencies_ms.append(latency_ms)
+        attempt.http_status, attempt.billed, attempt.usage = 200, True, usage
+        attempt.model_version, attempt.response_id = response.model_version, response.response_id
+        attempt.outcome = ACCEPTED if verdict.accepted else REJECTED
+        attempt.reason = verdict.reason
+        return verdict
+
+    def _outcome(self, request: LlmRequest, request_hash: str, attempts: list[Attempt], verdict: Verdict | None,
+                 error: str | None) -> CallOutcome:
+        billed = [a for a in attempts if a.billed is not False]
+        usage = sum((a.usage for a in billed[1:]), billed[0].usage) if billed else NO_USAGE
+        rejected = sum(a.outcome == REJECTED for a in attempts)
+        unknown = sum(a.billed is None for a in attempts)
+        stats = self.stats
+        stats["api_calls"] += len(attempts)
+        stats["retries"] += max(0, len(attempts) - 1)
+        stats["rejected"] += rejected
         for kind in ("input_tokens", "output_tokens", "thinking_tokens", "cached_tokens", "tool_prompt_tokens"):
-            self.stats[kind] += getattr(usage, kind)
-        return CallOutcome(request_hash, request.stage, request.model, OK, result, usage, attempts=attempts, latency_ms=latency_ms)
+            stats[kind] += getattr(usage, kind)
+        last = attempts[-1] if attempts else None
+        common = dict(attempts=len(attempts), billed_attempts=len(billed), rejected_attempts=rejected,
+                      billing_unknown_attempts=unknown, model_version=last.model_version if last else None,
+                      latency_ms=last.latency_ms if last else None)
+        if error is not None:
+            stats["failures"] += 1
+            return CallOutcome(request_hash, request.stage, request.model, FAILED, None, usage, error=error, **common)
+        self.latencies_ms.append(last.latency_ms)
+        return CallOutcome(request_hash, request.stage, request.model, OK, verdict.result, usage, saved=last.usage, **common)
 
     def _wait(self, state: tenacity.RetryCallState) -> float:
-        """Exponential backoff with jitter, but never sooner than the server asked."""
-        return max(self.backoff(state), server_retry_delay(state.outcome.exception()) or 0.0)
+        """Exponential backoff with jitter, but never sooner than the server asked; no wait before a reminder."""
+        err = state.outcome.exception()
+        if isinstance(err, RejectedAnswer):
+            return 0.0
+        return max(self.backoff(state), server_retry_delay(err) or 0.0)
 
     def _config(self, request: LlmRequest) -> types.GenerateContentConfig:
-        key = (request.stage, request.model)
+        key = (request.stage, request.model, request.generation_config.get("seed"))
         if key not in self._configs:
             options = dict(request.generation_config)
             budget = options.pop("thinking_budget", None)
@@ -230,12 +351,32 @@ class GeminiSession:
         await self.client.aio.aclose()
 
 
+def _record_error(attempt: Attempt, err: BaseException, redact) -> None:
+    """An attempt that got no usable 200: not billed, except a cut-off 200 body, whose billing is unknown."""
+    attempt.outcome = ERROR
+    if is_cut_off_body(err):
+        attempt.http_status, attempt.billed = 200, None
+        attempt.usage = Usage(source=UNKNOWN)
+        attempt.reason = "body cut off mid-JSON: billed by the provider for usage we never saw (billing unknown)"
+    elif isinstance(err, errors.APIError):
+        attempt.http_status, attempt.reason = err.code, redact(f"{err.code} {err.status}")
+    elif isinstance(err, asyncio.CancelledError):
+        attempt.billed, attempt.usage = None, Usage(source=UNKNOWN)
+        attempt.reason = "cancelled in flight: billing unknown"
+    else:
+        attempt.reason = redact(f"{type(err).__name__}: {err}")[:200] or type(err).__name__
+
+
 def is_retryable(err: BaseException) -> bool:
     """Rate limits, server errors, transport failures (timeouts included) and broken bodies are worth another attempt."""
     if isinstance(err, errors.APIError):
         return err.code in RETRYABLE_STATUS
-    # UnknownApiResponseError: a 200 whose body is not JSON (cut off in transit).
-    return _is_transport_error(err) or isinstance(err, (asyncio.TimeoutError, MalformedResponse, errors.UnknownApiResponseError))
+    return _is_transport_error(err) or is_cut_off_body(err) or isinstance(err, asyncio.TimeoutError)
+
+
+def is_cut_off_body(err: BaseException) -> bool:
+    """A 200 whose body is not whole JSON (cut off in transit): google-genai raises the JSON decoder's error."""
+    return isinstance(err, (json.JSONDecodeError, errors.UnknownApiResponseError))
 
 
 def server_retry_delay(err: BaseException | None) -> float | None:
@@ -251,26 +392,9 @@ def server_retry_delay(err: BaseException | None) -> float | None:
     return None
 
 
-class MalformedResponse(ValueError):
-    """A 200 response whose body is not the answer we asked for (truncated or off-format)."""
-
-
 def _is_transport_error(err: BaseException) -> bool:
     # The SDK runs on httpx2 (or httpx); both name their transport failures TransportError.
     return any(cls.__name__ in {"TransportError", "TimeoutException"} for cls in type(err).__mro__)
-
-
-def _parse(request: LlmRequest, response: types.GenerateContentResponse) -> tuple[dict, str]:
-    try:
-        if request.stage == CLEAN:
-            text = response.text
-            return parse_cleaning(text), text or ""
-        calls = response.function_calls
-        text = None if calls else response.text
-        result = parse_function(calls, text)
-        return result, str(result)
-    except ValueError as err:
-        raise MalformedResponse(str(err)) from None
 
 
 def _contents(request: LlmRequest) -> list[types.Content]:
@@ -286,5 +410,4 @@ def _per_second_limiter(per_minute: int) -> AsyncLimiter:
 
 
 def _failed(request: LlmRequest, request_hash: str, error: str, attempts: int) -> CallOutcome:
-    return CallOutcome(request_hash, request.stage, request.model, FAILED, None, Usage(source="none"),
-                       attempts=attempts, error=error)
+    return CallOutcome(request_hash, request.stage, request.model, FAILED, None, NO_USAGE, attempts=attempts, error=error)

@@ -24,6 +24,7 @@ loopback; `cost-pipeline serve-model --port N` runs it on its own.
 
 import argparse
 import asyncio
+import hashlib
 import json
 import random
 import re
@@ -31,12 +32,17 @@ import select
 import subprocess
 import sys
 import tempfile
+import time
+import uuid
 from collections import Counter, deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 
 import uvicorn
+
+from cost_pipeline.costs.billing import BILLED_USAGE_FIELDS, billing_export_csv
+from cost_pipeline.llm.prompts import REMINDER_PREFIX
 
 FILLERS = {"um", "uh", "er", "hmm", "uhm", "erm"}
 FILLER_PHRASES = (("you", "know"), ("i", "mean"))
@@ -71,6 +77,15 @@ class ServerConfig:
     slow_s: float = 30.0
     rate_missing_usage: float = 0.0
     rate_truncated: float = 0.0
+    rate_off_format: float = 0.0
+    rate_max_tokens: float = 0.0
+    rate_safety: float = 0.0
+    rate_blocked_prompt: float = 0.0
+    rate_undeclared_tool: float = 0.0
+    rate_bad_arguments: float = 0.0
+    rate_malformed_function_call: float = 0.0
+    model_aliases: str = "gemini-flash-lite-latest=gemini-2.5-flash-lite,gemini-flash-latest=gemini-2.5-flash"
+    """`alias=model,...`: a request for the alias is served, and billed, as the model (its modelVersion)."""
     retry_delay_s: float = 0.2
     implicit_cache_min_tokens: int = 64
     seed: int = 0
@@ -143,6 +158,8 @@ def choose_tool(text: str, declarations: list[dict]) -> dict | None:
                       or declaration.get("parameters") or {})
             properties = schema.get("properties", {})
             arguments = {k: v for k, v in _arguments(name, text).items() if k in properties and v}
+            if not set(schema.get("required", [])) <= set(arguments):
+                return None  # like a careful model: no call it cannot fill; it asks in words instead
             return {"name": name, "args": arguments}
     return None
 
@@ -186,6 +203,8 @@ class GeminiLikeServer:
         self.stats: Counter = Counter()
         self.requests: deque = deque(maxlen=RECENT_REQUESTS)
         self.seen_prefixes: set[tuple[str, str]] = set()
+        self.billing: list[dict] = []
+        self.aliases = parse_aliases(config.model_aliases)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -196,8 +215,11 @@ class GeminiLikeServer:
             body += message.get("body", b"")
             if not message.get("more_body"):
                 break
-        if any(name == b"x-goog-api-key" for name, _ in scope.get("headers", [])):
-            self.stats["with_api_key"] += 1
+        for name, value in scope.get("headers", []):
+            if name == b"x-goog-api-key":
+                self.stats["with_api_key"] += 1
+                # Which key arrived, without keeping it: tests prove a key was used by its fingerprint.
+                self.stats[f"key:{key_fingerprint(value.decode())}"] += 1
         status, payload = await self.route(scope["method"], scope["path"], body)
         data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
         await send({"type": "http.response.start", "status": status,
@@ -213,7 +235,12 @@ class GeminiLikeServer:
             self.stats.clear()
             self.requests.clear()
             self.seen_prefixes.clear()
+            self.billing.clear()
             return 200, {}
+        if path == "/admin/billing":
+            return 200, {"records": self.billing}
+        if path == "/admin/billing/export":
+            return 200, billing_export_csv(self.billing).encode()
         if path == "/admin/config":
             if method == "POST":
                 changes = json.loads(body or b"{}")
@@ -222,6 +249,7 @@ class GeminiLikeServer:
                     return 400, _error(400, f"unknown config fields {sorted(unknown)}", "INVALID_ARGUMENT")
                 for name, value in changes.items():
                     setattr(self.config, name, value)
+                self.aliases = parse_aliases(self.config.model_aliases)
                 if "seed" in changes:
                     self.random.seed(self.config.seed)
             return 200, asdict(self.config)
@@ -251,18 +279,58 @@ class GeminiLikeServer:
                 self.stats[f"fault_{outcome}"] += 1
                 return await self._fault(outcome)
             roll -= rate
-        response = self.model_response(model, request)
-        if self.random.random() < config.rate_truncated:
+        rejection = self._rejection(request)
+        response = self.model_response(model, request, rejection)
+        if rejection:
+            self.stats[f"rejection_{rejection}"] += 1
+        usage = response["usageMetadata"]
+        truncated = self.random.random() < config.rate_truncated
+        missing_usage = not truncated and self.random.random() < config.rate_missing_usage
+        self._bill(response, truncated=truncated, missing_usage=missing_usage, rejection=rejection)
+        if truncated:
             self.stats["fault_truncated"] += 1
             whole = json.dumps(response).encode()
             return 200, whole[: len(whole) // 2]
-        if self.random.random() < config.rate_missing_usage:
+        if missing_usage:
             self.stats["missing_usage"] += 1
             del response["usageMetadata"]
         self.stats["ok"] += 1
         self.stats[f"ok:{model}"] += 1
-        record["usageMetadata"] = response.get("usageMetadata")
+        record["usageMetadata"] = usage if not missing_usage else None
         return 200, response
+
+    def _rejection(self, request: dict) -> str | None:
+        """Which unusable answer this request gets, if any: a function of the request and the seed.
+
+        Real models at temperature 0 give an identical request the identical answer, so the
+        roll hashes the whole body: a retry that changes nothing is rejected again; one that
+        changes the prompt or the sampling seed rolls anew.
+        """
+        config = self.config
+        tools = bool(request.get("tools"))
+        kinds = [("max_tokens", config.rate_max_tokens), ("safety", config.rate_safety),
+                 ("blocked_prompt", config.rate_blocked_prompt)]
+        kinds += ([("undeclared_tool", config.rate_undeclared_tool), ("bad_arguments", config.rate_bad_arguments),
+                   ("malformed_function_call", config.rate_malformed_function_call)] if tools
+                  else [("off_format", config.rate_off_format)])
+        if not any(rate for _, rate in kinds):
+            return None
+        digest = hashlib.sha256(json.dumps([request, config.seed], sort_keys=True).encode()).digest()
+        roll = int.from_bytes(digest[:8], "big") / 2**64
+        for kind, rate in kinds:
+            if roll < rate:
+                return kind
+            roll -= rate
+        return None
+
+    def _bill(self, response: dict, truncated: bool, missing_usage: bool, rejection: str | None) -> None:
+        """The provider's own record: every 200 it produced is billed, whatever reaches the client."""
+        usage = response["usageMetadata"]
+        self.billing.append({
+            "response_id": response["responseId"], "model": response["modelVersion"], "at": time.time(),
+            **{name: usage.get(name, 0) for name in BILLED_USAGE_FIELDS},
+            "truncated": truncated, "missing_usage": missing_usage, "rejection": rejection,
+        })
 
     async def _fault(self, outcome: str) -> tuple[int, dict]:
         if outcome == "429":
@@ -279,12 +347,15 @@ class GeminiLikeServer:
         await asyncio.sleep(self.config.slow_s)
         return 504, _error(504, "Deadline exceeded.", "DEADLINE_EXCEEDED")
 
-    def model_response(self, model: str, request: dict) -> dict:
+    def model_response(self, model: str, request: dict, rejection: str | None = None) -> dict:
         system = " ".join(p.get("text", "") for p in (request.get("systemInstruction") or {}).get("parts", []))
         texts = [p.get("text", "") for c in request.get("contents", []) for p in c.get("parts", [])]
         tools = request.get("tools") or []
         declarations = [d for tool in tools for d in tool.get("functionDeclarations", [])]
-        last = texts[-1] if texts else ""
+        # The turn is the last part of the first contents that are not a reminder after a rejection.
+        turn_texts = [p.get("text", "") for c in request.get("contents", []) for p in c.get("parts", [])
+                      if not p.get("text", "").startswith(REMINDER_PREFIX)]
+        last = turn_texts[-1] if turn_texts else ""
         if declarations:
             call = choose_tool(last, declarations)
             part = {"functionCall": call} if call else {"text": "No tool is needed for this request."}
@@ -294,6 +365,25 @@ class GeminiLikeServer:
             confidence = round(max(0.5, 0.99 - 0.04 * len(changes)), 2)
             output_text = json.dumps({"cleaned_text": cleaned, "confidence": confidence, "changes": changes})
             part = {"text": output_text}
+        finish, parts, feedback = "STOP", [part], None
+        if rejection == "off_format":
+            output_text = f"Sure! Here is the cleaned turn: {clean_text(last)[0]}"
+            parts = [{"text": output_text}]
+        elif rejection == "max_tokens":
+            output_text = output_text[: max(1, len(output_text) // 3)]
+            finish, parts = "MAX_TOKENS", [{"text": output_text}]
+        elif rejection == "safety":
+            finish, parts, output_text = "SAFETY", [], ""
+        elif rejection == "blocked_prompt":
+            feedback, output_text = {"blockReason": "PROHIBITED_CONTENT"}, ""
+        elif rejection == "undeclared_tool":
+            parts = [{"functionCall": {"name": "book_flight", "args": {"destination": last[:40]}}}]
+            output_text = json.dumps(parts[0]["functionCall"])
+        elif rejection == "bad_arguments":
+            parts = [{"functionCall": {"name": "place_order", "args": {"quantity": "several"}}}]
+            output_text = json.dumps(parts[0]["functionCall"])
+        elif rejection == "malformed_function_call":
+            finish, parts, output_text = "MALFORMED_FUNCTION_CALL", [], ""
         tools_text = json.dumps(tools, sort_keys=True) if tools else ""
         prefix_tokens = count_tokens(system) + count_tokens(tools_text)
         prompt_tokens = prefix_tokens + sum(count_tokens(t) for t in texts)
@@ -301,7 +391,7 @@ class GeminiLikeServer:
         usage = {"promptTokenCount": prompt_tokens, "candidatesTokenCount": candidate_tokens,
                  "promptTokensDetails": [{"modality": "TEXT", "tokenCount": prompt_tokens}]}
         total = prompt_tokens + candidate_tokens
-        thoughts = self._thinking_tokens(model, request, candidate_tokens)
+        thoughts = self._thinking_tokens(model, request, candidate_tokens) if feedback is None else 0
         if thoughts:
             usage["thoughtsTokenCount"] = thoughts
             total += thoughts
@@ -314,12 +404,14 @@ class GeminiLikeServer:
             usage["toolUsePromptTokenCount"] = 50
             total += 50
         usage["totalTokenCount"] = total
-        return {
-            "candidates": [{"content": {"role": "model", "parts": [part]}, "finishReason": "STOP", "index": 0}],
-            "usageMetadata": usage,
-            "modelVersion": model,
-            "responseId": f"local-{self.stats['requests']}",
-        }
+        served = self.aliases.get(model, model)
+        response = {"usageMetadata": usage, "modelVersion": served, "responseId": f"local-{uuid.uuid4().hex}"}
+        if feedback:
+            response["promptFeedback"] = feedback
+        else:
+            content = {"role": "model", "parts": parts} if parts else {"role": "model"}
+            response["candidates"] = [{"content": content, "finishReason": finish, "index": 0}]
+        return response
 
     def _thinking_tokens(self, model: str, request: dict, candidate_tokens: int) -> int:
         """Thinking models think unless told not to; lite models only when given a budget."""
@@ -329,6 +421,14 @@ class GeminiLikeServer:
             return 0
         thoughts = 3 * candidate_tokens + 24
         return min(thoughts, budget) if budget and budget > 0 else thoughts
+
+
+def key_fingerprint(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
+def parse_aliases(text: str) -> dict[str, str]:
+    return dict(pair.split("=", 1) for pair in text.split(",") if "=" in pair)
 
 
 def _error(code: int, message: str, status: str) -> dict:

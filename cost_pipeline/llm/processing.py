@@ -21,8 +21,9 @@ from datetime import datetime, timezone
 
 import pandas as pd
 
-from cost_pipeline.llm.client import OK, CallOutcome, GeminiSession
+from cost_pipeline.llm.client import OK, CallOutcome, CallTag, GeminiSession
 from cost_pipeline.llm.prompts import cleaning_request, function_request
+from cost_pipeline.llm.usage import SAVED_FIELDS
 
 CALL_PHASE_GC_THRESHOLDS = (100_000, 50, 1_000)
 CALL_ID_NAMESPACE = uuid.UUID("0c7d3e3a-58c4-4d0e-9a6e-4a1f6c2b9e55")
@@ -109,10 +110,10 @@ async def _conversation(turns: list[dict], session: GeminiSession, result: DayRe
         request = cleaning_request(settings.clean_model, turn["speaker"], turn["text"],
                                    context[-settings.context_turns:] if settings.context_turns else [],
                                    settings.thinking_budget)
-        outcome = await session.call(request, raw_hash)
+        outcome = await session.call(request, raw_hash, _tag(turn, "clean"))
         cleaned = outcome.result["cleaned_text"] if outcome.status == OK else None
         result.cleaned.append(_cleaned_row(turn, outcome, cleaned, _ms_since(started)))
-        result.calls.append(_call_row(turn, outcome, "clean"))
+        result.calls.append(_call_row(turn, outcome, "clean", session.endpoint_id))
         context.append((turn["speaker"], cleaned or turn["text"]))
         if turn["speaker"] == "User" and cleaned:
             decisions.append(asyncio.create_task(_decide(turn, cleaned, raw_hash, session, result)))
@@ -123,7 +124,7 @@ async def _conversation(turns: list[dict], session: GeminiSession, result: DayRe
 async def _decide(turn: dict, cleaned: str, raw_hash: str, session: GeminiSession, result: DayResult) -> None:
     started = time.perf_counter()
     request = function_request(session.settings.function_model, cleaned, session.settings.thinking_budget)
-    outcome = await session.call(request, raw_hash)
+    outcome = await session.call(request, raw_hash, _tag(turn, "function"))
     answer = outcome.result or {}
     result.functions.append({
         **_ids(turn),
@@ -135,7 +136,11 @@ async def _decide(turn: dict, cleaned: str, raw_hash: str, session: GeminiSessio
         "error": outcome.error,
         "call_id": call_id(turn["turn_id"], "function"),
     })
-    result.calls.append(_call_row(turn, outcome, "function"))
+    result.calls.append(_call_row(turn, outcome, "function", session.endpoint_id))
+
+
+def _tag(turn: dict, stage: str) -> CallTag:
+    return CallTag(call_id(turn["turn_id"], stage), turn["evaluation_id"], turn["turn_id"])
 
 
 def _ids(turn: dict) -> dict:
@@ -160,8 +165,8 @@ def _cleaned_row(turn: dict, outcome: CallOutcome, cleaned: str | None, processi
     }
 
 
-def _call_row(turn: dict, outcome: CallOutcome, stage: str) -> dict:
-    usage, saved = outcome.usage, outcome.saved
+def _call_row(turn: dict, outcome: CallOutcome, stage: str, endpoint: str) -> dict:
+    usage, saved = outcome.usage, outcome.saved if outcome.cache_hit else None
     generated = usage.output_tokens + usage.thinking_tokens
     return {
         "call_id": call_id(turn["turn_id"], stage),
@@ -170,24 +175,26 @@ def _call_row(turn: dict, outcome: CallOutcome, stage: str) -> dict:
         "turn_id": turn["turn_id"],
         "stage": stage,
         "model": outcome.model,
-        "input_tokens": usage.input_tokens,
-        "output_tokens": usage.output_tokens,
-        "thinking_tokens": usage.thinking_tokens,
-        "cached_tokens": usage.cached_tokens,
-        "tool_prompt_tokens": usage.tool_prompt_tokens,
-        "total_tokens": usage.total_tokens,
-        **(saved.as_saved() if saved else dict.fromkeys(
-            ("saved_input_tokens", "saved_cached_tokens", "saved_output_tokens", "saved_thinking_tokens"), 0)),
+        "model_version": outcome.model_version,
+        "endpoint": endpoint,
+        **usage.counts(),
+        **(saved.as_saved() if saved else _NOTHING_SAVED),
         "usage_source": usage.source,
         "latency_ms": round(outcome.latency_ms, 3) if outcome.latency_ms is not None else None,
         "tokens_per_second": round(generated / (outcome.latency_ms / 1000), 3) if outcome.latency_ms and generated else None,
         "attempts": outcome.attempts,
+        "billed_attempts": outcome.billed_attempts,
+        "rejected_attempts": outcome.rejected_attempts,
+        "billing_unknown_attempts": outcome.billing_unknown_attempts,
         "cache_hit": outcome.cache_hit,
         "status": outcome.status,
         "error": outcome.error,
         "request_hash": outcome.request_hash,
         "called_at": datetime.fromtimestamp(outcome.started_at, timezone.utc),
     }
+
+
+_NOTHING_SAVED = dict.fromkeys(SAVED_FIELDS, 0)
 
 
 def _ms_since(started: float) -> int:

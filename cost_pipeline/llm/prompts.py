@@ -39,6 +39,13 @@ FUNCTION_INSTRUCTION = (
     "one tool with arguments taken from the request. If no tool fits, answer briefly without calling a tool."
 )
 
+REMINDER_PREFIX = "Your previous answer was rejected"
+REMINDERS = {
+    CLEAN: "answer with one short JSON object with cleaned_text, confidence and changes, nothing else.",
+    FUNCTION: "call at most one of the declared tools, with arguments that match its parameters, "
+              "or answer in one short sentence.",
+}
+
 
 @dataclass(frozen=True)
 class LlmRequest:
@@ -50,10 +57,15 @@ class LlmRequest:
     generation_config: dict = field(default_factory=dict)
     with_tools: bool = False
 
-    def request_hash(self) -> str:
-        """The cache key: a hash of everything that determines Gemini's answer."""
+    def request_hash(self, endpoint: str) -> str:
+        """The cache key: a hash of everything that determines the answer, the endpoint that gives it included.
+
+        The endpoint is part of the key so that answers from the local server (or any other
+        endpoint) are never served as free cache hits once calls go to Google's API.
+        """
         canonical = json.dumps(
             {
+                "endpoint": endpoint,
                 "model": self.model,
                 "system_instruction": self.system_instruction,
                 "tools": TOOLS_DIGEST if self.with_tools else None,
@@ -63,6 +75,19 @@ class LlmRequest:
             sort_keys=True,
         )
         return hashlib.sha256(canonical.encode()).hexdigest()
+
+    def with_reminder(self, rejection: str, attempt: int) -> "LlmRequest":
+        """The request to send after a rejected answer: a reminder of what went wrong, and another seed.
+
+        At temperature 0 an identical request usually gets the identical answer back, so a
+        retry that changes nothing pays again for the same rejection. The reminder names the
+        rejection and restates the instruction; the seed moves sampling off the path that
+        produced it. The cache key stays the original request's.
+        """
+        reminder = (f"{REMINDER_PREFIX} ({rejection}). Follow the instructions exactly: "
+                    + (REMINDERS[self.stage] if self.stage in REMINDERS else "answer again."))
+        return LlmRequest(self.stage, self.model, self.system_instruction, (*self.contents, (reminder,)),
+                          {**self.generation_config, "seed": attempt}, self.with_tools)
 
     def text(self) -> str:
         """Everything the prompt says, for estimating tokens when usage is missing."""

@@ -1,0 +1,201 @@
+"""The spend ledger: every HTTP attempt that left the process, from every run, kept for good.
+
+`llm_attempts` is append-only. Re-runs, backfills and failed runs add to it and never
+replace or delete a row, so the spend of a day survives whatever later runs make of
+its data. Rows are keyed by `attempt_id` and inserted with `INSERT OR IGNORE`, so loading
+the same attempt twice (a retried load, a recovery after a crash mid-load) records it once.
+
+Durable as it happens: a run does not hold attempts in memory until it commits. Each
+attempt is written to a spool file as two JSON lines, `sent` before the request leaves
+and `done` when it ends, each line handed to the kernel as it is written (so `kill -9`
+of the run loses none) and fsynced at least every `FSYNC_EVERY_S` and at close (so a
+machine crash loses at most that window). The spool is loaded into DuckDB in one short
+transaction when the step ends, whether it succeeded or failed, and then deleted. A
+spool whose writer died (its `flock` is free) is loaded by the next run's Gemini step or
+rollup: an attempt with a `sent` line and no `done` line was in flight when the process
+died, and is recorded as an `error` whose billing is unknown.
+
+Each row is priced when it is loaded, with the same price book as `llm_calls`, at the
+price in force on its `sent_at`, for the model that served it (`model_version`).
+"""
+
+import fcntl
+import json
+import os
+import time
+import uuid
+from collections.abc import Callable
+from datetime import datetime, timezone
+from decimal import Decimal
+from pathlib import Path
+
+import pandas as pd
+
+from cost_pipeline.costs.pricing import MONEY_SQL_TYPE, PriceBook, token_counts
+from cost_pipeline.llm.attempts import ERROR, Attempt
+from cost_pipeline.llm.usage import TOKEN_FIELDS, UNKNOWN
+from cost_pipeline.storage.connect import connect
+
+TABLE = "llm_attempts"
+FSYNC_EVERY_S = 1.0
+INTERRUPTED = "process ended while the attempt was in flight: billing unknown"
+
+COLUMNS: list[tuple[str, str, str]] = [
+    ("attempt_id", "VARCHAR PRIMARY KEY", "Unique per HTTP attempt."),
+    ("call_id", "VARCHAR", "The llm_calls row (turn x stage) this attempt was for."),
+    ("run_id", "VARCHAR", "The Dagster run that sent it."),
+    ("partition_date", "DATE", "The data day, not the day it was sent."),
+    ("evaluation_id", "VARCHAR", ""),
+    ("turn_id", "VARCHAR", ""),
+    ("stage", "VARCHAR", "clean or function."),
+    ("model", "VARCHAR", "As requested."),
+    ("model_version", "VARCHAR", "As served (the response's modelVersion); null without an answer."),
+    ("endpoint", "VARCHAR", "Who answered: local-server, a base URL, or Google's API."),
+    ("request_hash", "VARCHAR", "The response-cache key of the logical request."),
+    ("response_id", "VARCHAR", "The response's responseId."),
+    ("attempt", "INTEGER", "1..n within the call."),
+    ("sent_at", "TIMESTAMPTZ", "When the request left, UTC."),
+    ("latency_ms", "DOUBLE", ""),
+    ("http_status", "INTEGER", "Null for a timeout, transport failure or interruption."),
+    ("outcome", "VARCHAR", "accepted, rejected (a billed answer we could not use) or error."),
+    ("reason", "VARCHAR", "Finish reason, block reason, parse error, or error type."),
+    ("billed", "BOOLEAN", "True for a 200 with usage; false for 429/5xx/4xx/timeouts; null when unknown."),
+    *((name, "BIGINT", "Null when the response carried none.") for name in TOKEN_FIELDS),
+    ("usage_source", "VARCHAR", "reported, estimated (a 200 without usage), none (not billed) or unknown."),
+    ("input_cost_usd", MONEY_SQL_TYPE, "Uncached prompt tokens, tool-use prompt included."),
+    ("cached_input_cost_usd", MONEY_SQL_TYPE, "Cached prompt tokens at the cache-read rate."),
+    ("output_cost_usd", MONEY_SQL_TYPE, "Candidates and thinking tokens."),
+    ("cost_usd", MONEY_SQL_TYPE, "The sum of the three; 0 when not billed; null when unknown or unpriced."),
+    ("price_source", "VARCHAR", ""),
+    ("price_status", "VARCHAR", "ok, missing (no price), or unknown (billing unknown)."),
+    ("recorded_at", "TIMESTAMPTZ", "When the row reached the ledger."),
+    ("recovered", "BOOLEAN", "Loaded from the spool of a run that died."),
+]
+DDL = f"CREATE TABLE IF NOT EXISTS {TABLE} ({', '.join(f'{name} {sql_type}' for name, sql_type, _ in COLUMNS)})"
+COST_KINDS = ["input_cost_usd", "cached_input_cost_usd", "output_cost_usd", "cost_usd"]
+_SELECT_EXACT = ", ".join(f"CAST({name} AS {MONEY_SQL_TYPE}) AS {name}" if name in COST_KINDS else name
+                          for name, _, _ in COLUMNS)
+
+
+def spool_folder(database: str | Path) -> Path:
+    """Where a database's spool files live: beside it, so they move with it."""
+    path = Path(database)
+    return path.with_name(path.name + ".attempts")
+
+
+class AttemptSpool:
+    """One process's append-only attempt log; an `AttemptSink` for the Gemini session."""
+
+    def __init__(self, folder: Path, run_id: str):
+        folder.mkdir(parents=True, exist_ok=True)
+        self.path = folder / f"{run_id or 'norun'}-{os.getpid()}-{uuid.uuid4().hex[:8]}.jsonl"
+        self._file = self.path.open("a", buffering=1, encoding="utf-8")
+        # Held for the writer's life: a free lock means the writer is gone and the file can be loaded.
+        fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        self._synced_at = time.monotonic()
+        self.attempts = 0
+
+    def sent(self, attempt: Attempt) -> None:
+        self.attempts += 1
+        self._write(attempt.sent_line())
+
+    def done(self, attempt: Attempt) -> None:
+        self._write(attempt.done_line())
+
+    def _write(self, line: dict) -> None:
+        self._file.write(json.dumps(line, separators=(",", ":")) + "\n")
+        if time.monotonic() - self._synced_at > FSYNC_EVERY_S:
+            os.fsync(self._file.fileno())
+            self._synced_at = time.monotonic()
+
+    def close(self) -> None:
+        if self._file.closed:
+            return
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        fcntl.flock(self._file, fcntl.LOCK_UN)
+        self._file.close()
+
+
+def attempt_rows(lines: list[str]) -> list[dict]:
+    """A spool's lines merged into one row per attempt; a torn last line (a kill mid-write) is skipped."""
+    rows: dict[str, dict] = {}
+    for text in lines:
+        try:
+            line = json.loads(text)
+        except json.JSONDecodeError:
+            continue
+        event = line.pop("event", None)
+        if event == "sent":
+            rows.setdefault(line["attempt_id"], {}).update(line)
+        elif event == "done" and line.get("attempt_id") in rows:
+            rows[line["attempt_id"]].update(line)
+    for row in rows.values():
+        if "outcome" not in row:
+            row.update(outcome=ERROR, reason=INTERRUPTED, billed=None, usage_source=UNKNOWN)
+    return list(rows.values())
+
+
+def priced_frame(rows: list[dict], book: PriceBook, recovered: bool) -> pd.DataFrame:
+    """Ledger rows with exact costs: billed attempts priced, unbilled at 0, unknown billing null."""
+    frame = pd.DataFrame(rows).reindex(columns=[name for name, _, _ in COLUMNS])
+    frame["sent_at"] = pd.to_datetime(frame["sent_at"], unit="s", utc=True).dt.floor("us")
+    costs: dict[str, list] = {name: [] for name in [*COST_KINDS, "price_source", "price_status"]}
+    zero = Decimal(0)
+    for row in frame.itertuples(index=False):
+        if row.billed is None or pd.isna(row.billed):
+            cost = (None, None, None, None, None, UNKNOWN)
+        elif not row.billed:
+            cost = (zero, zero, zero, zero, None, "ok")
+        else:
+            served = row.model_version if isinstance(row.model_version, str) else None
+            priced = book.cost(row.model, token_counts(row), row.sent_at.to_pydatetime(), served)
+            cost = (priced.input_cost, priced.cached_input_cost, priced.output_cost, priced.total_cost,
+                    priced.price_source, priced.price_status)
+        for name, value in zip(costs, cost):
+            costs[name].append(value)
+    # Money travels as text, so no Decimal is ever inferred as a float on its way in.
+    frame = frame.assign(**{name: [None if v is None else str(v) for v in values] if name in COST_KINDS else values
+                            for name, values in costs.items()})
+    frame["recorded_at"] = datetime.now(timezone.utc)
+    frame["recovered"] = recovered
+    frame["billed"] = frame["billed"].astype("boolean")
+    return frame
+
+
+def ensure_ledger(database: str | Path, lock_timeout_s: float = 120.0) -> None:
+    """Create `llm_attempts` if this database has never recorded an attempt, so readers can rely on it."""
+    with connect(database, timeout_s=lock_timeout_s) as connection:
+        connection.execute(DDL)
+
+
+def load_spools(database: str | Path, book: PriceBook, only: Path | None = None,
+                log: Callable[[str], None] | None = None, lock_timeout_s: float = 120.0) -> int:
+    """Load spool files into `llm_attempts` (`only` one, or every spool whose writer is gone); returns rows added.
+
+    A file is deleted only after its rows are committed; a crash in between loads it again
+    next time, and `INSERT OR IGNORE` on `attempt_id` keeps each attempt once.
+    """
+    folder = spool_folder(database)
+    paths = [only] if only else sorted(folder.glob("*.jsonl")) if folder.is_dir() else []
+    added = 0
+    for path in paths:
+        with path.open("r", encoding="utf-8") as handle:
+            if only is None:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue  # its writer is alive and will load it itself
+            rows = attempt_rows(handle.read().splitlines())
+        if rows:
+            frame = priced_frame(rows, book, recovered=only is None)
+            with connect(database, timeout_s=lock_timeout_s, on_wait=log) as connection:
+                connection.execute(DDL)
+                before = connection.execute(f"SELECT count(*) FROM {TABLE}").fetchall()[0][0]
+                connection.register("new_attempts", frame)
+                connection.execute(f"INSERT OR IGNORE INTO {TABLE} BY NAME SELECT {_SELECT_EXACT} FROM new_attempts")
+                added += connection.execute(f"SELECT count(*) FROM {TABLE}").fetchall()[0][0] - before
+        path.unlink()
+        if log and only is None:
+            log(f"recovered {len(rows)} attempts from {path.name}, the spool of a run that ended without loading it")
+    return added
