@@ -36,3 +36,5 @@ bench: setup
 	$(BIN)/python bench/rate_limit.py
 	$(BIN)/python bench/gemini_overhead.py
 	$(BIN)/python bench/rollup.py
+	$(BIN)/python bench/invoice_match.py
+	$(BIN)/python bench/peak_rss.py

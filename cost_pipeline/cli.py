@@ -83,6 +83,10 @@ def run_demo(day: date, turns: int, seed: int) -> int:
         if result.success:
             totals = defs.resolve_job_def("evaluation_costs_job").execute_in_process(
                 instance=instance, raise_on_error=False, run_config=quiet)
+        # The local server was the provider and left its invoice in the billing folder: reconcile today's bill.
+        billing_day = datetime.now(timezone.utc).date().isoformat()
+        reconciled = defs.resolve_job_def("billing_reconciliation_job").execute_in_process(
+            partition_key=billing_day, instance=instance, raise_on_error=False, run_config=quiet) if result.success else None
     if not result.success or not totals.success:
         print(f"run {(totals if result.success else result).run_id} failed; see the logs above", file=sys.stderr)
         return 1
@@ -91,6 +95,9 @@ def run_demo(day: date, turns: int, seed: int) -> int:
         print(f"  {table:<24} {rows:>8} rows")
     print(f"\nWhat {day} cost, by evaluation (cost-pipeline report --start {day} --end {day} --by evaluation):\n")
     print(render(cost_report(database, day, day, "evaluation"), "table"))
+    print("\nspend_usd: every billed attempt of every run of the day (the invoice's number); "
+          "total_cost_usd: the cost of the data as it stands (a cache hit costs 0).")
+    print(reconciliation_summary(database, billing_day, reconciled))
     print(
         "\nWhere to look:\n"
         f"  UI:      DAGSTER_HOME={os.environ['DAGSTER_HOME']} .venv/bin/dagster dev   (or: make ui)"
@@ -99,6 +106,21 @@ def run_demo(day: date, turns: int, seed: int) -> int:
         ".sql('SELECT * FROM raw_turns LIMIT 5'))\""
     )
     return 0
+
+
+def reconciliation_summary(database: str, billing_day: str, result) -> str:
+    """One paragraph: the ledger against the provider's invoice for `billing_day`."""
+    from cost_pipeline.storage.connect import connect
+
+    if result is None or not result.success or not result.asset_materializations_for_node("billing_reconciliation"):
+        return f"\nNo billing export for {billing_day} was reconciled (drop Cloud Billing CSVs into the billing folder)."
+    with connect(database, read_only=True) as connection:
+        invoice, ledger, off = connection.execute(
+            "SELECT sum(invoice_usd), sum(ledger_usd), count(*) FILTER (WHERE NOT within_tolerance) "
+            "FROM billing_reconciliation WHERE partition_date = ?", [billing_day]).fetchall()[0]
+    verdict = "matches, line by line" if off == 0 else f"differs on {off} line(s): see billing_reconciliation"
+    return (f"\nThe provider's invoice for {billing_day} (the local server's billing export): ${invoice:.6f}; "
+            f"the ledger: ${ledger:.6f}; {verdict}.")
 
 
 def run_report(args: argparse.Namespace) -> int:

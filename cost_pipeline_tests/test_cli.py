@@ -42,10 +42,15 @@ def test_demo_materializes_a_day_and_says_where_to_look(tmp_path):
         "COST_PIPELINE_LANDING": str(tmp_path / "landing"),
         "DAGSTER_HOME": str(tmp_path / "home"),
     }
+    for name in ("GEMINI_API_KEY", "GOOGLE_API_KEY", "GOOGLE_GEMINI_BASE_URL", "COST_PIPELINE_BILLING"):
+        env.pop(name, None)
     result = subprocess.run([CLI, "demo", "--day", "2026-11-03", "--turns", "400"], env=env, cwd=tmp_path,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     assert "raw_turns" in result.stdout and "http://127.0.0.1:3000" in result.stdout
+    # The local server was the provider: its invoice landed in the billing folder and the ledger matches it.
+    assert list((tmp_path / "data" / "billing").glob("local-server-*.csv"))
+    assert "the ledger: $" in result.stdout and "matches, line by line" in result.stdout, result.stdout[-2000:]
     with duckdb.connect(env["COST_PIPELINE_DB"], read_only=True) as connection:
         assert connection.execute("SELECT count(*) FROM raw_turns WHERE partition_date = '2026-11-03'").fetchone() == (400,)
     assert any((tmp_path / "home").iterdir()), "the run should be recorded in DAGSTER_HOME for the UI"

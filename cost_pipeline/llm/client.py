@@ -23,10 +23,12 @@ import json
 import os
 import re
 import time
+import urllib.request
 import uuid
 from collections import Counter
 from contextlib import ExitStack
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import dagster as dg
 import tenacity
@@ -35,7 +37,7 @@ from google import genai
 from google.genai import errors, types
 from pydantic import Field, PrivateAttr
 
-from cost_pipeline.config import API_KEY_ENVS, BASE_URL_ENV, DB_ENV, DEFAULT_DB, resolved
+from cost_pipeline.config import API_KEY_ENVS, BASE_URL_ENV, BILLING_ENV, DB_ENV, DEFAULT_BILLING, DEFAULT_DB, resolved
 from cost_pipeline.llm.answers import Verdict, judge
 from cost_pipeline.llm.attempts import ACCEPTED, ERROR, REJECTED, Attempt, AttemptSink, NoSink
 from cost_pipeline.llm.cache import CachedResponse, ResponseCache
@@ -83,6 +85,9 @@ class GeminiResource(dg.ConfigurableResource):
     cache_database: str | None = Field(
         default=None, description=f"DuckDB file of the response cache and the spend ledger; unset: {DB_ENV} at run time.")
     local_server_latency_ms: float = Field(default=0.0, description="Latency of the auto-started local server.")
+    local_billing_folder: str | None = Field(
+        default=None, description=f"Where the auto-started local server's invoice (a Cloud Billing export) is written "
+                                  f"when the run ends; unset: {BILLING_ENV} at run time.")
 
     _exit_stack: ExitStack = PrivateAttr(default_factory=ExitStack)
     _local_url: str | None = PrivateAttr(default=None)
@@ -96,7 +101,25 @@ class GeminiResource(dg.ConfigurableResource):
             context.log.info(f"Gemini calls go to {self.describe_endpoint()}")
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
-        self._exit_stack.close()
+        try:
+            if self._local_url:
+                self._write_local_invoice(context)
+        finally:
+            self._exit_stack.close()
+
+    def _write_local_invoice(self, context: dg.InitResourceContext) -> None:
+        """The local server is the provider: its billing record of this run lands where real exports land."""
+        with urllib.request.urlopen(f"{self._local_url}/admin/billing/export", timeout=30) as response:
+            export = response.read()
+        if export.count(b"\n") <= 1:
+            return
+        folder = Path(self.local_billing_folder or resolved(BILLING_ENV, DEFAULT_BILLING))
+        folder.mkdir(parents=True, exist_ok=True)
+        run_id = context.run.run_id if context.run else uuid.uuid4().hex
+        path = folder / f"local-server-{run_id}.csv"
+        path.write_bytes(export)
+        if context.log:
+            context.log.info(f"the local server's billing export for this run is in {path}")
 
     def resolved_api_key(self) -> str | None:
         return self.api_key or next((os.environ[n] for n in API_KEY_ENVS if os.environ.get(n)), None)
@@ -237,7 +260,7 @@ class GeminiSession:
 
     async def _call_api(self, request: LlmRequest, request_hash: str, tag: CallTag) -> CallOutcome:
         attempts: list[Attempt] = []
-        accepted: list = []
+        verdicts: list[Verdict] = []
         tokens = min(estimate_tokens(request.text()), self.token_limiter.max_rate)
         settings = self.settings
 
@@ -257,8 +280,8 @@ class GeminiSession:
         try:
             async for retry in retrying:
                 with retry:
-                    last = attempts[-1] if attempts else None
-                    sent = request.with_reminder(last.reason, len(attempts) + 1) if last and last.outcome == REJECTED else request
+                    rejected = next((a for a in reversed(attempts) if a.outcome == REJECTED), None)
+                    sent = request.with_reminder(rejected.reason, len(attempts) + 1) if rejected else request
                     await self.request_limiter.acquire()
                     await self.token_limiter.acquire(tokens)
                     async with self.semaphore:
@@ -277,13 +300,13 @@ class GeminiSession:
                             self.ledger.done(attempt)
                             raise
                         attempt.latency_ms = (time.perf_counter() - started) * 1000
-                    accepted[:] = [self._record_answer(attempt, request, sent, response)]
+                    verdicts.append(self._record_answer(attempt, request, sent, response))
                     self.ledger.done(attempt)
                     if attempt.outcome == REJECTED:
-                        raise RejectedAnswer(attempt.reason, accepted[0].final)
+                        raise RejectedAnswer(attempt.reason, verdicts[-1].final)
         except Exception as err:  # every failure becomes a row; nothing escapes as a lost turn
             error = self.redact(f"rejected: {err}" if isinstance(err, RejectedAnswer) else f"{type(err).__name__}: {err}")
-        return self._outcome(request, request_hash, attempts, None if error else accepted[0], error)
+        return self._outcome(request, request_hash, attempts, None if error else verdicts[-1], error)
 
     def _record_answer(self, attempt: Attempt, request: LlmRequest, sent: LlmRequest, response) -> Verdict:
         """Fill in a 200's usage and verdict: billed whatever the verdict."""

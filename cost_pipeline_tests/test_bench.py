@@ -1,0 +1,42 @@
+"""Benchmarks at a tiny size, so a bench that breaks fails the suite instead of rotting."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).parents[1]
+
+
+def run_bench(script: str, *args: str) -> str:
+    result = subprocess.run([sys.executable, str(REPO / "bench" / script), *args], capture_output=True, text=True,
+                            timeout=600, cwd=REPO)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+@pytest.mark.slow
+def test_invoice_match_accounts_for_every_billed_cent_at_a_tiny_size():
+    figures = json.loads(run_bench("invoice_match.py", "--turns", "60", "--shares", "0.3").splitlines()[-1])
+    (figure,) = figures
+    assert figure["rejected"] > 0 and figure["missing_share"] == 0
+    assert figure["missing_share_before"] > 0, "accounting only accepted answers misses the rejected ones"
+
+
+@pytest.mark.slow
+def test_gemini_overhead_runs_at_a_tiny_size():
+    output = run_bench("gemini_overhead.py", "--turns", "300", "--concurrency", "16")
+    assert "throughput ratio pipeline / bare" in output
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script,args,printed", [
+    ("partition_write.py", ["--rows", "2000"], "rows/s"),
+    ("rate_limit.py", ["--calls", "30", "--rpm", "6000", "--latency-ms", "1"], "RPM"),
+    ("rollup.py", ["--days", "2", "--calls", "2000"], "evaluation_costs"),
+    ("peak_rss.py", ["--ingest-turns", "300", "--gemini-turns", "150"], "peak RSS"),
+])
+def test_every_other_bench_runs_at_a_tiny_size(script, args, printed):
+    assert printed in run_bench(script, *args)
