@@ -40,3 +40,12 @@ def test_gemini_overhead_runs_at_a_tiny_size():
 ])
 def test_every_other_bench_runs_at_a_tiny_size(script, args, printed):
     assert printed in run_bench(script, *args)
+
+
+@pytest.mark.slow
+def test_crash_resume_runs_at_a_tiny_size_and_pays_little_twice():
+    figures = json.loads(run_bench("crash_resume.py", "--turns", "800", "--latency-ms", "20",
+                                   "--checkpoint-every-s", "0.5").splitlines()[-1])
+    assert figures["killed_run_calls"] >= figures["clean_calls"] // 2
+    assert figures["missing_from_ledger"] <= figures["billing_unknown"]
+    assert figures["ratio"] < 1.5

@@ -202,11 +202,17 @@ def run_env(tmp_path, landing_root, database, model_server, **extra) -> dict:
 
 
 @pytest.mark.slow
-def test_kill_9_mid_day_loses_no_billed_attempt(tmp_path, landing_root, database, model_server):
+def test_kill_9_mid_day_loses_no_billed_attempt_and_the_re_run_pays_only_for_what_was_not_checkpointed(
+        tmp_path, landing_root, database, model_server):
     generate(landing_root, DAY, days=1, turns_per_day=600, seed=6)
     model_server.configure(latency_ms=20, rate_max_tokens=0.1)
+    materialize_day(DAY, landing_root, tmp_path / "clean.duckdb", model_server, run_config=NO_FAILURE_LIMIT)
+    clean_requests = model_server.stats()["requests"]
+    model_server.reset()
+    model_server.configure(latency_ms=20, rate_max_tokens=0.1)
     env = run_env(tmp_path, landing_root, database, model_server)
-    run = run_day(env, tmp_path)
+    often = json.dumps({"ops": {"turns_through_gemini": {"config": {"checkpoint_every_s": 0.2, "max_failure_share": 1.0}}}})
+    run = run_day(env, tmp_path, "--config-json", often)
     deadline = time.monotonic() + 120
     while model_server.stats().get("requests", 0) < 150 and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -215,8 +221,9 @@ def test_kill_9_mid_day_loses_no_billed_attempt(tmp_path, landing_root, database
     killed_bill = {r["response_id"] for r in model_server.billing()}
     assert 150 <= len(killed_bill) and list(spool_folder(database).glob("*.jsonl")), "killed mid-day, spool left behind"
 
+    killed_requests = model_server.stats()["requests"]
     model_server.configure(latency_ms=0)
-    rerun = run_day(env, tmp_path)
+    rerun = run_day(env, tmp_path, "--config-json", often)
     output = rerun.communicate(timeout=300)[0]
     assert rerun.returncode == 0, output[-3000:]
     assert "recovered" in output and not list(spool_folder(database).glob("*.jsonl"))
@@ -228,6 +235,9 @@ def test_kill_9_mid_day_loses_no_billed_attempt(tmp_path, landing_root, database
     assert ledger_ids <= {r["response_id"] for r in model_server.billing()}
     assert query(database, "SELECT count(DISTINCT run_id) FROM llm_attempts") == [(2,)]
     assert spend_matches_rollup(database)
+    # Checkpointed answers are not paid for again: only those in flight or in the last interval are.
+    paid_twice = model_server.stats()["requests"] - clean_requests
+    assert 0 <= paid_twice <= 96 and paid_twice < killed_requests / 2, (clean_requests, killed_requests, paid_twice)
 
 
 @pytest.mark.slow
@@ -258,3 +268,24 @@ def test_answers_from_one_endpoint_are_never_served_as_cache_hits_for_another(la
     endpoints = dict(query(database, "SELECT endpoint, count(*) FROM llm_calls WHERE NOT cache_hit GROUP BY 1"))
     assert set(endpoints) == {"local-server"} and sum(endpoints.values()) > 0
     assert {e for (e,) in query(database, "SELECT DISTINCT endpoint FROM llm_attempts")} == {"local-server", model_server.url}
+
+
+def test_a_rotated_spool_hands_attempts_in_flight_to_the_next_file(tmp_path):
+    from cost_pipeline.costs.ledger import AttemptSpool
+    from cost_pipeline.llm.attempts import Attempt
+    from cost_pipeline.llm.usage import Usage
+
+    spool = AttemptSpool(tmp_path, "run")
+    done, flying = (Attempt(i, "c", "run", str(DAY), "e", "t", "clean", "m", "local-server", "h", 1, 1.0) for i in ("a", "b"))
+    for attempt in (done, flying):
+        spool.sent(attempt)
+    done.outcome, done.billed, done.usage, done.http_status = "accepted", True, Usage(input_tokens=5), 200
+    spool.done(done)
+    finished = spool.rotate()
+    flying.outcome, flying.billed, flying.http_status = "error", False, 503
+    spool.done(flying)
+    spool.close()
+    first = attempt_rows(finished.read_text().splitlines())
+    second = attempt_rows(spool.path.read_text().splitlines())
+    assert [(r["attempt_id"], r["outcome"]) for r in first] == [("a", "accepted")]
+    assert [(r["attempt_id"], r["outcome"], r["http_status"]) for r in second] == [("b", "error", 503)]

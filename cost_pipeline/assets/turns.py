@@ -3,7 +3,9 @@
 The three tables are outputs of one step and the IO manager commits them in a single
 transaction, so a day's turns, decisions and the calls that paid for them always come
 from the same run. New response-cache entries are written first, so a run that fails
-after paying for answers does not pay for them again.
+after paying for answers does not pay for them again; while the day runs, answers and
+attempts are checkpointed every few seconds (`costs/checkpoints.py`), so a killed run's
+re-run pays only for the calls it had not made.
 """
 
 import asyncio
@@ -13,13 +15,14 @@ import numpy as np
 import pandas as pd
 from pydantic import Field
 
+from cost_pipeline.costs.checkpoints import Checkpoints
 from cost_pipeline.costs.ledger import AttemptSpool, load_spools, spool_folder
 from cost_pipeline.llm.cache import ResponseCache
 from cost_pipeline.llm.client import FAILED, GeminiResource
 from cost_pipeline.llm.processing import DayResult, call_id, long_lived_objects_frozen, process_day, text_hash
 from cost_pipeline.markdown import markdown_table
 from cost_pipeline.llm.usage import SAVED_FIELDS, TOKEN_FIELDS
-from cost_pipeline.partitions import DUCKDB_POOL, daily_partitions
+from cost_pipeline.partitions import daily_partitions
 from cost_pipeline.costs.pricing import MISSING, MONEY_SQL_TYPE, ZERO, price_calls
 from cost_pipeline.resources import CostSettings
 
@@ -108,6 +111,9 @@ class GeminiStageConfig(dg.Config):
         default=0.05, description="Fail the run, writing nothing, when more calls than this share fail."
     )
     progress_every: int = Field(default=500, description="Log progress every N turns.")
+    checkpoint_every_s: float = Field(
+        default=5.0, description="Write paid answers and attempts this often while the day runs, so a killed run's "
+                                 "re-run pays only for the calls it had not made.")
 
 
 def _out(description: str, schema: dg.TableSchema) -> dg.AssetOut:
@@ -122,7 +128,9 @@ def _out(description: str, schema: dg.TableSchema) -> dg.AssetOut:
     },
     partitions_def=daily_partitions,
     group_name="gemini",
-    pool=DUCKDB_POOL,
+    # No `duckdb` pool slot: the step spends its time waiting on Gemini and holds the file
+    # only for its short checkpoint and commit transactions, which wait out the lock, so
+    # the days of a backfill call Gemini side by side.
 )
 def turns_through_gemini(context: dg.AssetExecutionContext, config: GeminiStageConfig, gemini: GeminiResource,
                          costs: CostSettings, raw_turns: pd.DataFrame):
@@ -132,15 +140,14 @@ def turns_through_gemini(context: dg.AssetExecutionContext, config: GeminiStageC
     cache = ResponseCache(database, gemini.cache_enabled)
     loaded = cache.load([text_hash(text) for text in raw_turns["text"]])
     spool = AttemptSpool(spool_folder(database), context.run.run_id)
+    checkpoints = Checkpoints(database, cache, spool, book, context.log.warning, config.checkpoint_every_s)
     try:
         with long_lived_objects_frozen():
             result, stats, latencies = asyncio.run(
-                _run_day(raw_turns, gemini, cache, spool, context, config.progress_every))
+                _run_day(raw_turns, gemini, cache, spool, checkpoints, context, config.progress_every))
     finally:
         # Paid for, whatever happens next: attempts to the ledger first (money), then answers to the cache.
-        spool.close()
-        ledger_rows = load_spools(database, book, only=spool.path, log=context.log.info)
-        written = cache.flush()
+        ledger_rows, written = checkpoints.finish()
     calls = _frame(price_calls(result.calls.frame(), book), LLM_CALLS_SCHEMA, ["turn_id", "stage"])
     cleaned = _frame(_with_turn_costs(result.cleaned.frame(), calls), CLEANED_TURNS_SCHEMA, ["conversation_id", "turn_index"])
     functions = _frame(result.functions.frame(), FUNCTION_CALLS_SCHEMA, ["conversation_id", "turn_index"])
@@ -166,18 +173,21 @@ def turns_through_gemini(context: dg.AssetExecutionContext, config: GeminiStageC
     context.add_output_metadata(_cleaned_metadata(cleaned), output_name="cleaned_turns")
     context.add_output_metadata(_function_metadata(functions), output_name="function_calls")
     context.add_output_metadata(
-        {**_call_metadata(calls, stats, latencies, result, cache_loaded=loaded, cache_written=written),
+        {**_call_metadata(calls, stats, latencies, result, cache_loaded=loaded, cache_written=written,
+                        checkpoints=checkpoints.count),
          "endpoint": gemini.endpoint_id()}, output_name="llm_calls"
     )
     return cleaned, functions, calls
 
 
 async def _run_day(turns: pd.DataFrame, gemini: GeminiResource, cache: ResponseCache, spool: AttemptSpool,
-                   context: dg.AssetExecutionContext, progress_every: int):
+                   checkpoints: Checkpoints, context: dg.AssetExecutionContext, progress_every: int):
     session = gemini.session(cache, spool, context.run.run_id, context.partition_key)
+    periodic = asyncio.create_task(checkpoints.run_periodically())
     try:
         result = await process_day(turns, session, context.log.info, progress_every)
     finally:
+        periodic.cancel()
         await session.aclose()
     return result, session.stats, session.latencies_ms
 
@@ -218,7 +228,7 @@ def _function_metadata(functions: pd.DataFrame) -> dict:
 
 
 def _call_metadata(calls: pd.DataFrame, stats, latencies: list[float], result: DayResult, cache_loaded: int,
-                   cache_written: int) -> dict:
+                   cache_written: int, checkpoints: int) -> dict:
     turns = len(result.cleaned)
     metadata = {
         "calls": len(calls),
@@ -237,6 +247,7 @@ def _call_metadata(calls: pd.DataFrame, stats, latencies: list[float], result: D
         "elapsed_s": result.elapsed_s,
         "cache_entries_loaded": cache_loaded,
         "cache_entries_written": cache_written,
+        "checkpoints": checkpoints,
     }
     if metadata["failures"]:
         metadata["first_errors"] = dg.MetadataValue.md(_error_table(calls))

@@ -88,18 +88,42 @@ class AttemptSpool:
 
     def __init__(self, folder: Path, run_id: str):
         folder.mkdir(parents=True, exist_ok=True)
-        self.path = folder / f"{run_id or 'norun'}-{os.getpid()}-{uuid.uuid4().hex[:8]}.jsonl"
+        self.folder, self.run_id = folder, run_id
+        self.attempts = 0
+        self._inflight: dict[str, dict] = {}
+        self._open()
+
+    def _open(self) -> None:
+        self.path = self.folder / f"{self.run_id or 'norun'}-{os.getpid()}-{uuid.uuid4().hex[:8]}.jsonl"
         self._file = self.path.open("a", buffering=1, encoding="utf-8")
-        # Held for the writer's life: a free lock means the writer is gone and the file can be loaded.
+        # Held while the file is written: a free lock means it is finished (or its writer is gone) and can be loaded.
         fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         self._synced_at = time.monotonic()
-        self.attempts = 0
+
+    def rotate(self) -> Path:
+        """Finish the current file and start another; returns the finished one, ready to load.
+
+        Attempts still in flight move to the new file: the finished one says `carried` for
+        each (so its load skips them) and the new one starts with their `sent` lines, so an
+        attempt is always loaded from the file that holds its `done` line.
+        """
+        finished, inflight = self.path, list(self._inflight.values())
+        for line in inflight:
+            self._write({"event": "carried", "attempt_id": line["attempt_id"]})
+        self.close()
+        self._open()
+        for line in inflight:
+            self._write(line)
+        return finished
 
     def sent(self, attempt: Attempt) -> None:
         self.attempts += 1
-        self._write(attempt.sent_line())
+        line = attempt.sent_line()
+        self._inflight[attempt.attempt_id] = line
+        self._write(line)
 
     def done(self, attempt: Attempt) -> None:
+        self._inflight.pop(attempt.attempt_id, None)
         self._write(attempt.done_line())
 
     def _write(self, line: dict) -> None:
@@ -130,6 +154,8 @@ def attempt_rows(lines: list[str]) -> list[dict]:
             rows.setdefault(line["attempt_id"], {}).update(line)
         elif event == "done" and line.get("attempt_id") in rows:
             rows[line["attempt_id"]].update(line)
+        elif event == "carried":
+            rows.pop(line.get("attempt_id"), None)
     for row in rows.values():
         if "outcome" not in row:
             row.update(outcome=ERROR, reason=INTERRUPTED, billed=None, usage_source=UNKNOWN)
@@ -169,6 +195,15 @@ def ensure_ledger(database: str | Path, lock_timeout_s: float = 120.0) -> None:
         connection.execute(DDL)
 
 
+def _insert(database: str | Path, frame: pd.DataFrame, log, lock_timeout_s: float) -> int:
+    with connect(database, timeout_s=lock_timeout_s, on_wait=log) as connection:
+        connection.execute(DDL)
+        before = connection.execute(f"SELECT count(*) FROM {TABLE}").fetchall()[0][0]
+        connection.register("new_attempts", frame)
+        connection.execute(f"INSERT OR IGNORE INTO {TABLE} BY NAME SELECT {_SELECT_EXACT} FROM new_attempts")
+        return connection.execute(f"SELECT count(*) FROM {TABLE}").fetchall()[0][0] - before
+
+
 def load_spools(database: str | Path, book: PriceBook, only: Path | None = None,
                 log: Callable[[str], None] | None = None, lock_timeout_s: float = 120.0) -> int:
     """Load spool files into `llm_attempts` (`only` one, or every spool whose writer is gone); returns rows added.
@@ -180,22 +215,20 @@ def load_spools(database: str | Path, book: PriceBook, only: Path | None = None,
     paths = [only] if only else sorted(folder.glob("*.jsonl")) if folder.is_dir() else []
     added = 0
     for path in paths:
-        with path.open("r", encoding="utf-8") as handle:
-            if only is None:
-                try:
-                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    continue  # its writer is alive and will load it itself
+        try:
+            handle = path.open("r", encoding="utf-8")
+        except FileNotFoundError:
+            continue  # another loader got there first
+        with handle:
+            try:
+                # Held until the file is gone, so two loaders never load one file at once.
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # being written, or being loaded by someone else
             rows = attempt_rows(handle.read().splitlines())
-        if rows:
-            frame = priced_frame(rows, book, recovered=only is None)
-            with connect(database, timeout_s=lock_timeout_s, on_wait=log) as connection:
-                connection.execute(DDL)
-                before = connection.execute(f"SELECT count(*) FROM {TABLE}").fetchall()[0][0]
-                connection.register("new_attempts", frame)
-                connection.execute(f"INSERT OR IGNORE INTO {TABLE} BY NAME SELECT {_SELECT_EXACT} FROM new_attempts")
-                added += connection.execute(f"SELECT count(*) FROM {TABLE}").fetchall()[0][0] - before
-        path.unlink()
+            if rows:
+                added += _insert(database, priced_frame(rows, book, recovered=only is None), log, lock_timeout_s)
+            path.unlink(missing_ok=True)
         if log and only is None:
-            log(f"recovered {len(rows)} attempts from {path.name}, the spool of a run that ended without loading it")
+            log(f"recovered {len(rows)} attempts from {path.name}, a spool that no running writer holds")
     return added

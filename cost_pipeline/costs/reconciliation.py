@@ -131,7 +131,7 @@ billing_reconciliation_job = dg.define_asset_job(
     description="One billing day of the ledger against the provider's export.")
 
 
-@dg.sensor(job=billing_reconciliation_job, minimum_interval_seconds=600, default_status=dg.DefaultSensorStatus.RUNNING,
+@dg.sensor(job=billing_reconciliation_job, minimum_interval_seconds=600,
            description="Reconciles each day a billing export covers, when its file appears or changes.")
 def billing_export_sensor(context: dg.SensorEvaluationContext, billing: BillingExports, costs: CostSettings) -> dg.SensorResult:
     known = set(billing_days.get_partition_keys(current_time=datetime.now(timezone.utc)))

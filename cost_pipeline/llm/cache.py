@@ -3,8 +3,10 @@
 Entries live in the DuckDB table `llm_response_cache`, keyed by the request hash
 (model, system instruction, tools, contents, generation config). A run loads only
 the entries whose turn text it is about to send, serves hits from memory, and writes
-its new entries in one transaction when its calls are done, before its outputs are
-committed: a paid answer is remembered even if the run later fails.
+its new entries in short transactions while it runs (the Gemini step checkpoints every
+few seconds) and once more when its calls are done, before its outputs are committed:
+a paid answer is remembered even if the run later fails or is killed, except those of
+the last few seconds before a kill.
 """
 
 import json
@@ -42,7 +44,7 @@ class CachedResponse:
 
 
 class ResponseCache:
-    """In-memory view of the cache for one run, loaded by turn text and flushed once."""
+    """In-memory view of the cache for one run, loaded by turn text and written as it grows."""
 
     def __init__(self, database: str | Path, enabled: bool = True):
         self.database = Path(database)
@@ -81,14 +83,22 @@ class ResponseCache:
             "created_at": datetime.now(timezone.utc),
         })
 
-    def flush(self, timeout_s: float = 120.0) -> int:
-        """Write the run's new entries in one transaction; returns how many."""
-        if not self._new:
+    def take_new(self) -> list[dict]:
+        """The entries added since the last take, handed over once (call it from the event loop's thread)."""
+        entries, self._new = self._new, []
+        return entries
+
+    def write(self, entries: list[dict], timeout_s: float = 120.0) -> int:
+        """Write entries in one short transaction (safe from a worker thread); returns how many."""
+        if not entries:
             return 0
-        frame = pd.DataFrame(self._new)
+        frame = pd.DataFrame(entries)
         with connect(self.database, timeout_s=timeout_s) as connection:
             connection.execute(DDL)
             connection.register("new_entries", frame)
             connection.execute(f"INSERT OR REPLACE INTO {TABLE} BY NAME SELECT * FROM new_entries")
-        written, self._new = len(self._new), []
-        return written
+        return len(entries)
+
+    def flush(self, timeout_s: float = 120.0) -> int:
+        """Write every entry not yet written, in one transaction; returns how many."""
+        return self.write(self.take_new(), timeout_s)

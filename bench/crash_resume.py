@@ -1,0 +1,108 @@
+"""Crash and resume: `kill -9` of a day's run at about half its calls, then a re-run; what was paid twice.
+
+1. A clean run of the day on its own DuckDB file counts the API calls one run makes.
+2. On a second file, the same day is launched as the README launches a day
+   (`dagster asset materialize ... --partition DAY`), its process group is killed with
+   SIGKILL once the server has answered about half the clean run's calls, and the day
+   is run again to the end.
+Prints the calls of both runs against the clean run (goal: at most 1.05x) and whether
+the ledger holds every billed attempt of both (the server's own billing record, less
+answers that were in flight at the kill, which the ledger records as billing unknown).
+
+    python bench/crash_resume.py [--turns 20000] [--latency-ms 20] [--checkpoint-every-s 5]
+"""
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from datetime import date
+from pathlib import Path
+
+import duckdb
+
+from cost_pipeline.llm.local_server import ServerConfig, running_local_server
+from cost_pipeline.synthetic import generate
+
+DAY = date(2026, 11, 1)
+REPO = Path(__file__).parents[1]
+DAILY = "raw_turns,quarantined_turns,cleaned_turns,function_calls,llm_calls,daily_cost_rollup"
+
+
+def admin(url: str, path: str, payload: dict | None = None) -> dict:
+    data = None if payload is None else json.dumps(payload).encode()
+    request = urllib.request.Request(url + path, data=data, method="GET" if data is None else "POST",
+                                     headers={"content-type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
+
+
+def launch(folder: Path, database: Path, url: str, checkpoint_every_s: float) -> subprocess.Popen:
+    env = {**os.environ, "DAGSTER_HOME": str(folder / "home"), "COST_PIPELINE_DB": str(database),
+           "COST_PIPELINE_LANDING": str(folder / "landing"), "COST_PIPELINE_COSTS": str(REPO / "costs.toml"),
+           "COST_PIPELINE_BILLING": str(folder / "billing"), "GOOGLE_GEMINI_BASE_URL": url}
+    for name in ("GEMINI_API_KEY", "GOOGLE_API_KEY"):
+        env.pop(name, None)
+    config = {"ops": {"turns_through_gemini": {"config": {"checkpoint_every_s": checkpoint_every_s}}}}
+    return subprocess.Popen(
+        [str(Path(sys.executable).with_name("dagster")), "asset", "materialize", "-m", "cost_pipeline.definitions",
+         "--select", DAILY, "--partition", str(DAY), "--config-json", json.dumps(config)],
+        env=env, cwd=folder, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def finish(run: subprocess.Popen) -> None:
+    _, errors = run.communicate(timeout=7200)
+    if run.returncode != 0:
+        raise SystemExit(f"run failed: {errors[-3000:]}")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--turns", type=int, default=20_000)
+    parser.add_argument("--latency-ms", type=float, default=20.0)
+    parser.add_argument("--checkpoint-every-s", type=float, default=5.0)
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp, running_local_server(ServerConfig(latency_ms=args.latency_ms)) as url:
+        folder = Path(tmp)
+        (folder / "home").mkdir()
+        generate(folder / "landing", DAY, 1, args.turns, seed=7)
+        started = time.perf_counter()
+        finish(launch(folder, folder / "clean.duckdb", url, args.checkpoint_every_s))
+        clean_s = time.perf_counter() - started
+        clean = admin(url, "/admin/stats")["requests"]
+
+        admin(url, "/admin/reset", {})
+        run = launch(folder, folder / "store.duckdb", url, args.checkpoint_every_s)
+        while admin(url, "/admin/stats").get("requests", 0) < clean // 2:
+            if run.poll() is not None:
+                raise SystemExit("the run ended before it could be killed; use more turns")
+            time.sleep(0.05)
+        os.killpg(run.pid, signal.SIGKILL)
+        run.wait()
+        killed = admin(url, "/admin/stats")["requests"]
+        finish(launch(folder, folder / "store.duckdb", url, args.checkpoint_every_s))
+        total = admin(url, "/admin/stats")["requests"]
+        billed = {r["response_id"] for r in admin(url, "/admin/billing")["records"]}
+        with duckdb.connect(str(folder / "store.duckdb"), read_only=True) as connection:
+            ledger = {r for (r,) in connection.execute("SELECT response_id FROM llm_attempts WHERE billed").fetchall()}
+            unknown = connection.execute("SELECT count(*) FROM llm_attempts WHERE billed IS NULL").fetchall()[0][0]
+    figures = {"turns": args.turns, "clean_calls": clean, "killed_run_calls": killed, "resume_calls": total - killed,
+               "ratio": total / clean, "billed": len(billed), "in_ledger": len(billed & ledger),
+               "missing_from_ledger": len(billed - ledger), "billing_unknown": unknown, "clean_run_s": round(clean_s, 1)}
+    print(f"{args.turns:,} turns, server latency {args.latency_ms:.0f} ms, checkpoints every {args.checkpoint_every_s:g} s")
+    print(f"clean run: {clean:,} API calls in {clean_s:.0f} s")
+    print(f"killed at {killed:,} calls, resumed with {total - killed:,}: {total:,} calls in all = "
+          f"{total / clean:.3f}x a clean run (goal <= 1.05)")
+    print(f"ledger: {len(billed & ledger):,} of {len(billed):,} billed answers; the {len(billed - ledger)} missing were in "
+          f"flight at the kill and are among the {unknown} attempts recorded as billing unknown")
+    print(json.dumps(figures))
+    return figures
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,65 @@
+"""Checkpoints of what a running day has paid for: answers to the response cache, attempts to the ledger.
+
+Every `every_s` seconds while the calls run, the new cache entries and the finished
+part of the attempt spool are written in two short transactions from a worker thread,
+so the event loop keeps calling Gemini and another run's writer waits seconds, not a
+whole day, for the file lock. A run killed at any point therefore loses at most the
+last interval of answers: its re-run finds the rest in the cache and pays only for the
+calls it had not made. Attempts lose nothing either way (the spool is durable line by
+line; see `ledger.py`). A checkpoint that fails (say the file stayed locked) is logged
+and retried by the next one and at the end; it never fails the run. No Dagster here.
+"""
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+
+from cost_pipeline.costs.ledger import AttemptSpool, load_spools
+from cost_pipeline.costs.pricing import PriceBook
+from cost_pipeline.llm.cache import ResponseCache
+
+
+class Checkpoints:
+    def __init__(self, database: str | Path, cache: ResponseCache, spool: AttemptSpool, book: PriceBook,
+                 log: Callable[[str], None], every_s: float):
+        self.database, self.cache, self.spool, self.book = database, cache, spool, book
+        self.log, self.every_s = log, every_s
+        self._unloaded: list[Path] = []
+        self._unwritten: list[dict] = []
+        self.cache_entries = self.attempts = self.count = 0
+
+    async def run_periodically(self) -> None:
+        """Checkpoint every `every_s` seconds until cancelled."""
+        while True:
+            await asyncio.sleep(self.every_s)
+            await self.checkpoint()
+
+    async def checkpoint(self) -> None:
+        """Hand the new entries and the finished spool to a worker thread (taken here, in the loop's thread)."""
+        entries = self._unwritten + self.cache.take_new()
+        spools = [*self._unloaded, self.spool.rotate()]
+        self._unwritten, self._unloaded = [], []
+        try:
+            written, added = await asyncio.to_thread(self._write, entries, spools)
+        except Exception as err:  # the end of the run writes whatever a checkpoint could not
+            self.log(f"checkpoint deferred ({type(err).__name__}: {err}); the next one retries")
+            self._unwritten, self._unloaded = entries, spools
+            return
+        self.cache_entries += written
+        self.attempts += added
+        self.count += 1
+
+    def finish(self) -> tuple[int, int]:
+        """After the calls: the spool's last part to the ledger first (money), then the last answers. Blocking."""
+        self.spool.close()
+        entries, spools = self._unwritten + self.cache.take_new(), [*self._unloaded, self.spool.path]
+        self._unwritten, self._unloaded = [], []
+        added = sum(load_spools(self.database, self.book, only=path, log=self.log) for path in spools)
+        written = self.cache.write(entries)
+        self.attempts += added
+        self.cache_entries += written
+        return self.attempts, self.cache_entries
+
+    def _write(self, entries: list[dict], spools: list[Path]) -> tuple[int, int]:
+        added = sum(load_spools(self.database, self.book, only=path, log=self.log) for path in spools)
+        return self.cache.write(entries), added
