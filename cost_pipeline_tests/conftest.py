@@ -72,8 +72,9 @@ class ModelServer:
         """The provider's own record: one entry per billed 200."""
         return self._send("/admin/billing")["records"]
 
-    def billing_export(self) -> str:
-        with urllib.request.urlopen(self.url + "/admin/billing/export", timeout=10) as response:
+    def billing_export(self, project: str = "gemini-api-project") -> str:
+        """The server's invoice as Google's would be (another project than the local server's own)."""
+        with urllib.request.urlopen(f"{self.url}/admin/billing/export?project={project}", timeout=10) as response:
             return response.read().decode()
 
 

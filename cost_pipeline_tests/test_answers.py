@@ -32,7 +32,7 @@ def test_a_clean_json_answer_is_accepted():
     ({"candidates": [], "usageMetadata": {"promptTokenCount": 10}}, "no candidates", False),
     (candidate([{"text": GOOD_CLEANING[:20]}], "MAX_TOKENS"), "finish reason MAX_TOKENS", False),
     (candidate(None, "SAFETY"), "finish reason SAFETY", False),
-    (candidate(None, "PROHIBITED_CONTENT"), "finish reason PROHIBITED_CONTENT", False),
+    (candidate(None, "PROHIBITED_CONTENT"), "finish reason PROHIBITED_CONTENT", True),
     (candidate([]), "empty answer: no parts", False),
     (candidate([{"text": "Sure! Here it is: Hello there."}]), "off-format: cleaning answer is not JSON", False),
     (candidate([{"text": json.dumps({"confidence": 1})}]), "off-format: cleaning answer has no cleaned_text", False),

@@ -120,7 +120,7 @@ def test_the_console_reports_download_is_read_too(tmp_path):
         "2026-08-15,Gemini API,AEFD-7695-64FA,Generate content output token count gemini 2.5 flash short input text,"
         '911A-8880-A243,"622,403",count,1.56,0.00,0.00,0.00,1.555990,1.56\n'
         "2026-08-15,Cloud Storage,95FF-2EF5-5EA1,Standard Storage,E5F0-6A5D-7BAD,3,gibibyte month,0.06,0,0,0,0.06,0.06\n")
-    assert read_export(path) == [{"day": date(2026, 8, 15), "model": "gemini-2.5-flash", "kind": "output",
+    assert read_export(path) == [{"source": "provider", "day": date(2026, 8, 15), "model": "gemini-2.5-flash", "kind": "output",
                                   "sku": "Generate content output token count gemini 2.5 flash short input text",
                                   "tokens": 622_403, "cost_usd": Decimal("1.555990")}]
 
@@ -128,3 +128,14 @@ def test_the_console_reports_download_is_read_too(tmp_path):
 def test_served_model_versions_map_to_the_invoice_model():
     assert billing_model("gemini-2.5-flash-lite-preview-09-2025") == "gemini-2.5-flash-lite"
     assert billing_model("gemini-2.5-pro") == "gemini-2.5-pro"
+
+
+def test_the_local_servers_own_invoice_is_never_held_against_attempts_another_endpoint_answered(
+        billed_day, landing_root, database, model_server):
+    folder, billing_day = billed_day
+    (folder / "export.csv").write_text(model_server.billing_export(project="local-gemini-server"))
+    result = reconcile(landing_root, database, model_server, folder, billing_day)
+    with duckdb.connect(str(database), read_only=True) as connection:
+        sides = connection.execute("SELECT DISTINCT source, ledger_tokens FROM billing_reconciliation").fetchall()
+    assert sides and all(source == "local-server" and ledger == 0 for source, ledger in sides)
+    assert not check(result).passed

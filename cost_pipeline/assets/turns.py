@@ -187,7 +187,8 @@ async def _run_day(turns: pd.DataFrame, gemini: GeminiResource, cache: ResponseC
     try:
         result = await process_day(turns, session, context.log.info, progress_every)
     finally:
-        periodic.cancel()
+        checkpoints.stop()
+        await periodic
         await session.aclose()
     return result, session.stats, session.latencies_ms
 

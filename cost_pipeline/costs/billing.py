@@ -73,8 +73,13 @@ def kind_tokens(prompt: int, cached: int, candidates: int, thoughts: int, tool_p
     return {"input": prompt - cached + tool_prompt, "cached_input": cached, "output": candidates + thoughts}
 
 
+LOCAL_PROJECT = "local-gemini-server"
+"""The project the local server bills: its lines are compared with attempts it answered, never with Google's."""
+LOCAL_SOURCE, PROVIDER_SOURCE = "local-server", "provider"
+
+
 def billing_export_csv(records: list[dict], book: PriceBook | None = None, account: str = "LOCAL-000000-000000",
-                       project: str = "local-gemini-server") -> str:
+                       project: str = LOCAL_PROJECT) -> str:
     """The provider's billing records as Cloud Billing export lines: one per UTC day x model x kind.
 
     Each record is one billed response (`model` as served, `at` a Unix time, the usage
@@ -105,7 +110,10 @@ def billing_export_csv(records: list[dict], book: PriceBook | None = None, accou
 
 
 def read_export(path: Path, sku_overrides: dict[str, str] | None = None) -> list[dict]:
-    """Gemini lines of one export file as {day, model, kind, tokens, cost_usd, sku}; other services are skipped."""
+    """Gemini lines of one export file as {source, day, model, kind, sku, tokens, cost_usd}; other services are skipped.
+
+    `source` is `local-server` for the local server's own invoice (its project), else `provider`.
+    """
     text = path.read_text(encoding="utf-8-sig")
     lines = text.splitlines()
     # The console's Cost table download puts invoice lines above the header; find the header.
@@ -120,7 +128,9 @@ def read_export(path: Path, sku_overrides: dict[str, str] | None = None) -> list
         model, kind = parse_sku(sku, sku_overrides)
         when = row.get("usage_start_time") or row.get("date") or row.get("usage start date")
         cost = row.get("cost") or row.get("unrounded subtotal ($)") or row.get("unrounded cost ($)") or "0"
-        rows.append({"day": _day(when), "model": model, "kind": kind, "sku": sku,
+        project = row.get("project.id", row.get("project id", ""))
+        rows.append({"source": LOCAL_SOURCE if project == LOCAL_PROJECT else PROVIDER_SOURCE,
+                     "day": _day(when), "model": model, "kind": kind, "sku": sku,
                      "tokens": int(Decimal(row.get("usage.amount", row.get("usage amount", "0")).replace(",", ""))),
                      "cost_usd": Decimal(cost.replace(",", "").replace("$", ""))})
     return rows
@@ -145,9 +155,9 @@ def billing_model(name: str) -> str:
 
 
 def compare(invoice: list[dict], ledger: list[dict], token_tolerance: int, usd_tolerance: Decimal) -> list[dict]:
-    """Invoice lines against ledger lines, keyed by (day, model, kind): one row per key with both sides and the gaps.
+    """Invoice lines against ledger lines, keyed by (source, day, model, kind): one row per key with both sides and the gaps.
 
-    Each input row has day, model, kind, tokens and cost_usd; models are compared by
+    Each input row has source, day, model, kind, tokens and cost_usd; models are compared by
     `billing_model`. A key on one side only has zeros on the other. `within_tolerance` is
     false when the token gap or the dollar gap is larger than allowed.
     """
@@ -155,12 +165,12 @@ def compare(invoice: list[dict], ledger: list[dict], token_tolerance: int, usd_t
                                                      "invoice_usd": Decimal(0), "ledger_usd": Decimal(0)})
     for side, rows in (("invoice", invoice), ("ledger", ledger)):
         for row in rows:
-            line = sides[(row["day"], billing_model(row["model"]), row["kind"])]
+            line = sides[(row["source"], row["day"], billing_model(row["model"]), row["kind"])]
             line[f"{side}_tokens"] += int(row["tokens"])
             line[f"{side}_usd"] += row["cost_usd"] or Decimal(0)
     result = []
-    for (day, model, kind), line in sorted(sides.items()):
+    for (source, day, model, kind), line in sorted(sides.items()):
         token_gap, usd_gap = line["invoice_tokens"] - line["ledger_tokens"], line["invoice_usd"] - line["ledger_usd"]
-        result.append({"billing_day": day, "model": model, "kind": kind, **line, "token_gap": token_gap, "usd_gap": usd_gap,
+        result.append({"source": source, "billing_day": day, "model": model, "kind": kind, **line, "token_gap": token_gap, "usd_gap": usd_gap,
                        "within_tolerance": abs(token_gap) <= token_tolerance and abs(usd_gap) <= usd_tolerance})
     return result

@@ -26,18 +26,26 @@ class Checkpoints:
         self.log, self.every_s = log, every_s
         self._unloaded: list[Path] = []
         self._unwritten: list[dict] = []
+        self._stopped = asyncio.Event()
         self.cache_entries = self.attempts = self.count = 0
 
     async def run_periodically(self) -> None:
-        """Checkpoint every `every_s` seconds until cancelled."""
-        while True:
-            await asyncio.sleep(self.every_s)
-            await self.checkpoint()
+        """Checkpoint every `every_s` seconds until `stop`; a checkpoint under way always completes."""
+        while not self._stopped.is_set():
+            try:
+                await asyncio.wait_for(self._stopped.wait(), self.every_s)
+            except TimeoutError:
+                await self.checkpoint()
+
+    def stop(self) -> None:
+        self._stopped.set()
 
     async def checkpoint(self) -> None:
         """Hand the new entries and the finished spool to a worker thread (taken here, in the loop's thread)."""
         entries = self._unwritten + self.cache.take_new()
-        spools = [*self._unloaded, self.spool.rotate()]
+        spools = [*self._unloaded, *([self.spool.rotate()] if self.spool.written else [])]
+        if not entries and not spools:
+            return
         self._unwritten, self._unloaded = [], []
         try:
             written, added = await asyncio.to_thread(self._write, entries, spools)
@@ -54,8 +62,10 @@ class Checkpoints:
         self.spool.close()
         entries, spools = self._unwritten + self.cache.take_new(), [*self._unloaded, self.spool.path]
         self._unwritten, self._unloaded = [], []
-        added = sum(load_spools(self.database, self.book, only=path, log=self.log) for path in spools)
-        written = self.cache.write(entries)
+        try:
+            added = sum(load_spools(self.database, self.book, only=path, log=self.log) for path in spools)
+        finally:  # answers are cached even when the ledger must wait (its spool stays on disk for the next loader)
+            written = self.cache.write(entries)
         self.attempts += added
         self.cache_entries += written
         return self.attempts, self.cache_entries

@@ -89,16 +89,19 @@ class AttemptSpool:
     def __init__(self, folder: Path, run_id: str):
         folder.mkdir(parents=True, exist_ok=True)
         self.folder, self.run_id = folder, run_id
-        self.attempts = 0
         self._inflight: dict[str, dict] = {}
         self._open()
 
     def _open(self) -> None:
-        self.path = self.folder / f"{self.run_id or 'norun'}-{os.getpid()}-{uuid.uuid4().hex[:8]}.jsonl"
-        self._file = self.path.open("a", buffering=1, encoding="utf-8")
-        # Held while the file is written: a free lock means it is finished (or its writer is gone) and can be loaded.
+        name = f"{self.run_id or 'norun'}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        opening = self.folder / f"{name}.opening"
+        self._file = opening.open("a", buffering=1, encoding="utf-8")
+        # Held while the file is written: a free lock means it is finished (or its writer is gone) and can be
+        # loaded. It is taken before the file gets the name loaders look for, so no loader sees it unlocked.
         fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        self.path = opening.rename(self.folder / f"{name}.jsonl")
         self._synced_at = time.monotonic()
+        self._written = False
 
     def rotate(self) -> Path:
         """Finish the current file and start another; returns the finished one, ready to load.
@@ -107,17 +110,24 @@ class AttemptSpool:
         each (so its load skips them) and the new one starts with their `sent` lines, so an
         attempt is always loaded from the file that holds its `done` line.
         """
-        finished, inflight = self.path, list(self._inflight.values())
-        for line in inflight:
-            self._write({"event": "carried", "attempt_id": line["attempt_id"]})
-        self.close()
+        finished, old, inflight = self.path, self._file, list(self._inflight.values())
         self._open()
         for line in inflight:
             self._write(line)
+        # The new file holds the in-flight attempts durably before the old one lets go of them:
+        # a kill in between leaves them in both, and a loaded outcome replaces an interrupted row.
+        os.fsync(self._file.fileno())
+        for line in inflight:
+            old.write(json.dumps({"event": "carried", "attempt_id": line["attempt_id"]}) + "\n")
+        _finish(old)
         return finished
 
+    @property
+    def written(self) -> bool:
+        """Whether anything was written to the current file: a rotation of an empty file is pointless."""
+        return self._written
+
     def sent(self, attempt: Attempt) -> None:
-        self.attempts += 1
         line = attempt.sent_line()
         self._inflight[attempt.attempt_id] = line
         self._write(line)
@@ -127,18 +137,24 @@ class AttemptSpool:
         self._write(attempt.done_line())
 
     def _write(self, line: dict) -> None:
+        self._written = True
         self._file.write(json.dumps(line, separators=(",", ":")) + "\n")
         if time.monotonic() - self._synced_at > FSYNC_EVERY_S:
             os.fsync(self._file.fileno())
             self._synced_at = time.monotonic()
 
     def close(self) -> None:
-        if self._file.closed:
-            return
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        fcntl.flock(self._file, fcntl.LOCK_UN)
-        self._file.close()
+        _finish(self._file)
+
+
+def _finish(handle) -> None:
+    """Flush, fsync, unlock and close a spool file (its lock is what tells loaders it is done)."""
+    if handle.closed:
+        return
+    handle.flush()
+    os.fsync(handle.fileno())
+    fcntl.flock(handle, fcntl.LOCK_UN)
+    handle.close()
 
 
 def attempt_rows(lines: list[str]) -> list[dict]:
@@ -200,7 +216,12 @@ def _insert(database: str | Path, frame: pd.DataFrame, log, lock_timeout_s: floa
         connection.execute(DDL)
         before = connection.execute(f"SELECT count(*) FROM {TABLE}").fetchall()[0][0]
         connection.register("new_attempts", frame)
+        connection.begin()
+        # An attempt recorded as interrupted (its outcome was in a file not yet loaded) gives way to its outcome.
+        connection.execute(f"DELETE FROM {TABLE} WHERE reason = ? AND attempt_id IN "
+                           "(SELECT attempt_id FROM new_attempts WHERE reason IS DISTINCT FROM ?)", [INTERRUPTED, INTERRUPTED])
         connection.execute(f"INSERT OR IGNORE INTO {TABLE} BY NAME SELECT {_SELECT_EXACT} FROM new_attempts")
+        connection.commit()
         return connection.execute(f"SELECT count(*) FROM {TABLE}").fetchall()[0][0] - before
 
 

@@ -20,7 +20,7 @@ from decimal import Decimal
 import dagster as dg
 import pandas as pd
 
-from cost_pipeline.costs.billing import KINDS, compare, read_export
+from cost_pipeline.costs.billing import KINDS, LOCAL_SOURCE, PROVIDER_SOURCE, compare, read_export
 from cost_pipeline.costs.ledger import ensure_ledger
 from cost_pipeline.costs.rollups import TOTAL_MONEY
 from cost_pipeline.markdown import markdown_table
@@ -28,8 +28,9 @@ from cost_pipeline.partitions import DUCKDB_POOL, billing_days
 from cost_pipeline.resources import BillingExports, CostSettings
 from cost_pipeline.storage.warehouse import DuckDBWarehouse
 
-LEDGER_BY_KIND_SQL = """
-SELECT coalesce(model_version, model) AS model,
+LEDGER_BY_KIND_SQL = f"""
+SELECT CASE WHEN endpoint = '{LOCAL_SOURCE}' THEN '{LOCAL_SOURCE}' ELSE '{PROVIDER_SOURCE}' END AS source,
+       coalesce(model_version, model) AS model,
        sum(input_tokens - cached_tokens + tool_prompt_tokens) AS input_tokens, sum(input_cost_usd) AS input_usd,
        sum(cached_tokens) AS cached_input_tokens, sum(cached_input_cost_usd) AS cached_input_usd,
        sum(output_tokens + thinking_tokens) AS output_tokens, sum(output_cost_usd) AS output_usd
@@ -38,6 +39,8 @@ FROM llm_attempts WHERE billed AND sent_at::DATE = $day GROUP BY ALL
 UNKNOWN_SQL = "SELECT count(*) AS unknown FROM llm_attempts WHERE billed IS NULL AND sent_at::DATE = $day"
 
 RECONCILIATION_SCHEMA = dg.TableSchema(columns=[
+    dg.TableColumn("source", "VARCHAR", description="provider (an invoice from Google), or local-server (the shipped "
+                   "server's own invoice, compared only with the attempts it answered)."),
     dg.TableColumn("billing_day", "DATE", description="UTC day the usage was billed."),
     dg.TableColumn("model", "VARCHAR", description="As the invoice names it (served model)."),
     dg.TableColumn("kind", "VARCHAR", description="input (uncached, tool prompt included), cached_input, output (thinking included)."),
@@ -70,7 +73,9 @@ def billing_reconciliation(context: dg.AssetExecutionContext, warehouse: DuckDBW
         context.log.info(f"no billing export line for {day} in {billing.folder} yet: skipped, not failed")
         return
     ensure_ledger(warehouse.database)
-    ledger = ledger_lines(warehouse, day)
+    # Only the sources this day's invoices cover: a Google invoice is never held against local-server attempts.
+    sources = {row["source"] for row in invoice}
+    ledger = [line for line in ledger_lines(warehouse, day) if line["source"] in sources]
     unknown = int(warehouse.query(UNKNOWN_SQL, {"day": day}).iloc[0]["unknown"])
     token_tolerance, usd_tolerance = costs.billing_tolerance()
     lines = pd.DataFrame(compare(invoice, ledger, token_tolerance, usd_tolerance))
@@ -90,7 +95,7 @@ def ledger_matches_invoice(context: dg.AssetCheckExecutionContext, warehouse: Du
 
 def ledger_lines(warehouse: DuckDBWarehouse, day: date) -> list[dict]:
     frame = warehouse.query(LEDGER_BY_KIND_SQL, {"day": day})
-    return [{"day": day, "model": row["model"], "kind": kind, "tokens": int(row[f"{kind}_tokens"] or 0),
+    return [{"source": row["source"], "day": day, "model": row["model"], "kind": kind, "tokens": int(row[f"{kind}_tokens"] or 0),
              "cost_usd": row[f"{kind}_usd"] or Decimal(0)}
             for row in frame.to_dict("records") for kind in KINDS]
 

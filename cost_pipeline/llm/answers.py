@@ -19,6 +19,8 @@ from cost_pipeline.llm.prompts import CLEAN, parse_cleaning, parse_function
 from cost_pipeline.llm.tools import FUNCTION_DECLARATIONS
 
 ACCEPTED_FINISH_REASONS = {None, "STOP", "FINISH_REASON_UNSPECIFIED"}
+FINAL_FINISH_REASONS = {"PROHIBITED_CONTENT", "BLOCKLIST", "SPII"}
+"""Policy blocks of the content itself: like a blocked prompt, the same input is blocked again."""
 
 
 @dataclass(frozen=True)
@@ -43,7 +45,7 @@ def judge(stage: str, response) -> Verdict:
     candidate = candidates[0]
     finish = _name(candidate.finish_reason)
     if finish not in ACCEPTED_FINISH_REASONS:
-        return Verdict(False, None, f"finish reason {finish}")
+        return Verdict(False, None, f"finish reason {finish}", final=finish in FINAL_FINISH_REASONS)
     parts = (candidate.content.parts if candidate.content else None) or []
     if not parts:
         return Verdict(False, None, "empty answer: no parts")

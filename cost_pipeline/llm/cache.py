@@ -98,7 +98,3 @@ class ResponseCache:
             connection.register("new_entries", frame)
             connection.execute(f"INSERT OR REPLACE INTO {TABLE} BY NAME SELECT * FROM new_entries")
         return len(entries)
-
-    def flush(self, timeout_s: float = 120.0) -> int:
-        """Write every entry not yet written, in one transaction; returns how many."""
-        return self.write(self.take_new(), timeout_s)

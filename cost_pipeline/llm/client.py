@@ -310,7 +310,10 @@ class GeminiSession:
 
     def _record_answer(self, attempt: Attempt, request: LlmRequest, sent: LlmRequest, response) -> Verdict:
         """Fill in a 200's usage and verdict: billed whatever the verdict."""
-        verdict = judge(request.stage, response)
+        try:
+            verdict = judge(request.stage, response)
+        except Exception as err:  # an answer we cannot even read is still billed: a rejection, never a lost attempt
+            verdict = Verdict(False, None, f"unreadable answer: {type(err).__name__}: {err}"[:200])
         usage = usage_from_metadata(response.usage_metadata)
         if usage is None:
             usage = estimate_usage(sent.text(), verdict.answer_text)

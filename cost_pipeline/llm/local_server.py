@@ -33,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 import uuid
 from collections import Counter, deque
 from collections.abc import Iterator
@@ -41,7 +42,7 @@ from dataclasses import asdict, dataclass, fields
 
 import uvicorn
 
-from cost_pipeline.costs.billing import BILLED_USAGE_FIELDS, billing_export_csv
+from cost_pipeline.costs.billing import BILLED_USAGE_FIELDS, LOCAL_PROJECT, billing_export_csv
 from cost_pipeline.llm.prompts import REMINDER_PREFIX
 
 FILLERS = {"um", "uh", "er", "hmm", "uhm", "erm"}
@@ -220,13 +221,13 @@ class GeminiLikeServer:
                 self.stats["with_api_key"] += 1
                 # Which key arrived, without keeping it: tests prove a key was used by its fingerprint.
                 self.stats[f"key:{key_fingerprint(value.decode())}"] += 1
-        status, payload = await self.route(scope["method"], scope["path"], body)
+        status, payload = await self.route(scope["method"], scope["path"], body, scope.get("query_string", b""))
         data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
         await send({"type": "http.response.start", "status": status,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]})
         await send({"type": "http.response.body", "body": data})
 
-    async def route(self, method: str, path: str, body: bytes) -> tuple[int, dict | bytes]:
+    async def route(self, method: str, path: str, body: bytes, query: bytes = b"") -> tuple[int, dict | bytes]:
         if path == "/admin/stats":
             return 200, dict(self.stats)
         if path == "/admin/requests":
@@ -240,7 +241,9 @@ class GeminiLikeServer:
         if path == "/admin/billing":
             return 200, {"records": self.billing}
         if path == "/admin/billing/export":
-            return 200, billing_export_csv(self.billing).encode()
+            # ?project=NAME bills another project: a test that points a base URL here treats this server as Google.
+            project = urllib.parse.parse_qs(query.decode()).get("project", [LOCAL_PROJECT])[0]
+            return 200, billing_export_csv(self.billing, project=project).encode()
         if path == "/admin/config":
             if method == "POST":
                 changes = json.loads(body or b"{}")
