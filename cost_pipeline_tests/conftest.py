@@ -114,7 +114,9 @@ def local_resources(landing_root: Path, database: Path, model_server: ModelServe
     }
     if model_server is not None:
         options = {"initial_backoff_s": 0.01, "max_backoff_s": 0.2, "timeout_s": 5.0, **gemini}
-        resources["gemini"] = GeminiResource(base_url=model_server.url, cache_database=str(database), **options)
+        # A test that chooses the auto-started local server must not leave its invoice in the repository.
+        resources["gemini"] = GeminiResource(base_url=model_server.url, cache_database=str(database),
+                                             local_billing_folder=str(landing_root.parent / "billing"), **options)
     return resources
 
 
