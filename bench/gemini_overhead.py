@@ -33,6 +33,7 @@ from cost_pipeline.llm.prompts import cleaning_request, function_request
 from cost_pipeline.llm.tools import TOOLS
 from cost_pipeline.resources import CostSettings, LandingResource
 from cost_pipeline.storage.io_manager import DuckDBPartitionIOManager
+from cost_pipeline.storage.warehouse import DuckDBWarehouse
 from cost_pipeline.synthetic import generate
 
 DAY = date(2026, 11, 1)
@@ -95,7 +96,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder, running_local_server(ServerConfig()) as url:
         landing, database = Path(folder) / "landing", Path(folder) / "bench.duckdb"
         generate(landing, DAY, 1, args.turns, seed=7)
-        resources = {"io_manager": DuckDBPartitionIOManager(database=str(database)), "landing": LandingResource(root=str(landing))}
+        resources = {"io_manager": DuckDBPartitionIOManager(database=str(database)), "landing": LandingResource(root=str(landing)),
+                     "warehouse": DuckDBWarehouse(database=str(database))}
         dg.materialize(dg.load_assets_from_modules([ingest]), partition_key=str(DAY), resources=resources)
 
         gemini = GeminiResource(base_url=url, cache_database=str(database), max_concurrency=args.concurrency,

@@ -1,12 +1,15 @@
-"""Peak resident memory of a day's partition: ingest of 1M turns, and the Gemini stage.
+"""Peak resident memory of a whole day's graph (ingest, Gemini stage, rollup, checks) at several sizes.
 
-Each stage runs as a real Dagster materialization in a fresh child process (so one
-stage's memory does not hide another's) against the shipped zero-latency model
-server, and the child reports its own peak RSS. Running the Gemini stage on 1M turns
-takes about an hour on two cores; by default it runs on fewer turns and prints the
-memory per turn, which is what scales.
+Each size runs as one real Dagster materialization of the daily graph in a fresh child
+process (the project's in-process executor runs the whole graph in one process, so its
+peak is the step that needs most), against the shipped zero-latency model server, and
+the child reports its own peak RSS. The growth per 1,000 turns is the slope between the
+smallest and largest size: what a day costs in memory beyond the process's fixed size.
 
-    python bench/peak_rss.py [--ingest-turns 1000000] [--gemini-turns 50000]
+Goal: under 1.0 GB at 200,000 turns and under 0.5 MB of growth per 1,000 turns, so a
+1,000,000-turn day stays under 1.5 GB.
+
+    python bench/peak_rss.py [--sizes 50000,100000,200000]
 """
 
 import argparse
@@ -25,49 +28,60 @@ import json, resource, sys
 from pathlib import Path
 import dagster as dg
 from cost_pipeline.assets import ingest, turns
-from cost_pipeline.costs import rollups
+from cost_pipeline.costs import checks, rollups
 from cost_pipeline.llm.client import GeminiResource
 from cost_pipeline.resources import CostSettings, LandingResource
 from cost_pipeline.storage.io_manager import DuckDBPartitionIOManager
 from cost_pipeline.storage.warehouse import DuckDBWarehouse
 
-folder, stage, day, url = Path(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+folder, day, url = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
 database = str(folder / "bench.duckdb")
 resources = {"io_manager": DuckDBPartitionIOManager(database=database), "warehouse": DuckDBWarehouse(database=database),
              "landing": LandingResource(root=str(folder / "landing")), "costs": CostSettings(),
              "gemini": GeminiResource(base_url=url, cache_database=database, max_concurrency=64,
                                       requests_per_minute=100_000_000, tokens_per_minute=10_000_000_000)}
-everything = dg.load_assets_from_modules([ingest, turns, rollups])
-selection = {"ingest": ["raw_turns", "quarantined_turns"], "gemini": ["cleaned_turns", "function_calls", "llm_calls"]}[stage]
-result = dg.materialize(everything, partition_key=day, resources=resources, selection=selection)
+daily = ["raw_turns", "quarantined_turns", "cleaned_turns", "function_calls", "llm_calls", "daily_cost_rollup"]
+result = dg.materialize([*dg.load_assets_from_modules([ingest, turns, rollups]), *dg.load_asset_checks_from_modules([checks])],
+                        partition_key=day, resources=resources, selection=daily)
 assert result.success
 print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
 
 
-def run_stage(folder: Path, stage: str, url: str) -> tuple[float, float]:
+def run_day(folder: Path, url: str) -> tuple[float, float]:
+    """Peak RSS (MB) and wall time (s) of one child process running the whole daily graph."""
     started = time.perf_counter()
-    out = subprocess.run([sys.executable, "-c", CHILD, str(folder), stage, DAY.isoformat(), url],
-                         capture_output=True, text=True, check=True).stdout
-    return json.loads(out.strip().splitlines()[-1])["peak_rss_mb"], time.perf_counter() - started
+    run = subprocess.run([sys.executable, "-c", CHILD, str(folder), DAY.isoformat(), url], capture_output=True, text=True)
+    if run.returncode != 0:
+        raise SystemExit(f"the daily graph failed:\n{run.stderr[-3000:]}")
+    return json.loads(run.stdout.strip().splitlines()[-1])["peak_rss_mb"], time.perf_counter() - started
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
     from cost_pipeline.llm.local_server import ServerConfig, running_local_server
     from cost_pipeline.synthetic import generate
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--ingest-turns", type=int, default=1_000_000)
-    parser.add_argument("--gemini-turns", type=int, default=50_000)
-    args = parser.parse_args()
+    parser.add_argument("--sizes", default="50000,100000,200000", help="Turns per day, comma-separated, at least two.")
+    args = parser.parse_args(argv)
+    sizes = sorted(int(size) for size in args.sizes.split(","))
+    if len(sizes) < 2:
+        parser.error("give at least two sizes, so the growth per 1,000 turns can be measured")
+    peaks = {}
     with tempfile.TemporaryDirectory() as tmp, running_local_server(ServerConfig()) as url:
-        for stage, turns in (("ingest", args.ingest_turns), ("gemini", args.gemini_turns)):
-            folder = Path(tmp) / stage
+        for turns in sizes:
+            folder = Path(tmp) / str(turns)
             generate(folder / "landing", DAY, 1, turns, seed=7)
-            if stage == "gemini":
-                run_stage(folder, "ingest", url)
-            peak, seconds = run_stage(folder, stage, url)
-            print(f"{stage:<7} {turns:>9,} turns: peak RSS {peak:,.0f} MB ({peak * 1024 / turns:.1f} KB/turn), {seconds:.0f} s")
+            peak, seconds = run_day(folder, url)
+            peaks[turns] = peak
+            print(f"{turns:>9,} turns: peak RSS {peak:,.0f} MB for the whole daily graph, {seconds:.0f} s")
+    growth = (peaks[sizes[-1]] - peaks[sizes[0]]) / ((sizes[-1] - sizes[0]) / 1000)
+    projected = peaks[sizes[-1]] + growth * (1_000_000 - sizes[-1]) / 1000
+    print(f"growth {growth:.3f} MB per 1,000 turns (goal < 0.5); projected 1,000,000 turns: {projected:,.0f} MB")
+    figures = {"peak_rss_mb": {str(k): round(v, 1) for k, v in peaks.items()}, "growth_mb_per_1k_turns": round(growth, 4),
+               "projected_1m_mb": round(projected)}
+    print(json.dumps(figures))
+    return figures
 
 
 if __name__ == "__main__":

@@ -1,12 +1,16 @@
 """Reading and validating landing files: JSON Lines, one conversation turn a line.
 
 Validation is per line and never aborts a file: a bad line becomes a quarantine record
-with a readable reason, and every good line beside it survives. No Dagster here, so the
-rules are tested directly.
+with a readable reason, and every good line beside it survives. `LandingReader` streams
+a day line by line, so memory does not grow with the day's size beyond the duplicate
+check (a 16-byte digest per turn id and per position); `read_landing_day` collects a
+small day into lists. No Dagster here, so the rules are tested directly.
 """
 
+import hashlib
 import json
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 from pathlib import Path
@@ -96,26 +100,70 @@ def landing_folder(root: str | Path, day: date | str) -> Path:
 
 
 def read_landing_day(folder: Path, max_text_chars: int = DEFAULT_MAX_TEXT_CHARS) -> LandingDay:
-    """Validate every `*.jsonl` file of one day's folder, in name order."""
-    if not folder.is_dir():
-        raise LandingFolderMissing(f"landing folder {folder} does not exist")
-    day = LandingDay()
-    seen_ids: dict[str, str] = {}
-    seen_positions: dict[tuple[str, str, int], str] = {}
-    for path in sorted(folder.glob("*.jsonl")):
-        day.files.append(path.name)
-        for line_number, raw in enumerate(_lines(path.read_bytes()), start=1):
-            if not raw.strip():
-                continue
-            where = f"{path.name}:{line_number}"
-            try:
-                turn = parse_line(raw, path.name, line_number, max_text_chars)
-                _reject_duplicate(turn, where, seen_ids, seen_positions)
-            except InvalidLine as bad:
-                day.quarantined.append(QuarantinedLine(path.name, line_number, bad.code, str(bad), _preview(raw)))
-                continue
-            day.turns.append(turn)
+    """Validate every `*.jsonl` file of one day's folder, in name order, into lists (small days)."""
+    reader = LandingReader(folder, max_text_chars)
+    day = LandingDay(files=reader.files)
+    for item in reader:
+        (day.turns if isinstance(item, Turn) else day.quarantined).append(item)
     return day
+
+
+class LandingReader:
+    """One day's folder as a stream of `Turn`s and `QuarantinedLine`s, file by file in name order, line by line.
+
+    A turn id, or an (evaluation, conversation, index) position, seen before in the day
+    quarantines the later line, naming where the first one was.
+    """
+
+    def __init__(self, folder: Path, max_text_chars: int = DEFAULT_MAX_TEXT_CHARS):
+        if not folder.is_dir():
+            raise LandingFolderMissing(f"landing folder {folder} does not exist")
+        self.folder, self.max_text_chars = folder, max_text_chars
+        self.files: list[str] = []
+        # digest -> where first seen, packed as file index << 32 | line number
+        self._seen_ids: dict[bytes, int] = {}
+        self._seen_positions: dict[bytes, int] = {}
+
+    def __iter__(self) -> Iterator["Turn | QuarantinedLine"]:
+        for path in sorted(self.folder.glob("*.jsonl")):
+            self.files.append(path.name)
+            with path.open("rb") as handle:
+                for line_number, raw in enumerate(handle, start=1):
+                    raw = raw.removesuffix(b"\n").removesuffix(b"\r")
+                    if line_number == 1:
+                        raw = raw.removeprefix(b"\xef\xbb\xbf")
+                    if not raw.strip():
+                        continue
+                    try:
+                        turn = parse_line(raw, path.name, line_number, self.max_text_chars)
+                        self._reject_duplicate(turn, line_number)
+                    except InvalidLine as bad:
+                        yield QuarantinedLine(path.name, line_number, bad.code, str(bad), _preview(raw))
+                        continue
+                    yield turn
+
+    def _reject_duplicate(self, turn: Turn, line_number: int) -> None:
+        here = (len(self.files) - 1) << 32 | line_number
+        id_key = _digest(turn.turn_id)
+        position_key = _digest(f"{turn.evaluation_id}\x1f{turn.conversation_id}\x1f{turn.turn_index}")
+        if id_key in self._seen_ids:
+            raise InvalidLine("duplicate_turn_id", f"duplicate turn_id {turn.turn_id[:80]!r} "
+                                                   f"(first seen at {self._where(self._seen_ids[id_key])})")
+        if position_key in self._seen_positions:
+            raise InvalidLine(
+                "duplicate_turn",
+                f"duplicate turn {turn.turn_index} of conversation {turn.conversation_id[:80]!r} "
+                f"(first seen at {self._where(self._seen_positions[position_key])})"
+            )
+        self._seen_ids[id_key] = here
+        self._seen_positions[position_key] = here
+
+    def _where(self, packed: int) -> str:
+        return f"{self.files[packed >> 32]}:{packed & 0xFFFFFFFF}"
+
+
+def _digest(text: str) -> bytes:
+    return hashlib.blake2b(text.encode(), digest_size=16).digest()
 
 
 def parse_line(raw: bytes, source_file: str, line_number: int, max_text_chars: int) -> Turn:
@@ -171,32 +219,6 @@ def parse_line(raw: bytes, source_file: str, line_number: int, max_text_chars: i
         source_file=source_file,
         line_number=line_number,
     )
-
-
-def _lines(content: bytes) -> list[bytes]:
-    """Split on LF, tolerating a UTF-8 BOM and CRLF line ends."""
-    if content.startswith(b"\xef\xbb\xbf"):
-        content = content[3:]
-    return [line.removesuffix(b"\r") for line in content.split(b"\n")]
-
-
-def _reject_duplicate(
-    turn: Turn,
-    where: str,
-    seen_ids: dict[str, str],
-    seen_positions: dict[tuple[str, str, int], str],
-) -> None:
-    position = (turn.evaluation_id, turn.conversation_id, turn.turn_index)
-    if turn.turn_id in seen_ids:
-        raise InvalidLine("duplicate_turn_id", f"duplicate turn_id {turn.turn_id[:80]!r} (first seen at {seen_ids[turn.turn_id]})")
-    if position in seen_positions:
-        raise InvalidLine(
-            "duplicate_turn",
-            f"duplicate turn {turn.turn_index} of conversation {turn.conversation_id[:80]!r} "
-            f"(first seen at {seen_positions[position]})"
-        )
-    seen_ids[turn.turn_id] = where
-    seen_positions[position] = where
 
 
 def _non_empty_string(record: dict, name: str) -> str:

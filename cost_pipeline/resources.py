@@ -7,7 +7,9 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
-from cost_pipeline.landing import DEFAULT_MAX_TEXT_CHARS, LandingDay, LandingFolderMissing, landing_folder, read_landing_day
+from cost_pipeline.landing import (
+    DEFAULT_MAX_TEXT_CHARS, LandingFolderMissing, LandingReader, landing_folder,
+)
 from cost_pipeline.costs.pricing import PriceBook, parse_overrides
 
 
@@ -19,10 +21,11 @@ class LandingResource(dg.ConfigurableResource):
         default=DEFAULT_MAX_TEXT_CHARS, description="Turns with longer text are quarantined."
     )
 
-    def read_day(self, day: str) -> LandingDay:
+    def reader(self, day: str) -> LandingReader:
+        """The day as a stream of turns and quarantined lines, so a day of any size reads in flat memory."""
         folder = landing_folder(self.root, day)
         try:
-            return read_landing_day(folder, self.max_text_chars)
+            return LandingReader(folder, self.max_text_chars)
         except LandingFolderMissing:
             raise LandingFolderMissing(
                 f"No landing folder for partition {day}: expected {folder.resolve()} "

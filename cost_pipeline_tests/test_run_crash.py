@@ -11,6 +11,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
+from cost_pipeline.storage.staging import staging_root
 from cost_pipeline.synthetic import generate
 
 from .conftest import REPO, dagster_home
@@ -46,6 +47,7 @@ def test_killing_a_run_mid_flight_leaves_old_or_new_partitions_never_a_mix(tmp_p
     assert start_run(env, tmp_path).wait(timeout=300) == 0
     states = [partition_state(database)]
     generate(landing_root, DAY, days=1, turns_per_day=700, seed=2)
+    left_behind = []
     for delay in (4.0, 7.0, 10.0, 13.0):
         run = start_run(env, tmp_path)
         time.sleep(delay)
@@ -59,8 +61,12 @@ def test_killing_a_run_mid_flight_leaves_old_or_new_partitions_never_a_mix(tmp_p
         assert state["raw_turns"][0] in (300, 700) and state["cleaned_turns"][0] in (300, 700)
         assert state["llm_calls"][1] == state["cleaned_turns"][1] == state["function_calls"][1]
         states.append(state)
+        left_behind.append(len(list(staging_root(database).iterdir())) if staging_root(database).exists() else 0)
     assert states[1]["cleaned_turns"][0] == 300, "the first kill came before the run could commit anything"
+    assert max(left_behind) >= 1, "no kill landed while a step was staging rows; the cleanup below proves nothing"
     assert start_run(env, tmp_path).wait(timeout=300) == 0
     final = partition_state(database)
     assert final["raw_turns"][0] == 700 and final["cleaned_turns"][0] == 700
     assert len({tuple(final[t][1]) for t in BATCHES[1]}) == 1
+    # The killed runs' staging was never read as data (the counts above) and is gone now.
+    assert not any(staging_root(database).iterdir())

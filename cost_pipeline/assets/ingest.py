@@ -1,7 +1,9 @@
 """raw_turns and quarantined_turns: a day's landing files, validated line by line.
 
 Both tables come from one step and are committed in one transaction, so a day's good
-and quarantined lines always add up to the lines that landed.
+and quarantined lines always add up to the lines that landed. The day streams from the
+landing files to Parquet staging chunk by chunk (`storage.staging`), so a day of any
+size validates in flat memory; the IO manager inserts the staged rows at commit.
 """
 
 from collections import Counter
@@ -9,10 +11,13 @@ from collections import Counter
 import dagster as dg
 import pandas as pd
 
-from cost_pipeline.landing import LandingDay
+from cost_pipeline.landing import Turn
 from cost_pipeline.markdown import markdown_table
 from cost_pipeline.partitions import DUCKDB_POOL, daily_partitions
 from cost_pipeline.resources import LandingResource
+from cost_pipeline.storage.io_manager import column_types
+from cost_pipeline.storage.staging import StagedTable, StagingArea, query_staged, staging_name, staging_root
+from cost_pipeline.storage.warehouse import DuckDBWarehouse
 
 RAW_TURNS_SCHEMA = dg.TableSchema(
     columns=[
@@ -56,34 +61,43 @@ QUARANTINE_PREVIEW_ROWS = 20
     group_name="ingest",
     pool=DUCKDB_POOL,
 )
-def landed_turns(context: dg.AssetExecutionContext, landing: LandingResource):
+def landed_turns(context: dg.AssetExecutionContext, landing: LandingResource, warehouse: DuckDBWarehouse):
     """Validate the day's landing files into raw_turns and quarantined_turns."""
-    day = landing.read_day(context.partition_key)
-    turns = day.turns_frame()
-    quarantined = day.quarantine_frame()
-    context.add_output_metadata(_turn_metadata(day, turns), output_name="raw_turns")
-    context.add_output_metadata(_quarantine_metadata(quarantined), output_name="quarantined_turns")
-    if len(quarantined):
-        context.log.warning(f"{len(quarantined)} of {len(turns) + len(quarantined)} lines quarantined")
-    return turns, quarantined
+    reader = landing.reader(context.partition_key)
+    area = StagingArea(staging_root(warehouse.database), staging_name(context.run.run_id, "landed_turns"))
+    turns = area.writer("raw_turns", column_types(RAW_TURNS_SCHEMA))
+    quarantine = area.writer("quarantined_turns", column_types(QUARANTINED_TURNS_SCHEMA))
+    reasons: Counter = Counter()
+    preview: list[dict] = []
+    for item in reader:
+        if isinstance(item, Turn):
+            turns.append(item.__dict__)
+            continue
+        quarantine.append(item.__dict__)
+        reasons[item.reason_code] += 1
+        if len(preview) < QUARANTINE_PREVIEW_ROWS:
+            preview.append(item.__dict__)
+    staged_turns, staged_quarantine = turns.close(), quarantine.close()
+    context.add_output_metadata(_turn_metadata(staged_turns, len(reader.files), staged_quarantine.rows),
+                                output_name="raw_turns")
+    context.add_output_metadata(_quarantine_metadata(reasons, preview), output_name="quarantined_turns")
+    if staged_quarantine.rows:
+        context.log.warning(f"{staged_quarantine.rows} of {staged_turns.rows + staged_quarantine.rows} lines quarantined")
+    return staged_turns, staged_quarantine
 
 
-def _turn_metadata(day: LandingDay, turns: pd.DataFrame) -> dict:
-    return {
-        "rows": len(turns),
-        "quarantined": len(day.quarantined),
-        "evaluations": int(turns["evaluation_id"].nunique()),
-        "conversations": int(turns[["evaluation_id", "conversation_id"]].drop_duplicates().shape[0]),
-        "files": len(day.files),
-        "user_turns": int((turns["speaker"] == "User").sum()),
-    }
+def _turn_metadata(turns: StagedTable, files: int, quarantined: int) -> dict:
+    ((evaluations, conversations, user_turns),) = query_staged(
+        "SELECT count(DISTINCT evaluation_id), count(DISTINCT (evaluation_id, conversation_id)), "
+        "count(*) FILTER (WHERE speaker = 'User') FROM turns", turns=turns)
+    return {"rows": turns.rows, "quarantined": quarantined, "evaluations": evaluations, "conversations": conversations,
+            "files": files, "user_turns": user_turns}
 
 
-def _quarantine_metadata(quarantined: pd.DataFrame) -> dict:
-    metadata: dict = {"rows": len(quarantined)}
-    if len(quarantined):
-        kinds = Counter(quarantined["reason_code"])
-        metadata["reasons"] = dg.MetadataValue.json(dict(kinds.most_common()))
+def _quarantine_metadata(reasons: Counter, preview: list[dict]) -> dict:
+    metadata: dict = {"rows": sum(reasons.values())}
+    if reasons:
+        metadata["reasons"] = dg.MetadataValue.json(dict(reasons.most_common()))
         metadata["preview"] = dg.MetadataValue.md(
-            markdown_table(quarantined[["source_file", "line_number", "reason"]], QUARANTINE_PREVIEW_ROWS))
+            markdown_table(pd.DataFrame(preview)[["source_file", "line_number", "reason"]], QUARANTINE_PREVIEW_ROWS))
     return metadata

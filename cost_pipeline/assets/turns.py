@@ -2,29 +2,37 @@
 
 The three tables are outputs of one step and the IO manager commits them in a single
 transaction, so a day's turns, decisions and the calls that paid for them always come
-from the same run. New response-cache entries are written first, so a run that fails
-after paying for answers does not pay for them again; while the day runs, answers and
-attempts are checkpointed every few seconds (`costs/checkpoints.py`), so a killed run's
-re-run pays only for the calls it had not made.
+from the same run. The day streams: its raw turns are exported once to Parquet and read
+back a chunk of conversations at a time (`storage/day_turns.py`), at most
+`conversations_in_flight` conversations run at once, and each finished chunk of rows is
+priced and staged as Parquet (`storage/staging.py`); the commit inserts the staged rows,
+so memory holds the window, not the day. New response-cache entries are written first,
+so a run that fails after paying for answers does not pay for them again; while the day
+runs, answers and attempts are checkpointed every few seconds (`costs/checkpoints.py`),
+so a killed run's re-run pays only for the calls it had not made, and its staging is
+removed by the next run, never read.
 """
 
 import asyncio
 
 import dagster as dg
-import numpy as np
 import pandas as pd
 from pydantic import Field
 
 from cost_pipeline.costs.checkpoints import Checkpoints
 from cost_pipeline.costs.ledger import AttemptSpool, load_spools, spool_folder
+from cost_pipeline.costs.pricing import MISSING, MONEY_SQL_TYPE, ZERO, PriceBook, price_calls
 from cost_pipeline.llm.cache import ResponseCache
 from cost_pipeline.llm.client import FAILED, GeminiResource
-from cost_pipeline.llm.processing import DayResult, call_id, long_lived_objects_frozen, process_day, text_hash
-from cost_pipeline.markdown import markdown_table
+from cost_pipeline.llm.processing import call_id, long_lived_objects_frozen, process_day
 from cost_pipeline.llm.usage import SAVED_FIELDS, TOKEN_FIELDS
+from cost_pipeline.markdown import markdown_table
 from cost_pipeline.partitions import daily_partitions
-from cost_pipeline.costs.pricing import MISSING, MONEY_SQL_TYPE, ZERO, price_calls
 from cost_pipeline.resources import CostSettings
+from cost_pipeline.storage.day_turns import conversation_chunks, export_day_turns
+from cost_pipeline.storage.io_manager import column_types
+from cost_pipeline.storage.staging import StagedTable, StagingArea, query_staged, staging_name, staging_root
+from cost_pipeline.storage.warehouse import DuckDBWarehouse
 
 _ID_COLUMNS = [
     dg.TableColumn("turn_id", "VARCHAR"),
@@ -114,6 +122,10 @@ class GeminiStageConfig(dg.Config):
     checkpoint_every_s: float = Field(
         default=5.0, description="Write paid answers and attempts this often while the day runs, so a killed run's "
                                  "re-run pays only for the calls it had not made.")
+    conversations_in_flight: int = Field(
+        default=512, description="Conversations running at once: bounds memory; keep it well above max_concurrency.")
+    chunk_turns: int = Field(default=2048, description="Turns read (and cache entries loaded) per chunk of conversations.")
+    staged_chunk_rows: int = Field(default=4096, description="Rows priced and staged to Parquet per chunk.")
 
 
 def _out(description: str, schema: dg.TableSchema) -> dg.AssetOut:
@@ -128,74 +140,128 @@ def _out(description: str, schema: dg.TableSchema) -> dg.AssetOut:
     },
     partitions_def=daily_partitions,
     group_name="gemini",
+    # raw_turns is read by the step itself, in chunks (storage/day_turns.py), never loaded whole as an input.
+    deps=[dg.AssetKey("raw_turns")],
     # No `duckdb` pool slot: the step spends its time waiting on Gemini and holds the file
     # only for its short checkpoint and commit transactions, which wait out the lock, so
     # the days of a backfill call Gemini side by side.
 )
 def turns_through_gemini(context: dg.AssetExecutionContext, config: GeminiStageConfig, gemini: GeminiResource,
-                         costs: CostSettings, raw_turns: pd.DataFrame):
+                         costs: CostSettings, warehouse: DuckDBWarehouse):
     """Clean the day's turns and decide function calls with Gemini, accounting for every call."""
     database, book = gemini.database(), costs.price_book()
     load_spools(database, book, log=context.log.warning)
+    area = StagingArea(staging_root(warehouse.database), staging_name(context.run.run_id, "turns_through_gemini"))
+    try:
+        return _through_gemini(context, config, gemini, book, warehouse, area)
+    except BaseException:
+        area.discard()
+        raise
+
+
+def _through_gemini(context: dg.AssetExecutionContext, config: GeminiStageConfig, gemini: GeminiResource,
+                    book: PriceBook, warehouse: DuckDBWarehouse, area: StagingArea):
+    database = gemini.database()
+    turns_file = area.folder / "day_turns.parquet"
+    total = export_day_turns(warehouse.database, context.partition_key, turns_file, warehouse.lock_timeout_s)
     cache = ResponseCache(database, gemini.cache_enabled)
-    loaded = cache.load([text_hash(text) for text in raw_turns["text"]])
     spool = AttemptSpool(spool_folder(database), context.run.run_id)
     checkpoints = Checkpoints(database, cache, spool, book, context.log.warning, config.checkpoint_every_s)
+    day = StagedDay(area, book, config.staged_chunk_rows)
     try:
         with long_lived_objects_frozen():
-            result, stats, latencies = asyncio.run(
-                _run_day(raw_turns, gemini, cache, spool, checkpoints, context, config.progress_every))
+            elapsed, stats = asyncio.run(_run_day(
+                conversation_chunks(turns_file, config.chunk_turns), total, gemini, cache, spool, checkpoints, day,
+                context, config))
     finally:
         # Paid for, whatever happens next: attempts to the ledger first (money), then answers to the cache.
         ledger_rows, written = checkpoints.finish()
-    calls = _frame(price_calls(result.calls.frame(), book), LLM_CALLS_SCHEMA, ["turn_id", "stage"])
-    cleaned = _frame(_with_turn_costs(result.cleaned.frame(), calls), CLEANED_TURNS_SCHEMA, ["conversation_id", "turn_index"])
-    functions = _frame(result.functions.frame(), FUNCTION_CALLS_SCHEMA, ["conversation_id", "turn_index"])
+    turns_file.unlink()
+    cleaned, functions, calls = day.close()
     context.log_event(dg.AssetMaterialization(
         asset_key=LLM_ATTEMPTS, partition=context.partition_key,
         description=f"{ledger_rows} attempts appended by run {context.run.run_id}",
         metadata={"attempts_appended": ledger_rows, "rejected_attempts": int(stats["rejected"]),
                   "endpoint": gemini.endpoint_id()}))
-    missing = sorted(calls.loc[calls["price_status"] == MISSING, "model"].unique())
-    if missing:
-        context.log.warning(f"no price for model(s) {', '.join(missing)}: their calls carry price_status 'missing' and null costs")
-
-    failed = int((calls["status"] == FAILED).sum())
+    summary = _call_summary(calls)
+    if summary["missing_price_models"]:
+        context.log.warning(f"no price for model(s) {summary['missing_price_models']}: their calls carry price_status "
+                            "'missing' and null costs")
     if stats["estimated"]:
         context.log.warning(f"{stats['estimated']} responses carried no usage metadata; their usage is estimated")
-    if len(calls) and failed / len(calls) > config.max_failure_share:
+    failed = summary["failures"]
+    if summary["calls"] and failed / summary["calls"] > config.max_failure_share:
         raise dg.Failure(
-            description=f"{failed} of {len(calls)} Gemini calls failed, over the limit of {config.max_failure_share:.0%}; "
-            "nothing was written for this partition (its billed attempts are in llm_attempts)",
-            metadata={"failed_calls": failed, "calls": len(calls),
+            description=f"{failed} of {summary['calls']} Gemini calls failed, over the limit of "
+            f"{config.max_failure_share:.0%}; nothing was written for this partition (its billed attempts are in "
+            "llm_attempts)",
+            metadata={"failed_calls": failed, "calls": summary["calls"],
                       "first_errors": dg.MetadataValue.md(_error_table(calls))},
         )
     context.add_output_metadata(_cleaned_metadata(cleaned), output_name="cleaned_turns")
     context.add_output_metadata(_function_metadata(functions), output_name="function_calls")
     context.add_output_metadata(
-        {**_call_metadata(calls, stats, latencies, result, cache_loaded=loaded, cache_written=written,
-                        checkpoints=checkpoints.count),
-         "endpoint": gemini.endpoint_id()}, output_name="llm_calls"
-    )
+        {**_call_metadata(calls, summary, stats, total, elapsed, written, checkpoints.count),
+         "endpoint": gemini.endpoint_id()}, output_name="llm_calls")
     return cleaned, functions, calls
 
 
-async def _run_day(turns: pd.DataFrame, gemini: GeminiResource, cache: ResponseCache, spool: AttemptSpool,
-                   checkpoints: Checkpoints, context: dg.AssetExecutionContext, progress_every: int):
+async def _run_day(chunks, total: int, gemini: GeminiResource, cache: ResponseCache, spool: AttemptSpool,
+                   checkpoints: Checkpoints, day: "StagedDay", context: dg.AssetExecutionContext,
+                   config: GeminiStageConfig):
     session = gemini.session(cache, spool, context.run.run_id, context.partition_key)
     periodic = asyncio.create_task(checkpoints.run_periodically())
     try:
-        result = await process_day(turns, session, context.log.info, progress_every)
+        elapsed = await process_day(chunks, session, day, context.log.info, config.progress_every, total,
+                                    config.conversations_in_flight)
     finally:
         checkpoints.stop()
         await periodic
         await session.aclose()
-    return result, session.stats, session.latencies_ms
+    return elapsed, session.stats
 
 
-def _frame(rows: pd.DataFrame, schema: dg.TableSchema, order: list[str]) -> pd.DataFrame:
-    """The schema's columns in its order (absent ones empty), sorted so re-runs write identical rows."""
-    return rows.reindex(columns=[c.name for c in schema.columns]).sort_values(order, ignore_index=True)
+class StagedDay:
+    """Takes finished conversations' rows, and every `chunk_rows` calls prices them and stages all three tables.
+
+    A conversation's rows arrive together, so a chunk holds every call of its turns and
+    each cleaned turn's cost is complete when it is staged.
+    """
+
+    def __init__(self, area: StagingArea, book: PriceBook, chunk_rows: int):
+        self.book, self.chunk_rows = book, chunk_rows
+        self.writers = {name: area.writer(name, column_types(schema), chunk_rows) for name, schema in
+                        (("cleaned_turns", CLEANED_TURNS_SCHEMA), ("function_calls", FUNCTION_CALLS_SCHEMA),
+                         ("llm_calls", LLM_CALLS_SCHEMA))}
+        self._cleaned: list[dict] = []
+        self._functions: list[dict] = []
+        self._calls: list[dict] = []
+
+    def __call__(self, cleaned: list[dict], functions: list[dict], calls: list[dict]) -> None:
+        self._cleaned += cleaned
+        self._functions += functions
+        self._calls += calls
+        if len(self._calls) >= self.chunk_rows:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._calls:
+            return
+        calls = _frame(price_calls(pd.DataFrame(self._calls), self.book), LLM_CALLS_SCHEMA)
+        self.writers["llm_calls"].write_frame(calls)
+        self.writers["cleaned_turns"].write_frame(
+            _frame(_with_turn_costs(pd.DataFrame(self._cleaned), calls), CLEANED_TURNS_SCHEMA))
+        self.writers["function_calls"].write_frame(_frame(pd.DataFrame(self._functions), FUNCTION_CALLS_SCHEMA))
+        self._cleaned, self._functions, self._calls = [], [], []
+
+    def close(self) -> tuple[StagedTable, StagedTable, StagedTable]:
+        self.flush()
+        return self.writers["cleaned_turns"].close(), self.writers["function_calls"].close(), self.writers["llm_calls"].close()
+
+
+def _frame(rows: pd.DataFrame, schema: dg.TableSchema) -> pd.DataFrame:
+    """The schema's columns in its order (absent ones empty)."""
+    return rows.reindex(columns=[c.name for c in schema.columns])
 
 
 def _with_turn_costs(cleaned: pd.DataFrame, calls: pd.DataFrame) -> pd.DataFrame:
@@ -207,46 +273,62 @@ def _with_turn_costs(cleaned: pd.DataFrame, calls: pd.DataFrame) -> pd.DataFrame
     return cleaned.assign(cleaning_cost_usd=cleaning, function_cost_usd=function, total_cost_usd=total)
 
 
-def _cleaned_metadata(cleaned: pd.DataFrame) -> dict:
-    ok = cleaned[cleaned["status"] != FAILED]
-    return {
-        "rows": len(cleaned),
-        "failed": int((cleaned["status"] == FAILED).sum()),
-        "mean_confidence": float(ok["confidence"].mean()) if len(ok) else 0.0,
-        "changed_turns": int((ok["cleaned_text"] != ok["raw_text"]).sum()),
-    }
+def _cleaned_metadata(cleaned: StagedTable) -> dict:
+    ((rows, failed, mean_confidence, changed),) = query_staged(f"""
+        SELECT count(*), count(*) FILTER (WHERE status = '{FAILED}'),
+               coalesce(avg(confidence) FILTER (WHERE status != '{FAILED}'), 0),
+               count(*) FILTER (WHERE status != '{FAILED}' AND cleaned_text != raw_text)
+        FROM cleaned""", cleaned=cleaned)
+    return {"rows": rows, "failed": failed, "mean_confidence": float(mean_confidence), "changed_turns": changed}
 
 
-def _function_metadata(functions: pd.DataFrame) -> dict:
-    counts = functions["function_name"].fillna("(no call)").value_counts().rename_axis("function").reset_index(name="decisions")
-    table = markdown_table(counts)
-    return {
-        "rows": len(functions),
-        "with_call": int(functions["function_name"].notna().sum()),
-        "failed": int((functions["status"] == FAILED).sum()),
-        "by_function": dg.MetadataValue.md(table),
-    }
+def _function_metadata(functions: StagedTable) -> dict:
+    ((rows, with_call, failed),) = query_staged(
+        f"SELECT count(*), count(function_name), count(*) FILTER (WHERE status = '{FAILED}') FROM functions",
+        functions=functions)
+    counts = pd.DataFrame(query_staged(
+        "SELECT coalesce(function_name, '(no call)') AS function, count(*) AS decisions FROM functions "
+        "GROUP BY ALL ORDER BY decisions DESC, function", functions=functions), columns=["function", "decisions"])
+    return {"rows": rows, "with_call": with_call, "failed": failed, "by_function": dg.MetadataValue.md(markdown_table(counts))}
 
 
-def _call_metadata(calls: pd.DataFrame, stats, latencies: list[float], result: DayResult, cache_loaded: int,
-                   cache_written: int, checkpoints: int) -> dict:
-    turns = len(result.cleaned)
+_SUMMED = [*_TOKEN_COLUMNS, "rejected_attempts", "billing_unknown_attempts"]
+
+
+def _call_summary(calls: StagedTable) -> dict:
+    """The day's calls in one pass over the staged rows: counts, token sums, latency percentiles, unpriced models."""
+    names = ["calls", "cache_hits", "failures", "estimated_usage_calls", *_SUMMED, "saved_tokens",
+             "latency_p50_ms", "latency_p95_ms", "missing_price_models"]
+    (values,) = query_staged(f"""
+        SELECT count(*), count(*) FILTER (WHERE cache_hit), count(*) FILTER (WHERE status = '{FAILED}'),
+               count(*) FILTER (WHERE usage_source = 'estimated'),
+               {", ".join(f"coalesce(sum({name}), 0)::BIGINT" for name in _SUMMED)},
+               coalesce(sum({" + ".join(_SAVED_COLUMNS)}), 0)::BIGINT,
+               coalesce(quantile_cont(latency_ms, 0.5) FILTER (WHERE NOT cache_hit AND status = 'ok'), 0),
+               coalesce(quantile_cont(latency_ms, 0.95) FILTER (WHERE NOT cache_hit AND status = 'ok'), 0),
+               coalesce(string_agg(DISTINCT model, ', ' ORDER BY model) FILTER (WHERE price_status = '{MISSING}'), '')
+        FROM calls""", calls=calls)
+    return dict(zip(names, values))
+
+
+def _call_metadata(calls: StagedTable, summary: dict, stats, turns: int, elapsed_s: float, cache_written: int,
+                   checkpoints: int) -> dict:
     metadata = {
-        "calls": len(calls),
+        "calls": summary["calls"],
         "api_calls": int(stats["api_calls"]),
-        "cache_hits": int(calls["cache_hit"].sum()),
+        "cache_hits": summary["cache_hits"],
         "retries": int(stats["retries"]),
-        "failures": int((calls["status"] == FAILED).sum()),
-        "rejected_attempts": int(calls["rejected_attempts"].sum()),
-        "billing_unknown_attempts": int(calls["billing_unknown_attempts"].sum()),
-        "estimated_usage_calls": int((calls["usage_source"] == "estimated").sum()),
-        **{name: int(calls[name].sum()) for name in _TOKEN_COLUMNS},
-        "saved_tokens": int(calls[_SAVED_COLUMNS].sum().sum()),
-        "latency_p50_ms": float(np.percentile(latencies, 50)) if latencies else 0.0,
-        "latency_p95_ms": float(np.percentile(latencies, 95)) if latencies else 0.0,
-        "turns_per_second": turns / result.elapsed_s if result.elapsed_s else 0.0,
-        "elapsed_s": result.elapsed_s,
-        "cache_entries_loaded": cache_loaded,
+        "failures": summary["failures"],
+        "rejected_attempts": summary["rejected_attempts"],
+        "billing_unknown_attempts": summary["billing_unknown_attempts"],
+        "estimated_usage_calls": summary["estimated_usage_calls"],
+        **{name: summary[name] for name in _TOKEN_COLUMNS},
+        "saved_tokens": summary["saved_tokens"],
+        "latency_p50_ms": float(summary["latency_p50_ms"]),
+        "latency_p95_ms": float(summary["latency_p95_ms"]),
+        "turns_per_second": turns / elapsed_s if elapsed_s else 0.0,
+        "elapsed_s": elapsed_s,
+        "cache_entries_loaded": int(stats["cache_entries_loaded"]),
         "cache_entries_written": cache_written,
         "checkpoints": checkpoints,
     }
@@ -255,5 +337,7 @@ def _call_metadata(calls: pd.DataFrame, stats, latencies: list[float], result: D
     return metadata
 
 
-def _error_table(calls: pd.DataFrame, limit: int = 10) -> str:
-    return markdown_table(calls.loc[calls["status"] == FAILED, ["turn_id", "stage", "error"]], limit)
+def _error_table(calls: StagedTable, limit: int = 10) -> str:
+    rows = query_staged(f"SELECT turn_id, stage, error FROM calls WHERE status = '{FAILED}' ORDER BY turn_id, stage "
+                        f"LIMIT {limit}", calls=calls)
+    return markdown_table(pd.DataFrame(rows, columns=["turn_id", "stage", "error"]), limit)

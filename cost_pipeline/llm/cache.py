@@ -2,7 +2,8 @@
 
 Entries live in the DuckDB table `llm_response_cache`, keyed by the request hash
 (model, system instruction, tools, contents, generation config). A run loads only
-the entries whose turn text it is about to send, serves hits from memory, and writes
+the entries whose turn text it is about to send (chunk by chunk), serves hits from
+memory, keeps at most `max_entries` of them (the oldest go first), and writes
 its new entries in short transactions while it runs (the Gemini step checkpoints every
 few seconds) and once more when its calls are done, before its outputs are committed:
 a paid answer is remembered even if the run later fails or is killed, except those of
@@ -46,9 +47,10 @@ class CachedResponse:
 class ResponseCache:
     """In-memory view of the cache for one run, loaded by turn text and written as it grows."""
 
-    def __init__(self, database: str | Path, enabled: bool = True):
+    def __init__(self, database: str | Path, enabled: bool = True, max_entries: int = 20_000):
         self.database = Path(database)
         self.enabled = enabled
+        self.max_entries = max_entries
         self._entries: dict[str, CachedResponse] = {}
         self._new: list[dict] = []
 
@@ -56,7 +58,9 @@ class ResponseCache:
         """Load the entries for these turn texts; returns how many were found."""
         if not self.enabled or not text_hashes or not self.database.exists():
             return 0
-        with connect(self.database, read_only=True) as connection:
+        # Not read-only: the checkpoint thread may be writing the same file from this process, and DuckDB refuses
+        # two connections of one process to one file with different configurations.
+        with connect(self.database) as connection:
             if not table_exists(connection, "main", TABLE):
                 return 0
             rows = connection.execute(
@@ -66,8 +70,16 @@ class ResponseCache:
             ).fetchall()
         for request_hash, result_json, *counts, source in rows:
             usage = Usage(**dict(zip(USAGE_FIELDS, (int(c or 0) for c in counts))), source=source)
-            self._entries[request_hash] = CachedResponse(json.loads(result_json), usage)
+            self._remember(request_hash, CachedResponse(json.loads(result_json), usage))
         return len(rows)
+
+    def _remember(self, request_hash: str, response: CachedResponse) -> None:
+        """Keep an entry in memory, forgetting the oldest beyond `max_entries` (they stay in the table)."""
+        entries = self._entries
+        entries.pop(request_hash, None)
+        entries[request_hash] = response
+        while len(entries) > self.max_entries:
+            del entries[next(iter(entries))]
 
     def get(self, request_hash: str) -> CachedResponse | None:
         return self._entries.get(request_hash) if self.enabled else None
@@ -75,7 +87,7 @@ class ResponseCache:
     def put(self, request_hash: str, text_hash: str, stage: str, model: str, result: dict, usage: Usage) -> None:
         if not self.enabled or usage.source == CACHE:
             return
-        self._entries[request_hash] = CachedResponse(result, usage)
+        self._remember(request_hash, CachedResponse(result, usage))
         self._new.append({
             "request_hash": request_hash, "text_hash": text_hash, "stage": stage, "model": model,
             "result_json": json.dumps(result, sort_keys=True),

@@ -228,7 +228,6 @@ class GeminiSession:
         self.backoff = tenacity.wait_exponential_jitter(initial=settings.initial_backoff_s, max=settings.max_backoff_s)
         self.inflight: dict[str, asyncio.Future] = {}
         self.stats: Counter = Counter()
-        self.latencies_ms: list[float] = []
         self._configs: dict[tuple, types.GenerateContentConfig] = {}
 
     async def call(self, request: LlmRequest, text_hash: str, tag: CallTag) -> CallOutcome:
@@ -343,7 +342,6 @@ class GeminiSession:
         if error is not None:
             stats["failures"] += 1
             return CallOutcome(request_hash, request.stage, request.model, FAILED, None, usage, error=error, **common)
-        self.latencies_ms.append(last.latency_ms)
         return CallOutcome(request_hash, request.stage, request.model, OK, verdict.result, usage, saved=last.usage, **common)
 
     def _wait(self, state: tenacity.RetryCallState) -> float:

@@ -1,11 +1,14 @@
 """A day of turns through Gemini: cleaning in conversation order, function decisions, one row per call.
 
-Each conversation is one asyncio task that cleans its turns in order, holding the
-earlier cleaned turns in memory as context; conversations run concurrently and the
-session's semaphore and rate limiters bound what is in flight. A user turn's function
-decision starts as soon as the turn is clean and does not hold up the next turn.
-Every turn gets a cleaned row (`ok`, or `failed` with the error), and every call a
-usage row. No Dagster here: the asset wires it in.
+Conversations arrive as a stream of chunks (a day is never one list in memory). Each
+conversation is one asyncio task that cleans its turns in order, holding its earlier
+cleaned turns as context; at most `window` conversations are in flight, and the
+session's semaphore and rate limiters bound the calls. A user turn's function decision
+starts as soon as the turn is clean and does not hold up the next turn. When a
+conversation ends, its rows go to the sink together: every turn a cleaned row (`ok`, or
+`failed` with the error), every user turn's decision, every call a usage row. Before a
+chunk's conversations start, the response cache loads the entries for its texts. So
+memory holds the window, not the day. No Dagster here: the asset wires it in.
 """
 
 import asyncio
@@ -14,12 +17,9 @@ import hashlib
 import json
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
-
-import pandas as pd
 
 from cost_pipeline.llm.client import OK, CallOutcome, CallTag, GeminiSession
 from cost_pipeline.llm.prompts import cleaning_request, function_request
@@ -29,33 +29,9 @@ CALL_PHASE_GC_THRESHOLDS = (100_000, 50, 1_000)
 CALL_ID_NAMESPACE = uuid.UUID("0c7d3e3a-58c4-4d0e-9a6e-4a1f6c2b9e55")
 
 
-class Columns:
-    """Rows kept column by column: a day's rows cost a pointer per field, not a dict each."""
-
-    def __init__(self) -> None:
-        self.data: dict[str, list] = {}
-        self.rows = 0
-
-    def append(self, row: dict) -> None:
-        if not self.data:
-            self.data = {key: [] for key in row}
-        for key, value in row.items():
-            self.data[key].append(value)
-        self.rows += 1
-
-    def __len__(self) -> int:
-        return self.rows
-
-    def frame(self) -> pd.DataFrame:
-        return pd.DataFrame(self.data)
-
-
-@dataclass
-class DayResult:
-    cleaned: Columns = field(default_factory=Columns)
-    functions: Columns = field(default_factory=Columns)
-    calls: Columns = field(default_factory=Columns)
-    elapsed_s: float = 0.0
+Conversation = list[dict]
+RowSink = Callable[[list[dict], list[dict], list[dict]], None]
+"""Takes a finished conversation's (cleaned, function, call) rows."""
 
 
 def text_hash(text: str) -> str:
@@ -88,22 +64,49 @@ def long_lived_objects_frozen() -> Iterator[None]:
         gc.unfreeze()
 
 
-async def process_day(turns: pd.DataFrame, session: GeminiSession, progress: Callable[[str], None],
-                      progress_every: int = 500) -> DayResult:
-    """Clean every turn and decide functions for user turns; returns all rows."""
-    result = DayResult()
-    tracker = _Progress(session, progress, progress_every, total=len(turns))
-    ordered = turns.sort_values(["evaluation_id", "conversation_id", "turn_index"])
-    conversations = [group.to_dict("records") for _, group in ordered.groupby(["evaluation_id", "conversation_id"], sort=False)]
-    await asyncio.gather(*(_conversation(records, session, result, tracker) for records in conversations))
-    result.elapsed_s = tracker.elapsed()
-    return result
+async def process_day(chunks: Iterable[list[Conversation]], session: GeminiSession, sink: RowSink,
+                      progress: Callable[[str], None], progress_every: int = 500, total_turns: int = 0,
+                      window: int = 256) -> float:
+    """Clean every turn and decide functions for user turns, chunk by chunk; returns the seconds it took.
+
+    Each conversation's turns must be in order and a conversation whole within one chunk.
+    """
+    tracker = _Progress(session, progress, progress_every, total=total_turns)
+    slots = asyncio.Semaphore(window)
+    running: set[asyncio.Task] = set()
+    failures: list[BaseException] = []
+
+    def finished(task: asyncio.Task) -> None:
+        running.discard(task)
+        slots.release()
+        if not task.cancelled() and task.exception() is not None:
+            failures.append(task.exception())
+
+    for chunk in chunks:
+        texts = [text_hash(turn["text"]) for conversation in chunk for turn in conversation]
+        session.stats["cache_entries_loaded"] += await asyncio.to_thread(session.cache.load, texts)
+        for conversation in chunk:
+            await slots.acquire()
+            if failures:
+                break
+            task = asyncio.create_task(_conversation(conversation, session, sink, tracker))
+            running.add(task)
+            task.add_done_callback(finished)
+        if failures:
+            break
+    if running:
+        await asyncio.wait(set(running))
+    if failures:
+        raise failures[0]
+    return tracker.elapsed()
 
 
-async def _conversation(turns: list[dict], session: GeminiSession, result: DayResult, tracker: "_Progress") -> None:
+async def _conversation(turns: Conversation, session: GeminiSession, sink: RowSink, tracker: "_Progress") -> None:
     settings = session.settings
     context: list[tuple[str, str]] = []
+    cleaned_rows: list[dict] = []
     decisions = []
+    call_rows: list[dict] = []
     for turn in turns:
         raw_hash = text_hash(turn["text"])
         started = time.perf_counter()
@@ -112,21 +115,25 @@ async def _conversation(turns: list[dict], session: GeminiSession, result: DayRe
                                    settings.thinking_budget)
         outcome = await session.call(request, raw_hash, _tag(turn, "clean"))
         cleaned = outcome.result["cleaned_text"] if outcome.status == OK else None
-        result.cleaned.append(_cleaned_row(turn, outcome, cleaned, _ms_since(started)))
-        result.calls.append(_call_row(turn, outcome, "clean", session.endpoint_id))
+        cleaned_rows.append(_cleaned_row(turn, outcome, cleaned, _ms_since(started)))
+        call_rows.append(_call_row(turn, outcome, "clean", session.endpoint_id))
         context.append((turn["speaker"], cleaned or turn["text"]))
         if turn["speaker"] == "User" and cleaned:
-            decisions.append(asyncio.create_task(_decide(turn, cleaned, raw_hash, session, result)))
+            decisions.append(asyncio.create_task(_decide(turn, cleaned, raw_hash, session)))
         tracker.turn_done()
-    await asyncio.gather(*decisions)
+    function_rows = []
+    for function_row, call_row in await asyncio.gather(*decisions):
+        function_rows.append(function_row)
+        call_rows.append(call_row)
+    sink(cleaned_rows, function_rows, call_rows)
 
 
-async def _decide(turn: dict, cleaned: str, raw_hash: str, session: GeminiSession, result: DayResult) -> None:
+async def _decide(turn: dict, cleaned: str, raw_hash: str, session: GeminiSession) -> tuple[dict, dict]:
     started = time.perf_counter()
     request = function_request(session.settings.function_model, cleaned, session.settings.thinking_budget)
     outcome = await session.call(request, raw_hash, _tag(turn, "function"))
     answer = outcome.result or {}
-    result.functions.append({
+    return {
         **_ids(turn),
         "function_name": answer.get("function_name"),
         "arguments": json.dumps(answer["arguments"], sort_keys=True) if answer.get("arguments") is not None else None,
@@ -135,8 +142,7 @@ async def _decide(turn: dict, cleaned: str, raw_hash: str, session: GeminiSessio
         "status": outcome.status,
         "error": outcome.error,
         "call_id": call_id(turn["turn_id"], "function"),
-    })
-    result.calls.append(_call_row(turn, outcome, "function", session.endpoint_id))
+    }, _call_row(turn, outcome, "function", session.endpoint_id)
 
 
 def _tag(turn: dict, stage: str) -> CallTag:

@@ -16,6 +16,11 @@ the step fails, the run is marked failed, and the tables still hold the previous
 rows. Every row carries the `run_id` that wrote it, which lets a check prove the tables
 of a partition agree.
 
+A step may hand over a `StagedTable` (rows it wrote to Parquet chunk by chunk while it
+ran; `storage.staging`) instead of a frame: it joins the same batch and transaction, is
+inserted straight from its files, and its staging folder is deleted once the
+transaction has committed or rolled back.
+
 Why not the stock `dagster-duckdb` IO manager: it deletes and inserts in separate
 auto-committed statements (a crash between them empties the partition), inserts by
 column position, cannot add a column (dagster issue 13098), and fails on the file lock
@@ -32,6 +37,7 @@ import pandas as pd
 from pydantic import Field
 
 from cost_pipeline.storage.connect import connect
+from cost_pipeline.storage.staging import StagedTable
 from cost_pipeline.storage.tables import TableWrite, read_slice, replace_partitions
 
 COLUMN_SCHEMA_KEY = "dagster/column_schema"
@@ -59,9 +65,10 @@ class PartitionBatchIOManager(dg.IOManager):
         self.lock_timeout_s = lock_timeout_s
         self._pending: dict[tuple, dict[str, TableWrite]] = {}
 
-    def handle_output(self, context: dg.OutputContext, obj: pd.DataFrame) -> None:
-        if not isinstance(obj, pd.DataFrame):
-            raise TypeError(f"{context.asset_key.to_user_string()}: expected a pandas DataFrame, got {type(obj).__name__}")
+    def handle_output(self, context: dg.OutputContext, obj: pd.DataFrame | StagedTable) -> None:
+        if not isinstance(obj, (pd.DataFrame, StagedTable)):
+            raise TypeError(f"{context.asset_key.to_user_string()}: expected a pandas DataFrame or a StagedTable, "
+                            f"got {type(obj).__name__}")
         write = self._table_write(context, obj)
         context.add_output_metadata(
             {"dagster/row_count": len(obj), "dagster/table_name": f"{write.schema}.{write.table}"}
@@ -75,8 +82,13 @@ class PartitionBatchIOManager(dg.IOManager):
             return
         writes = [pending[name] for name in sorted(batch)]
         del self._pending[key]
-        with connect(self.database, timeout_s=self.lock_timeout_s, on_wait=context.log.info) as connection:
-            replace_partitions(connection, writes)
+        try:
+            with connect(self.database, timeout_s=self.lock_timeout_s, on_wait=context.log.info) as connection:
+                replace_partitions(connection, writes)
+        finally:  # committed or rolled back, staged rows are never read again
+            for write in writes:
+                if isinstance(write.frame, StagedTable):
+                    write.frame.release()
         context.log.info(
             "committed "
             + ", ".join(f"{w.table} ({len(w.frame)} rows)" for w in writes)
@@ -137,4 +149,9 @@ def _declared_types(metadata: dict) -> dict[str, str]:
         schema = schema.schema
     if not isinstance(schema, dg.TableSchema):
         return {}
+    return column_types(schema)
+
+
+def column_types(schema: dg.TableSchema) -> dict[str, str]:
+    """Column -> DuckDB type, as a table's declared schema says (what staged chunks are typed by)."""
     return {column.name: column.type for column in schema.columns}

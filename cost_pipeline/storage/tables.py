@@ -6,6 +6,10 @@ Any exception rolls all of it back, so a reader sees either every table's old sl
 every table's new slice. Columns are matched by name, a new nullable column is added to
 the table, and a removed or retyped column is refused with a `SchemaMismatch` instead of
 being written into the wrong place.
+
+A write's rows are a pandas frame or a `StagedTable` (Parquet chunks a step wrote while
+it ran, see `storage.staging`); both are inserted with the same one `INSERT ... SELECT`,
+so a day staged on disk never passes through memory at commit.
 """
 
 import re
@@ -16,6 +20,8 @@ from decimal import Decimal
 
 import duckdb
 import pandas as pd
+
+from cost_pipeline.storage.staging import StagedTable, parquet_source
 
 PARTITION_COLUMN = "partition_date"
 RUN_ID_COLUMN = "run_id"
@@ -38,7 +44,7 @@ class TableWrite:
     """
 
     table: str
-    frame: pd.DataFrame
+    frame: pd.DataFrame | StagedTable
     partition: date | None
     run_id: str
     declared_types: Mapping[str, str] = field(default_factory=dict)
@@ -137,25 +143,39 @@ def _prepare_table(connection: duckdb.DuckDBPyConnection, write: TableWrite) -> 
 
 def _frame_types(connection: duckdb.DuckDBPyConnection, write: TableWrite) -> list[tuple[str, str]]:
     """Stamped columns first, then the frame's own columns with declared or inferred types."""
-    stamped = [name for name in STAMPED_COLUMNS if name in write.frame.columns]
+    names = _source_columns(write)
+    stamped = [name for name in STAMPED_COLUMNS if name in names]
     if stamped:
         raise SchemaMismatch(f"{write.table}: columns {stamped} are stamped by the IO manager; drop them from the frame")
     if write.declared_types:
-        extra = sorted(set(write.frame.columns) - set(write.declared_types))
-        missing = sorted(set(write.declared_types) - set(write.frame.columns))
+        extra = sorted(set(names) - set(write.declared_types))
+        missing = sorted(set(write.declared_types) - set(names))
         if extra or missing:
             raise SchemaMismatch(
                 f"{write.table}: frame columns differ from the declared schema "
                 f"(undeclared: {extra or 'none'}; absent: {missing or 'none'})"
             )
-    connection.register(_FRAME_VIEW, write.frame)
+    _bind_source(connection, write)
     inferred = {row[0]: row[1] for row in connection.execute(f"DESCRIBE SELECT * FROM {_FRAME_VIEW}").fetchall()}
     frame_columns = []
-    for name in map(str, write.frame.columns):
+    for name in names:
         quote(name)
         declared = write.declared_types.get(name)
         frame_columns.append((name, _canonical_type(connection, declared) if declared else inferred[name]))
     return [(PARTITION_COLUMN, "DATE"), *frame_columns, (RUN_ID_COLUMN, "VARCHAR")]
+
+
+def _source_columns(write: TableWrite) -> list[str]:
+    return list(write.frame.columns) if isinstance(write.frame, StagedTable) else list(map(str, write.frame.columns))
+
+
+def _bind_source(connection: duckdb.DuckDBPyConnection, write: TableWrite) -> None:
+    """Name the write's rows `_FRAME_VIEW`: a registered frame, or a view over its staged Parquet files."""
+    _unregister_frame(connection)
+    if isinstance(write.frame, StagedTable):
+        connection.execute(f"CREATE TEMP VIEW {_FRAME_VIEW} AS SELECT * FROM {parquet_source(write.frame)}")
+    else:
+        connection.register(_FRAME_VIEW, write.frame)
 
 
 def _canonical_type(connection: duckdb.DuckDBPyConnection, sql_type: str) -> str:
@@ -186,7 +206,7 @@ def _delete_slice(connection: duckdb.DuckDBPyConnection, write: TableWrite) -> N
 
 
 def _insert_frame(connection: duckdb.DuckDBPyConnection, write: TableWrite, columns: list[tuple[str, str]]) -> None:
-    connection.register(_FRAME_VIEW, write.frame)
+    _bind_source(connection, write)
     names = ", ".join(quote(name) for name, _ in columns)
     values = ", ".join(
         "?::DATE" if name == PARTITION_COLUMN else "?::VARCHAR" if name == RUN_ID_COLUMN else f"CAST({quote(name)} AS {sql_type})"
@@ -203,3 +223,4 @@ def _unregister_frame(connection: duckdb.DuckDBPyConnection) -> None:
         connection.unregister(_FRAME_VIEW)
     except duckdb.Error:
         pass
+    connection.execute(f"DROP VIEW IF EXISTS {_FRAME_VIEW}")
