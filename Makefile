@@ -38,3 +38,4 @@ bench: setup
 	$(BIN)/python bench/rollup.py
 	$(BIN)/python bench/invoice_match.py
 	$(BIN)/python bench/peak_rss.py
+	$(BIN)/python bench/backfill_overlap.py

@@ -49,3 +49,13 @@ def test_crash_resume_runs_at_a_tiny_size_and_pays_little_twice():
     assert figures["killed_run_calls"] >= figures["clean_calls"] // 2
     assert figures["missing_from_ledger"] <= figures["billing_unknown"]
     assert figures["ratio"] < 1.5
+
+
+@pytest.mark.slow
+def test_backfill_overlap_runs_at_a_tiny_size_without_lock_failures():
+    # The 0.35 goal is for 8 days x 2,000 turns at 200 ms; at this size start-up noise dominates the ratio.
+    figures = json.loads(run_bench("backfill_overlap.py", "--days", "2", "--turns", "60", "--latency-ms", "20",
+                                   "--parallel", "2").splitlines()[-1])
+    assert figures["failed_runs"] == 0, [mode["failure_reasons"] for mode in figures["modes"]]
+    assert figures["lock_failures"] == 0, [mode["lock_failure_messages"] for mode in figures["modes"]]
+    assert figures["ratio"] > 0 and figures["sequential_s"] > 0 and figures["parallel_s"] > 0
