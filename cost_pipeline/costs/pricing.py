@@ -69,8 +69,15 @@ ZERO = Decimal(0).quantize(MONEY_PLACES)
 """Zero dollars at money precision: what a call never made (no function decision) cost."""
 
 
+MEMO_ENTRIES = 8192
+
+
 class PriceBook:
-    """Prices calls; remembers each distinct (model, day, tokens) so a day of calls costs little CPU."""
+    """Prices calls; remembers recent distinct (model, day, tokens), so repeats cost little CPU and memory stays flat.
+
+    Nearly every call has its own token counts, so an unbounded memo would grow with the
+    day; the most recent `MEMO_ENTRIES` are kept (the oldest go first).
+    """
 
     def __init__(self, overrides: dict[str, PriceOverride] | None = None, override_source: str = "override"):
         self.overrides = overrides or {}
@@ -90,6 +97,9 @@ class PriceBook:
             if priced is None or priced.price_status == MISSING:
                 priced = self._price(model, tokens, at)
             self._memo[key] = priced
+            if len(self._memo) > MEMO_ENTRIES:
+                del self._memo[next(iter(self._memo))]
+            return priced
         return self._memo[key]
 
     def _price(self, model: str, tokens: TokenCounts, at: datetime) -> CallCost:

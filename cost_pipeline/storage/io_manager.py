@@ -29,6 +29,7 @@ lock with backoff (`storage.connect`), loads open the file read-only, and partit
 reach SQL only as parameters.
 """
 
+import re
 from datetime import date
 from pathlib import Path
 
@@ -52,17 +53,24 @@ class DuckDBPartitionIOManager(dg.ConfigurableIOManagerFactory):
         default=120.0, description="How long to wait for another process to release the file."
     )
 
+    staged_commit_memory: str = Field(
+        default="100MB", description="DuckDB memory_limit while committing staged (large) outputs; it spills beyond.")
+
     def create_io_manager(self, context: dg.InitResourceContext) -> "PartitionBatchIOManager":
-        return PartitionBatchIOManager(Path(self.database), self.schema_name, self.lock_timeout_s)
+        if not re.fullmatch(r"\d+(\.\d+)?\s*[KMGT]i?B", self.staged_commit_memory):
+            raise ValueError(f"staged_commit_memory must be a size like 100MB or 1GiB, got {self.staged_commit_memory!r}")
+        return PartitionBatchIOManager(Path(self.database), self.schema_name, self.lock_timeout_s,
+                                       self.staged_commit_memory)
 
 
 class PartitionBatchIOManager(dg.IOManager):
     """Holds a step's outputs until the batch is complete, then commits them together."""
 
-    def __init__(self, database: Path, schema_name: str, lock_timeout_s: float):
+    def __init__(self, database: Path, schema_name: str, lock_timeout_s: float, staged_commit_memory: str = "100MB"):
         self.database = database
         self.schema_name = schema_name
         self.lock_timeout_s = lock_timeout_s
+        self.staged_commit_memory = staged_commit_memory
         self._pending: dict[tuple, dict[str, TableWrite]] = {}
 
     def handle_output(self, context: dg.OutputContext, obj: pd.DataFrame | StagedTable) -> None:
@@ -84,6 +92,10 @@ class PartitionBatchIOManager(dg.IOManager):
         del self._pending[key]
         try:
             with connect(self.database, timeout_s=self.lock_timeout_s, on_wait=context.log.info) as connection:
+                if any(isinstance(write.frame, StagedTable) for write in writes):
+                    # Staged days can be far larger than memory: under a limit DuckDB spills instead of growing
+                    # (a 800k-row insert: +133 MB at 100MB, +394 MB without).
+                    connection.execute(f"SET memory_limit = '{self.staged_commit_memory}'")
                 replace_partitions(connection, writes)
         finally:  # committed or rolled back, staged rows are never read again
             for write in writes:
