@@ -77,6 +77,10 @@ _SELECT_EXACT = ", ".join(f"CAST({name} AS {MONEY_SQL_TYPE}) AS {name}" if name 
                           for name, _, _ in COLUMNS)
 
 
+_COMPACT_JSON = json.JSONEncoder(separators=(",", ":"))
+"""One encoder for every spool line: json.dumps with options builds a new one per call."""
+
+
 def spool_folder(database: str | Path) -> Path:
     """Where a database's spool files live: beside it, so they move with it."""
     path = Path(database)
@@ -138,7 +142,7 @@ class AttemptSpool:
 
     def _write(self, line: dict) -> None:
         self._written = True
-        self._file.write(json.dumps(line, separators=(",", ":")) + "\n")
+        self._file.write(_COMPACT_JSON.encode(line) + "\n")
         if time.monotonic() - self._synced_at > FSYNC_EVERY_S:
             os.fsync(self._file.fileno())
             self._synced_at = time.monotonic()

@@ -163,6 +163,10 @@ def token_counts(row, prefix: str = "") -> TokenCounts:
                        get("output_audio_tokens"))
 
 
+_PRICED_TOKENS = ("input_tokens", "cached_tokens", "output_tokens", "thinking_tokens", "tool_prompt_tokens",
+                  "input_audio_tokens", "cached_audio_tokens", "output_audio_tokens")
+
+
 def price_calls(calls: pd.DataFrame, book: PriceBook) -> pd.DataFrame:
     """`llm_calls` rows with cost columns: what each call's attempts were billed, and what a cache hit saved.
 
@@ -171,8 +175,16 @@ def price_calls(calls: pd.DataFrame, book: PriceBook) -> pd.DataFrame:
     priced like a real call. Rows of a model without a price keep null costs.
     """
     columns: dict[str, list] = {name: [] for name in [*COST_COLUMNS, "price_source", "price_status"]}
-    for row in calls.itertuples(index=False):
-        at = row.called_at.to_pydatetime() if hasattr(row.called_at, "to_pydatetime") else row.called_at
+    if calls.empty:
+        return calls.assign(**columns)
+    # Only the columns pricing reads, and the times converted in one go: a row tuple of every column, its
+    # timestamps boxed one by one, cost more than the (memoised) pricing itself.
+    priced = [name for name in ("model", "model_version", *_PRICED_TOKENS, *(f"saved_{n}" for n in _PRICED_TOKENS))
+              if name in calls.columns]
+    called_at = calls["called_at"]
+    times = (called_at.array.to_pydatetime() if pd.api.types.is_datetime64_any_dtype(called_at.dtype)
+             else [at.to_pydatetime() if hasattr(at, "to_pydatetime") else at for at in called_at])
+    for row, at in zip(calls[priced].itertuples(index=False), times):
         served = row.model_version if isinstance(row.model_version, str) else None
         paid = book.cost(row.model, token_counts(row), at, served)
         avoided = book.cost(row.model, token_counts(row, "saved_"), at, served)

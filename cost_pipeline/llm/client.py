@@ -5,8 +5,10 @@ one run uses inside its event loop. Every call returns a `CallOutcome` (result, 
 attempts, latency, status), never an exception, so a failed call becomes a `failed`
 row instead of a lost turn.
 
-Retries are tenacity's (the SDK's own dependency) at this level rather than the SDK's
-`HttpRetryOptions`, for two reasons the SDK cannot serve: every attempt must pass the
+Retries happen at this level, with tenacity's jittered exponential backoff (the SDK's
+own dependency) in a plain loop (a tenacity `AsyncRetrying` per call cost about 1.5% of a
+bare SDK call's time), rather than in the SDK's `HttpRetryOptions`, for two reasons the
+SDK cannot serve: every attempt must pass the
 rate limiters again (SDK-internal retries would bypass them and overshoot the quota),
 and a 429's `RetryInfo.retryDelay` must be honoured (the SDK waits only its own
 exponential backoff). Rate limits use aiolimiter: requests evenly spaced, prompt tokens
@@ -269,16 +271,14 @@ class GeminiSession:
                 return not err.final and rejected < settings.max_rejected_attempts
             return is_retryable(err)
 
-        retrying = tenacity.AsyncRetrying(
-            stop=tenacity.stop_after_attempt(settings.max_attempts),
-            wait=self._wait,
-            retry=tenacity.retry_if_exception(worth_retrying),
-            reraise=True,
-        )
+        # tenacity's stop/retry/wait/reraise policy, as a plain loop: an AsyncRetrying per call cost ~45 µs,
+        # about 1.5% of a bare SDK call, and all but a few calls succeed on the first attempt.
         error = None
+        number = 0
         try:
-            async for retry in retrying:
-                with retry:
+            while True:
+                number += 1
+                try:
                     rejected = next((a for a in reversed(attempts) if a.outcome == REJECTED), None)
                     sent = request.with_reminder(rejected.reason, len(attempts) + 1) if rejected else request
                     await self.request_limiter.acquire()
@@ -303,6 +303,11 @@ class GeminiSession:
                     self.ledger.done(attempt)
                     if attempt.outcome == REJECTED:
                         raise RejectedAnswer(attempt.reason, verdicts[-1].final)
+                    break
+                except BaseException as err:
+                    if not worth_retrying(err) or number >= settings.max_attempts:
+                        raise
+                    await asyncio.sleep(self._wait(_retry_state(number, err)))
         except Exception as err:  # every failure becomes a row; nothing escapes as a lost turn
             error = self.redact(f"rejected: {err}" if isinstance(err, RejectedAnswer) else f"{type(err).__name__}: {err}")
         return self._outcome(request, request_hash, attempts, None if error else verdicts[-1], error)
@@ -419,6 +424,14 @@ def server_retry_delay(err: BaseException | None) -> float | None:
 def _is_transport_error(err: BaseException) -> bool:
     # The SDK runs on httpx2 (or httpx); both name their transport failures TransportError.
     return any(cls.__name__ in {"TransportError", "TimeoutException"} for cls in type(err).__mro__)
+
+
+def _retry_state(number: int, err: BaseException) -> tenacity.RetryCallState:
+    """The state tenacity would hand its wait strategy after attempt `number` failed with `err`."""
+    state = tenacity.RetryCallState(None, None, (), {})
+    state.attempt_number = number
+    state.set_exception((type(err), err, err.__traceback__))
+    return state
 
 
 def _contents(request: LlmRequest) -> list[types.Content]:
