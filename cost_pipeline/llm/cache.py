@@ -56,22 +56,31 @@ class ResponseCache:
 
     def load(self, text_hashes: list[str]) -> int:
         """Load the entries for these turn texts; returns how many were found."""
+        return self.remember(self.read(text_hashes))
+
+    def read(self, text_hashes: list[str]) -> list[tuple[str, CachedResponse]]:
+        """The stored entries for these turn texts, without touching memory: safe from a worker thread."""
         if not self.enabled or not text_hashes or not self.database.exists():
-            return 0
+            return []
         # Not read-only: the checkpoint thread may be writing the same file from this process, and DuckDB refuses
         # two connections of one process to one file with different configurations.
         with connect(self.database) as connection:
             if not table_exists(connection, "main", TABLE):
-                return 0
+                return []
             rows = connection.execute(
                 f"SELECT request_hash, result_json, {', '.join(USAGE_FIELDS)}, usage_source FROM {TABLE} "
                 "WHERE text_hash IN (SELECT unnest(?::VARCHAR[]))",
                 [sorted(set(text_hashes))],
             ).fetchall()
-        for request_hash, result_json, *counts, source in rows:
-            usage = Usage(**dict(zip(USAGE_FIELDS, (int(c or 0) for c in counts))), source=source)
-            self._remember(request_hash, CachedResponse(json.loads(result_json), usage))
-        return len(rows)
+        return [(request_hash, CachedResponse(json.loads(result_json),
+                                              Usage(**dict(zip(USAGE_FIELDS, (int(c or 0) for c in counts))), source=source)))
+                for request_hash, result_json, *counts, source in rows]
+
+    def remember(self, entries: list[tuple[str, CachedResponse]]) -> int:
+        """Keep read entries in memory (from the thread that calls `get` and `put`); returns how many."""
+        for request_hash, response in entries:
+            self._remember(request_hash, response)
+        return len(entries)
 
     def _remember(self, request_hash: str, response: CachedResponse) -> None:
         """Keep an entry in memory, forgetting the oldest beyond `max_entries` (they stay in the table)."""

@@ -86,7 +86,8 @@ async def process_day(chunks: Iterable[list[Conversation]], session: GeminiSessi
 
     for chunk in chunks:
         texts = [text_hash(turn["text"]) for conversation in chunk for turn in conversation]
-        session.stats["cache_entries_loaded"] += await asyncio.to_thread(session.cache.load, texts)
+        # Read in a worker thread, kept in this one: the loop's calls use the cache's memory meanwhile.
+        session.stats["cache_entries_loaded"] += session.cache.remember(await asyncio.to_thread(session.cache.read, texts))
         for conversation in chunk:
             await slots.acquire()
             if failures:
