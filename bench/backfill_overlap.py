@@ -31,7 +31,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -39,7 +38,7 @@ import dagster as dg
 import yaml
 
 from cost_pipeline.config import API_KEY_ENVS, BASE_URL_ENV, BILLING_ENV, COSTS_ENV, DB_ENV, LANDING_ENV
-from cost_pipeline.llm.local_server import ServerConfig, running_local_server
+from cost_pipeline.llm.local_server import ServerConfig, admin, running_local_server
 from cost_pipeline.synthetic import generate
 
 REPO = Path(__file__).resolve().parents[1]
@@ -53,14 +52,6 @@ LOCK_WAIT = re.compile(r"waited (\d+(?:\.\d+)?)s .*for the lock on DuckDB file")
 # Error text of a lock that was not waited out: DuckDB's, our connect helper's timeout, SQLite's.
 LOCK_ERROR = re.compile(r"could not set lock|stayed locked|database is locked|\block\b.*(timeout|timed out)|"
                         r"(error|exception|failed).*\block\b", re.IGNORECASE)
-
-
-def server_call(url: str, path: str, payload: dict | None = None) -> dict:
-    data = None if payload is None else json.dumps(payload).encode()
-    request = urllib.request.Request(url + path, data=data, method="GET" if data is None else "POST",
-                                     headers={"content-type": "application/json"})
-    with urllib.request.urlopen(request, timeout=30) as response:
-        return json.loads(response.read())
 
 
 def write_home(home: Path, max_concurrent_runs: int) -> Path:
@@ -201,7 +192,7 @@ def run_mode(name: str, concurrency: int, folder: Path, landing: Path, server_ur
     env = {key: value for key, value in os.environ.items() if key not in API_KEY_ENVS}
     env.update({"DAGSTER_HOME": str(home), DB_ENV: str(database), LANDING_ENV: str(landing),
                 BILLING_ENV: str(billing), COSTS_ENV: str(REPO / "costs.toml"), BASE_URL_ENV: server_url})
-    server_call(server_url, "/admin/reset", {})
+    admin(server_url, "/admin/reset", {})
     daemon_log = folder / "daemon.log"
     started = time.time()
     with open(daemon_log, "w") as log_file:
@@ -253,7 +244,7 @@ def run_mode(name: str, concurrency: int, folder: Path, landing: Path, server_ur
         stop_group(daemon)
     daemon_lines = [line.strip() for line in daemon_log.read_text(errors="replace").splitlines()
                     if LOCK_ERROR.search(line) and not LOCK_WAIT.search(line)]
-    stats = server_call(server_url, "/admin/stats")
+    stats = admin(server_url, "/admin/stats")
     wall = max(end for _, end in spans) - launched_at
     gaps = [later[0] - earlier[1] for earlier, later in zip(spans, spans[1:]) if later[0] > earlier[1]]
     return {

@@ -20,26 +20,17 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from datetime import date
 from pathlib import Path
 
 import duckdb
 
-from cost_pipeline.llm.local_server import ServerConfig, running_local_server
+from cost_pipeline.llm.local_server import ServerConfig, admin, running_local_server
 from cost_pipeline.synthetic import generate
 
 DAY = date(2026, 11, 1)
 REPO = Path(__file__).parents[1]
 DAILY = "raw_turns,quarantined_turns,cleaned_turns,function_calls,llm_calls,daily_cost_rollup"
-
-
-def admin(url: str, path: str, payload: dict | None = None) -> dict:
-    data = None if payload is None else json.dumps(payload).encode()
-    request = urllib.request.Request(url + path, data=data, method="GET" if data is None else "POST",
-                                     headers={"content-type": "application/json"})
-    with urllib.request.urlopen(request, timeout=30) as response:
-        return json.loads(response.read())
 
 
 def launch(folder: Path, database: Path, url: str, checkpoint_every_s: float) -> subprocess.Popen:

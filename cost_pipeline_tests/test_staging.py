@@ -2,7 +2,6 @@
 
 import subprocess
 import sys
-import time
 from datetime import date, datetime, timezone
 from decimal import Decimal
 

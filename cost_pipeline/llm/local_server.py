@@ -34,6 +34,7 @@ import sys
 import tempfile
 import time
 import urllib.parse
+import urllib.request
 import uuid
 from collections import Counter, deque
 from collections.abc import Iterator
@@ -424,6 +425,15 @@ class GeminiLikeServer:
             return 0
         thoughts = 3 * candidate_tokens + 24
         return min(thoughts, budget) if budget and budget > 0 else thoughts
+
+
+def admin(url: str, path: str, payload: dict | None = None) -> dict:
+    """Call a running server's admin API (`/admin/stats`, `/admin/billing`, `/admin/reset`, ...): GET, or POST `payload`."""
+    data = None if payload is None else json.dumps(payload).encode()
+    request = urllib.request.Request(url + path, data=data, method="GET" if data is None else "POST",
+                                     headers={"content-type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
 
 
 def key_fingerprint(key: str) -> str:
