@@ -1,5 +1,6 @@
 """`kill -9` of a whole Dagster run (its process group) at several points: every table keeps a whole partition."""
 
+import json
 import os
 import signal
 import subprocess
@@ -21,10 +22,15 @@ DAILY = "raw_turns,quarantined_turns,cleaned_turns,function_calls,llm_calls,dail
 BATCHES = [("raw_turns", "quarantined_turns"), ("cleaned_turns", "function_calls", "llm_calls")]
 
 
+# Small chunks, so a kill lands with several chunks of conversations read and several of rows staged.
+CHUNKED = {"ops": {"turns_through_gemini": {"config": {"chunk_turns": 50, "staged_chunk_rows": 64,
+                                                        "conversations_in_flight": 8}}}}
+
+
 def start_run(env, cwd) -> subprocess.Popen:
     return subprocess.Popen(
         [str(Path(sys.executable).with_name("dagster")), "asset", "materialize", "-m", "cost_pipeline.definitions",
-         "--select", DAILY, "--partition", str(DAY)],
+         "--select", DAILY, "--partition", str(DAY), "--config-json", json.dumps(CHUNKED)],
         env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
 
 
