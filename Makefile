@@ -37,5 +37,6 @@ bench: setup
 	$(BIN)/python bench/gemini_overhead.py
 	$(BIN)/python bench/rollup.py
 	$(BIN)/python bench/invoice_match.py
+	$(BIN)/python bench/crash_resume.py
 	$(BIN)/python bench/peak_rss.py
 	$(BIN)/python bench/backfill_overlap.py
