@@ -31,12 +31,10 @@ def export_day_turns(database: str | Path, day: date | str, path: Path, timeout_
         if not table_exists(connection, "main", table):
             raise LookupError(f"table {table} does not exist yet: materialize raw_turns for {day} first")
         connection.execute(f"SET memory_limit = '{SORT_MEMORY}'")
-        result = connection.execute(
-            f"SELECT {', '.join(TURN_FIELDS)} FROM {table} WHERE {PARTITION_COLUMN} = ? "
-            "ORDER BY evaluation_id, conversation_id, turn_index", [day])
-        # DuckDB 2 names it to_arrow_reader; 1.x fetch_record_batch.
-        reader = getattr(result, "to_arrow_reader", None) or result.fetch_record_batch
-        reader = reader(EXPORT_BATCH_ROWS)
+        # A relation streams record batches straight from DuckDB (a DB-API result's Arrow output copies every row).
+        reader = connection.sql(
+            f"SELECT {', '.join(TURN_FIELDS)} FROM {table} WHERE {PARTITION_COLUMN} = $day "
+            "ORDER BY evaluation_id, conversation_id, turn_index", params={"day": day}).to_arrow_reader(EXPORT_BATCH_ROWS)
         rows = 0
         with pq.ParquetWriter(path, reader.schema) as writer:
             for batch in reader:
