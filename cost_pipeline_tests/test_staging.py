@@ -62,12 +62,12 @@ def test_a_dead_writers_staging_is_removed_and_a_live_one_kept(tmp_path):
         dead.writer("t", DECLARED).close()
         dead._lock.close()  # the process that held it is gone: its lock is free
         assert remove_stale(root) == 1
-        assert sorted(p.name for p in root.iterdir()) == ["live-run"]
+        assert sorted(p.name for p in root.iterdir()) == ["live-run", "live-run.lock"]
     finally:
         holder.kill()
         holder.wait()
     mine = StagingArea(root, "next-run")  # opening an area sweeps what the killed holder left
-    assert mine.removed_stale == 1 and sorted(p.name for p in root.iterdir()) == ["next-run"]
+    assert mine.removed_stale == 1 and sorted(p.name for p in root.iterdir()) == ["next-run", "next-run.lock"]
 
 
 def test_the_day_reads_back_in_whole_conversations_in_order(tmp_path, landing_root, database):

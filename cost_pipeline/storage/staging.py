@@ -8,7 +8,9 @@ transaction (`storage.tables.replace_partitions`), so the atomic swap of a day's
 is unchanged while memory stays flat.
 
 Guarantees. Staging lives in `<database>.staging/<step-run>/`, one folder per step run,
-held under an exclusive `flock` by the process writing it. It is only ever read by the
+held under an exclusive `flock` on `<step-run>.lock` beside it by the process writing it
+(the lock is taken before the folder exists, so a sweep can never remove a folder being
+created). It is only ever read by the
 commit of that same step run, which deletes it afterwards. A folder whose lock is free
 belongs to a run that died or failed before its commit: the next `StagingArea` under the
 same root removes it, so staging from a killed run is never read as data and never
@@ -17,6 +19,7 @@ same Arrow schema whatever its values (an all-null chunk included).
 """
 
 import fcntl
+import os
 import re
 import shutil
 import uuid
@@ -29,7 +32,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-LOCK_FILE = ".lock"
+LOCK_SUFFIX = ".lock"
 DEFAULT_CHUNK_ROWS = 8192
 _DECIMAL = re.compile(r"DECIMAL\((\d+),\s*(\d+)\)")
 _ARROW_TYPES = {
@@ -83,10 +86,12 @@ class StagingArea:
 
     def __init__(self, root: Path, name: str):
         self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
         self.folder = self.root / name
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self._lock = open(self.folder / LOCK_FILE, "a")
+        self._lock_path = self.root / f"{name}{LOCK_SUFFIX}"
+        self._lock = open(self._lock_path, "a")
         fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        self.folder.mkdir()
         self.removed_stale = remove_stale(self.root)
 
     def writer(self, table: str, declared: Mapping[str, str], chunk_rows: int = DEFAULT_CHUNK_ROWS) -> "ChunkWriter":
@@ -96,6 +101,7 @@ class StagingArea:
         if self._lock.closed:
             return
         shutil.rmtree(self.folder, ignore_errors=True)
+        self._lock_path.unlink(missing_ok=True)
         fcntl.flock(self._lock, fcntl.LOCK_UN)
         self._lock.close()
 
@@ -103,19 +109,21 @@ class StagingArea:
 def remove_stale(root: Path) -> int:
     """Delete every staging folder under `root` whose writer is gone (its lock is free); returns how many."""
     removed = 0
-    for folder in sorted(root.iterdir()) if root.is_dir() else []:
-        lock = folder / LOCK_FILE
+    for lock in sorted(root.glob(f"*{LOCK_SUFFIX}")) if root.is_dir() else []:
         try:
-            handle = open(lock, "a")
-        except (FileNotFoundError, NotADirectoryError):
+            handle = os.open(lock, os.O_RDWR)  # never created here: a lock file exists only once its writer made it
+        except FileNotFoundError:
             continue
-        with handle:
+        try:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 continue  # a live writer's folder
-            shutil.rmtree(folder, ignore_errors=True)
+            shutil.rmtree(root / lock.name.removesuffix(LOCK_SUFFIX), ignore_errors=True)
+            lock.unlink(missing_ok=True)
             removed += 1
+        finally:
+            os.close(handle)
     return removed
 
 
