@@ -54,10 +54,6 @@ class ResponseCache:
         self._entries: dict[str, CachedResponse] = {}
         self._new: list[dict] = []
 
-    def load(self, text_hashes: list[str]) -> int:
-        """Load the entries for these turn texts; returns how many were found."""
-        return self.remember(self.read(text_hashes))
-
     def read(self, text_hashes: list[str]) -> list[tuple[str, CachedResponse]]:
         """The stored entries for these turn texts, without touching memory: safe from a worker thread."""
         if not self.enabled or not text_hashes or not self.database.exists():

@@ -85,7 +85,11 @@ async def process_day(chunks: Iterable[list[Conversation]], session: GeminiSessi
             failures.append(task.exception())
 
     for chunk in chunks:
-        texts = [text_hash(turn["text"]) for conversation in chunk for turn in conversation]
+        texts = []
+        for conversation in chunk:
+            for turn in conversation:
+                turn["text_hash"] = text_hash(turn["text"])  # once per turn: the cache key and the spool's tag
+                texts.append(turn["text_hash"])
         # Read in a worker thread, kept in this one: the loop's calls use the cache's memory meanwhile.
         session.stats["cache_entries_loaded"] += session.cache.remember(await asyncio.to_thread(session.cache.read, texts))
         for conversation in chunk:
@@ -111,7 +115,7 @@ async def _conversation(turns: Conversation, session: GeminiSession, sink: RowSi
     decisions = []
     call_rows: list[dict] = []
     for turn in turns:
-        raw_hash = text_hash(turn["text"])
+        raw_hash = turn["text_hash"]
         started = time.perf_counter()
         request = cleaning_request(settings.clean_model, turn["speaker"], turn["text"],
                                    context[-settings.context_turns:] if settings.context_turns else [],
