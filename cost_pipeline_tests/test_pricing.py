@@ -111,3 +111,45 @@ def test_the_served_model_is_priced_and_an_unpriced_alias_falls_back_to_the_requ
     assert served.input_cost == D("0.1")
     fallback = book.cost("gemini-2.5-flash-lite", TokenCounts(input=1_000_000), AT, served_model="gemini-unknown-build-7")
     assert fallback.input_cost == D("0.1") and fallback.price_status == "ok"
+
+
+def _google_models():
+    from genai_prices import data_snapshot
+    return [model.id for provider in data_snapshot.get_snapshot().providers if provider.id == "google"
+            for model in provider.models]
+
+
+@pytest.mark.parametrize("model", _google_models())
+def test_every_google_model_costs_exactly_what_genai_prices_computes(model):
+    """The price book's shortcut (units a call has none of left out) must agree with the library to the digit."""
+    import random
+
+    import genai_prices
+
+    rng = random.Random(model)
+    book = PriceBook()
+    for at in (AT, datetime(2025, 3, 1, tzinfo=timezone.utc)):
+        for _ in range(40):
+            size = rng.choice([5_000, 300_000])  # below and above the long-context threshold
+            text, cached_text = rng.randint(0, size), rng.choice([0, rng.randint(0, size)])
+            audio, cached_audio = rng.choice([(0, 0), (rng.randint(0, size), 0), (rng.randint(0, size), rng.randint(0, size))])
+            prompt, cached, audio = text + cached_text + audio + cached_audio, cached_text + cached_audio, audio + cached_audio
+            output_audio = rng.choice([0, 0, 700])
+            tokens = TokenCounts(input=prompt, cached=cached, output=rng.randint(0, 4_000) + output_audio,
+                                 thinking=rng.choice([0, 900]), tool_prompt=rng.choice([0, 35]), input_audio=audio,
+                                 cached_audio=cached_audio, output_audio=output_audio)
+            usage = genai_prices.Usage(
+                input_tokens=tokens.input + tokens.tool_prompt, cache_read_tokens=tokens.cached,
+                input_tool_tokens=tokens.tool_prompt, output_tokens=tokens.output + tokens.thinking,
+                output_reasoning_tokens=tokens.thinking,
+                **({"input_audio_tokens": audio} if audio else {}),
+                **({"cache_audio_read_tokens": cached_audio} if audio else {}),
+                **({"output_audio_tokens": tokens.output_audio} if tokens.output_audio else {}))
+            try:
+                library = genai_prices.calc_price(usage, model, provider_id="google", genai_request_timestamp=at)
+            except LookupError:
+                assert book.cost(model, tokens, at).price_status == MISSING
+                continue
+            ours = book.cost(model, tokens, at)
+            assert ours.input_cost + ours.cached_input_cost == library.input_price.quantize(ours.total_cost), tokens
+            assert ours.output_cost == library.output_price.quantize(ours.total_cost), tokens
