@@ -1,14 +1,16 @@
 """Rows per second of a partition write through our IO path vs raw DuckDB `INSERT ... FROM df`.
 
 Writes a raw_turns-shaped frame of N rows (default 1,000,000) into a fresh DuckDB file:
-first a plain `INSERT INTO t SELECT * FROM frame` (the floor), then `replace_partitions`
-creating the partition, then replacing it (delete + insert in one transaction, as every
-re-run does). Prints seconds and rows/s for each.
+a plain `INSERT INTO t SELECT * FROM frame` into an empty table (the floor), and
+`replace_partitions` replacing the partition (delete + insert in one transaction, as every
+re-run does), alternately for `--rounds` rounds so both see the same machine. Prints the
+median seconds and rows/s of each and their throughput ratio (goal: ours >= 0.9 of raw).
 
-    python bench/partition_write.py [--rows 1000000]
+    python bench/partition_write.py [--rows 1000000] [--rounds 3]
 """
 
 import argparse
+import statistics
 import tempfile
 import time
 from datetime import date
@@ -43,34 +45,36 @@ def turns_frame(rows: int) -> pd.DataFrame:
     )
 
 
-def timed(label: str, rows: int, action) -> float:
+def timed(action) -> float:
     started = time.perf_counter()
     action()
-    seconds = time.perf_counter() - started
-    print(f"{label:<46} {seconds:7.2f} s  {rows / seconds:>12,.0f} rows/s")
-    return seconds
+    return time.perf_counter() - started
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     frame = turns_frame(args.rows)
     declared = {column.name: column.type for column in RAW_TURNS_SCHEMA.columns}
     write = TableWrite("raw_turns", frame, date(2026, 11, 1), "bench-run", declared)
+    raw_times, ours_times = [], []
     with tempfile.TemporaryDirectory() as folder:
         raw_db, ours_db = Path(folder) / "raw.duckdb", Path(folder) / "ours.duckdb"
-        print(f"partition write of {args.rows:,} raw_turns rows (duckdb {duckdb.__version__})")
-        with duckdb.connect(str(raw_db)) as connection:
-            connection.register("frame", frame)
-            connection.execute("CREATE TABLE t AS SELECT * FROM frame LIMIT 0")
-            raw = timed("raw DuckDB INSERT INTO t SELECT * FROM df", args.rows,
-                        lambda: connection.execute("INSERT INTO t SELECT * FROM frame"))
-        with connect(ours_db) as connection:
-            timed("replace_partitions, new table", args.rows, lambda: replace_partitions(connection, [write]))
-            ours = timed("replace_partitions, replacing the partition", args.rows,
-                         lambda: replace_partitions(connection, [write]))
-        print(f"replace / raw insert time ratio: {ours / raw:.2f}")
+        print(f"partition write of {args.rows:,} raw_turns rows (duckdb {duckdb.__version__}), median of {args.rounds} "
+              "alternating rounds")
+        with duckdb.connect(str(raw_db)) as raw, connect(ours_db) as ours:
+            raw.register("frame", frame)
+            replace_partitions(ours, [write])  # the partition exists: every round replaces it
+            for _ in range(args.rounds):
+                raw.execute("CREATE OR REPLACE TABLE t AS SELECT * FROM frame LIMIT 0")
+                raw_times.append(timed(lambda: raw.execute("INSERT INTO t SELECT * FROM frame")))
+                ours_times.append(timed(lambda: replace_partitions(ours, [write])))
+    raw_s, ours_s = statistics.median(raw_times), statistics.median(ours_times)
+    print(f"{'raw DuckDB INSERT INTO t SELECT * FROM df':<46} {raw_s:7.2f} s  {args.rows / raw_s:>12,.0f} rows/s")
+    print(f"{'replace_partitions, replacing the partition':<46} {ours_s:7.2f} s  {args.rows / ours_s:>12,.0f} rows/s")
+    print(f"throughput ratio replace / raw insert: {raw_s / ours_s:.2f} (goal >= 0.9)")
 
 
 if __name__ == "__main__":
