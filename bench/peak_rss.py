@@ -14,6 +14,7 @@ Goal: under 1.0 GB at 200,000 turns and under 0.5 MB of growth per 1,000 turns, 
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -26,6 +27,8 @@ DAY = date(2026, 11, 1)
 CHILD = r"""
 import json, resource, sys
 from pathlib import Path
+os.environ.setdefault("COST_PIPELINE_START", "2026-01-01")  # keeps the fixed bench days inside the partitions
+
 import dagster as dg
 from cost_pipeline.assets import ingest, turns
 from cost_pipeline.costs import checks, rollups

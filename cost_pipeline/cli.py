@@ -11,7 +11,7 @@ import sys
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
-from cost_pipeline.config import DB_ENV, DEFAULT_DB, DEFAULT_LANDING, LANDING_ENV, resolved
+from cost_pipeline.config import DB_ENV, DEFAULT_DB, DEFAULT_LANDING, LANDING_ENV, START_ENV, resolved
 from cost_pipeline.llm.local_server import config_arguments, config_from, serve
 from cost_pipeline.costs.report import DIMENSIONS
 from cost_pipeline.synthetic import generate
@@ -68,6 +68,7 @@ def run_demo(day: date, turns: int, seed: int) -> int:
     database = resolved(DB_ENV, DEFAULT_DB)
     os.environ.setdefault("DAGSTER_HOME", str(Path(DEFAULT_DAGSTER_HOME).resolve()))
     Path(os.environ["DAGSTER_HOME"]).mkdir(parents=True, exist_ok=True)
+    start_note = _start_partitions_at(day)
 
     import dagster as dg  # Dagster's import is slow; `generate` does not need it.
 
@@ -98,6 +99,8 @@ def run_demo(day: date, turns: int, seed: int) -> int:
     print("\nspend_usd: every billed attempt of every run of the day (the invoice's number); "
           "total_cost_usd: the cost of the data as it stands (a cache hit costs 0).")
     print(reconciliation_summary(database, billing_day, reconciled))
+    if start_note:
+        print(start_note)
     print(
         "\nWhere to look:\n"
         f"  UI:      DAGSTER_HOME={os.environ['DAGSTER_HOME']} .venv/bin/dagster dev   (or: make ui)"
@@ -106,6 +109,23 @@ def run_demo(day: date, turns: int, seed: int) -> int:
         ".sql('SELECT * FROM raw_turns LIMIT 5'))\""
     )
     return 0
+
+
+def _start_partitions_at(day: date, dotenv: Path = Path(".env")) -> str | None:
+    """Begin the partitions at the demo day, here and in `.env` (which `dagster dev` reads), unless already set.
+
+    Without it the asset pages count every day since the default start as missing; with
+    it a new user sees the demo day as a full graph. Returns a sentence saying so.
+    """
+    if os.environ.get(START_ENV):
+        return None
+    os.environ[START_ENV] = day.isoformat()
+    lines = dotenv.read_text().splitlines() if dotenv.exists() else []
+    if any(line.strip().startswith(f"{START_ENV}=") for line in lines):
+        return None
+    dotenv.write_text("\n".join([*lines, f"{START_ENV}={day.isoformat()}"]) + "\n")
+    return (f"\nPartitions now start at {day}: {START_ENV}={day} was added to {dotenv.resolve()}, which `dagster dev` "
+            "reads (set it to the first day of your own data).")
 
 
 def reconciliation_summary(database: str, billing_day: str, result) -> str:

@@ -6,6 +6,7 @@ at launch; the default applies only when the variable is absent.
 """
 
 import os
+from datetime import date, datetime, timezone
 
 import dagster as dg
 
@@ -20,6 +21,29 @@ DEFAULT_BILLING = "data/billing"
 
 COSTS_ENV = "COST_PIPELINE_COSTS"
 DEFAULT_COSTS = "costs.toml"
+
+
+START_ENV = "COST_PIPELINE_START"
+"""The first day of the daily partitions (YYYY-MM-DD): set it to the first day of your data."""
+
+
+def partitions_start(today: date | None = None) -> str:
+    """`COST_PIPELINE_START`, else the first day of last month (UTC): a month or two of partitions, not years.
+
+    The partitions begin here in every process that loads the definitions (UI, daemon,
+    runs), so the asset pages show how much of the recent past is filled instead of
+    hundreds of empty days. A day before the start cannot be run or backfilled.
+    """
+    value = os.environ.get(START_ENV)
+    if value:
+        try:
+            return date.fromisoformat(value).isoformat()
+        except ValueError:
+            raise ValueError(f"{START_ENV}={value!r} is not a day like 2026-11-01") from None
+    today = today or datetime.now(timezone.utc).date()
+    first_of_month = today.replace(day=1)
+    return (first_of_month.replace(year=first_of_month.year - 1, month=12) if first_of_month.month == 1
+            else first_of_month.replace(month=first_of_month.month - 1)).isoformat()
 
 
 def env_or_default(name: str, default: str | None) -> str | dg.EnvVar | None:

@@ -2,7 +2,9 @@
 
 import dagster as dg
 
-PARTITIONS_START = "2025-01-01"
+from cost_pipeline.config import partitions_start
+
+PARTITIONS_START = partitions_start()
 
 daily_partitions = dg.DailyPartitionsDefinition(start_date=PARTITIONS_START, timezone="UTC")
 

@@ -1,6 +1,7 @@
 """Shared fixtures: a temp landing folder and DuckDB file, the shipped model server, and runs of a day."""
 
 import json
+import os
 import shutil
 import socket
 import urllib.request
@@ -9,6 +10,10 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
+
+# The fixtures' days (2022 to 2026) must stay inside the partitions whatever today is; set before the
+# definitions are imported, and inherited by every Dagster subprocess a test starts.
+os.environ.setdefault("COST_PIPELINE_START", "2022-01-01")
 
 from cost_pipeline.assets import ingest
 from cost_pipeline.definitions import all_assets, all_checks

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import duckdb
+import pytest
 
 from cost_pipeline.cli import main
 from cost_pipeline.landing import read_landing_day
@@ -42,7 +43,8 @@ def test_demo_materializes_a_day_and_says_where_to_look(tmp_path):
         "COST_PIPELINE_LANDING": str(tmp_path / "landing"),
         "DAGSTER_HOME": str(tmp_path / "home"),
     }
-    for name in ("GEMINI_API_KEY", "GOOGLE_API_KEY", "GOOGLE_GEMINI_BASE_URL", "COST_PIPELINE_BILLING"):
+    for name in ("GEMINI_API_KEY", "GOOGLE_API_KEY", "GOOGLE_GEMINI_BASE_URL", "COST_PIPELINE_BILLING",
+                 "COST_PIPELINE_START"):
         env.pop(name, None)
     result = subprocess.run([CLI, "demo", "--day", "2026-11-03", "--turns", "400"], env=env, cwd=tmp_path,
                             capture_output=True, text=True, timeout=300)
@@ -54,6 +56,8 @@ def test_demo_materializes_a_day_and_says_where_to_look(tmp_path):
     with duckdb.connect(env["COST_PIPELINE_DB"], read_only=True) as connection:
         assert connection.execute("SELECT count(*) FROM raw_turns WHERE partition_date = '2026-11-03'").fetchone() == (400,)
     assert any((tmp_path / "home").iterdir()), "the run should be recorded in DAGSTER_HOME for the UI"
+    # The UI's partitions begin at the demo day, so its graph is full rather than hundreds of days missing.
+    assert "COST_PIPELINE_START=2026-11-03" in (tmp_path / ".env").read_text().splitlines()
 
 
 def test_serve_model_answers_the_real_sdk_on_the_given_port(tmp_path):
@@ -75,3 +79,18 @@ def test_serve_model_answers_the_real_sdk_on_the_given_port(tmp_path):
     finally:
         server.terminate()
         server.wait()
+
+
+def test_partitions_start_last_month_unless_the_environment_says(monkeypatch):
+    from datetime import date
+
+    from cost_pipeline.config import partitions_start
+
+    monkeypatch.delenv("COST_PIPELINE_START", raising=False)
+    assert partitions_start(date(2026, 11, 25)) == "2026-10-01"
+    assert partitions_start(date(2026, 1, 3)) == "2025-12-01"
+    monkeypatch.setenv("COST_PIPELINE_START", "2024-02-29")
+    assert partitions_start() == "2024-02-29"
+    monkeypatch.setenv("COST_PIPELINE_START", "last tuesday")
+    with pytest.raises(ValueError, match="COST_PIPELINE_START='last tuesday' is not a day"):
+        partitions_start()
