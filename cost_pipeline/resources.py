@@ -22,15 +22,23 @@ class LandingResource(dg.ConfigurableResource):
     )
 
     def reader(self, day: str) -> LandingReader:
-        """The day as a stream of turns and quarantined lines, so a day of any size reads in flat memory."""
+        """The day as a stream of turns and quarantined lines, so a day of any size reads in flat memory.
+
+        Raises `LandingFolderMissing` (one sentence: which day, which folder) when the day
+        has no `*.jsonl` file yet.
+        """
+        missing = self.missing(day)
+        if missing:
+            raise LandingFolderMissing(missing)
+        return LandingReader(landing_folder(self.root, day), self.max_text_chars)
+
+    def missing(self, day: str) -> str | None:
+        """Why `day` has nothing to ingest yet (no folder, or no `*.jsonl` in it), or None when it has."""
         folder = landing_folder(self.root, day)
-        try:
-            return LandingReader(folder, self.max_text_chars)
-        except LandingFolderMissing:
-            raise LandingFolderMissing(
-                f"No landing folder for partition {day}: expected {folder.resolve()} "
-                "(set COST_PIPELINE_LANDING or the landing resource's root to change where transcripts land)"
-            ) from None
+        if folder.is_dir() and any(folder.glob("*.jsonl")):
+            return None
+        return (f"No landing files for {day}: expected {folder.resolve()}/*.jsonl (COST_PIPELINE_LANDING sets "
+                "where transcripts land)")
 
 
 class BillingExports(dg.ConfigurableResource):

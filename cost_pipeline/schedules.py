@@ -40,10 +40,14 @@ evaluation_costs_automation = dg.AutomationConditionSensorDefinition(
 @dg.schedule(job=daily_pipeline_job, cron_schedule=f"0 {SCHEDULE_HOUR} * * *", execution_timezone=SCHEDULE_TIMEZONE,
              description=f"Yesterday's partition, every day at {SCHEDULE_HOUR:02d}:00 {SCHEDULE_TIMEZONE} "
                          f"({SCHEDULE_HOUR_ENV}, {SCHEDULE_TIMEZONE_ENV}).")
-def daily_pipeline_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
-    """Yesterday, as a date in the schedule's timezone, is the partition to run."""
+def daily_pipeline_schedule(context: dg.ScheduleEvaluationContext,
+                            landing: LandingResource) -> dg.RunRequest | dg.SkipReason:
+    """Yesterday, as a date in the schedule's timezone, is the partition to run; skipped until its files land."""
     tick = context.scheduled_execution_time.astimezone(ZoneInfo(SCHEDULE_TIMEZONE))
     day = (tick.date() - timedelta(days=1)).isoformat()
+    missing = landing.missing(day)
+    if missing:
+        return dg.SkipReason(f"{missing}; the late_landing_sensor runs the day when its files arrive.")
     return dg.RunRequest(run_key=day, partition_key=day, tags={"trigger": "daily_schedule"})
 
 

@@ -2,7 +2,7 @@
 
 import json
 import os
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 from decimal import Decimal
 
 import dagster as dg
@@ -11,7 +11,7 @@ import pytest
 
 from cost_pipeline.definitions import all_assets, all_checks
 from cost_pipeline.costs.pricing import PriceBook
-from cost_pipeline.resources import CostSettings
+from cost_pipeline.resources import CostSettings, LandingResource
 from cost_pipeline.schedules import daily_pipeline_schedule, late_landing_sensor
 from cost_pipeline.synthetic import generate
 
@@ -173,8 +173,14 @@ def test_a_failing_blocking_check_stops_the_rollup(landing_root, database, model
     assert fetch(database, "SELECT count(*) FROM information_schema.tables WHERE table_name = 'daily_cost_rollup'") == [(0,)]
 
 
-def test_the_schedule_runs_yesterdays_partition():
-    context = dg.build_schedule_context(scheduled_execution_time=datetime(2026, 11, 5, 2, tzinfo=timezone.utc))
+def test_the_schedule_runs_yesterdays_partition_once_its_files_have_landed(landing_root):
+    landing = LandingResource(root=str(landing_root))
+    context = dg.build_schedule_context(scheduled_execution_time=datetime(2026, 11, 5, 2, tzinfo=timezone.utc),
+                                        resources={"landing": landing})
+    skip = daily_pipeline_schedule(context)
+    assert isinstance(skip, dg.SkipReason)
+    assert skip.skip_message.startswith("No landing files for 2026-11-04") and "late_landing_sensor" in skip.skip_message
+    generate(landing_root, date(2026, 11, 4), days=1, turns_per_day=10, seed=1)
     request = daily_pipeline_schedule(context)
     assert (request.partition_key, request.run_key) == ("2026-11-04", "2026-11-04")
 

@@ -2,10 +2,10 @@
 
 from datetime import date
 
+import dagster as dg
 import duckdb
 import pytest
 
-from cost_pipeline.landing import LandingFolderMissing
 from cost_pipeline.synthetic import MALFORMED_KINDS, generate
 
 from .conftest import materialize_day
@@ -69,9 +69,36 @@ def test_bad_lines_beside_good_ones_in_a_dagster_run(landing_root, database):
     assert bad == [(2, "not_json"), (4, "missing_field"), (6, "invalid_utf8")]
 
 
-def test_a_missing_landing_folder_fails_the_run_with_its_name(landing_root, database):
-    with pytest.raises(LandingFolderMissing, match=r"No landing folder for partition 2026-11-09: expected .*2026-11-09"):
-        materialize_day("2026-11-09", landing_root, database)
+def test_a_day_launched_by_hand_without_landing_files_fails_with_a_one_line_reason(landing_root, database):
+    result = materialize_day("2026-11-09", landing_root, database, raise_on_error=False)
+    assert not result.success
+    (failure,) = [event for event in result.all_events if event.event_type_value == "STEP_FAILURE"]
+    description = failure.step_failure_data.user_failure_data.description
+    assert description.startswith("No landing files for 2026-11-09: expected ") and "\n" not in description
+    assert "late_landing_sensor" in description
+    assert not database.exists() or not duckdb.connect(str(database), read_only=True).execute(
+        "SELECT count(*) FROM information_schema.tables WHERE table_name = 'raw_turns'").fetchone()[0]
+
+
+def test_a_day_without_landing_files_in_a_backfill_is_skipped_not_failed(landing_root, database, model_server):
+    (landing_root / "2026-11-09").mkdir(parents=True)  # a folder with no *.jsonl is nothing landed, too
+    result = materialize_day("2026-11-09", landing_root, database, model_server, tags={"dagster/backfill": "bf1"})
+    assert result.success
+    skipped = {event.step_key for event in result.all_events if event.event_type_value == "STEP_SKIPPED"}
+    assert {"turns_through_gemini", "daily_cost_rollup"} <= skipped
+    assert not result.get_asset_materialization_events()
+
+
+def test_a_landed_day_commits_raw_and_quarantined_turns_as_one_batch(landing_root, database):
+    generate(landing_root, DAY1, days=1, turns_per_day=30, seed=1)
+    with dg.instance_for_test() as instance:
+        result = materialize_day(DAY1, landing_root, database, instance=instance)
+        messages = [entry.user_message for entry in instance.all_logs(result.run_id)]
+    with duckdb.connect(str(database), read_only=True) as connection:
+        runs = connection.execute("SELECT DISTINCT run_id FROM raw_turns UNION SELECT DISTINCT run_id FROM quarantined_turns").fetchall()
+    assert runs == [(result.run_id,)]
+    assert any(message.startswith("committed quarantined_turns (") and "raw_turns (30 rows)" in message
+               for message in messages), "both tables in one transaction"
 
 
 def test_the_landing_limit_is_run_config(landing_root, database):

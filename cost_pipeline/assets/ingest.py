@@ -1,7 +1,10 @@
 """raw_turns and quarantined_turns: a day's landing files, validated line by line.
 
 Both tables come from one step and are committed in one transaction, so a day's good
-and quarantined lines always add up to the lines that landed. The day streams from the
+and quarantined lines always add up to the lines that landed. A day with no landing
+files is not an error in a backfill: the step yields neither table, Dagster skips the
+day's downstream steps and checks, and the run succeeds saying the day was skipped; a
+run launched for that one day fails with that one sentence as its reason. The day streams from the
 landing files to Parquet staging chunk by chunk (`storage.staging`), so a day of any
 size validates in flat memory; the IO manager inserts the staged rows at commit.
 """
@@ -11,11 +14,11 @@ from collections import Counter
 import dagster as dg
 import pandas as pd
 
-from cost_pipeline.landing import Turn
+from cost_pipeline.landing import LandingFolderMissing, Turn
 from cost_pipeline.markdown import markdown_table
 from cost_pipeline.partitions import DUCKDB_POOL, daily_partitions
 from cost_pipeline.resources import LandingResource
-from cost_pipeline.storage.io_manager import column_types
+from cost_pipeline.storage.io_manager import BATCH_KEY, column_types
 from cost_pipeline.storage.staging import StagedTable, StagingArea, query_staged, staging_name, staging_root
 from cost_pipeline.storage.warehouse import DuckDBWarehouse
 
@@ -42,19 +45,21 @@ QUARANTINED_TURNS_SCHEMA = dg.TableSchema(
     ]
 )
 QUARANTINE_PREVIEW_ROWS = 20
+BACKFILL_TAG = "dagster/backfill"
 
 
 @dg.multi_asset(
     outs={
+        # Optional, so a day with nothing landed skips downstream instead of failing; one batch all the same.
         "raw_turns": dg.AssetOut(
             description="The day's valid turns, one row per landed line.",
-            metadata={"dagster/column_schema": RAW_TURNS_SCHEMA},
-            kinds={"pandas", "duckdb"},
+            metadata={"dagster/column_schema": RAW_TURNS_SCHEMA, BATCH_KEY: "landed_turns"},
+            kinds={"pandas", "duckdb"}, is_required=False,
         ),
         "quarantined_turns": dg.AssetOut(
             description="The day's landed lines that failed validation, each with its reason.",
-            metadata={"dagster/column_schema": QUARANTINED_TURNS_SCHEMA},
-            kinds={"pandas", "duckdb"},
+            metadata={"dagster/column_schema": QUARANTINED_TURNS_SCHEMA, BATCH_KEY: "landed_turns"},
+            kinds={"pandas", "duckdb"}, is_required=False,
         ),
     },
     partitions_def=daily_partitions,
@@ -63,7 +68,15 @@ QUARANTINE_PREVIEW_ROWS = 20
 )
 def landed_turns(context: dg.AssetExecutionContext, landing: LandingResource, warehouse: DuckDBWarehouse):
     """Validate the day's landing files into raw_turns and quarantined_turns."""
-    reader = landing.reader(context.partition_key)
+    try:
+        reader = landing.reader(context.partition_key)
+    except LandingFolderMissing as missing:
+        if BACKFILL_TAG not in context.run.tags:
+            raise dg.Failure(description=f"{missing}. Nothing was written; the late_landing_sensor runs the day "
+                                         "when its files arrive.") from None
+        context.log.warning(f"skipped {context.partition_key}: {missing}; its downstream steps are skipped too, "
+                            "and the late_landing_sensor runs the day when its files arrive")
+        return
     area = StagingArea(staging_root(warehouse.database), staging_name(context.run.run_id, "landed_turns"))
     turns = area.writer("raw_turns", column_types(RAW_TURNS_SCHEMA))
     quarantine = area.writer("quarantined_turns", column_types(QUARANTINED_TURNS_SCHEMA))
@@ -78,12 +91,11 @@ def landed_turns(context: dg.AssetExecutionContext, landing: LandingResource, wa
         if len(preview) < QUARANTINE_PREVIEW_ROWS:
             preview.append(item.__dict__)
     staged_turns, staged_quarantine = turns.close(), quarantine.close()
-    context.add_output_metadata(_turn_metadata(staged_turns, len(reader.files), staged_quarantine.rows),
-                                output_name="raw_turns")
-    context.add_output_metadata(_quarantine_metadata(reasons, preview), output_name="quarantined_turns")
     if staged_quarantine.rows:
         context.log.warning(f"{staged_quarantine.rows} of {staged_turns.rows + staged_quarantine.rows} lines quarantined")
-    return staged_turns, staged_quarantine
+    yield dg.Output(staged_turns, "raw_turns",
+                    metadata=_turn_metadata(staged_turns, len(reader.files), staged_quarantine.rows))
+    yield dg.Output(staged_quarantine, "quarantined_turns", metadata=_quarantine_metadata(reasons, preview))
 
 
 def _turn_metadata(turns: StagedTable, files: int, quarantined: int) -> dict:

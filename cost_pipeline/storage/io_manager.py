@@ -29,6 +29,8 @@ from cost_pipeline.storage.staging import StagedTable
 from cost_pipeline.storage.tables import TableWrite, empty_frame, read_slice, replace_partitions, row_counts, table_exists
 
 COLUMN_SCHEMA_KEY = "dagster/column_schema"
+BATCH_KEY = "cost_pipeline/batch"
+"""Output metadata naming a batch of optional outputs that a step emits all together or not at all."""
 STORAGE_KIND = "duckdb"
 
 
@@ -263,15 +265,22 @@ def _self_dependent(context: dg.InputContext) -> bool:
 
 
 def _batch_output_names(context: dg.OutputContext) -> set[str]:
-    """The required, selected outputs of this step that share this output's IO manager."""
-    if not context.op_def.output_def_named(context.name).is_required:
+    """The selected outputs of this step that share this output's IO manager and commit with it.
+
+    Required outputs form one batch. An optional output commits on its own (a step may
+    never emit it, and a batch must never wait forever), unless its metadata names a
+    batch (`BATCH_KEY`): the step emits that batch's outputs all together or none.
+    """
+    this = context.op_def.output_def_named(context.name)
+    batch = (this.metadata or {}).get(BATCH_KEY)
+    if not this.is_required and batch is None:
         return {context.name}
-    manager_key = context.op_def.output_def_named(context.name).io_manager_key
     selected = context.step_context.selected_output_names
     return {
         output.name
         for output in context.op_def.output_defs
-        if output.io_manager_key == manager_key and output.is_required and output.name in selected
+        if output.io_manager_key == this.io_manager_key and output.name in selected
+        and (output.is_required if batch is None else (output.metadata or {}).get(BATCH_KEY) == batch)
     }
 
 
