@@ -22,12 +22,13 @@ import time
 from datetime import date
 from pathlib import Path
 
+os.environ.setdefault("COST_PIPELINE_START", "2026-01-01")  # keeps the fixed bench days inside the partitions (children inherit it)
+
 DAY = date(2026, 11, 1)
 
 CHILD = r"""
 import json, resource, sys
 from pathlib import Path
-os.environ.setdefault("COST_PIPELINE_START", "2026-01-01")  # keeps the fixed bench days inside the partitions
 
 import dagster as dg
 from cost_pipeline.assets import ingest, turns
