@@ -11,7 +11,7 @@ import sys
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
-from cost_pipeline.config import DB_ENV, DEFAULT_DB, DEFAULT_LANDING, LANDING_ENV, START_ENV, resolved
+from cost_pipeline.config import COSTS_ENV, DB_ENV, DEFAULT_COSTS, DEFAULT_DB, DEFAULT_LANDING, LANDING_ENV, START_ENV, resolved
 from cost_pipeline.llm.local_server import config_arguments, config_from, serve
 from cost_pipeline.costs.report import DIMENSIONS
 from cost_pipeline.synthetic import generate
@@ -48,7 +48,15 @@ def main(argv: list[str] | None = None) -> int:
     report.add_argument("--chart", help="also write a PNG of daily spend by model to this path")
     report.add_argument("--database", default=resolved(DB_ENV, DEFAULT_DB))
 
+    board = commands.add_parser("dashboard", help="write the cost dashboard (one self-contained HTML page) for a range")
+    board.add_argument("--start", type=date.fromisoformat, help="first day (default: 60 days before --end)")
+    board.add_argument("--end", type=date.fromisoformat, help="last day (default: the latest day with a rollup)")
+    board.add_argument("--out", default=None, help="the HTML file (default: dashboard.html beside the DuckDB file)")
+    board.add_argument("--database", default=resolved(DB_ENV, DEFAULT_DB))
+
     args = parser.parse_args(argv)
+    if args.command == "dashboard":
+        return run_dashboard(args)
     if args.command == "report":
         return run_report(args)
     if args.command == "serve-model":
@@ -160,6 +168,30 @@ def run_report(args: argparse.Namespace) -> int:
     if args.chart:
         write_chart(daily_cost_by_model(args.database, args.start, args.end), args.chart)
         print(f"chart written to {args.chart}", file=sys.stderr)
+    return 0
+
+
+def run_dashboard(args: argparse.Namespace) -> int:
+    from cost_pipeline.costs import dashboard
+    from cost_pipeline.resources import CostSettings
+
+    if not Path(args.database).exists():
+        print(f"no DuckDB file at {args.database}: run the pipeline first (make demo)", file=sys.stderr)
+        return 1
+    end = args.end or dashboard.latest_day(args.database)
+    start = args.start or end - timedelta(days=dashboard.DEFAULT_DAYS - 1)
+    if end < start:
+        print(f"--end {end} is before --start {start}", file=sys.stderr)
+        return 2
+    costs_file = resolved(COSTS_ENV, DEFAULT_COSTS)
+    budgets = CostSettings(config_file=costs_file if Path(costs_file).is_file() else None).budgets()
+    out = Path(args.out) if args.out else dashboard.default_path(args.database)
+    try:
+        path = dashboard.write(args.database, out, start, end, budgets)
+    except LookupError as missing:
+        print(missing, file=sys.stderr)
+        return 1
+    print(f"dashboard for {start} to {end} written to {path.resolve()} (open it in a browser; it works offline)")
     return 0
 
 
