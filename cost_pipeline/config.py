@@ -46,6 +46,17 @@ def partitions_start(today: date | None = None) -> str:
             else first_of_month.replace(month=first_of_month.month - 1)).isoformat()
 
 
+CLEAN_MODEL_ENV, FUNCTION_MODEL_ENV = "COST_PIPELINE_CLEAN_MODEL", "COST_PIPELINE_FUNCTION_MODEL"
+THINKING_BUDGET_ENV = "COST_PIPELINE_THINKING_BUDGET"
+RPM_ENV, TPM_ENV = "COST_PIPELINE_RPM", "COST_PIPELINE_TPM"
+CONCURRENCY_ENV = "COST_PIPELINE_CONCURRENCY"
+
+
+def env_int_or_default(name: str, default: int | None) -> int | dg.EnvVar | None:
+    """`dg.EnvVar(name).int()`-style: the variable (as an integer, resolved at launch) when set, else the default."""
+    return dg.EnvVar.int(name) if os.environ.get(name) else default
+
+
 def env_or_default(name: str, default: str | None) -> str | dg.EnvVar | None:
     """`dg.EnvVar(name)` when the variable is set, else the documented default."""
     return dg.EnvVar(name) if os.environ.get(name) else default

@@ -7,9 +7,11 @@ import dagster as dg
 from cost_pipeline.costs import checks, reconciliation, rollups
 from cost_pipeline.assets import ingest, turns
 from cost_pipeline.config import (
-    BILLING_ENV, COSTS_ENV, DB_ENV, DEFAULT_BILLING, DEFAULT_COSTS, DEFAULT_DB, DEFAULT_LANDING, LANDING_ENV, env_or_default, gemini_api_key,
+    BILLING_ENV, CLEAN_MODEL_ENV, CONCURRENCY_ENV, COSTS_ENV, DB_ENV, DEFAULT_BILLING, DEFAULT_COSTS, DEFAULT_DB, DEFAULT_LANDING,
+    FUNCTION_MODEL_ENV, LANDING_ENV, RPM_ENV, THINKING_BUDGET_ENV, TPM_ENV, env_int_or_default, env_or_default,
+    gemini_api_key,
 )
-from cost_pipeline.llm.client import GeminiResource
+from cost_pipeline.llm.client import DEFAULT_MODEL, GeminiResource
 from cost_pipeline.resources import BillingExports, CostSettings, LandingResource
 from cost_pipeline.schedules import (
     daily_pipeline_job, daily_pipeline_schedule, evaluation_costs_automation, evaluation_costs_job, late_landing_sensor,
@@ -28,7 +30,14 @@ def local_resources() -> dict:
         "io_manager": DuckDBPartitionIOManager(database=database),
         "warehouse": DuckDBWarehouse(database=database),
         "landing": LandingResource(root=env_or_default(LANDING_ENV, DEFAULT_LANDING)),
-        "gemini": GeminiResource(api_key=gemini_api_key(), cache_database=database),
+        # Models, thinking and limits from the environment, so the schedule, sensor and backfills use them too.
+        "gemini": GeminiResource(
+            api_key=gemini_api_key(), cache_database=database,
+            clean_model=env_or_default(CLEAN_MODEL_ENV, DEFAULT_MODEL),
+            function_model=env_or_default(FUNCTION_MODEL_ENV, DEFAULT_MODEL),
+            thinking_budget=env_int_or_default(THINKING_BUDGET_ENV, None),
+            requests_per_minute=env_int_or_default(RPM_ENV, None), tokens_per_minute=env_int_or_default(TPM_ENV, None),
+            max_concurrency=env_int_or_default(CONCURRENCY_ENV, 32)),
         "billing": BillingExports(folder=env_or_default(BILLING_ENV, DEFAULT_BILLING)),
         "costs": CostSettings(config_file=env_or_default(COSTS_ENV, DEFAULT_COSTS if Path(DEFAULT_COSTS).is_file() else None)),
     }

@@ -1,6 +1,19 @@
-"""Small markdown tables for Dagster metadata, so people read results in the UI."""
+"""Small markdown tables and money for Dagster metadata, so people read results in the UI."""
+
+from decimal import Decimal
 
 import pandas as pd
+
+
+def money(value: Decimal | None, places: int = 6) -> str:
+    """Dollars as a person reads them: `$0.247333` (rounded for display; keep the exact value beside it)."""
+    return "n/a" if value is None else f"${value:,.{places}f}"
+
+
+def money_entries(name: str, value: Decimal | None) -> dict:
+    """A money figure three ways: `name` as text for people, `name_usd` as a float for the UI's plots, and
+    `name_usd_exact` as the exact Decimal in text (floats never carry money)."""
+    return {name: money(value), f"{name}_usd": float(value or 0), f"{name}_usd_exact": "n/a" if value is None else str(value)}
 
 
 def markdown_table(frame: pd.DataFrame, limit: int = 20) -> str:

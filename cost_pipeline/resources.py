@@ -57,6 +57,9 @@ class CostSettings(dg.ConfigurableResource):
     config_file: str | None = Field(default=None, description="TOML with [prices.\"<model>\"] and [budgets]; none: library prices, no budgets.")
     budget_warn_share: float = Field(default=0.8, description="Warn when an evaluation has used this share of its budget.")
     estimated_share_warn: float = Field(default=0.05, description="Warn when more calls than this share have estimated usage.")
+    quarantine_share_warn: float = Field(default=0.05, description="Warn when more landed lines than this share are quarantined.")
+    failed_turn_share_warn: float = Field(default=0.01, description="Warn when more turns than this share failed cleaning "
+                                                                     "(the stage itself fails above max_failure_share).")
 
     def _table(self) -> dict:
         if not self.config_file:

@@ -16,7 +16,7 @@ from cost_pipeline.schedules import daily_pipeline_schedule, late_landing_sensor
 from cost_pipeline.synthetic import generate
 
 from .conftest import THREE_DAYS as DAYS
-from .conftest import local_resources, materialize_day
+from .conftest import SMALL_DAYS_COSTS, local_resources, materialize_day
 
 COSTS = ["input_cost_usd", "cached_input_cost_usd", "output_cost_usd", "total_cost_usd", "saved_cost_usd"]
 TOKENS = ["input_tokens", "cached_tokens", "output_tokens", "thinking_tokens", "tool_prompt_tokens", "total_tokens"]
@@ -53,7 +53,12 @@ def test_rollups_equal_sums_computed_independently_from_the_calls(three_days, da
     assert all(isinstance(v, Decimal) for r in rollup for v in r[-len(COSTS):])
     day_total = sum((v[3 + len(TOKENS) + 3] for k, v in expected.items() if k[0] == DAYS[0]), Decimal(0))
     metadata = three_days[0].asset_materializations_for_node("daily_cost_rollup")[0].metadata
-    assert metadata["total_cost_usd"].value == pytest.approx(float(day_total))
+    assert metadata["data_cost_usd_exact"].value == str(day_total) and metadata["data_cost"].value == f"${day_total:,.6f}"
+    assert metadata["data_cost_usd"].value == pytest.approx(float(day_total))
+    assert list(metadata)[:3] == ["spend", "spend_usd", "spend_usd_exact"], "money comes first on the asset page"
+    table = metadata["by_evaluation_and_model"].value
+    assert table.splitlines()[0] == "| evaluation | model | calls | spend | cost of the data |"
+    assert f"| **all** |  | {metadata['calls'].value} | {metadata['spend'].value} | {metadata['data_cost'].value} |" in table
     assert metadata["calls"].value == sum(v[0] for k, v in expected.items() if k[0] == DAYS[0])
 
 
@@ -62,7 +67,7 @@ def test_every_check_passes_on_a_healthy_day(three_days):
     assert results == {name: (True, dg.AssetCheckSeverity.ERROR) for name in
                        ("rollup_reconciles_with_calls", "spend_matches_ledger", "calls_have_usage", "costs_are_valid",
                         "batch_from_one_run")} | {
-        "prices_are_known": (True, dg.AssetCheckSeverity.WARN)}
+        name: (True, dg.AssetCheckSeverity.WARN) for name in ("prices_are_known", "quarantine_share", "failed_turn_share")}
 
 
 def test_cleaned_turns_carry_their_own_costs(three_days, database):
@@ -112,7 +117,8 @@ def run_checks(landing_root, database, model_server, day=DAYS[0]) -> dict:
     """Only the daily checks, for one partition, against whatever the tables now hold."""
     daily_checks = [c for c in all_checks if all(k.asset_key != dg.AssetKey("evaluation_costs") for k in c.check_keys)]
     job = dg.Definitions(
-        assets=all_assets, asset_checks=all_checks, resources=local_resources(landing_root, database, model_server),
+        assets=all_assets, asset_checks=all_checks,
+        resources=local_resources(landing_root, database, model_server, costs=SMALL_DAYS_COSTS),
         jobs=[dg.define_asset_job("daily_checks", selection=dg.AssetSelection.checks(*daily_checks))],
     ).resolve_job_def("daily_checks")
     # A checks-only selection has no assets to derive partitions from; the run's partition tag carries the day.
@@ -232,3 +238,28 @@ def test_totals_that_leave_out_unpriced_calls_say_so_and_no_budget_passes_on_the
     missing = fetch(database, "SELECT sum(missing_price_calls + unpriced_attempts) FROM daily_cost_rollup")[0][0]
     assert table.splitlines()[-1] == f"TOTAL is incomplete: leaves out {missing:,} calls without a price: it is a lower bound"
     assert json.loads(render(cost_report(str(database), DAYS[0], DAYS[0], "day"), "json"))["total"]["complete"] is False
+
+
+def test_quarantine_and_failed_turn_shares_warn_with_the_numbers(landing_root, database, model_server):
+    generate(landing_root, DAYS[0], days=1, turns_per_day=200, seed=4)
+    model_server.configure(rate_400=0.03, seed=3)  # a 400 is never retried: its turn fails
+    result = materialize_day(DAYS[0], landing_root, database, model_server, costs=CostSettings(failed_turn_share_warn=0.002))
+    evaluations = {e.check_name: e for e in result.get_asset_check_evaluations()}
+    failed = evaluations["failed_turn_share"]
+    assert (failed.passed, failed.severity) == (False, dg.AssetCheckSeverity.WARN)
+    turns, bad = fetch(database, "SELECT count(*), count(*) FILTER (WHERE status <> 'ok') FROM cleaned_turns")[0]
+    assert bad and failed.description.startswith(f"{bad / turns:.1%} of turns failed cleaning ({bad} of {turns}; warn above 0.2%)")
+    quarantine = evaluations["quarantine_share"]
+    assert quarantine.passed  # one malformed line of each kind in 200 turns stays under 5%
+
+    small_day = DAYS[1]
+    generate(landing_root, small_day, days=1, turns_per_day=10, seed=4)
+    model_server.configure(rate_400=0.0)
+    quarantined = {e.check_name: e for e in materialize_day(small_day, landing_root, database, model_server)
+                   .get_asset_check_evaluations()}["quarantine_share"]
+    lines, landed = fetch(database, f"SELECT (SELECT count(*) FROM quarantined_turns WHERE partition_date = '{small_day}'), "
+                                    f"(SELECT count(*) FROM raw_turns WHERE partition_date = '{small_day}')")[0]
+    assert (quarantined.passed, quarantined.severity) == (False, dg.AssetCheckSeverity.WARN)
+    assert quarantined.description.startswith(f"{lines / (lines + landed):.1%} of landed lines quarantined "
+                                              f"({lines} of {lines + landed}; warn above 5%): ")
+    assert "not_json" in quarantined.description

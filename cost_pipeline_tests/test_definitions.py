@@ -37,3 +37,28 @@ def test_settings_come_from_the_environment_as_env_vars(monkeypatch, tmp_path):
     assert resources["io_manager"].database == dg.EnvVar("COST_PIPELINE_DB")
     monkeypatch.delenv("COST_PIPELINE_DB")
     assert definitions.local_resources()["io_manager"].database == "data/cost_pipeline.duckdb"
+
+
+def test_models_thinking_and_limits_come_from_the_environment_by_name(monkeypatch):
+    from cost_pipeline import definitions
+
+    for name in ("COST_PIPELINE_CLEAN_MODEL", "COST_PIPELINE_FUNCTION_MODEL", "COST_PIPELINE_THINKING_BUDGET",
+                 "COST_PIPELINE_RPM", "COST_PIPELINE_TPM"):
+        monkeypatch.setenv(name, "gemini-2.5-flash" if "MODEL" in name else "120")
+    gemini = definitions.local_resources()["gemini"]
+    assert gemini.clean_model == dg.EnvVar("COST_PIPELINE_CLEAN_MODEL")
+    assert gemini.function_model == dg.EnvVar("COST_PIPELINE_FUNCTION_MODEL")
+    assert [value.env_var_name for value in (gemini.thinking_budget, gemini.requests_per_minute, gemini.tokens_per_minute)] \
+        == ["COST_PIPELINE_THINKING_BUDGET", "COST_PIPELINE_RPM", "COST_PIPELINE_TPM"]
+
+
+def test_rate_limits_default_to_what_a_free_tier_key_accepts_on_googles_api(monkeypatch):
+    from cost_pipeline.llm.client import FREE_TIER_RPM, FREE_TIER_TPM, GeminiResource
+
+    for name in ("GEMINI_API_KEY", "GOOGLE_API_KEY", "GOOGLE_GEMINI_BASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    google = GeminiResource(api_key="a-key")
+    assert (google.request_limit(), google.token_limit()) == (FREE_TIER_RPM, FREE_TIER_TPM) == (10, 250_000)
+    local = GeminiResource()
+    assert (local.request_limit(), local.token_limit()) == (4_000, 4_000_000)
+    assert GeminiResource(api_key="a-key", requests_per_minute=2_000).request_limit() == 2_000

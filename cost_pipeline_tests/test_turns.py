@@ -205,3 +205,44 @@ def test_a_day_with_no_valid_turn_writes_empty_tables(landing_root, database, mo
               for t in ("raw_turns", "quarantined_turns", "cleaned_turns", "function_calls", "llm_calls")]
     assert counts == [0, 2, 0, 0, 0]
     assert model_server.stats().get("requests", 0) == 0
+
+
+def test_progress_says_cost_so_far_rate_and_eta_in_counts_that_add_up(landing_root, database, model_server):
+    import re
+
+    generate(landing_root, DAY, days=1, turns_per_day=300, seed=8)
+    model_server.configure(latency_ms=20, rate_400=0.02, seed=8)
+    config = {"progress_every": 100, "progress_every_s": 0.5, "checkpoint_every_s": 0.5, "max_failure_share": 1.0}
+    with dg.instance_for_test() as instance:
+        result = materialize_day(DAY, landing_root, database, model_server, instance=instance,
+                                 run_config={"ops": {"turns_through_gemini": {"config": config}}})
+        lines = [e.user_message for e in instance.all_logs(result.run_id) if " turns" in e.user_message and " calls = " in e.user_message]
+    pattern = re.compile(r"(\d+)/300 turns \(\d+%\) in \S+, [\d.]+ turns/s(, ETA \S+)?; (\d+) calls = (\d+) from the cache "
+                         r"\+ (\d+) answered by Gemini \+ (\d+) failed \+ (\d+) in flight, [\d.]+ calls/s; (\d+) HTTP attempts "
+                         r"\((\d+) retries\); billed so far \$(\d+\.\d{6}) \(as of the last checkpoint\)$")
+    parsed = [pattern.match(line) for line in lines]
+    assert lines and all(parsed), lines[:3]
+    for match in parsed:
+        calls, hits, answered, failed, in_flight = (int(match.group(i)) for i in (3, 4, 5, 6, 7))
+        assert calls == hits + answered + failed + in_flight
+    by_turns = [m for m in parsed if int(m.group(1)) in (100, 200, 300)]
+    assert [int(m.group(1)) for m in by_turns] == [100, 200, 300]
+    assert len(parsed) > len(by_turns), "the timer logs between the every-N-turns lines"
+    final = by_turns[-1]
+    ok, failed_calls = query(database, "SELECT count(*) FILTER (WHERE status = 'ok' AND NOT cache_hit), "
+                                       "count(*) FILTER (WHERE status = 'failed') FROM llm_calls")[0]
+    # The last turn's line: every non-cache call of the day has been made (a last decision may be finishing).
+    assert int(final.group(5)) + int(final.group(6)) + int(final.group(7)) == ok + failed_calls
+    assert final.group(2) is None  # nothing left: no ETA
+    assert any(float(m.group(10)) > 0 for m in parsed), "spend so far rises as checkpoints land"
+
+
+def test_llm_calls_metadata_leads_with_cost_and_names_the_models(landing_root, database, model_server):
+    generate(landing_root, DAY, days=1, turns_per_day=60, seed=9)
+    result = materialize_day(DAY, landing_root, database, model_server, gemini={"function_model": "gemini-2.5-flash"})
+    metadata = next(m for m in result.asset_materializations_for_node("turns_through_gemini")
+                    if m.asset_key == dg.AssetKey("llm_calls")).metadata
+    (total,) = query(database, "SELECT sum(total_cost_usd)::VARCHAR FROM llm_calls")[0]
+    assert list(metadata)[:3] == ["cost", "cost_usd", "cost_usd_exact"]
+    assert metadata["cost_usd_exact"].value == total and metadata["cost"].value.startswith("$0.")
+    assert metadata["models"].value == "gemini-2.5-flash, gemini-2.5-flash-lite"

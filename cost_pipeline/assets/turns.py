@@ -14,6 +14,7 @@ removed by the next run, never read.
 """
 
 import asyncio
+from decimal import Decimal
 
 import dagster as dg
 import pandas as pd
@@ -26,7 +27,7 @@ from cost_pipeline.llm.cache import ResponseCache
 from cost_pipeline.llm.client import FAILED, GeminiResource
 from cost_pipeline.llm.processing import call_id, long_lived_objects_frozen, process_day
 from cost_pipeline.llm.usage import SAVED_FIELDS, TOKEN_FIELDS
-from cost_pipeline.markdown import markdown_table
+from cost_pipeline.markdown import markdown_table, money_entries
 from cost_pipeline.partitions import daily_partitions
 from cost_pipeline.resources import CostSettings
 from cost_pipeline.storage.day_turns import conversation_chunks, export_day_turns
@@ -119,6 +120,7 @@ class GeminiStageConfig(dg.Config):
         default=0.05, description="Fail the run, writing nothing, when more calls than this share fail."
     )
     progress_every: int = Field(default=500, description="Log progress every N turns.")
+    progress_every_s: float = Field(default=30.0, description="Log progress every this many seconds, too.")
     checkpoint_every_s: float = Field(
         default=5.0, description="Write paid answers and attempts this often while the day runs, so a killed run's "
                                  "re-run pays only for the calls it had not made.")
@@ -213,7 +215,8 @@ async def _run_day(chunks, total: int, gemini: GeminiResource, cache: ResponseCa
     periodic = asyncio.create_task(checkpoints.run_periodically())
     try:
         elapsed = await process_day(chunks, session, day, context.log.info, config.progress_every, total,
-                                    config.conversations_in_flight)
+                                    config.conversations_in_flight, spent=lambda: checkpoints.spent,
+                                    progress_every_s=config.progress_every_s)
     finally:
         checkpoints.stop()
         await periodic
@@ -298,7 +301,7 @@ _SUMMED = [*_TOKEN_COLUMNS, "rejected_attempts", "billing_unknown_attempts"]
 def _call_summary(calls: StagedTable) -> dict:
     """The day's calls in one pass over the staged rows: counts, token sums, latency percentiles, unpriced models."""
     names = ["calls", "cache_hits", "failures", "estimated_usage_calls", *_SUMMED, "saved_tokens",
-             "latency_p50_ms", "latency_p95_ms", "missing_price_models"]
+             "latency_p50_ms", "latency_p95_ms", "missing_price_models", "cost", "saved", "models"]
     (values,) = query_staged(f"""
         SELECT count(*), count(*) FILTER (WHERE cache_hit), count(*) FILTER (WHERE status = '{FAILED}'),
                count(*) FILTER (WHERE usage_source = 'estimated'),
@@ -306,14 +309,22 @@ def _call_summary(calls: StagedTable) -> dict:
                coalesce(sum({" + ".join(_SAVED_COLUMNS)}), 0)::BIGINT,
                coalesce(quantile_cont(latency_ms, 0.5) FILTER (WHERE NOT cache_hit AND status = 'ok'), 0),
                coalesce(quantile_cont(latency_ms, 0.95) FILTER (WHERE NOT cache_hit AND status = 'ok'), 0),
-               coalesce(string_agg(DISTINCT model, ', ' ORDER BY model) FILTER (WHERE price_status = '{MISSING}'), '')
+               coalesce(string_agg(DISTINCT model, ', ' ORDER BY model) FILTER (WHERE price_status = '{MISSING}'), ''),
+               sum(total_cost_usd)::VARCHAR, coalesce(sum(saved_cost_usd), 0)::VARCHAR,
+               coalesce(string_agg(DISTINCT model, ', ' ORDER BY model), '')
         FROM calls""", calls=calls)
-    return dict(zip(names, values))
+    summary = dict(zip(names, values))
+    summary["cost"] = None if summary["cost"] is None else Decimal(summary["cost"])
+    summary["saved"] = Decimal(summary["saved"])
+    return summary
 
 
 def _call_metadata(calls: StagedTable, summary: dict, stats, turns: int, elapsed_s: float, cache_written: int,
                    checkpoints: int) -> dict:
     metadata = {
+        **money_entries("cost", summary["cost"]),
+        **money_entries("saved", summary["saved"]),
+        "models": summary["models"],
         "calls": summary["calls"],
         "api_calls": int(stats["api_calls"]),
         "cache_hits": summary["cache_hits"],

@@ -12,6 +12,7 @@ and retried by the next one and at the end; it never fails the run. No Dagster h
 
 import asyncio
 from collections.abc import Callable
+from decimal import Decimal
 from pathlib import Path
 
 from cost_pipeline.costs.ledger import AttemptSpool, load_spools
@@ -28,6 +29,8 @@ class Checkpoints:
         self._unwritten: list[dict] = []
         self._stopped = asyncio.Event()
         self.cache_entries = self.attempts = self.count = 0
+        self.spent = Decimal(0)
+        """What the attempts checkpointed so far were billed (a progress figure; the ledger is the record)."""
 
     async def run_periodically(self) -> None:
         """Checkpoint every `every_s` seconds until `stop`; a checkpoint under way always completes."""
@@ -63,7 +66,8 @@ class Checkpoints:
         entries, spools = self._unwritten + self.cache.take_new(), [*self._unloaded, self.spool.path]
         self._unwritten, self._unloaded = [], []
         try:
-            added = sum(load_spools(self.database, self.book, only=path, log=self.log) for path in spools)
+            added = sum(load_spools(self.database, self.book, only=path, log=self.log, on_spend=self._spend)
+                        for path in spools)
         finally:  # answers are cached even when the ledger must wait (its spool stays on disk for the next loader)
             written = self.cache.write(entries)
         self.attempts += added
@@ -71,5 +75,9 @@ class Checkpoints:
         return self.attempts, self.cache_entries
 
     def _write(self, entries: list[dict], spools: list[Path]) -> tuple[int, int]:
-        added = sum(load_spools(self.database, self.book, only=path, log=self.log) for path in spools)
+        added = sum(load_spools(self.database, self.book, only=path, log=self.log, on_spend=self._spend)
+                    for path in spools)
         return self.cache.write(entries), added
+
+    def _spend(self, usd: Decimal) -> None:
+        self.spent += usd

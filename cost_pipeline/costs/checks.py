@@ -44,6 +44,9 @@ def rollup_reconciles_with_calls(context: dg.AssetCheckExecutionContext, warehou
         [context.partition_key, context.partition_key])
     return dg.AssetCheckResult(
         passed=mismatched.empty,
+        description=None if mismatched.empty else
+        f"{len(mismatched)} rollup group(s) differ from the sum of their calls (e.g. "
+        f"{_group(mismatched.iloc[0])}: calls ${mismatched.iloc[0]['calls_cost']} vs rollup ${mismatched.iloc[0]['rollup_cost']})",
         metadata={"mismatched_groups": len(mismatched),
                   "mismatches": dg.MetadataValue.md(markdown_table(mismatched)) if len(mismatched) else ""},
     )
@@ -93,7 +96,8 @@ def calls_have_usage(context: dg.AssetCheckExecutionContext, warehouse: DuckDBWa
     share = estimated / calls if calls else 0.0
     metadata = {"calls": calls, "without_usage": without, "estimated": estimated, "estimated_share": share}
     if without:
-        return dg.AssetCheckResult(passed=False, severity=dg.AssetCheckSeverity.ERROR, metadata=metadata)
+        return dg.AssetCheckResult(passed=False, severity=dg.AssetCheckSeverity.ERROR, metadata=metadata,
+                                   description=f"{without} of {calls} answered calls carry no usage: their cost is unknown")
     if share > costs.estimated_share_warn:
         return dg.AssetCheckResult(passed=False, severity=dg.AssetCheckSeverity.WARN, metadata=metadata,
                                    description=f"{share:.1%} of calls have estimated usage (warn above {costs.estimated_share_warn:.0%})")
@@ -110,7 +114,10 @@ def costs_are_valid(context: dg.AssetCheckExecutionContext, warehouse: DuckDBWar
                count(*) FILTER (WHERE price_status = 'ok' AND ({null})) AS null_costs
         FROM llm_calls WHERE partition_date = ?""", [context.partition_key]).iloc[0]
     metadata = {"negative_cost_calls": int(bad["negative"]), "null_cost_calls": int(bad["null_costs"])}
-    return dg.AssetCheckResult(passed=not (metadata["negative_cost_calls"] or metadata["null_cost_calls"]), metadata=metadata)
+    passed = not (metadata["negative_cost_calls"] or metadata["null_cost_calls"])
+    return dg.AssetCheckResult(passed=passed, metadata=metadata, description=None if passed else
+                               f"{metadata['negative_cost_calls']} call(s) with a negative cost and "
+                               f"{metadata['null_cost_calls']} priced call(s) with a null cost")
 
 
 @dg.asset_check(asset="llm_calls", partitions_def=daily_partitions,
@@ -119,10 +126,12 @@ def prices_are_known(context: dg.AssetCheckExecutionContext, warehouse: DuckDBWa
     missing = warehouse.query("""
         SELECT model, count(*) AS calls FROM llm_calls
         WHERE partition_date = ? AND price_status = 'missing' GROUP BY model ORDER BY model""", [context.partition_key])
+    calls = int(missing["calls"].sum()) if len(missing) else 0
     return dg.AssetCheckResult(
         passed=missing.empty, severity=dg.AssetCheckSeverity.WARN,
-        metadata={"missing_price_calls": int(missing["calls"].sum()) if len(missing) else 0,
-                  "models": ", ".join(missing["model"])},
+        description=None if missing.empty else f"{calls} call(s) of {', '.join(missing['model'])} have no price: "
+                                               "add one under [prices] in costs.toml",
+        metadata={"missing_price_calls": calls, "models": ", ".join(missing["model"])},
     )
 
 
@@ -134,9 +143,56 @@ def batch_from_one_run(context: dg.AssetCheckExecutionContext, warehouse: DuckDB
     distinct = runs["run_id"].nunique()
     return dg.AssetCheckResult(
         passed=distinct <= 1,
+        description=None if distinct <= 1 else f"the day's tables come from {distinct} different runs: re-run the day",
         metadata={"distinct_runs": distinct,
                   "runs": dg.MetadataValue.md(markdown_table(runs)) if distinct > 1 else ""},
     )
+
+
+@dg.asset_check(asset="raw_turns", partitions_def=daily_partitions,
+                description="Warns when more of the day's landed lines are quarantined than `quarantine_share_warn`.")
+def quarantine_share(context: dg.AssetCheckExecutionContext, warehouse: DuckDBWarehouse,
+                     costs: CostSettings) -> dg.AssetCheckResult:
+    counts = warehouse.query("""
+        SELECT (SELECT count(*) FROM raw_turns WHERE partition_date = $day) AS kept,
+               (SELECT count(*) FROM quarantined_turns WHERE partition_date = $day) AS quarantined""",
+        {"day": context.partition_key}).iloc[0]
+    kept, quarantined = int(counts["kept"]), int(counts["quarantined"])
+    share = quarantined / (kept + quarantined) if kept + quarantined else 0.0
+    reasons = warehouse.query("""SELECT reason_code, count(*) AS lines FROM quarantined_turns WHERE partition_date = ?
+                                 GROUP BY 1 ORDER BY 2 DESC, 1""", [context.partition_key])
+    passed = share <= costs.quarantine_share_warn
+    return dg.AssetCheckResult(
+        passed=passed, severity=dg.AssetCheckSeverity.WARN,
+        description=None if passed else
+        f"{share:.1%} of landed lines quarantined ({quarantined} of {kept + quarantined}; warn above "
+        f"{costs.quarantine_share_warn * 100:g}%): " + ", ".join(f"{r.reason_code} {r.lines}" for r in reasons.itertuples()),
+        metadata={"quarantined_share": share, "quarantined_lines": quarantined, "landed_lines": kept + quarantined,
+                  "reasons": dg.MetadataValue.md(markdown_table(reasons)) if len(reasons) else ""})
+
+
+@dg.asset_check(asset="cleaned_turns", partitions_def=daily_partitions,
+                description="Warns when more of the day's turns failed cleaning than `failed_turn_share_warn`.")
+def failed_turn_share(context: dg.AssetCheckExecutionContext, warehouse: DuckDBWarehouse,
+                      costs: CostSettings) -> dg.AssetCheckResult:
+    counts = warehouse.query("""SELECT count(*) AS turns, count(*) FILTER (WHERE status <> 'ok') AS failed
+                                FROM cleaned_turns WHERE partition_date = ?""", [context.partition_key]).iloc[0]
+    turns, failed = int(counts["turns"]), int(counts["failed"])
+    share = failed / turns if turns else 0.0
+    errors = warehouse.query("""SELECT error, count(*) AS turns FROM cleaned_turns WHERE partition_date = ? AND status <> 'ok'
+                                GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 5""", [context.partition_key])
+    passed = share <= costs.failed_turn_share_warn
+    return dg.AssetCheckResult(
+        passed=passed, severity=dg.AssetCheckSeverity.WARN,
+        description=None if passed else
+        f"{share:.1%} of turns failed cleaning ({failed} of {turns}; warn above {costs.failed_turn_share_warn * 100:g}%); "
+        f"most common: {errors.iloc[0]['error']!r}",
+        metadata={"failed_turn_share": share, "failed_turns": failed, "turns": turns,
+                  "errors": dg.MetadataValue.md(markdown_table(errors)) if len(errors) else ""})
+
+
+def _group(row) -> str:
+    return "/".join(str(row[key]) for key in GROUP_KEYS)
 
 
 @dg.asset_check(asset="evaluation_costs",

@@ -230,7 +230,8 @@ def _insert(database: str | Path, frame: pd.DataFrame, log, lock_timeout_s: floa
 
 
 def load_spools(database: str | Path, book: PriceBook, only: Path | None = None,
-                log: Callable[[str], None] | None = None, lock_timeout_s: float = 120.0) -> int:
+                log: Callable[[str], None] | None = None, lock_timeout_s: float = 120.0,
+                on_spend: Callable[[Decimal], None] | None = None) -> int:
     """Load spool files into `llm_attempts` (`only` one, or every spool whose writer is gone); returns rows added.
 
     A file is deleted only after its rows are committed; a crash in between loads it again
@@ -252,7 +253,10 @@ def load_spools(database: str | Path, book: PriceBook, only: Path | None = None,
                 continue  # being written, or being loaded by someone else
             rows = attempt_rows(handle.read().splitlines())
             if rows:
-                added += _insert(database, priced_frame(rows, book, recovered=only is None), log, lock_timeout_s)
+                frame = priced_frame(rows, book, recovered=only is None)
+                added += _insert(database, frame, log, lock_timeout_s)
+                if on_spend:  # what these attempts were billed, for progress logs (the ledger stays the record)
+                    on_spend(sum((Decimal(cost) for cost in frame["cost_usd"] if cost is not None), Decimal(0)))
             path.unlink(missing_ok=True)
         if log and only is None:
             log(f"recovered {len(rows)} attempts from {path.name}, a spool that no running writer holds")

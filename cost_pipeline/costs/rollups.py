@@ -24,7 +24,7 @@ from cost_pipeline.costs.ledger import COLUMNS as LEDGER_COLUMNS
 from cost_pipeline.costs.ledger import ensure_ledger, load_spools
 from cost_pipeline.costs.pricing import MONEY_PLACES
 from cost_pipeline.costs.report import incomplete_note
-from cost_pipeline.markdown import markdown_table
+from cost_pipeline.markdown import markdown_table, money, money_entries
 from cost_pipeline.partitions import DUCKDB_POOL, daily_partitions
 from cost_pipeline.resources import CostSettings
 from cost_pipeline.storage.warehouse import DuckDBWarehouse
@@ -196,15 +196,16 @@ def with_budgets(totals: pd.DataFrame, budgets: dict[str, Decimal]) -> pd.DataFr
 
 
 def rollup_metadata(rollup: pd.DataFrame) -> dict:
+    """Money first (as people read it, as floats for plots, and exact), then the day by evaluation x model, then counts."""
     calls = int(rollup["calls"].sum())
-    by_evaluation = rollup.groupby("evaluation_id")[["spend_usd", "total_cost_usd"]].agg(_sum)
-    top = by_evaluation.sort_values("spend_usd", ascending=False).map(lambda cost: f"{cost:.6f}").rename_axis("evaluation")
     unpriced = int(rollup["missing_price_calls"].sum() + rollup["unpriced_attempts"].sum())
     unknown = int(rollup["billing_unknown_attempts"].sum())
     return {
-        "spend_usd": float(_sum(rollup["spend_usd"])),
-        "total_cost_usd": float(_sum(rollup["total_cost_usd"])),
-        "saved_cost_usd": float(_sum(rollup["saved_cost_usd"])),
+        **money_entries("spend", _sum(rollup["spend_usd"])),
+        **money_entries("data_cost", _sum(rollup["total_cost_usd"])),
+        **money_entries("saved", _sum(rollup["saved_cost_usd"])),
+        "totals": incomplete_note(unpriced, unknown) or "complete",
+        "by_evaluation_and_model": dg.MetadataValue.md(evaluation_by_model_table(rollup)),
         "total_tokens": int(rollup["total_tokens"].sum()),
         "calls": calls,
         "billed_attempts": int(rollup["billed_attempts"].sum()),
@@ -213,9 +214,19 @@ def rollup_metadata(rollup: pd.DataFrame) -> dict:
         "missing_price_calls": int(rollup["missing_price_calls"].sum()),
         "unpriced_attempts": int(rollup["unpriced_attempts"].sum()),
         "billing_unknown_attempts": unknown,
-        "totals": incomplete_note(unpriced, unknown) or "complete",
-        "top_evaluations": dg.MetadataValue.md(markdown_table(top.reset_index(), 10)),
     }
+
+
+def evaluation_by_model_table(rollup: pd.DataFrame) -> str:
+    """Spend (and cost of the data) of the day by evaluation x model, biggest first, with totals."""
+    grouped = rollup.groupby(["evaluation_id", "model"], as_index=False).agg(
+        calls=("calls", "sum"), spend=("spend_usd", _sum), data_cost=("total_cost_usd", _sum))
+    grouped = grouped.sort_values(["spend", "evaluation_id", "model"], ascending=[False, True, True])
+    total = pd.DataFrame([{"evaluation_id": "**all**", "model": "", "calls": grouped["calls"].sum(),
+                           "spend": _sum(grouped["spend"]), "data_cost": _sum(grouped["data_cost"])}])
+    table = pd.concat([grouped, total], ignore_index=True)
+    table = table.assign(spend=table["spend"].map(money), data_cost=table["data_cost"].map(money))
+    return markdown_table(table.rename(columns={"evaluation_id": "evaluation", "data_cost": "cost of the data"}), 40)
 
 
 def evaluation_metadata(totals: pd.DataFrame) -> dict:

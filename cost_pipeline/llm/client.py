@@ -57,6 +57,11 @@ ERROR_TEXT_LIMIT = 500
 OK, FAILED = "ok", "failed"
 
 
+FREE_TIER_RPM, FREE_TIER_TPM = 10, 250_000
+"""Below the Gemini API free tier's limits for the Flash and Flash-Lite models: a new key never meets a 429 storm."""
+OTHER_ENDPOINT_RPM, OTHER_ENDPOINT_TPM = 4_000, 4_000_000
+
+
 class GeminiResource(dg.ConfigurableResource):
     """Gemini through google-genai: models per stage, limits, retries, rejections and the response cache.
 
@@ -75,8 +80,12 @@ class GeminiResource(dg.ConfigurableResource):
     thinking_budget: int | None = Field(default=None, description="Thinking tokens allowed; none: the model's default.")
     context_turns: int = Field(default=6, description="Earlier cleaned turns sent as context when cleaning.")
     max_concurrency: int = Field(default=32, description="Requests in flight at once.")
-    requests_per_minute: int = Field(default=4_000, description="Request rate limit.")
-    tokens_per_minute: int = Field(default=4_000_000, description="Prompt-token rate limit.")
+    requests_per_minute: int | None = Field(
+        default=None, description=f"Request rate limit; unset: {FREE_TIER_RPM} when calls go to Google's API (a free-tier "
+                                  f"quota accepts it), {OTHER_ENDPOINT_RPM:,} for the local server or a base URL.")
+    tokens_per_minute: int | None = Field(
+        default=None, description=f"Prompt-token rate limit; unset: {FREE_TIER_TPM:,} for Google's API, "
+                                  f"{OTHER_ENDPOINT_TPM:,} otherwise.")
     timeout_s: float = Field(default=30.0, description="Per-attempt HTTP timeout.")
     max_attempts: int = Field(default=5, description="Attempts per call, first included, rejected answers included.")
     max_rejected_attempts: int = Field(
@@ -100,7 +109,8 @@ class GeminiResource(dg.ConfigurableResource):
                 running_local_server(ServerConfig(latency_ms=self.local_server_latency_ms))
             )
         if context.log:
-            context.log.info(f"Gemini calls go to {self.describe_endpoint()}")
+            context.log.info(f"Gemini calls go to {self.describe_endpoint()}, at most {self.request_limit():,} requests "
+                             f"and {self.token_limit():,} prompt tokens a minute (COST_PIPELINE_RPM, COST_PIPELINE_TPM)")
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
         try:
@@ -144,6 +154,17 @@ class GeminiResource(dg.ConfigurableResource):
         if self.needs_local_server():
             return LOCAL_ENDPOINT
         return self.resolved_base_url() or GOOGLE_ENDPOINT
+
+    def request_limit(self) -> int:
+        """Requests per minute: as configured, else safe for the endpoint (a free-tier key on Google's API)."""
+        if self.requests_per_minute:
+            return self.requests_per_minute
+        return FREE_TIER_RPM if self.endpoint_id() == GOOGLE_ENDPOINT else OTHER_ENDPOINT_RPM
+
+    def token_limit(self) -> int:
+        if self.tokens_per_minute:
+            return self.tokens_per_minute
+        return FREE_TIER_TPM if self.endpoint_id() == GOOGLE_ENDPOINT else OTHER_ENDPOINT_TPM
 
     def describe_endpoint(self) -> str:
         if self.needs_local_server():
@@ -225,8 +246,8 @@ class GeminiSession:
         self.semaphore = asyncio.Semaphore(settings.max_concurrency)
         # Requests are spaced evenly (a bucket of one), so no 60-second window exceeds the limit;
         # tokens drain per second, as a request's weight can be far above one token.
-        self.request_limiter = AsyncLimiter(1, 60 / settings.requests_per_minute)
-        self.token_limiter = _per_second_limiter(settings.tokens_per_minute)
+        self.request_limiter = AsyncLimiter(1, 60 / settings.request_limit())
+        self.token_limiter = _per_second_limiter(settings.token_limit())
         self.backoff = tenacity.wait_exponential_jitter(initial=settings.initial_backoff_s, max=settings.max_backoff_s)
         self.inflight: dict[str, asyncio.Future] = {}
         self.stats: Counter = Counter()
@@ -255,6 +276,7 @@ class GeminiSession:
                 self.cache.put(request_hash, text_hash, request.stage, request.model, outcome.result, outcome.saved)
             return outcome
         finally:
+            self.stats["api_finished"] += 1  # answered or failed: calls = cache hits + finished + in flight
             future.set_result(outcome)
             if self.inflight.get(request_hash) is future:
                 del self.inflight[request_hash]

@@ -20,6 +20,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
+from decimal import Decimal
 
 from cost_pipeline.llm.client import OK, CallOutcome, CallTag, GeminiSession
 from cost_pipeline.llm.prompts import cleaning_request, function_request
@@ -68,12 +69,14 @@ def long_lived_objects_frozen() -> Iterator[None]:
 
 async def process_day(chunks: Iterable[list[Conversation]], session: GeminiSession, sink: RowSink,
                       progress: Callable[[str], None], progress_every: int = 500, total_turns: int = 0,
-                      window: int = 256) -> float:
+                      window: int = 256, spent: Callable[[], Decimal] | None = None,
+                      progress_every_s: float = 30.0) -> float:
     """Clean every turn and decide functions for user turns, chunk by chunk; returns the seconds it took.
 
     Each conversation's turns must be in order and a conversation whole within one chunk.
     """
-    tracker = _Progress(session, progress, progress_every, total=total_turns)
+    tracker = _Progress(session, progress, progress_every, total=total_turns, spent=spent, every_s=progress_every_s)
+    ticking = asyncio.create_task(tracker.periodically())
     slots = asyncio.Semaphore(window)
     running: set[asyncio.Task] = set()
     failures: list[BaseException] = []
@@ -84,25 +87,28 @@ async def process_day(chunks: Iterable[list[Conversation]], session: GeminiSessi
         if not task.cancelled() and task.exception() is not None:
             failures.append(task.exception())
 
-    for chunk in chunks:
-        texts = []
-        for conversation in chunk:
-            for turn in conversation:
-                turn["text_hash"] = text_hash(turn["text"])  # once per turn: the cache key and the spool's tag
-                texts.append(turn["text_hash"])
-        # Read in a worker thread, kept in this one: the loop's calls use the cache's memory meanwhile.
-        session.stats["cache_entries_loaded"] += session.cache.remember(await asyncio.to_thread(session.cache.read, texts))
-        for conversation in chunk:
-            await slots.acquire()
+    try:
+        for chunk in chunks:
+            texts = []
+            for conversation in chunk:
+                for turn in conversation:
+                    turn["text_hash"] = text_hash(turn["text"])  # once per turn: the cache key and the spool's tag
+                    texts.append(turn["text_hash"])
+            # Read in a worker thread, kept in this one: the loop's calls use the cache's memory meanwhile.
+            session.stats["cache_entries_loaded"] += session.cache.remember(await asyncio.to_thread(session.cache.read, texts))
+            for conversation in chunk:
+                await slots.acquire()
+                if failures:
+                    break
+                task = asyncio.create_task(_conversation(conversation, session, sink, tracker))
+                running.add(task)
+                task.add_done_callback(finished)
             if failures:
                 break
-            task = asyncio.create_task(_conversation(conversation, session, sink, tracker))
-            running.add(task)
-            task.add_done_callback(finished)
-        if failures:
-            break
-    if running:
-        await asyncio.wait(set(running))
+        if running:
+            await asyncio.wait(set(running))
+    finally:
+        ticking.cancel()
     if failures:
         raise failures[0]
     return tracker.elapsed()
@@ -217,10 +223,18 @@ def _ms_since(started: float) -> int:
 
 
 class _Progress:
-    """Logs turns done, calls, cache hits, retries and throughput every N turns."""
+    """Says how the day goes, every `every` turns and every `every_s` seconds, in counts that add up.
 
-    def __init__(self, session: GeminiSession, log: Callable[[str], None], every: int, total: int):
+    One line: turns done of the day with throughput and an ETA; the calls so far as the sum
+    of cache hits, calls Gemini answered, calls that failed and calls in flight; the HTTP
+    attempts behind them (retries included); and what the checkpointed attempts were
+    billed so far (`spent`, a running figure; the ledger is the record).
+    """
+
+    def __init__(self, session: GeminiSession, log: Callable[[str], None], every: int, total: int,
+                 spent: Callable[[], Decimal] | None = None, every_s: float = 30.0):
         self.session, self.log, self.every, self.total = session, log, max(1, every), total
+        self.spent, self.every_s = spent, every_s
         self.done = 0
         self.started = time.perf_counter()
 
@@ -230,9 +244,30 @@ class _Progress:
     def turn_done(self) -> None:
         self.done += 1
         if self.done % self.every == 0 or self.done == self.total:
-            stats, elapsed = self.session.stats, self.elapsed()
-            self.log(
-                f"{self.done}/{self.total} turns cleaned, {stats['calls']} calls ({stats['api_calls']} to the API, "
-                f"{stats['cache_hits']} cache hits, {stats['retries']} retries, {stats['failures']} failed) "
-                f"in {elapsed:.1f}s, {self.done / elapsed if elapsed else 0:.1f} turns/s"
-            )
+            self.log(self.line())
+
+    async def periodically(self) -> None:
+        """Log a line every `every_s` seconds until cancelled: a slow day still says how it goes."""
+        while True:
+            await asyncio.sleep(self.every_s)
+            self.log(self.line())
+
+    def line(self) -> str:
+        stats, elapsed = self.session.stats, self.elapsed()
+        hits, finished, failed = stats["cache_hits"], stats["api_finished"], stats["failures"]
+        in_flight = stats["calls"] - hits - finished
+        rate = self.done / elapsed if elapsed else 0.0
+        share = f" ({self.done / self.total:.0%})" if self.total else ""
+        eta = f", ETA {_duration((self.total - self.done) / rate)}" if rate and self.total > self.done else ""
+        spent = f"; billed so far ${self.spent():.6f} (as of the last checkpoint)" if self.spent else ""
+        return (f"{self.done}/{self.total} turns{share} in {_duration(elapsed)}, {rate:.1f} turns/s{eta}; "
+                f"{stats['calls']} calls = {hits} from the cache + {finished - failed} answered by Gemini + {failed} failed "
+                f"+ {in_flight} in flight, {stats['calls'] / elapsed if elapsed else 0:.1f} calls/s; "
+                f"{stats['api_calls']} HTTP attempts ({stats['retries']} retries){spent}")
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, seconds = divmod(rest, 60)
+    return f"{hours}h{minutes:02d}m{seconds:02d}s" if hours else f"{minutes}m{seconds:02d}s" if minutes else f"{seconds}s"
