@@ -56,7 +56,7 @@ def measure(share: float, turns: int, folder: Path) -> dict:
                      "gemini": GeminiResource(base_url=url, cache_database=database, max_concurrency=32,
                                               requests_per_minute=1_000_000, tokens_per_minute=1_000_000_000)}
         result = dg.materialize([*all_assets, *all_checks], partition_key=str(DAY), resources=resources,
-                                selection=dg.AssetSelection.all() - dg.AssetSelection.assets("evaluation_costs", "billing_reconciliation"),
+                                selection=dg.AssetSelection.all() - dg.AssetSelection.assets("evaluation_costs", "cost_dashboard", "billing_reconciliation"),
                                 run_config={"ops": {"turns_through_gemini": {"config": {"max_failure_share": 1.0}}}})
         assert result.success
         export = folder / "export.csv"

@@ -107,6 +107,9 @@ def run_demo(day: date, turns: int, seed: int) -> int:
     print("\nspend_usd: every billed attempt of every run of the day (the invoice's number); "
           "total_cost_usd: the cost of the data as it stands (a cache hit costs 0).")
     print(reconciliation_summary(database, billing_day, reconciled))
+    from cost_pipeline.costs.dashboard import default_path
+
+    print(f"\nThe cost dashboard (one HTML page, works offline): {default_path(database).as_uri()}")
     if start_note:
         print(start_note)
     print(

@@ -17,13 +17,14 @@ SCHEDULE_TIMEZONE = os.environ.get(SCHEDULE_TIMEZONE_ENV, "UTC")
 daily_pipeline_job = dg.define_asset_job(
     "daily_pipeline",
     # Totals over all days and the invoice reconciliation run on their own triggers, never in the daily job.
-    selection=dg.AssetSelection.all() - dg.AssetSelection.assets("evaluation_costs", "billing_reconciliation"),
+    selection=dg.AssetSelection.all() - dg.AssetSelection.assets("evaluation_costs", "cost_dashboard",
+                                                                 "billing_reconciliation"),
     description="One day's partition of every daily asset: landing files to cost rollup, with their checks.",
 )
 evaluation_costs_job = dg.define_asset_job(
     "evaluation_costs_job",
-    selection=dg.AssetSelection.assets("evaluation_costs"),
-    description="Totals per evaluation over all days, with the budget check.",
+    selection=dg.AssetSelection.assets("evaluation_costs", "cost_dashboard"),
+    description="Totals per evaluation over all days, with the budget check, and the cost dashboard.",
 )
 
 
@@ -31,9 +32,9 @@ evaluation_costs_job = dg.define_asset_job(
 # by default, so totals follow every rollup a schedule, backfill or person materializes.
 evaluation_costs_automation = dg.AutomationConditionSensorDefinition(
     "evaluation_costs_automation",
-    target=dg.AssetSelection.assets("evaluation_costs"),
+    target=dg.AssetSelection.assets("evaluation_costs", "cost_dashboard"),
     default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Refreshes evaluation_costs after any daily_cost_rollup partition changes.",
+    description="Refreshes evaluation_costs and the cost dashboard after any daily_cost_rollup partition changes.",
 )
 
 

@@ -134,7 +134,7 @@ def materialize_day(day: date | str, landing_root: Path, database: Path, model_s
         [*all_assets, *all_checks],
         partition_key=str(day),
         resources=local_resources(landing_root, database, model_server, costs, **(gemini or {})),
-        selection=dg.AssetSelection.all() - dg.AssetSelection.assets("evaluation_costs", "billing_reconciliation"),
+        selection=dg.AssetSelection.all() - dg.AssetSelection.assets("evaluation_costs", "cost_dashboard", "billing_reconciliation"),
         **kwargs,
     )
 

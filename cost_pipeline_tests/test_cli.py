@@ -56,6 +56,9 @@ def test_demo_materializes_a_day_and_says_where_to_look(tmp_path):
     with duckdb.connect(env["COST_PIPELINE_DB"], read_only=True) as connection:
         assert connection.execute("SELECT count(*) FROM raw_turns WHERE partition_date = '2026-11-03'").fetchone() == (400,)
     assert any((tmp_path / "home").iterdir()), "the run should be recorded in DAGSTER_HOME for the UI"
+    # The totals job also wrote the cost dashboard beside the database, and the demo says where.
+    board = tmp_path / "dashboard.html"
+    assert board.as_uri() in result.stdout and 'data-figure="spend"' in board.read_text()
     # The UI's partitions begin at the demo day, so its graph is full rather than hundreds of days missing.
     assert "COST_PIPELINE_START=2026-11-03" in (tmp_path / ".env").read_text().splitlines()
 

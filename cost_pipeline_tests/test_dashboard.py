@@ -79,3 +79,21 @@ def test_the_cli_writes_the_dashboard_beside_the_database(three_days, database, 
     missing = subprocess.run([str(cli), "dashboard", "--database", str(tmp_path / "none.duckdb")], capture_output=True,
                              text=True, timeout=60)
     assert missing.returncode == 1 and "no DuckDB file" in missing.stderr
+
+
+def test_the_dashboard_asset_writes_the_page_and_links_it(three_days, landing_root, database, model_server):
+    import dagster as dg
+
+    from cost_pipeline.definitions import all_assets
+
+    from .conftest import local_resources
+
+    result = dg.materialize(all_assets, selection=["cost_dashboard"],
+                            resources=local_resources(landing_root, database, model_server))
+    (materialization,) = result.asset_materializations_for_node("cost_dashboard")
+    link = materialization.metadata["dashboard"].value
+    page = dashboard.default_path(database)
+    assert link == page.as_uri() and page.exists()
+    (spend,) = fetch(database, "SELECT sum(spend_usd) FROM daily_cost_rollup")[0]
+    assert materialization.metadata["spend"].value == f"${spend:,.6f}"
+    assert f'data-figure="spend">${spend:,.6f}<' in page.read_text()

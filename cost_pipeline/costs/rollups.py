@@ -15,11 +15,13 @@ leaves something out says so in the same row: `missing_price_calls` and
 transit: billed for usage we never saw).
 """
 
+from datetime import timedelta
 from decimal import Decimal
 
 import dagster as dg
 import pandas as pd
 
+from cost_pipeline.costs import dashboard
 from cost_pipeline.costs.ledger import COLUMNS as LEDGER_COLUMNS
 from cost_pipeline.costs.ledger import ensure_ledger, load_spools
 from cost_pipeline.costs.pricing import MONEY_PLACES
@@ -181,6 +183,28 @@ def evaluation_costs(context: dg.AssetExecutionContext, warehouse: DuckDBWarehou
     totals = with_budgets(warehouse.query(EVALUATION_SQL), costs.budgets())
     context.add_output_metadata(evaluation_metadata(totals))
     return totals
+
+
+@dg.asset(
+    deps=[dg.AssetDep("daily_cost_rollup", partition_mapping=dg.AllPartitionMapping())],
+    group_name="costs",
+    kinds={"html"},
+    automation_condition=dg.AutomationCondition.eager().without(~dg.AutomationCondition.any_deps_missing()),
+)
+def cost_dashboard(context: dg.AssetExecutionContext, warehouse: DuckDBWarehouse, costs: CostSettings) -> dg.MaterializeResult:
+    """The cost dashboard of the last 60 days with data: one HTML page, linked from this asset's metadata."""
+    end = dashboard.latest_day(warehouse.database)
+    start = end - timedelta(days=dashboard.DEFAULT_DAYS - 1)
+    data = dashboard.load(warehouse.database, start, end, costs.budgets())
+    path = dashboard.default_path(warehouse.database)
+    path.write_text(dashboard.render(data), encoding="utf-8")
+    shown = dashboard.figures(data)
+    return dg.MaterializeResult(metadata={
+        "dashboard": dg.MetadataValue.url(path.as_uri()),
+        "spend": shown["spend"], "data_cost": shown["data_cost"], "range": f"{start} to {end}",
+        "totals": shown["completeness"], "path": dg.MetadataValue.path(str(path)),
+        "open": dg.MetadataValue.md(f"[Open the dashboard]({path.as_uri()}) (or `cost-pipeline dashboard`)"),
+    })
 
 
 def with_budgets(totals: pd.DataFrame, budgets: dict[str, Decimal]) -> pd.DataFrame:
