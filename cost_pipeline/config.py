@@ -46,6 +46,11 @@ def partitions_start(today: date | None = None) -> str:
             else first_of_month.replace(month=first_of_month.month - 1)).isoformat()
 
 
+SCHEDULE_HOUR_ENV, SCHEDULE_TIMEZONE_ENV = "COST_PIPELINE_SCHEDULE_HOUR", "COST_PIPELINE_SCHEDULE_TIMEZONE"
+SCHEDULE_HOUR = int(os.environ.get(SCHEDULE_HOUR_ENV, "2"))
+SCHEDULE_TIMEZONE = os.environ.get(SCHEDULE_TIMEZONE_ENV, "UTC")
+"""When the daily schedule runs yesterday's partition (read when the definitions load)."""
+
 CLEAN_MODEL_ENV, FUNCTION_MODEL_ENV = "COST_PIPELINE_CLEAN_MODEL", "COST_PIPELINE_FUNCTION_MODEL"
 THINKING_BUDGET_ENV = "COST_PIPELINE_THINKING_BUDGET"
 RPM_ENV, TPM_ENV = "COST_PIPELINE_RPM", "COST_PIPELINE_TPM"

@@ -1,18 +1,15 @@
 """Jobs, the daily schedule, the sensor that picks up a landing folder that arrives late, and the totals' automation."""
 
-import os
 from datetime import datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import dagster as dg
 
+from cost_pipeline.config import SCHEDULE_HOUR, SCHEDULE_HOUR_ENV, SCHEDULE_TIMEZONE, SCHEDULE_TIMEZONE_ENV
 from cost_pipeline.partitions import daily_partitions
 from cost_pipeline.resources import LandingResource
 
-SCHEDULE_HOUR_ENV, SCHEDULE_TIMEZONE_ENV = "COST_PIPELINE_SCHEDULE_HOUR", "COST_PIPELINE_SCHEDULE_TIMEZONE"
-SCHEDULE_HOUR = int(os.environ.get(SCHEDULE_HOUR_ENV, "2"))
-SCHEDULE_TIMEZONE = os.environ.get(SCHEDULE_TIMEZONE_ENV, "UTC")
 
 daily_pipeline_job = dg.define_asset_job(
     "daily_pipeline",

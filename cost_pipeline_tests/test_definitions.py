@@ -62,3 +62,15 @@ def test_rate_limits_default_to_what_a_free_tier_key_accepts_on_googles_api(monk
     local = GeminiResource()
     assert (local.request_limit(), local.token_limit()) == (4_000, 4_000_000)
     assert GeminiResource(api_key="a-key", requests_per_minute=2_000).request_limit() == 2_000
+
+
+def test_every_asset_names_its_owner_and_code_and_the_rollup_says_when_it_is_stale():
+    from datetime import timedelta
+
+    for key in defs.resolve_asset_graph().get_all_asset_keys():
+        spec = defs.resolve_assets_def(key).specs_by_key[key]
+        assert spec.owners == ["team:cost-pipeline"], key
+        assert "dagster/code_references" in spec.metadata, key
+    rollup = defs.resolve_assets_def(dg.AssetKey("daily_cost_rollup")).specs_by_key[dg.AssetKey("daily_cost_rollup")]
+    policy = rollup.freshness_policy
+    assert (policy.deadline_cron, policy.lower_bound_delta, policy.timezone) == ("0 4 * * *", timedelta(hours=2), "UTC")

@@ -22,12 +22,14 @@ import dagster as dg
 import pandas as pd
 
 from cost_pipeline.costs import dashboard
+from cost_pipeline.costs import ledger
 from cost_pipeline.costs.ledger import COLUMNS as LEDGER_COLUMNS
 from cost_pipeline.costs.ledger import ensure_ledger, load_spools
 from cost_pipeline.costs.pricing import MONEY_PLACES
 from cost_pipeline.costs.report import incomplete_note
 from cost_pipeline.markdown import markdown_table, money, money_entries
 from cost_pipeline.partitions import DUCKDB_POOL, daily_partitions
+from cost_pipeline.config import SCHEDULE_HOUR, SCHEDULE_TIMEZONE
 from cost_pipeline.resources import CostSettings
 from cost_pipeline.storage.warehouse import DuckDBWarehouse
 
@@ -145,8 +147,14 @@ llm_attempts = dg.AssetSpec(
     kinds={"duckdb"},
     deps=["raw_turns"],
     metadata={"dagster/column_schema": dg.TableSchema(columns=[
-        dg.TableColumn(name, sql_type.replace(" PRIMARY KEY", ""), description=text) for name, sql_type, text in LEDGER_COLUMNS])},
+        dg.TableColumn(name, sql_type.replace(" PRIMARY KEY", ""), description=text) for name, sql_type, text in LEDGER_COLUMNS]),
+        # No function defines it, so its code is named here: the ledger module that writes every row.
+        "dagster/code_references": dg.CodeReferencesMetadataValue(code_references=[
+            dg.LocalFileCodeReference(file_path=ledger.__file__, line_number=1, label="ledger.py")])},
 )
+
+
+FRESHNESS_MARGIN_HOURS = 2
 
 
 @dg.asset(
@@ -155,7 +163,12 @@ llm_attempts = dg.AssetSpec(
     group_name="costs",
     kinds={"duckdb", "pandas"},
     metadata={"dagster/column_schema": ROLLUP_SCHEMA},
+    tags={"domain": "costs"},
     pool=DUCKDB_POOL,
+    # Yesterday's rollup lands after the daily schedule's hour; later than this margin is stale.
+    freshness_policy=dg.FreshnessPolicy.cron(
+        deadline_cron=f"0 {(SCHEDULE_HOUR + FRESHNESS_MARGIN_HOURS) % 24} * * *",
+        lower_bound_delta=timedelta(hours=FRESHNESS_MARGIN_HOURS), timezone=SCHEDULE_TIMEZONE),
 )
 def daily_cost_rollup(context: dg.AssetExecutionContext, warehouse: DuckDBWarehouse, costs: CostSettings) -> pd.DataFrame:
     """One row per day x evaluation x model x stage: cost of the data and spend, tokens and cost by kind, latency."""
