@@ -190,7 +190,7 @@ def run_dashboard(args: argparse.Namespace) -> int:
     budgets = CostSettings(config_file=costs_file if Path(costs_file).is_file() else None).budgets()
     out = Path(args.out) if args.out else dashboard.default_path(args.database)
     try:
-        path = dashboard.write(args.database, out, start, end, budgets)
+        path, _ = dashboard.write(args.database, out, start, end, budgets)
     except LookupError as missing:
         print(missing, file=sys.stderr)
         return 1

@@ -6,7 +6,7 @@ at launch; the default applies only when the variable is absent.
 """
 
 import os
-from datetime import date, datetime, timezone
+from datetime import date
 
 import dagster as dg
 
@@ -25,25 +25,24 @@ DEFAULT_COSTS = "costs.toml"
 
 START_ENV = "COST_PIPELINE_START"
 """The first day of the daily partitions (YYYY-MM-DD): set it to the first day of your data."""
+DEFAULT_START = "2026-10-01"
+"""A fixed default, never one computed from today: a start that moves drops days from under running backfills."""
 
 
-def partitions_start(today: date | None = None) -> str:
-    """`COST_PIPELINE_START`, else the first day of last month (UTC): a month or two of partitions, not years.
+def partitions_start() -> str:
+    """`COST_PIPELINE_START`, else `DEFAULT_START`: the first day every process (UI, daemon, runs) partitions.
 
-    The partitions begin here in every process that loads the definitions (UI, daemon,
-    runs), so the asset pages show how much of the recent past is filled instead of
-    hundreds of empty days. A day before the start cannot be run or backfilled.
+    `make demo` writes its day into `.env` (which `dagster dev` reads), so a new user's asset
+    pages show a filled graph rather than months of empty days. A day before the start
+    cannot be run or backfilled.
     """
     value = os.environ.get(START_ENV)
-    if value:
-        try:
-            return date.fromisoformat(value).isoformat()
-        except ValueError:
-            raise ValueError(f"{START_ENV}={value!r} is not a day like 2026-11-01") from None
-    today = today or datetime.now(timezone.utc).date()
-    first_of_month = today.replace(day=1)
-    return (first_of_month.replace(year=first_of_month.year - 1, month=12) if first_of_month.month == 1
-            else first_of_month.replace(month=first_of_month.month - 1)).isoformat()
+    if not value:
+        return DEFAULT_START
+    try:
+        return date.fromisoformat(value).isoformat()
+    except ValueError:
+        raise ValueError(f"{START_ENV}={value!r} is not a day like 2026-11-01") from None
 
 
 SCHEDULE_HOUR_ENV, SCHEDULE_TIMEZONE_ENV = "COST_PIPELINE_SCHEDULE_HOUR", "COST_PIPELINE_SCHEDULE_TIMEZONE"

@@ -1,6 +1,5 @@
 """The one `Definitions` object: assets, checks, jobs, schedule, sensor and the local resources."""
 
-import warnings
 from pathlib import Path
 
 import dagster as dg
@@ -20,8 +19,6 @@ from cost_pipeline.schedules import (
 from cost_pipeline.storage.io_manager import DuckDBPartitionIOManager
 from cost_pipeline.storage.warehouse import DuckDBWarehouse
 
-# Code references are a Dagster beta; we use them knowingly and silence only that notice.
-warnings.filterwarnings("ignore", message="Class `CodeReferencesMetadataValue` is currently in beta", category=dg.BetaWarning)
 OWNERS = ["team:cost-pipeline"]
 # Each asset page links to the code that defines it, and names who owns it.
 all_assets = dg.with_source_code_references(dg.map_asset_specs(

@@ -10,6 +10,11 @@ def money(value: Decimal | None, places: int = 6) -> str:
     return "n/a" if value is None else f"${value:,.{places}f}"
 
 
+def money_sum(values) -> Decimal:
+    """The sum of Decimal amounts, leaving out nulls (callers say when a total is incomplete)."""
+    return sum((v for v in values if v is not None and not pd.isna(v)), Decimal(0))
+
+
 def money_entries(name: str, value: Decimal | None) -> dict:
     """A money figure three ways: `name` as text for people, `name_usd` as a float for the UI's plots, and
     `name_usd_exact` as the exact Decimal in text (floats never carry money)."""

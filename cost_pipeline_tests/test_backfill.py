@@ -1,5 +1,5 @@
 """A 14-day backfill through Dagster's own CLI and daemon, 4 runs at once on one DuckDB file, reported on
-meanwhile; one day never landed and is skipped, not failed; the automation sensor then refreshes the totals."""
+meanwhile; one day never landed and is written empty, not failed; the automation sensor then refreshes the totals."""
 
 import os
 import subprocess
@@ -75,7 +75,7 @@ def test_job_backfill_over_fourteen_days_with_four_runs_at_once(tmp_path, landin
         runs = connection.execute("SELECT partition_date, count(DISTINCT run_id) FROM llm_calls GROUP BY 1").fetchall()
         totals = connection.execute("SELECT min(first_day)::VARCHAR, max(last_day)::VARCHAR, sum(calls), sum(total_cost_usd) FROM evaluation_costs").fetchone()
         rolled = connection.execute("SELECT sum(calls), sum(total_cost_usd) FROM daily_cost_rollup").fetchone()
-    # Every run is green: the day that never landed ran no step past ingest and wrote nothing.
+    # Every run is green: the day that never landed was written empty (no rollup rows).
     assert [d for (d,) in days] == [day for day in PARTITIONS if day != NEVER_LANDED]
     assert all(count == 1 for _, count in runs)
     assert totals == (PARTITIONS[0], PARTITIONS[-1], *rolled), "evaluation_costs was refreshed after the last day"

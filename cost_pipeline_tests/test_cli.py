@@ -84,14 +84,11 @@ def test_serve_model_answers_the_real_sdk_on_the_given_port(tmp_path):
         server.wait()
 
 
-def test_partitions_start_last_month_unless_the_environment_says(monkeypatch):
-    from datetime import date
-
-    from cost_pipeline.config import partitions_start
+def test_partitions_start_on_a_fixed_day_unless_the_environment_says(monkeypatch):
+    from cost_pipeline.config import DEFAULT_START, partitions_start
 
     monkeypatch.delenv("COST_PIPELINE_START", raising=False)
-    assert partitions_start(date(2026, 11, 25)) == "2026-10-01"
-    assert partitions_start(date(2026, 1, 3)) == "2025-12-01"
+    assert partitions_start() == DEFAULT_START == "2026-10-01"
     monkeypatch.setenv("COST_PIPELINE_START", "2024-02-29")
     assert partitions_start() == "2024-02-29"
     monkeypatch.setenv("COST_PIPELINE_START", "last tuesday")

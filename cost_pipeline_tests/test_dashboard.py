@@ -25,7 +25,7 @@ def fetch(database, sql):
 @pytest.fixture
 def page_path(three_days, database, tmp_path):
     budgets = {"default": Decimal("1.00"), "eval-voice-assistant-v1": Decimal("0.02")}
-    return dashboard.write(database, tmp_path / "dashboard.html", THREE_DAYS[0], THREE_DAYS[-1], budgets)
+    return dashboard.write(database, tmp_path / "dashboard.html", THREE_DAYS[0], THREE_DAYS[-1], budgets)[0]
 
 
 def test_the_dashboard_shows_the_tables_numbers_in_chromium_offline(page_path, database, browser):  # noqa: F811

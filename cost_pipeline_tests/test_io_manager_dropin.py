@@ -503,3 +503,36 @@ def test_a_range_write_by_partition_expr_replaces_exactly_that_range(database):
     run("2022-01-02", "2022-01-03", "second")
     rows = select(database, "SELECT strftime(day, '%d') AS d, v FROM main.ranged ORDER BY day")
     assert list(zip(rows["d"], rows["v"])) == [("01", "first"), ("02", "second"), ("03", "second"), ("04", "first")]
+
+
+@pytest.mark.parametrize("metadata", [{"partition_expr": {"time": "CAST(time as TIMESTAMP)", "color": "color"}}, {}],
+                         ids=["partition_expr", "stamped"])
+def test_a_load_of_every_multi_partition_spans_many_key_ranges_in_one_query(database, metadata):
+    asset = value_asset("multi_partitioned", MULTI, multi_frame, metadata)
+
+    @dg.asset(ins={"multi_partitioned": dg.AssetIn(key=["my_schema", "multi_partitioned"])})
+    def everything(multi_partitioned: pd.DataFrame) -> pd.DataFrame:
+        assert sorted(zip(multi_partitioned["time"], multi_partitioned["color"], multi_partitioned["a"])) == sorted(
+            [("2022-01-01", "red", "1")] * 3 + [("2022-01-01", "blue", "2")] * 3 + [("2022-01-02", "yellow", "3")] * 3)
+        return multi_partitioned
+
+    with dg.instance_for_test() as instance:
+        write(database, asset, dg.MultiPartitionKey({"time": "2022-01-01", "color": "red"}), "1", instance)
+        write(database, asset, dg.MultiPartitionKey({"time": "2022-01-01", "color": "blue"}), "2", instance)
+        write(database, asset, dg.MultiPartitionKey({"time": "2022-01-02", "color": "yellow"}), "3", instance)
+        assert dg.materialize([asset.to_source_asset(), everything], resources=io(database), instance=instance).success
+
+
+def test_a_step_with_an_optional_output_between_its_required_ones_commits_them_all(database):
+    @dg.multi_asset(outs={"a": dg.AssetOut(), "o": dg.AssetOut(is_required=False), "b": dg.AssetOut()})
+    def mixed():
+        yield dg.Output(pd.DataFrame({"n": [1]}), output_name="a")
+        yield dg.Output(pd.DataFrame({"n": [2]}), output_name="o")
+        yield dg.Output(pd.DataFrame({"n": [3]}), output_name="b")
+
+    for _ in range(2):  # the second run replaces every table: its earlier outputs must not count the old rows
+        result = dg.materialize([mixed], resources=io(database))
+        assert [select(database, f"SELECT n FROM main.{t}")["n"].tolist() for t in "aob"] == [[1], [2], [3]]
+        counts = {m.asset_key.path[-1]: m.metadata["dagster/row_count"].value
+                  for m in result.asset_materializations_for_node("mixed")}
+        assert counts == {"a": 1, "o": 1, "b": 1}

@@ -2,9 +2,10 @@
 
 Both tables come from one step and are committed in one transaction, so a day's good
 and quarantined lines always add up to the lines that landed. A day with no landing
-files is not an error in a backfill: the step yields neither table, Dagster skips the
-day's downstream steps and checks, and the run succeeds saying the day was skipped; a
-run launched for that one day fails with that one sentence as its reason. The day streams from the
+files is not an error in a backfill: the day is written empty (its metadata and a warning
+say why), so the backfill stays green and the late_landing_sensor runs the day again when
+its files arrive; a run launched for that one day fails with that one sentence as its
+reason, and the schedule skips the day. The day streams from the
 landing files to Parquet staging chunk by chunk (`storage.staging`), so a day of any
 size validates in flat memory; the IO manager inserts the staged rows at commit.
 """
@@ -14,11 +15,11 @@ from collections import Counter
 import dagster as dg
 import pandas as pd
 
-from cost_pipeline.landing import LandingFolderMissing, Turn
+from cost_pipeline.landing import Turn
 from cost_pipeline.markdown import markdown_table
 from cost_pipeline.partitions import DUCKDB_POOL, daily_partitions
 from cost_pipeline.resources import LandingResource
-from cost_pipeline.storage.io_manager import BATCH_KEY, column_types
+from cost_pipeline.storage.io_manager import column_types
 from cost_pipeline.storage.staging import StagedTable, StagingArea, query_staged, staging_name, staging_root
 from cost_pipeline.storage.warehouse import DuckDBWarehouse
 
@@ -50,16 +51,15 @@ BACKFILL_TAG = "dagster/backfill"
 
 @dg.multi_asset(
     outs={
-        # Optional, so a day with nothing landed skips downstream instead of failing; one batch all the same.
         "raw_turns": dg.AssetOut(
             description="The day's valid turns, one row per landed line.",
-            metadata={"dagster/column_schema": RAW_TURNS_SCHEMA, BATCH_KEY: "landed_turns"},
-            kinds={"pandas", "duckdb"}, is_required=False,
+            metadata={"dagster/column_schema": RAW_TURNS_SCHEMA},
+            kinds={"pandas", "duckdb"},
         ),
         "quarantined_turns": dg.AssetOut(
             description="The day's landed lines that failed validation, each with its reason.",
-            metadata={"dagster/column_schema": QUARANTINED_TURNS_SCHEMA, BATCH_KEY: "landed_turns"},
-            kinds={"pandas", "duckdb"}, is_required=False,
+            metadata={"dagster/column_schema": QUARANTINED_TURNS_SCHEMA},
+            kinds={"pandas", "duckdb"},
         ),
     },
     partitions_def=daily_partitions,
@@ -68,15 +68,15 @@ BACKFILL_TAG = "dagster/backfill"
 )
 def landed_turns(context: dg.AssetExecutionContext, landing: LandingResource, warehouse: DuckDBWarehouse):
     """Validate the day's landing files into raw_turns and quarantined_turns."""
-    try:
-        reader = landing.reader(context.partition_key)
-    except LandingFolderMissing as missing:
-        if BACKFILL_TAG not in context.run.tags:
-            raise dg.Failure(description=f"{missing}. Nothing was written; the late_landing_sensor runs the day "
-                                         "when its files arrive.") from None
-        context.log.warning(f"skipped {context.partition_key}: {missing}; its downstream steps are skipped too, "
-                            "and the late_landing_sensor runs the day when its files arrive")
-        return
+    missing = landing.missing(context.partition_key)
+    if missing and BACKFILL_TAG not in context.run.tags:
+        raise dg.Failure(description=f"{missing}. Nothing was written; the late_landing_sensor runs the day when its "
+                                     "files arrive.")
+    if missing:
+        # Written empty rather than skipped: Dagster counts an asset backfill's unmaterialized days as failed.
+        context.log.warning(f"{missing}: this backfill writes the day empty; the late_landing_sensor runs it again "
+                            "when its files arrive")
+    reader = [] if missing else landing.reader(context.partition_key)
     area = StagingArea(staging_root(warehouse.database), staging_name(context.run.run_id, "landed_turns"))
     turns = area.writer("raw_turns", column_types(RAW_TURNS_SCHEMA))
     quarantine = area.writer("quarantined_turns", column_types(QUARANTINED_TURNS_SCHEMA))
@@ -94,7 +94,8 @@ def landed_turns(context: dg.AssetExecutionContext, landing: LandingResource, wa
     if staged_quarantine.rows:
         context.log.warning(f"{staged_quarantine.rows} of {staged_turns.rows + staged_quarantine.rows} lines quarantined")
     yield dg.Output(staged_turns, "raw_turns",
-                    metadata=_turn_metadata(staged_turns, len(reader.files), staged_quarantine.rows))
+                    metadata={**_turn_metadata(staged_turns, 0 if missing else len(reader.files), staged_quarantine.rows),
+                              "landing": missing or "files landed"})
     yield dg.Output(staged_quarantine, "quarantined_turns", metadata=_quarantine_metadata(reasons, preview))
 
 

@@ -120,7 +120,7 @@ class GeminiStageConfig(dg.Config):
         default=0.05, description="Fail the run, writing nothing, when more calls than this share fail."
     )
     progress_every: int = Field(default=500, description="Log progress every N turns.")
-    progress_every_s: float = Field(default=30.0, description="Log progress every this many seconds, too.")
+    progress_every_s: float = Field(default=30.0, gt=0, description="Log progress every this many seconds, too.")
     checkpoint_every_s: float = Field(
         default=5.0, description="Write paid answers and attempts this often while the day runs, so a killed run's "
                                  "re-run pays only for the calls it had not made.")

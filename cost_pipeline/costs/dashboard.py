@@ -10,6 +10,7 @@ printed; charts plot floats, every number a person reads comes from the Decimals
 import calendar
 import html
 import io
+import os
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
@@ -18,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 from cost_pipeline.costs.report import incomplete_note
-from cost_pipeline.markdown import money
+from cost_pipeline.markdown import money, money_sum
 from cost_pipeline.storage.connect import connect
 from cost_pipeline.storage.tables import table_exists
 from cost_pipeline.storage.warehouse import query_frame
@@ -74,9 +75,9 @@ def figures(data: DashboardData) -> dict[str, str]:
     unpriced = int(rollup["missing_price_calls"].sum() + rollup["unpriced_attempts"].sum())
     unknown = int(rollup["billing_unknown_attempts"].sum())
     return {
-        "spend": money(_sum(rollup["spend_usd"])),
-        "data_cost": money(_sum(rollup["total_cost_usd"])),
-        "saved": money(_sum(rollup["saved_cost_usd"])),
+        "spend": money(money_sum(rollup["spend_usd"])),
+        "data_cost": money(money_sum(rollup["total_cost_usd"])),
+        "saved": money(money_sum(rollup["saved_cost_usd"])),
         "calls": f"{calls:,}",
         "cache_hit_rate": _share(int(rollup["cache_hits"].sum()), calls),
         "failure_rate": _share(int(rollup["failures"].sum()), calls),
@@ -125,12 +126,20 @@ rows as they stand cost (a cache hit costs nothing). Generated {generated_at:%Y-
 """
 
 
-def write(database: str | Path, path: str | Path, start: date, end: date, budgets: dict[str, Decimal]) -> Path:
-    """Load the range and write the page to `path` (its folder created); returns the path."""
+def write(database: str | Path, path: str | Path, start: date, end: date,
+          budgets: dict[str, Decimal]) -> tuple[Path, DashboardData]:
+    """Load the range and write the page to `path` (its folder created); returns the path and the figures' data.
+
+    Written to a temporary file and renamed, so a browser, or a second writer (the asset
+    and the CLI may run at once), never sees half a page.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(render(load(database, start, end, budgets)), encoding="utf-8")
-    return path
+    data = load(database, start, end, budgets)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    partial.write_text(render(data), encoding="utf-8")
+    os.replace(partial, path)
+    return path, data
 
 
 def burn_down(data: DashboardData) -> pd.DataFrame:
@@ -149,7 +158,7 @@ def burn_down(data: DashboardData) -> pd.DataFrame:
         days = days.sort_values("partition_date")
         spent = days["spend_to_date"].iloc[-1] or Decimal(0)
         daily = days["spend_to_date"].diff().fillna(days["spend_to_date"]).tail(PROJECTION_DAYS)
-        per_day = _sum(daily) / len(daily) if len(daily) else Decimal(0)
+        per_day = money_sum(daily) / len(daily) if len(daily) else Decimal(0)
         days_left = (month_end - data.end).days
         rows.append({"evaluation_id": evaluation, "budget_usd": budget, "spent_usd": spent, "left_usd": budget - spent,
                      "per_day_usd": per_day, "projected_left_usd": budget - spent - per_day * days_left,
@@ -163,7 +172,7 @@ def _charts(data: DashboardData) -> list[tuple[str, str]]:
     matplotlib.use("Agg")
     rollup = data.rollup.assign(day=data.rollup["partition_date"].astype(str))
     days = sorted(rollup["day"].unique())
-    money_by = lambda column, by: (rollup.groupby(["day", by])[column].agg(_sum).unstack(fill_value=Decimal(0))
+    money_by = lambda column, by: (rollup.groupby(["day", by])[column].agg(money_sum).unstack(fill_value=Decimal(0))
                                    .reindex(days).astype(float))
     tokens = pd.DataFrame({label: rollup.groupby("day")[column].sum() for label, column in SPEND_TOKENS.items()}).reindex(days)
     grouped = rollup.groupby("day")[["calls", "failures", "billed_attempts", "rejected_attempts"]].sum().reindex(days)
@@ -171,8 +180,8 @@ def _charts(data: DashboardData) -> list[tuple[str, str]]:
                           "rejected answers": grouped["rejected_attempts"] / grouped["billed_attempts"].where(
                               grouped["billed_attempts"] > 0)}).fillna(0.0) * 100
     latency = data.latency.assign(day=data.latency["partition_date"].astype(str)).set_index("day")[["p50_ms", "p95_ms"]]
-    saved = pd.DataFrame({"saved by the cache": rollup.groupby("day")["saved_cost_usd"].agg(_sum).astype(float),
-                          "cost of the data": rollup.groupby("day")["total_cost_usd"].agg(_sum).astype(float)}).reindex(days)
+    saved = pd.DataFrame({"saved by the cache": rollup.groupby("day")["saved_cost_usd"].agg(money_sum).astype(float),
+                          "cost of the data": rollup.groupby("day")["total_cost_usd"].agg(money_sum).astype(float)}).reindex(days)
     return [
         ("Spend per day by model (USD)", _bars(money_by("spend_usd", "model"), "USD")),
         ("Spend per day by evaluation (USD)", _bars(money_by("spend_usd", "evaluation_id"), "USD")),
@@ -262,10 +271,6 @@ def _svg(figure) -> str:
     plt.close(figure)
     text = buffer.getvalue()
     return text[text.index("<svg"):]  # inline: no XML prolog or DOCTYPE inside HTML
-
-
-def _sum(values) -> Decimal:
-    return sum((Decimal(str(v)) for v in values if v is not None and not pd.isna(v)), Decimal(0))
 
 
 def _share(part: int, whole: int) -> str:

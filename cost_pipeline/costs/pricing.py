@@ -10,7 +10,7 @@ and its `price_status` is `missing`.
 """
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from decimal import ROUND_HALF_EVEN, Decimal
 
 import genai_prices
@@ -92,7 +92,7 @@ class PriceBook:
         that served the request, so its price wins when it is known; an alias with no price
         of its own falls back to the requested model's.
         """
-        key = (model, served_model, at.date(), tokens)
+        key = (model, served_model, _utc_day(at), tokens)
         if key not in self._memo:
             priced = self._price(served_model, tokens, at) if served_model and served_model != model else None
             if priced is None or priced.price_status == MISSING:
@@ -109,7 +109,7 @@ class PriceBook:
         Looked up once per model, day and audio or not: the library's model match is the
         same for every call of a day, and so is the price less the units a call never uses.
         """
-        key = (model, at.date(), with_audio)
+        key = (model, _utc_day(at), with_audio)
         if key not in self._model_prices:
             if model in self.overrides:
                 full, source = self.overrides[model].model_price(), self.override_source
@@ -167,6 +167,11 @@ def _without_unused_units(model_price: ModelPrice, with_audio: bool) -> ModelPri
     unused = _NEVER_REPORTED_UNITS + (() if with_audio else _AUDIO_UNITS)
     return ModelPrice(**{key: value for key, value in model_price.__dict__.items()
                          if value is not None and key not in unused})
+
+
+def _utc_day(at: datetime):
+    """The UTC day of `at` (naive times are UTC): prices are looked up, and remembered, per UTC day."""
+    return (at.astimezone(timezone.utc) if at.tzinfo else at).date()
 
 
 def _money(value: Decimal) -> Decimal:

@@ -27,7 +27,7 @@ from cost_pipeline.costs.ledger import COLUMNS as LEDGER_COLUMNS
 from cost_pipeline.costs.ledger import ensure_ledger, load_spools
 from cost_pipeline.costs.pricing import MONEY_PLACES
 from cost_pipeline.costs.report import incomplete_note
-from cost_pipeline.markdown import markdown_table, money, money_entries
+from cost_pipeline.markdown import markdown_table, money, money_entries, money_sum
 from cost_pipeline.partitions import DUCKDB_POOL, daily_partitions
 from cost_pipeline.config import SCHEDULE_HOUR, SCHEDULE_TIMEZONE
 from cost_pipeline.resources import CostSettings
@@ -208,9 +208,8 @@ def cost_dashboard(context: dg.AssetExecutionContext, warehouse: DuckDBWarehouse
     """The cost dashboard of the last 60 days with data: one HTML page, linked from this asset's metadata."""
     end = dashboard.latest_day(warehouse.database)
     start = end - timedelta(days=dashboard.DEFAULT_DAYS - 1)
-    data = dashboard.load(warehouse.database, start, end, costs.budgets())
-    path = dashboard.default_path(warehouse.database)
-    path.write_text(dashboard.render(data), encoding="utf-8")
+    path, data = dashboard.write(warehouse.database, dashboard.default_path(warehouse.database), start, end,
+                                 costs.budgets())
     shown = dashboard.figures(data)
     return dg.MaterializeResult(metadata={
         "dashboard": dg.MetadataValue.url(path.as_uri()),
@@ -238,9 +237,9 @@ def rollup_metadata(rollup: pd.DataFrame) -> dict:
     unpriced = int(rollup["missing_price_calls"].sum() + rollup["unpriced_attempts"].sum())
     unknown = int(rollup["billing_unknown_attempts"].sum())
     return {
-        **money_entries("spend", _sum(rollup["spend_usd"])),
-        **money_entries("data_cost", _sum(rollup["total_cost_usd"])),
-        **money_entries("saved", _sum(rollup["saved_cost_usd"])),
+        **money_entries("spend", money_sum(rollup["spend_usd"])),
+        **money_entries("data_cost", money_sum(rollup["total_cost_usd"])),
+        **money_entries("saved", money_sum(rollup["saved_cost_usd"])),
         "totals": incomplete_note(unpriced, unknown) or "complete",
         "by_evaluation_and_model": dg.MetadataValue.md(evaluation_by_model_table(rollup)),
         "total_tokens": int(rollup["total_tokens"].sum()),
@@ -257,10 +256,10 @@ def rollup_metadata(rollup: pd.DataFrame) -> dict:
 def evaluation_by_model_table(rollup: pd.DataFrame) -> str:
     """Spend (and cost of the data) of the day by evaluation x model, biggest first, with totals."""
     grouped = rollup.groupby(["evaluation_id", "model"], as_index=False).agg(
-        calls=("calls", "sum"), spend=("spend_usd", _sum), data_cost=("total_cost_usd", _sum))
+        calls=("calls", "sum"), spend=("spend_usd", money_sum), data_cost=("total_cost_usd", money_sum))
     grouped = grouped.sort_values(["spend", "evaluation_id", "model"], ascending=[False, True, True])
     total = pd.DataFrame([{"evaluation_id": "**all**", "model": "", "calls": grouped["calls"].sum(),
-                           "spend": _sum(grouped["spend"]), "data_cost": _sum(grouped["data_cost"])}])
+                           "spend": money_sum(grouped["spend"]), "data_cost": money_sum(grouped["data_cost"])}])
     table = pd.concat([grouped, total], ignore_index=True)
     table = table.assign(spend=table["spend"].map(money), data_cost=table["data_cost"].map(money))
     return markdown_table(table.rename(columns={"evaluation_id": "evaluation", "data_cost": "cost of the data"}), 40)
@@ -281,7 +280,7 @@ def evaluation_metadata(totals: pd.DataFrame) -> dict:
     return {
         "evaluations": len(totals),
         "spend_usd": float(sum(spends)) if spends else 0.0,
-        "total_cost_usd": float(_sum(totals["total_cost_usd"])),
+        "total_cost_usd": float(money_sum(totals["total_cost_usd"])),
         "average_spend_usd": float(sum(spends) / len(spends)) if spends else 0.0,
         "min_spend_usd": float(min(spends)) if spends else 0.0,
         "max_spend_usd": float(max(spends)) if spends else 0.0,
@@ -289,10 +288,6 @@ def evaluation_metadata(totals: pd.DataFrame) -> dict:
         "totals": incomplete_note(unpriced, unknown) or "complete",
         "summary": dg.MetadataValue.md(markdown_table(summary, len(summary))),
     }
-
-
-def _sum(values) -> Decimal:
-    return sum((v for v in values if v is not None and not pd.isna(v)), Decimal(0))
 
 
 def _fmt(value, places: int = 6) -> str:

@@ -15,7 +15,6 @@ Contract (details below and in `storage.tables`, `storage.partition_slices`):
 """
 
 import re
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,13 +23,11 @@ import pandas as pd
 from pydantic import Field
 
 from cost_pipeline.storage.connect import connect
-from cost_pipeline.storage.partition_slices import RUN_ID_COLUMN, Dimension, TableSlice, TimeRange, stamped_column
+from cost_pipeline.storage.partition_slices import DATE, RUN_ID_COLUMN, Dimension, TableSlice, TimeRange, stamped_column
 from cost_pipeline.storage.staging import StagedTable
 from cost_pipeline.storage.tables import TableWrite, empty_frame, read_slice, replace_partitions, row_counts, table_exists
 
 COLUMN_SCHEMA_KEY = "dagster/column_schema"
-BATCH_KEY = "cost_pipeline/batch"
-"""Output metadata naming a batch of optional outputs that a step emits all together or not at all."""
 STORAGE_KIND = "duckdb"
 
 
@@ -102,10 +99,14 @@ class PartitionBatchIOManager(dg.IOManager):
             context.log.debug(f"holding {context.name} until {sorted(batch - set(pending))} arrive")
             with connect(self.database, timeout_s=self.lock_timeout_s, on_wait=context.log.info) as connection:
                 table_rows, slice_rows = row_counts(connection, write)
-            context.add_output_metadata(self._metadata(write, table_rows - (slice_rows or 0) + len(obj)))
+            # What the commit will leave: a partition replaced among the table's rows, or the whole table.
+            predicted = len(obj) if write.slice is None else table_rows - (slice_rows or 0) + len(obj)
+            context.add_output_metadata(self._metadata(write, predicted))
             return
-        writes = [pending[name] for name in sorted(batch)]
-        del self._pending[key]
+        # Only this batch's outputs: the step may hold others (an optional output's, another batch's) meanwhile.
+        writes = [pending.pop(name) for name in sorted(batch)]
+        if not pending:
+            del self._pending[key]
         try:
             with connect(self.database, timeout_s=self.lock_timeout_s, on_wait=context.log.info) as connection:
                 if any(isinstance(write.frame, StagedTable) for write in writes):
@@ -210,16 +211,12 @@ def _partition_slice(context: dg.OutputContext | dg.InputContext, partition_expr
         if partition_expr is not None and not isinstance(partition_expr, dict):
             raise ValueError(f"partition_expr of a multi-partitioned asset maps each dimension "
                              f"({[d.name for d in definition.partitions_defs]}) to SQL; got {partition_expr!r}")
-        key_range = context.asset_partition_key_range if chosen else None
-        dimensions = []
-        for dimension in definition.partitions_defs:
-            first = last = None
-            if key_range is not None:
-                first = dg.MultiPartitionKey.keys_by_dimension.fget(key_range.start)[dimension.name]
-                last = dg.MultiPartitionKey.keys_by_dimension.fget(key_range.end)[dimension.name]
-            dimensions.append(_dimension(dimension.partitions_def, dimension.name,
-                                         (partition_expr or {}).get(dimension.name), first, last))
-        return TableSlice(tuple(dimensions))
+        # Each dimension's keys among the chosen partitions (a load may span several key ranges).
+        chosen_keys = [dg.MultiPartitionKey.keys_by_dimension.fget(key) for key in context.asset_partition_keys]
+        return TableSlice(tuple(
+            _dimension(dimension.partitions_def, dimension.name, (partition_expr or {}).get(dimension.name),
+                       sorted({keys[dimension.name] for keys in chosen_keys}))
+            for dimension in definition.partitions_defs))
     if isinstance(partition_expr, dict):
         raise ValueError(f"partition_expr is a mapping, but the partitions are not multi-dimensional: {partition_expr!r}")
     if isinstance(definition, dg.TimeWindowPartitionsDefinition):
@@ -229,24 +226,34 @@ def _partition_slice(context: dg.OutputContext | dg.InputContext, partition_expr
     return TableSlice((_key_dimension(None, partition_expr, tuple(context.asset_partition_keys)),))
 
 
-def _dimension(definition: dg.PartitionsDefinition, name: str, expr: str | None, first: str | None,
-               last: str | None) -> Dimension:
+def _dimension(definition: dg.PartitionsDefinition, name: str, expr: str | None, keys: list[str]) -> Dimension:
+    """One dimension of a multi-partitioned asset, selecting exactly `keys` (none: an empty selection)."""
     if isinstance(definition, dg.TimeWindowPartitionsDefinition):
-        window = None if first is None else TimeRange(definition.time_window_for_partition_key(first).start,
-                                                      definition.time_window_for_partition_key(last).end)
-        return _time_dimension(definition, name, expr, window)
-    keys = () if first is None else (first,) if first == last else tuple(
-        definition.get_partition_keys_in_range(dg.PartitionKeyRange(first, last)))
-    return _key_dimension(name, expr, keys)
+        windows = [definition.time_window_for_partition_key(key) for key in keys]
+        if expr is not None or len(windows) <= 1:
+            span = TimeRange(min(w.start for w in windows), max(w.end for w in windows)) if windows else None
+            return _time_dimension(definition, name, expr, span)
+        stamped = _time_dimension(definition, name, None, None)
+        # Stamped window starts, as keys: exact even when the chosen days are not one run of days.
+        starts = tuple(w.start.date().isoformat() if stamped.column_type == DATE else w.start.isoformat() for w in windows)
+        return Dimension(column=stamped.column, column_type=stamped.column_type, keys=starts)
+    return _key_dimension(name, expr, tuple(keys))
 
 
 def _time_dimension(definition: dg.TimeWindowPartitionsDefinition, name: str | None, expr: str | None,
                     window: TimeRange | None) -> Dimension:
     if expr is not None:
         return Dimension(expr=expr, window=window)
-    minute, hour = definition.cron_schedule.split()[:2]
-    column, sql_type = stamped_column(name, is_time=True, day_or_longer=minute.isdigit() and hour.isdigit())
+    column, sql_type = stamped_column(name, is_time=True, day_or_longer=_day_or_longer(definition.cron_schedule))
     return Dimension(column=column, column_type=sql_type, window=window)
+
+
+def _day_or_longer(cron: str) -> bool:
+    """Whether a cron fires at most once a day (a fixed minute and hour, or @daily/@weekly/@monthly/@yearly)."""
+    if cron.startswith("@"):
+        return cron not in ("@hourly",)
+    minute, hour = cron.split()[:2]
+    return minute.isdigit() and hour.isdigit()
 
 
 def _key_dimension(name: str | None, expr: str | None, keys: tuple[str, ...]) -> Dimension:
@@ -265,22 +272,19 @@ def _self_dependent(context: dg.InputContext) -> bool:
 
 
 def _batch_output_names(context: dg.OutputContext) -> set[str]:
-    """The selected outputs of this step that share this output's IO manager and commit with it.
+    """The required, selected outputs of this step that share this output's IO manager.
 
-    Required outputs form one batch. An optional output commits on its own (a step may
-    never emit it, and a batch must never wait forever), unless its metadata names a
-    batch (`BATCH_KEY`): the step emits that batch's outputs all together or none.
+    An optional output commits on its own: a step may never emit it, and a batch must
+    never wait forever.
     """
     this = context.op_def.output_def_named(context.name)
-    batch = (this.metadata or {}).get(BATCH_KEY)
-    if not this.is_required and batch is None:
+    if not this.is_required:
         return {context.name}
     selected = context.step_context.selected_output_names
     return {
         output.name
         for output in context.op_def.output_defs
-        if output.io_manager_key == this.io_manager_key and output.name in selected
-        and (output.is_required if batch is None else (output.metadata or {}).get(BATCH_KEY) == batch)
+        if output.io_manager_key == this.io_manager_key and output.is_required and output.name in selected
     }
 
 

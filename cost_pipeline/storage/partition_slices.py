@@ -57,10 +57,6 @@ class Dimension:
         if self.window is not None and self.keys:
             raise ValueError("a partition dimension selects a time window or keys, not both")
 
-    @property
-    def is_time(self) -> bool:
-        return self.window is not None
-
     def stamp(self):
         """The value written into the stamped column for the one partition this dimension selects."""
         if self.window is not None:
