@@ -43,7 +43,8 @@ def main(argv: list[str] | None = None) -> int:
                                                 "(read-only, safe while Dagster writes)")
     report.add_argument("--start", type=date.fromisoformat, required=True)
     report.add_argument("--end", type=date.fromisoformat, required=True)
-    report.add_argument("--by", choices=list(DIMENSIONS), default="day")
+    report.add_argument("--by", type=_dimensions, default="day",
+                        help=f"one of {', '.join(DIMENSIONS)}, or a comma-separated combination (e.g. day,evaluation,model)")
     report.add_argument("--format", choices=["table", "json", "csv"], default="table")
     report.add_argument("--chart", help="also write a PNG of daily spend by model to this path")
     report.add_argument("--database", default=resolved(DB_ENV, DEFAULT_DB))
@@ -200,6 +201,15 @@ def run_dashboard(args: argparse.Namespace) -> int:
 
 def _yesterday() -> date:
     return datetime.now(timezone.utc).date() - timedelta(days=1)
+
+
+def _dimensions(value: str) -> str:
+    from cost_pipeline.costs.report import dimensions
+
+    try:
+        return ",".join(dimensions(value))
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def _positive(value: str) -> int:

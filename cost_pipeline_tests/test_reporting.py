@@ -67,3 +67,15 @@ def test_the_report_waits_out_a_writers_transaction_instead_of_failing(three_day
         assert "TOTAL" in report(database)
     finally:
         writer.wait()
+
+
+def test_any_combination_of_dimensions_groups_the_rollup_exactly(three_days, database):
+    with duckdb.connect(str(database), read_only=True) as connection:
+        truth = {(str(day), evaluation, model): (calls, cost) for day, evaluation, model, calls, cost in connection.execute(
+            "SELECT partition_date, evaluation_id, model, sum(calls), sum(total_cost_usd) FROM daily_cost_rollup "
+            "GROUP BY ALL").fetchall()}
+    data = json.loads(report(database, "--by", "day,evaluation,model", "--format", "json"))
+    assert {(r["day"], r["evaluation"], r["model"]): (r["calls"], Decimal(r["total_cost_usd"])) for r in data["rows"]} == truth
+    lines = report(database, "--by", "model,stage").splitlines()
+    assert lines[0].split()[:3] == ["model", "stage", "calls"] and lines[-1].startswith("TOTAL")
+    assert len({len(line) for line in lines if line.strip()}) == 1, "every line has the same width"

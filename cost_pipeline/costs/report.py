@@ -47,20 +47,30 @@ def table_counts(database: str, day: date) -> dict[str, int]:
         }
 
 
+def dimensions(by: str) -> list[str]:
+    """`day`, `evaluation,model` ...: the report's grouping, any combination of DIMENSIONS, in the order given."""
+    names = [name.strip() for name in by.split(",") if name.strip()]
+    unknown = [name for name in names if name not in DIMENSIONS]
+    if not names or unknown or len(set(names)) != len(names):
+        raise ValueError(f"--by takes a comma-separated combination of {', '.join(DIMENSIONS)}; got {by!r}")
+    return names
+
+
 def cost_report(database: str, start: date, end: date, by: str) -> pd.DataFrame:
-    """Calls, tokens and cost per `by` (day, evaluation, model or stage) between two days, inclusive."""
-    column = DIMENSIONS[by]
+    """Calls, tokens and cost per `by` (day, evaluation, model, stage or any combination) between two days, inclusive."""
+    names = dimensions(by)
     with connect(database, read_only=True) as connection:
         if not table_exists(connection, "main", "daily_cost_rollup"):
-            return pd.DataFrame(columns=[by, *MEASURES])
+            return pd.DataFrame(columns=[*names, *MEASURES])
+        keys = ", ".join(f"{DIMENSIONS[name]} AS {name}" for name in names)
         return query_frame(connection, f"""
-            SELECT {column} AS {by}, sum(calls)::BIGINT AS calls, sum(cache_hits)::BIGINT AS cache_hits,
+            SELECT {keys}, sum(calls)::BIGINT AS calls, sum(cache_hits)::BIGINT AS cache_hits,
                    sum(total_tokens)::BIGINT AS total_tokens, sum(spend_usd) AS spend_usd,
                    sum(total_cost_usd) AS total_cost_usd, sum(saved_cost_usd) AS saved_cost_usd,
                    (sum(missing_price_calls) + sum(unpriced_attempts))::BIGINT AS unpriced_calls,
                    sum(billing_unknown_attempts)::BIGINT AS billing_unknown_attempts
             FROM daily_cost_rollup WHERE partition_date BETWEEN ? AND ?
-            GROUP BY 1 ORDER BY 1""", [start, end])
+            GROUP BY ALL ORDER BY ALL""", [start, end])
 
 
 def daily_cost_by_model(database: str, start: date, end: date) -> pd.DataFrame:
@@ -117,9 +127,10 @@ def _table(report: pd.DataFrame) -> str:
     header = list(report.columns)
     body = [[_cell(v) for v in row] for row in report.itertuples(index=False)]
     totals = _totals(report)
-    body.append(["TOTAL", *(_cell(totals[m]) for m in header[1:])])
+    keys = [name for name in header if name not in MEASURES]
+    body.append(["TOTAL", *([""] * (len(keys) - 1)), *(_cell(totals[m]) for m in header[len(keys):])])
     widths = [max(len(h), *(len(r[i]) for r in body)) for i, h in enumerate(header)]
-    line = lambda cells: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+    line = lambda cells: "  ".join(c.ljust(w) if i < len(keys) else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
     rule = "  ".join("-" * w for w in widths)
     return "\n".join([line(header), rule, *map(line, body[:-1]), rule, line(body[-1])])
 
