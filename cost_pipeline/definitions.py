@@ -11,6 +11,7 @@ from cost_pipeline.config import (
     FUNCTION_MODEL_ENV, LANDING_ENV, RPM_ENV, THINKING_BUDGET_ENV, TPM_ENV, env_int_or_default, env_or_default,
     gemini_api_key,
 )
+from cost_pipeline.glossary import with_column_descriptions
 from cost_pipeline.llm.client import DEFAULT_MODEL, GeminiResource
 from cost_pipeline.resources import BillingExports, CostSettings, LandingResource
 from cost_pipeline.schedules import (
@@ -20,9 +21,9 @@ from cost_pipeline.storage.io_manager import DuckDBPartitionIOManager
 from cost_pipeline.storage.warehouse import DuckDBWarehouse
 
 OWNERS = ["team:cost-pipeline"]
-# Each asset page links to the code that defines it, and names who owns it.
+# Each asset page links to the code that defines it, names who owns it, and describes every column.
 all_assets = dg.with_source_code_references(dg.map_asset_specs(
-    lambda spec: spec.replace_attributes(owners=OWNERS),
+    lambda spec: with_column_descriptions(spec.replace_attributes(owners=OWNERS)),
     [*dg.load_assets_from_modules([ingest, turns, rollups, reconciliation]), rollups.llm_attempts]))
 all_checks = dg.load_asset_checks_from_modules([checks, reconciliation])
 

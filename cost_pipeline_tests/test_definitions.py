@@ -74,3 +74,13 @@ def test_every_asset_names_its_owner_and_code_and_the_rollup_says_when_it_is_sta
     rollup = defs.resolve_assets_def(dg.AssetKey("daily_cost_rollup")).specs_by_key[dg.AssetKey("daily_cost_rollup")]
     policy = rollup.freshness_policy
     assert (policy.deadline_cron, policy.lower_bound_delta, policy.timezone) == ("0 4 * * *", timedelta(hours=2), "UTC")
+
+
+def test_every_column_of_every_table_asset_is_described():
+    undescribed = {}
+    for key in defs.resolve_asset_graph().get_all_asset_keys():
+        schema = defs.resolve_assets_def(key).specs_by_key[key].metadata.get("dagster/column_schema")
+        schema = getattr(schema, "schema", schema)
+        if schema is not None:
+            undescribed.update({f"{key.to_user_string()}.{c.name}": c.type for c in schema.columns if not c.description})
+    assert not undescribed
