@@ -12,6 +12,7 @@ import urllib.request
 from datetime import date
 from pathlib import Path
 
+import duckdb
 import pytest
 
 from cost_pipeline.synthetic import generate
@@ -45,6 +46,15 @@ def graphql(url: str, query: str, variables: dict | None = None) -> dict:
         return json.loads(response.read())
 
 
+class DagsterDev(str):
+    """The UI's URL (a str, as before), carrying the DuckDB file its runs write."""
+
+    def __new__(cls, url: str, database: Path):
+        instance = super().__new__(cls, url)
+        instance.database = database
+        return instance
+
+
 @pytest.fixture
 def dagster_dev(tmp_path):
     """`dagster dev` on loopback with a temp DAGSTER_HOME, DuckDB file and landing folder holding one day."""
@@ -69,7 +79,7 @@ def dagster_dev(tmp_path):
                 pass
             assert time.monotonic() < deadline and server.poll() is None, "dagster dev did not come up"
             time.sleep(1)
-        yield url
+        yield DagsterDev(url, tmp_path / "ui.duckdb")
     finally:
         os.killpg(server.pid, 15)
         try:
@@ -123,8 +133,32 @@ def test_the_ui_shows_the_graph_runs_a_partition_and_shows_costs_and_checks(dags
     page.goto(f"{dagster_dev}/assets/daily_cost_rollup")
     page.get_by_text("total_cost_usd").first.wait_for()
     page.get_by_text("cache_hit_rate").first.wait_for()
+    # Money first, as people read it: the day's spend formatted, and the table by evaluation x model.
+    with duckdb.connect(str(dagster_dev.database), read_only=True) as connection:
+        (spend,) = connection.execute("SELECT sum(spend_usd) FROM daily_cost_rollup").fetchone()
+    page.get_by_text(f"${spend:,.6f}", exact=True).first.wait_for()
+    page.get_by_text("by_evaluation_and_model").first.wait_for()
     page.screenshot(path=str(ARTIFACTS / "4-daily-cost-rollup.png"), full_page=True)
     page.goto(f"{dagster_dev}/assets/daily_cost_rollup?view=checks")
     page.get_by_text("rollup_reconciles_with_calls").first.wait_for()
     page.get_by_text("Passed").first.wait_for()
     page.screenshot(path=str(ARTIFACTS / "5-daily-cost-rollup-checks.png"), full_page=True)
+
+    # The totals job writes the dashboard; its asset page links it, and the link opens the page.
+    totals = graphql(dagster_dev, LAUNCH_RUN, {"params": {
+        "selector": {"repositoryLocationName": "cost_pipeline", "repositoryName": "__repository__",
+                     "jobName": "evaluation_costs_job"}, "runConfigData": "{}"}})["data"]["launchRun"]
+    assert totals["__typename"] == "LaunchRunSuccess", totals
+    deadline = time.monotonic() + 300
+    while (status := graphql(dagster_dev, RUN_STATUS, {"id": totals["run"]["runId"]})["data"]["runOrError"]["status"]) \
+            not in ("SUCCESS", "FAILURE", "CANCELED"):
+        assert time.monotonic() < deadline, f"totals run still {status}"
+        time.sleep(2)
+    assert status == "SUCCESS"
+    board = (dagster_dev.database.parent / "dashboard.html").as_uri()
+    page.goto(f"{dagster_dev}/assets/cost_dashboard")
+    page.get_by_text(board).first.wait_for()
+    page.screenshot(path=str(ARTIFACTS / "6-cost-dashboard-asset.png"), full_page=True)
+    page.goto(board)
+    assert page.locator('[data-figure="spend"]').inner_text() == f"${spend:,.6f}"
+    page.screenshot(path=str(ARTIFACTS / "7-dashboard.png"), full_page=True)
