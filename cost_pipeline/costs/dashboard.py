@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from cost_pipeline.costs.report import incomplete_note
+from cost_pipeline.costs.report import rollup_completeness
 from cost_pipeline.markdown import money, money_sum
 from cost_pipeline.storage.connect import connect
 from cost_pipeline.storage.tables import table_exists
@@ -72,8 +72,6 @@ def figures(data: DashboardData) -> dict[str, str]:
     """The headline numbers, as shown on the page (each also carries a `data-figure` name for tests)."""
     rollup = data.rollup
     calls, billed = int(rollup["calls"].sum()), int(rollup["billed_attempts"].sum())
-    unpriced = int(rollup["missing_price_calls"].sum() + rollup["unpriced_attempts"].sum())
-    unknown = int(rollup["billing_unknown_attempts"].sum())
     return {
         "spend": money(money_sum(rollup["spend_usd"])),
         "data_cost": money(money_sum(rollup["total_cost_usd"])),
@@ -84,7 +82,7 @@ def figures(data: DashboardData) -> dict[str, str]:
         "rejection_rate": _share(int(rollup["rejected_attempts"].sum()), billed),
         "latency_p50": _ms(data.latency_overall[0]),
         "latency_p95": _ms(data.latency_overall[1]),
-        "completeness": incomplete_note(unpriced, unknown) or "complete",
+        "completeness": rollup_completeness(rollup),
     }
 
 

@@ -31,6 +31,12 @@ def incomplete_note(unpriced: int, unknown: int) -> str:
     return f"incomplete: leaves out {' and '.join(parts)}" if parts else ""
 
 
+def rollup_completeness(rollup: pd.DataFrame) -> str:
+    """`complete`, or what a total of these daily_cost_rollup rows leaves out."""
+    unpriced = int(rollup["missing_price_calls"].sum() + rollup["unpriced_attempts"].sum())
+    return incomplete_note(unpriced, int(rollup["billing_unknown_attempts"].sum())) or "complete"
+
+
 def table_counts(database: str, day: date) -> dict[str, int]:
     """Rows per table for one day (all rows of an unpartitioned table), read without taking the writer's lock."""
     with connect(database, read_only=True) as connection:

@@ -26,7 +26,7 @@ from cost_pipeline.costs import ledger
 from cost_pipeline.costs.ledger import COLUMNS as LEDGER_COLUMNS
 from cost_pipeline.costs.ledger import ensure_ledger, load_spools
 from cost_pipeline.costs.pricing import MONEY_PLACES
-from cost_pipeline.costs.report import incomplete_note
+from cost_pipeline.costs.report import incomplete_note, rollup_completeness
 from cost_pipeline.markdown import markdown_table, money, money_entries, money_sum
 from cost_pipeline.partitions import DUCKDB_POOL, daily_partitions
 from cost_pipeline.config import SCHEDULE_HOUR, SCHEDULE_TIMEZONE
@@ -234,13 +234,11 @@ def with_budgets(totals: pd.DataFrame, budgets: dict[str, Decimal]) -> pd.DataFr
 def rollup_metadata(rollup: pd.DataFrame) -> dict:
     """Money first (as people read it, as floats for plots, and exact), then the day by evaluation x model, then counts."""
     calls = int(rollup["calls"].sum())
-    unpriced = int(rollup["missing_price_calls"].sum() + rollup["unpriced_attempts"].sum())
-    unknown = int(rollup["billing_unknown_attempts"].sum())
     return {
         **money_entries("spend", money_sum(rollup["spend_usd"])),
         **money_entries("data_cost", money_sum(rollup["total_cost_usd"])),
         **money_entries("saved", money_sum(rollup["saved_cost_usd"])),
-        "totals": incomplete_note(unpriced, unknown) or "complete",
+        "totals": rollup_completeness(rollup),
         "by_evaluation_and_model": dg.MetadataValue.md(evaluation_by_model_table(rollup)),
         "total_tokens": int(rollup["total_tokens"].sum()),
         "calls": calls,
@@ -249,7 +247,7 @@ def rollup_metadata(rollup: pd.DataFrame) -> dict:
         "cache_hit_rate": float(rollup["cache_hits"].sum() / calls) if calls else 0.0,
         "missing_price_calls": int(rollup["missing_price_calls"].sum()),
         "unpriced_attempts": int(rollup["unpriced_attempts"].sum()),
-        "billing_unknown_attempts": unknown,
+        "billing_unknown_attempts": int(rollup["billing_unknown_attempts"].sum()),
     }
 
 
