@@ -1,8 +1,10 @@
-"""`cost-pipeline`: generate landing data, serve the local model, run a demo day end to end.
+"""`cost-pipeline`: generate landing data, run and backfill days, report and chart their cost, serve the local model.
 
-The demo runs the same job the schedule runs, on a persistent Dagster instance
-(`DAGSTER_HOME`, default `.dagster_home/`), so the run and its metadata are there when
-the UI opens afterwards.
+`run`, `backfill` and `demo` launch the jobs the schedule runs on the project's Dagster
+instance (`DAGSTER_HOME`, else `.dagster_home/` in the working directory) through its code
+location, as the UI does (`cost_pipeline/launch.py`), so every run is on the UI's Overview
+timeline and in its job's history. Variables in `.env` in the working directory apply, as
+they do for the `dagster` commands.
 """
 
 import argparse
@@ -12,14 +14,13 @@ from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
 from cost_pipeline.config import COSTS_ENV, DB_ENV, DEFAULT_COSTS, DEFAULT_DB, DEFAULT_LANDING, LANDING_ENV, START_ENV, resolved
+from cost_pipeline.landing import LANDED
 from cost_pipeline.llm.local_server import config_arguments, config_from, serve
 from cost_pipeline.costs.report import DIMENSIONS
 from cost_pipeline.synthetic import generate
 
-DEFAULT_DAGSTER_HOME = ".dagster_home"
-
-
 def main(argv: list[str] | None = None) -> int:
+    _read_dotenv()
     parser = argparse.ArgumentParser(prog="cost-pipeline", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -34,6 +35,18 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--day", type=date.fromisoformat, default=_yesterday(), help="the demo day (YYYY-MM-DD)")
     demo.add_argument("--turns", type=_positive, default=2000)
     demo.add_argument("--seed", type=int, default=7)
+
+    run = commands.add_parser("run", help="run the daily pipeline for one day on the project's instance and wait for it")
+    run.add_argument("--day", type=date.fromisoformat, default=_yesterday(), help="the day (YYYY-MM-DD; default yesterday, UTC)")
+    run.add_argument("--totals", action=argparse.BooleanOptionalAction, default=True,
+                     help="then refresh the all-time totals (evaluation_costs), as the automation sensor would")
+
+    backfill = commands.add_parser("backfill", help="backfill the daily pipeline over a range of days (a Dagster "
+                                                    "backfill; a day that never landed is written empty)")
+    backfill.add_argument("--from", dest="first", type=date.fromisoformat, required=True, help="first day (YYYY-MM-DD)")
+    backfill.add_argument("--to", dest="last", type=date.fromisoformat, required=True, help="last day, included")
+    backfill.add_argument("--totals", action=argparse.BooleanOptionalAction, default=True,
+                          help="then refresh the all-time totals (evaluation_costs), as the automation sensor would")
 
     model = commands.add_parser("serve-model", help="serve the Gemini-compatible local model on loopback")
     model.add_argument("--port", type=int, default=8765)
@@ -56,6 +69,12 @@ def main(argv: list[str] | None = None) -> int:
     board.add_argument("--database", default=resolved(DB_ENV, DEFAULT_DB))
 
     args = parser.parse_args(argv)
+    if args.command in ("run", "backfill"):
+        days = [args.day] if args.command == "run" else _days(args.first, args.last)
+        if not days:
+            print(f"--to {args.last} is before --from {args.first}", file=sys.stderr)
+            return 2
+        return run_days(days, backfill=args.command == "backfill", totals=args.totals)
     if args.command == "dashboard":
         return run_dashboard(args)
     if args.command == "report":
@@ -67,38 +86,68 @@ def main(argv: list[str] | None = None) -> int:
         for day in generate(args.landing, args.start, args.days, args.turns_per_day, args.seed):
             print(f"{day.day}: {day.good_lines} turns, {day.malformed_lines} malformed lines, "
                   f"{day.conversations} conversations in {day.files} files under {Path(args.landing) / str(day.day)}")
+        if note := _start_partitions_at(args.start):
+            print(note.strip())
         return 0
     return run_demo(args.day, args.turns, args.seed)
 
 
+def run_days(days: list[date], backfill: bool, totals: bool) -> int:
+    """Run `days` (one run, or a Dagster backfill) on the project's instance, then the totals; 1 if a run failed."""
+    from cost_pipeline.launch import LaunchError, Launcher, project_instance
+
+    try:
+        with project_instance() as instance, Launcher(instance, annotate=landing_note) as launcher:
+            runs = launcher.launch("daily_pipeline", [day.isoformat() for day in days], backfill=backfill)
+            if totals and any(run.succeeded for run in runs):
+                runs += launcher.launch("evaluation_costs_job")
+            home = instance.root_directory
+    except LaunchError as error:
+        print(error, file=sys.stderr)
+        return 2
+    failed = [run for run in runs if not run.succeeded]
+    skipped = [run for run in runs if run.note]
+    print(f"{len(runs) - len(failed)} of {len(runs)} run(s) succeeded"
+          f"{f' ({len(skipped)} day(s) skipped: never landed, written empty)' if skipped else ''}; "
+          f"they are in the UI that reads {home} (make ui)")
+    return 1 if failed else 0
+
+
+def landing_note(instance, run_id: str) -> str | None:
+    """'skipped: ...' when the run's raw_turns says the day never landed (a backfill writes such a day empty)."""
+    import dagster as dg
+
+    for record in instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION).records:
+        materialization = record.event_log_entry.asset_materialization
+        if materialization and materialization.asset_key == dg.AssetKey("raw_turns"):
+            landing = materialization.metadata.get("landing")
+            if landing is not None and landing.value != LANDED:
+                return f"skipped, written empty: {landing.value}"
+    return None
+
+
 def run_demo(day: date, turns: int, seed: int) -> int:
-    """Generate `day`, run the daily job for it, and say where to look."""
+    """Generate `day`, run the daily job for it through the project's instance, and say where to look."""
+    from cost_pipeline.launch import Launcher, project_instance
+
     landing = resolved(LANDING_ENV, DEFAULT_LANDING)
     database = resolved(DB_ENV, DEFAULT_DB)
-    os.environ.setdefault("DAGSTER_HOME", str(Path(DEFAULT_DAGSTER_HOME).resolve()))
-    Path(os.environ["DAGSTER_HOME"]).mkdir(parents=True, exist_ok=True)
     start_note = _start_partitions_at(day)
 
-    import dagster as dg  # Dagster's import is slow; `generate` does not need it.
-
-    from cost_pipeline.definitions import defs
     from cost_pipeline.costs.report import cost_report, render, table_counts
 
     (summary,) = generate(landing, day, 1, turns, seed)
     print(f"generated {summary.good_lines} turns and {summary.malformed_lines} malformed lines for {day} in {landing}")
-    quiet = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
-    with dg.DagsterInstance.get() as instance:
-        result = defs.resolve_job_def("daily_pipeline").execute_in_process(
-            partition_key=day.isoformat(), instance=instance, raise_on_error=False, run_config=quiet)
-        if result.success:
-            totals = defs.resolve_job_def("evaluation_costs_job").execute_in_process(
-                instance=instance, raise_on_error=False, run_config=quiet)
-        # The local server was the provider and left its invoice in the billing folder: reconcile today's bill.
-        billing_day = datetime.now(timezone.utc).date().isoformat()
-        reconciled = defs.resolve_job_def("billing_reconciliation_job").execute_in_process(
-            partition_key=billing_day, instance=instance, raise_on_error=False, run_config=quiet) if result.success else None
-    if not result.success or not totals.success:
-        print(f"run {(totals if result.success else result).run_id} failed; see the logs above", file=sys.stderr)
+    # The local server is the provider and leaves its invoice in the billing folder: today's bill is reconciled.
+    billing_day = datetime.now(timezone.utc).date().isoformat()
+    with project_instance() as instance, Launcher(instance) as launcher:
+        (result,) = launcher.launch("daily_pipeline", [day.isoformat()])
+        later = [launcher.launch("evaluation_costs_job"), launcher.launch("billing_reconciliation_job", [billing_day])] \
+            if result.succeeded else []
+        home = instance.root_directory
+    failed = [run for run in [result, *(run for runs in later for run in runs)] if not run.succeeded]
+    if failed:
+        print(f"run {failed[0].run_id} ({failed[0].job_name}) failed: {failed[0].reason}", file=sys.stderr)
         return 1
     print(f"\nrun {result.run_id} materialized partition {day} into {Path(database).resolve()}:")
     for table, rows in table_counts(database, day).items():
@@ -107,7 +156,7 @@ def run_demo(day: date, turns: int, seed: int) -> int:
     print(render(cost_report(database, day, day, "evaluation"), "table"))
     print("\nspend_usd: every billed attempt of every run of the day (the invoice's number); "
           "total_cost_usd: the cost of the data as it stands (a cache hit costs 0).")
-    print(reconciliation_summary(database, billing_day, reconciled))
+    print(reconciliation_summary(database, billing_day))
     from cost_pipeline.costs.dashboard import default_path
 
     print(f"\nThe cost dashboard (one HTML page, works offline): {default_path(database).as_uri()}")
@@ -115,8 +164,8 @@ def run_demo(day: date, turns: int, seed: int) -> int:
         print(start_note)
     print(
         "\nWhere to look:\n"
-        f"  UI:      DAGSTER_HOME={os.environ['DAGSTER_HOME']} .venv/bin/dagster dev   (or: make ui)"
-        " then open http://127.0.0.1:3000\n"
+        f"  UI:      make ui   (or: DAGSTER_HOME={home} .venv/bin/dagster dev) then open http://127.0.0.1:3000;"
+        " the runs are on the Overview timeline\n"
         f"  DuckDB:  .venv/bin/python -c \"import duckdb; print(duckdb.connect('{database}', read_only=True)"
         ".sql('SELECT * FROM raw_turns LIMIT 5'))\""
     )
@@ -124,32 +173,39 @@ def run_demo(day: date, turns: int, seed: int) -> int:
 
 
 def _start_partitions_at(day: date, dotenv: Path = Path(".env")) -> str | None:
-    """Begin the partitions at the demo day, here and in `.env` (which `dagster dev` reads), unless already set.
+    """Make the partitions begin at `day` when data is generated for it: in `.env` (which `dagster dev` reads) and here.
 
-    Without it the asset pages count every day since the default start as missing; with
-    it a new user sees the demo day as a full graph. Returns a sentence saying so.
+    Without it the asset pages count every day since the default start as missing, or a
+    generated day before the start cannot run. `.env` gets `day` when it names no start or
+    a later one (a start only moves earlier: a running backfill never loses a day); a start
+    set in the real environment is the person's choice and is left alone. Returns a
+    sentence when `.env` changed.
     """
-    if os.environ.get(START_ENV):
+    if START_ENV in os.environ and START_ENV not in _FROM_DOTENV:
         return None
-    os.environ[START_ENV] = day.isoformat()
     lines = dotenv.read_text().splitlines() if dotenv.exists() else []
-    if any(line.strip().startswith(f"{START_ENV}=") for line in lines):
+    current = [line.split("=", 1)[1].strip() for line in lines if line.strip().startswith(f"{START_ENV}=")]
+    if current and current[-1] <= day.isoformat():
         return None
-    dotenv.write_text("\n".join([*lines, f"{START_ENV}={day.isoformat()}"]) + "\n")
-    return (f"\nPartitions now start at {day}: {START_ENV}={day} was added to {dotenv.resolve()}, which `dagster dev` "
-            "reads (set it to the first day of your own data).")
+    kept = [line for line in lines if not line.strip().startswith(f"{START_ENV}=")]
+    dotenv.write_text("\n".join([*kept, f"{START_ENV}={day.isoformat()}"]) + "\n")
+    os.environ[START_ENV] = day.isoformat()
+    _FROM_DOTENV.add(START_ENV)
+    return (f"\nPartitions now start at {day}: {START_ENV}={day} is in {dotenv.resolve()}, which `dagster dev` reads "
+            "(restart it to see the change; set it to the first day of your own data).")
 
 
-def reconciliation_summary(database: str, billing_day: str, result) -> str:
+def reconciliation_summary(database: str, billing_day: str) -> str:
     """One paragraph: the ledger against the provider's invoice for `billing_day`."""
     from cost_pipeline.storage.connect import connect
 
-    if result is None or not result.success or not result.asset_materializations_for_node("billing_reconciliation"):
-        return f"\nNo billing export for {billing_day} was reconciled (drop Cloud Billing CSVs into the billing folder)."
     with connect(database, read_only=True) as connection:
         invoice, ledger, off = connection.execute(
             "SELECT sum(invoice_usd), sum(ledger_usd), count(*) FILTER (WHERE NOT within_tolerance) "
-            "FROM billing_reconciliation WHERE partition_date = ?", [billing_day]).fetchall()[0]
+            "FROM billing_reconciliation WHERE partition_date = ?", [billing_day]).fetchall()[0] \
+            if "billing_reconciliation" in _tables(connection) else (None, None, 0)
+    if invoice is None:
+        return f"\nNo billing export for {billing_day} was reconciled (drop Cloud Billing CSVs into the billing folder)."
     verdict = "matches, line by line" if off == 0 else f"differs on {off} line(s): see billing_reconciliation"
     return (f"\nThe provider's invoice for {billing_day} (the local server's billing export): ${invoice:.6f}; "
             f"the ledger: ${ledger:.6f}; {verdict}.")
@@ -197,6 +253,28 @@ def run_dashboard(args: argparse.Namespace) -> int:
         return 1
     print(f"dashboard for {start} to {end} written to {path.resolve()} (open it in a browser; it works offline)")
     return 0
+
+
+def _tables(connection) -> set[str]:
+    return {name for (name,) in connection.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+
+
+def _days(first: date, last: date) -> list[date]:
+    return [first + timedelta(days=offset) for offset in range((last - first).days + 1)]
+
+
+_FROM_DOTENV: set[str] = set()  # the variables this process took from `.env`, not from the real environment
+
+
+def _read_dotenv(path: Path = Path(".env")) -> None:
+    """Apply `.env` in the working directory as the `dagster` commands do; the real environment wins."""
+    if path.is_file():
+        from dotenv import dotenv_values
+
+        for name, value in dotenv_values(path).items():
+            if value is not None and name not in os.environ:
+                os.environ[name] = value
+                _FROM_DOTENV.add(name)
 
 
 def _yesterday() -> date:

@@ -21,6 +21,7 @@ SPEAKERS = {"user": "User", "assistant": "Assistant"}
 REQUIRED_FIELDS = ("evaluation_id", "conversation_id", "turn_index", "speaker", "text", "created_at")
 DEFAULT_MAX_TEXT_CHARS = 20_000
 RAW_CONTENT_LIMIT = 500
+LANDED = "files landed"  # raw_turns' `landing` metadata for a day whose files were there (else: what was missing)
 
 # A fixed namespace makes derived turn ids stable across runs, machines and versions.
 TURN_ID_NAMESPACE = uuid.UUID("6f1c9a52-6f0e-4d8e-9a39-2f5c0f1f7a11")

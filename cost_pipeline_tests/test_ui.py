@@ -37,6 +37,12 @@ mutation($params: ExecutionParams!) {
   }
 }"""
 RUN_STATUS = "query($id: ID!) { runOrError(runId: $id) { ... on Run { status } } }"
+PARTITION_STATUSES = """
+query($path: [String!]!) {
+  assetNodeOrError(assetKey: {path: $path}) {
+    ... on AssetNode { assetPartitionStatuses { ... on TimePartitionStatuses { ranges { status startKey endKey } } } }
+  }
+}"""
 
 
 def graphql(url: str, query: str, variables: dict | None = None) -> dict:
@@ -47,11 +53,11 @@ def graphql(url: str, query: str, variables: dict | None = None) -> dict:
 
 
 class DagsterDev(str):
-    """The UI's URL (a str, as before), carrying the DuckDB file its runs write."""
+    """The UI's URL (a str, as before), carrying the DuckDB file its runs write and the environment it runs in."""
 
-    def __new__(cls, url: str, database: Path):
+    def __new__(cls, url: str, database: Path, env: dict[str, str], landing: Path):
         instance = super().__new__(cls, url)
-        instance.database = database
+        instance.database, instance.env, instance.landing = database, env, landing
         return instance
 
 
@@ -62,7 +68,7 @@ def dagster_dev(tmp_path):
     generate(landing, date.fromisoformat(DAY), days=1, turns_per_day=120, seed=3)
     env = {**os.environ, "DAGSTER_HOME": str(home), "COST_PIPELINE_DB": str(tmp_path / "ui.duckdb"),
            "COST_PIPELINE_LANDING": str(landing), "COST_PIPELINE_COSTS": str(REPO / "costs.toml"),
-           "COST_PIPELINE_BILLING": str(tmp_path / "billing")}
+           "COST_PIPELINE_BILLING": str(tmp_path / "billing"), "COST_PIPELINE_START": "2026-11-01"}
     for secret in ("GEMINI_API_KEY", "GOOGLE_API_KEY", "GOOGLE_GEMINI_BASE_URL"):
         env.pop(secret, None)
     port = free_port()
@@ -79,7 +85,7 @@ def dagster_dev(tmp_path):
                 pass
             assert time.monotonic() < deadline and server.poll() is None, "dagster dev did not come up"
             time.sleep(1)
-        yield DagsterDev(url, tmp_path / "ui.duckdb")
+        yield DagsterDev(url, tmp_path / "ui.duckdb", env, landing)
     finally:
         os.killpg(server.pid, 15)
         try:
@@ -162,3 +168,24 @@ def test_the_ui_shows_the_graph_runs_a_partition_and_shows_costs_and_checks(dags
     page.goto(board)
     assert page.locator('[data-figure="spend"]').inner_text() == f"${spend:,.6f}"
     page.screenshot(path=str(ARTIFACTS / "7-dashboard.png"), full_page=True)
+
+    # A backfill from the CLI while the UI runs: the daemon's queue takes its runs. 2026-11-01 never landed:
+    # it is reported skipped, and every day of the asset stays green (materialized, none failed).
+    generate(dagster_dev.landing, date(2026, 11, 3), days=1, turns_per_day=60, seed=5)
+    backfill = subprocess.run([str(Path(sys.executable).with_name("cost-pipeline")), "backfill", "--from", "2026-11-01",
+                               "--to", "2026-11-03", "--no-totals"], env=dagster_dev.env, cwd=dagster_dev.database.parent,
+                              capture_output=True, text=True, timeout=600)
+    assert backfill.returncode == 0, backfill.stdout[-2000:] + backfill.stderr[-3000:]
+    assert "submitted to the run queue that dagster dev's daemon serves" in backfill.stdout
+    assert "skipped, written empty: No landing files for 2026-11-01" in backfill.stdout
+    for asset in ("raw_turns", "daily_cost_rollup"):
+        ranges = graphql(dagster_dev, PARTITION_STATUSES, {"path": [asset]})["data"]["assetNodeOrError"][
+            "assetPartitionStatuses"]["ranges"]
+        assert [(r["status"], r["startKey"], r["endKey"]) for r in ranges] == [("MATERIALIZED", "2026-11-01", "2026-11-03")], ranges
+    page.goto(f"{dagster_dev}/assets/raw_turns?view=partitions")
+    page.get_by_text("Failed (0)").first.wait_for()
+    page.get_by_text("Materialized (3)").first.wait_for()
+    page.screenshot(path=str(ARTIFACTS / "8-backfill-with-a-missing-day.png"), full_page=True)
+    page.goto(f"{dagster_dev}/overview/activity/timeline")
+    page.get_by_text("daily_pipeline").first.wait_for()
+    page.screenshot(path=str(ARTIFACTS / "9-overview-timeline.png"), full_page=True)

@@ -15,7 +15,7 @@ from collections import Counter
 import dagster as dg
 import pandas as pd
 
-from cost_pipeline.landing import Turn
+from cost_pipeline.landing import LANDED, Turn
 from cost_pipeline.markdown import markdown_table
 from cost_pipeline.partitions import DUCKDB_POOL, daily_partitions
 from cost_pipeline.resources import LandingResource
@@ -95,7 +95,7 @@ def landed_turns(context: dg.AssetExecutionContext, landing: LandingResource, wa
         context.log.warning(f"{staged_quarantine.rows} of {staged_turns.rows + staged_quarantine.rows} lines quarantined")
     yield dg.Output(staged_turns, "raw_turns",
                     metadata={**_turn_metadata(staged_turns, 0 if missing else len(reader.files), staged_quarantine.rows),
-                              "landing": missing or "files landed"})
+                              "landing": missing or LANDED})
     yield dg.Output(staged_quarantine, "quarantined_turns", metadata=_quarantine_metadata(reasons, preview))
 
 
