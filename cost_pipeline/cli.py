@@ -48,6 +48,14 @@ def main(argv: list[str] | None = None) -> int:
     backfill.add_argument("--totals", action=argparse.BooleanOptionalAction, default=True,
                           help="then refresh the all-time totals (evaluation_costs), as the automation sensor would")
 
+    forecast = commands.add_parser("forecast", help="estimate what running days will cost, before any call (no API call "
+                                                    "without a key)")
+    forecast.add_argument("--from", dest="first", type=date.fromisoformat, required=True, help="first day (YYYY-MM-DD)")
+    forecast.add_argument("--to", dest="last", type=date.fromisoformat, required=True, help="last day, included")
+    forecast.add_argument("--format", choices=["table", "json"], default="table")
+    forecast.add_argument("--database", default=resolved(DB_ENV, DEFAULT_DB))
+    forecast.add_argument("--landing", default=resolved(LANDING_ENV, DEFAULT_LANDING), help="landing root folder")
+
     model = commands.add_parser("serve-model", help="serve the Gemini-compatible local model on loopback")
     model.add_argument("--port", type=int, default=8765)
     config_arguments(model)
@@ -61,6 +69,10 @@ def main(argv: list[str] | None = None) -> int:
     report.add_argument("--format", choices=["table", "json", "csv"], default="table")
     report.add_argument("--chart", help="also write a PNG of daily spend by model to this path")
     report.add_argument("--database", default=resolved(DB_ENV, DEFAULT_DB))
+    report.add_argument("--what-if", type=lambda v: [m.strip() for m in v.split(",") if m.strip()], metavar="MODEL[,MODEL]",
+                        help="re-price the range's billed tokens on these models, beside the actual spend")
+    report.add_argument("--processing", choices=["standard", "batch"], default=None,
+                        help="with --what-if (or alone: the models actually used), the processing mode to price at")
 
     board = commands.add_parser("dashboard", help="write the cost dashboard (one self-contained HTML page) for a range")
     board.add_argument("--start", type=date.fromisoformat, help="first day (default: 60 days before --end)")
@@ -77,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_days(days, backfill=args.command == "backfill", totals=args.totals)
     if args.command == "dashboard":
         return run_dashboard(args)
+    if args.command == "forecast":
+        return run_forecast(args)
     if args.command == "report":
         return run_report(args)
     if args.command == "serve-model":
@@ -220,6 +234,13 @@ def run_report(args: argparse.Namespace) -> int:
     if not Path(args.database).exists():
         print(f"no DuckDB file at {args.database}: run the pipeline first (make demo)", file=sys.stderr)
         return 1
+    if args.what_if is not None or args.processing is not None:
+        from cost_pipeline.costs import what_if
+
+        scenarios, unknown = what_if.what_if(args.database, args.start, args.end, args.what_if or [],
+                                             args.processing or "standard", _cost_settings().price_book())
+        print(what_if.render(scenarios, unknown, args.start, args.end))
+        return 0
     report = cost_report(args.database, args.start, args.end, args.by)
     if report.empty:
         print(f"no cost data between {args.start} and {args.end} in {args.database}")
@@ -233,7 +254,6 @@ def run_report(args: argparse.Namespace) -> int:
 
 def run_dashboard(args: argparse.Namespace) -> int:
     from cost_pipeline.costs import dashboard
-    from cost_pipeline.resources import CostSettings
 
     if not Path(args.database).exists():
         print(f"no DuckDB file at {args.database}: run the pipeline first (make demo)", file=sys.stderr)
@@ -243,8 +263,7 @@ def run_dashboard(args: argparse.Namespace) -> int:
     if end < start:
         print(f"--end {end} is before --start {start}", file=sys.stderr)
         return 2
-    costs_file = resolved(COSTS_ENV, DEFAULT_COSTS)
-    budgets = CostSettings(config_file=costs_file if Path(costs_file).is_file() else None).budgets()
+    budgets = _cost_settings().budgets()
     out = Path(args.out) if args.out else dashboard.default_path(args.database)
     try:
         path, _ = dashboard.write(args.database, out, start, end, budgets)
@@ -275,6 +294,43 @@ def _read_dotenv(path: Path = Path(".env")) -> None:
             if value is not None and name not in os.environ:
                 os.environ[name] = value
                 _FROM_DOTENV.add(name)
+
+
+def run_forecast(args: argparse.Namespace) -> int:
+    """Print the forecast of a range of days as a table or JSON; 2 on a bad range."""
+    import json
+
+    from cost_pipeline.costs.forecast import forecast_days, render_table
+
+    days = _days(args.first, args.last)
+    if not days:
+        print(f"--to {args.last} is before --from {args.first}", file=sys.stderr)
+        return 2
+    prices = _cost_settings().price_book()
+    forecast = forecast_days(args.database, args.landing, days, _forecast_settings(), prices)
+    print(json.dumps(forecast.as_dict(), indent=2) if args.format == "json" else render_table(forecast))
+    return 0
+
+
+def _cost_settings():
+    """The `costs` resource as runs get it: COST_PIPELINE_COSTS, else ./costs.toml when there is one."""
+    from cost_pipeline.resources import CostSettings
+
+    costs_file = resolved(COSTS_ENV, DEFAULT_COSTS)
+    return CostSettings(config_file=costs_file if Path(costs_file).is_file() else None)
+
+
+def _forecast_settings():
+    """The models, thinking, context and endpoint a run would use now, from the same environment as the resource."""
+    from cost_pipeline.config import CLEAN_MODEL_ENV, FUNCTION_MODEL_ENV, THINKING_BUDGET_ENV
+    from cost_pipeline.costs.forecast import ForecastSettings
+    from cost_pipeline.llm.client import DEFAULT_MODEL, GeminiResource
+
+    gemini = GeminiResource(clean_model=os.environ.get(CLEAN_MODEL_ENV) or DEFAULT_MODEL,
+                            function_model=os.environ.get(FUNCTION_MODEL_ENV) or DEFAULT_MODEL,
+                            thinking_budget=int(os.environ[THINKING_BUDGET_ENV]) if os.environ.get(THINKING_BUDGET_ENV) else None)
+    return ForecastSettings(gemini.clean_model, gemini.function_model, gemini.endpoint_id(), gemini.thinking_budget,
+                            gemini.context_turns)
 
 
 def _yesterday() -> date:

@@ -7,7 +7,7 @@ import dagster as dg
 from cost_pipeline.costs import checks, reconciliation, rollups
 from cost_pipeline.assets import ingest, turns
 from cost_pipeline.config import (
-    BILLING_ENV, CLEAN_MODEL_ENV, CONCURRENCY_ENV, COSTS_ENV, DB_ENV, DEFAULT_BILLING, DEFAULT_COSTS, DEFAULT_DB, DEFAULT_LANDING,
+    BILLING_ENV, CLEAN_MODEL_ENV, CONCURRENCY_ENV, PROCESSING_ENV, COSTS_ENV, DB_ENV, DEFAULT_BILLING, DEFAULT_COSTS, DEFAULT_DB, DEFAULT_LANDING,
     FUNCTION_MODEL_ENV, LANDING_ENV, RPM_ENV, THINKING_BUDGET_ENV, TPM_ENV, env_int_or_default, env_or_default,
     gemini_api_key,
 )
@@ -42,7 +42,8 @@ def local_resources() -> dict:
             function_model=env_or_default(FUNCTION_MODEL_ENV, DEFAULT_MODEL),
             thinking_budget=env_int_or_default(THINKING_BUDGET_ENV, None),
             requests_per_minute=env_int_or_default(RPM_ENV, None), tokens_per_minute=env_int_or_default(TPM_ENV, None),
-            max_concurrency=env_int_or_default(CONCURRENCY_ENV, 32)),
+            max_concurrency=env_int_or_default(CONCURRENCY_ENV, 32),
+            processing=env_or_default(PROCESSING_ENV, "standard")),
         "billing": BillingExports(folder=env_or_default(BILLING_ENV, DEFAULT_BILLING)),
         "costs": CostSettings(config_file=env_or_default(COSTS_ENV, DEFAULT_COSTS if Path(DEFAULT_COSTS).is_file() else None)),
     }

@@ -22,7 +22,7 @@ GLOSSARY = {
     "confidence": "The cleaning model's own confidence in its cleaned text, 0 to 1.",
     "model": "The model as requested.",
     "stage": "clean (every turn) or function (the function-calling decision of a user turn).",
-    "status": "ok, or failed (the error says why).",
+    "status": "ok, failed (the error says why), or skipped (error `budget`: a spend limit stopped the call).",
     "error": "Why the call or turn failed; null when it did not.",
     "cache_hit": "Answered from the response cache: billed nothing.",
     "called_at": "When the call started, UTC.",

@@ -10,6 +10,7 @@ from pydantic import Field
 from cost_pipeline.landing import (
     DEFAULT_MAX_TEXT_CHARS, LandingFolderMissing, LandingReader, landing_folder,
 )
+from cost_pipeline.costs.budgets import Limits
 from cost_pipeline.costs.pricing import PriceBook, parse_overrides
 
 
@@ -81,6 +82,10 @@ class CostSettings(dg.ConfigurableResource):
         """`[billing]` token_tolerance (default 0) and usd_tolerance (default 0.000001) per invoice line."""
         billing = self._table().get("billing", {})
         return int(billing.get("token_tolerance", 0)), Decimal(str(billing.get("usd_tolerance", "0.000001")))
+
+    def limits(self) -> Limits:
+        """`[limits]`: hard spend limits per run, per day and per evaluation (month, all time); see costs/budgets.py."""
+        return Limits.from_table(self._table().get("limits", {}))
 
     def budgets(self) -> dict[str, Decimal]:
         """Budget per evaluation in USD; the key `default` covers evaluations not listed."""

@@ -167,8 +167,8 @@ def test_a_failing_blocking_check_stops_the_rollup(landing_root, database, model
     generate(landing_root, DAYS[0], days=1, turns_per_day=30, seed=3)
     real = PriceBook._price
 
-    def negative(self, model, tokens, at):
-        cost = real(self, model, tokens, at)
+    def negative(self, model, tokens, at, *processing):
+        cost = real(self, model, tokens, at, *processing)
         return cost if cost.output_cost is None else type(cost)(cost.input_cost, cost.cached_input_cost, -cost.output_cost,
                                                                  cost.total_cost, cost.price_source, cost.price_status)
 

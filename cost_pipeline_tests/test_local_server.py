@@ -150,3 +150,35 @@ def test_an_alias_is_served_and_billed_as_its_model(model_server):
     answer = generate(model_server, model="gemini-flash-lite-latest")
     assert answer.model_version == "gemini-2.5-flash-lite"
     assert model_server.billing()[0]["model"] == "gemini-2.5-flash-lite"
+
+
+def test_a_batch_job_is_pending_then_answers_each_inlined_request_in_order_billed_at_batch(model_server):
+    """`batchGenerateContent`, `batches.get` and `:cancel` as google-genai speaks them; per-request errors not billed."""
+    import time
+
+    model_server.configure(batch_delay_s=0.3, rate_batch_error=0.25, seed=5)
+    client = genai.Client(api_key="test-key", http_options=types.HttpOptions(base_url=model_server.url))
+    texts = [f"um, can you b-book a a meeting number {i}" for i in range(12)]
+    job = client.batches.create(model="gemini-2.5-flash-lite", src=[
+        {"contents": [{"parts": [{"text": text}], "role": "user"}], "metadata": {"key": f"k{i}"},
+         "config": {"system_instruction": "Clean the turn.", "temperature": 0.0}} for i, text in enumerate(texts)])
+    assert job.name.startswith("batches/") and not job.done
+    assert client.batches.get(name=job.name).state == types.JobState.JOB_STATE_PENDING
+    assert model_server.billing() == []  # nothing is answered, nor billed, before the job runs
+    time.sleep(0.35)
+    done = client.batches.get(name=job.name)
+    assert done.done and done.state == types.JobState.JOB_STATE_SUCCEEDED
+    answers = done.dest.inlined_responses
+    assert [a.metadata["key"] for a in answers] == [f"k{i}" for i in range(12)]
+    failed = [a for a in answers if a.error is not None]
+    assert 0 < len(failed) < 12 and all(a.response is None and a.error.code == 13 for a in failed)
+    billed = model_server.billing()
+    assert len(billed) == 12 - len(failed) and {r["processing"] for r in billed} == {"batch"}
+    assert {r["response_id"] for r in billed} == {a.response.response_id for a in answers if a.error is None}
+    assert all(a.response.usage_metadata.prompt_token_count > 0 for a in answers if a.error is None)
+
+    pending = client.batches.create(model="gemini-2.5-flash-lite", src=[{"contents": "hello"}])
+    client.batches.cancel(name=pending.name)
+    assert client.batches.get(name=pending.name).state == types.JobState.JOB_STATE_CANCELLED
+    stats = model_server.stats()
+    assert (stats["batches_created"], stats["batches_completed"], stats["batches_cancelled"]) == (2, 1, 1)

@@ -10,7 +10,7 @@ from decimal import Decimal
 
 import pytest
 
-from cost_pipeline.costs.pricing import LIBRARY_SOURCE, MISSING, PriceBook, TokenCounts, parse_overrides
+from cost_pipeline.costs.pricing import BATCH, LIBRARY_SOURCE, MISSING, STANDARD, PriceBook, TokenCounts, parse_overrides
 
 AT = datetime(2026, 11, 1, 12, tzinfo=timezone.utc)
 D = Decimal
@@ -145,11 +145,14 @@ def test_every_google_model_costs_exactly_what_genai_prices_computes(model):
                 **({"input_audio_tokens": audio} if audio else {}),
                 **({"cache_audio_read_tokens": cached_audio} if audio else {}),
                 **({"output_audio_tokens": tokens.output_audio} if tokens.output_audio else {}))
+            processing = rng.choice([STANDARD, BATCH])  # the batch variant too, where the library has one
+            context = {"processing": processing} if processing == BATCH else None
             try:
-                library = genai_prices.calc_price(usage, model, provider_id="google", genai_request_timestamp=at)
+                library = genai_prices.calc_price(usage, model, provider_id="google", genai_request_timestamp=at,
+                                                  price_context=context)
             except LookupError:
-                assert book.cost(model, tokens, at).price_status == MISSING
+                assert book.cost(model, tokens, at, processing=processing).price_status == MISSING
                 continue
-            ours = book.cost(model, tokens, at)
+            ours = book.cost(model, tokens, at, processing=processing)
             assert ours.input_cost + ours.cached_input_cost == library.input_price.quantize(ours.total_cost), tokens
             assert ours.output_cost == library.output_price.quantize(ours.total_cost), tokens

@@ -14,15 +14,23 @@ removed by the next run, never read.
 """
 
 import asyncio
+import time
+from contextlib import nullcontext
+from datetime import date, datetime, timezone
 from decimal import Decimal
+from pathlib import Path
 
 import dagster as dg
 import pandas as pd
 from pydantic import Field
 
 from cost_pipeline.costs.checkpoints import Checkpoints
-from cost_pipeline.costs.ledger import AttemptSpool, load_spools, spool_folder
+from cost_pipeline.costs.budgets import Budget, Limits
+from cost_pipeline.costs.forecast import Calibration, CallEstimator, ForecastSettings, calibrate
+from cost_pipeline.costs.ledger import AttemptSpool, attempt_cost, load_spools, spent_so_far, spool_folder
 from cost_pipeline.costs.pricing import MISSING, MONEY_SQL_TYPE, ZERO, PriceBook, price_calls
+from cost_pipeline.llm.batch import BATCH, BatchStage, JobsPending
+from cost_pipeline.llm.batch_day import batch_day
 from cost_pipeline.llm.cache import ResponseCache
 from cost_pipeline.llm.client import FAILED, GeminiResource
 from cost_pipeline.llm.processing import call_id, long_lived_objects_frozen, process_day
@@ -30,8 +38,9 @@ from cost_pipeline.llm.usage import SAVED_FIELDS, TOKEN_FIELDS
 from cost_pipeline.markdown import markdown_table, money_entries
 from cost_pipeline.partitions import daily_partitions
 from cost_pipeline.resources import CostSettings
+from cost_pipeline.storage.connect import connect
 from cost_pipeline.storage.day_turns import conversation_chunks, export_day_turns
-from cost_pipeline.storage.io_manager import column_types
+from cost_pipeline.storage.io_manager import COMMIT_TOGETHER, column_types
 from cost_pipeline.storage.staging import StagedTable, StagingArea, query_staged, staging_name, staging_root
 from cost_pipeline.storage.warehouse import DuckDBWarehouse
 
@@ -43,7 +52,7 @@ _ID_COLUMNS = [
 ]
 _OUTCOME_COLUMNS = [
     dg.TableColumn("processing_ms", "INTEGER", description="Wall time for this turn's call, queueing and retries included."),
-    dg.TableColumn("status", "VARCHAR", description="ok, or failed with the error."),
+    dg.TableColumn("status", "VARCHAR", description="ok, failed with the error, or skipped (error `budget`: a spend limit stopped it)."),
     dg.TableColumn("error", "VARCHAR"),
     dg.TableColumn("call_id", "VARCHAR", description="The llm_calls row that produced this one."),
 ]
@@ -131,7 +140,11 @@ class GeminiStageConfig(dg.Config):
 
 
 def _out(description: str, schema: dg.TableSchema) -> dg.AssetOut:
-    return dg.AssetOut(description=description, metadata={"dagster/column_schema": schema}, kinds={"gemini", "duckdb"})
+    # Not required, so that a batch-mode step whose jobs are still pending ends without writing the day (see
+    # _through_gemini); committed together all the same, so a reader sees the old day or the new day, never a mix.
+    return dg.AssetOut(description=description, kinds={"gemini", "duckdb"}, is_required=False,
+                       metadata={"dagster/column_schema": schema,
+                                 COMMIT_TOGETHER: "cleaned_turns,function_calls,llm_calls"})
 
 
 @dg.multi_asset(
@@ -155,14 +168,14 @@ def turns_through_gemini(context: dg.AssetExecutionContext, config: GeminiStageC
     load_spools(database, book, log=context.log.warning)
     area = StagingArea(staging_root(warehouse.database), staging_name(context.run.run_id, "turns_through_gemini"))
     try:
-        return _through_gemini(context, config, gemini, book, warehouse, area)
+        yield from _through_gemini(context, config, gemini, book, warehouse, area, costs.limits())
     except BaseException:
         area.discard()
         raise
 
 
 def _through_gemini(context: dg.AssetExecutionContext, config: GeminiStageConfig, gemini: GeminiResource,
-                    book: PriceBook, warehouse: DuckDBWarehouse, area: StagingArea):
+                    book: PriceBook, warehouse: DuckDBWarehouse, area: StagingArea, limits: Limits):
     database = gemini.database()
     turns_file = area.folder / "day_turns.parquet"
     total = export_day_turns(warehouse.database, context.partition_key, turns_file, warehouse.lock_timeout_s)
@@ -170,11 +183,24 @@ def _through_gemini(context: dg.AssetExecutionContext, config: GeminiStageConfig
     spool = AttemptSpool(spool_folder(database), context.run.run_id)
     checkpoints = Checkpoints(database, cache, spool, book, context.log.warning, config.checkpoint_every_s)
     day = StagedDay(area, book, config.staged_chunk_rows)
+    budget = None
     try:
-        with long_lived_objects_frozen():
-            elapsed, stats = asyncio.run(_run_day(
-                conversation_chunks(turns_file, config.chunk_turns), total, gemini, cache, spool, checkpoints, day,
-                context, config))
+        if gemini.processing == BATCH:
+            elapsed, stats = asyncio.run(_run_batch_day(
+                conversation_chunks(turns_file, config.chunk_turns), gemini, cache, spool, checkpoints, day, context))
+        else:
+            with long_lived_objects_frozen():
+                budget, estimator = _budget(context, gemini, book, limits) if limits else (None, None)
+                elapsed, stats = asyncio.run(_run_day(
+                    conversation_chunks(turns_file, config.chunk_turns), total, gemini, cache, spool, checkpoints, day,
+                    context, config, budget, estimator, book))
+    except JobsPending as pending:
+        # Ends cleanly: no output, so the day keeps its rows; the jobs are recorded and the batch sensor (or any
+        # later run of the day) collects them without submitting anything again.
+        turns_file.unlink()
+        area.discard()
+        context.log.info(f"{pending}; the next run of the day collects them (nothing is submitted again) and writes the day")
+        return
     finally:
         # Paid for, whatever happens next: attempts to the ledger first (money), then answers to the cache.
         ledger_rows, written = checkpoints.finish()
@@ -200,18 +226,63 @@ def _through_gemini(context: dg.AssetExecutionContext, config: GeminiStageConfig
             metadata={"failed_calls": failed, "calls": summary["calls"],
                       "first_errors": dg.MetadataValue.md(_error_table(calls))},
         )
-    context.add_output_metadata(_cleaned_metadata(cleaned), output_name="cleaned_turns")
-    context.add_output_metadata(_function_metadata(functions), output_name="function_calls")
-    context.add_output_metadata(
-        {**_call_metadata(calls, summary, stats, total, elapsed, written, checkpoints.count),
-         "endpoint": gemini.endpoint_id()}, output_name="llm_calls")
-    return cleaned, functions, calls
+    budget_metadata = {"budget": budget.exhausted or "held", "skipped_calls": int(stats["skipped"])} if budget else {}
+    yield dg.Output(cleaned, "cleaned_turns", metadata=_cleaned_metadata(cleaned))
+    yield dg.Output(functions, "function_calls", metadata=_function_metadata(functions))
+    yield dg.Output(calls, "llm_calls", metadata={
+        **_call_metadata(calls, summary, stats, total, elapsed, written, checkpoints.count),
+        "endpoint": gemini.endpoint_id(), **budget_metadata})
+    if budget is not None and budget.exhausted:
+        # The day's rows are committed (skipped turns included) and every paid attempt is in the ledger: the run
+        # fails so that the limit is seen; a re-run after raising it completes the skipped turns from where they are.
+        raise dg.Failure(description=budget.failure(), metadata={"skipped_calls": int(stats["skipped"]),
+                                                                 "run_spent_usd": float(budget.run_spent)})
+
+
+def _budget(context: dg.AssetExecutionContext, gemini: GeminiResource, book: PriceBook,
+            limits: Limits) -> tuple[Budget, CallEstimator]:
+    """The run's budget: the ledger's spend so far, and each attempt's high forecast calibrated on the ledger."""
+    now = datetime.now(timezone.utc)
+    month_start = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    database = gemini.database()
+    budget = Budget(limits, spent_so_far(database, context.partition_key, month_start), context.partition_key,
+                    month_start.strftime("%Y-%m"))
+    settings = ForecastSettings(gemini.clean_model, gemini.function_model, gemini.endpoint_id(), gemini.thinking_budget,
+                                gemini.context_turns)
+    with connect(database, read_only=True) if Path(database).exists() else nullcontext() as connection:
+        calibration = calibrate(connection, settings, leave_out=[date.fromisoformat(context.partition_key)]) \
+            if connection else Calibration()
+    context.log.info(f"spend limits {limits}; already spent on {context.partition_key}: ${budget.day_spent:.6f}; "
+                     f"each attempt reserves its high forecast, calibrated on {calibration.describe()}")
+    return budget, CallEstimator(calibration, book)
+
+
+async def _run_batch_day(chunks, gemini: GeminiResource, cache: ResponseCache, spool: AttemptSpool,
+                         checkpoints: Checkpoints, day: "StagedDay", context: dg.AssetExecutionContext):
+    """The day through batch jobs (`llm/batch_day.py`); answers and attempts checkpointed as they are collected."""
+    session = gemini.session(cache, spool, context.run.run_id, context.partition_key)
+    stage = BatchStage(session, gemini.database(), context.partition_key, context.run.run_id, gemini.batch_max_wait_s,
+                       gemini.batch_poll_s, gemini.batch_max_requests, context.log.info)
+    periodic = asyncio.create_task(checkpoints.run_periodically())
+    started = time.perf_counter()
+    try:
+        turns = await batch_day(chunks, session, stage, day)
+        context.log.info(f"{turns} turns through batch jobs in {time.perf_counter() - started:.1f} s")
+    finally:
+        checkpoints.stop()
+        await periodic
+        await session.aclose()
+    return time.perf_counter() - started, session.stats
 
 
 async def _run_day(chunks, total: int, gemini: GeminiResource, cache: ResponseCache, spool: AttemptSpool,
                    checkpoints: Checkpoints, day: "StagedDay", context: dg.AssetExecutionContext,
-                   config: GeminiStageConfig):
+                   config: GeminiStageConfig, budget: Budget | None = None, estimator: CallEstimator | None = None,
+                   book: PriceBook | None = None):
     session = gemini.session(cache, spool, context.run.run_id, context.partition_key)
+    if budget is not None:
+        session.budget, session.attempt_forecast = budget, estimator.high
+        session.attempt_cost = lambda attempt: attempt_cost(attempt, book)
     periodic = asyncio.create_task(checkpoints.run_periodically())
     try:
         elapsed = await process_day(chunks, session, day, context.log.info, config.progress_every, total,

@@ -25,7 +25,7 @@ from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
 
-from cost_pipeline.costs.pricing import PriceBook, TokenCounts
+from cost_pipeline.costs.pricing import STANDARD, PriceBook, TokenCounts
 
 BILLED_USAGE_FIELDS = ("promptTokenCount", "cachedContentTokenCount", "candidatesTokenCount", "thoughtsTokenCount",
                        "toolUsePromptTokenCount")
@@ -46,9 +46,10 @@ class UnknownSku(ValueError):
     """A Gemini SKU description we cannot map to a model and token kind."""
 
 
-def sku_description(model: str, kind: str) -> str:
-    """Google's wording for a model's token SKU: `gemini-2.5-flash-lite` -> 'gemini 2.5 flash lite'."""
-    return _SKU_TEXT[kind].format(name=model.replace("-", " "))
+def sku_description(model: str, kind: str, processing: str = STANDARD) -> str:
+    """Google's wording for a model's token SKU: `gemini-2.5-flash-lite` -> 'gemini 2.5 flash lite' (batch SKUs say so)."""
+    text = _SKU_TEXT[kind].format(name=model.replace("-", " "))
+    return text if processing == STANDARD else f"Batch {text[0].lower()}{text[1:]}"
 
 
 def parse_sku(description: str, overrides: dict[str, str] | None = None) -> tuple[str, str]:
@@ -83,8 +84,9 @@ def billing_export_csv(records: list[dict], book: PriceBook | None = None, accou
     """The provider's billing records as Cloud Billing export lines: one per UTC day x model x kind.
 
     Each record is one billed response (`model` as served, `at` a Unix time, the usage
-    counts of `BILLED_USAGE_FIELDS`). Costs are priced per response with the list prices
-    and summed, as the provider's tiering is per request.
+    counts of `BILLED_USAGE_FIELDS`, `processing` standard or batch). Costs are priced per
+    response with the list prices (batch ones for batch responses) and summed, as the
+    provider's tiering is per request; batch usage has its own SKU lines.
     """
     book = book or PriceBook()
     lines: dict[tuple, list] = defaultdict(lambda: [0, Decimal(0)])
@@ -92,18 +94,21 @@ def billing_export_csv(records: list[dict], book: PriceBook | None = None, accou
         at = datetime.fromtimestamp(record["at"], timezone.utc)
         counts = [int(record.get(name) or 0) for name in BILLED_USAGE_FIELDS]
         prompt, cached, candidates, thoughts, tool_prompt = counts
-        priced = book.cost(record["model"], TokenCounts(prompt, cached, candidates, thoughts, tool_prompt), at)
+        processing = record.get("processing") or STANDARD
+        priced = book.cost(record["model"], TokenCounts(prompt, cached, candidates, thoughts, tool_prompt), at,
+                           processing=processing)
         costs = {"input": priced.input_cost, "cached_input": priced.cached_input_cost, "output": priced.output_cost}
         for kind, tokens in kind_tokens(*counts).items():
-            line = lines[(at.date(), record["model"], kind)]
+            line = lines[(at.date(), record["model"], kind, processing)]
             line[0] += tokens
             line[1] += costs[kind] or Decimal(0)
     out = io.StringIO()
     writer = csv.writer(out)
     writer.writerow(HEADER)
-    for (day, model, kind), (tokens, cost) in sorted(lines.items()):
+    for (day, model, kind, processing), (tokens, cost) in sorted(lines.items()):
         start = datetime(day.year, day.month, day.day, tzinfo=timezone.utc)
-        writer.writerow([account, SERVICE, SERVICE_ID, f"LOCAL-{model}-{kind}", sku_description(model, kind),
+        sku_id = f"LOCAL-{model}-{kind}" + ("" if processing == STANDARD else f"-{processing}")
+        writer.writerow([account, SERVICE, SERVICE_ID, sku_id, sku_description(model, kind, processing),
                          start.strftime(TIME_FORMAT), (start + timedelta(days=1)).strftime(TIME_FORMAT), project,
                          str(cost), "USD", tokens, "count"])
     return out.getvalue()

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from cost_pipeline.costs.pricing import MONEY_SQL_TYPE, PriceBook, token_counts
+from cost_pipeline.costs.pricing import MONEY_SQL_TYPE, STANDARD, PriceBook, token_counts
 from cost_pipeline.llm.attempts import ERROR, Attempt
 from cost_pipeline.llm.usage import TOKEN_FIELDS, UNKNOWN
 from cost_pipeline.storage.connect import connect
@@ -51,6 +51,7 @@ COLUMNS: list[tuple[str, str, str]] = [
     ("model", "VARCHAR", "As requested."),
     ("model_version", "VARCHAR", "As served (the response's modelVersion); null without an answer."),
     ("endpoint", "VARCHAR", "Who answered: local-server, a base URL, or Google's API."),
+    ("processing", "VARCHAR", "standard (one request at a time) or batch (the Batch API): the price list it is billed on."),
     ("request_hash", "VARCHAR", "The response-cache key of the logical request."),
     ("response_id", "VARCHAR", "The response's responseId."),
     ("attempt", "INTEGER", "1..n within the call."),
@@ -72,6 +73,8 @@ COLUMNS: list[tuple[str, str, str]] = [
     ("recovered", "BOOLEAN", "Loaded from the spool of a run that died."),
 ]
 DDL = f"CREATE TABLE IF NOT EXISTS {TABLE} ({', '.join(f'{name} {sql_type}' for name, sql_type, _ in COLUMNS)})"
+# A ledger written before a column existed gains it (null: the attempt predates it; `processing` null is standard).
+MIGRATIONS = [f"ALTER TABLE {TABLE} ADD COLUMN IF NOT EXISTS processing VARCHAR"]
 COST_KINDS = ["input_cost_usd", "cached_input_cost_usd", "output_cost_usd", "cost_usd"]
 _SELECT_EXACT = ", ".join(f"CAST({name} AS {MONEY_SQL_TYPE}) AS {name}" if name in COST_KINDS else name
                           for name, _, _ in COLUMNS)
@@ -195,7 +198,8 @@ def priced_frame(rows: list[dict], book: PriceBook, recovered: bool) -> pd.DataF
             cost = (zero, zero, zero, zero, None, "ok")
         else:
             served = row.model_version if isinstance(row.model_version, str) else None
-            priced = book.cost(row.model, token_counts(row), row.sent_at.to_pydatetime(), served)
+            processing = row.processing if isinstance(row.processing, str) else STANDARD
+            priced = book.cost(row.model, token_counts(row), row.sent_at.to_pydatetime(), served, processing)
             cost = (priced.input_cost, priced.cached_input_cost, priced.output_cost, priced.total_cost,
                     priced.price_source, priced.price_status)
         for name, value in zip(costs, cost):
@@ -213,11 +217,15 @@ def ensure_ledger(database: str | Path, lock_timeout_s: float = 120.0) -> None:
     """Create `llm_attempts` if this database has never recorded an attempt, so readers can rely on it."""
     with connect(database, timeout_s=lock_timeout_s) as connection:
         connection.execute(DDL)
+        for migration in MIGRATIONS:
+            connection.execute(migration)
 
 
 def _insert(database: str | Path, frame: pd.DataFrame, log, lock_timeout_s: float) -> int:
     with connect(database, timeout_s=lock_timeout_s, on_wait=log) as connection:
         connection.execute(DDL)
+        for migration in MIGRATIONS:
+            connection.execute(migration)
         before = connection.execute(f"SELECT count(*) FROM {TABLE}").fetchall()[0][0]
         connection.register("new_attempts", frame)
         connection.begin()
@@ -261,3 +269,34 @@ def load_spools(database: str | Path, book: PriceBook, only: Path | None = None,
         if log and only is None:
             log(f"recovered {len(rows)} attempts from {path.name}, a spool that no running writer holds")
     return added
+
+
+def spent_so_far(database: str | Path, day: str, month_start: datetime):
+    """What the ledger says was spent already: on the data day `day`, and per evaluation since `month_start` and ever.
+
+    Unknown costs (billing unknown, no price) count as 0 here: a budget cannot hold money it cannot see.
+    """
+    from cost_pipeline.costs.budgets import Spent
+    from cost_pipeline.storage.tables import table_exists
+
+    if not Path(database).exists():
+        return Spent()
+    with connect(database, read_only=True) as connection:
+        if not table_exists(connection, "main", TABLE):
+            return Spent()
+        (day_spent,) = connection.execute(
+            f"SELECT coalesce(sum(cost_usd), 0) FROM {TABLE} WHERE partition_date = ?", [day]).fetchone()
+        rows = connection.execute(
+            f"SELECT evaluation_id, coalesce(sum(cost_usd) FILTER (WHERE sent_at >= ?), 0), coalesce(sum(cost_usd), 0) "
+            f"FROM {TABLE} GROUP BY ALL", [month_start]).fetchall()
+    return Spent(Decimal(day_spent), {e: Decimal(m) for e, m, _ in rows}, {e: Decimal(t) for e, _, t in rows})
+
+
+def attempt_cost(attempt: Attempt, book: PriceBook) -> Decimal | None:
+    """What one attempt was billed, priced as its ledger row will be: 0 when not billed, None when unknown."""
+    if attempt.billed is False:
+        return Decimal(0)
+    if attempt.billed is None:
+        return None
+    return book.cost(attempt.model, token_counts(attempt.usage), datetime.fromtimestamp(attempt.sent_at, timezone.utc),
+                     attempt.model_version, attempt.processing).total_cost

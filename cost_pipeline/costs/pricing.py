@@ -22,6 +22,8 @@ MONEY_PLACES = Decimal("0.000000000001")
 MONEY_SQL_TYPE = "DECIMAL(20,12)"
 PER_MILLION = 1_000_000
 OK, MISSING = "ok", "missing"
+STANDARD, BATCH = "standard", "batch"
+"""Processing modes: genai-prices' `batch` price variant (Gemini's Batch API: half the input and output rates)."""
 LIBRARY_SOURCE = f"genai-prices {genai_prices.__version__}"
 
 
@@ -85,45 +87,49 @@ class PriceBook:
         self._memo: dict[tuple, CallCost] = {}
         self._model_prices: dict[tuple, tuple[ModelPrice, ModelPrice, str] | None] = {}
 
-    def cost(self, model: str, tokens: TokenCounts, at: datetime, served_model: str | None = None) -> CallCost:
+    def cost(self, model: str, tokens: TokenCounts, at: datetime, served_model: str | None = None,
+             processing: str = STANDARD) -> CallCost:
         """The cost of `tokens` on `model` at time `at`; status `missing` when no price is known.
 
         `served_model` is the `modelVersion` the response named: the provider bills the model
         that served the request, so its price wins when it is known; an alias with no price
-        of its own falls back to the requested model's.
+        of its own falls back to the requested model's. `processing` `batch` prices with the
+        library's batch variant where the model has one (an override prices both modes alike).
         """
-        key = (model, served_model, _utc_day(at), tokens)
+        key = (model, served_model, _utc_day(at), tokens, processing)
         if key not in self._memo:
-            priced = self._price(served_model, tokens, at) if served_model and served_model != model else None
+            priced = self._price(served_model, tokens, at, processing) if served_model and served_model != model else None
             if priced is None or priced.price_status == MISSING:
-                priced = self._price(model, tokens, at)
+                priced = self._price(model, tokens, at, processing)
             self._memo[key] = priced
             if len(self._memo) > MEMO_ENTRIES:
                 del self._memo[next(iter(self._memo))]
             return priced
         return self._memo[key]
 
-    def _model_price(self, model: str, at: datetime, with_audio: bool) -> tuple[ModelPrice, ModelPrice, str] | None:
+    def _model_price(self, model: str, at: datetime, with_audio: bool,
+                     processing: str = STANDARD) -> tuple[ModelPrice, ModelPrice, str] | None:
         """(full price, price to calculate with, source) of `model` on `at`'s day; None when nobody prices it.
 
         Looked up once per model, day and audio or not: the library's model match is the
         same for every call of a day, and so is the price less the units a call never uses.
         """
-        key = (model, _utc_day(at), with_audio)
+        key = (model, _utc_day(at), with_audio, processing)
         if key not in self._model_prices:
             if model in self.overrides:
                 full, source = self.overrides[model].model_price(), self.override_source
             else:
+                context = {"processing": processing} if processing != STANDARD else None
                 try:
                     full = genai_prices.calc_price(genai_prices.Usage(), model, provider_id="google",
-                                                   genai_request_timestamp=at).model_price
+                                                   genai_request_timestamp=at, price_context=context).model_price
                 except LookupError:
                     full = None
-                source = LIBRARY_SOURCE
+                source = LIBRARY_SOURCE if processing == STANDARD else f"{LIBRARY_SOURCE} ({processing})"
             self._model_prices[key] = (full, _without_unused_units(full, with_audio), source) if full else None
         return self._model_prices[key]
 
-    def _price(self, model: str, tokens: TokenCounts, at: datetime) -> CallCost:
+    def _price(self, model: str, tokens: TokenCounts, at: datetime, processing: str = STANDARD) -> CallCost:
         usage = genai_prices.Usage(
             input_tokens=tokens.input + tokens.tool_prompt,
             cache_read_tokens=tokens.cached,
@@ -135,7 +141,8 @@ class PriceBook:
             **({"cache_audio_read_tokens": tokens.cached_audio} if tokens.input_audio else {}),
             **({"output_audio_tokens": tokens.output_audio} if tokens.output_audio else {}),
         )
-        prices = self._model_price(model, at, with_audio=bool(tokens.input_audio or tokens.output_audio))
+        prices = self._model_price(model, at, with_audio=bool(tokens.input_audio or tokens.output_audio),
+                                   processing=processing)
         if prices is None:
             return CallCost(None, None, None, None, None, MISSING)
         model_price, calculating_price, source = prices

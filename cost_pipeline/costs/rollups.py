@@ -63,7 +63,8 @@ SELECT evaluation_id, model, stage,
        count(*) FILTER (WHERE billed AND price_status = 'missing') AS unpriced_attempts,
        count(DISTINCT run_id) AS spend_runs,
        {", ".join(f"coalesce(sum({kind}) FILTER (WHERE billed), 0)::BIGINT AS spend_{kind}" for kind in TOKEN_KINDS)},
-       coalesce(sum(cost_usd), 0)::{TOTAL_MONEY} AS spend_usd
+       coalesce(sum(cost_usd), 0)::{TOTAL_MONEY} AS spend_usd,
+       coalesce(sum(cost_usd) FILTER (WHERE processing = 'batch'), 0)::{TOTAL_MONEY} AS batch_spend_usd
 FROM llm_attempts WHERE partition_date = $day GROUP BY ALL
 """
 ROLLUP_SQL = f"""
@@ -73,7 +74,8 @@ SELECT {", ".join(f"coalesce(c.{k}, s.{k}) AS {k}" for k in GROUP_KEYS)},
        {", ".join(f"(CASE WHEN c.calls IS NULL THEN 0 ELSE c.{n} END)::{TOTAL_MONEY} AS {n}" for n in COST_KINDS)},
        c.latency_p50_ms, c.latency_p95_ms, c.mean_tokens_per_second,
        {", ".join(f"coalesce(s.{n}, 0)::BIGINT AS {n}" for n in [*SPEND_COUNTS, *SPEND_TOKEN_KINDS])},
-       coalesce(s.spend_usd, 0)::{TOTAL_MONEY} AS spend_usd
+       coalesce(s.spend_usd, 0)::{TOTAL_MONEY} AS spend_usd,
+       coalesce(s.batch_spend_usd, 0)::{TOTAL_MONEY} AS batch_spend_usd
 FROM c FULL OUTER JOIN s ON c.evaluation_id = s.evaluation_id AND c.model = s.model AND c.stage = s.stage
 ORDER BY ALL
 """
@@ -97,6 +99,8 @@ ROLLUP_SCHEMA = dg.TableSchema(columns=[
     dg.TableColumn("spend_runs", "BIGINT", description="Runs whose attempts make up the spend."),
     *(dg.TableColumn(name, "BIGINT", description="Billed tokens over every run.") for name in SPEND_TOKEN_KINDS),
     dg.TableColumn("spend_usd", TOTAL_MONEY, description="Spend: every billed attempt of every run of this day (llm_attempts)."),
+    dg.TableColumn("batch_spend_usd", TOTAL_MONEY, description="The part of spend_usd billed through the Batch API "
+                                                               "(at the batch price); the rest is standard processing."),
 ])
 
 EVALUATION_SQL = f"""

@@ -42,10 +42,15 @@ class Attempt:
     reason: str | None = None
     billed: bool | None = False
     usage: Usage = field(default=NO_USAGE)
+    processing: str = "standard"
+    """standard, or batch for a request sent inside a Batch API job (billed at the batch price)."""
 
     def sent_line(self) -> dict:
         """What is known before the request leaves: enough to record it if no answer ever comes."""
-        return {"event": "sent", **{k: getattr(self, k) for k in _IDENTITY_FIELDS}}
+        line = {"event": "sent", **{k: getattr(self, k) for k in _IDENTITY_FIELDS}}
+        if self.processing != "standard":  # absent means standard: the common line stays as short as it was
+            line["processing"] = self.processing
+        return line
 
     def done_line(self) -> dict:
         usage = self.usage

@@ -28,8 +28,10 @@ import time
 import urllib.request
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from decimal import Decimal
 from pathlib import Path
 
 import dagster as dg
@@ -39,6 +41,7 @@ from google import genai
 from google.genai import errors, types
 from pydantic import Field, PrivateAttr
 
+from cost_pipeline.costs.budgets import WAIT
 from cost_pipeline.config import API_KEY_ENVS, BASE_URL_ENV, BILLING_ENV, DB_ENV, DEFAULT_BILLING, DEFAULT_DB, resolved
 from cost_pipeline.llm.answers import Verdict, judge
 from cost_pipeline.llm.attempts import ACCEPTED, ERROR, REJECTED, Attempt, AttemptSink, NoSink
@@ -54,7 +57,9 @@ LOCAL_ENDPOINT = "local-server"
 GOOGLE_ENDPOINT = "https://generativelanguage.googleapis.com"
 RETRYABLE_STATUS = {408, 429, 500, 502, 503, 504}
 ERROR_TEXT_LIMIT = 500
-OK, FAILED = "ok", "failed"
+PROCESSING_MODES = ("standard", "batch")
+OK, FAILED, SKIPPED = "ok", "failed", "skipped"
+"""A call is skipped, never sent, when the run's budget could not hold it (`costs/budgets.py`)."""
 
 
 FREE_TIER_RPM, FREE_TIER_TPM = 10, 250_000
@@ -99,11 +104,23 @@ class GeminiResource(dg.ConfigurableResource):
     local_billing_folder: str | None = Field(
         default=None, description=f"Where the auto-started local server's invoice (a Cloud Billing export) is written "
                                   f"when the run ends; unset: {BILLING_ENV} at run time.")
+    # A str, not a Literal: it may come from an EnvVar (COST_PIPELINE_PROCESSING), resolved when a run starts.
+    processing: str = Field(
+        default="standard", description="standard: one request at a time; batch: the Batch API at half the price, "
+                                        "answered within hours (llm/batch_day.py says what changes).")
+    batch_max_wait_s: float = Field(
+        default=600.0, description="How long a batch step waits for its jobs; past it the step ends with them pending, "
+                                   "and the batch sensor (or any later run of the day) collects them.")
+    batch_poll_s: float = Field(default=10.0, description="How often a batch step asks whether its jobs are done.")
+    batch_max_requests: int = Field(default=10_000, description="Inlined requests per batch job.")
 
     _exit_stack: ExitStack = PrivateAttr(default_factory=ExitStack)
     _local_url: str | None = PrivateAttr(default=None)
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        if self.processing not in PROCESSING_MODES:
+            raise dg.Failure(description=f"processing is {self.processing!r}: it must be one of {', '.join(PROCESSING_MODES)} "
+                                         "(COST_PIPELINE_PROCESSING)")
         if self.needs_local_server():
             self._local_url = self._exit_stack.enter_context(
                 running_local_server(ServerConfig(latency_ms=self.local_server_latency_ms))
@@ -218,6 +235,10 @@ class CallTag:
     turn_id: str
 
 
+class BudgetExhausted(Exception):
+    """The next attempt could break a spend limit: it is not sent."""
+
+
 class RejectedAnswer(Exception):
     """A billed 200 whose answer we cannot use; retried with a reminder unless final or over the cap."""
 
@@ -251,6 +272,11 @@ class GeminiSession:
         self.backoff = tenacity.wait_exponential_jitter(initial=settings.initial_backoff_s, max=settings.max_backoff_s)
         self.inflight: dict[str, asyncio.Future] = {}
         self.stats: Counter = Counter()
+        # Spend limits (None: no limits, no cost): the budget, an attempt's high forecast, an ended attempt's cost.
+        self.budget = None
+        self.attempt_forecast: Callable[[LlmRequest], Decimal] | None = None
+        self.attempt_cost: Callable[[Attempt], Decimal | None] | None = None
+        self._budget_settled = asyncio.Event()
         self._configs: dict[tuple, types.GenerateContentConfig] = {}
 
     async def call(self, request: LlmRequest, text_hash: str, tag: CallTag) -> CallOutcome:
@@ -266,6 +292,8 @@ class GeminiSession:
             self.stats["cache_hits"] += 1
             return CallOutcome(request_hash, request.stage, request.model, OK, cached.result,
                                Usage(source=CACHE), saved=cached.usage, cache_hit=True, latency_ms=0.0)
+        if self.budget is not None and self.budget.blocks(tag.evaluation_id):
+            return self._skipped(request, request_hash, [])
         future = asyncio.get_running_loop().create_future()
         if self.cache.enabled:
             self.inflight[request_hash] = future
@@ -276,7 +304,8 @@ class GeminiSession:
                 self.cache.put(request_hash, text_hash, request.stage, request.model, outcome.result, outcome.saved)
             return outcome
         finally:
-            self.stats["api_finished"] += 1  # answered or failed: calls = cache hits + finished + in flight
+            # answered or failed: calls = cache hits + finished + skipped + in flight
+            self.stats["api_finished"] += outcome.status != SKIPPED
             future.set_result(outcome)
             if self.inflight.get(request_hash) is future:
                 del self.inflight[request_hash]
@@ -303,6 +332,7 @@ class GeminiSession:
                 try:
                     rejected = next((a for a in reversed(attempts) if a.outcome == REJECTED), None)
                     sent = request.with_reminder(rejected.reason, len(attempts) + 1) if rejected else request
+                    reservation = await self._reserve(request, tag) if self.budget is not None else None
                     await self.request_limiter.acquire()
                     await self.token_limiter.acquire(tokens)
                     async with self.semaphore:
@@ -319,10 +349,14 @@ class GeminiSession:
                             attempt.latency_ms = (time.perf_counter() - started) * 1000
                             _record_error(attempt, err, self.redact)
                             self.ledger.done(attempt)
+                            if reservation is not None:
+                                self._settle(reservation, attempt)
                             raise
                         attempt.latency_ms = (time.perf_counter() - started) * 1000
                     verdicts.append(self._record_answer(attempt, request, sent, response))
                     self.ledger.done(attempt)
+                    if reservation is not None:
+                        self._settle(reservation, attempt)
                     if attempt.outcome == REJECTED:
                         raise RejectedAnswer(attempt.reason, verdicts[-1].final)
                     break
@@ -330,6 +364,8 @@ class GeminiSession:
                     if not worth_retrying(err) or number >= settings.max_attempts:
                         raise
                     await asyncio.sleep(self._wait(_retry_state(number, err)))
+        except BudgetExhausted:
+            return self._skipped(request, request_hash, attempts)
         except Exception as err:  # every failure becomes a row; nothing escapes as a lost turn
             error = self.redact(f"rejected: {err}" if isinstance(err, RejectedAnswer) else f"{type(err).__name__}: {err}")
         return self._outcome(request, request_hash, attempts, None if error else verdicts[-1], error)
@@ -350,8 +386,29 @@ class GeminiSession:
         attempt.reason = verdict.reason
         return verdict
 
+    async def _reserve(self, request: LlmRequest, tag: CallTag):
+        """The budget's hold on one attempt; waits while attempts in flight must settle first; raises when over."""
+        while (reservation := self.budget.reserve(tag.evaluation_id, self.attempt_forecast(request))) == WAIT:
+            settled = self._budget_settled
+            await settled.wait()
+        if reservation is None:
+            raise BudgetExhausted(self.budget.exhausted)
+        return reservation
+
+    def _settle(self, reservation, attempt: Attempt) -> None:
+        self.budget.settle(reservation, self.attempt_cost(attempt))
+        self._budget_settled.set()
+        self._budget_settled = asyncio.Event()
+
+    def _skipped(self, request: LlmRequest, request_hash: str, attempts: list[Attempt]) -> CallOutcome:
+        """A call the budget stopped: nothing more is sent; attempts already made (rejected answers) stay billed."""
+        self.stats["skipped"] += 1
+        self.budget.skip(request.stage)
+        outcome = self._outcome(request, request_hash, attempts, None, "budget", counted=False)
+        return replace(outcome, status=SKIPPED)
+
     def _outcome(self, request: LlmRequest, request_hash: str, attempts: list[Attempt], verdict: Verdict | None,
-                 error: str | None) -> CallOutcome:
+                 error: str | None, counted: bool = True) -> CallOutcome:
         billed = [a for a in attempts if a.billed is not False]
         usage = sum((a.usage for a in billed[1:]), billed[0].usage) if billed else NO_USAGE
         rejected = sum(a.outcome == REJECTED for a in attempts)
@@ -367,7 +424,7 @@ class GeminiSession:
                       billing_unknown_attempts=unknown, model_version=last.model_version if last else None,
                       latency_ms=last.latency_ms if last else None)
         if error is not None:
-            stats["failures"] += 1
+            stats["failures"] += counted
             return CallOutcome(request_hash, request.stage, request.model, FAILED, None, usage, error=error, **common)
         return CallOutcome(request_hash, request.stage, request.model, OK, verdict.result, usage, saved=last.usage, **common)
 

@@ -40,6 +40,7 @@ from collections import Counter, deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
+from datetime import datetime, timezone
 
 import uvicorn
 
@@ -52,6 +53,8 @@ QUESTION_WORDS = {"what", "how", "is", "can", "could", "would", "will", "do", "d
                   "who", "why", "should", "did"}
 TOKEN_PATTERN = re.compile(r"\w{1,4}|[^\w\s]")
 MODEL_PATH = re.compile(r"^/(?P<version>v1[a-z0-9]*)/models/(?P<model>[^:/]+):(?P<method>[A-Za-z]+)$")
+BATCH_PATH = re.compile(r"^/(?P<version>v1[a-z0-9]*)/batches/(?P<id>[^:/]+)(?::(?P<method>[A-Za-z]+))?$")
+BATCH_DONE = ("BATCH_STATE_SUCCEEDED", "BATCH_STATE_FAILED", "BATCH_STATE_CANCELLED", "BATCH_STATE_EXPIRED")
 RECENT_REQUESTS = 200
 
 # Keywords that select a tool, checked in this order; only declared tools are eligible.
@@ -90,6 +93,10 @@ class ServerConfig:
     """`alias=model,...`: a request for the alias is served, and billed, as the model (its modelVersion)."""
     retry_delay_s: float = 0.2
     implicit_cache_min_tokens: int = 64
+    batch_delay_s: float = 0.0
+    """How long a batch job stays pending before it completes (real ones take minutes to 24 hours)."""
+    rate_batch_error: float = 0.0
+    """Share of the requests inside a batch that come back as an error instead of a response (not billed)."""
     seed: int = 0
 
 
@@ -207,6 +214,7 @@ class GeminiLikeServer:
         self.seen_prefixes: set[tuple[str, str]] = set()
         self.billing: list[dict] = []
         self.aliases = parse_aliases(config.model_aliases)
+        self.batches: dict[str, dict] = {}
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -238,6 +246,7 @@ class GeminiLikeServer:
             self.requests.clear()
             self.seen_prefixes.clear()
             self.billing.clear()
+            self.batches.clear()
             return 200, {}
         if path == "/admin/billing":
             return 200, {"records": self.billing}
@@ -257,16 +266,85 @@ class GeminiLikeServer:
                 if "seed" in changes:
                     self.random.seed(self.config.seed)
             return 200, asdict(self.config)
+        batch = BATCH_PATH.match(path)
+        if batch:
+            return self.batch_job(batch["id"], method, batch["method"])
         found = MODEL_PATH.match(path)
         if not found or method != "POST":
             return 404, _error(404, f"no route for {method} {path}", "NOT_FOUND")
-        if found["method"] != "generateContent":
+        if found["method"] not in ("generateContent", "batchGenerateContent"):
             return 400, _error(400, f"method {found['method']} is not supported here", "INVALID_ARGUMENT")
         try:
             request = json.loads(body)
         except json.JSONDecodeError:
             return 400, _error(400, "request body is not JSON", "INVALID_ARGUMENT")
+        if found["method"] == "batchGenerateContent":
+            return self.create_batch(found["model"], request)
         return await self.generate(found["model"], request)
+
+    def create_batch(self, model: str, body: dict) -> tuple[int, dict]:
+        """`models/{model}:batchGenerateContent` with inlined requests: a pending job, answered after `batch_delay_s`."""
+        batch = body.get("batch") or {}
+        requests = ((batch.get("inputConfig") or {}).get("requests") or {}).get("requests")
+        if not isinstance(requests, list) or not requests:
+            return 400, _error(400, "batch.inputConfig.requests.requests must list the inlined requests", "INVALID_ARGUMENT")
+        name = f"batches/local-{uuid.uuid4().hex[:16]}"
+        now = time.time()
+        self.batches[name] = {"name": name, "model": model, "displayName": batch.get("displayName", ""),
+                              "created": now, "ready_at": now + self.config.batch_delay_s, "requests": requests,
+                              "state": "BATCH_STATE_PENDING", "responses": None, "ended": None}
+        self.stats["batches_created"] += 1
+        self.stats["batch_requests"] += len(requests)
+        return 200, self._batch_operation(self.batches[name])
+
+    def batch_job(self, job_id: str, method: str, action: str | None) -> tuple[int, dict]:
+        """`GET batches/{id}` (answering the job once its delay has passed) and `POST batches/{id}:cancel`."""
+        job = self.batches.get(f"batches/{job_id}")
+        if job is None:
+            return 404, _error(404, f"batch batches/{job_id} not found", "NOT_FOUND")
+        if action == "cancel" and method == "POST":
+            if job["state"] not in BATCH_DONE:
+                job["state"], job["ended"] = "BATCH_STATE_CANCELLED", time.time()
+                self.stats["batches_cancelled"] += 1
+            return 200, {}
+        if action is not None or method != "GET":
+            return 400, _error(400, f"{method} batches/{job_id}:{action} is not supported here", "INVALID_ARGUMENT")
+        if job["state"] == "BATCH_STATE_PENDING" and time.time() >= job["ready_at"]:
+            self._run_batch(job)
+        return 200, self._batch_operation(job)
+
+    def _run_batch(self, job: dict) -> None:
+        """Answer every inlined request in order; each answer is billed (at batch rates), each error is not."""
+        responses = []
+        for item in job["requests"]:
+            request, metadata = item.get("request") or {}, item.get("metadata") or {}
+            model = (request.get("model") or job["model"]).removeprefix("models/")
+            if self.random.random() < self.config.rate_batch_error:
+                self.stats["batch_request_errors"] += 1
+                responses.append({"error": {"code": 13, "message": "Internal error while processing the request."},
+                                  "metadata": metadata})
+                continue
+            rejection = self._rejection(request)
+            response = self.model_response(model, request, rejection)
+            self._bill(response, truncated=False, missing_usage=False, rejection=rejection, processing="batch")
+            self.stats[f"ok:{model}"] += 1
+            responses.append({"response": response, "metadata": metadata})
+        job["responses"], job["state"], job["ended"] = responses, "BATCH_STATE_SUCCEEDED", time.time()
+        self.stats["batches_completed"] += 1
+
+    @staticmethod
+    def _batch_operation(job: dict) -> dict:
+        """The job as the Gemini API returns it: an operation whose metadata is the batch (google-genai reads it)."""
+        stamp = lambda t: datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        metadata = {"@type": "type.googleapis.com/google.ai.generativelanguage.v1main.GenerateContentBatch",
+                    "model": f"models/{job['model']}", "displayName": job["displayName"], "name": job["name"],
+                    "createTime": stamp(job["created"]), "updateTime": stamp(job["ended"] or job["created"]),
+                    "state": job["state"], "batchStats": {"requestCount": str(len(job["requests"]))}}
+        if job["ended"]:
+            metadata["endTime"] = stamp(job["ended"])
+        if job["responses"] is not None:
+            metadata["output"] = {"inlinedResponses": {"inlinedResponses": job["responses"]}}
+        return {"name": job["name"], "metadata": metadata, "done": job["state"] in BATCH_DONE}
 
     async def generate(self, model: str, request: dict) -> tuple[int, dict | bytes]:
         config = self.config
@@ -327,13 +405,14 @@ class GeminiLikeServer:
             roll -= rate
         return None
 
-    def _bill(self, response: dict, truncated: bool, missing_usage: bool, rejection: str | None) -> None:
+    def _bill(self, response: dict, truncated: bool, missing_usage: bool, rejection: str | None,
+              processing: str = "standard") -> None:
         """The provider's own record: every 200 it produced is billed, whatever reaches the client."""
         usage = response["usageMetadata"]
         self.billing.append({
             "response_id": response["responseId"], "model": response["modelVersion"], "at": time.time(),
             **{name: usage.get(name, 0) for name in BILLED_USAGE_FIELDS},
-            "truncated": truncated, "missing_usage": missing_usage, "rejection": rejection,
+            "truncated": truncated, "missing_usage": missing_usage, "rejection": rejection, "processing": processing,
         })
 
     async def _fault(self, outcome: str) -> tuple[int, dict]:

@@ -126,41 +126,47 @@ async def _conversation(turns: Conversation, session: GeminiSession, sink: RowSi
         request = cleaning_request(settings.clean_model, turn["speaker"], turn["text"],
                                    context[-settings.context_turns:] if settings.context_turns else [],
                                    settings.thinking_budget)
-        tag = _tag(turn, "clean")
+        tag = call_tag(turn, "clean")
         outcome = await session.call(request, raw_hash, tag)
         cleaned = outcome.result["cleaned_text"] if outcome.status == OK else None
-        cleaned_rows.append(_cleaned_row(turn, outcome, cleaned, _ms_since(started), tag.call_id))
-        call_rows.append(_call_row(turn, outcome, "clean", session.endpoint_id, tag.call_id))
+        cleaned_rows.append(cleaned_row(turn, outcome, cleaned, _ms_since(started), tag.call_id))
+        call_rows.append(call_row(turn, outcome, "clean", session.endpoint_id, tag.call_id))
         context.append((turn["speaker"], cleaned or turn["text"]))
         if turn["speaker"] == "User" and cleaned:
             decisions.append(asyncio.create_task(_decide(turn, cleaned, raw_hash, session)))
         tracker.turn_done()
     function_rows = []
-    for function_row, call_row in await asyncio.gather(*decisions):
-        function_rows.append(function_row)
-        call_rows.append(call_row)
+    for decision_row, decision_call_row in await asyncio.gather(*decisions):
+        function_rows.append(decision_row)
+        call_rows.append(decision_call_row)
     sink(cleaned_rows, function_rows, call_rows)
 
 
 async def _decide(turn: dict, cleaned: str, raw_hash: str, session: GeminiSession) -> tuple[dict, dict]:
     started = time.perf_counter()
     request = function_request(session.settings.function_model, cleaned, session.settings.thinking_budget)
-    tag = _tag(turn, "function")
+    tag = call_tag(turn, "function")
     outcome = await session.call(request, raw_hash, tag)
+    return (function_row(turn, outcome, _ms_since(started), tag.call_id),
+            call_row(turn, outcome, "function", session.endpoint_id, tag.call_id))
+
+
+def function_row(turn: dict, outcome: CallOutcome, processing_ms: int, the_call_id: str) -> dict:
+    """A user turn's function decision as `function_calls` stores it."""
     answer = outcome.result or {}
     return {
         **_ids(turn),
         "function_name": answer.get("function_name"),
         "arguments": json.dumps(answer["arguments"], sort_keys=True) if answer.get("arguments") is not None else None,
         "model": outcome.model,
-        "processing_ms": _ms_since(started),
+        "processing_ms": processing_ms,
         "status": outcome.status,
         "error": outcome.error,
-        "call_id": tag.call_id,
-    }, _call_row(turn, outcome, "function", session.endpoint_id, tag.call_id)
+        "call_id": the_call_id,
+    }
 
 
-def _tag(turn: dict, stage: str) -> CallTag:
+def call_tag(turn: dict, stage: str) -> CallTag:
     return CallTag(call_id(turn["turn_id"], stage), turn["evaluation_id"], turn["turn_id"])
 
 
@@ -168,7 +174,7 @@ def _ids(turn: dict) -> dict:
     return {key: turn[key] for key in ("turn_id", "evaluation_id", "conversation_id", "turn_index")}
 
 
-def _cleaned_row(turn: dict, outcome: CallOutcome, cleaned: str | None, processing_ms: int, clean_call_id: str) -> dict:
+def cleaned_row(turn: dict, outcome: CallOutcome, cleaned: str | None, processing_ms: int, clean_call_id: str) -> dict:
     answer = outcome.result or {}
     return {
         **_ids(turn),
@@ -186,7 +192,7 @@ def _cleaned_row(turn: dict, outcome: CallOutcome, cleaned: str | None, processi
     }
 
 
-def _call_row(turn: dict, outcome: CallOutcome, stage: str, endpoint: str, the_call_id: str) -> dict:
+def call_row(turn: dict, outcome: CallOutcome, stage: str, endpoint: str, the_call_id: str) -> dict:
     usage, saved = outcome.usage, outcome.saved if outcome.cache_hit else None
     generated = usage.output_tokens + usage.thinking_tokens
     return {
@@ -254,15 +260,15 @@ class _Progress:
 
     def line(self) -> str:
         stats, elapsed = self.session.stats, self.elapsed()
-        hits, finished, failed = stats["cache_hits"], stats["api_finished"], stats["failures"]
-        in_flight = stats["calls"] - hits - finished
+        hits, finished, failed, skipped = stats["cache_hits"], stats["api_finished"], stats["failures"], stats["skipped"]
+        in_flight = stats["calls"] - hits - finished - skipped
         rate = self.done / elapsed if elapsed else 0.0
         share = f" ({self.done / self.total:.0%})" if self.total else ""
         eta = f", ETA {_duration((self.total - self.done) / rate)}" if rate and self.total > self.done else ""
         spent = f"; billed so far ${self.spent():.6f} (as of the last checkpoint)" if self.spent else ""
         return (f"{self.done}/{self.total} turns{share} in {_duration(elapsed)}, {rate:.1f} turns/s{eta}; "
                 f"{stats['calls']} calls = {hits} from the cache + {finished - failed} answered by Gemini + {failed} failed "
-                f"+ {in_flight} in flight, {stats['calls'] / elapsed if elapsed else 0:.1f} calls/s; "
+                f"{f'+ {skipped} skipped (budget) ' if skipped else ''}+ {in_flight} in flight, {stats['calls'] / elapsed if elapsed else 0:.1f} calls/s; "
                 f"{stats['api_calls']} HTTP attempts ({stats['retries']} retries){spent}")
 
 

@@ -271,13 +271,21 @@ def _self_dependent(context: dg.InputContext) -> bool:
     return context.asset_key in step.job_def.asset_layer.get_assets_def_for_node(step.node_handle).keys
 
 
+COMMIT_TOGETHER = "cost_pipeline/commit_together"
+"""Output metadata naming the outputs (comma-separated) that commit in one transaction even when optional."""
+
+
 def _batch_output_names(context: dg.OutputContext) -> set[str]:
     """The required, selected outputs of this step that share this output's IO manager.
 
-    An optional output commits on its own: a step may never emit it, and a batch must
-    never wait forever.
+    An optional output commits on its own (a step may never emit it, and a batch must never
+    wait forever), unless its metadata names its group under `COMMIT_TOGETHER`: a step that
+    emits one of them emits them all, and one that emits none writes nothing.
     """
     this = context.op_def.output_def_named(context.name)
+    together = (context.definition_metadata or {}).get(COMMIT_TOGETHER)
+    if together:
+        return set(str(together).split(",")) & set(context.step_context.selected_output_names)
     if not this.is_required:
         return {context.name}
     selected = context.step_context.selected_output_names

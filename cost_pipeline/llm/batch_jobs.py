@@ -1,0 +1,99 @@
+"""The record of Batch API jobs: written before any waiting, so no job is ever submitted (and paid for) twice.
+
+`llm_batch_jobs` has one row per job: the data day and stage it answers, the model and
+endpoint, the digest of its set of request hashes, its name at the provider, and its state.
+A step that finds a job for the same day, stage, model, endpoint and requests that has not
+failed reuses it (a run killed while the job was pending resumes the same job); a job's
+answers go to the ledger and the response cache once, when a step collects it.
+"""
+
+import hashlib
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from cost_pipeline.storage.connect import connect
+
+TABLE = "llm_batch_jobs"
+DDL = f"""
+CREATE TABLE IF NOT EXISTS {TABLE} (
+    job_name VARCHAR PRIMARY KEY,
+    partition_date DATE NOT NULL,
+    stage VARCHAR NOT NULL,
+    model VARCHAR NOT NULL,
+    endpoint VARCHAR NOT NULL,
+    request_set VARCHAR NOT NULL,
+    requests INTEGER NOT NULL,
+    part INTEGER NOT NULL,
+    run_id VARCHAR NOT NULL,
+    state VARCHAR NOT NULL,
+    submitted_at TIMESTAMPTZ NOT NULL,
+    finished_at TIMESTAMPTZ,
+    collected_at TIMESTAMPTZ
+)
+"""
+FAILED_STATES = ("JOB_STATE_FAILED", "JOB_STATE_CANCELLED", "JOB_STATE_EXPIRED")
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    job_name: str
+    part: int
+    state: str
+    collected: bool
+
+
+def request_set(request_hashes: list[str]) -> str:
+    """One digest for a set of requests: the same day and stage asks for the same set again after a kill."""
+    return hashlib.sha256("\n".join(sorted(request_hashes)).encode()).hexdigest()
+
+
+def find(database: str | Path, day: str, stage: str, model: str, endpoint: str, digest: str) -> list[JobRecord]:
+    """The usable jobs for this request set, one per part (the latest of each), none that failed."""
+    if not Path(database).exists():
+        return []
+    with connect(database, read_only=True) as connection:
+        exists = connection.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [TABLE]).fetchone()[0]
+        if not exists:
+            return []
+        rows = connection.execute(
+            f"SELECT job_name, part, state, collected_at IS NOT NULL FROM {TABLE} "
+            f"WHERE partition_date = ? AND stage = ? AND model = ? AND endpoint = ? AND request_set = ? "
+            f"AND state NOT IN (SELECT unnest(?::VARCHAR[])) ORDER BY part, submitted_at DESC",
+            [day, stage, model, endpoint, digest, list(FAILED_STATES)]).fetchall()
+    latest: dict[int, JobRecord] = {}
+    for name, part, state, collected in rows:
+        latest.setdefault(part, JobRecord(name, part, state, collected))
+    return list(latest.values())
+
+
+def record(database: str | Path, job_name: str, day: str, stage: str, model: str, endpoint: str, digest: str,
+           requests: int, part: int, run_id: str, state: str) -> None:
+    """Write a submitted job down at once, in its own short transaction."""
+    with connect(database) as connection:
+        connection.execute(DDL)
+        connection.execute(f"INSERT OR REPLACE INTO {TABLE} VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL)",
+                           [job_name, day, stage, model, endpoint, digest, requests, part, run_id, state,
+                            datetime.now(timezone.utc)])
+
+
+def update(database: str | Path, job_name: str, state: str, collected: bool = False) -> None:
+    now = datetime.now(timezone.utc)
+    with connect(database) as connection:
+        connection.execute(
+            f"UPDATE {TABLE} SET state = ?, finished_at = coalesce(finished_at, CASE WHEN ? THEN ?::TIMESTAMPTZ END), "
+            f"collected_at = CASE WHEN ? THEN ?::TIMESTAMPTZ ELSE collected_at END WHERE job_name = ?",
+            [state, state.endswith(("SUCCEEDED", "FAILED", "CANCELLED", "EXPIRED")), now, collected, now, job_name])
+
+
+def pending(database: str | Path) -> list[tuple[str, str]]:
+    """(job name, data day) of every job submitted and not collected: what the batch sensor watches."""
+    if not Path(database).exists():
+        return []
+    with connect(database, read_only=True) as connection:
+        exists = connection.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [TABLE]).fetchone()[0]
+        if not exists:
+            return []
+        return [(name, str(day)) for name, day in connection.execute(
+            f"SELECT job_name, partition_date FROM {TABLE} WHERE collected_at IS NULL "
+            f"AND state NOT IN (SELECT unnest(?::VARCHAR[])) ORDER BY submitted_at", [list(FAILED_STATES)]).fetchall()]

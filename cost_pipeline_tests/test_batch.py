@@ -1,0 +1,147 @@
+"""Batch processing against the local server's Batch API: the same rows as standard mode at about half the price,
+errors inside a job, and a job still pending when the step stops waiting, resumed, never paid twice."""
+
+from datetime import date
+
+import duckdb
+import pytest
+
+from cost_pipeline.synthetic import generate
+
+from .conftest import SMALL_DAYS_COSTS, materialize_day
+from .test_ledger import ledger_bill, server_bill
+
+DAY = date(2026, 11, 6)
+BATCH = {"processing": "batch", "batch_poll_s": 0.1}
+
+
+def _rows(database, table: str, columns: str) -> dict:
+    with duckdb.connect(str(database), read_only=True) as connection:
+        return {row[0]: row[1:] for row in connection.execute(f"SELECT turn_id, {columns} FROM {table}").fetchall()}
+
+
+def _spend(database) -> tuple:
+    with duckdb.connect(str(database), read_only=True) as connection:
+        return connection.execute("SELECT sum(cost_usd), count(*) FILTER (WHERE processing = 'batch'), count(*), "
+                                  "count(DISTINCT request_hash) FILTER (WHERE outcome = 'accepted'), "
+                                  "count(*) FILTER (WHERE outcome = 'accepted') FROM llm_attempts").fetchone()
+
+
+@pytest.mark.slow
+def test_a_batch_day_has_the_rows_of_a_standard_day_at_about_half_the_price(tmp_path, landing_root, model_server):
+    generate(landing_root, DAY, days=1, turns_per_day=300, seed=71)
+    model_server.configure(batch_delay_s=0.3)
+    batch_store, standard_store = tmp_path / "batch.duckdb", tmp_path / "standard.duckdb"
+    assert materialize_day(DAY, landing_root, batch_store, model_server, gemini=BATCH, costs=SMALL_DAYS_COSTS).success
+    stats = model_server.stats()
+    assert stats["batches_created"] == 2 and stats.get("requests", 0) == 0  # one cleaning job, one function job; no single calls
+    assert ledger_bill(batch_store) == server_bill(model_server)
+    model_server.reset()
+    assert materialize_day(DAY, landing_root, standard_store, model_server, costs=SMALL_DAYS_COSTS).success
+
+    # The local model cleans the turn alone, so raw context changes nothing here (a real model may differ a little).
+    cleaned = _rows(batch_store, "cleaned_turns", "status, cleaned_text")
+    assert cleaned == _rows(standard_store, "cleaned_turns", "status, cleaned_text") and len(cleaned) == 300
+    assert _rows(batch_store, "function_calls", "function_name, arguments") == \
+        _rows(standard_store, "function_calls", "function_name, arguments")
+    batch_spend, batch_attempts, attempts, *_ = _spend(batch_store)
+    standard_spend, standard_batch_attempts, *_ = _spend(standard_store)
+    assert batch_attempts == attempts and standard_batch_attempts == 0
+    ratio = batch_spend / standard_spend
+    print(f"batch ${batch_spend:.6f} vs standard ${standard_spend:.6f}: {ratio:.3f}x")
+    assert 0.45 <= ratio <= 0.6  # half the input and output price; cache reads stay at the standard rate
+    with duckdb.connect(str(batch_store), read_only=True) as connection:  # the rollup splits spend by processing
+        assert connection.execute("SELECT sum(spend_usd), sum(batch_spend_usd) FROM daily_cost_rollup").fetchone() == \
+            (batch_spend, batch_spend)
+
+
+@pytest.mark.slow
+def test_errors_inside_a_job_fail_their_calls_unbilled_and_a_rerun_completes_them(tmp_path, landing_root, database,
+                                                                                  model_server):
+    generate(landing_root, DAY, days=1, turns_per_day=120, seed=72)
+    model_server.configure(rate_batch_error=0.2, seed=3)
+    first = materialize_day(DAY, landing_root, database, model_server, gemini=BATCH, costs=SMALL_DAYS_COSTS,
+                            raise_on_error=False, run_config={"ops": {"turns_through_gemini": {"config": {"max_failure_share": 1.0}}}})
+    assert first.success
+    statuses = _rows(database, "cleaned_turns", "status, error")
+    failed = [error for status, error in statuses.values() if status == "failed"]
+    assert failed and all(error.startswith("batch error 13") for error in failed)
+    with duckdb.connect(str(database), read_only=True) as connection:
+        unbilled = connection.execute("SELECT count(*) FROM llm_attempts WHERE outcome = 'error' AND NOT billed "
+                                      "AND cost_usd = 0").fetchone()[0]
+    assert unbilled == model_server.stats()["batch_request_errors"] > 0
+    assert ledger_bill(database) == server_bill(model_server)
+
+    model_server.configure(rate_batch_error=0.0)
+    assert materialize_day(DAY, landing_root, database, model_server, gemini=BATCH, costs=SMALL_DAYS_COSTS).success
+    assert {status for status, _ in _rows(database, "cleaned_turns", "status, error").values()} == {"ok"}
+    _, _, _, distinct_accepted, accepted = _spend(database)
+    assert distinct_accepted == accepted  # no request was answered, and paid for, twice
+    assert ledger_bill(database) == server_bill(model_server)
+
+
+@pytest.mark.slow
+def test_a_job_still_pending_when_the_step_stops_waiting_is_resumed_not_paid_again(tmp_path, landing_root, database,
+                                                                                    model_server):
+    generate(landing_root, DAY, days=1, turns_per_day=80, seed=73)
+    model_server.configure(batch_delay_s=3.0)
+    waiting = materialize_day(DAY, landing_root, database, model_server, costs=SMALL_DAYS_COSTS,
+                              gemini={**BATCH, "batch_max_wait_s": 0.5})
+    assert waiting.success  # ends cleanly: no rows yet, the job recorded
+    assert not waiting.asset_materializations_for_node("turns_through_gemini")
+    with duckdb.connect(str(database), read_only=True) as connection:
+        jobs = connection.execute("SELECT job_name, stage, state, collected_at FROM llm_batch_jobs").fetchall()
+    assert [(stage, state, collected) for _, stage, state, collected in jobs] == [("clean", "JOB_STATE_PENDING", None)]
+    assert model_server.billing() == []
+
+    finished = materialize_day(DAY, landing_root, database, model_server, costs=SMALL_DAYS_COSTS,
+                               gemini={**BATCH, "batch_max_wait_s": 30})
+    assert finished.success
+    stats = model_server.stats()
+    assert stats["batches_created"] == 2  # the cleaning job resumed, then the function job: nothing submitted twice
+    assert len(_rows(database, "cleaned_turns", "status")) == 80
+    _, _, _, distinct_accepted, accepted = _spend(database)
+    assert distinct_accepted == accepted
+    assert ledger_bill(database) == server_bill(model_server)
+
+
+@pytest.mark.slow
+def test_kill_9_while_a_job_is_pending_resumes_the_same_job_and_pays_nothing_twice(tmp_path, landing_root, database,
+                                                                                  model_server):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from .conftest import REPO, dagster_home
+
+    generate(landing_root, DAY, days=1, turns_per_day=80, seed=74)
+    model_server.configure(batch_delay_s=6.0)
+    env = {**os.environ, "DAGSTER_HOME": str(dagster_home(tmp_path / "home")), "COST_PIPELINE_DB": str(database),
+           "COST_PIPELINE_LANDING": str(landing_root), "COST_PIPELINE_COSTS": str(REPO / "costs.toml"),
+           "COST_PIPELINE_PROCESSING": "batch", "GOOGLE_GEMINI_BASE_URL": model_server.url,
+           "COST_PIPELINE_BILLING": str(tmp_path / "billing")}
+    env.pop("GEMINI_API_KEY", None), env.pop("GOOGLE_API_KEY", None)
+    command = [str(Path(sys.executable).with_name("dagster")), "asset", "materialize", "-m", "cost_pipeline.definitions",
+               "--select", "raw_turns,quarantined_turns,cleaned_turns,function_calls,llm_calls", "--partition", str(DAY)]
+    run = subprocess.Popen(command, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                           start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not model_server.stats().get("batches_created"):
+        assert time.monotonic() < deadline and run.poll() is None, "the run never submitted its job"
+        time.sleep(0.2)
+    time.sleep(1.0)  # the job is recorded before any waiting
+    os.killpg(run.pid, signal.SIGKILL)
+    run.wait(timeout=30)
+    with duckdb.connect(str(database), read_only=True) as connection:
+        (recorded,) = connection.execute("SELECT count(*) FROM llm_batch_jobs WHERE collected_at IS NULL").fetchone()
+    assert recorded == 1
+
+    assert subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, timeout=300).returncode == 0
+    assert model_server.stats()["batches_created"] == 2  # the killed run's cleaning job, resumed; then the function job
+    assert len(_rows(database, "cleaned_turns", "status")) == 80
+    _, _, _, distinct_accepted, accepted = _spend(database)
+    assert distinct_accepted == accepted
+    assert ledger_bill(database) == server_bill(model_server)
