@@ -110,9 +110,11 @@ def run_days(days: list[date], backfill: bool, totals: bool) -> int:
     """Run `days` (one run, or a Dagster backfill) on the project's instance, then the totals; 1 if a run failed."""
     from cost_pipeline.launch import LaunchError, Launcher, project_instance
 
+    forecast_tags = _forecast_tags(days)
     try:
         with project_instance() as instance, Launcher(instance, annotate=landing_note) as launcher:
-            runs = launcher.launch("daily_pipeline", [day.isoformat() for day in days], backfill=backfill)
+            runs = launcher.launch("daily_pipeline", [day.isoformat() for day in days], backfill=backfill,
+                                   partition_tags=forecast_tags)
             if totals and any(run.succeeded for run in runs):
                 runs += launcher.launch("evaluation_costs_job")
             home = instance.root_directory
@@ -125,6 +127,20 @@ def run_days(days: list[date], backfill: bool, totals: bool) -> int:
           f"{f' ({len(skipped)} day(s) skipped: never landed, written empty)' if skipped else ''}; "
           f"they are in the UI that reads {home} (make ui)")
     return 1 if failed else 0
+
+
+def _forecast_tags(days: list[date]) -> dict[str, dict[str, str]]:
+    """Each day's forecast, printed before anything is launched and carried by its run as tags (the Gemini step
+    sets the run's spend beside it); no API call without a key."""
+    from cost_pipeline.costs.forecast import FORECAST_TAG, forecast_days, render_table
+
+    settings, gemini = _forecast_settings()
+    forecast = forecast_days(resolved(DB_ENV, DEFAULT_DB), resolved(LANDING_ENV, DEFAULT_LANDING), days, settings,
+                             _cost_settings().price_book(), count=_token_counter(gemini) if gemini.resolved_api_key() else None)
+    print("Forecast, before any call:\n" + render_table(forecast) + "\n")
+    return {day.day.isoformat(): {FORECAST_TAG: day.as_dict()["forecast_usd"],
+                                  f"{FORECAST_TAG}_range": f"{day.as_dict()['low_usd']}-{day.as_dict()['high_usd']}"}
+            for day in forecast.days if day.landed}
 
 
 def landing_note(instance, run_id: str) -> str | None:
@@ -307,7 +323,9 @@ def run_forecast(args: argparse.Namespace) -> int:
         print(f"--to {args.last} is before --from {args.first}", file=sys.stderr)
         return 2
     prices = _cost_settings().price_book()
-    forecast = forecast_days(args.database, args.landing, days, _forecast_settings(), prices)
+    settings, gemini = _forecast_settings()
+    forecast = forecast_days(args.database, args.landing, days, settings, prices,
+                             count=_token_counter(gemini) if gemini.resolved_api_key() else None)
     print(json.dumps(forecast.as_dict(), indent=2) if args.format == "json" else render_table(forecast))
     return 0
 
@@ -330,7 +348,13 @@ def _forecast_settings():
                             function_model=os.environ.get(FUNCTION_MODEL_ENV) or DEFAULT_MODEL,
                             thinking_budget=int(os.environ[THINKING_BUDGET_ENV]) if os.environ.get(THINKING_BUDGET_ENV) else None)
     return ForecastSettings(gemini.clean_model, gemini.function_model, gemini.endpoint_id(), gemini.thinking_budget,
-                            gemini.context_turns)
+                            gemini.context_turns), gemini
+
+
+def _token_counter(gemini):
+    """countTokens through the real client, with a key set (free: it generates nothing and is not billed)."""
+    client = gemini.genai_client()
+    return lambda model, text: client.models.count_tokens(model=model, contents=text).total_tokens
 
 
 def _yesterday() -> date:

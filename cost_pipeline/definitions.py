@@ -15,7 +15,8 @@ from cost_pipeline.glossary import with_column_descriptions
 from cost_pipeline.llm.client import DEFAULT_MODEL, GeminiResource
 from cost_pipeline.resources import BillingExports, CostSettings, LandingResource
 from cost_pipeline.schedules import (
-    daily_pipeline_job, daily_pipeline_schedule, evaluation_costs_automation, evaluation_costs_job, late_landing_sensor,
+    batch_jobs_sensor, daily_pipeline_job, daily_pipeline_schedule, evaluation_costs_automation, evaluation_costs_job,
+    late_landing_sensor,
 )
 from cost_pipeline.storage.io_manager import DuckDBPartitionIOManager
 from cost_pipeline.storage.warehouse import DuckDBWarehouse
@@ -54,7 +55,7 @@ defs = dg.Definitions(
     asset_checks=all_checks,
     jobs=[daily_pipeline_job, evaluation_costs_job, reconciliation.billing_reconciliation_job],
     schedules=[daily_pipeline_schedule],
-    sensors=[late_landing_sensor, evaluation_costs_automation, reconciliation.billing_export_sensor],
+    sensors=[late_landing_sensor, evaluation_costs_automation, reconciliation.billing_export_sensor, batch_jobs_sensor],
     resources=local_resources(),
     # The daily graph is a chain, so a process per step buys no parallelism and costs
     # seconds of start-up per step (a 14-day backfill: 217 s -> 53 s); runs of

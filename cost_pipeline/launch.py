@@ -127,11 +127,13 @@ class Launcher:
         self._process.__exit__(*exc)
 
     def launch(self, job_name: str, partitions: Sequence[str] | None = None, backfill: bool = False,
-               tags: Mapping[str, str] | None = None, console_level: str = "INFO") -> list[FinishedRun]:
+               tags: Mapping[str, str] | None = None, console_level: str = "INFO",
+               partition_tags: Mapping[str, Mapping[str, str]] | None = None) -> list[FinishedRun]:
         """One run per partition of `job_name` (one run when unpartitioned); waits for all and returns them.
 
         `backfill=True` records a Dagster backfill and tags its runs with its id (a day that
-        never landed is then written empty instead of failing, see `assets/ingest.py`).
+        never landed is then written empty instead of failing, see `assets/ingest.py`);
+        `partition_tags` adds tags to one partition's run (its forecast, say).
         """
         job = self.repository.get_full_job(job_name)
         params = self._partition_params(job_name, partitions) if partitions is not None else {None: ({}, {})}
@@ -145,8 +147,10 @@ class Launcher:
             self.instance.add_backfill(record)
             backfill_tags = dg.DagsterRun.tags_for_backfill_id(record.backfill_id)
         console = {"loggers": {"console": {"config": {"log_level": console_level}}}}  # the event log keeps every level
-        runs = {partition: self._create_run(job, {**run_config, **console}, {**job.tags, **partition_tags, **backfill_tags, **(tags or {})})
-                for partition, (partition_tags, run_config) in params.items()}
+        extra = partition_tags or {}
+        runs = {partition: self._create_run(job, {**run_config, **console},
+                                            {**job.tags, **own_tags, **backfill_tags, **(tags or {}), **extra.get(partition, {})})
+                for partition, (own_tags, run_config) in params.items()}
         if record is not None:  # Dagster's own CLI backfill marks it so once its runs exist: they carry the rest.
             self.instance.update_backfill(record.with_status(BulkActionStatus.COMPLETED).with_end_timestamp(get_current_timestamp()))
         served = queue_is_served(self.instance)

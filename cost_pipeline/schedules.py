@@ -1,4 +1,4 @@
-"""Jobs, the daily schedule, the sensor that picks up a landing folder that arrives late, and the totals' automation."""
+"""Jobs, the daily schedule, the sensors (a landing folder that arrives late, batch jobs that finish) and the totals' automation."""
 
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -8,6 +8,8 @@ import dagster as dg
 
 from cost_pipeline.config import SCHEDULE_HOUR, SCHEDULE_HOUR_ENV, SCHEDULE_TIMEZONE, SCHEDULE_TIMEZONE_ENV
 from cost_pipeline.partitions import daily_partitions
+from cost_pipeline.llm import batch_jobs
+from cost_pipeline.llm.client import GeminiResource
 from cost_pipeline.resources import LandingResource
 
 
@@ -72,3 +74,25 @@ def _materialized_at(instance: dg.DagsterInstance, day: str) -> float | None:
         dg.AssetRecordsFilter(asset_key=dg.AssetKey("raw_turns"), asset_partitions=[day]), limit=1
     ).records
     return records[0].timestamp if records else None
+
+
+@dg.sensor(job=daily_pipeline_job, minimum_interval_seconds=120, default_status=dg.DefaultSensorStatus.STOPPED,
+           description="Runs a day again once the Batch API jobs its last run left pending have finished: the run "
+                       "collects them (nothing is submitted twice).")
+def batch_jobs_sensor(context: dg.SensorEvaluationContext, gemini: GeminiResource) -> dg.SensorResult | dg.SkipReason:
+    waiting = batch_jobs.pending(gemini.database())
+    if not waiting:
+        return dg.SkipReason("no Batch API job is pending")
+    if gemini.needs_local_server():
+        return dg.SkipReason(f"{len(waiting)} job(s) of the auto-started local server ended with its run: run their "
+                             "day again (or point GOOGLE_GEMINI_BASE_URL at a server that outlives runs)")
+    client = gemini.genai_client()
+    finished: dict[str, list[str]] = {}
+    for name, day in waiting:
+        if client.batches.get(name=name).done:
+            finished.setdefault(day, []).append(name)
+    if not finished:
+        return dg.SkipReason(f"{len(waiting)} Batch API job(s) still running")
+    return dg.SensorResult(run_requests=[
+        dg.RunRequest(partition_key=day, run_key=f"batch:{','.join(sorted(names))}",
+                      tags={"trigger": "batch_jobs_sensor"}) for day, names in sorted(finished.items())])

@@ -94,6 +94,25 @@ def test_a_job_still_pending_when_the_step_stops_waiting_is_resumed_not_paid_aga
     assert [(stage, state, collected) for _, stage, state, collected in jobs] == [("clean", "JOB_STATE_PENDING", None)]
     assert model_server.billing() == []
 
+    # The sensor waits while the job runs, then runs the day again to collect it.
+    import time
+
+    import dagster as dg
+
+    from cost_pipeline.llm.client import GeminiResource
+    from cost_pipeline.schedules import batch_jobs_sensor
+
+    def sensor():
+        gemini = GeminiResource(base_url=model_server.url, cache_database=str(database))
+        with dg.build_sensor_context(resources={"gemini": gemini}) as context:
+            return batch_jobs_sensor(context)
+
+    still = sensor()
+    assert isinstance(still, dg.SkipReason) and "still running" in still.skip_message
+    time.sleep(3.0)
+    (request,) = sensor().run_requests
+    assert request.partition_key == str(DAY) and request.run_key == f"batch:{jobs[0][0]}"
+
     finished = materialize_day(DAY, landing_root, database, model_server, costs=SMALL_DAYS_COSTS,
                                gemini={**BATCH, "batch_max_wait_s": 30})
     assert finished.success

@@ -115,3 +115,25 @@ def test_what_if_reprices_the_billed_tokens_on_other_models_and_at_batch_rates(t
                  "--what-if", "gemini-2.5-pro", "--processing", "batch"]) == 0
     printed = capsys.readouterr().out
     assert "same token counts on another price list" in printed and "gemini-2.5-pro, batch processing" in printed
+
+
+def test_with_a_key_a_sample_is_counted_by_count_tokens_and_nothing_is_generated(tmp_path, capsys, monkeypatch,
+                                                                                 model_server):
+    generate(tmp_path / "landing", UNSEEN[0], days=1, turns_per_day=60, seed=3)
+    arguments = ["forecast", "--from", str(UNSEEN[0]), "--to", str(UNSEEN[0]), "--format", "json",
+                 "--landing", str(tmp_path / "landing"), "--database", str(tmp_path / "none.duckdb")]
+    monkeypatch.setenv("GOOGLE_GEMINI_BASE_URL", model_server.url)
+    monkeypatch.delenv("GOOGLE_API_KEY", raising=False)
+    monkeypatch.delenv("GEMINI_API_KEY", raising=False)
+    assert main(arguments) == 0
+    without_key = json.loads(capsys.readouterr().out)
+    assert model_server.stats().get("count_tokens", 0) == 0 and "countTokens" not in without_key["calibration"]
+
+    monkeypatch.setenv("GEMINI_API_KEY", "test-key-for-count-tokens")
+    assert main(arguments) == 0
+    with_key = json.loads(capsys.readouterr().out)
+    stats = model_server.stats()
+    assert stats["count_tokens"] == 20 and stats.get("requests", 0) == 0  # counted, nothing generated or billed
+    assert "countTokens on 20 sample requests" in with_key["calibration"]
+    # The local model's tokens are smaller than four characters: its count moves the rough default forecast up.
+    assert Decimal(with_key["total"]["forecast_usd"]) > Decimal(without_key["total"]["forecast_usd"])

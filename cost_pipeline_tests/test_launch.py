@@ -18,6 +18,9 @@ import duckdb
 import pytest
 from dagster_graphql.test.utils import execute_dagster_graphql
 
+from decimal import Decimal
+
+from cost_pipeline.costs.forecast import FORECAST_TAG
 from cost_pipeline.launch import CODE_LOCATION, Launcher
 
 from .conftest import REPO
@@ -115,6 +118,8 @@ def test_a_missing_day_is_skipped_in_a_backfill_and_fails_a_run_in_one_line(tmp_
     assert f"skipped, written empty: No landing files for {DAYS[1]}" in lines[DAYS[1]]
     assert "skipped" not in lines[DAYS[0]] + lines[DAYS[2]]
     assert "3 of 3 run(s) succeeded (1 day(s) skipped" in backfill.stdout
+    # Each landed day was forecast before anything was sent; its run carries the figure, and its llm_calls the spend beside it.
+    assert "Forecast, before any call:" in backfill.stdout and f"{DAYS[1]}  never landed" in backfill.stdout
 
     alone = subprocess.run([*cli, "run", "--day", DAYS[1]], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert alone.returncode == 1
@@ -128,8 +133,16 @@ def test_a_missing_day_is_skipped_in_a_backfill_and_fails_a_run_in_one_line(tmp_
     with dg.DagsterInstance.from_config(str(tmp_path / ".dagster_home")) as instance:
         statuses = sorted((run.tags["dagster/partition"], run.status.value, "dagster/backfill" in run.tags)
                           for run in instance.get_runs())
+        forecast_tags = {run.tags["dagster/partition"]: run.tags.get(FORECAST_TAG) for run in instance.get_runs()
+                         if "dagster/backfill" in run.tags}
+        (latest,) = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=dg.AssetKey("llm_calls"), asset_partitions=[DAYS[2]]), limit=1).records
+        calls_metadata = latest.asset_materialization.metadata
     assert statuses == [(DAYS[0], "SUCCESS", True), (DAYS[1], "FAILURE", False), (DAYS[1], "SUCCESS", True),
                         (DAYS[2], "SUCCESS", True)]
+    assert forecast_tags[DAYS[1]] is None and all(Decimal(forecast_tags[day]) > 0 for day in (DAYS[0], DAYS[2]))
+    assert calls_metadata["forecast_usd"].value == float(forecast_tags[DAYS[2]])
+    assert 0.5 < calls_metadata["spend_vs_forecast"].value < 2.0
 
 
 def test_the_cli_the_ui_and_the_daemon_name_one_code_location():

@@ -26,7 +26,7 @@ from pydantic import Field
 
 from cost_pipeline.costs.checkpoints import Checkpoints
 from cost_pipeline.costs.budgets import Budget, Limits
-from cost_pipeline.costs.forecast import Calibration, CallEstimator, ForecastSettings, calibrate
+from cost_pipeline.costs.forecast import FORECAST_TAG, Calibration, CallEstimator, ForecastSettings, calibrate
 from cost_pipeline.costs.ledger import AttemptSpool, attempt_cost, load_spools, spent_so_far, spool_folder
 from cost_pipeline.costs.pricing import MISSING, MONEY_SQL_TYPE, ZERO, PriceBook, price_calls
 from cost_pipeline.llm.batch import BATCH, BatchStage, JobsPending
@@ -195,7 +195,7 @@ def _through_gemini(context: dg.AssetExecutionContext, config: GeminiStageConfig
                     conversation_chunks(turns_file, config.chunk_turns), total, gemini, cache, spool, checkpoints, day,
                     context, config, budget, estimator, book))
     except JobsPending as pending:
-        # Ends cleanly: no output, so the day keeps its rows; the jobs are recorded and the batch sensor (or any
+        # Ends cleanly: no output, so the day keeps its rows; the jobs are recorded and the batch_jobs_sensor (or any
         # later run of the day) collects them without submitting anything again.
         turns_file.unlink()
         area.discard()
@@ -227,16 +227,30 @@ def _through_gemini(context: dg.AssetExecutionContext, config: GeminiStageConfig
                       "first_errors": dg.MetadataValue.md(_error_table(calls))},
         )
     budget_metadata = {"budget": budget.exhausted or "held", "skipped_calls": int(stats["skipped"])} if budget else {}
+    forecast_metadata = _forecast_metadata(context, checkpoints.spent)
     yield dg.Output(cleaned, "cleaned_turns", metadata=_cleaned_metadata(cleaned))
     yield dg.Output(functions, "function_calls", metadata=_function_metadata(functions))
     yield dg.Output(calls, "llm_calls", metadata={
         **_call_metadata(calls, summary, stats, total, elapsed, written, checkpoints.count),
-        "endpoint": gemini.endpoint_id(), **budget_metadata})
+        "endpoint": gemini.endpoint_id(), **budget_metadata, **forecast_metadata})
     if budget is not None and budget.exhausted:
         # The day's rows are committed (skipped turns included) and every paid attempt is in the ledger: the run
         # fails so that the limit is seen; a re-run after raising it completes the skipped turns from where they are.
         raise dg.Failure(description=budget.failure(), metadata={"skipped_calls": int(stats["skipped"]),
                                                                  "run_spent_usd": float(budget.run_spent)})
+
+
+def _forecast_metadata(context: dg.AssetExecutionContext, spent: Decimal) -> dict:
+    """The day's forecast (from the run's tag, when `cost-pipeline run` or `backfill` launched it) beside what this run
+    was billed, so the UI plots how far forecasts land from spend."""
+    forecast = context.run.tags.get(FORECAST_TAG)
+    if forecast is None:
+        return {}
+    forecast_usd = Decimal(forecast)
+    metadata = {"forecast_usd": float(forecast_usd), "forecast_range_usd": context.run.tags.get(f"{FORECAST_TAG}_range", "")}
+    if spent:
+        metadata["spend_vs_forecast"] = float(spent / forecast_usd) if forecast_usd else 0.0
+    return metadata
 
 
 def _budget(context: dg.AssetExecutionContext, gemini: GeminiResource, book: PriceBook,

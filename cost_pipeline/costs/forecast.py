@@ -29,7 +29,7 @@ Pure: no Dagster, no API. Reads DuckDB read-only and the landing files.
 import math
 import re
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timezone
 from decimal import Decimal
@@ -40,6 +40,8 @@ from cost_pipeline.landing import LandingFolderMissing, LandingReader, Turn, lan
 from cost_pipeline.llm.prompts import CLEAN, FUNCTION, LlmRequest, cleaning_request, function_request
 from cost_pipeline.llm.usage import estimate_tokens
 
+FORECAST_TAG = "cost_pipeline/forecast_usd"
+"""The run tag carrying a day's forecast (USD) when `cost-pipeline run` or `backfill` launched it."""
 Z_95 = 1.96
 MIN_SYSTEMATIC = 0.06
 """The least relative error the interval allows for. Measured on 8 generated days never seen (4 seeds): the
@@ -99,6 +101,7 @@ class Calibration:
     stages: dict[tuple[str, str], StageCalibration] = field(default_factory=dict)
     systematic: float = NO_HISTORY_SYSTEMATIC
     history_days: int = 0
+    token_check: str | None = None  # what countTokens said, when a key let the forecast ask
 
     def of(self, stage: str, model: str) -> StageCalibration:
         if (stage, model) in self.stages:
@@ -110,10 +113,10 @@ class Calibration:
         return DEFAULTS[stage]
 
     def describe(self) -> str:
-        if not self.stages:
-            return "defaults: no history in the ledger (the interval is wide)"
         calls = sum(c.calls for c in self.stages.values())
-        return f"the ledger: {calls:,} calls over {self.history_days} day(s), days fitted within {self.systematic:.1%}"
+        described = (f"the ledger: {calls:,} calls over {self.history_days} day(s), days fitted within "
+                     f"{self.systematic:.1%}" if calls else "defaults: no history in the ledger (the interval is wide)")
+        return f"{described}; {self.token_check}" if self.token_check else described
 
 
 @dataclass(frozen=True)
@@ -480,9 +483,48 @@ class Forecast:
                 "complete": total["unpriced_calls"] == 0 and all(day.landed for day in self.days)}
 
 
+COUNT_SAMPLE = 20
+
+
+def count_tokens_check(calibration: Calibration, settings: ForecastSettings, turns: list[Turn],
+                       count: Callable[[str, str], int]) -> str:
+    """With a key: the API's countTokens on a sample of cleaning requests against the local count.
+
+    A stage still on the rough defaults (no history for it) takes the measured ratio as its
+    prompt line; a calibrated one keeps the ledger's and the ratio is reported beside it.
+    """
+    requests = []
+    for conversation in _conversations(turns):
+        context: list[tuple[str, str]] = []
+        for turn in conversation:
+            window = context[-settings.context_turns:] if settings.context_turns else []
+            requests.append(cleaning_request(settings.clean_model, turn.speaker, turn.text, window, settings.thinking_budget))
+            context.append((turn.speaker, turn.text))
+        if len(requests) >= COUNT_SAMPLE:
+            break
+    sample = requests[:COUNT_SAMPLE]
+    if not sample:
+        return "countTokens: no request to count"
+    counted = sum(count(request.model, request.text()) for request in sample)
+    local = sum(estimate_tokens(request.text()) for request in sample)
+    ratio = counted / local if local else 1.0
+    for stage in (CLEAN, FUNCTION):
+        model = settings.clean_model if stage == CLEAN else settings.function_model
+        current = calibration.of(stage, model)
+        if current.calls == 0:
+            calibration.stages[(stage, model)] = replace(
+                current, prompt=Line(current.prompt.intercept, ratio, current.prompt.scatter),
+                source=f"defaults, prompt scaled by countTokens ({ratio:.3f} tokens per local token)")
+    return f"countTokens on {len(sample)} sample requests: {counted:,} tokens, {ratio:.3f} per local token"
+
+
 def forecast_days(database: str | Path, landing_root: str | Path, days: list[date], settings: ForecastSettings,
-                  prices: PriceBook) -> Forecast:
-    """Forecast `days` in order, calibrated on the ledger before the first of them; makes no API call."""
+                  prices: PriceBook, count: Callable[[str, str], int] | None = None) -> Forecast:
+    """Forecast `days` in order, calibrated on the ledger (the days themselves left out).
+
+    `count(model, text)` is the API's countTokens, given only when a key is set: then a
+    sample is counted (free calls that generate nothing); otherwise no API call is made.
+    """
     from contextlib import nullcontext
 
     from cost_pipeline.storage.connect import connect
@@ -490,6 +532,10 @@ def forecast_days(database: str | Path, landing_root: str | Path, days: list[dat
     database = Path(database)
     with connect(database, read_only=True) if database.exists() else nullcontext() as connection:
         calibration = calibrate(connection, settings, leave_out=days) if connection else Calibration()
+        if count is not None:
+            sample_day = next((turns for day in days if (turns := landed_turns(landing_root, day, settings.max_text_chars))),
+                              None)
+            calibration.token_check = count_tokens_check(calibration, settings, sample_day or [], count)
         forecaster = Forecaster(settings, calibration, prices)
         results = []
         for day in days:
@@ -518,7 +564,8 @@ def render_table(forecast: Forecast) -> str:
               f"{'TOTAL':<10}  {total['turns']:>7,}  {total['calls']:>7,}  {total['cache_hits']:>10,}  "
               f"{total['forecast_usd']:>12}  {total['low_usd']:>10}  {total['high_usd']:>10}",
               f"models: clean {forecast.settings.clean_model}, function {forecast.settings.function_model}; "
-              f"standard processing; calibrated on {forecast.calibration.describe()}; no API call was made"]
+              f"standard processing; calibrated on {forecast.calibration.describe()}"
+              + ("" if forecast.calibration.token_check else "; no API call was made")]
     if total["unpriced_calls"]:
         lines.append(f"{total['unpriced_calls']} calls are on a model with no price: the total leaves them out")
     return "\n".join(lines)

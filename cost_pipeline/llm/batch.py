@@ -23,10 +23,10 @@ from dataclasses import dataclass
 from google.genai import types
 
 from cost_pipeline.llm import batch_jobs
-from cost_pipeline.llm.answers import judge
+from cost_pipeline.llm.answers import Verdict, judge
 from cost_pipeline.llm.attempts import ACCEPTED, ERROR, REJECTED, Attempt
 from cost_pipeline.llm.cache import CachedResponse
-from cost_pipeline.llm.client import FAILED, OK, CallOutcome, CallTag, GeminiSession, _contents
+from cost_pipeline.llm.client import FAILED, OK, CallOutcome, CallTag, GeminiSession, request_contents
 from cost_pipeline.llm.prompts import LlmRequest
 from cost_pipeline.llm.usage import CACHE, NO_USAGE, Usage, estimate_usage, usage_from_metadata
 
@@ -120,8 +120,8 @@ class BatchStage:
         return answered
 
     def _inlined(self, call: BatchCall) -> dict:
-        config = self.session._config(call.request).model_copy(update={"automatic_function_calling": None})
-        return {"contents": _contents(call.request), "config": config,
+        config = self.session.content_config(call.request).model_copy(update={"automatic_function_calling": None})
+        return {"contents": request_contents(call.request), "config": config,
                 "metadata": {"key": call.request.request_hash(self.session.endpoint_id)}}
 
     async def _wait(self, stage: str, names: list[str]) -> list[types.BatchJob]:
@@ -171,8 +171,6 @@ class BatchStage:
             try:
                 verdict = judge(request.stage, response)
             except Exception as err:  # billed whatever we make of it
-                from cost_pipeline.llm.answers import Verdict
-
                 verdict = Verdict(False, None, f"unreadable answer: {type(err).__name__}: {err}"[:200])
             usage = usage_from_metadata(response.usage_metadata) or estimate_usage(request.text(), verdict.answer_text)
             attempt.http_status, attempt.billed, attempt.usage = 200, True, usage

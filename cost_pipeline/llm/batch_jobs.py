@@ -48,19 +48,23 @@ def request_set(request_hashes: list[str]) -> str:
     return hashlib.sha256("\n".join(sorted(request_hashes)).encode()).hexdigest()
 
 
-def find(database: str | Path, day: str, stage: str, model: str, endpoint: str, digest: str) -> list[JobRecord]:
-    """The usable jobs for this request set, one per part (the latest of each), none that failed."""
+def _read(database: str | Path, sql: str, parameters: list) -> list[tuple]:
+    """Rows of a read-only query on the jobs table; none when the database or the table does not exist yet."""
     if not Path(database).exists():
         return []
     with connect(database, read_only=True) as connection:
-        exists = connection.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [TABLE]).fetchone()[0]
-        if not exists:
+        if not connection.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [TABLE]).fetchone()[0]:
             return []
-        rows = connection.execute(
-            f"SELECT job_name, part, state, collected_at IS NOT NULL FROM {TABLE} "
-            f"WHERE partition_date = ? AND stage = ? AND model = ? AND endpoint = ? AND request_set = ? "
-            f"AND state NOT IN (SELECT unnest(?::VARCHAR[])) ORDER BY part, submitted_at DESC",
-            [day, stage, model, endpoint, digest, list(FAILED_STATES)]).fetchall()
+        return connection.execute(sql, parameters).fetchall()
+
+
+def find(database: str | Path, day: str, stage: str, model: str, endpoint: str, digest: str) -> list[JobRecord]:
+    """The usable jobs for this request set, one per part (the latest of each), none that failed."""
+    rows = _read(database,
+                 f"SELECT job_name, part, state, collected_at IS NOT NULL FROM {TABLE} "
+                 f"WHERE partition_date = ? AND stage = ? AND model = ? AND endpoint = ? AND request_set = ? "
+                 f"AND state NOT IN (SELECT unnest(?::VARCHAR[])) ORDER BY part, submitted_at DESC",
+                 [day, stage, model, endpoint, digest, list(FAILED_STATES)])
     latest: dict[int, JobRecord] = {}
     for name, part, state, collected in rows:
         latest.setdefault(part, JobRecord(name, part, state, collected))
@@ -87,13 +91,7 @@ def update(database: str | Path, job_name: str, state: str, collected: bool = Fa
 
 
 def pending(database: str | Path) -> list[tuple[str, str]]:
-    """(job name, data day) of every job submitted and not collected: what the batch sensor watches."""
-    if not Path(database).exists():
-        return []
-    with connect(database, read_only=True) as connection:
-        exists = connection.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [TABLE]).fetchone()[0]
-        if not exists:
-            return []
-        return [(name, str(day)) for name, day in connection.execute(
-            f"SELECT job_name, partition_date FROM {TABLE} WHERE collected_at IS NULL "
-            f"AND state NOT IN (SELECT unnest(?::VARCHAR[])) ORDER BY submitted_at", [list(FAILED_STATES)]).fetchall()]
+    """(job name, data day) of every job submitted and not collected: what a later run of the day resumes."""
+    return [(name, str(day)) for name, day in _read(
+        database, f"SELECT job_name, partition_date FROM {TABLE} WHERE collected_at IS NULL "
+                  f"AND state NOT IN (SELECT unnest(?::VARCHAR[])) ORDER BY submitted_at", [list(FAILED_STATES)])]

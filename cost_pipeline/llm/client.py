@@ -110,7 +110,7 @@ class GeminiResource(dg.ConfigurableResource):
                                         "answered within hours (llm/batch_day.py says what changes).")
     batch_max_wait_s: float = Field(
         default=600.0, description="How long a batch step waits for its jobs; past it the step ends with them pending, "
-                                   "and the batch sensor (or any later run of the day) collects them.")
+                                   "and the batch_jobs_sensor (or any later run of the day) collects them.")
     batch_poll_s: float = Field(default=10.0, description="How often a batch step asks whether its jobs are done.")
     batch_max_requests: int = Field(default=10_000, description="Inlined requests per batch job.")
 
@@ -196,6 +196,14 @@ class GeminiResource(dg.ConfigurableResource):
             return "the resource's config"
         return next((n for n in API_KEY_ENVS if os.environ.get(n)), "nowhere")
 
+    def genai_client(self) -> genai.Client:
+        """The google-genai client for this resource's endpoint and key (a placeholder key for the local server)."""
+        key = self.resolved_api_key()
+        return genai.Client(
+            api_key=key if key and not self.needs_local_server() else LOCAL_PLACEHOLDER_KEY,
+            http_options=types.HttpOptions(base_url=self.endpoint(), timeout=int(self.timeout_s * 1000)),
+        )
+
     def session(self, cache: ResponseCache, ledger: AttemptSink | None = None, run_id: str = "", partition_date: str = "") -> "GeminiSession":
         """A session for one run; create it inside the event loop that will use it."""
         if self.needs_local_server() and not self._local_url:
@@ -259,11 +267,7 @@ class GeminiSession:
         self.endpoint_id = settings.endpoint_id()
         # Every key this process knows, first the resource's: the one used, and the ones to redact.
         self._secrets = [key for key in (settings.api_key, *(os.environ.get(n) for n in API_KEY_ENVS)) if key]
-        key = settings.resolved_api_key()
-        self.client = genai.Client(
-            api_key=key if key and not settings.needs_local_server() else LOCAL_PLACEHOLDER_KEY,
-            http_options=types.HttpOptions(base_url=settings.endpoint(), timeout=int(settings.timeout_s * 1000)),
-        )
+        self.client = settings.genai_client()
         self.semaphore = asyncio.Semaphore(settings.max_concurrency)
         # Requests are spaced evenly (a bucket of one), so no 60-second window exceeds the limit;
         # tokens drain per second, as a request's weight can be far above one token.
@@ -344,7 +348,7 @@ class GeminiSession:
                         started = time.perf_counter()
                         try:
                             response = await self.client.aio.models.generate_content(
-                                model=request.model, contents=_contents(sent), config=self._config(sent))
+                                model=request.model, contents=request_contents(sent), config=self.content_config(sent))
                         except BaseException as err:
                             attempt.latency_ms = (time.perf_counter() - started) * 1000
                             _record_error(attempt, err, self.redact)
@@ -435,7 +439,8 @@ class GeminiSession:
             return 0.0
         return max(self.backoff(state), server_retry_delay(err) or 0.0)
 
-    def _config(self, request: LlmRequest) -> types.GenerateContentConfig:
+    def content_config(self, request: LlmRequest) -> types.GenerateContentConfig:
+        """The SDK config of `request` (built once per stage, model and seed): what standard and batch calls send."""
         key = (request.stage, request.model, request.generation_config.get("seed"))
         if key not in self._configs:
             options = dict(request.generation_config)
@@ -513,7 +518,7 @@ def _retry_state(number: int, err: BaseException) -> tenacity.RetryCallState:
     return state
 
 
-def _contents(request: LlmRequest) -> list[types.Content]:
+def request_contents(request: LlmRequest) -> list[types.Content]:
     return [types.Content(role="user", parts=[types.Part(text=part) for part in parts]) for parts in request.contents]
 
 

@@ -272,7 +272,7 @@ class GeminiLikeServer:
         found = MODEL_PATH.match(path)
         if not found or method != "POST":
             return 404, _error(404, f"no route for {method} {path}", "NOT_FOUND")
-        if found["method"] not in ("generateContent", "batchGenerateContent"):
+        if found["method"] not in ("generateContent", "batchGenerateContent", "countTokens"):
             return 400, _error(400, f"method {found['method']} is not supported here", "INVALID_ARGUMENT")
         try:
             request = json.loads(body)
@@ -280,6 +280,10 @@ class GeminiLikeServer:
             return 400, _error(400, "request body is not JSON", "INVALID_ARGUMENT")
         if found["method"] == "batchGenerateContent":
             return self.create_batch(found["model"], request)
+        if found["method"] == "countTokens":  # free, as Google's is: counted, never billed
+            self.stats["count_tokens"] += 1
+            texts = [p.get("text", "") for c in request.get("contents", []) for p in c.get("parts", [])]
+            return 200, {"totalTokens": sum(count_tokens(text) for text in texts)}
         return await self.generate(found["model"], request)
 
     def create_batch(self, model: str, body: dict) -> tuple[int, dict]:
