@@ -38,20 +38,16 @@ def main(argv: list[str] | None = None) -> int:
 
     run = commands.add_parser("run", help="run the daily pipeline for one day on the project's instance and wait for it")
     run.add_argument("--day", type=date.fromisoformat, default=_yesterday(), help="the day (YYYY-MM-DD; default yesterday, UTC)")
-    run.add_argument("--totals", action=argparse.BooleanOptionalAction, default=True,
-                     help="then refresh the all-time totals (evaluation_costs), as the automation sensor would")
+    _totals_argument(run)
 
     backfill = commands.add_parser("backfill", help="backfill the daily pipeline over a range of days (a Dagster "
                                                     "backfill; a day that never landed is written empty)")
-    backfill.add_argument("--from", dest="first", type=date.fromisoformat, required=True, help="first day (YYYY-MM-DD)")
-    backfill.add_argument("--to", dest="last", type=date.fromisoformat, required=True, help="last day, included")
-    backfill.add_argument("--totals", action=argparse.BooleanOptionalAction, default=True,
-                          help="then refresh the all-time totals (evaluation_costs), as the automation sensor would")
+    _range_arguments(backfill)
+    _totals_argument(backfill)
 
     forecast = commands.add_parser("forecast", help="estimate what running days will cost, before any call (no API call "
                                                     "without a key)")
-    forecast.add_argument("--from", dest="first", type=date.fromisoformat, required=True, help="first day (YYYY-MM-DD)")
-    forecast.add_argument("--to", dest="last", type=date.fromisoformat, required=True, help="last day, included")
+    _range_arguments(forecast)
     forecast.add_argument("--format", choices=["table", "json"], default="table")
     forecast.add_argument("--database", default=resolved(DB_ENV, DEFAULT_DB))
     forecast.add_argument("--landing", default=resolved(LANDING_ENV, DEFAULT_LANDING), help="landing root folder")
@@ -355,6 +351,16 @@ def _token_counter(gemini):
     """countTokens through the real client, with a key set (free: it generates nothing and is not billed)."""
     client = gemini.genai_client()
     return lambda model, text: client.models.count_tokens(model=model, contents=text).total_tokens
+
+
+def _range_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--from", dest="first", type=date.fromisoformat, required=True, help="first day (YYYY-MM-DD)")
+    parser.add_argument("--to", dest="last", type=date.fromisoformat, required=True, help="last day, included")
+
+
+def _totals_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--totals", action=argparse.BooleanOptionalAction, default=True,
+                        help="then refresh the all-time totals (evaluation_costs), as the automation sensor would")
 
 
 def _yesterday() -> date:

@@ -20,6 +20,16 @@ def _rows(database, table: str, columns: str) -> dict:
         return {row[0]: row[1:] for row in connection.execute(f"SELECT turn_id, {columns} FROM {table}").fetchall()}
 
 
+def _resumed_and_paid_once(database, model_server, turns: int) -> None:
+    """After a pending job was resumed: two jobs in all (the cleaning job resumed, then the function job), the day
+    written, no request answered (and paid for) twice, and the ledger equal to the server's billing record."""
+    assert model_server.stats()["batches_created"] == 2
+    assert len(_rows(database, "cleaned_turns", "status")) == turns
+    _, _, _, distinct_accepted, accepted = _spend(database)
+    assert distinct_accepted == accepted
+    assert ledger_bill(database) == server_bill(model_server)
+
+
 def _spend(database) -> tuple:
     with duckdb.connect(str(database), read_only=True) as connection:
         return connection.execute("SELECT sum(cost_usd), count(*) FILTER (WHERE processing = 'batch'), count(*), "
@@ -116,12 +126,7 @@ def test_a_job_still_pending_when_the_step_stops_waiting_is_resumed_not_paid_aga
     finished = materialize_day(DAY, landing_root, database, model_server, costs=SMALL_DAYS_COSTS,
                                gemini={**BATCH, "batch_max_wait_s": 30})
     assert finished.success
-    stats = model_server.stats()
-    assert stats["batches_created"] == 2  # the cleaning job resumed, then the function job: nothing submitted twice
-    assert len(_rows(database, "cleaned_turns", "status")) == 80
-    _, _, _, distinct_accepted, accepted = _spend(database)
-    assert distinct_accepted == accepted
-    assert ledger_bill(database) == server_bill(model_server)
+    _resumed_and_paid_once(database, model_server, 80)
 
 
 @pytest.mark.slow
@@ -159,8 +164,4 @@ def test_kill_9_while_a_job_is_pending_resumes_the_same_job_and_pays_nothing_twi
     assert recorded == 1
 
     assert subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, timeout=300).returncode == 0
-    assert model_server.stats()["batches_created"] == 2  # the killed run's cleaning job, resumed; then the function job
-    assert len(_rows(database, "cleaned_turns", "status")) == 80
-    _, _, _, distinct_accepted, accepted = _spend(database)
-    assert distinct_accepted == accepted
-    assert ledger_bill(database) == server_bill(model_server)
+    _resumed_and_paid_once(database, model_server, 80)
