@@ -13,6 +13,12 @@ real SDK, its HTTP stack and its error types. This server speaks the REST shape 
   implicit-cache hit when the system instruction and tools were seen before, and
   `toolUsePromptTokenCount` when a built-in tool such as `googleSearch` is declared.
 
+It also speaks the Batch API as google-genai calls it: `models/{model}:batchGenerateContent`
+with inlined requests creates a pending job, `GET batches/{id}` answers every request in order
+once `batch_delay_s` has passed (usage per inlined response, billed with processing `batch`;
+`rate_batch_error` turns a share into per-request errors, not billed), `POST batches/{id}:cancel`
+cancels; and `models/{model}:countTokens` counts for free.
+
 Latency and faults are configurable and can be changed while it runs
 (`POST /admin/config`): HTTP 429 with a `RetryInfo` delay, 500, 503, 400, responses
 slower than the client's timeout, bodies cut off mid-JSON, and responses without
