@@ -63,6 +63,8 @@ def test_a_batch_day_has_the_rows_of_a_standard_day_at_about_half_the_price(tmp_
     with duckdb.connect(str(batch_store), read_only=True) as connection:  # the rollup splits spend by processing
         assert connection.execute("SELECT sum(spend_usd), sum(batch_spend_usd) FROM daily_cost_rollup").fetchone() == \
             (batch_spend, batch_spend)
+        # The cost of the data is priced at the batch rate too: one run, so it equals the spend.
+        assert connection.execute("SELECT sum(total_cost_usd) FROM llm_calls").fetchone()[0] == batch_spend
 
 
 @pytest.mark.slow

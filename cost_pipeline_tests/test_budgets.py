@@ -52,6 +52,16 @@ def test_a_budget_reserves_settles_and_stops_only_what_a_limit_covers():
     assert monthly.run_spent == Decimal("0.02") and "monthly limit of eval-a for 2026-11" in monthly.failure()
 
 
+def test_reservations_grow_with_the_worst_overrun_seen_never_compounded():
+    """Attempts that each cost 10% over their forecast scale later reservations by 1.1, however many were in flight."""
+    budget = Budget(Limits(run=Decimal("10")), Spent(), "2026-11-05", "2026-11")
+    held = [budget.reserve("eval-a", Decimal("0.001")) for _ in range(64)]
+    for reservation in held:
+        budget.settle(reservation, Decimal("0.0011"))
+    assert budget.scale == Decimal("1.1")
+    assert budget.reserve("eval-a", Decimal("0.001")).amount == Decimal("0.0011")
+
+
 def _costs(tmp_path, name: str, limits: str) -> CostSettings:
     path = tmp_path / f"{name}.toml"
     path.write_text(limits)

@@ -99,6 +99,7 @@ LLM_CALLS_SCHEMA = dg.TableSchema(columns=[
     *(dg.TableColumn(name, "BIGINT", description="Tokens a cache hit avoided paying for.") for name in _SAVED_COLUMNS),
     dg.TableColumn("usage_source", "VARCHAR",
                    description="reported, estimated (usage missing), cache, none (nothing billed) or unknown (a cut-off body)."),
+    dg.TableColumn("processing", "VARCHAR", description="standard, or batch (a Batch API job's answer, priced at the batch rate)."),
     dg.TableColumn("latency_ms", "DOUBLE", description="The answering attempt's HTTP time."),
     dg.TableColumn("tokens_per_second", "DOUBLE", description="(output + thinking) tokens / latency."),
     dg.TableColumn("attempts", "INTEGER", description="HTTP attempts in this run; each is a row of llm_attempts."),
@@ -186,6 +187,10 @@ def _through_gemini(context: dg.AssetExecutionContext, config: GeminiStageConfig
     budget = None
     try:
         if gemini.processing == BATCH:
+            if limits:
+                raise dg.Failure(description="Spend limits ([limits] in costs.toml) are checked before every attempt in "
+                                             "standard processing; batch mode does not check them yet, so it does not "
+                                             "run with them: remove [limits] or use standard processing.")
             elapsed, stats = asyncio.run(_run_batch_day(
                 conversation_chunks(turns_file, config.chunk_turns), gemini, cache, spool, checkpoints, day, context))
         else:
@@ -228,11 +233,13 @@ def _through_gemini(context: dg.AssetExecutionContext, config: GeminiStageConfig
         )
     budget_metadata = {"budget": budget.exhausted or "held", "skipped_calls": int(stats["skipped"])} if budget else {}
     forecast_metadata = _forecast_metadata(context, checkpoints.spent)
-    yield dg.Output(cleaned, "cleaned_turns", metadata=_cleaned_metadata(cleaned))
-    yield dg.Output(functions, "function_calls", metadata=_function_metadata(functions))
-    yield dg.Output(calls, "llm_calls", metadata={
+    # Every figure first: an error computing one must not come after an output was handed to the IO manager.
+    metadata = (_cleaned_metadata(cleaned), _function_metadata(functions), {
         **_call_metadata(calls, summary, stats, total, elapsed, written, checkpoints.count),
         "endpoint": gemini.endpoint_id(), **budget_metadata, **forecast_metadata})
+    yield dg.Output(cleaned, "cleaned_turns", metadata=metadata[0])
+    yield dg.Output(functions, "function_calls", metadata=metadata[1])
+    yield dg.Output(calls, "llm_calls", metadata=metadata[2])
     if budget is not None and budget.exhausted:
         # The day's rows are committed (skipped turns included) and every paid attempt is in the ledger: the run
         # fails so that the limit is seen; a re-run after raising it completes the skipped turns from where they are.

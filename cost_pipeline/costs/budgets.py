@@ -86,7 +86,8 @@ class Spent:
 @dataclass(frozen=True)
 class Reservation:
     evaluation_id: str
-    amount: Decimal
+    amount: Decimal  # held: the forecast times the scale in force
+    base: Decimal  # the forecast alone
 
 
 class Budget:
@@ -122,12 +123,12 @@ class Budget:
         limit's calls stop from now on) when it could break a limit even then."""
         if self.blocks(evaluation_id):
             return None
-        amount = amount * self.scale
+        base, amount = amount, amount * self.scale
         broken = self._broken(evaluation_id, amount)
         if broken is None:
             self.reserved += amount
             self.reserved_by_evaluation[evaluation_id] += amount
-            return Reservation(evaluation_id, amount)
+            return Reservation(evaluation_id, amount, base)
         if self.reserved and self._broken(evaluation_id, amount, held=False) is None:
             return WAIT
         scope, clause = broken
@@ -142,8 +143,8 @@ class Budget:
         self.reserved -= reservation.amount
         self.reserved_by_evaluation[reservation.evaluation_id] -= reservation.amount
         spent = reservation.amount if cost is None else cost
-        if cost is not None and reservation.amount > 0 and cost > reservation.amount:
-            self.scale = max(self.scale, cost / reservation.amount * self.scale)
+        if cost is not None and reservation.base > 0 and cost > reservation.amount:
+            self.scale = max(self.scale, cost / reservation.base)  # the worst ratio seen, never compounded
         self.run_spent += spent
         self.day_spent += spent
         self.month_spent[reservation.evaluation_id] += spent

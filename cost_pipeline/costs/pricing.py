@@ -227,15 +227,17 @@ def price_calls(calls: pd.DataFrame, book: PriceBook) -> pd.DataFrame:
         return calls.assign(**columns)
     # Only the columns pricing reads, and the times converted in one go: a row tuple of every column, its
     # timestamps boxed one by one, cost more than the (memoised) pricing itself.
-    priced = [name for name in ("model", "model_version", *_PRICED_TOKENS, *(f"saved_{n}" for n in _PRICED_TOKENS))
-              if name in calls.columns]
+    priced = [name for name in ("model", "model_version", "processing", *_PRICED_TOKENS,
+                                *(f"saved_{n}" for n in _PRICED_TOKENS)) if name in calls.columns]
     called_at = calls["called_at"]
     times = (called_at.array.to_pydatetime() if pd.api.types.is_datetime64_any_dtype(called_at.dtype)
              else [at.to_pydatetime() if hasattr(at, "to_pydatetime") else at for at in called_at])
     for row, at in zip(calls[priced].itertuples(index=False), times):
         served = row.model_version if isinstance(row.model_version, str) else None
-        paid = book.cost(row.model, token_counts(row), at, served)
-        avoided = book.cost(row.model, token_counts(row, "saved_"), at, served)
+        processing = getattr(row, "processing", None)
+        processing = processing if isinstance(processing, str) else STANDARD
+        paid = book.cost(row.model, token_counts(row), at, served, processing)
+        avoided = book.cost(row.model, token_counts(row, "saved_"), at, served, processing)
         columns["input_cost_usd"].append(paid.input_cost)
         columns["cached_input_cost_usd"].append(paid.cached_input_cost)
         columns["output_cost_usd"].append(paid.output_cost)

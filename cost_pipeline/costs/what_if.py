@@ -35,7 +35,8 @@ class Scenario:
 
 def what_if(database: str, start: date, end: date, models: list[str], processing: str,
             book: PriceBook) -> tuple[list[Scenario], int]:
-    """The actual spend, then one scenario per model in `models` (all actual models when empty) at `processing`.
+    """The actual spend, then one scenario per model in `models` (or, when empty, each attempt on its own model) at
+    `processing`.
 
     Returns the scenarios and the number of billing-unknown attempts left out of every row.
     """
@@ -57,19 +58,19 @@ def what_if(database: str, start: date, end: date, models: list[str], processing
     actual = Scenario(ACTUAL, attempts, input_tokens, output_tokens, sum((g[12] or Decimal(0) for g in groups), Decimal(0)),
                       actual_unpriced)
     scenarios = [actual]
-    targets = models or sorted({g[1] for g in groups})
-    for target in targets:
+    for target in models or [None]:  # None: each attempt on the model that served it
         total, unpriced = Decimal(0), 0
         for served, requested, day, *counts in groups:
             tokens, number = TokenCounts(*counts[:8]), counts[8]
             at = datetime(day.year, day.month, day.day, 12, tzinfo=timezone.utc)
-            cost = book.cost(target, tokens, at, processing=processing).total_cost
+            cost = (book.cost(target, tokens, at, processing=processing) if target else
+                    book.cost(requested, tokens, at, served, processing)).total_cost
             if cost is None:
                 unpriced += number
             else:
                 total += cost * number
         mode = "batch processing" if processing != STANDARD else "standard processing"
-        scenarios.append(Scenario(f"{LABEL} {target}, {mode}", attempts, input_tokens, output_tokens,
+        scenarios.append(Scenario(f"{LABEL} {target or 'the models used'}, {mode}", attempts, input_tokens, output_tokens,
                                   None if unpriced == attempts and attempts else total, unpriced))
     return scenarios, unknown
 

@@ -20,7 +20,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from google.genai import types
+from google.genai import errors, types
 
 from cost_pipeline.llm import batch_jobs
 from cost_pipeline.llm.answers import Verdict, judge
@@ -32,6 +32,7 @@ from cost_pipeline.llm.usage import CACHE, NO_USAGE, Usage, estimate_usage, usag
 
 BATCH = "batch"
 SUCCEEDED = "JOB_STATE_SUCCEEDED"
+BATCH_ATTEMPTS = uuid.UUID("5b0f7c8e-2d8e-4f4e-9a47-6c1e2f0b7d31")
 
 
 class JobsPending(Exception):
@@ -127,7 +128,7 @@ class BatchStage:
     async def _wait(self, stage: str, names: list[str]) -> list[types.BatchJob]:
         started = time.monotonic()
         while True:
-            jobs = [await self.session.client.aio.batches.get(name=name) for name in names]
+            jobs = [await self._get(name) for name in names]
             if all(job.done for job in jobs):
                 for job in jobs:
                     if job.state.name != SUCCEEDED:
@@ -144,6 +145,17 @@ class BatchStage:
                 raise JobsPending(stage, names, waited)
             await asyncio.sleep(min(self.poll_s, max(0.0, self.max_wait_s - waited)))
 
+    async def _get(self, name: str) -> types.BatchJob:
+        """The job, or (when the provider no longer has it: expired, deleted, or a local server that ended with its
+        run) a failure that marks it failed, so the next run of the day submits its requests anew."""
+        try:
+            return await self.session.client.aio.batches.get(name=name)
+        except errors.ClientError as err:
+            if err.code != 404:
+                raise
+            batch_jobs.update(self.database, name, "JOB_STATE_FAILED")
+            raise RuntimeError(f"batch job {name} is gone at the provider; a run of the day submits it again") from None
+
     def _collect(self, job: types.BatchJob, first: dict[str, BatchCall]) -> dict[str, CallOutcome]:
         """Each inlined answer as a ledger attempt and a call outcome, keyed by request hash."""
         session, outcomes = self.session, {}
@@ -154,7 +166,10 @@ class BatchStage:
             if call is None:
                 continue
             request, tag = call.request, call.tag
-            attempt = Attempt(uuid.uuid4().hex, tag.call_id, session.run_id, session.partition_date, tag.evaluation_id,
+            # One id per (job, request): a job collected again (a kill before the cache was saved, a run without
+            # the cache) records the same ledger rows, which the ledger ignores; the provider billed them once.
+            attempt_id = uuid.uuid5(BATCH_ATTEMPTS, f"{job.name}\x1f{request_hash}").hex
+            attempt = Attempt(attempt_id, tag.call_id, session.run_id, session.partition_date, tag.evaluation_id,
                               tag.turn_id, request.stage, request.model, session.endpoint_id, request_hash, 1,
                               job.create_time.timestamp() if job.create_time else finished, processing=BATCH)
             session.ledger.sent(attempt)
@@ -165,7 +180,8 @@ class BatchStage:
                 session.ledger.done(attempt)
                 session.stats["failures"] += 1
                 outcomes[request_hash] = CallOutcome(request_hash, request.stage, request.model, FAILED, None, NO_USAGE,
-                                                     attempts=1, error=attempt.reason, started_at=attempt.sent_at)
+                                                     attempts=1, error=attempt.reason, started_at=attempt.sent_at,
+                                                     processing=BATCH)
                 continue
             response = answer.response
             try:
@@ -179,7 +195,7 @@ class BatchStage:
             attempt.latency_ms = (finished - attempt.sent_at) * 1000
             session.ledger.done(attempt)
             common = dict(attempts=1, billed_attempts=1, model_version=response.model_version,
-                          latency_ms=attempt.latency_ms, started_at=attempt.sent_at)
+                          latency_ms=attempt.latency_ms, started_at=attempt.sent_at, processing=BATCH)
             if verdict.accepted:
                 session.cache.put(request_hash, call.text_hash, request.stage, request.model, verdict.result, usage)
                 outcomes[request_hash] = CallOutcome(request_hash, request.stage, request.model, OK, verdict.result, usage,

@@ -232,6 +232,8 @@ class CallOutcome:
     latency_ms: float | None = None
     error: str | None = None
     started_at: float = field(default_factory=time.time)
+    processing: str = "standard"
+    """The price list its attempts are billed on: standard, or batch for a Batch API job's answer."""
 
 
 @dataclass(frozen=True)
@@ -337,30 +339,35 @@ class GeminiSession:
                     rejected = next((a for a in reversed(attempts) if a.outcome == REJECTED), None)
                     sent = request.with_reminder(rejected.reason, len(attempts) + 1) if rejected else request
                     reservation = await self._reserve(request, tag) if self.budget is not None else None
-                    await self.request_limiter.acquire()
-                    await self.token_limiter.acquire(tokens)
-                    async with self.semaphore:
-                        attempt = Attempt(uuid.uuid4().hex, tag.call_id, self.run_id, self.partition_date,
-                                          tag.evaluation_id, tag.turn_id, request.stage, request.model, self.endpoint_id,
-                                          request_hash, len(attempts) + 1, time.time())
-                        attempts.append(attempt)
-                        self.ledger.sent(attempt)
-                        started = time.perf_counter()
-                        try:
-                            response = await self.client.aio.models.generate_content(
-                                model=request.model, contents=request_contents(sent), config=self.content_config(sent))
-                        except BaseException as err:
+                    attempt, settled = None, reservation is None
+                    try:
+                        await self.request_limiter.acquire()
+                        await self.token_limiter.acquire(tokens)
+                        async with self.semaphore:
+                            attempt = Attempt(uuid.uuid4().hex, tag.call_id, self.run_id, self.partition_date,
+                                              tag.evaluation_id, tag.turn_id, request.stage, request.model, self.endpoint_id,
+                                              request_hash, len(attempts) + 1, time.time())
+                            attempts.append(attempt)
+                            self.ledger.sent(attempt)
+                            started = time.perf_counter()
+                            try:
+                                response = await self.client.aio.models.generate_content(
+                                    model=request.model, contents=request_contents(sent), config=self.content_config(sent))
+                            except BaseException as err:
+                                attempt.latency_ms = (time.perf_counter() - started) * 1000
+                                _record_error(attempt, err, self.redact)
+                                self.ledger.done(attempt)
+                                if not settled:
+                                    settled = self._settle(reservation, attempt)
+                                raise
                             attempt.latency_ms = (time.perf_counter() - started) * 1000
-                            _record_error(attempt, err, self.redact)
-                            self.ledger.done(attempt)
-                            if reservation is not None:
-                                self._settle(reservation, attempt)
-                            raise
-                        attempt.latency_ms = (time.perf_counter() - started) * 1000
-                    verdicts.append(self._record_answer(attempt, request, sent, response))
-                    self.ledger.done(attempt)
-                    if reservation is not None:
-                        self._settle(reservation, attempt)
+                        verdicts.append(self._record_answer(attempt, request, sent, response))
+                        self.ledger.done(attempt)
+                        if not settled:
+                            settled = self._settle(reservation, attempt)
+                    finally:
+                        if not settled:  # raised before the attempt left (cost 0) or was recorded (held stands)
+                            self._release(reservation, None if attempt is not None else Decimal(0))
                     if attempt.outcome == REJECTED:
                         raise RejectedAnswer(attempt.reason, verdicts[-1].final)
                     break
@@ -399,8 +406,13 @@ class GeminiSession:
             raise BudgetExhausted(self.budget.exhausted)
         return reservation
 
-    def _settle(self, reservation, attempt: Attempt) -> None:
-        self.budget.settle(reservation, self.attempt_cost(attempt))
+    def _settle(self, reservation, attempt: Attempt) -> bool:
+        self._release(reservation, self.attempt_cost(attempt))
+        return True
+
+    def _release(self, reservation, cost: Decimal | None) -> None:
+        """The reservation gives way to the attempt's cost (None: unknown, the reservation counts); waiters wake."""
+        self.budget.settle(reservation, cost)
         self._budget_settled.set()
         self._budget_settled = asyncio.Event()
 

@@ -218,6 +218,7 @@ def call_row(turn: dict, outcome: CallOutcome, stage: str, endpoint: str, the_ca
         "error": outcome.error,
         "request_hash": outcome.request_hash,
         "called_at": datetime.fromtimestamp(outcome.started_at, timezone.utc),
+        "processing": outcome.processing,
     }
 
 
