@@ -40,7 +40,6 @@ class JobRecord:
     job_name: str
     part: int
     state: str
-    collected: bool
 
 
 def request_set(request_hashes: list[str]) -> str:
@@ -61,13 +60,13 @@ def _read(database: str | Path, sql: str, parameters: list) -> list[tuple]:
 def find(database: str | Path, day: str, stage: str, model: str, endpoint: str, digest: str) -> list[JobRecord]:
     """The usable jobs for this request set, one per part (the latest of each), none that failed."""
     rows = _read(database,
-                 f"SELECT job_name, part, state, collected_at IS NOT NULL FROM {TABLE} "
+                 f"SELECT job_name, part, state FROM {TABLE} "
                  f"WHERE partition_date = ? AND stage = ? AND model = ? AND endpoint = ? AND request_set = ? "
                  f"AND state NOT IN (SELECT unnest(?::VARCHAR[])) ORDER BY part, submitted_at DESC",
                  [day, stage, model, endpoint, digest, list(FAILED_STATES)])
     latest: dict[int, JobRecord] = {}
-    for name, part, state, collected in rows:
-        latest.setdefault(part, JobRecord(name, part, state, collected))
+    for name, part, state in rows:
+        latest.setdefault(part, JobRecord(name, part, state))
     return list(latest.values())
 
 
