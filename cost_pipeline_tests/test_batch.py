@@ -167,3 +167,72 @@ def test_kill_9_while_a_job_is_pending_resumes_the_same_job_and_pays_nothing_twi
 
     assert subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, timeout=300).returncode == 0
     _resumed_and_paid_once(database, model_server, 80)
+
+
+@pytest.mark.slow
+def test_a_day_too_large_to_inline_goes_through_uploaded_files_and_its_usd_matches_the_invoice(
+        tmp_path, landing_root, database, model_server):
+    from datetime import datetime, timezone
+
+    from .test_reconciliation import check, reconcile
+
+    generate(landing_root, DAY, days=1, turns_per_day=60, seed=75)
+    standard_store = tmp_path / "standard.duckdb"
+    assert materialize_day(DAY, landing_root, standard_store, model_server, costs=SMALL_DAYS_COSTS).success
+    model_server.reset()
+    # Any job over 1 kB of requests is sent as an uploaded JSON Lines file: here, both stages' jobs.
+    assert materialize_day(DAY, landing_root, database, model_server, costs=SMALL_DAYS_COSTS,
+                           gemini={**BATCH, "batch_inline_max_bytes": 1000}).success
+    stats = model_server.stats()
+    assert stats["batches_created"] == stats["batches_from_file"] == 2 and stats.get("requests", 0) == 0
+    # The requests in the file are the ones inlining sends (the SDK's own conversion): the same rows as standard mode.
+    for table, columns in (("cleaned_turns", "status, cleaned_text"), ("function_calls", "function_name, arguments")):
+        assert _rows(database, table, columns) == _rows(standard_store, table, columns)
+
+    # The invoice (the server's Cloud Billing export: batch SKUs at batch prices) equals the ledger in dollars,
+    # line by line, with batch usage on its own lines.
+    folder = tmp_path / "billing"
+    folder.mkdir()
+    (folder / "export.csv").write_text(model_server.billing_export())
+    result = reconcile(landing_root, database, model_server, folder, datetime.now(timezone.utc).date())
+    assert result.success and check(result).passed
+    with duckdb.connect(str(database), read_only=True) as connection:
+        processing, invoice, ledger, gaps = connection.execute(
+            "SELECT list(DISTINCT processing), sum(invoice_usd), sum(ledger_usd), count(*) FILTER (WHERE usd_gap <> 0) "
+            "FROM billing_reconciliation").fetchone()
+    spend = _spend(database)[0]
+    assert processing == ["batch"] and invoice == ledger == spend > 0 and gaps == 0
+
+
+@pytest.mark.slow
+def test_a_pending_job_whose_requests_changed_since_is_still_collected_and_its_answers_paid_once(
+        tmp_path, landing_root, database, model_server):
+    import json
+    import urllib.request
+
+    generate(landing_root, DAY, days=1, turns_per_day=40, seed=76)
+    model_server.configure(batch_delay_s=1.5)
+    waiting = materialize_day(DAY, landing_root, database, model_server, costs=SMALL_DAYS_COSTS,
+                              gemini={**BATCH, "batch_max_wait_s": 0.2})
+    assert waiting.success and not waiting.asset_materializations_for_node("turns_through_gemini")
+
+    # The cleaning model changes while the job is pending: none of its requests is asked again, but it was paid for.
+    changed = {**BATCH, "batch_max_wait_s": 30, "clean_model": "gemini-2.5-flash"}
+    assert materialize_day(DAY, landing_root, database, model_server, costs=SMALL_DAYS_COSTS, gemini=changed).success
+    with duckdb.connect(str(database), read_only=True) as connection:
+        jobs = connection.execute("SELECT job_name, stage, model, collected_at IS NOT NULL FROM llm_batch_jobs "
+                                  "ORDER BY submitted_at").fetchall()
+    assert [(stage, model, collected) for _, stage, model, collected in jobs] == [
+        ("clean", "gemini-2.5-flash-lite", True), ("clean", "gemini-2.5-flash", True),
+        ("function", "gemini-2.5-flash-lite", True)]
+    # The provider finishes (and bills) every job whoever asks; asking again now changes nothing.
+    for name, *_ in jobs:
+        with urllib.request.urlopen(f"{model_server.url}/v1beta/{name}") as reply:
+            assert json.load(reply)["done"]
+    assert ledger_bill(database) == server_bill(model_server)
+
+    # The old job's answers reached the cache: back on the first model, the cleaning costs nothing more.
+    created = model_server.stats()["batches_created"]
+    assert materialize_day(DAY, landing_root, database, model_server, costs=SMALL_DAYS_COSTS, gemini=BATCH).success
+    assert model_server.stats()["batches_created"] == created
+    assert ledger_bill(database) == server_bill(model_server)

@@ -9,7 +9,9 @@ import dagster as dg
 import duckdb
 import pytest
 
-from cost_pipeline.costs.billing import UnknownSku, billing_model, parse_sku, read_export, sku_description
+from cost_pipeline.costs.billing import (
+    UnknownSku, billing_model, compare, parse_sku, read_export, sku_description, sku_processing,
+)
 from cost_pipeline.costs.reconciliation import billing_export_sensor
 from cost_pipeline.definitions import all_assets, all_checks
 from cost_pipeline.resources import BillingExports, CostSettings
@@ -106,6 +108,23 @@ def test_real_sku_descriptions_map_to_model_and_kind(description, expected):
     assert parse_sku(description) == expected
 
 
+def test_batch_skus_are_their_own_lines_and_an_override_can_say_batch():
+    batch = sku_description("gemini-2.5-flash", "input", "batch")
+    assert parse_sku(batch) == ("gemini-2.5-flash", "input") and sku_processing(batch) == "batch"
+    assert sku_processing(sku_description("gemini-2.5-flash", "input")) == "standard"
+    assert sku_processing("Gemini 2.5 Flash Lite Batch output tokens") == "batch"
+    assert sku_processing("Our odd SKU", {"Our odd SKU": "gemini-2.5-flash/output/batch"}) == "batch"
+    with pytest.raises(UnknownSku, match="batch"):
+        parse_sku("Our odd SKU", {"Our odd SKU": "gemini-2.5-flash/output/flex"})
+    # The same tokens at the two prices are two lines, never one netted total.
+    day = date(2026, 11, 1)
+    invoice = [{"source": "provider", "day": day, "model": "gemini-2.5-flash", "kind": "input", "processing": processing,
+                "tokens": 100, "cost_usd": Decimal(usd)} for processing, usd in (("standard", "0.00003"), ("batch", "0.000015"))]
+    ledger = [{**invoice[0], "cost_usd": Decimal("0.000015")}, {**invoice[1], "cost_usd": Decimal("0.00003")}]
+    lines = compare(invoice, ledger, 0, Decimal("0.000001"))
+    assert [(line["processing"], line["within_tolerance"]) for line in lines] == [("batch", False), ("standard", False)]
+
+
 def test_an_unmappable_sku_says_how_to_map_it_and_an_override_does():
     with pytest.raises(UnknownSku, match=r"\[billing.skus\]"):
         parse_sku("Vertex AI Prediction node hours")
@@ -121,7 +140,7 @@ def test_the_console_reports_download_is_read_too(tmp_path):
         '911A-8880-A243,"622,403",count,1.56,0.00,0.00,0.00,1.555990,1.56\n'
         "2026-08-15,Cloud Storage,95FF-2EF5-5EA1,Standard Storage,E5F0-6A5D-7BAD,3,gibibyte month,0.06,0,0,0,0.06,0.06\n")
     assert read_export(path) == [{"source": "provider", "day": date(2026, 8, 15), "model": "gemini-2.5-flash", "kind": "output",
-                                  "sku": "Generate content output token count gemini 2.5 flash short input text",
+                                  "processing": "standard", "sku": "Generate content output token count gemini 2.5 flash short input text",
                                   "tokens": 622_403, "cost_usd": Decimal("1.555990")}]
 
 

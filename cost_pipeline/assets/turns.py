@@ -192,7 +192,8 @@ def _through_gemini(context: dg.AssetExecutionContext, config: GeminiStageConfig
                                              "standard processing; batch mode does not check them yet, so it does not "
                                              "run with them: remove [limits] or use standard processing.")
             elapsed, stats = asyncio.run(_run_batch_day(
-                conversation_chunks(turns_file, config.chunk_turns), gemini, cache, spool, checkpoints, day, context))
+                conversation_chunks(turns_file, config.chunk_turns), gemini, cache, spool, checkpoints, day, context,
+                area.folder))
         else:
             with long_lived_objects_frozen():
                 budget, estimator = _budget(context, gemini, book, limits) if limits else (None, None)
@@ -279,11 +280,13 @@ def _budget(context: dg.AssetExecutionContext, gemini: GeminiResource, book: Pri
 
 
 async def _run_batch_day(chunks, gemini: GeminiResource, cache: ResponseCache, spool: AttemptSpool,
-                         checkpoints: Checkpoints, day: "StagedDay", context: dg.AssetExecutionContext):
-    """The day through batch jobs (`llm/batch_day.py`); answers and attempts checkpointed as they are collected."""
+                         checkpoints: Checkpoints, day: "StagedDay", context: dg.AssetExecutionContext,
+                         work_folder: Path):
+    """The day through batch jobs (`llm/batch_day.py`); answers and attempts checkpointed as each job is collected."""
     session = gemini.session(cache, spool, context.run.run_id, context.partition_key)
     stage = BatchStage(session, gemini.database(), context.partition_key, context.run.run_id, gemini.batch_max_wait_s,
-                       gemini.batch_poll_s, gemini.batch_max_requests, context.log.info)
+                       gemini.batch_poll_s, gemini.batch_max_requests, context.log.info, flush=checkpoints.checkpoint,
+                       inline_limit_bytes=gemini.batch_inline_max_bytes, work_folder=work_folder)
     periodic = asyncio.create_task(checkpoints.run_periodically())
     started = time.perf_counter()
     try:

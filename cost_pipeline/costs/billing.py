@@ -13,7 +13,9 @@ time, while the BigQuery export's timestamps are UTC.
 
 A SKU description maps to (model, kind) by the rule in `parse_sku`; a person whose
 invoice words a SKU differently maps it in `costs.toml` under `[billing.skus]`:
-`"<SKU description>" = "<model>/<kind>"` with kind `input`, `cached_input` or `output`.
+`"<SKU description>" = "<model>/<kind>"` with kind `input`, `cached_input` or `output`, and
+`/batch` after it for a Batch API SKU (one whose description says "batch" needs no override
+for that). Standard and batch usage are reconciled as separate lines, as they are priced.
 Pure: no Dagster; prices through the project's price book (genai-prices).
 """
 
@@ -25,7 +27,7 @@ from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
 
-from cost_pipeline.costs.pricing import STANDARD, PriceBook, TokenCounts
+from cost_pipeline.costs.pricing import BATCH, STANDARD, PriceBook, TokenCounts
 
 BILLED_USAGE_FIELDS = ("promptTokenCount", "cachedContentTokenCount", "candidatesTokenCount", "thoughtsTokenCount",
                        "toolUsePromptTokenCount")
@@ -39,6 +41,7 @@ TIME_FORMAT = "%Y-%m-%d %H:%M:%S UTC"
 _SKU_TEXT = {"input": "Generate content input token count {name} short input text",
              "cached_input": "Generate content cached input token count {name} input short text",
              "output": "Generate content output token count {name} short output text"}
+_BATCH_WORD = re.compile(r"\bbatch\b", re.IGNORECASE)
 _MODEL_IN_SKU = re.compile(r"gemini[ -](\d+(?:\.\d+)?)[ -](pro|flash)(?:[ -](lite))?", re.IGNORECASE)
 
 
@@ -53,12 +56,9 @@ def sku_description(model: str, kind: str, processing: str = STANDARD) -> str:
 
 
 def parse_sku(description: str, overrides: dict[str, str] | None = None) -> tuple[str, str]:
-    """(model, kind) of a Gemini API SKU description; `overrides` maps exact descriptions to 'model/kind'."""
+    """(model, kind) of a Gemini API SKU description; `overrides` maps exact descriptions to 'model/kind[/batch]'."""
     if overrides and description in overrides:
-        model, _, kind = overrides[description].rpartition("/")
-        if kind not in KINDS or not model:
-            raise UnknownSku(f"override for SKU {description!r} must be '<model>/<kind>' with kind in {KINDS}")
-        return model, kind
+        return _override(description, overrides[description])[:2]
     text = description.lower()
     found = _MODEL_IN_SKU.search(text)
     if not found or "token count" not in text:
@@ -67,6 +67,22 @@ def parse_sku(description: str, overrides: dict[str, str] | None = None) -> tupl
     model = f"gemini-{version}-{tier.lower()}" + ("-lite" if lite else "")
     kind = "cached_input" if "cached input" in text else "output" if "output token" in text else "input"
     return model, kind
+
+
+def sku_processing(description: str, overrides: dict[str, str] | None = None) -> str:
+    """`batch` for a Batch API SKU (the word batch in its description, or an override ending in /batch), else standard."""
+    if overrides and description in overrides:
+        return _override(description, overrides[description])[2]
+    return BATCH if _BATCH_WORD.search(description) else STANDARD
+
+
+def _override(description: str, target: str) -> tuple[str, str, str]:
+    parts = target.split("/")
+    processing = parts.pop() if len(parts) == 3 else STANDARD
+    if len(parts) != 2 or parts[1] not in KINDS or not parts[0] or processing not in (STANDARD, BATCH):
+        raise UnknownSku(f"override for SKU {description!r} must be '<model>/<kind>' or '<model>/<kind>/batch' "
+                         f"with kind in {KINDS}")
+    return parts[0], parts[1], processing
 
 
 def kind_tokens(prompt: int, cached: int, candidates: int, thoughts: int, tool_prompt: int) -> dict[str, int]:
@@ -115,7 +131,8 @@ def billing_export_csv(records: list[dict], book: PriceBook | None = None, accou
 
 
 def read_export(path: Path, sku_overrides: dict[str, str] | None = None) -> list[dict]:
-    """Gemini lines of one export file as {source, day, model, kind, sku, tokens, cost_usd}; other services are skipped.
+    """Gemini lines of one export file as {source, day, model, kind, processing, sku, tokens, cost_usd}; other
+    services are skipped.
 
     `source` is `local-server` for the local server's own invoice (its project), else `provider`.
     """
@@ -135,7 +152,8 @@ def read_export(path: Path, sku_overrides: dict[str, str] | None = None) -> list
         cost = row.get("cost") or row.get("unrounded subtotal ($)") or row.get("unrounded cost ($)") or "0"
         project = row.get("project.id", row.get("project id", ""))
         rows.append({"source": LOCAL_SOURCE if project == LOCAL_PROJECT else PROVIDER_SOURCE,
-                     "day": _day(when), "model": model, "kind": kind, "sku": sku,
+                     "day": _day(when), "model": model, "kind": kind,
+                     "processing": sku_processing(sku, sku_overrides), "sku": sku,
                      "tokens": int(Decimal(row.get("usage.amount", row.get("usage amount", "0")).replace(",", ""))),
                      "cost_usd": Decimal(cost.replace(",", "").replace("$", ""))})
     return rows
@@ -160,7 +178,8 @@ def billing_model(name: str) -> str:
 
 
 def compare(invoice: list[dict], ledger: list[dict], token_tolerance: int, usd_tolerance: Decimal) -> list[dict]:
-    """Invoice lines against ledger lines, keyed by (source, day, model, kind): one row per key with both sides and the gaps.
+    """Invoice lines against ledger lines, keyed by (source, day, model, kind, processing): one row per key with both
+    sides and the gaps.
 
     Each input row has source, day, model, kind, tokens and cost_usd; models are compared by
     `billing_model`. A key on one side only has zeros on the other. `within_tolerance` is
@@ -170,12 +189,14 @@ def compare(invoice: list[dict], ledger: list[dict], token_tolerance: int, usd_t
                                                      "invoice_usd": Decimal(0), "ledger_usd": Decimal(0)})
     for side, rows in (("invoice", invoice), ("ledger", ledger)):
         for row in rows:
-            line = sides[(row["source"], row["day"], billing_model(row["model"]), row["kind"])]
+            line = sides[(row["source"], row["day"], billing_model(row["model"]), row["kind"],
+                          row.get("processing") or STANDARD)]
             line[f"{side}_tokens"] += int(row["tokens"])
             line[f"{side}_usd"] += row["cost_usd"] or Decimal(0)
     result = []
-    for (source, day, model, kind), line in sorted(sides.items()):
+    for (source, day, model, kind, processing), line in sorted(sides.items()):
         token_gap, usd_gap = line["invoice_tokens"] - line["ledger_tokens"], line["invoice_usd"] - line["ledger_usd"]
-        result.append({"source": source, "billing_day": day, "model": model, "kind": kind, **line, "token_gap": token_gap, "usd_gap": usd_gap,
+        result.append({"source": source, "billing_day": day, "model": model, "kind": kind, "processing": processing,
+                       **line, "token_gap": token_gap, "usd_gap": usd_gap,
                        "within_tolerance": abs(token_gap) <= token_tolerance and abs(usd_gap) <= usd_tolerance})
     return result

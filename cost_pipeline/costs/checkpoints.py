@@ -43,22 +43,26 @@ class Checkpoints:
     def stop(self) -> None:
         self._stopped.set()
 
-    async def checkpoint(self) -> None:
-        """Hand the new entries and the finished spool to a worker thread (taken here, in the loop's thread)."""
+    async def checkpoint(self) -> bool:
+        """Hand the new entries and the finished spool to a worker thread (taken here, in the loop's thread).
+
+        True when everything recorded before the call is now in DuckDB; False when it was deferred.
+        """
         entries = self._unwritten + self.cache.take_new()
         spools = [*self._unloaded, *([self.spool.rotate()] if self.spool.written else [])]
         if not entries and not spools:
-            return
+            return True
         self._unwritten, self._unloaded = [], []
         try:
             written, added = await asyncio.to_thread(self._write, entries, spools)
         except Exception as err:  # the end of the run writes whatever a checkpoint could not
             self.log(f"checkpoint deferred ({type(err).__name__}: {err}); the next one retries")
             self._unwritten, self._unloaded = entries, spools
-            return
+            return False
         self.cache_entries += written
         self.attempts += added
         self.count += 1
+        return True
 
     def finish(self) -> tuple[int, int]:
         """After the calls: the spool's last part to the ledger first (money), then the last answers. Blocking."""

@@ -8,7 +8,9 @@ attempts of that day. Exports arrive a day or more after the usage, so:
 - it is not part of the daily job, and the daily schedule never waits for it;
 - `billing_export_sensor` runs it for each day an export file covers, again when a file changes;
 - a day with no export line is skipped (no materialization, a log line), never failed.
-The `ledger_matches_invoice` check fails when any line differs by more than the
+Standard and Batch API usage are separate lines (the invoice's batch SKUs against the ledger's
+`processing = 'batch'` attempts), so a batch answer priced at the standard rate cannot hide
+behind a total. The `ledger_matches_invoice` check fails when any line differs by more than the
 tolerance in `costs.toml` (`[billing]`, default 0 tokens and $0.000001) and names the
 largest gaps; attempts whose billing is unknown (bodies cut off in transit) are counted
 beside it, as they are the usual explanation of an invoice above the ledger.
@@ -30,7 +32,7 @@ from cost_pipeline.storage.warehouse import DuckDBWarehouse
 
 LEDGER_BY_KIND_SQL = f"""
 SELECT CASE WHEN endpoint = '{LOCAL_SOURCE}' THEN '{LOCAL_SOURCE}' ELSE '{PROVIDER_SOURCE}' END AS source,
-       coalesce(model_version, model) AS model,
+       coalesce(model_version, model) AS model, processing,
        sum(input_tokens - cached_tokens + tool_prompt_tokens) AS input_tokens, sum(input_cost_usd) AS input_usd,
        sum(cached_tokens) AS cached_input_tokens, sum(cached_input_cost_usd) AS cached_input_usd,
        sum(output_tokens + thinking_tokens) AS output_tokens, sum(output_cost_usd) AS output_usd
@@ -44,6 +46,7 @@ RECONCILIATION_SCHEMA = dg.TableSchema(columns=[
     dg.TableColumn("billing_day", "DATE", description="UTC day the usage was billed."),
     dg.TableColumn("model", "VARCHAR", description="As the invoice names it (served model)."),
     dg.TableColumn("kind", "VARCHAR", description="input (uncached, tool prompt included), cached_input, output (thinking included)."),
+    dg.TableColumn("processing", "VARCHAR", description="standard, or batch (Batch API SKUs, priced at the batch rate)."),
     dg.TableColumn("invoice_tokens", "BIGINT"),
     dg.TableColumn("ledger_tokens", "BIGINT"),
     dg.TableColumn("invoice_usd", TOTAL_MONEY),
@@ -95,7 +98,8 @@ def ledger_matches_invoice(context: dg.AssetCheckExecutionContext, warehouse: Du
 
 def ledger_lines(warehouse: DuckDBWarehouse, day: date) -> list[dict]:
     frame = warehouse.query(LEDGER_BY_KIND_SQL, {"day": day})
-    return [{"source": row["source"], "day": day, "model": row["model"], "kind": kind, "tokens": int(row[f"{kind}_tokens"] or 0),
+    return [{"source": row["source"], "day": day, "model": row["model"], "kind": kind, "processing": row["processing"],
+             "tokens": int(row[f"{kind}_tokens"] or 0),
              "cost_usd": row[f"{kind}_usd"] or Decimal(0)}
             for row in frame.to_dict("records") for kind in KINDS]
 
@@ -107,7 +111,7 @@ def reconciliation_check(lines: pd.DataFrame, unknown: int, token_tolerance: int
     if len(off):
         worst = largest.iloc[0]
         description = (f"{len(off)} invoice line(s) differ from the ledger beyond {token_tolerance} tokens / ${usd_tolerance}; "
-                       f"largest: {worst['model']} {worst['kind']} on {worst['billing_day']}: "
+                       f"largest: {worst['model']} {worst['kind']} ({worst['processing']}) on {worst['billing_day']}: "
                        f"{worst['token_gap']:+,} tokens, ${worst['usd_gap']:+.6f}")
         if unknown:
             description += f"; {unknown} attempt(s) were billed for usage we never saw (bodies cut off in transit)"

@@ -2,9 +2,11 @@
 
 `llm_batch_jobs` has one row per job: the data day and stage it answers, the model and
 endpoint, the digest of its set of request hashes, its name at the provider, and its state.
-A step that finds a job for the same day, stage, model, endpoint and requests that has not
-failed reuses it (a run killed while the job was pending resumes the same job); a job's
-answers go to the ledger and the response cache once, when a step collects it.
+A step of a day and stage first collects every job of that day, stage and endpoint that
+has not failed and was never collected (a run killed while the job was pending resumes the
+same job; a day whose requests changed since still records what the old job was billed);
+a job's answers go to the ledger and the response cache, and only then is it marked
+collected.
 """
 
 import hashlib
@@ -57,17 +59,15 @@ def _read(database: str | Path, sql: str, parameters: list) -> list[tuple]:
         return connection.execute(sql, parameters).fetchall()
 
 
-def find(database: str | Path, day: str, stage: str, model: str, endpoint: str, digest: str) -> list[JobRecord]:
-    """The usable jobs for this request set, one per part (the latest of each), none that failed."""
+def uncollected(database: str | Path, day: str, stage: str, endpoint: str) -> list[JobRecord]:
+    """Every job of this day and stage at this endpoint (any model, any request set) that was submitted, has not
+    failed and was never collected: paid for or about to be, so the next step of the stage collects it first."""
     rows = _read(database,
                  f"SELECT job_name, part, state FROM {TABLE} "
-                 f"WHERE partition_date = ? AND stage = ? AND model = ? AND endpoint = ? AND request_set = ? "
-                 f"AND state NOT IN (SELECT unnest(?::VARCHAR[])) ORDER BY part, submitted_at DESC",
-                 [day, stage, model, endpoint, digest, list(FAILED_STATES)])
-    latest: dict[int, JobRecord] = {}
-    for name, part, state in rows:
-        latest.setdefault(part, JobRecord(name, part, state))
-    return list(latest.values())
+                 f"WHERE partition_date = ? AND stage = ? AND endpoint = ? AND collected_at IS NULL "
+                 f"AND state NOT IN (SELECT unnest(?::VARCHAR[])) ORDER BY submitted_at, part",
+                 [day, stage, endpoint, list(FAILED_STATES)])
+    return [JobRecord(name, part, state) for name, part, state in rows]
 
 
 def record(database: str | Path, job_name: str, day: str, stage: str, model: str, endpoint: str, digest: str,

@@ -112,7 +112,11 @@ class GeminiResource(dg.ConfigurableResource):
         default=600.0, description="How long a batch step waits for its jobs; past it the step ends with them pending, "
                                    "and the batch_jobs_sensor (or any later run of the day) collects them.")
     batch_poll_s: float = Field(default=10.0, description="How often a batch step asks whether its jobs are done.")
-    batch_max_requests: int = Field(default=10_000, description="Inlined requests per batch job.")
+    batch_max_requests: int = Field(default=10_000, description="Requests per batch job.")
+    batch_inline_max_bytes: int = Field(
+        default=20_000_000, description="A batch job whose requests take more than this many bytes sends them as an "
+                                        "uploaded JSON Lines file (Files API) instead of inline (the API's inline "
+                                        "limit is 20 MB).")
 
     _exit_stack: ExitStack = PrivateAttr(default_factory=ExitStack)
     _local_url: str | None = PrivateAttr(default=None)

@@ -14,7 +14,8 @@ real SDK, its HTTP stack and its error types. This server speaks the REST shape 
   `toolUsePromptTokenCount` when a built-in tool such as `googleSearch` is declared.
 
 It also speaks the Batch API as google-genai calls it: `models/{model}:batchGenerateContent`
-with inlined requests creates a pending job, `GET batches/{id}` answers every request in order
+with inlined requests, or an uploaded JSON Lines file (`local_files.py` serves the Files API;
+the answers then come back as a result file), creates a pending job, `GET batches/{id}` answers every request in order
 once `batch_delay_s` has passed (usage per inlined response, billed with processing `batch`;
 `rate_batch_error` turns a share into per-request errors, not billed), `POST batches/{id}:cancel`
 cancels; and `models/{model}:countTokens` counts for free.
@@ -51,6 +52,8 @@ from datetime import datetime, timezone
 import uvicorn
 
 from cost_pipeline.costs.billing import BILLED_USAGE_FIELDS, LOCAL_PROJECT, billing_export_csv
+from cost_pipeline.llm.local_files import LocalFiles
+from cost_pipeline.llm.local_files import error_body as _error
 from cost_pipeline.llm.prompts import REMINDER_PREFIX
 
 FILLERS = {"um", "uh", "er", "hmm", "uhm", "erm"}
@@ -221,6 +224,7 @@ class GeminiLikeServer:
         self.billing: list[dict] = []
         self.aliases = parse_aliases(config.model_aliases)
         self.batches: dict[str, dict] = {}
+        self.files = LocalFiles()
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -231,15 +235,22 @@ class GeminiLikeServer:
             body += message.get("body", b"")
             if not message.get("more_body"):
                 break
-        for name, value in scope.get("headers", []):
-            if name == b"x-goog-api-key":
-                self.stats["with_api_key"] += 1
-                # Which key arrived, without keeping it: tests prove a key was used by its fingerprint.
-                self.stats[f"key:{key_fingerprint(value.decode())}"] += 1
-        status, payload = await self.route(scope["method"], scope["path"], body, scope.get("query_string", b""))
+        headers = {name.decode().lower(): value.decode() for name, value in scope.get("headers", [])}
+        if "x-goog-api-key" in headers:
+            self.stats["with_api_key"] += 1
+            # Which key arrived, without keeping it: tests prove a key was used by its fingerprint.
+            self.stats[f"key:{key_fingerprint(headers['x-goog-api-key'])}"] += 1
+        query = scope.get("query_string", b"")
+        files = self.files.route(scope["method"], scope["path"], query, headers, body)
+        if files is not None:
+            status, payload, extra = files
+        else:
+            (status, payload), extra = await self.route(scope["method"], scope["path"], body, query), {}
         data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+        extra = {"content-type": "application/json", **extra}
         await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]})
+                    "headers": [*((k.encode(), v.encode()) for k, v in extra.items()),
+                                (b"content-length", str(len(data)).encode())]})
         await send({"type": "http.response.body", "body": data})
 
     async def route(self, method: str, path: str, body: bytes, query: bytes = b"") -> tuple[int, dict | bytes]:
@@ -253,6 +264,7 @@ class GeminiLikeServer:
             self.seen_prefixes.clear()
             self.billing.clear()
             self.batches.clear()
+            self.files.clear()
             return 200, {}
         if path == "/admin/billing":
             return 200, {"records": self.billing}
@@ -295,15 +307,31 @@ class GeminiLikeServer:
     def create_batch(self, model: str, body: dict) -> tuple[int, dict]:
         """`models/{model}:batchGenerateContent` with inlined requests: a pending job, answered after `batch_delay_s`."""
         batch = body.get("batch") or {}
-        requests = ((batch.get("inputConfig") or {}).get("requests") or {}).get("requests")
+        source = batch.get("inputConfig") or {}
+        from_file = source.get("fileName")
+        if from_file:
+            content = self.files.content(from_file)
+            if content is None:
+                return 400, _error(400, f"input file {from_file} not found", "INVALID_ARGUMENT")
+            try:  # a line is {"key", "request"}; kept as an inlined request with the key as its metadata
+                requests = [{"request": line["request"], "metadata": {"key": line.get("key", "")}}
+                            for line in map(json.loads, content.decode().splitlines()) if line]
+            except (ValueError, KeyError, TypeError) as err:
+                return 400, _error(400, f"input file {from_file} is not JSON Lines of key and request: {err}",
+                                   "INVALID_ARGUMENT")
+        else:
+            requests = (source.get("requests") or {}).get("requests")
         if not isinstance(requests, list) or not requests:
-            return 400, _error(400, "batch.inputConfig.requests.requests must list the inlined requests", "INVALID_ARGUMENT")
+            return 400, _error(400, "batch.inputConfig must name a fileName or list the inlined requests",
+                               "INVALID_ARGUMENT")
         name = f"batches/local-{uuid.uuid4().hex[:16]}"
         now = time.time()
         self.batches[name] = {"name": name, "model": model, "displayName": batch.get("displayName", ""),
                               "created": now, "ready_at": now + self.config.batch_delay_s, "requests": requests,
-                              "state": "BATCH_STATE_PENDING", "responses": None, "ended": None}
+                              "state": "BATCH_STATE_PENDING", "responses": None, "ended": None,
+                              "from_file": bool(from_file), "responses_file": None}
         self.stats["batches_created"] += 1
+        self.stats["batches_from_file"] += bool(from_file)
         self.stats["batch_requests"] += len(requests)
         return 200, self._batch_operation(self.batches[name])
 
@@ -339,6 +367,10 @@ class GeminiLikeServer:
             self._bill(response, truncated=False, missing_usage=False, rejection=rejection, processing="batch")
             self.stats[f"ok:{model}"] += 1
             responses.append({"response": response, "metadata": metadata})
+        if job["from_file"]:  # answers to a file's requests come back as a result file, one {"key", ...} per line
+            lines = [{"key": item.pop("metadata").get("key", ""), **item} for item in responses]
+            job["responses_file"] = self.files.add("".join(json.dumps(line) + "\n" for line in lines).encode(),
+                                                   f"{job['name']} results")
         job["responses"], job["state"], job["ended"] = responses, "BATCH_STATE_SUCCEEDED", time.time()
         self.stats["batches_completed"] += 1
 
@@ -352,7 +384,9 @@ class GeminiLikeServer:
                     "state": job["state"], "batchStats": {"requestCount": str(len(job["requests"]))}}
         if job["ended"]:
             metadata["endTime"] = stamp(job["ended"])
-        if job["responses"] is not None:
+        if job["responses_file"] is not None:
+            metadata["output"] = {"responsesFile": job["responses_file"]}
+        elif job["responses"] is not None:
             metadata["output"] = {"inlinedResponses": {"inlinedResponses": job["responses"]}}
         return {"name": job["name"], "metadata": metadata, "done": job["state"] in BATCH_DONE}
 
@@ -533,8 +567,6 @@ def parse_aliases(text: str) -> dict[str, str]:
     return dict(pair.split("=", 1) for pair in text.split(",") if "=" in pair)
 
 
-def _error(code: int, message: str, status: str) -> dict:
-    return {"error": {"code": code, "message": message, "status": status}}
 
 
 def build_server(config: ServerConfig, port: int = 0) -> uvicorn.Server:
