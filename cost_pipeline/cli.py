@@ -122,7 +122,22 @@ def run_days(days: list[date], backfill: bool, totals: bool) -> int:
     print(f"{len(runs) - len(failed)} of {len(runs)} run(s) succeeded"
           f"{f' ({len(skipped)} day(s) skipped: never landed, written empty)' if skipped else ''}; "
           f"they are in the UI that reads {home} (make ui)")
+    if pending := _batch_jobs_pending(days):
+        print(pending)
     return 1 if failed else 0
+
+
+def _batch_jobs_pending(days: list[date]) -> str | None:
+    """A line naming the days whose Batch API jobs outlasted their run's wait (the run succeeded, the day is not
+    written yet), and what collects them."""
+    from cost_pipeline.llm import batch_jobs
+
+    asked = {day.isoformat() for day in days}
+    waiting = sorted({day for _, day in batch_jobs.pending(resolved(DB_ENV, DEFAULT_DB)) if day in asked})
+    if not waiting:
+        return None
+    return (f"Batch API jobs still pending for {', '.join(waiting)}: those days are written when the jobs are "
+            "collected, by batch_jobs_sensor or by running the day again (nothing is submitted twice)")
 
 
 def _forecast_tags(days: list[date]) -> dict[str, dict[str, str]]:
@@ -131,8 +146,16 @@ def _forecast_tags(days: list[date]) -> dict[str, dict[str, str]]:
     from cost_pipeline.costs.forecast import FORECAST_TAG, forecast_days, render_table
 
     settings, gemini = _forecast_settings()
-    forecast = forecast_days(resolved(DB_ENV, DEFAULT_DB), resolved(LANDING_ENV, DEFAULT_LANDING), days, settings,
-                             _cost_settings().price_book(), count=_token_counter(gemini) if gemini.resolved_api_key() else None)
+    try:
+        forecast = forecast_days(resolved(DB_ENV, DEFAULT_DB), resolved(LANDING_ENV, DEFAULT_LANDING), days, settings,
+                                 _cost_settings().price_book(),
+                                 count=_token_counter(gemini) if gemini.resolved_api_key() else None)
+    except Exception as error:  # a forecast informs a run; it never stops one (budgets are the hard stop)
+        from cost_pipeline.llm.client import known_secrets, redact
+
+        print(f"Forecast unavailable ({type(error).__name__}: {redact(str(error), known_secrets(gemini.api_key))}); "
+              "launching without it\n", file=sys.stderr)
+        return {}
     print("Forecast, before any call:\n" + render_table(forecast) + "\n")
     return {day.day.isoformat(): {FORECAST_TAG: day.as_dict()["forecast_usd"],
                                   f"{FORECAST_TAG}_range": f"{day.as_dict()['low_usd']}-{day.as_dict()['high_usd']}"}

@@ -86,11 +86,11 @@ def batch_jobs_sensor(context: dg.SensorEvaluationContext, gemini: GeminiResourc
     if gemini.needs_local_server():
         return dg.SkipReason(f"{len(waiting)} job(s) of the auto-started local server ended with its run: run their "
                              "day again (or point GOOGLE_GEMINI_BASE_URL at a server that outlives runs)")
-    client = gemini.genai_client()
     finished: dict[str, list[str]] = {}
-    for name, day in waiting:
-        if client.batches.get(name=name).done:
-            finished.setdefault(day, []).append(name)
+    with gemini.genai_client() as client:  # one HTTP client per tick, closed with it
+        for name, day in waiting:
+            if client.batches.get(name=name).done:
+                finished.setdefault(day, []).append(name)
     if not finished:
         return dg.SkipReason(f"{len(waiting)} Batch API job(s) still running")
     return dg.SensorResult(run_requests=[

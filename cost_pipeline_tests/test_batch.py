@@ -236,3 +236,18 @@ def test_a_pending_job_whose_requests_changed_since_is_still_collected_and_its_a
     assert materialize_day(DAY, landing_root, database, model_server, costs=SMALL_DAYS_COSTS, gemini=BATCH).success
     assert model_server.stats()["batches_created"] == created
     assert ledger_bill(database) == server_bill(model_server)
+
+
+def test_the_cli_names_the_days_whose_jobs_are_still_pending(tmp_path, monkeypatch):
+    from cost_pipeline.cli import _batch_jobs_pending
+    from cost_pipeline.llm import batch_jobs
+
+    database = tmp_path / "jobs.duckdb"
+    monkeypatch.setenv("COST_PIPELINE_DB", str(database))
+    assert _batch_jobs_pending([DAY]) is None
+    for name, state in (("batches/a", "JOB_STATE_PENDING"), ("batches/b", "JOB_STATE_FAILED")):
+        batch_jobs.record(database, name, str(DAY), "clean", "m", "e", "digest", 3, 0, "run", state)
+    assert "still pending for 2026-11-06" in _batch_jobs_pending([DAY])
+    assert _batch_jobs_pending([date(2026, 11, 7)]) is None
+    batch_jobs.update(database, "batches/a", "JOB_STATE_SUCCEEDED", collected=True)
+    assert _batch_jobs_pending([DAY]) is None

@@ -136,3 +136,17 @@ def test_with_a_key_a_sample_is_counted_by_count_tokens_and_nothing_is_generated
     assert "countTokens on 20 sample requests" in with_key["calibration"]
     # The local model's tokens are smaller than four characters: its count moves the rough default forecast up.
     assert Decimal(with_key["total"]["forecast_usd"]) > Decimal(without_key["total"]["forecast_usd"])
+
+
+def test_a_forecast_that_cannot_be_made_never_stops_a_run_nor_shows_the_key(tmp_path, capsys, monkeypatch):
+    from cost_pipeline.cli import _forecast_tags
+
+    generate(tmp_path / "landing", UNSEEN[0], days=1, turns_per_day=20, seed=4)
+    monkeypatch.setenv("COST_PIPELINE_LANDING", str(tmp_path / "landing"))
+    monkeypatch.setenv("COST_PIPELINE_DB", str(tmp_path / "none.duckdb"))
+    monkeypatch.setenv("GOOGLE_GEMINI_BASE_URL", "http://127.0.0.1:9")  # nothing listens: countTokens fails
+    monkeypatch.setenv("GEMINI_API_KEY", "secret-key-that-must-not-show")
+    assert _forecast_tags([UNSEEN[0]]) == {}
+    error = capsys.readouterr().err
+    assert error.startswith("Forecast unavailable (") and "launching without it" in error
+    assert "secret-key-that-must-not-show" not in error

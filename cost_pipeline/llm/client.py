@@ -272,7 +272,7 @@ class GeminiSession:
         self.run_id, self.partition_date = run_id, partition_date
         self.endpoint_id = settings.endpoint_id()
         # Every key this process knows, first the resource's: the one used, and the ones to redact.
-        self._secrets = [key for key in (settings.api_key, *(os.environ.get(n) for n in API_KEY_ENVS)) if key]
+        self._secrets = known_secrets(settings.api_key)
         self.client = settings.genai_client()
         self.semaphore = asyncio.Semaphore(settings.max_concurrency)
         # Requests are spaced evenly (a bucket of one), so no 60-second window exceeds the limit;
@@ -471,10 +471,7 @@ class GeminiSession:
         return self._configs[key]
 
     def redact(self, text: str) -> str:
-        """Error text with every known secret removed, cut to a readable length."""
-        for secret in self._secrets:
-            text = text.replace(secret, "[redacted]")
-        return text[:ERROR_TEXT_LIMIT]
+        return redact(text, self._secrets)
 
     async def aclose(self) -> None:
         await self.client.aio.aclose()
@@ -532,6 +529,18 @@ def _retry_state(number: int, err: BaseException) -> tenacity.RetryCallState:
     state.attempt_number = number
     state.set_exception((type(err), err, err.__traceback__))
     return state
+
+
+def known_secrets(api_key: str | None = None) -> list[str]:
+    """Every API key this process knows: the resource's, then the environment's."""
+    return [key for key in (api_key, *(os.environ.get(name) for name in API_KEY_ENVS)) if key]
+
+
+def redact(text: str, secrets: list[str]) -> str:
+    """Error text with every known secret removed, cut to a readable length."""
+    for secret in secrets:
+        text = text.replace(secret, "[redacted]")
+    return text[:ERROR_TEXT_LIMIT]
 
 
 def request_contents(request: LlmRequest) -> list[types.Content]:
