@@ -224,8 +224,12 @@ class Launcher:
                     time.sleep(0.5)
         except KeyboardInterrupt:
             unfinished = [run_id for run_id in partition_of if run_id not in finished]
+            never_launched = {run.run_id for run in waiting}
             for run_id in unfinished:
-                self.instance.run_coordinator.cancel_run(run_id)
+                if run_id in never_launched:  # nothing to stop: straight to CANCELED, not left CANCELING
+                    self.instance.report_run_canceled(self.instance.get_run_by_id(run_id))
+                else:
+                    self.instance.run_coordinator.cancel_run(run_id)
             self.say(f"interrupted: canceled {len(unfinished)} unfinished run(s)")
             raise
         return [finished[run.run_id] for run in runs.values()]

@@ -161,3 +161,70 @@ def test_a_day_limit_counts_every_run_of_the_day_and_an_evaluation_limit_stops_o
             "SELECT evaluation_id, count(*) FROM cleaned_turns WHERE status = 'skipped' GROUP BY 1").fetchall())
     assert set(skipped_by_evaluation) == {capped}
     assert ledger_bill(store) == server_bill(model_server)
+
+
+def test_runs_sharing_a_limit_take_turns_and_a_dead_holder_frees_its_turn(tmp_path):
+    import threading
+    import time
+
+    from cost_pipeline.costs.budget_turns import spending_turn, turn_scope
+
+    assert turn_scope(Limits(run=Decimal(1)), "2026-11-05") is None
+    assert turn_scope(Limits(day=Decimal(1)), "2026-11-05") == "day-2026-11-05"
+    assert turn_scope(Limits(day=Decimal(1), evaluation={"default": Decimal(1)}), "2026-11-05") == "all"
+    database, said, order = tmp_path / "store.duckdb", [], []
+
+    def second():
+        with spending_turn(database, "all", "run-b", said.append, poll_s=0.05) as waited:
+            order.append(("b", waited))
+
+    with spending_turn(database, "all", "run-a", said.append) as waited:
+        assert waited == 0.0
+        other = threading.Thread(target=second)
+        other.start()
+        time.sleep(0.4)
+        order.append(("a", None))
+    other.join(5)
+    assert [who for who, _ in order] == ["a", "b"] and order[1][1] >= 0.3
+    assert len(said) == 1 and "waiting for run run-a" in said[0]
+    with spending_turn(database, None, "run-c", said.append) as waited:  # no shared limit: never waits
+        assert waited == 0.0
+
+
+@pytest.mark.slow
+def test_a_backfill_of_two_days_at_once_stays_under_an_evaluation_limit(tmp_path, landing_root, database, model_server):
+    """Two runs of different days at once, one evaluation limit over all days: the second run waits for the first's
+    calls, then sees its spend, so together they pass the limit by at most one call (without turns: about twice)."""
+    import os
+    import subprocess
+    import sys
+    from datetime import timedelta
+    from pathlib import Path
+
+    from .conftest import REPO, dagster_home
+
+    days = [DAY, DAY + timedelta(days=1)]
+    generate(landing_root, DAY, days=2, turns_per_day=120, seed=63)
+    capped = "eval-voice-assistant-v1"
+    assert materialize_day(DAY, landing_root, tmp_path / "measure.duckdb", model_server,
+                           costs=_costs(tmp_path, "none", "")).success
+    cap = (_ledger(tmp_path / "measure.duckdb")["by_evaluation"][capped] * Decimal("0.5")).quantize(Decimal("0.000001"))
+    model_server.reset()
+    model_server.configure(latency_ms=20)  # both runs are calling at once for seconds
+    (tmp_path / "limits.toml").write_text(f'[limits.evaluation]\n"{capped}" = "{cap}"\n')
+    env = {**os.environ, "DAGSTER_HOME": str(dagster_home(tmp_path / "home")), "COST_PIPELINE_DB": str(database),
+           "COST_PIPELINE_LANDING": str(landing_root), "COST_PIPELINE_COSTS": str(tmp_path / "limits.toml"),
+           "GOOGLE_GEMINI_BASE_URL": model_server.url, "COST_PIPELINE_BILLING": str(tmp_path / "billing")}
+    env.pop("GEMINI_API_KEY", None), env.pop("GOOGLE_API_KEY", None)
+    command = [str(Path(sys.executable).with_name("dagster")), "asset", "materialize", "-m", "cost_pipeline.definitions",
+               "--select", "raw_turns,quarantined_turns,cleaned_turns,function_calls,llm_calls", "--partition"]
+    runs = [subprocess.Popen([*command, str(day)], env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True) for day in days]
+    logs = [run.communicate(timeout=300)[0] for run in runs]
+    assert any(run.returncode != 0 for run in runs)  # the limit stopped the day that came second, if not both
+    assert sum("waiting for run" in log for log in logs) == 1
+    spent = _ledger(database)
+    print(f"evaluation limit ${cap} over two days at once: spent ${spent['by_evaluation'][capped]:.6f} "
+          f"({spent['by_evaluation'][capped] / cap:.1%})")
+    assert cap * Decimal("0.8") < spent["by_evaluation"][capped] <= cap + spent["biggest_call"]
+    assert ledger_bill(database) == server_bill(model_server)

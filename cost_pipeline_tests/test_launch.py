@@ -157,3 +157,36 @@ def test_the_cli_the_ui_and_the_daemon_name_one_code_location():
     (entry,) = yaml.safe_load((REPO / "workspace.yaml").read_text())["load_from"]
     assert (tool["module_name"], tool["code_location_name"]) == (DEFINITIONS_MODULE, CODE_LOCATION)
     assert (entry["python_module"]["module_name"], entry["python_module"]["location_name"]) == (DEFINITIONS_MODULE, CODE_LOCATION)
+
+
+@pytest.mark.slow
+def test_ctrl_c_cancels_every_unfinished_run_and_leaves_none_half_canceled(tmp_path):
+    """With one run at a time, Ctrl-C during a 3-day backfill: the running day is canceled, the two never launched are
+    CANCELED at once (not left CANCELING for a launcher that never had them)."""
+    import signal
+    import time
+
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text((REPO / ".dagster_home" / "dagster.yaml").read_text()
+                                       .replace("max_concurrent_runs: 4", "max_concurrent_runs: 1"))
+    env = {**newcomer_environment(), "DAGSTER_HOME": str(home), "COST_PIPELINE_START": "2026-11-01",
+           "COST_PIPELINE_LANDING": str(tmp_path / "landing")}
+    cli = [str(Path(sys.executable).with_name("cost-pipeline"))]
+    subprocess.run([*cli, "generate", "--start", DAYS[0], "--days", "3", "--turns-per-day", "600"], env=env,
+                   cwd=tmp_path, check=True, capture_output=True)
+    backfill = subprocess.Popen([*cli, "backfill", "--from", DAYS[0], "--to", DAYS[2], "--no-totals"], env=env,
+                                cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 120
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        while not any(run.status == dg.DagsterRunStatus.STARTED for run in instance.get_runs()):
+            assert time.monotonic() < deadline and backfill.poll() is None, "no run started"
+            time.sleep(0.3)
+        backfill.send_signal(signal.SIGINT)
+        output = backfill.communicate(timeout=120)[0]
+        assert "interrupted: canceled 3 unfinished run(s)" in output, output[-2000:]
+        while any(run.status == dg.DagsterRunStatus.CANCELING for run in instance.get_runs()):
+            assert time.monotonic() < deadline + 60, "a run stayed CANCELING"
+            time.sleep(0.5)
+        statuses = sorted(run.status.value for run in instance.get_runs())
+    assert statuses == ["CANCELED"] * 3

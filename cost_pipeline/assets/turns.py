@@ -24,8 +24,9 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
-from cost_pipeline.costs.checkpoints import Checkpoints
+from cost_pipeline.costs.budget_turns import spending_turn, turn_scope
 from cost_pipeline.costs.budgets import Budget, Limits
+from cost_pipeline.costs.checkpoints import Checkpoints
 from cost_pipeline.costs.forecast import FORECAST_TAG, Calibration, CallEstimator, ForecastSettings, calibrate
 from cost_pipeline.costs.ledger import AttemptSpool, attempt_cost, load_spools, spent_so_far, spool_folder
 from cost_pipeline.costs.pricing import MISSING, MONEY_SQL_TYPE, ZERO, PriceBook, price_calls
@@ -185,31 +186,40 @@ def _through_gemini(context: dg.AssetExecutionContext, config: GeminiStageConfig
     checkpoints = Checkpoints(database, cache, spool, book, context.log.warning, config.checkpoint_every_s)
     day = StagedDay(area, book, config.staged_chunk_rows)
     budget = None
-    try:
-        if gemini.processing == BATCH:
-            if limits:
-                raise dg.Failure(description="Spend limits ([limits] in costs.toml) are checked before every attempt in "
-                                             "standard processing; batch mode does not check them yet, so it does not "
-                                             "run with them: remove [limits] or use standard processing.")
-            elapsed, stats = asyncio.run(_run_batch_day(
-                conversation_chunks(turns_file, config.chunk_turns), gemini, cache, spool, checkpoints, day, context,
-                area.folder))
-        else:
-            with long_lived_objects_frozen():
-                budget, estimator = _budget(context, gemini, book, limits) if limits else (None, None)
-                elapsed, stats = asyncio.run(_run_day(
-                    conversation_chunks(turns_file, config.chunk_turns), total, gemini, cache, spool, checkpoints, day,
-                    context, config, budget, estimator, book))
-    except JobsPending as pending:
-        # Ends cleanly: no output, so the day keeps its rows; the jobs are recorded and the batch_jobs_sensor (or any
-        # later run of the day) collects them without submitting anything again.
-        turns_file.unlink()
-        area.discard()
-        context.log.info(f"{pending}; the next run of the day collects them (nothing is submitted again) and writes the day")
-        return
-    finally:
-        # Paid for, whatever happens next: attempts to the ledger first (money), then answers to the cache.
-        ledger_rows, written = checkpoints.finish()
+    # Runs that spend against one shared limit (a day's, an evaluation's) take turns for their calls, so each reads a
+    # ledger that holds every attempt of the runs before it (costs/budget_turns.py).
+    scope = turn_scope(limits, context.partition_key) if limits and gemini.processing != BATCH else None
+    with spending_turn(database, scope, context.run.run_id, context.log.info) as waited:
+        if waited:
+            context.log.info(f"waited {waited:.1f} s for the turn to spend against the shared limits")
+            load_spools(database, book, log=context.log.warning)  # a run killed during its turn left its spool
+        try:
+            if gemini.processing == BATCH:
+                if limits:
+                    raise dg.Failure(description="Spend limits ([limits] in costs.toml) are checked before every "
+                                                 "attempt in standard processing; batch mode does not check them yet, "
+                                                 "so it does not run with them: remove [limits] or use standard "
+                                                 "processing.")
+                elapsed, stats = asyncio.run(_run_batch_day(
+                    conversation_chunks(turns_file, config.chunk_turns), gemini, cache, spool, checkpoints, day, context,
+                    area.folder))
+            else:
+                with long_lived_objects_frozen():
+                    budget, estimator = _budget(context, gemini, book, limits) if limits else (None, None)
+                    elapsed, stats = asyncio.run(_run_day(
+                        conversation_chunks(turns_file, config.chunk_turns), total, gemini, cache, spool, checkpoints, day,
+                        context, config, budget, estimator, book))
+        except JobsPending as pending:
+            # Ends cleanly: no output, so the day keeps its rows; the jobs are recorded and the batch_jobs_sensor (or any
+            # later run of the day) collects them without submitting anything again.
+            turns_file.unlink()
+            area.discard()
+            context.log.info(f"{pending}; the next run of the day collects them (nothing is submitted again) and "
+                             "writes the day")
+            return
+        finally:
+            # Paid for, whatever happens next: attempts to the ledger first (money), then answers to the cache.
+            ledger_rows, written = checkpoints.finish()
     turns_file.unlink()
     cleaned, functions, calls = day.close()
     context.log_event(dg.AssetMaterialization(

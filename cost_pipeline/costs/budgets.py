@@ -19,7 +19,9 @@ day limits, that evaluation's for its own limits (the other evaluations go on). 
 fails naming the limits, the spend and what was skipped. Guarantee: spend exceeds a limit only by what the
 attempts in flight cost beyond their reservations, less than one call's cost unless a call
 costs more than three scatters above its forecast. Spent money comes from the ledger when the
-run starts (other runs' spend included) and from this run's attempts as they end.
+run starts (other runs' spend included) and from this run's attempts as they end; runs that
+share a day or evaluation limit take turns (`budget_turns.py`), so the ledger a run starts
+from holds every attempt of the runs before it.
 
 Pure: no Dagster, no I/O (the baseline is passed in).
 """

@@ -135,7 +135,9 @@ class BatchStage:
             self.log(f"{stage}: collecting {len(earlier)} batch job(s) an earlier run submitted "
                      f"({', '.join(job.job_name for job in earlier)}): what they answer is not sent again")
             answered.update(await self._finish(stage, [job.job_name for job in earlier], first, deadline, resumed=True))
-        remaining = sorted(request_hash for request_hash in first if request_hash not in answered)
+        # Asked now: what no earlier job answered, and what one answered with an error (not billed: ask again).
+        remaining = sorted(request_hash for request_hash in first
+                           if request_hash not in answered or not answered[request_hash].billed_attempts)
         if remaining:
             parts = [remaining[i:i + self.max_requests] for i in range(0, len(remaining), self.max_requests)]
             names = [await self._submit(stage, [first[h] for h in part], number, len(parts))
@@ -143,9 +145,9 @@ class BatchStage:
             answered.update(await self._finish(stage, names, first, deadline, resumed=False))
         for request_hash, call in first.items():  # asked, but no job answered it: failed, not billed; asked again later
             if request_hash not in answered:
-                session.stats["failures"] += 1
                 answered[request_hash] = CallOutcome(request_hash, call.request.stage, call.request.model, FAILED, None,
                                                      NO_USAGE, error="the batch job returned no answer for this request")
+        session.stats["failures"] += sum(outcome.status == FAILED for outcome in answered.values())
         return answered
 
     async def _submit(self, stage: str, calls: list[BatchCall], number: int, parts: int) -> str:
@@ -256,7 +258,6 @@ class BatchStage:
                 attempt.reason = session.redact(f"batch error {answer.error_code}: {answer.error_message}")[:200]
                 session.ledger.done(attempt)
                 if call is not None:
-                    session.stats["failures"] += 1
                     outcomes[key.request_hash] = CallOutcome(
                         key.request_hash, stage, attempt.model, FAILED, None, NO_USAGE, attempts=1,
                         error=attempt.reason, started_at=attempt.sent_at, processing=BATCH)
@@ -283,7 +284,6 @@ class BatchStage:
                 outcomes[key.request_hash] = CallOutcome(key.request_hash, stage, attempt.model, OK, verdict.result,
                                                          usage, saved=usage, **common)
             else:
-                session.stats["failures"] += 1
                 outcomes[key.request_hash] = CallOutcome(key.request_hash, stage, attempt.model, FAILED, None, usage,
                                                          rejected_attempts=1, error=f"rejected: {verdict.reason}", **common)
         session.stats["api_calls"] += len(outcomes)
