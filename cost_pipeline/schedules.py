@@ -5,6 +5,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import dagster as dg
+from google.genai import errors as genai_errors
 
 from cost_pipeline.config import SCHEDULE_HOUR, SCHEDULE_HOUR_ENV, SCHEDULE_TIMEZONE, SCHEDULE_TIMEZONE_ENV
 from cost_pipeline.partitions import daily_partitions
@@ -89,7 +90,13 @@ def batch_jobs_sensor(context: dg.SensorEvaluationContext, gemini: GeminiResourc
     finished: dict[str, list[str]] = {}
     with gemini.genai_client() as client:  # one HTTP client per tick, closed with it
         for name, day in waiting:
-            if client.batches.get(name=name).done:
+            try:
+                done = client.batches.get(name=name).done
+            except genai_errors.ClientError as err:  # gone (expired): the day's run marks it failed and asks again
+                if err.code != 404:
+                    raise
+                done = True
+            if done:
                 finished.setdefault(day, []).append(name)
     if not finished:
         return dg.SkipReason(f"{len(waiting)} Batch API job(s) still running")

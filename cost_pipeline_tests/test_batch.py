@@ -251,3 +251,49 @@ def test_the_cli_names_the_days_whose_jobs_are_still_pending(tmp_path, monkeypat
     assert _batch_jobs_pending([date(2026, 11, 7)]) is None
     batch_jobs.update(database, "batches/a", "JOB_STATE_SUCCEEDED", collected=True)
     assert _batch_jobs_pending([DAY]) is None
+
+
+@pytest.mark.slow
+def test_a_result_file_gone_before_collection_is_said_and_its_requests_asked_again(tmp_path, landing_root, database,
+                                                                                   model_server, capfd):
+    import json
+    import urllib.request
+
+    generate(landing_root, DAY, days=1, turns_per_day=30, seed=77)
+    model_server.configure(batch_delay_s=0.5)
+    files = {**BATCH, "batch_inline_max_bytes": 1000}
+    assert materialize_day(DAY, landing_root, database, model_server, costs=SMALL_DAYS_COSTS,
+                           gemini={**files, "batch_max_wait_s": 0.1}).success
+    with duckdb.connect(str(database), read_only=True) as connection:
+        (name,), = connection.execute("SELECT job_name FROM llm_batch_jobs").fetchall()
+    import time
+    time.sleep(0.6)
+    with urllib.request.urlopen(f"{model_server.url}/v1beta/{name}") as reply:  # the job runs, and is billed
+        result_file = json.load(reply)["metadata"]["output"]["responsesFile"]
+    urllib.request.urlopen(urllib.request.Request(f"{model_server.url}/v1beta/{result_file}", method="DELETE")).close()
+
+    model_server.configure(batch_delay_s=0.0)
+    result = materialize_day(DAY, landing_root, database, model_server, costs=SMALL_DAYS_COSTS, gemini=files)
+    assert result.success  # the day is not stuck on a job whose answers can no longer be read
+    warnings = [line for line in capfd.readouterr().err.splitlines() if "WARNING" in line and "is gone" in line]
+    assert warnings and result_file in warnings[0] and "billed but cannot be recorded" in warnings[0]
+    with duckdb.connect(str(database), read_only=True) as connection:
+        states = dict(connection.execute("SELECT job_name, state FROM llm_batch_jobs").fetchall())
+        statuses = {row[0] for row in connection.execute("SELECT status FROM cleaned_turns").fetchall()}
+    assert states[name] == "JOB_STATE_FAILED" and len(states) == 3 and statuses == {"ok"}
+
+
+def test_the_sensor_runs_the_day_of_a_job_the_provider_no_longer_has(tmp_path, model_server):
+    import dagster as dg
+
+    from cost_pipeline.llm import batch_jobs
+    from cost_pipeline.llm.client import GeminiResource
+    from cost_pipeline.schedules import batch_jobs_sensor
+
+    database = tmp_path / "jobs.duckdb"
+    batch_jobs.record(database, "batches/expired-long-ago", str(DAY), "clean", "m", "e", "d", 1, 0, "run",
+                      "JOB_STATE_PENDING")
+    gemini = GeminiResource(base_url=model_server.url, cache_database=str(database))
+    with dg.build_sensor_context(resources={"gemini": gemini}) as context:
+        (request,) = batch_jobs_sensor(context).run_requests
+    assert request.partition_key == str(DAY)

@@ -116,6 +116,9 @@ def test_batch_skus_are_their_own_lines_and_an_override_can_say_batch():
     assert sku_processing("Our odd SKU", {"Our odd SKU": "gemini-2.5-flash/output/batch"}) == "batch"
     with pytest.raises(UnknownSku, match="batch"):
         parse_sku("Our odd SKU", {"Our odd SKU": "gemini-2.5-flash/output/flex"})
+    slashed = {"Our odd SKU": "models/gemini-2.5-flash/input/batch"}  # a model name may hold '/'
+    assert parse_sku("Our odd SKU", slashed) == ("models/gemini-2.5-flash", "input")
+    assert sku_processing("Our odd SKU", slashed) == "batch"
     # The same tokens at the two prices are two lines, never one netted total.
     day = date(2026, 11, 1)
     invoice = [{"source": "provider", "day": day, "model": "gemini-2.5-flash", "kind": "input", "processing": processing,

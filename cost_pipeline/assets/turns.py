@@ -31,6 +31,7 @@ from cost_pipeline.costs.forecast import FORECAST_TAG, Calibration, CallEstimato
 from cost_pipeline.costs.ledger import AttemptSpool, attempt_cost, load_spools, spent_so_far, spool_folder
 from cost_pipeline.costs.pricing import MISSING, MONEY_SQL_TYPE, ZERO, PriceBook, price_calls
 from cost_pipeline.llm.batch import BATCH, BatchStage, JobsPending
+from cost_pipeline.llm.batch_jobs import mark_collected
 from cost_pipeline.llm.batch_day import batch_day
 from cost_pipeline.llm.cache import ResponseCache
 from cost_pipeline.llm.client import FAILED, GeminiResource
@@ -189,10 +190,12 @@ def _through_gemini(context: dg.AssetExecutionContext, config: GeminiStageConfig
     # Runs that spend against one shared limit (a day's, an evaluation's) take turns for their calls, so each reads a
     # ledger that holds every attempt of the runs before it (costs/budget_turns.py).
     scope = turn_scope(limits, context.partition_key) if limits and gemini.processing != BATCH else None
+    deferred: list[str] = []  # batch jobs collected but whose checkpoint was deferred: marked after the last write
     with spending_turn(database, scope, context.run.run_id, context.log.info) as waited:
         if waited:
             context.log.info(f"waited {waited:.1f} s for the turn to spend against the shared limits")
-            load_spools(database, book, log=context.log.warning)  # a run killed during its turn left its spool
+        if scope:  # the runs before this turn are all in the ledger (a killed one's spool is loaded now)
+            load_spools(database, book, log=context.log.warning)
         try:
             if gemini.processing == BATCH:
                 if limits:
@@ -202,7 +205,7 @@ def _through_gemini(context: dg.AssetExecutionContext, config: GeminiStageConfig
                                                  "processing.")
                 elapsed, stats = asyncio.run(_run_batch_day(
                     conversation_chunks(turns_file, config.chunk_turns), gemini, cache, spool, checkpoints, day, context,
-                    area.folder))
+                    area.folder, deferred))
             else:
                 with long_lived_objects_frozen():
                     budget, estimator = _budget(context, gemini, book, limits) if limits else (None, None)
@@ -220,6 +223,7 @@ def _through_gemini(context: dg.AssetExecutionContext, config: GeminiStageConfig
         finally:
             # Paid for, whatever happens next: attempts to the ledger first (money), then answers to the cache.
             ledger_rows, written = checkpoints.finish()
+            mark_collected(database, deferred)
     turns_file.unlink()
     cleaned, functions, calls = day.close()
     context.log_event(dg.AssetMaterialization(
@@ -291,12 +295,13 @@ def _budget(context: dg.AssetExecutionContext, gemini: GeminiResource, book: Pri
 
 async def _run_batch_day(chunks, gemini: GeminiResource, cache: ResponseCache, spool: AttemptSpool,
                          checkpoints: Checkpoints, day: "StagedDay", context: dg.AssetExecutionContext,
-                         work_folder: Path):
+                         work_folder: Path, deferred: list[str]):
     """The day through batch jobs (`llm/batch_day.py`); answers and attempts checkpointed as each job is collected."""
     session = gemini.session(cache, spool, context.run.run_id, context.partition_key)
     stage = BatchStage(session, gemini.database(), context.partition_key, context.run.run_id, gemini.batch_max_wait_s,
                        gemini.batch_poll_s, gemini.batch_max_requests, context.log.info, flush=checkpoints.checkpoint,
-                       inline_limit_bytes=gemini.batch_inline_max_bytes, work_folder=work_folder)
+                       inline_limit_bytes=gemini.batch_inline_max_bytes, work_folder=work_folder, deferred=deferred,
+                       warn=context.log.warning)
     periodic = asyncio.create_task(checkpoints.run_periodically())
     started = time.perf_counter()
     try:

@@ -77,12 +77,14 @@ def sku_processing(description: str, overrides: dict[str, str] | None = None) ->
 
 
 def _override(description: str, target: str) -> tuple[str, str, str]:
-    parts = target.split("/")
-    processing = parts.pop() if len(parts) == 3 else STANDARD
-    if len(parts) != 2 or parts[1] not in KINDS or not parts[0] or processing not in (STANDARD, BATCH):
+    rest, _, last = target.rpartition("/")
+    processing = STANDARD
+    if last in (STANDARD, BATCH):  # '<model>/<kind>/batch' (a model name may itself hold '/')
+        processing, (rest, _, last) = last, rest.rpartition("/")
+    if last not in KINDS or not rest:
         raise UnknownSku(f"override for SKU {description!r} must be '<model>/<kind>' or '<model>/<kind>/batch' "
                          f"with kind in {KINDS}")
-    return parts[0], parts[1], processing
+    return rest, last, processing
 
 
 def kind_tokens(prompt: int, cached: int, candidates: int, thoughts: int, tool_prompt: int) -> dict[str, int]:

@@ -57,7 +57,7 @@ class Checkpoints:
             written, added = await asyncio.to_thread(self._write, entries, spools)
         except Exception as err:  # the end of the run writes whatever a checkpoint could not
             self.log(f"checkpoint deferred ({type(err).__name__}: {err}); the next one retries")
-            self._unwritten, self._unloaded = entries, spools
+            self._unwritten, self._unloaded = entries + self._unwritten, spools + self._unloaded
             return False
         self.cache_entries += written
         self.attempts += added

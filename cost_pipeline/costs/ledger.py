@@ -55,7 +55,7 @@ COLUMNS: list[tuple[str, str, str]] = [
     ("request_hash", "VARCHAR", "The response-cache key of the logical request."),
     ("response_id", "VARCHAR", "The response's responseId."),
     ("attempt", "INTEGER", "1..n within the call."),
-    ("sent_at", "TIMESTAMPTZ", "When the request left, UTC."),
+    ("sent_at", "TIMESTAMPTZ", "When the request left, UTC (a Batch API answer: when its job finished, as billed)."),
     ("latency_ms", "DOUBLE", ""),
     ("http_status", "INTEGER", "Null for a timeout, transport failure or interruption."),
     ("outcome", "VARCHAR", "accepted, rejected (a billed answer we could not use) or error."),

@@ -41,6 +41,7 @@ from cost_pipeline.llm.usage import CACHE, NO_USAGE, Usage, estimate_usage, usag
 BATCH = "batch"
 SUCCEEDED = "JOB_STATE_SUCCEEDED"
 BATCH_ATTEMPTS = uuid.UUID("5b0f7c8e-2d8e-4f4e-9a47-6c1e2f0b7d31")
+CREATE_TIMEOUT_MS = 600_000
 
 
 class JobsPending(Exception):
@@ -88,16 +89,21 @@ class BatchStage:
     """Runs one stage's calls through batch jobs with a session's client, cache, ledger and settings.
 
     `flush` writes what the session has recorded so far (ledger attempts, cache entries) and says whether all of it
-    was written: a job is marked collected only then.
+    was written: a job is marked collected only then (else it joins `deferred`, for the step to mark after its
+    final write).
     """
 
     def __init__(self, session: GeminiSession, database: str, day: str, run_id: str, max_wait_s: float,
                  poll_s: float, max_requests: int, log: Callable[[str], None],
                  flush: Callable[[], Awaitable[bool]], inline_limit_bytes: int = batch_files.INLINE_LIMIT_BYTES,
-                 work_folder: Path | None = None):
+                 work_folder: Path | None = None, deferred: list[str] | None = None,
+                 warn: Callable[[str], None] | None = None):
         self.session, self.database, self.day, self.run_id = session, database, day, run_id
         self.max_wait_s, self.poll_s, self.max_requests, self.log = max_wait_s, poll_s, max_requests, log
         self.flush, self.inline_limit_bytes, self.work_folder = flush, inline_limit_bytes, work_folder
+        self.warn = warn or log
+        self.deferred = deferred if deferred is not None else []
+        """Jobs collected whose checkpoint was deferred (the file stayed locked): to be marked after the last write."""
 
     async def run(self, stage: str, calls: list[BatchCall]) -> dict[str, CallOutcome]:
         """Every call's outcome, keyed by call id; raises `JobsPending` when the jobs outlast `max_wait_s`."""
@@ -157,14 +163,16 @@ class BatchStage:
         keyed = [(RequestKey.of(call, session.endpoint_id).encode(), self._inlined(call)) for call in calls]
         label = f"cost-pipeline {self.day} {stage} {number + 1}/{parts}"
         source: str | list[dict] = [{**inlined, "metadata": {"key": key}} for key, inlined in keyed]
-        if batch_files.inline_size(client, [inlined for _, inlined in keyed]) > self.inline_limit_bytes:
+        if batch_files.inline_size(client, source) > self.inline_limit_bytes * batch_files.INLINE_MARGIN:
             with tempfile.TemporaryDirectory(dir=self.work_folder) as folder:
                 path = Path(folder) / "requests.jsonl"
                 size = batch_files.write_requests(path, client, iter(keyed))
                 uploaded = await client.aio.files.upload(file=path, config={"mime_type": "jsonl", "display_name": label})
             self.log(f"{stage}: uploaded {len(calls)} requests ({size / 1e6:.1f} MB) as {uploaded.name}")
             source = uploaded.name
-        job = await client.aio.batches.create(model=model, src=source, config={"display_name": label})
+        # Up to 18 MB of inlined requests: the client's per-call timeout is for one answer, not for this upload.
+        job = await client.aio.batches.create(model=model, src=source, config={
+            "display_name": label, "http_options": {"timeout": CREATE_TIMEOUT_MS}})
         # Recorded before any waiting: a kill from here on resumes this job.
         batch_jobs.record(self.database, job.name, self.day, stage, model, session.endpoint_id,
                           batch_jobs.request_set([RequestKey.decode(key).request_hash for key, _ in keyed]), len(calls), number, self.run_id,
@@ -192,9 +200,14 @@ class BatchStage:
         for name, job in jobs.items():
             if name in failed:
                 continue
-            answered.update(await self._collect(job, stage, first))
+            collected = await self._collect(job, stage, first)
+            if collected is None:
+                continue
+            answered.update(collected)
             if await self.flush():  # the answers are in the cache and the ledger: a later run need not collect again
                 batch_jobs.update(self.database, job.name, job.state.name, collected=True)
+            else:  # marked by the step once its last write has them (`batch_jobs.mark_collected`)
+                self.deferred.append(job.name)
         return answered
 
     async def _wait(self, stage: str, names: list[str], deadline: float) -> dict[str, types.BatchJob | None]:
@@ -227,13 +240,24 @@ class BatchStage:
             self.log(f"batch job {name} is gone at the provider: marked failed")
             return None
 
-    async def _collect(self, job: types.BatchJob, stage: str, first: dict[str, BatchCall]) -> dict[str, CallOutcome]:
+    async def _collect(self, job: types.BatchJob, stage: str,
+                       first: dict[str, BatchCall]) -> dict[str, CallOutcome] | None:
         """Each answer of the job as a ledger attempt (and, accepted, a cache entry); outcomes of this run's calls,
         keyed by request hash."""
         if job.dest and job.dest.file_name:
             with tempfile.TemporaryDirectory(dir=self.work_folder) as folder:
                 path = Path(folder) / "answers.jsonl"
-                await self.session.client.aio.files.download(file=job.dest.file_name, destination=path)
+                try:
+                    await self.session.client.aio.files.download(file=job.dest.file_name, destination=path)
+                except errors.ClientError as err:
+                    if err.code != 404:
+                        raise
+                    # Billed, but what it billed can no longer be read: said loudly, and its requests asked again.
+                    batch_jobs.update(self.database, job.name, "JOB_STATE_FAILED")
+                    self.warn(f"the result file {job.dest.file_name} of batch job {job.name} is gone (result "
+                             "files expire): its answers were billed but cannot be recorded; its requests are asked "
+                             "again")
+                    return None
                 return self._record(job, stage, first, batch_files.read_answers(path))
         return self._record(job, stage, first, batch_files.inline_answers(job))
 
@@ -241,6 +265,7 @@ class BatchStage:
         session, outcomes = self.session, {}
         model = (job.model or "").removeprefix("models/")
         finished = job.end_time.timestamp() if job.end_time else time.time()
+        submitted = job.create_time.timestamp() if job.create_time else finished
         for answer in answers:
             key = RequestKey.decode(answer.key)
             call = first.get(key.request_hash)
@@ -248,10 +273,12 @@ class BatchStage:
                 key = RequestKey.of(call, session.endpoint_id)
             # One id per (job, request): a job collected again (a kill before it was marked collected) records the
             # same ledger rows, which the ledger ignores; the provider billed them once.
+            # Dated when the job finished, as its answers are billed then (not when it was submitted): the invoice's
+            # day of a job that ran past midnight; its latency is from submission to that moment.
             attempt = Attempt(uuid.uuid5(BATCH_ATTEMPTS, f"{job.name}\x1f{key.request_hash}").hex, key.call_id,
                               session.run_id, self.day, key.evaluation_id, key.turn_id, stage,
                               call.request.model if call else model, session.endpoint_id, key.request_hash, 1,
-                              job.create_time.timestamp() if job.create_time else finished, processing=BATCH)
+                              finished, processing=BATCH)
             session.ledger.sent(attempt)
             if answer.response is None:
                 attempt.outcome, attempt.billed = ERROR, False
@@ -272,9 +299,9 @@ class BatchStage:
             attempt.http_status, attempt.billed, attempt.usage = 200, True, usage
             attempt.model_version, attempt.response_id = response.model_version, response.response_id
             attempt.outcome, attempt.reason = (ACCEPTED if verdict.accepted else REJECTED), verdict.reason
-            attempt.latency_ms = (finished - attempt.sent_at) * 1000
+            attempt.latency_ms = (finished - submitted) * 1000
             session.ledger.done(attempt)
-            if verdict.accepted:
+            if verdict.accepted and key.text_hash:  # (a job from before keys carried the text: not findable)
                 session.cache.put(key.request_hash, key.text_hash, stage, attempt.model, verdict.result, usage)
             if call is None:
                 continue

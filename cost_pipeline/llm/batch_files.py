@@ -23,6 +23,8 @@ from google.genai import batches as genai_batches
 
 INLINE_LIMIT_BYTES = 20_000_000
 """The Batch API's limit on a job's inlined requests (the whole create request); past it, a file."""
+INLINE_MARGIN = 0.9
+"""Inline only up to this share of the limit: the create request also carries the job's name and config."""
 
 
 @dataclass(frozen=True)
@@ -52,8 +54,10 @@ def write_requests(path: Path, client, keyed: Iterator[tuple[str, dict]]) -> int
 
 
 def inline_size(client, inlined: list[dict]) -> int:
-    """About how many bytes the inlined requests take in the create request (their REST JSON)."""
-    return sum(len(json.dumps(rest_request(client, item), separators=(",", ":"))) for item in inlined)
+    """How many bytes the inlined requests (each with its metadata) take in the create request's JSON."""
+    return sum(len(json.dumps(_common.encode_unserializable_types(_common.convert_to_dict(
+        genai_batches._InlinedRequest_to_mldev(client._api_client, item))), separators=(",", ":"))) + 1
+        for item in inlined)
 
 
 def read_answers(path: Path) -> Iterator[Answer]:
@@ -74,7 +78,7 @@ def answer_from_line(line: dict) -> Answer:
 
 def inline_answers(job: types.BatchJob) -> Iterator[Answer]:
     """The answers of a job whose requests were inlined (the key is in each answer's metadata)."""
-    for answer in job.dest.inlined_responses or []:
+    for answer in (job.dest.inlined_responses if job.dest else None) or []:
         key = (answer.metadata or {}).get("key", "")
         if answer.error is not None or answer.response is None:
             yield Answer(key, None, answer.error.code if answer.error else None,

@@ -89,6 +89,12 @@ def update(database: str | Path, job_name: str, state: str, collected: bool = Fa
             [state, state.endswith(("SUCCEEDED", "FAILED", "CANCELLED", "EXPIRED")), now, collected, now, job_name])
 
 
+def mark_collected(database: str | Path, job_names: list[str]) -> None:
+    """Jobs whose answers are now in the ledger and the cache (a step's final write had the deferred ones)."""
+    for name in job_names:
+        update(database, name, "JOB_STATE_SUCCEEDED", collected=True)
+
+
 def pending(database: str | Path) -> list[tuple[str, str]]:
     """(job name, data day) of every job submitted and not collected: what a later run of the day resumes."""
     return [(name, str(day)) for name, day in _read(

@@ -1,0 +1,123 @@
+"""What one checkpoint costs as the ledger and the response cache grow over a deployment's lifetime.
+
+A running day writes its new attempts (`load_spools`) and cache entries (`ResponseCache.write`)
+every few seconds. Their cost must depend on the batch written, not on every row ever
+written: this prints, for a ledger and a cache of N rows each (N = `--rows`, spread over
+days as 30,000 attempts a day), the time and the peak memory above the process's resting
+RSS of one checkpoint of `--batch` attempts and as many cache entries. Each size runs in a
+fresh child process, on a DuckDB file built for it.
+
+    python bench/ledger_growth.py --rows 10000,300000,3000000
+"""
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+
+ATTEMPTS_PER_DAY = 30_000
+
+
+def build(database: Path, rows: int) -> None:
+    """A ledger and a cache of `rows` rows each, in the tables' own schema (created by the code that writes them)."""
+    from cost_pipeline.costs.ledger import TABLE, ensure_ledger
+    from cost_pipeline.llm.cache import DDL as CACHE_DDL
+    from cost_pipeline.llm.cache import TABLE as CACHE
+    from cost_pipeline.storage.connect import connect
+
+    ensure_ledger(database)
+    with connect(database) as connection:
+        connection.execute(CACHE_DDL)
+        connection.execute(f"""
+            INSERT INTO {TABLE} (attempt_id, call_id, run_id, partition_date, evaluation_id, turn_id, stage, model,
+                                 endpoint, processing, request_hash, attempt, sent_at, outcome, billed, input_tokens,
+                                 output_tokens, cost_usd, recorded_at, recovered)
+            SELECT md5(i::VARCHAR || 'a'), md5(i::VARCHAR || 'c'), 'run-' || (i // 5000)::VARCHAR,
+                   DATE '2026-01-01' + (i // {ATTEMPTS_PER_DAY})::INTEGER, 'eval-' || (i % 5)::VARCHAR,
+                   md5(i::VARCHAR || 't'), 'clean', 'gemini-2.5-flash-lite', 'local-server', 'standard',
+                   sha256(i::VARCHAR), 1, now(), 'accepted', true, 120, 30, 0.000024, now(), false
+            FROM range({rows}) t(i)""")
+        connection.execute(f"""
+            INSERT INTO {CACHE} SELECT sha256(i::VARCHAR), md5(i::VARCHAR || 't'), 'clean', 'gemini-2.5-flash-lite',
+                   '{{"cleaned_text": "a cleaned turn of about this length", "confidence": 0.9}}', 120, 30, 0, 0, 0,
+                   150, 'reported', now()
+            FROM range({rows}) t(i)""")
+
+
+def checkpoint(database: Path, batch: int) -> dict:
+    """One checkpoint's time and peak memory above the resting RSS, measured in this (fresh) process."""
+    from cost_pipeline.costs.ledger import AttemptSpool, load_spools, spool_folder
+    from cost_pipeline.costs.pricing import PriceBook, TokenCounts
+    from cost_pipeline.llm.attempts import ACCEPTED, Attempt
+    from cost_pipeline.llm.cache import ResponseCache
+    from cost_pipeline.llm.usage import Usage
+
+    book, run_id = PriceBook(), uuid.uuid4().hex
+    spool = AttemptSpool(spool_folder(database), run_id)
+    cache = ResponseCache(database)
+    now = time.time()
+    for i in range(batch):
+        attempt = Attempt(uuid.uuid4().hex, uuid.uuid4().hex, run_id, "2026-12-01", "eval-0", f"t{i}", "clean",
+                          "gemini-2.5-flash-lite", "local-server", uuid.uuid4().hex, 1, now)
+        spool.sent(attempt)
+        attempt.http_status, attempt.billed, attempt.outcome = 200, True, ACCEPTED
+        attempt.usage = Usage(input_tokens=120, output_tokens=30, total_tokens=150)
+        attempt.model_version, attempt.latency_ms = "gemini-2.5-flash-lite", 300.0
+        spool.done(attempt)
+        cache.put(attempt.request_hash, f"t{i}", "clean", "gemini-2.5-flash-lite", {"cleaned_text": f"turn {i}"},
+                  attempt.usage)
+    spool.close()
+    book.cost("gemini-2.5-flash-lite", TokenCounts(120, 0, 30, 0, 0), datetime.now(timezone.utc))  # warm its tables
+    entries = cache.take_new()
+    resting = _rss_mb()
+    Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS, so the peak below is this checkpoint's
+    started = time.perf_counter()
+    added = load_spools(database, book, only=spool.path)
+    ledger_s = time.perf_counter() - started
+    started = time.perf_counter()
+    written = cache.write(entries)
+    cache_s = time.perf_counter() - started
+    assert added == batch and written == batch, (added, written)
+    return {"ledger_s": round(ledger_s, 3), "cache_s": round(cache_s, 3),
+            "peak_above_resting_mb": round(_status_mb("VmHWM") - resting, 1)}
+
+
+def _rss_mb() -> float:
+    return _status_mb("VmRSS")
+
+
+def _status_mb(field: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(field)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", default="10000,300000,3000000", help="ledger and cache sizes, comma-separated")
+    parser.add_argument("--batch", type=int, default=1700, help="attempts (and cache entries) per checkpoint")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(checkpoint(Path(args.child), args.batch)))
+        return
+    print(f"one checkpoint of {args.batch:,} attempts and {args.batch:,} cache entries, by ledger and cache size")
+    for rows in (int(size) for size in args.rows.split(",")):
+        with tempfile.TemporaryDirectory() as folder:
+            database = Path(folder) / "store.duckdb"
+            build(database, rows)
+            done = subprocess.run([sys.executable, __file__, "--child", str(database), "--batch", str(args.batch)],
+                                  capture_output=True, text=True, check=True)
+            figures = json.loads(done.stdout.splitlines()[-1])
+        print(f"{rows:>10,} rows: ledger insert {figures['ledger_s']:.3f} s, cache write {figures['cache_s']:.3f} s, "
+              f"peak {figures['peak_above_resting_mb']:.0f} MB above resting RSS")
+
+
+if __name__ == "__main__":
+    main()
