@@ -39,4 +39,5 @@ bench: setup
 	$(BIN)/python bench/invoice_match.py
 	$(BIN)/python bench/crash_resume.py
 	$(BIN)/python bench/peak_rss.py
+	$(BIN)/python bench/ledger_growth.py
 	$(BIN)/python bench/backfill_overlap.py

@@ -37,6 +37,7 @@ def test_gemini_overhead_runs_at_a_tiny_size():
     ("rate_limit.py", ["--calls", "30", "--rpm", "6000", "--latency-ms", "1"], "RPM"),
     ("rollup.py", ["--days", "2", "--calls", "2000"], "evaluation_costs"),
     ("peak_rss.py", ["--sizes", "150,300"], "MB per 1,000 turns"),
+    ("ledger_growth.py", ["--rows", "1000", "--batch", "50"], "rows: ledger insert"),
 ])
 def test_every_other_bench_runs_at_a_tiny_size(script, args, printed):
     assert printed in run_bench(script, *args)
