@@ -4,8 +4,9 @@ A running day writes its new attempts (`load_spools`) and cache entries (`Respon
 every few seconds. Their cost must depend on the batch written, not on every row ever
 written: this prints, for a ledger and a cache of N rows each (N = `--rows`, spread over
 days as 30,000 attempts a day), the time and the peak memory above the process's resting
-RSS of one checkpoint of `--batch` attempts and as many cache entries. Each size runs in a
-fresh child process, on a DuckDB file built for it.
+RSS of one checkpoint of `--batch` attempts (of the last data day, already holding rows) and
+as many cache entries, and of one chunk's cache read by turn text. Each size runs in a fresh
+child process, on a DuckDB file built for it.
 
     python bench/ledger_growth.py --rows 10000,300000,3000000
 """
@@ -49,7 +50,14 @@ def build(database: Path, rows: int) -> None:
             FROM range({rows}) t(i)""")
 
 
-def checkpoint(database: Path, batch: int) -> dict:
+def last_day(rows: int) -> str:
+    """The data day of the last rows built: a checkpoint of a day already under way lands there."""
+    from datetime import date, timedelta
+
+    return str(date(2026, 1, 1) + timedelta(days=(rows - 1) // ATTEMPTS_PER_DAY))
+
+
+def checkpoint(database: Path, batch: int, day: str) -> dict:
     """One checkpoint's time and peak memory above the resting RSS, measured in this (fresh) process."""
     from cost_pipeline.costs.ledger import AttemptSpool, load_spools, spool_folder
     from cost_pipeline.costs.pricing import PriceBook, TokenCounts
@@ -62,7 +70,7 @@ def checkpoint(database: Path, batch: int) -> dict:
     cache = ResponseCache(database)
     now = time.time()
     for i in range(batch):
-        attempt = Attempt(uuid.uuid4().hex, uuid.uuid4().hex, run_id, "2026-12-01", "eval-0", f"t{i}", "clean",
+        attempt = Attempt(uuid.uuid4().hex, uuid.uuid4().hex, run_id, day, "eval-0", f"t{i}", "clean",
                           "gemini-2.5-flash-lite", "local-server", uuid.uuid4().hex, 1, now)
         spool.sent(attempt)
         attempt.http_status, attempt.billed, attempt.outcome = 200, True, ACCEPTED
@@ -118,16 +126,18 @@ def main() -> None:
     parser.add_argument("--rows", default="10000,300000,3000000", help="ledger and cache sizes, comma-separated")
     parser.add_argument("--batch", type=int, default=1700, help="attempts (and cache entries) per checkpoint")
     parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--day", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(checkpoint(Path(args.child), args.batch)))
+        print(json.dumps(checkpoint(Path(args.child), args.batch, args.day)))
         return
     print(f"one checkpoint of {args.batch:,} attempts and {args.batch:,} cache entries, by ledger and cache size")
     for rows in (int(size) for size in args.rows.split(",")):
         with tempfile.TemporaryDirectory() as folder:
             database = Path(folder) / "store.duckdb"
             build(database, rows)
-            done = subprocess.run([sys.executable, __file__, "--child", str(database), "--batch", str(args.batch)],
+            done = subprocess.run([sys.executable, __file__, "--child", str(database), "--batch", str(args.batch),
+                                   "--day", last_day(rows)],
                                   capture_output=True, text=True, check=True)
             figures = json.loads(done.stdout.splitlines()[-1])
         print(f"{rows:>10,} rows: ledger insert {figures['ledger_s']:.3f} s, cache write {figures['cache_s']:.3f} s, "

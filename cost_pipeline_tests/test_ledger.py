@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from datetime import date
+from datetime import date, datetime, timezone
 from decimal import Decimal
 from pathlib import Path
 
@@ -289,3 +289,55 @@ def test_a_rotated_spool_hands_attempts_in_flight_to_the_next_file(tmp_path):
     second = attempt_rows(spool.path.read_text().splitlines())
     assert [(r["attempt_id"], r["outcome"]) for r in first] == [("a", "accepted")]
     assert [(r["attempt_id"], r["outcome"], r["http_status"]) for r in second] == [("b", "error", 503)]
+
+
+def test_a_keyed_ledger_and_cache_lose_their_index_not_a_row_and_a_load_twice_records_once(tmp_path):
+    """Tables from before the PRIMARY KEY was dropped are rebuilt on first write with every row; an attempt loaded
+    twice (or first as interrupted, then with its outcome) has one row; an interrupted one gives way to its outcome."""
+    import duckdb
+
+    from cost_pipeline.costs.ledger import COLUMNS, TABLE, AttemptSpool, load_spools, spool_folder
+    from cost_pipeline.costs.pricing import PriceBook
+    from cost_pipeline.llm.attempts import Attempt
+    from cost_pipeline.llm.cache import DDL as CACHE_DDL
+    from cost_pipeline.llm.cache import TABLE as CACHE, ResponseCache
+    from cost_pipeline.llm.usage import Usage
+
+    database = tmp_path / "old.duckdb"
+    with duckdb.connect(str(database)) as connection:  # the layout this project wrote before
+        connection.execute(f"CREATE TABLE {TABLE} ({', '.join(f'{n} {t}' for n, t, _ in COLUMNS)})"
+                           .replace("attempt_id VARCHAR NOT NULL", "attempt_id VARCHAR PRIMARY KEY"))
+        connection.execute(f"INSERT INTO {TABLE} (attempt_id, partition_date, outcome) VALUES ('old', ?, 'accepted')",
+                           [DAY])
+        connection.execute(CACHE_DDL.replace("request_hash VARCHAR NOT NULL", "request_hash VARCHAR PRIMARY KEY"))
+        connection.execute(f"INSERT INTO {CACHE} VALUES ('h-old', 't', 'clean', 'm', '{{}}', 1, 1, 0, 0, 0, 2, "
+                           "'reported', now())")
+
+    def spool_of(*attempts_and_outcomes) -> Path:
+        spool = AttemptSpool(spool_folder(database), "run")
+        for attempt, outcome in attempts_and_outcomes:
+            spool.sent(attempt)
+            if outcome:
+                attempt.outcome, attempt.billed, attempt.http_status = outcome, True, 200
+                attempt.usage = Usage(input_tokens=5, output_tokens=2, total_tokens=7)
+                spool.done(attempt)
+        spool.close()
+        return spool.path
+
+    def attempt(attempt_id: str) -> Attempt:
+        return Attempt(attempt_id, "c", "run", str(DAY), "e", "t", "clean", "gemini-2.5-flash-lite", "local-server",
+                       "h", 1, 1_764_000_000.0)
+
+    book = PriceBook()
+    assert load_spools(database, book, only=spool_of((attempt("a"), "accepted"), (attempt("b"), None))) == 2
+    assert load_spools(database, book, only=spool_of((attempt("a"), "accepted"))) == 0  # loaded twice: once
+    assert load_spools(database, book, only=spool_of((attempt("b"), "accepted"))) == 1  # its outcome replaces it
+    ResponseCache(database).write([{"request_hash": "h-new", "text_hash": "t", "stage": "clean", "model": "m",
+                                    "result_json": "{}", "created_at": datetime.now(timezone.utc)}])
+    with duckdb.connect(str(database), read_only=True) as connection:
+        keys = connection.execute("SELECT table_name FROM duckdb_constraints() WHERE constraint_type = 'PRIMARY KEY'"
+                                  ).fetchall()
+        ledger = connection.execute(f"SELECT attempt_id, outcome FROM {TABLE} ORDER BY 1").fetchall()
+        cache = connection.execute(f"SELECT request_hash FROM {CACHE} ORDER BY 1").fetchall()
+    assert keys == [] and ledger == [("a", "accepted"), ("b", "accepted"), ("old", "accepted")]
+    assert cache == [("h-new",), ("h-old",)]

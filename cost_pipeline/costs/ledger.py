@@ -2,8 +2,12 @@
 
 `llm_attempts` is append-only. Re-runs, backfills and failed runs add to it and never
 replace or delete a row, so the spend of a day survives whatever later runs make of
-its data. Rows are keyed by `attempt_id` and inserted with `INSERT OR IGNORE`, so loading
-the same attempt twice (a retried load, a recovery after a crash mid-load) records it once.
+its data. Each attempt has one row, by `attempt_id`: a load inserts only the attempts its
+data day does not hold yet, so loading the same attempt twice (a retried load, a recovery
+after a crash mid-load) records it once. That check reads only the rows of the data days
+being loaded (DuckDB skips the others by their zone maps), not every row ever written, so
+a checkpoint costs the same in the ledger's first week and its third year (there is no
+PRIMARY KEY: its index would load whole at every checkpoint, see bench/ledger_growth.py).
 
 Durable as it happens: a run does not hold attempts in memory until it commits. Each
 attempt is written to a spool file as two JSON lines, `sent` before the request leaves
@@ -35,13 +39,14 @@ from cost_pipeline.costs.pricing import MONEY_SQL_TYPE, STANDARD, PriceBook, tok
 from cost_pipeline.llm.attempts import ERROR, Attempt
 from cost_pipeline.llm.usage import TOKEN_FIELDS, UNKNOWN
 from cost_pipeline.storage.connect import connect
+from cost_pipeline.storage.tables import drop_primary_key
 
 TABLE = "llm_attempts"
 FSYNC_EVERY_S = 1.0
 INTERRUPTED = "process ended while the attempt was in flight: billing unknown"
 
 COLUMNS: list[tuple[str, str, str]] = [
-    ("attempt_id", "VARCHAR PRIMARY KEY", "Unique per HTTP attempt."),
+    ("attempt_id", "VARCHAR NOT NULL", "Unique per HTTP attempt."),
     ("call_id", "VARCHAR", "The llm_calls row (turn x stage) this attempt was for."),
     ("run_id", "VARCHAR", "The Dagster run that sent it."),
     ("partition_date", "DATE", "The data day, not the day it was sent."),
@@ -216,25 +221,39 @@ def priced_frame(rows: list[dict], book: PriceBook, recovered: bool) -> pd.DataF
 def ensure_ledger(database: str | Path, lock_timeout_s: float = 120.0) -> None:
     """Create `llm_attempts` if this database has never recorded an attempt, so readers can rely on it."""
     with connect(database, timeout_s=lock_timeout_s) as connection:
-        connection.execute(DDL)
-        for migration in MIGRATIONS:
-            connection.execute(migration)
+        _migrate(connection)
+
+
+def _migrate(connection) -> None:
+    connection.execute(DDL)
+    for migration in MIGRATIONS:
+        connection.execute(migration)
+    drop_primary_key(connection, TABLE)  # a ledger from before the key was dropped
 
 
 def _insert(database: str | Path, frame: pd.DataFrame, log, lock_timeout_s: float) -> int:
+    """Insert the attempts this ledger does not hold yet, in one transaction; returns how many."""
+    days = sorted({str(day) for day in frame["partition_date"].dropna()})
+    # The data days of these attempts, as constants: DuckDB reads only their row groups.
+    of_days = f"partition_date IN ({', '.join('?::DATE' for _ in days)})" if days else "false"
+    if frame["partition_date"].isna().any():
+        of_days = f"({of_days} OR partition_date IS NULL)"
     with connect(database, timeout_s=lock_timeout_s, on_wait=log) as connection:
-        connection.execute(DDL)
-        for migration in MIGRATIONS:
-            connection.execute(migration)
-        before = connection.execute(f"SELECT count(*) FROM {TABLE}").fetchall()[0][0]
+        _migrate(connection)
         connection.register("new_attempts", frame)
         connection.begin()
         # An attempt recorded as interrupted (its outcome was in a file not yet loaded) gives way to its outcome.
-        connection.execute(f"DELETE FROM {TABLE} WHERE reason = ? AND attempt_id IN "
-                           "(SELECT attempt_id FROM new_attempts WHERE reason IS DISTINCT FROM ?)", [INTERRUPTED, INTERRUPTED])
-        connection.execute(f"INSERT OR IGNORE INTO {TABLE} BY NAME SELECT {_SELECT_EXACT} FROM new_attempts")
+        connection.execute(f"DELETE FROM {TABLE} WHERE {of_days} AND reason = ? AND attempt_id IN "
+                           "(SELECT attempt_id FROM new_attempts WHERE reason IS DISTINCT FROM ?)",
+                           [*days, INTERRUPTED, INTERRUPTED])
+        present = {attempt_id for (attempt_id,) in connection.execute(
+            f"SELECT attempt_id FROM {TABLE} WHERE {of_days} AND attempt_id IN (SELECT attempt_id FROM new_attempts)",
+            days).fetchall()}
+        fresh = frame[~frame["attempt_id"].isin(present)].drop_duplicates("attempt_id")
+        connection.register("fresh_attempts", fresh)
+        connection.execute(f"INSERT INTO {TABLE} BY NAME SELECT {_SELECT_EXACT} FROM fresh_attempts")
         connection.commit()
-        return connection.execute(f"SELECT count(*) FROM {TABLE}").fetchall()[0][0] - before
+        return len(fresh)
 
 
 def load_spools(database: str | Path, book: PriceBook, only: Path | None = None,
@@ -243,7 +262,7 @@ def load_spools(database: str | Path, book: PriceBook, only: Path | None = None,
     """Load spool files into `llm_attempts` (`only` one, or every spool whose writer is gone); returns rows added.
 
     A file is deleted only after its rows are committed; a crash in between loads it again
-    next time, and `INSERT OR IGNORE` on `attempt_id` keeps each attempt once.
+    next time, and `_insert` keeps each attempt once.
     """
     folder = spool_folder(database)
     paths = [only] if only else sorted(folder.glob("*.jsonl")) if folder.is_dir() else []

@@ -151,7 +151,7 @@ llm_attempts = dg.AssetSpec(
     kinds={"duckdb"},
     deps=["raw_turns"],
     metadata={"dagster/column_schema": dg.TableSchema(columns=[
-        dg.TableColumn(name, sql_type.replace(" PRIMARY KEY", ""), description=text) for name, sql_type, text in LEDGER_COLUMNS]),
+        dg.TableColumn(name, sql_type.replace(" NOT NULL", ""), description=text) for name, sql_type, text in LEDGER_COLUMNS]),
         # No function defines it, so its code is named here: the ledger module that writes every row.
         "dagster/code_references": dg.CodeReferencesMetadataValue(code_references=[
             dg.LocalFileCodeReference(file_path=ledger.__file__, line_number=1, label="ledger.py")])},

@@ -1,7 +1,10 @@
 """The response cache: an identical request is never paid for twice, across runs.
 
-Entries live in the DuckDB table `llm_response_cache`, keyed by the request hash
-(model, system instruction, tools, contents, generation config). A run loads only
+Entries live in the DuckDB table `llm_response_cache`, by request hash (model, system
+instruction, tools, contents, generation config). It is appended to, never updated: a
+checkpoint writes its new entries without reading the table (no PRIMARY KEY, whose index
+would load whole at every write), so the rare request answered twice (two runs of a day
+at once) has two rows, either of which answers it. A run loads only
 the entries whose turn text it is about to send (chunk by chunk), serves hits from
 memory, keeps at most `max_entries` of them (the oldest go first), and writes
 its new entries in short transactions while it runs (the Gemini step checkpoints every
@@ -19,12 +22,12 @@ import pandas as pd
 
 from cost_pipeline.llm.usage import CACHE, Usage
 from cost_pipeline.storage.connect import connect
-from cost_pipeline.storage.tables import table_exists
+from cost_pipeline.storage.tables import drop_primary_key, table_exists
 
 TABLE = "llm_response_cache"
 DDL = f"""
 CREATE TABLE IF NOT EXISTS {TABLE} (
-    request_hash VARCHAR PRIMARY KEY,
+    request_hash VARCHAR NOT NULL,
     text_hash VARCHAR NOT NULL,
     stage VARCHAR NOT NULL,
     model VARCHAR NOT NULL,
@@ -112,6 +115,7 @@ class ResponseCache:
         frame = pd.DataFrame(entries)
         with connect(self.database, timeout_s=timeout_s) as connection:
             connection.execute(DDL)
+            drop_primary_key(connection, TABLE)  # a cache from before the key was dropped
             connection.register("new_entries", frame)
-            connection.execute(f"INSERT OR REPLACE INTO {TABLE} BY NAME SELECT * FROM new_entries")
+            connection.execute(f"INSERT INTO {TABLE} BY NAME SELECT * FROM new_entries")
         return len(entries)

@@ -146,6 +146,29 @@ def table_exists(connection: duckdb.DuckDBPyConnection, schema: str, table: str)
     return bool(_existing_types(connection, schema, table))
 
 
+def drop_primary_key(connection: duckdb.DuckDBPyConnection, table: str) -> bool:
+    """Rebuild `table` (in schema main) without its PRIMARY KEY, in one transaction; True if it had one.
+
+    Why: a DuckDB PRIMARY KEY is an ART index that every writing connection loads whole, so
+    it costs memory and time in proportion to every row ever written (see
+    bench/ledger_growth.py). DuckDB cannot drop a constraint, so the table is copied (its
+    columns, types and rows as they are) and swapped in atomically. Call it outside a
+    transaction; a table without one is left alone at the cost of one catalog query.
+    """
+    keyed = connection.execute(
+        "SELECT count(*) FROM duckdb_constraints() WHERE schema_name = 'main' AND table_name = ? "
+        "AND constraint_type = 'PRIMARY KEY'", [table]).fetchall()[0][0]  # fetched to the end: the connection is free
+    if not keyed:
+        return False
+    rebuilt = quote(f"{table}__without_key")
+    connection.begin()
+    connection.execute(f"CREATE TABLE {rebuilt} AS SELECT * FROM {quote(table)}")
+    connection.execute(f"DROP TABLE {quote(table)}")
+    connection.execute(f"ALTER TABLE {rebuilt} RENAME TO {quote(table)}")
+    connection.commit()
+    return True
+
+
 def _prepare_table(connection: duckdb.DuckDBPyConnection, write: TableWrite) -> list[tuple[str, str]]:
     """Create or evolve the table for this frame; return the (column, type) list to insert."""
     wanted = _frame_types(connection, write)
