@@ -163,10 +163,12 @@ class BatchStage:
         keyed = [(RequestKey.of(call, session.endpoint_id).encode(), self._inlined(call)) for call in calls]
         label = f"cost-pipeline {self.day} {stage} {number + 1}/{parts}"
         source: str | list[dict] = [{**inlined, "metadata": {"key": key}} for key, inlined in keyed]
-        if batch_files.inline_size(client, source) > self.inline_limit_bytes * batch_files.INLINE_MARGIN:
+        # Converted once, as the SDK would send them: measured for the inline limit, and written if past it.
+        requests = [(key, batch_files.rest_request(client, inlined)) for key, inlined in keyed]
+        if batch_files.inline_size(requests) > self.inline_limit_bytes * batch_files.INLINE_MARGIN:
             with tempfile.TemporaryDirectory(dir=self.work_folder) as folder:
                 path = Path(folder) / "requests.jsonl"
-                size = batch_files.write_requests(path, client, iter(keyed))
+                size = batch_files.write_requests(path, requests)
                 uploaded = await client.aio.files.upload(file=path, config={"mime_type": "jsonl", "display_name": label})
             self.log(f"{stage}: uploaded {len(calls)} requests ({size / 1e6:.1f} MB) as {uploaded.name}")
             source = uploaded.name

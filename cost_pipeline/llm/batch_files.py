@@ -44,20 +44,19 @@ def rest_request(client, inlined: dict) -> dict:
     return _common.encode_unserializable_types(_common.convert_to_dict(converted))
 
 
-def write_requests(path: Path, client, keyed: Iterator[tuple[str, dict]]) -> int:
-    """The requests as one JSON Lines input file (`key`, `request`); returns its size in bytes."""
+def write_requests(path: Path, requests: list[tuple[str, dict]]) -> int:
+    """(key, REST request) pairs as one JSON Lines input file (`key`, `request`); returns its size in bytes."""
     with path.open("w", encoding="utf-8") as out:
-        for key, inlined in keyed:
-            out.write(json.dumps({"key": key, "request": rest_request(client, inlined)}, separators=(",", ":")))
+        for key, request in requests:
+            out.write(json.dumps({"key": key, "request": request}, separators=(",", ":")))
             out.write("\n")
     return path.stat().st_size
 
 
-def inline_size(client, inlined: list[dict]) -> int:
-    """How many bytes the inlined requests (each with its metadata) take in the create request's JSON."""
-    return sum(len(json.dumps(_common.encode_unserializable_types(_common.convert_to_dict(
-        genai_batches._InlinedRequest_to_mldev(client._api_client, item))), separators=(",", ":"))) + 1
-        for item in inlined)
+def inline_size(requests: list[tuple[str, dict]]) -> int:
+    """How many bytes (key, REST request) pairs take inlined in the create request's JSON (request and metadata)."""
+    return sum(len(json.dumps({"request": request, "metadata": {"key": key}}, separators=(",", ":"))) + 1
+               for key, request in requests)
 
 
 def read_answers(path: Path) -> Iterator[Answer]:
