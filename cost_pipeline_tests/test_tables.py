@@ -142,3 +142,19 @@ def test_whole_table_replacement_when_unpartitioned(connection):
     write(connection, "t", frame(3), None)
     write(connection, "t", frame(1, start=7), None)
     assert rows(connection, "t")["id"].tolist() == ["t7"]
+
+
+def test_a_commit_that_fails_raises_its_own_error_and_leaves_the_old_rows(connection, monkeypatch):
+    # A failed COMMIT has already rolled back; rolling back again raised "no transaction is active", hiding the cause.
+    connection.execute("CREATE TABLE keyed (id VARCHAR PRIMARY KEY, tokens BIGINT, partition_date DATE, run_id VARCHAR)")
+    other = connection.cursor()
+    insert = tables._insert_frame
+
+    def insert_then_commit_a_conflicting_row(con, table_write, columns):
+        insert(con, table_write, columns)
+        other.execute("INSERT INTO keyed VALUES ('t0', 7, ?, 'other-run')", [DAY2])
+
+    monkeypatch.setattr(tables, "_insert_frame", insert_then_commit_a_conflicting_row)
+    with pytest.raises(duckdb.TransactionException, match="Failed to commit.*duplicate key"):
+        write(connection, "keyed", frame(2), DAY1)
+    assert connection.execute("SELECT id, run_id FROM keyed").fetchall() == [("t0", "other-run")]

@@ -76,7 +76,10 @@ def replace_partitions(connection: duckdb.DuckDBPyConnection, writes: Sequence[T
             _insert_frame(connection, write, columns)
         connection.commit()
     except BaseException:
-        connection.rollback()
+        try:
+            connection.rollback()
+        except duckdb.TransactionException:
+            pass  # a failed COMMIT has rolled back already; the error that matters is the one being raised
         raise
     finally:
         _unregister_frame(connection)
