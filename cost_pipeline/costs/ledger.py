@@ -38,7 +38,7 @@ import pandas as pd
 from cost_pipeline.costs.pricing import MONEY_SQL_TYPE, STANDARD, PriceBook, token_counts
 from cost_pipeline.llm.attempts import ERROR, Attempt
 from cost_pipeline.llm.usage import TOKEN_FIELDS, UNKNOWN
-from cost_pipeline.storage.connect import connect
+from cost_pipeline.storage.connect import STEP_MEMORY, connect
 from cost_pipeline.storage.tables import drop_primary_key
 
 TABLE = "llm_attempts"
@@ -238,7 +238,7 @@ def _insert(database: str | Path, frame: pd.DataFrame, log, lock_timeout_s: floa
     of_days = f"partition_date IN ({', '.join('?::DATE' for _ in days)})" if days else "false"
     if frame["partition_date"].isna().any():
         of_days = f"({of_days} OR partition_date IS NULL)"
-    with connect(database, timeout_s=lock_timeout_s, on_wait=log) as connection:
+    with connect(database, timeout_s=lock_timeout_s, on_wait=log, memory_limit=STEP_MEMORY) as connection:
         _migrate(connection)
         connection.register("new_attempts", frame)
         connection.begin()

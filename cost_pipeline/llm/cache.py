@@ -21,7 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 from cost_pipeline.llm.usage import CACHE, Usage
-from cost_pipeline.storage.connect import connect
+from cost_pipeline.storage.connect import STEP_MEMORY, connect
 from cost_pipeline.storage.tables import drop_primary_key, table_exists
 
 TABLE = "llm_response_cache"
@@ -63,7 +63,7 @@ class ResponseCache:
             return []
         # Not read-only: the checkpoint thread may be writing the same file from this process, and DuckDB refuses
         # two connections of one process to one file with different configurations.
-        with connect(self.database) as connection:
+        with connect(self.database, memory_limit=STEP_MEMORY) as connection:
             if not table_exists(connection, "main", TABLE):
                 return []
             rows = connection.execute(
@@ -113,7 +113,7 @@ class ResponseCache:
         if not entries:
             return 0
         frame = pd.DataFrame(entries)
-        with connect(self.database, timeout_s=timeout_s) as connection:
+        with connect(self.database, timeout_s=timeout_s, memory_limit=STEP_MEMORY) as connection:
             connection.execute(DDL)
             drop_primary_key(connection, TABLE)  # a cache from before the key was dropped
             connection.register("new_entries", frame)

@@ -1,0 +1,42 @@
+"""The response cache's reads while a day runs: their memory does not follow the table's size."""
+
+import json
+import subprocess
+import sys
+
+from cost_pipeline.llm.cache import DDL, TABLE
+from cost_pipeline.storage.connect import connect
+
+READ_A_CHUNK = """
+import hashlib, json, sys
+from pathlib import Path
+from cost_pipeline.llm.cache import ResponseCache
+
+def status_mb(field):
+    line = next(l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith(field + ":"))
+    return int(line.split()[1]) / 1024
+
+cache = ResponseCache(sys.argv[1])
+cache.read(["warm-up"])  # DuckDB's own start-up (catalog, threads) is not what is measured
+resting = status_mb("VmRSS")
+Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS: the peak below is this read's
+found = cache.read([hashlib.sha256(f"text-{i}".encode()).hexdigest() for i in range(0, 1_500_000, 750)])
+print(json.dumps({"found": len(found), "peak_above_resting_mb": status_mb("VmHWM") - resting}))
+"""
+
+
+def test_a_chunk_read_of_a_large_cache_stays_within_the_step_memory_limit(tmp_path):
+    # 1,500,000 answers: about 100 MB of text hashes that an unbounded DuckDB keeps in its buffer pool as it scans them.
+    database = tmp_path / "cache.duckdb"
+    with connect(database) as connection:
+        connection.execute(DDL)
+        connection.execute(f"""
+            INSERT INTO {TABLE} SELECT sha256('request-' || i), sha256('text-' || i), 'clean', 'gemini-2.5-flash-lite',
+                   '{{"cleaned_text": "turn ' || i || '"}}', 120, 30, 0, 0, 0, 150, 'reported', now()
+            FROM range(1500000) t(i)""")
+    read = subprocess.run([sys.executable, "-c", READ_A_CHUNK, str(database)], capture_output=True, text=True,
+                          timeout=120)
+    assert read.returncode == 0, read.stderr[-2000:]
+    figures = json.loads(read.stdout.splitlines()[-1])
+    assert figures["found"] == 2000
+    assert figures["peak_above_resting_mb"] < 85, f"a chunk's cache read grew with the table: {figures}"
