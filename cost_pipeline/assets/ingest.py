@@ -19,6 +19,7 @@ from cost_pipeline.landing import LANDED, Turn
 from cost_pipeline.markdown import markdown_table
 from cost_pipeline.partitions import DUCKDB_POOL, daily_partitions
 from cost_pipeline.resources import LandingResource
+from cost_pipeline.storage.arrow_memory import use_system_allocator
 from cost_pipeline.storage.io_manager import column_types
 from cost_pipeline.storage.staging import StagedTable, StagingArea, query_staged, staging_name, staging_root
 from cost_pipeline.storage.warehouse import DuckDBWarehouse
@@ -68,6 +69,7 @@ BACKFILL_TAG = "dagster/backfill"
 )
 def landed_turns(context: dg.AssetExecutionContext, landing: LandingResource, warehouse: DuckDBWarehouse):
     """Validate the day's landing files into raw_turns and quarantined_turns."""
+    use_system_allocator()
     missing = landing.missing(context.partition_key)
     if missing and BACKFILL_TAG not in context.run.tags:
         raise dg.Failure(description=f"{missing}. Nothing was written; the late_landing_sensor runs the day when its "

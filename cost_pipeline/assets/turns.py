@@ -40,6 +40,7 @@ from cost_pipeline.llm.usage import SAVED_FIELDS, TOKEN_FIELDS
 from cost_pipeline.markdown import markdown_table, money_entries
 from cost_pipeline.partitions import daily_partitions
 from cost_pipeline.resources import CostSettings
+from cost_pipeline.storage.arrow_memory import use_system_allocator
 from cost_pipeline.storage.connect import connect
 from cost_pipeline.storage.day_turns import conversation_chunks, export_day_turns
 from cost_pipeline.storage.io_manager import COMMIT_TOGETHER, column_types
@@ -167,6 +168,7 @@ def _out(description: str, schema: dg.TableSchema) -> dg.AssetOut:
 def turns_through_gemini(context: dg.AssetExecutionContext, config: GeminiStageConfig, gemini: GeminiResource,
                          costs: CostSettings, warehouse: DuckDBWarehouse):
     """Clean the day's turns and decide function calls with Gemini, accounting for every call."""
+    use_system_allocator()
     database, book = gemini.database(), costs.price_book()
     load_spools(database, book, log=context.log.warning)
     area = StagingArea(staging_root(warehouse.database), staging_name(context.run.run_id, "turns_through_gemini"))
