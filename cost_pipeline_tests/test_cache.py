@@ -4,7 +4,8 @@ import json
 import subprocess
 import sys
 
-from cost_pipeline.llm.cache import DDL, TABLE
+from cost_pipeline.llm.cache import DDL, TABLE, CachedResponse, ResponseCache
+from cost_pipeline.llm.usage import Usage
 from cost_pipeline.storage.connect import connect
 
 READ_A_CHUNK = """
@@ -40,3 +41,12 @@ def test_a_chunk_read_of_a_large_cache_stays_within_the_step_memory_limit(tmp_pa
     figures = json.loads(read.stdout.splitlines()[-1])
     assert figures["found"] == 2000
     assert figures["peak_above_resting_mb"] < 85, f"a chunk's cache read grew with the table: {figures}"
+
+
+def test_memory_keeps_the_newest_entries_and_a_re_remembered_one_counts_as_new(tmp_path):
+    cache = ResponseCache(tmp_path / "absent.duckdb", max_entries=3)
+    answer = CachedResponse({"cleaned_text": "x"}, Usage(input_tokens=1, total_tokens=1))
+    assert cache.remember([(f"h{i}", answer) for i in range(4)]) == 4
+    assert [cache.get(f"h{i}") is not None for i in range(4)] == [False, True, True, True]
+    cache.remember([("h1", answer), ("h4", answer)])  # h1 is new again, so h2 is now the oldest and goes
+    assert [cache.get(f"h{i}") is not None for i in range(5)] == [False, True, False, True, True]
