@@ -46,7 +46,7 @@ def build(database: Path, rows: int) -> None:
         connection.execute(f"""
             INSERT INTO {CACHE} SELECT sha256(i::VARCHAR), md5(i::VARCHAR || 't'), 'clean', 'gemini-2.5-flash-lite',
                    '{{"cleaned_text": "a cleaned turn of about this length", "confidence": 0.9}}', 120, 30, 0, 0, 0,
-                   150, 'reported', now()
+                   150, 'reported', now(), md5(i::VARCHAR || 'c')
             FROM range({rows}) t(i)""")
 
 
@@ -57,7 +57,7 @@ def last_day(rows: int) -> str:
     return str(date(2026, 1, 1) + timedelta(days=(rows - 1) // ATTEMPTS_PER_DAY))
 
 
-def checkpoint(database: Path, batch: int, day: str) -> dict:
+def checkpoint(database: Path, batch: int, day: str, rows: int) -> dict:
     """One checkpoint's time and peak memory above the resting RSS, measured in this (fresh) process."""
     from cost_pipeline.costs.ledger import AttemptSpool, load_spools, spool_folder
     from cost_pipeline.costs.pricing import PriceBook, TokenCounts
@@ -78,7 +78,7 @@ def checkpoint(database: Path, batch: int, day: str) -> dict:
         attempt.model_version, attempt.latency_ms = "gemini-2.5-flash-lite", 300.0
         spool.done(attempt)
         cache.put(attempt.request_hash, f"t{i}", "clean", "gemini-2.5-flash-lite", {"cleaned_text": f"turn {i}"},
-                  attempt.usage)
+                  attempt.usage, context_hash=f"c{i}")
     spool.close()
     book.cost("gemini-2.5-flash-lite", TokenCounts(120, 0, 30, 0, 0), datetime.now(timezone.utc))  # warm its tables
     entries = cache.take_new()
@@ -92,22 +92,24 @@ def checkpoint(database: Path, batch: int, day: str) -> dict:
     cache_s = time.perf_counter() - started
     assert added == batch and written == batch, (added, written)
     checkpoint_peak = _status_mb("VmHWM") - resting
-    # A chunk of conversations loads its cached answers by turn text: here, 500 texts of the old rows.
+    # A chunk of conversations loads its cached answers by turn context and text: here, 250 new and 250 old cleanings.
     resting = _rss_mb()
     Path("/proc/self/clear_refs").write_text("5")
     started = time.perf_counter()
-    found = cache.read([f"t{i}" for i in range(batch)][:250] + [_old_text(i) for i in range(250)])
+    found = cache.read([f"t{i}" for i in range(250)] + [_old(i, "t") for i in range(250)],
+                       [f"c{i}" for i in range(250)] + [_old(i, "c") for i in range(250)])
     read_s = time.perf_counter() - started
-    assert len(found) >= 250, len(found)
+    assert len(found) == min(batch, 250) + min(rows, 250), len(found)
     return {"ledger_s": round(ledger_s, 3), "cache_s": round(cache_s, 3), "read_s": round(read_s, 3),
             "peak_above_resting_mb": round(checkpoint_peak, 1),
             "read_peak_above_resting_mb": round(_status_mb("VmHWM") - resting, 1)}
 
 
-def _old_text(i: int) -> str:
+def _old(i: int, kind: str) -> str:
+    """The text (t) or context (c) key `build` gave old row i."""
     import hashlib
 
-    return hashlib.md5(f"{i}t".encode()).hexdigest()
+    return hashlib.md5(f"{i}{kind}".encode()).hexdigest()
 
 
 def _rss_mb() -> float:
@@ -127,9 +129,10 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1700, help="attempts (and cache entries) per checkpoint")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--day", help=argparse.SUPPRESS)
+    parser.add_argument("--built-rows", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(checkpoint(Path(args.child), args.batch, args.day)))
+        print(json.dumps(checkpoint(Path(args.child), args.batch, args.day, args.built_rows)))
         return
     print(f"one checkpoint of {args.batch:,} attempts and {args.batch:,} cache entries, by ledger and cache size")
     for rows in (int(size) for size in args.rows.split(",")):
@@ -137,7 +140,7 @@ def main() -> None:
             database = Path(folder) / "store.duckdb"
             build(database, rows)
             done = subprocess.run([sys.executable, __file__, "--child", str(database), "--batch", str(args.batch),
-                                   "--day", last_day(rows)],
+                                   "--day", last_day(rows), "--built-rows", str(rows)],
                                   capture_output=True, text=True, check=True)
             figures = json.loads(done.stdout.splitlines()[-1])
         print(f"{rows:>10,} rows: ledger insert {figures['ledger_s']:.3f} s, cache write {figures['cache_s']:.3f} s, "

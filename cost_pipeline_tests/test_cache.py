@@ -33,7 +33,7 @@ def test_a_chunk_read_of_a_large_cache_stays_within_the_step_memory_limit(tmp_pa
         connection.execute(DDL)
         connection.execute(f"""
             INSERT INTO {TABLE} SELECT sha256('request-' || i), sha256('text-' || i), 'clean', 'gemini-2.5-flash-lite',
-                   '{{"cleaned_text": "turn ' || i || '"}}', 120, 30, 0, 0, 0, 150, 'reported', now()
+                   '{{"cleaned_text": "turn ' || i || '"}}', 120, 30, 0, 0, 0, 150, 'reported', now(), NULL
             FROM range(1500000) t(i)""")
     read = subprocess.run([sys.executable, "-c", READ_A_CHUNK, str(database)], capture_output=True, text=True,
                           timeout=120)
@@ -50,3 +50,36 @@ def test_memory_keeps_the_newest_entries_and_a_re_remembered_one_counts_as_new(t
     assert [cache.get(f"h{i}") is not None for i in range(4)] == [False, True, True, True]
     cache.remember([("h1", answer), ("h4", answer)])  # h1 is new again, so h2 is now the oldest and goes
     assert [cache.get(f"h{i}") is not None for i in range(5)] == [False, True, False, True, True]
+
+
+def _answer(text: str) -> tuple[dict, Usage]:
+    return {"cleaned_text": text}, Usage(input_tokens=10, output_tokens=2, total_tokens=12)
+
+
+def test_a_chunk_loads_the_cleaning_filed_under_its_context_not_every_cleaning_of_the_text(tmp_path):
+    # A text that recurs all day is cleaned once per conversation, each time with other turns before it.
+    cache = ResponseCache(tmp_path / "cache.duckdb")
+    for conversation in range(50):
+        cache.put(f"clean-{conversation}", "text-ok", "clean", "m", *_answer(f"Ok {conversation}."),
+                  context_hash=f"context-{conversation}")
+    cache.put("decide-ok", "text-ok", "function", "m", *_answer("Ok."))
+    assert cache.write(cache.take_new()) == 51
+    fresh = ResponseCache(tmp_path / "cache.duckdb")
+    chunk = dict(fresh.read(["text-ok"], ["context-7", "context-unknown"]))
+    assert sorted(chunk) == ["clean-7", "decide-ok"]
+    assert chunk["clean-7"].result == {"cleaned_text": "Ok 7."}
+    assert len(fresh.read(["text-ok"])) == 51, "by text alone (a batch day's one load), every answer of the text"
+
+
+def test_a_cache_from_before_context_keys_is_read_and_then_written_with_them(tmp_path):
+    database = tmp_path / "cache.duckdb"
+    with connect(database) as connection:
+        connection.execute(DDL.replace(",\n    context_hash VARCHAR", ""))
+        connection.execute(f"INSERT INTO {TABLE} VALUES ('old-clean', 'text-a', 'clean', 'm', '{{}}', 1, 1, 0, 0, 0, 2, "
+                           "'reported', now()), ('old-decide', 'text-a', 'function', 'm', '{}', 1, 1, 0, 0, 0, 2, "
+                           "'reported', now())")
+    cache = ResponseCache(database)
+    assert [key for key, _ in cache.read(["text-a"], ["context-a"])] == ["old-decide"]
+    cache.put("new-clean", "text-a", "clean", "m", *_answer("A."), context_hash="context-a")
+    assert cache.write(cache.take_new()) == 1
+    assert sorted(key for key, _ in ResponseCache(database).read(["text-a"], ["context-a"])) == ["new-clean", "old-decide"]

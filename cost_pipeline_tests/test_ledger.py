@@ -311,7 +311,7 @@ def test_a_keyed_ledger_and_cache_lose_their_index_not_a_row_and_a_load_twice_re
                            [DAY])
         connection.execute(CACHE_DDL.replace("request_hash VARCHAR NOT NULL", "request_hash VARCHAR PRIMARY KEY"))
         connection.execute(f"INSERT INTO {CACHE} VALUES ('h-old', 't', 'clean', 'm', '{{}}', 1, 1, 0, 0, 0, 2, "
-                           "'reported', now())")
+                           "'reported', now(), NULL)")
 
     def spool_of(*attempts_and_outcomes) -> Path:
         spool = AttemptSpool(spool_folder(database), "run")

@@ -93,6 +93,12 @@ def test_repeated_texts_hit_the_cache_and_a_second_run_makes_no_api_call(landing
     assert model_server.stats().get("requests", 0) == 0
     assert query(database, "SELECT count(*), count(*) FILTER (cache_hit) FROM llm_calls")[0] == (calls, calls)
 
+    # In small chunks, each loads the answers its own turns can use, not every answer of a text that recurs all day.
+    result = materialize_day(DAY, landing_root, database, model_server,
+                             run_config={"ops": {"turns_through_gemini": {"config": {"chunk_turns": 32}}}})
+    metadata = {m.asset_key.path[-1]: m.metadata for m in result.asset_materializations_for_node("turns_through_gemini")}
+    assert 0 < metadata["llm_calls"]["cache_entries_loaded"].value <= calls
+
 
 def test_transient_faults_are_retried_and_every_turn_has_a_row(landing_root, database, model_server):
     summary, = generate(landing_root, DAY, days=1, turns_per_day=200, seed=4)

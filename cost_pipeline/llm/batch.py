@@ -57,6 +57,7 @@ class BatchCall:
     request: LlmRequest
     tag: CallTag
     text_hash: str
+    context_hash: str | None = None
 
 
 @dataclass(frozen=True)
@@ -68,9 +69,11 @@ class RequestKey:
     evaluation_id: str = ""
     turn_id: str = ""
     text_hash: str = ""
+    context_hash: str | None = None
 
     def encode(self) -> str:
-        return json.dumps([self.request_hash, self.call_id, self.evaluation_id, self.turn_id, self.text_hash])
+        return json.dumps([self.request_hash, self.call_id, self.evaluation_id, self.turn_id, self.text_hash,
+                           self.context_hash])
 
     @classmethod
     def decode(cls, key: str) -> "RequestKey":
@@ -82,7 +85,7 @@ class RequestKey:
     @classmethod
     def of(cls, call: BatchCall, endpoint: str) -> "RequestKey":
         return cls(call.request.request_hash(endpoint), call.tag.call_id, call.tag.evaluation_id, call.tag.turn_id,
-                   call.text_hash)
+                   call.text_hash, call.context_hash)
 
 
 class BatchStage:
@@ -304,7 +307,8 @@ class BatchStage:
             attempt.latency_ms = (finished - submitted) * 1000
             session.ledger.done(attempt)
             if verdict.accepted and key.text_hash:  # (a job from before keys carried the text: not findable)
-                session.cache.put(key.request_hash, key.text_hash, stage, attempt.model, verdict.result, usage)
+                session.cache.put(key.request_hash, key.text_hash, stage, attempt.model, verdict.result, usage,
+                                  key.context_hash)
             if call is None:
                 continue
             common = dict(attempts=1, billed_attempts=1, model_version=response.model_version,

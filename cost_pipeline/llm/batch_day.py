@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from cost_pipeline.llm.batch import BatchCall, BatchStage
 from cost_pipeline.llm.client import OK, GeminiSession
 from cost_pipeline.llm.processing import (
-    Conversation, RowSink, call_row, call_tag, cleaned_row, function_row, text_hash,
+    Conversation, RowSink, call_row, call_tag, cleaned_row, file_turns, function_row,
 )
 from cost_pipeline.llm.prompts import cleaning_request, function_request
 
@@ -34,11 +34,11 @@ async def batch_day(chunks: Iterable[list[Conversation]], session: GeminiSession
     clean_calls = []
     for conversation in conversations:
         context: list[tuple[str, str]] = []
+        file_turns(conversation, settings.context_turns)
         for turn in conversation:
-            turn["text_hash"] = text_hash(turn["text"])
             window = context[-settings.context_turns:] if settings.context_turns else []
             request = cleaning_request(settings.clean_model, turn["speaker"], turn["text"], window, settings.thinking_budget)
-            clean_calls.append(BatchCall(request, call_tag(turn, "clean"), turn["text_hash"]))
+            clean_calls.append(BatchCall(request, call_tag(turn, "clean"), turn["text_hash"], turn["context_hash"]))
             context.append((turn["speaker"], turn["text"]))
     session.stats["cache_entries_loaded"] += session.cache.remember(
         session.cache.read(sorted({call.text_hash for call in clean_calls})))

@@ -289,8 +289,11 @@ class GeminiSession:
         self._budget_settled = asyncio.Event()
         self._configs: dict[tuple, types.GenerateContentConfig] = {}
 
-    async def call(self, request: LlmRequest, text_hash: str, tag: CallTag) -> CallOutcome:
-        """Answer `request` from the cache, from an identical call in flight, or from Gemini."""
+    async def call(self, request: LlmRequest, text_hash: str, tag: CallTag, context_hash: str | None = None) -> CallOutcome:
+        """Answer `request` from the cache, from an identical call in flight, or from Gemini.
+
+        A paid answer is cached under `text_hash` and, for a cleaning, `context_hash` (`llm/cache.py`).
+        """
         request_hash = request.request_hash(self.endpoint_id)
         self.stats["calls"] += 1
         cached = self.cache.get(request_hash)
@@ -311,7 +314,8 @@ class GeminiSession:
         try:
             outcome = await self._call_api(request, request_hash, tag)
             if outcome.status == OK:
-                self.cache.put(request_hash, text_hash, request.stage, request.model, outcome.result, outcome.saved)
+                self.cache.put(request_hash, text_hash, request.stage, request.model, outcome.result, outcome.saved,
+                               context_hash)
             return outcome
         finally:
             # answered or failed: calls = cache hits + finished + skipped + in flight

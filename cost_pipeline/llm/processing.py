@@ -39,6 +39,16 @@ def text_hash(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def file_turns(conversation: Conversation, context_turns: int) -> None:
+    """Give each turn the keys its cached answers are filed under (`llm/cache.py`): `text_hash` (its text) and
+    `context_hash` (its text and the raw turns of its cleaning context window, in order)."""
+    raw: list[list[str]] = []
+    for turn in conversation:
+        turn["text_hash"] = text_hash(turn["text"])
+        raw.append([turn["speaker"], turn["text"]])
+        turn["context_hash"] = hashlib.sha256(json.dumps(raw[-(context_turns + 1):]).encode()).hexdigest()
+
+
 def call_id(turn_id: str, stage: str) -> str:
     """Stable per turn and stage, so a re-run replaces the same calls."""
     return str(uuid.uuid5(CALL_ID_NAMESPACE, f"{turn_id}\x1f{stage}"))
@@ -89,13 +99,16 @@ async def process_day(chunks: Iterable[list[Conversation]], session: GeminiSessi
 
     try:
         for chunk in chunks:
-            texts = []
+            texts, contexts = [], []
             for conversation in chunk:
+                file_turns(conversation, session.settings.context_turns)
                 for turn in conversation:
-                    turn["text_hash"] = text_hash(turn["text"])  # once per turn: the cache key and the spool's tag
-                    texts.append(turn["text_hash"])
+                    contexts.append(turn["context_hash"])
+                    if turn["speaker"] == "User":  # only user turns get a function decision
+                        texts.append(turn["text_hash"])
             # Read in a worker thread, kept in this one: the loop's calls use the cache's memory meanwhile.
-            session.stats["cache_entries_loaded"] += session.cache.remember(await asyncio.to_thread(session.cache.read, texts))
+            session.stats["cache_entries_loaded"] += session.cache.remember(
+                await asyncio.to_thread(session.cache.read, texts, contexts))
             for conversation in chunk:
                 await slots.acquire()
                 if failures:
@@ -127,7 +140,7 @@ async def _conversation(turns: Conversation, session: GeminiSession, sink: RowSi
                                    context[-settings.context_turns:] if settings.context_turns else [],
                                    settings.thinking_budget)
         tag = call_tag(turn, "clean")
-        outcome = await session.call(request, raw_hash, tag)
+        outcome = await session.call(request, raw_hash, tag, context_hash=turn["context_hash"])
         cleaned = outcome.result["cleaned_text"] if outcome.status == OK else None
         cleaned_rows.append(cleaned_row(turn, outcome, cleaned, _ms_since(started), tag.call_id))
         call_rows.append(call_row(turn, outcome, "clean", session.endpoint_id, tag.call_id))
