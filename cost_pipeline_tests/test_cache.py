@@ -83,3 +83,19 @@ def test_a_cache_from_before_context_keys_is_read_and_then_written_with_them(tmp
     cache.put("new-clean", "text-a", "clean", "m", *_answer("A."), context_hash="context-a")
     assert cache.write(cache.take_new()) == 1
     assert sorted(key for key, _ in ResponseCache(database).read(["text-a"], ["context-a"])) == ["new-clean", "old-decide"]
+
+
+def test_a_cleaning_is_filed_by_its_text_and_the_raw_turns_of_its_context_window_only():
+    from cost_pipeline.llm.processing import file_turns
+
+    def filed(*texts, window=2):
+        conversation = [{"speaker": "User" if i % 2 == 0 else "Assistant", "text": text} for i, text in enumerate(texts)]
+        file_turns(conversation, window)
+        return conversation[-1]
+
+    ok_after_a, ok_after_b = filed("order pizza", "Done.", "ok"), filed("order coffee", "Done.", "ok")
+    assert ok_after_a["text_hash"] == ok_after_b["text_hash"], "the same text"
+    assert ok_after_a["context_hash"] != ok_after_b["context_hash"], "other turns before it"
+    # Turns older than the window do not enter the request, so they do not enter the key either.
+    assert filed("x", "order pizza", "Done.", "ok")["context_hash"] == filed("y", "order pizza", "Done.", "ok")["context_hash"]
+    assert filed("order pizza", "Done.", "ok", window=0)["context_hash"] == filed("ok", window=0)["context_hash"]
