@@ -5,7 +5,8 @@ instruction, tools, contents, generation config). It is appended to, never updat
 checkpoint writes its new entries without reading the table (no PRIMARY KEY, whose index
 would load whole at every write), so the rare request answered twice (two runs of a day
 at once) has two rows, either of which answers it. A run loads only
-the entries its next turns can use (chunk by chunk), serves hits from memory, keeps at most `max_entries` of them (the oldest go first), and writes
+the entries its next turns can use (chunk by chunk), serves hits from memory, keeps at
+most `max_entries` of them (the oldest go first), and writes
 its new entries in short transactions while it runs (the Gemini step checkpoints every
 few seconds) and once more when its calls are done, before its outputs are committed:
 a paid answer is remembered even if the run later fails or is killed, except those of
@@ -29,6 +30,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from cost_pipeline.llm.prompts import CLEAN
 from cost_pipeline.llm.usage import CACHE, Usage
 from cost_pipeline.storage.connect import STEP_MEMORY, connect
 from cost_pipeline.storage.tables import drop_primary_key, table_exists
@@ -47,7 +49,6 @@ CREATE TABLE IF NOT EXISTS {TABLE} (
     context_hash VARCHAR
 )
 """
-CLEAN_STAGE = "clean"
 USAGE_FIELDS = ("input_tokens", "output_tokens", "thinking_tokens", "cached_tokens", "tool_prompt_tokens", "total_tokens")
 
 
@@ -93,7 +94,7 @@ class ResponseCache:
                 rows = connection.execute(
                     f"SELECT {columns} FROM {TABLE} WHERE context_hash IN (SELECT unnest(?::VARCHAR[])) UNION ALL "
                     f"SELECT {columns} FROM {TABLE} WHERE stage <> ? AND text_hash IN (SELECT unnest(?::VARCHAR[]))",
-                    [sorted(set(context_hashes)), CLEAN_STAGE, sorted(set(text_hashes))]).fetchall()
+                    [sorted(set(context_hashes)), CLEAN, sorted(set(text_hashes))]).fetchall()
         return [(request_hash, CachedResponse(json.loads(result_json),
                                               Usage(**dict(zip(USAGE_FIELDS, (int(c or 0) for c in counts))), source=source)))
                 for request_hash, result_json, *counts, source in rows]
