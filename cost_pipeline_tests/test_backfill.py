@@ -1,4 +1,4 @@
-"""A 14-day backfill through Dagster's own CLI and daemon, 4 runs at once on one DuckDB file, reported on
+"""An 8-day backfill through Dagster's own CLI and daemon, 4 runs at once on one DuckDB file, reported on
 meanwhile; one day never landed and is written empty, not failed; the automation sensor then refreshes the totals."""
 
 import os
@@ -17,7 +17,7 @@ from cost_pipeline.synthetic import generate
 from .conftest import REPO, dagster_home
 
 BIN = Path(sys.executable).parent
-START, DAYS = date(2026, 11, 1), 14
+START, DAYS = date(2026, 11, 1), 8
 PARTITIONS = [(START + timedelta(days=i)).isoformat() for i in range(DAYS)]
 NEVER_LANDED = PARTITIONS[6]
 
@@ -35,7 +35,7 @@ def most_runs_at_once(runs) -> int:
 
 
 @pytest.mark.slow
-def test_job_backfill_over_fourteen_days_with_four_runs_at_once(tmp_path, landing_root, database):
+def test_job_backfill_over_eight_days_with_four_runs_at_once(tmp_path, landing_root, database):
     generate(landing_root, START, days=DAYS, turns_per_day=40, seed=23)
     for path in (landing_root / NEVER_LANDED).iterdir():
         path.unlink()
