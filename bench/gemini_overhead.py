@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import json
 import os
+import resource
 import statistics
 import tempfile
 import time
@@ -96,8 +97,14 @@ async def bare_loop(url: str, requests: list, concurrency: int) -> float:
     return elapsed
 
 
-def one_round(folder: Path, url: str, day_turns: int, concurrency: int) -> tuple[int, float, int, float]:
-    """Land a fresh day, run the Gemini stage, then the bare loop: (API calls, pipeline s, requests, bare s)."""
+def cpu_seconds() -> float:
+    """This process's CPU time, every thread included: what a phase cost, whatever the machine made it wait."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def one_round(folder: Path, url: str, day_turns: int, concurrency: int) -> dict:
+    """Land a fresh day, run the Gemini stage, then the bare loop: their API calls, wall seconds and CPU seconds."""
     folder.mkdir()
     landing, database = folder / "landing", folder / "bench.duckdb"
     generate(landing, DAY, 1, day_turns, seed=7)
@@ -109,16 +116,18 @@ def one_round(folder: Path, url: str, day_turns: int, concurrency: int) -> tuple
                             requests_per_minute=100_000_000, tokens_per_minute=10_000_000_000)
     assets = dg.load_assets_from_modules([turns])
     before = server_requests(url)
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), cpu_seconds()
     result = dg.materialize([*assets, *dg.load_assets_from_modules([ingest])], partition_key=str(DAY),
                             resources={**resources, "gemini": gemini, "costs": CostSettings()}, selection=assets)
-    pipeline_s = time.perf_counter() - started
+    pipeline_s, pipeline_cpu = time.perf_counter() - started, cpu_seconds() - cpu
     api_calls = server_requests(url) - before
     assert result.success
 
     requests = rebuild_requests(database, gemini)
+    cpu = cpu_seconds()
     bare_s = asyncio.run(bare_loop(url, requests, concurrency))
-    return api_calls, pipeline_s, len(requests), bare_s
+    return {"api_calls": api_calls, "pipeline_s": pipeline_s, "pipeline_cpu": pipeline_cpu,
+            "requests": len(requests), "bare_s": bare_s, "bare_cpu": cpu_seconds() - cpu}
 
 
 def main() -> None:
@@ -135,12 +144,14 @@ def main() -> None:
     print(f"{args.turns:,} turns, concurrency {args.concurrency}, zero-latency local server in its own process, "
           f"{args.rounds} alternating rounds")
     ratios = []
-    for number, (api_calls, pipeline_s, requests, bare_s) in enumerate(rounds, 1):
+    for number, figures in enumerate(rounds, 1):
+        api_calls, pipeline_s, requests, bare_s = (figures[k] for k in ("api_calls", "pipeline_s", "requests", "bare_s"))
         pipeline_rate, bare_rate = api_calls / pipeline_s, requests / bare_s
         ratios.append(pipeline_rate / bare_rate)
         print(f"round {number}: pipeline (Dagster step end to end) {api_calls:,} API calls in {pipeline_s:.1f} s = "
               f"{pipeline_rate:,.0f} calls/s, {args.turns / pipeline_s:,.0f} turns/s; bare generate_content loop "
-              f"{requests:,} calls in {bare_s:.1f} s = {bare_rate:,.0f} calls/s; ratio {ratios[-1]:.3f}")
+              f"{requests:,} calls in {bare_s:.1f} s = {bare_rate:,.0f} calls/s; ratio {ratios[-1]:.3f}; CPU per API "
+              f"call {figures['pipeline_cpu'] / api_calls * 1000:.2f} ms vs {figures['bare_cpu'] / requests * 1000:.2f} ms")
     print(f"throughput ratio pipeline / bare: {statistics.median(ratios):.2f} median of {len(ratios)} rounds "
           f"(min {min(ratios):.2f}, max {max(ratios):.2f}; goal >= 0.95)")
 
