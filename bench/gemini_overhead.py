@@ -27,6 +27,7 @@ import time
 import urllib.request
 from datetime import date
 from pathlib import Path
+from typing import NamedTuple
 
 os.environ.setdefault("COST_PIPELINE_START", "2026-01-01")  # keeps the fixed bench days inside the partitions
 
@@ -103,8 +104,23 @@ def cpu_seconds(who: int = resource.RUSAGE_SELF) -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def one_round(folder: Path, url: str, day_turns: int, concurrency: int) -> dict:
-    """Land a fresh day, run the Gemini stage, then the bare loop: their API calls, wall seconds and CPU seconds."""
+class Round(NamedTuple):
+    """One round's figures: the stage's API calls, wall and CPU seconds (all threads, and its own), then the bare loop's."""
+
+    api_calls: int
+    pipeline_s: float
+    pipeline_cpu: float
+    pipeline_loop_cpu: float
+    requests: int
+    bare_s: float
+    bare_cpu: float
+
+    def ratio(self) -> float:
+        return (self.api_calls / self.pipeline_s) / (self.requests / self.bare_s)
+
+
+def one_round(folder: Path, url: str, day_turns: int, concurrency: int) -> Round:
+    """Land a fresh day, run the Gemini stage, then the bare loop sending the same requests."""
     folder.mkdir()
     landing, database = folder / "landing", folder / "bench.duckdb"
     generate(landing, DAY, 1, day_turns, seed=7)
@@ -127,8 +143,7 @@ def one_round(folder: Path, url: str, day_turns: int, concurrency: int) -> dict:
     requests = rebuild_requests(database, gemini)
     cpu = cpu_seconds()
     bare_s = asyncio.run(bare_loop(url, requests, concurrency))
-    return {"api_calls": api_calls, "pipeline_s": pipeline_s, "pipeline_cpu": pipeline_cpu, "pipeline_loop_cpu": pipeline_loop_cpu,
-            "requests": len(requests), "bare_s": bare_s, "bare_cpu": cpu_seconds() - cpu}
+    return Round(api_calls, pipeline_s, pipeline_cpu, pipeline_loop_cpu, len(requests), bare_s, cpu_seconds() - cpu)
 
 
 def main() -> None:
@@ -144,16 +159,13 @@ def main() -> None:
 
     print(f"{args.turns:,} turns, concurrency {args.concurrency}, zero-latency local server in its own process, "
           f"{args.rounds} alternating rounds")
-    ratios = []
-    for number, figures in enumerate(rounds, 1):
-        api_calls, pipeline_s, requests, bare_s = (figures[k] for k in ("api_calls", "pipeline_s", "requests", "bare_s"))
-        pipeline_rate, bare_rate = api_calls / pipeline_s, requests / bare_s
-        ratios.append(pipeline_rate / bare_rate)
-        print(f"round {number}: pipeline (Dagster step end to end) {api_calls:,} API calls in {pipeline_s:.1f} s = "
-              f"{pipeline_rate:,.0f} calls/s, {args.turns / pipeline_s:,.0f} turns/s; bare generate_content loop "
-              f"{requests:,} calls in {bare_s:.1f} s = {bare_rate:,.0f} calls/s; ratio {ratios[-1]:.3f}; CPU per API "
-              f"call {figures['pipeline_cpu'] / api_calls * 1000:.2f} ms (the step's own thread "
-              f"{figures['pipeline_loop_cpu'] / api_calls * 1000:.2f}) vs {figures['bare_cpu'] / requests * 1000:.2f} ms")
+    ratios = [r.ratio() for r in rounds]
+    for number, r in enumerate(rounds, 1):
+        print(f"round {number}: pipeline (Dagster step end to end) {r.api_calls:,} API calls in {r.pipeline_s:.1f} s = "
+              f"{r.api_calls / r.pipeline_s:,.0f} calls/s, {args.turns / r.pipeline_s:,.0f} turns/s; bare generate_content "
+              f"loop {r.requests:,} calls in {r.bare_s:.1f} s = {r.requests / r.bare_s:,.0f} calls/s; ratio {r.ratio():.3f}; "
+              f"CPU per API call {r.pipeline_cpu / r.api_calls * 1000:.2f} ms (the step's own thread "
+              f"{r.pipeline_loop_cpu / r.api_calls * 1000:.2f}) vs {r.bare_cpu / r.requests * 1000:.2f} ms")
     print(f"throughput ratio pipeline / bare: {statistics.median(ratios):.2f} median of {len(ratios)} rounds "
           f"(min {min(ratios):.2f}, max {max(ratios):.2f}; goal >= 0.95)")
 

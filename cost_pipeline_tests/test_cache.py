@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 from cost_pipeline.llm.cache import DDL, TABLE, CachedResponse, ResponseCache
+from cost_pipeline.llm.processing import file_turns
 from cost_pipeline.llm.usage import Usage
 from cost_pipeline.storage.connect import connect
 
@@ -86,8 +87,6 @@ def test_a_cache_from_before_context_keys_is_read_and_then_written_with_them(tmp
 
 
 def test_a_cleaning_is_filed_by_its_text_and_the_raw_turns_of_its_context_window_only():
-    from cost_pipeline.llm.processing import file_turns
-
     def filed(*texts, window=2):
         conversation = [{"speaker": "User" if i % 2 == 0 else "Assistant", "text": text} for i, text in enumerate(texts)]
         file_turns(conversation, window)
