@@ -186,7 +186,6 @@ def _through_gemini(context: dg.AssetExecutionContext, config: GeminiStageConfig
     total = export_day_turns(warehouse.database, context.partition_key, turns_file, warehouse.lock_timeout_s)
     cache = ResponseCache(database, gemini.cache_enabled)
     spool = AttemptSpool(spool_folder(database), context.run.run_id)
-    checkpoints = Checkpoints(database, cache, spool, book, context.log.warning, config.checkpoint_every_s)
     day = StagedDay(area, book, config.staged_chunk_rows)
     budget = None
     # Runs that spend against one shared limit (a day's, an evaluation's) take turns for their calls, so each reads a
@@ -198,6 +197,7 @@ def _through_gemini(context: dg.AssetExecutionContext, config: GeminiStageConfig
             context.log.info(f"waited {waited:.1f} s for the turn to spend against the shared limits")
         if scope:  # the runs before this turn are all in the ledger (a killed one's spool is loaded now)
             load_spools(database, book, log=context.log.warning)
+        checkpoints = Checkpoints(database, cache, spool, book, context.log.warning, config.checkpoint_every_s)
         try:
             if gemini.processing == BATCH:
                 if limits:

@@ -1,9 +1,10 @@
 """Checkpoints of what a running day has paid for: answers to the response cache, attempts to the ledger.
 
 Every `every_s` seconds while the calls run, the new cache entries and the finished
-part of the attempt spool are written in two short transactions from a worker thread,
-so the event loop keeps calling Gemini and another run's writer waits seconds, not a
-whole day, for the file lock. A run killed at any point therefore loses at most the
+part of the attempt spool are written in two short transactions by a child process
+(`checkpoint_process.py`; in a worker thread of this process should the child be gone),
+so the event loop keeps calling Gemini, without even sharing its GIL, and another run's
+writer waits seconds, not a whole day, for the file lock. A run killed at any point therefore loses at most the
 last interval of answers: its re-run finds the rest in the cache and pays only for the
 calls it had not made. Attempts lose nothing either way (the spool is durable line by
 line; see `ledger.py`). A checkpoint that fails (say the file stayed locked) is logged
@@ -15,6 +16,7 @@ from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
 
+from cost_pipeline.costs.checkpoint_process import CheckpointFailed, CheckpointProcess, WriterGone
 from cost_pipeline.costs.ledger import AttemptSpool, load_spools
 from cost_pipeline.costs.pricing import PriceBook
 from cost_pipeline.llm.cache import ResponseCache
@@ -22,9 +24,15 @@ from cost_pipeline.llm.cache import ResponseCache
 
 class Checkpoints:
     def __init__(self, database: str | Path, cache: ResponseCache, spool: AttemptSpool, book: PriceBook,
-                 log: Callable[[str], None], every_s: float):
+                 log: Callable[[str], None], every_s: float, in_child_process: bool = True):
         self.database, self.cache, self.spool, self.book = database, cache, spool, book
         self.log, self.every_s = log, every_s
+        self._writer: CheckpointProcess | None = None
+        if in_child_process:
+            try:
+                self._writer = CheckpointProcess(database, book)
+            except WriterGone as gone:
+                log(f"{gone}; checkpoints are written from this process")
         self._unloaded: list[Path] = []
         self._unwritten: list[dict] = []
         self._stopped = asyncio.Event()
@@ -54,7 +62,7 @@ class Checkpoints:
             return True
         self._unwritten, self._unloaded = [], []
         try:
-            written, added = await asyncio.to_thread(self._write, entries, spools)
+            written, added = await asyncio.to_thread(self._write_somewhere, entries, spools)
         except Exception as err:  # the end of the run writes whatever a checkpoint could not
             self.log(f"checkpoint deferred ({type(err).__name__}: {err}); the next one retries")
             self._unwritten, self._unloaded = entries + self._unwritten, spools + self._unloaded
@@ -65,7 +73,11 @@ class Checkpoints:
         return True
 
     def finish(self) -> tuple[int, int]:
-        """After the calls: the spool's last part to the ledger first (money), then the last answers. Blocking."""
+        """After the calls: the spool's last part to the ledger first (money), then the last answers. Blocking.
+
+        Written from this process, after the child (if any) has ended: the end of a run does not depend on it.
+        """
+        self._close_writer()
         self.spool.close()
         entries, spools = self._unwritten + self.cache.take_new(), [*self._unloaded, self.spool.path]
         self._unwritten, self._unloaded = [], []
@@ -77,6 +89,32 @@ class Checkpoints:
         self.attempts += added
         self.cache_entries += written
         return self.attempts, self.cache_entries
+
+    def _write_somewhere(self, entries: list[dict], spools: list[Path]) -> tuple[int, int]:
+        """In the child process while it is there, else here; raises when the checkpoint failed."""
+        if self._writer is not None:
+            try:
+                written, added, spent, warnings = self._writer.write(entries, spools)
+            except WriterGone as gone:
+                self.log(f"{gone}; checkpoints are written from this process from now on")
+                self._close_writer()
+            except CheckpointFailed as failed:
+                self._report(failed.spent, failed.warnings)
+                raise
+            else:
+                self._report(spent, warnings)
+                return written, added
+        return self._write(entries, spools)
+
+    def _report(self, spent: Decimal, warnings: list[str]) -> None:
+        self._spend(spent)
+        for warning in warnings:
+            self.log(warning)
+
+    def _close_writer(self) -> None:
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.close()
 
     def _write(self, entries: list[dict], spools: list[Path]) -> tuple[int, int]:
         added = sum(load_spools(self.database, self.book, only=path, log=self.log, on_spend=self._spend)
