@@ -3,7 +3,9 @@
 Each size runs as one real Dagster materialization of the daily graph in a fresh child
 process (the project's in-process executor runs the whole graph in one process, so its
 peak is the step that needs most), against the shipped zero-latency model server, and
-the child reports its own peak RSS. The growth per 1,000 turns is the slope between the
+the child reports its own peak RSS plus that of its own children (the Gemini step's
+writer process, `costs/writer_process.py`): the sum of both peaks, an upper
+bound of what the day held at once. The growth per 1,000 turns is the slope between the
 smallest and largest size: what a day costs in memory beyond the process's fixed size.
 
 Goal: under 1.0 GB at 200,000 turns and under 0.5 MB of growth per 1,000 turns, so a
@@ -48,17 +50,18 @@ daily = ["raw_turns", "quarantined_turns", "cleaned_turns", "function_calls", "l
 result = dg.materialize([*dg.load_assets_from_modules([ingest, turns, rollups]), *dg.load_asset_checks_from_modules([checks])],
                         partition_key=day, resources=resources, selection=daily)
 assert result.success
-print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+print(json.dumps({"step_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  "writer_process_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}))
 """
 
 
-def run_day(folder: Path, url: str) -> tuple[float, float]:
-    """Peak RSS (MB) and wall time (s) of one child process running the whole daily graph."""
+def run_day(folder: Path, url: str) -> tuple[dict, float]:
+    """Peak RSS (MB) of one child process running the whole daily graph and of its writer process, and wall time (s)."""
     started = time.perf_counter()
     run = subprocess.run([sys.executable, "-c", CHILD, str(folder), DAY.isoformat(), url], capture_output=True, text=True)
     if run.returncode != 0:
         raise SystemExit(f"the daily graph failed:\n{run.stderr[-3000:]}")
-    return json.loads(run.stdout.strip().splitlines()[-1])["peak_rss_mb"], time.perf_counter() - started
+    return json.loads(run.stdout.strip().splitlines()[-1]), time.perf_counter() - started
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -71,18 +74,22 @@ def main(argv: list[str] | None = None) -> dict:
     sizes = sorted(int(size) for size in args.sizes.split(","))
     if len(sizes) < 2:
         parser.error("give at least two sizes, so the growth per 1,000 turns can be measured")
-    peaks = {}
+    peaks, writer_peaks = {}, {}
     with tempfile.TemporaryDirectory() as tmp, running_local_server(ServerConfig()) as url:
         for turns in sizes:
             folder = Path(tmp) / str(turns)
             generate(folder / "landing", DAY, 1, turns, seed=7)
             peak, seconds = run_day(folder, url)
-            peaks[turns] = peak
-            print(f"{turns:>9,} turns: peak RSS {peak:,.0f} MB for the whole daily graph, {seconds:.0f} s")
+            peaks[turns] = peak["step_mb"] + peak["writer_process_mb"]
+            writer_peaks[turns] = peak["writer_process_mb"]
+            print(f"{turns:>9,} turns: peak RSS {peaks[turns]:,.0f} MB for the whole daily graph ({peak['step_mb']:,.0f} MB "
+                  f"its process + {peak['writer_process_mb']:,.0f} MB its writer process), {seconds:.0f} s")
     growth = (peaks[sizes[-1]] - peaks[sizes[0]]) / ((sizes[-1] - sizes[0]) / 1000)
     projected = peaks[sizes[-1]] + growth * (1_000_000 - sizes[-1]) / 1000
     print(f"growth {growth:.3f} MB per 1,000 turns (goal < 0.5); projected 1,000,000 turns: {projected:,.0f} MB")
-    figures = {"peak_rss_mb": {str(k): round(v, 1) for k, v in peaks.items()}, "growth_mb_per_1k_turns": round(growth, 4),
+    figures = {"peak_rss_mb": {str(k): round(v, 1) for k, v in peaks.items()},
+               "writer_process_mb": {str(k): round(v, 1) for k, v in writer_peaks.items()},
+               "growth_mb_per_1k_turns": round(growth, 4),
                "projected_1m_mb": round(projected)}
     print(json.dumps(figures))
     return figures

@@ -36,7 +36,6 @@ def test_gemini_overhead_runs_at_a_tiny_size():
     ("partition_write.py", ["--rows", "2000"], "rows/s"),
     ("rate_limit.py", ["--calls", "30", "--rpm", "6000", "--latency-ms", "1"], "RPM"),
     ("rollup.py", ["--days", "2", "--calls", "2000"], "evaluation_costs"),
-    ("peak_rss.py", ["--sizes", "150,300"], "MB per 1,000 turns"),
     ("ledger_growth.py", ["--rows", "1000", "--batch", "50"], "rows: ledger insert"),
 ])
 def test_every_other_bench_runs_at_a_tiny_size(script, args, printed):
@@ -60,3 +59,11 @@ def test_backfill_overlap_runs_at_a_tiny_size_without_lock_failures():
     assert figures["failed_runs"] == 0, [mode["failure_reasons"] for mode in figures["modes"]]
     assert figures["lock_failures"] == 0, [mode["lock_failure_messages"] for mode in figures["modes"]]
     assert figures["ratio"] > 0 and figures["sequential_s"] > 0 and figures["parallel_s"] > 0
+
+
+@pytest.mark.slow
+def test_peak_rss_counts_the_writer_process_too_at_a_tiny_size():
+    figures = json.loads(run_bench("peak_rss.py", "--sizes", "150,300").splitlines()[-1])
+    assert set(figures["peak_rss_mb"]) == {"150", "300"}
+    for size, writer_mb in figures["writer_process_mb"].items():
+        assert 0 < writer_mb < figures["peak_rss_mb"][size], "memory moved to the writer process is still counted"

@@ -27,15 +27,17 @@ from pydantic import Field
 from cost_pipeline.costs.budget_turns import spending_turn, turn_scope
 from cost_pipeline.costs.budgets import Budget, Limits
 from cost_pipeline.costs.checkpoints import Checkpoints
+from cost_pipeline.costs.staged_day import StagedDay
 from cost_pipeline.costs.forecast import FORECAST_TAG, Calibration, CallEstimator, ForecastSettings, calibrate
 from cost_pipeline.costs.ledger import AttemptSpool, attempt_cost, load_spools, spent_so_far, spool_folder
-from cost_pipeline.costs.pricing import MISSING, MONEY_SQL_TYPE, ZERO, PriceBook, price_calls
+from cost_pipeline.costs.pricing import MISSING, MONEY_SQL_TYPE, PriceBook
+from cost_pipeline.costs.writer_process import WriterProcess
 from cost_pipeline.llm.batch import BATCH, BatchStage, JobsPending
 from cost_pipeline.llm.batch_jobs import mark_collected
 from cost_pipeline.llm.batch_day import batch_day
 from cost_pipeline.llm.cache import ResponseCache
 from cost_pipeline.llm.client import FAILED, GeminiResource
-from cost_pipeline.llm.processing import call_id, long_lived_objects_frozen, process_day
+from cost_pipeline.llm.processing import long_lived_objects_frozen, process_day
 from cost_pipeline.llm.usage import SAVED_FIELDS, TOKEN_FIELDS
 from cost_pipeline.markdown import markdown_table, money_entries
 from cost_pipeline.partitions import daily_partitions
@@ -125,6 +127,9 @@ LLM_CALLS_SCHEMA = dg.TableSchema(columns=[
 ])
 
 
+TABLE_COLUMNS = {name: column_types(schema) for name, schema in (
+    ("cleaned_turns", CLEANED_TURNS_SCHEMA), ("function_calls", FUNCTION_CALLS_SCHEMA), ("llm_calls", LLM_CALLS_SCHEMA))}
+"""Each table's declared column types, in order: what staging writes (costs/staged_day.py)."""
 LLM_ATTEMPTS = dg.AssetKey("llm_attempts")
 
 
@@ -184,9 +189,21 @@ def _through_gemini(context: dg.AssetExecutionContext, config: GeminiStageConfig
     database = gemini.database()
     turns_file = area.folder / "day_turns.parquet"
     total = export_day_turns(warehouse.database, context.partition_key, turns_file, warehouse.lock_timeout_s)
+    writer = WriterProcess.start(database, book, context.log.warning)
+    try:
+        yield from _calls_and_staging(context, config, gemini, book, area, limits, turns_file, total, writer)
+    finally:
+        if writer is not None:
+            writer.close()
+
+
+def _calls_and_staging(context: dg.AssetExecutionContext, config: GeminiStageConfig, gemini: GeminiResource,
+                       book: PriceBook, area: StagingArea, limits: Limits, turns_file: Path, total: int,
+                       writer: WriterProcess | None):
+    database = gemini.database()
     cache = ResponseCache(database, gemini.cache_enabled)
     spool = AttemptSpool(spool_folder(database), context.run.run_id)
-    day = StagedDay(area, book, config.staged_chunk_rows)
+    day = StagedDay(area, book, config.staged_chunk_rows, TABLE_COLUMNS, writer)
     budget = None
     # Runs that spend against one shared limit (a day's, an evaluation's) take turns for their calls, so each reads a
     # ledger that holds every attempt of the runs before it (costs/budget_turns.py).
@@ -197,7 +214,7 @@ def _through_gemini(context: dg.AssetExecutionContext, config: GeminiStageConfig
             context.log.info(f"waited {waited:.1f} s for the turn to spend against the shared limits")
         if scope:  # the runs before this turn are all in the ledger (a killed one's spool is loaded now)
             load_spools(database, book, log=context.log.warning)
-        checkpoints = Checkpoints(database, cache, spool, book, context.log.warning, config.checkpoint_every_s)
+        checkpoints = Checkpoints(database, cache, spool, book, context.log.warning, config.checkpoint_every_s, writer)
         try:
             if gemini.processing == BATCH:
                 if limits:
@@ -228,6 +245,8 @@ def _through_gemini(context: dg.AssetExecutionContext, config: GeminiStageConfig
             mark_collected(database, deferred)
     turns_file.unlink()
     cleaned, functions, calls = day.close()
+    if writer is not None:
+        writer.close()  # its work is done: its memory goes before the commit
     context.log_event(dg.AssetMaterialization(
         asset_key=LLM_ATTEMPTS, partition=context.partition_key,
         description=f"{ledger_rows} attempts appended by run {context.run.run_id}",
@@ -296,7 +315,7 @@ def _budget(context: dg.AssetExecutionContext, gemini: GeminiResource, book: Pri
 
 
 async def _run_batch_day(chunks, gemini: GeminiResource, cache: ResponseCache, spool: AttemptSpool,
-                         checkpoints: Checkpoints, day: "StagedDay", context: dg.AssetExecutionContext,
+                         checkpoints: Checkpoints, day: StagedDay, context: dg.AssetExecutionContext,
                          work_folder: Path, deferred: list[str]):
     """The day through batch jobs (`llm/batch_day.py`); answers and attempts checkpointed as each job is collected."""
     session = gemini.session(cache, spool, context.run.run_id, context.partition_key)
@@ -317,7 +336,7 @@ async def _run_batch_day(chunks, gemini: GeminiResource, cache: ResponseCache, s
 
 
 async def _run_day(chunks, total: int, gemini: GeminiResource, cache: ResponseCache, spool: AttemptSpool,
-                   checkpoints: Checkpoints, day: "StagedDay", context: dg.AssetExecutionContext,
+                   checkpoints: Checkpoints, day: StagedDay, context: dg.AssetExecutionContext,
                    config: GeminiStageConfig, budget: Budget | None = None, estimator: CallEstimator | None = None,
                    book: PriceBook | None = None):
     session = gemini.session(cache, spool, context.run.run_id, context.partition_key)
@@ -334,58 +353,6 @@ async def _run_day(chunks, total: int, gemini: GeminiResource, cache: ResponseCa
         await periodic
         await session.aclose()
     return elapsed, session.stats
-
-
-class StagedDay:
-    """Takes finished conversations' rows, and every `chunk_rows` calls prices them and stages all three tables.
-
-    A conversation's rows arrive together, so a chunk holds every call of its turns and
-    each cleaned turn's cost is complete when it is staged.
-    """
-
-    def __init__(self, area: StagingArea, book: PriceBook, chunk_rows: int):
-        self.book, self.chunk_rows = book, chunk_rows
-        self.writers = {name: area.writer(name, column_types(schema), chunk_rows) for name, schema in
-                        (("cleaned_turns", CLEANED_TURNS_SCHEMA), ("function_calls", FUNCTION_CALLS_SCHEMA),
-                         ("llm_calls", LLM_CALLS_SCHEMA))}
-        self._cleaned: list[dict] = []
-        self._functions: list[dict] = []
-        self._calls: list[dict] = []
-
-    def __call__(self, cleaned: list[dict], functions: list[dict], calls: list[dict]) -> None:
-        self._cleaned += cleaned
-        self._functions += functions
-        self._calls += calls
-        if len(self._calls) >= self.chunk_rows:
-            self.flush()
-
-    def flush(self) -> None:
-        if not self._calls:
-            return
-        calls = _frame(price_calls(pd.DataFrame(self._calls), self.book), LLM_CALLS_SCHEMA)
-        self.writers["llm_calls"].write_frame(calls)
-        self.writers["cleaned_turns"].write_frame(
-            _frame(_with_turn_costs(pd.DataFrame(self._cleaned), calls), CLEANED_TURNS_SCHEMA))
-        self.writers["function_calls"].write_frame(_frame(pd.DataFrame(self._functions), FUNCTION_CALLS_SCHEMA))
-        self._cleaned, self._functions, self._calls = [], [], []
-
-    def close(self) -> tuple[StagedTable, StagedTable, StagedTable]:
-        self.flush()
-        return self.writers["cleaned_turns"].close(), self.writers["function_calls"].close(), self.writers["llm_calls"].close()
-
-
-def _frame(rows: pd.DataFrame, schema: dg.TableSchema) -> pd.DataFrame:
-    """The schema's columns in its order (absent ones empty)."""
-    return rows.reindex(columns=[c.name for c in schema.columns])
-
-
-def _with_turn_costs(cleaned: pd.DataFrame, calls: pd.DataFrame) -> pd.DataFrame:
-    """Each turn's cleaning and function costs, as the original system stored them per turn."""
-    cost = dict(zip(calls["call_id"], calls["total_cost_usd"]))
-    cleaning = [cost.get(i) for i in cleaned.get("call_id", [])]
-    function = [cost.get(call_id(turn, "function"), ZERO) for turn in cleaned.get("turn_id", [])]
-    total = [None if c is None or f is None else c + f for c, f in zip(cleaning, function)]
-    return cleaned.assign(cleaning_cost_usd=cleaning, function_cost_usd=function, total_cost_usd=total)
 
 
 def _cleaned_metadata(cleaned: StagedTable) -> dict:

@@ -1,8 +1,8 @@
 """Checkpoints of what a running day has paid for: answers to the response cache, attempts to the ledger.
 
 Every `every_s` seconds while the calls run, the new cache entries and the finished
-part of the attempt spool are written in two short transactions by a child process
-(`checkpoint_process.py`; in a worker thread of this process should the child be gone),
+part of the attempt spool are written in two short transactions by the step's writer
+process (`writer_process.py`; in a worker thread of this process when there is none),
 so the event loop keeps calling Gemini, without even sharing its GIL, and another run's
 writer waits seconds, not a whole day, for the file lock. A run killed at any point therefore loses at most the
 last interval of answers: its re-run finds the rest in the cache and pays only for the
@@ -16,23 +16,19 @@ from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
 
-from cost_pipeline.costs.checkpoint_process import CheckpointFailed, CheckpointProcess, WriterGone
 from cost_pipeline.costs.ledger import AttemptSpool, load_spools
 from cost_pipeline.costs.pricing import PriceBook
+from cost_pipeline.costs.writer_process import WriteFailed, WriterGone, WriterProcess
 from cost_pipeline.llm.cache import ResponseCache
 
 
 class Checkpoints:
     def __init__(self, database: str | Path, cache: ResponseCache, spool: AttemptSpool, book: PriceBook,
-                 log: Callable[[str], None], every_s: float, in_child_process: bool = True):
+                 log: Callable[[str], None], every_s: float, writer: WriterProcess | None = None):
         self.database, self.cache, self.spool, self.book = database, cache, spool, book
         self.log, self.every_s = log, every_s
-        self._writer: CheckpointProcess | None = None
-        if in_child_process:
-            try:
-                self._writer = CheckpointProcess(database, book)
-            except WriterGone as gone:
-                log(f"{gone}; checkpoints are written from this process")
+        self._writer = writer
+        """Where periodic checkpoints are written (None: here); its owner closes it."""
         self._unloaded: list[Path] = []
         self._unwritten: list[dict] = []
         self._stopped = asyncio.Event()
@@ -75,9 +71,8 @@ class Checkpoints:
     def finish(self) -> tuple[int, int]:
         """After the calls: the spool's last part to the ledger first (money), then the last answers. Blocking.
 
-        Written from this process, after the child (if any) has ended: the end of a run does not depend on it.
+        Written from this process: the end of a run does not depend on the writer process.
         """
-        self._close_writer()
         self.spool.close()
         entries, spools = self._unwritten + self.cache.take_new(), [*self._unloaded, self.spool.path]
         self._unwritten, self._unloaded = [], []
@@ -94,11 +89,11 @@ class Checkpoints:
         """In the child process while it is there, else here; raises when the checkpoint failed."""
         if self._writer is not None:
             try:
-                written, added, spent, warnings = self._writer.write(entries, spools)
+                written, added, spent, warnings = self._writer.checkpoint(entries, spools)
             except WriterGone as gone:
                 self.log(f"{gone}; checkpoints are written from this process from now on")
-                self._close_writer()
-            except CheckpointFailed as failed:
+                self._writer = None
+            except WriteFailed as failed:
                 self._report(failed.spent, failed.warnings)
                 raise
             else:
@@ -110,11 +105,6 @@ class Checkpoints:
         self._spend(spent)
         for warning in warnings:
             self.log(warning)
-
-    def _close_writer(self) -> None:
-        writer, self._writer = self._writer, None
-        if writer is not None:
-            writer.close()
 
     def _write(self, entries: list[dict], spools: list[Path]) -> tuple[int, int]:
         added = sum(load_spools(self.database, self.book, only=path, log=self.log, on_spend=self._spend)

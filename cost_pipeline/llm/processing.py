@@ -16,18 +16,17 @@ import gc
 import hashlib
 import json
 import time
-import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from decimal import Decimal
 
+from cost_pipeline.llm.call_ids import call_id
 from cost_pipeline.llm.client import OK, CallOutcome, CallTag, GeminiSession
 from cost_pipeline.llm.prompts import cleaning_request, function_request
 from cost_pipeline.llm.usage import SAVED_FIELDS
 
 CALL_PHASE_GC_THRESHOLDS = (100_000, 50, 1_000)
-CALL_ID_NAMESPACE = uuid.UUID("0c7d3e3a-58c4-4d0e-9a6e-4a1f6c2b9e55")
 
 
 Conversation = list[dict]
@@ -47,11 +46,6 @@ def file_turns(conversation: Conversation, context_turns: int) -> None:
         turn["text_hash"] = text_hash(turn["text"])
         raw.append([turn["speaker"], turn["text"]])
         turn["context_hash"] = hashlib.sha256(json.dumps(raw[-(context_turns + 1):]).encode()).hexdigest()
-
-
-def call_id(turn_id: str, stage: str) -> str:
-    """Stable per turn and stage, so a re-run replaces the same calls."""
-    return str(uuid.uuid5(CALL_ID_NAMESPACE, f"{turn_id}\x1f{stage}"))
 
 
 @contextmanager
