@@ -11,6 +11,7 @@ import pytest
 
 from cost_pipeline.definitions import all_assets, all_checks
 from cost_pipeline.costs.pricing import PriceBook
+from cost_pipeline.costs.writer_process import WriterProcess
 from cost_pipeline.resources import CostSettings, LandingResource
 from cost_pipeline.schedules import daily_pipeline_schedule, late_landing_sensor
 from cost_pipeline.synthetic import generate
@@ -173,6 +174,8 @@ def test_a_failing_blocking_check_stops_the_rollup(landing_root, database, model
                                                                  cost.total_cost, cost.price_source, cost.price_status)
 
     monkeypatch.setattr(PriceBook, "_price", negative)
+    # The fault is in this process's price book: the step prices here, without its writer process.
+    monkeypatch.setattr(WriterProcess, "start", classmethod(lambda cls, *args: None))
     result = materialize_day(DAYS[0], landing_root, database, model_server, raise_on_error=False)
     assert check_results(result)["costs_are_valid"][0] is False
     assert not result.asset_materializations_for_node("daily_cost_rollup")

@@ -9,6 +9,7 @@ import duckdb
 import pandas as pd
 import pytest
 
+from cost_pipeline.costs.writer_process import WriterProcess
 from cost_pipeline.storage.connect import connect
 from cost_pipeline.storage.day_turns import conversation_chunks, export_day_turns
 from cost_pipeline.storage.staging import StagingArea, query_staged, remove_stale, staging_root
@@ -105,14 +106,21 @@ def day_rows(database) -> dict:
 
 
 @pytest.mark.slow
-def test_a_day_streamed_in_tiny_chunks_writes_the_rows_of_one_big_chunk(tmp_path, landing_root, model_server):
+def test_a_day_streamed_in_tiny_chunks_writes_the_rows_of_one_big_chunk(tmp_path, landing_root, model_server,
+                                                                       monkeypatch):
     generate(landing_root, DAY, days=1, turns_per_day=300, seed=5)
     whole, streamed = tmp_path / "whole.duckdb", tmp_path / "streamed.duckdb"
+    writers = []
+    start = WriterProcess.start.__func__
+    monkeypatch.setattr(WriterProcess, "start", classmethod(lambda cls, *args: writers.append(start(cls, *args)) or
+                                                            writers[-1]))
     assert materialize_day(DAY, landing_root, whole, model_server, run_config={"ops": {"turns_through_gemini": {"config": {
         "chunk_turns": 100_000, "staged_chunk_rows": 100_000, "conversations_in_flight": 10_000}}}}).success
+    assert writers == [], "a day within one chunk is staged by the step itself"
     tiny = {"chunk_turns": 7, "staged_chunk_rows": 5, "conversations_in_flight": 3}
     assert materialize_day(DAY, landing_root, streamed, model_server,
                            run_config={"ops": {"turns_through_gemini": {"config": tiny}}}).success
+    assert len(writers) == 1 and writers[0].closed, "many chunks are staged by the writer process"
     first = day_rows(streamed)
     assert first == day_rows(whole) and len(first["cleaned_turns"]) > 250 and first["function_calls"]
     # A re-run (every answer now from the cache) writes the same turns and decisions.

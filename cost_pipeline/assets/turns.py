@@ -5,12 +5,13 @@ transaction, so a day's turns, decisions and the calls that paid for them always
 from the same run. The day streams: its raw turns are exported once to Parquet and read
 back a chunk of conversations at a time (`storage/day_turns.py`), at most
 `conversations_in_flight` conversations run at once, and each finished chunk of rows is
-priced and staged as Parquet (`storage/staging.py`); the commit inserts the staged rows,
+priced and staged as Parquet (`costs/staged_day.py`); the commit inserts the staged rows,
 so memory holds the window, not the day. New response-cache entries are written first,
 so a run that fails after paying for answers does not pay for them again; while the day
 runs, answers and attempts are checkpointed every few seconds (`costs/checkpoints.py`),
 so a killed run's re-run pays only for the calls it had not made, and its staging is
-removed by the next run, never read.
+removed by the next run, never read. Checkpoints and staging are written by the step's
+writer process (`costs/writer_process.py`), so the event loop keeps its GIL for the calls.
 """
 
 import asyncio
@@ -189,7 +190,9 @@ def _through_gemini(context: dg.AssetExecutionContext, config: GeminiStageConfig
     database = gemini.database()
     turns_file = area.folder / "day_turns.parquet"
     total = export_day_turns(warehouse.database, context.partition_key, turns_file, warehouse.lock_timeout_s)
-    writer = WriterProcess.start(database, book, context.log.warning)
+    # A day within one staged chunk is staged once, at its end, and runs for seconds: a writer process would cost its
+    # start (a second of imports, waited for at the end) and save nothing.
+    writer = WriterProcess.start(database, book, context.log.warning) if total > config.staged_chunk_rows else None
     try:
         yield from _calls_and_staging(context, config, gemini, book, area, limits, turns_file, total, writer)
     finally:
