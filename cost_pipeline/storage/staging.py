@@ -28,7 +28,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import duckdb
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -145,13 +144,6 @@ class ChunkWriter:
     def extend(self, rows: list[dict]) -> None:
         for row in rows:
             self.append(row)
-
-    def write_frame(self, frame: pd.DataFrame) -> None:
-        """A whole chunk at once (already sized by the caller)."""
-        self.flush()
-        if len(frame):
-            self._writer.write_table(pa.Table.from_pandas(frame, schema=self.schema, preserve_index=False))
-            self.rows += len(frame)
 
     def flush(self) -> None:
         if not self._buffer:
