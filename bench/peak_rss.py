@@ -3,15 +3,17 @@
 Each size runs as one real Dagster materialization of the daily graph in a fresh child
 process (the project's in-process executor runs the whole graph in one process, so its
 peak is the step that needs most), against the shipped zero-latency model server, and
-the child reports its own peak RSS plus that of its own children (the Gemini step's
-writer process, `costs/writer_process.py`): the sum of both peaks, an upper
-bound of what the day held at once. The growth per 1,000 turns is the slope between the
+the child reports its own peak RSS and the Gemini step reports that of its writer process
+(`costs/writer_process.py`, in the `writer_peak_rss_mb` metadata of llm_calls): the sum of
+both peaks, an upper bound of what the day held at once. Each is the process's own peak
+(VmHWM, `process_memory.py`): getrusage's ru_maxrss would count in the writer the pages
+of the step that started it. The growth per 1,000 turns is the slope between the
 smallest and largest size: what a day costs in memory beyond the process's fixed size.
 
 Goal: under 1.0 GB at 200,000 turns and under 0.5 MB of growth per 1,000 turns, so a
 1,000,000-turn day stays under 1.5 GB.
 
-    python bench/peak_rss.py [--sizes 50000,100000,200000]
+    python bench/peak_rss.py [--sizes 50000,100000,200000] [--staged-chunk-rows N]
 """
 
 import argparse
@@ -29,18 +31,20 @@ os.environ.setdefault("COST_PIPELINE_START", "2026-01-01")  # keeps the fixed be
 DAY = date(2026, 11, 1)
 
 CHILD = r"""
-import json, resource, sys
+import json, sys
 from pathlib import Path
 
 import dagster as dg
 from cost_pipeline.assets import ingest, turns
 from cost_pipeline.costs import checks, rollups
 from cost_pipeline.llm.client import GeminiResource
+from cost_pipeline.process_memory import peak_rss_mb
 from cost_pipeline.resources import CostSettings, LandingResource
 from cost_pipeline.storage.io_manager import DuckDBPartitionIOManager
 from cost_pipeline.storage.warehouse import DuckDBWarehouse
 
-folder, day, url = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+folder, day, url, chunk_rows = Path(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+stage_config = {"staged_chunk_rows": int(chunk_rows)} if chunk_rows != "default" else {}
 database = str(folder / "bench.duckdb")
 resources = {"io_manager": DuckDBPartitionIOManager(database=database), "warehouse": DuckDBWarehouse(database=database),
              "landing": LandingResource(root=str(folder / "landing")), "costs": CostSettings(),
@@ -48,17 +52,21 @@ resources = {"io_manager": DuckDBPartitionIOManager(database=database), "warehou
                                       requests_per_minute=100_000_000, tokens_per_minute=10_000_000_000)}
 daily = ["raw_turns", "quarantined_turns", "cleaned_turns", "function_calls", "llm_calls", "daily_cost_rollup"]
 result = dg.materialize([*dg.load_assets_from_modules([ingest, turns, rollups]), *dg.load_asset_checks_from_modules([checks])],
-                        partition_key=day, resources=resources, selection=daily)
+                        partition_key=day, resources=resources, selection=daily,
+                        run_config={"ops": {"turns_through_gemini": {"config": stage_config}}})
 assert result.success
-print(json.dumps({"step_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                  "writer_process_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}))
+calls = next(event.materialization.metadata for event in result.get_asset_materialization_events()
+             if event.materialization.asset_key.to_user_string() == "llm_calls")
+writer = calls.get("writer_peak_rss_mb")  # absent when the day fit one staged chunk and started no writer
+print(json.dumps({"step_mb": peak_rss_mb(), "writer_process_mb": writer.value if writer else 0.0}))
 """
 
 
-def run_day(folder: Path, url: str) -> tuple[dict, float]:
+def run_day(folder: Path, url: str, chunk_rows: int | None) -> tuple[dict, float]:
     """Peak RSS (MB) of one child process running the whole daily graph and of its writer process, and wall time (s)."""
     started = time.perf_counter()
-    run = subprocess.run([sys.executable, "-c", CHILD, str(folder), DAY.isoformat(), url], capture_output=True, text=True)
+    run = subprocess.run([sys.executable, "-c", CHILD, str(folder), DAY.isoformat(), url, str(chunk_rows or "default")],
+                         capture_output=True, text=True)
     if run.returncode != 0:
         raise SystemExit(f"the daily graph failed:\n{run.stderr[-3000:]}")
     return json.loads(run.stdout.strip().splitlines()[-1]), time.perf_counter() - started
@@ -70,6 +78,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="50000,100000,200000", help="Turns per day, comma-separated, at least two.")
+    parser.add_argument("--staged-chunk-rows", type=int, default=None,
+                        help="The Gemini step's staged_chunk_rows (default: the step's own); a day larger than one "
+                             "chunk starts a writer process.")
     args = parser.parse_args(argv)
     sizes = sorted(int(size) for size in args.sizes.split(","))
     if len(sizes) < 2:
@@ -79,7 +90,7 @@ def main(argv: list[str] | None = None) -> dict:
         for turns in sizes:
             folder = Path(tmp) / str(turns)
             generate(folder / "landing", DAY, 1, turns, seed=7)
-            peak, seconds = run_day(folder, url)
+            peak, seconds = run_day(folder, url, args.staged_chunk_rows)
             peaks[turns] = peak["step_mb"] + peak["writer_process_mb"]
             writer_peaks[turns] = peak["writer_process_mb"]
             print(f"{turns:>9,} turns: peak RSS {peaks[turns]:,.0f} MB for the whole daily graph ({peak['step_mb']:,.0f} MB "

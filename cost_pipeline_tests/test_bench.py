@@ -63,7 +63,8 @@ def test_backfill_overlap_runs_at_a_tiny_size_without_lock_failures():
 
 @pytest.mark.slow
 def test_peak_rss_counts_the_writer_process_too_at_a_tiny_size():
-    figures = json.loads(run_bench("peak_rss.py", "--sizes", "150,300").splitlines()[-1])
+    # Chunks of 64 rows: both days are larger than one chunk, so each starts a writer process.
+    figures = json.loads(run_bench("peak_rss.py", "--sizes", "150,300", "--staged-chunk-rows", "64").splitlines()[-1])
     assert set(figures["peak_rss_mb"]) == {"150", "300"}
     for size, writer_mb in figures["writer_process_mb"].items():
         assert 0 < writer_mb < figures["peak_rss_mb"][size], "memory moved to the writer process is still counted"

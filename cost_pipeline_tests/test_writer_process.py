@@ -188,3 +188,25 @@ def test_a_table_without_rows_is_staged_as_an_empty_file_with_its_columns(tmp_pa
     assert functions.rows == 0
     assert query_staged("SELECT count(*) FROM f", f=functions) == [(0,)]
     assert functions.columns == list(TABLE_COLUMNS["function_calls"])
+
+
+def test_the_writer_reports_its_own_peak_not_the_pages_of_the_step_that_started_it(tmp_path):
+    import resource
+
+    from cost_pipeline.process_memory import peak_rss_mb
+
+    held = bytearray(600 * 2**20)  # a step holding 600 MB, touched so it is resident
+    held[::4096] = b"\x01" * len(held[::4096])
+    database = tmp_path / "day.duckdb"
+    writer = WriterProcess(database, PriceBook())
+    logged: list[str] = []
+    checkpoints, cache, spool = checkpoints_for(database, writer, logged)
+    answered(spool, cache, 1)
+    assert asyncio.run(checkpoints.checkpoint())  # the writer is closed after its work, as the step closes it
+    writer.close()
+    del held
+    # What getrusage says of the child counts the parent's pages at fork; the child's own peak does not.
+    assert resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024 > 600
+    assert 20 < writer.peak_rss_mb < 400, writer.peak_rss_mb
+    assert peak_rss_mb() > 600 and peak_rss_mb(os.getpid()) == peak_rss_mb()
+    assert peak_rss_mb(writer._child.pid) is None  # gone: no figure rather than a wrong one

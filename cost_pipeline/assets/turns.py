@@ -42,6 +42,7 @@ from cost_pipeline.llm.processing import long_lived_objects_frozen, process_day
 from cost_pipeline.llm.usage import SAVED_FIELDS, TOKEN_FIELDS
 from cost_pipeline.markdown import markdown_table, money_entries
 from cost_pipeline.partitions import daily_partitions
+from cost_pipeline.process_memory import peak_rss_mb
 from cost_pipeline.resources import CostSettings
 from cost_pipeline.storage.arrow_memory import use_system_allocator
 from cost_pipeline.storage.connect import connect
@@ -250,6 +251,7 @@ def _calls_and_staging(context: dg.AssetExecutionContext, config: GeminiStageCon
     cleaned, functions, calls = day.close()
     if writer is not None:
         writer.close()  # its work is done: its memory goes before the commit
+    memory_metadata = _memory_metadata(writer)
     context.log_event(dg.AssetMaterialization(
         asset_key=LLM_ATTEMPTS, partition=context.partition_key,
         description=f"{ledger_rows} attempts appended by run {context.run.run_id}",
@@ -275,7 +277,7 @@ def _calls_and_staging(context: dg.AssetExecutionContext, config: GeminiStageCon
     # Every figure first: an error computing one must not come after an output was handed to the IO manager.
     metadata = (_cleaned_metadata(cleaned), _function_metadata(functions), {
         **_call_metadata(calls, summary, stats, total, elapsed, written, checkpoints.count),
-        "endpoint": gemini.endpoint_id(), **budget_metadata, **forecast_metadata})
+        "endpoint": gemini.endpoint_id(), **budget_metadata, **forecast_metadata, **memory_metadata})
     yield dg.Output(cleaned, "cleaned_turns", metadata=metadata[0])
     yield dg.Output(functions, "function_calls", metadata=metadata[1])
     yield dg.Output(calls, "llm_calls", metadata=metadata[2])
@@ -284,6 +286,16 @@ def _calls_and_staging(context: dg.AssetExecutionContext, config: GeminiStageCon
         # fails so that the limit is seen; a re-run after raising it completes the skipped turns from where they are.
         raise dg.Failure(description=budget.failure(), metadata={"skipped_calls": int(stats["skipped"]),
                                                                  "run_spent_usd": float(budget.run_spent)})
+
+
+def _memory_metadata(writer: WriterProcess | None) -> dict:
+    """Peak RSS of this step's process so far and of its writer process (each its own peak, `process_memory.py`)."""
+    metadata = {}
+    if (step_mb := peak_rss_mb()) is not None:
+        metadata["step_peak_rss_mb"] = step_mb
+    if writer is not None and writer.peak_rss_mb is not None:
+        metadata["writer_peak_rss_mb"] = writer.peak_rss_mb
+    return metadata
 
 
 def _forecast_metadata(context: dg.AssetExecutionContext, spent: Decimal) -> dict:

@@ -34,6 +34,8 @@ from cost_pipeline.costs.ledger import load_spools
 from cost_pipeline.costs.pricing import PriceBook
 from cost_pipeline.costs.staged_day import stage_chunk
 from cost_pipeline.llm.cache import ResponseCache
+from cost_pipeline.process_memory import peak_rss_mb
+from cost_pipeline.storage.arrow_memory import use_system_allocator
 
 MODULE = "cost_pipeline.costs.writer_process"
 CHECKPOINT, STAGE = "checkpoint", "stage"
@@ -66,6 +68,7 @@ class WriterProcess:
             raise WriterGone(f"writer process did not start: {err}") from None
         self._lock = threading.Lock()
         self.closed = False
+        self.peak_rss_mb: float | None = None  # the child's own peak, read as it is closed
 
     @classmethod
     def start(cls, database: str | Path, book: PriceBook, log: Callable[[str], None]) -> "WriterProcess | None":
@@ -88,10 +91,14 @@ class WriterProcess:
         return staged
 
     def close(self, timeout_s: float = 60.0) -> None:
-        """End the child after the request it is on; waits for it (kills it past `timeout_s`). Idempotent."""
+        """End the child after the request it is on; waits for it (kills it past `timeout_s`). Idempotent.
+
+        Sets `peak_rss_mb` to the child's own peak (`process_memory.py`), read while it still runs.
+        """
         if self.closed:
             return
         self.closed = True
+        self.peak_rss_mb = peak_rss_mb(self._child.pid)
         try:
             self._child.stdin.close()
         except OSError:
@@ -160,6 +167,7 @@ def serve(requests, replies) -> None:
 
 
 def main() -> None:
+    use_system_allocator()  # as the step does: mimalloc keeps tens of MB resident after each chunk's Arrow buffers
     # The replies get a private copy of stdout; whatever a library prints goes to stderr instead.
     replies = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)
