@@ -6,6 +6,7 @@ import sys
 
 from cost_pipeline.llm.cache import DDL, TABLE, CachedResponse, ResponseCache
 from cost_pipeline.llm.processing import file_turns
+from cost_pipeline.llm.prompts import cleaning_request, function_request
 from cost_pipeline.llm.usage import Usage
 from cost_pipeline.storage.connect import connect
 
@@ -98,3 +99,15 @@ def test_a_cleaning_is_filed_by_its_text_and_the_raw_turns_of_its_context_window
     # Turns older than the window do not enter the request, so they do not enter the key either.
     assert filed("x", "order pizza", "Done.", "ok")["context_hash"] == filed("y", "order pizza", "Done.", "ok")["context_hash"]
     assert filed("order pizza", "Done.", "ok", window=0)["context_hash"] == filed("ok", window=0)["context_hash"]
+
+
+def test_request_hashes_are_the_keys_earlier_runs_wrote():
+    # Computed by the json.dumps(..., sort_keys=True) spelling before this one: a cache written then must still hit.
+    cleaning = cleaning_request("gemini-2.5-flash-lite", "User", "um so I I want to book a table",
+                                [("User", "Hi there."), ("Assistant", "Hello! How can I help?")], 128)
+    function = function_request("gemini-2.5-flash-lite", "Book a table for two.", None)
+    assert cleaning.request_hash("local-server") == "c5b17ddc61ded68c924a2e437d58c685c428d7104c067d73d4615a01b63621b4"
+    assert (function.request_hash("https://generativelanguage.googleapis.com")
+            == "7611a2e1cce46292aaf35aac2cacd8691cec98e2f2fdf3455a7dceee6deca003")
+    assert (cleaning.with_reminder("off-format", 2).request_hash("x")
+            == "0d4bba1750cadf89d009a7126253edcd7d5e316c1c0d50c8b12332d67c4d16af")

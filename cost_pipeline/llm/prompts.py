@@ -34,6 +34,9 @@ TOOLS_DIGEST = hashlib.sha256(
     json.dumps([d.model_dump(mode="json", exclude_none=True) for d in FUNCTION_DECLARATIONS], sort_keys=True).encode()
 ).hexdigest()
 
+# `json.dumps(..., sort_keys=True)` builds this encoder on every call; the key hashes one request per API call.
+_CANONICAL_JSON = json.JSONEncoder(sort_keys=True)
+
 FUNCTION_INSTRUCTION = (
     "You are a voice assistant's planner. If the user's request calls for one of your tools, call exactly "
     "one tool with arguments taken from the request. If no tool fits, answer briefly without calling a tool."
@@ -63,7 +66,7 @@ class LlmRequest:
         The endpoint is part of the key so that answers from the local server (or any other
         endpoint) are never served as free cache hits once calls go to Google's API.
         """
-        canonical = json.dumps(
+        canonical = _CANONICAL_JSON.encode(
             {
                 "endpoint": endpoint,
                 "model": self.model,
@@ -71,8 +74,7 @@ class LlmRequest:
                 "tools": TOOLS_DIGEST if self.with_tools else None,
                 "contents": self.contents,
                 "generation_config": self.generation_config,
-            },
-            sort_keys=True,
+            }
         )
         return hashlib.sha256(canonical.encode()).hexdigest()
 
