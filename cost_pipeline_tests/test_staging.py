@@ -105,6 +105,13 @@ def day_rows(database) -> dict:
                 "llm_calls": connection.execute(CALL_SUMS).fetchall()}
 
 
+def calls_metadata(result) -> dict:
+    """llm_calls' metadata values of a run's materialization."""
+    event = next(event for event in result.get_asset_materialization_events()
+                 if event.materialization.asset_key.to_user_string() == "llm_calls")
+    return {name: value.value for name, value in event.materialization.metadata.items()}
+
+
 @pytest.mark.slow
 def test_a_day_streamed_in_tiny_chunks_writes_the_rows_of_one_big_chunk(tmp_path, landing_root, model_server,
                                                                        monkeypatch):
@@ -114,13 +121,17 @@ def test_a_day_streamed_in_tiny_chunks_writes_the_rows_of_one_big_chunk(tmp_path
     start = WriterProcess.start.__func__
     monkeypatch.setattr(WriterProcess, "start", classmethod(lambda cls, *args: writers.append(start(cls, *args)) or
                                                             writers[-1]))
-    assert materialize_day(DAY, landing_root, whole, model_server, run_config={"ops": {"turns_through_gemini": {"config": {
-        "chunk_turns": 100_000, "staged_chunk_rows": 100_000, "conversations_in_flight": 10_000}}}}).success
-    assert writers == [], "a day within one chunk is staged by the step itself"
+    one_chunk = materialize_day(DAY, landing_root, whole, model_server, run_config={"ops": {"turns_through_gemini": {
+        "config": {"chunk_turns": 100_000, "staged_chunk_rows": 100_000, "conversations_in_flight": 10_000}}}})
+    assert one_chunk.success and writers == [], "a day within one chunk is staged by the step itself"
+    assert "writer_peak_rss_mb" not in calls_metadata(one_chunk) and calls_metadata(one_chunk)["step_peak_rss_mb"] > 50
     tiny = {"chunk_turns": 7, "staged_chunk_rows": 5, "conversations_in_flight": 3}
-    assert materialize_day(DAY, landing_root, streamed, model_server,
-                           run_config={"ops": {"turns_through_gemini": {"config": tiny}}}).success
-    assert len(writers) == 1 and writers[0].closed, "many chunks are staged by the writer process"
+    chunked = materialize_day(DAY, landing_root, streamed, model_server,
+                              run_config={"ops": {"turns_through_gemini": {"config": tiny}}})
+    assert chunked.success and len(writers) == 1 and writers[0].closed, "many chunks are staged by the writer process"
+    # Each process's own peak: the writer's is not the step's pages it was forked with.
+    step_mb, writer_mb = calls_metadata(chunked)["step_peak_rss_mb"], calls_metadata(chunked)["writer_peak_rss_mb"]
+    assert writer_mb == writers[0].peak_rss_mb and 50 < writer_mb < step_mb
     first = day_rows(streamed)
     assert first == day_rows(whole) and len(first["cleaned_turns"]) > 250 and first["function_calls"]
     # A re-run (every answer now from the cache) writes the same turns and decisions.

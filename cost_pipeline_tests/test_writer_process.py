@@ -3,6 +3,7 @@ writer or its parent dies."""
 
 import asyncio
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -19,11 +20,12 @@ from cost_pipeline.costs.checkpoints import Checkpoints
 from cost_pipeline.costs.ledger import AttemptSpool, spool_folder
 from cost_pipeline.costs.pricing import PriceBook
 from cost_pipeline.costs.staged_day import StagedDay
-from cost_pipeline.costs.writer_process import WriterGone, WriterProcess
+from cost_pipeline.costs.writer_process import NICENESS, WriterGone, WriterProcess
 from cost_pipeline.llm.attempts import ACCEPTED, Attempt
 from cost_pipeline.llm.cache import ResponseCache
 from cost_pipeline.llm.call_ids import call_id
 from cost_pipeline.llm.usage import Usage
+from cost_pipeline.process_memory import peak_rss_mb
 from cost_pipeline.storage.staging import StagingArea, query_staged
 
 MODEL = "gemini-2.5-flash-lite"
@@ -191,10 +193,6 @@ def test_a_table_without_rows_is_staged_as_an_empty_file_with_its_columns(tmp_pa
 
 
 def test_the_writer_reports_its_own_peak_not_the_pages_of_the_step_that_started_it(tmp_path):
-    import resource
-
-    from cost_pipeline.process_memory import peak_rss_mb
-
     held = bytearray(600 * 2**20)  # a step holding 600 MB, touched so it is resident
     held[::4096] = b"\x01" * len(held[::4096])
     database = tmp_path / "day.duckdb"
@@ -210,3 +208,16 @@ def test_the_writer_reports_its_own_peak_not_the_pages_of_the_step_that_started_
     assert 20 < writer.peak_rss_mb < 400, writer.peak_rss_mb
     assert peak_rss_mb() > 600 and peak_rss_mb(os.getpid()) == peak_rss_mb()
     assert peak_rss_mb(writer._child.pid) is None  # gone: no figure rather than a wrong one
+
+
+def test_the_writer_yields_the_cpu_to_the_step(tmp_path):
+    database = tmp_path / "day.duckdb"
+    writer = WriterProcess(database, PriceBook())
+    checkpoints, cache, spool = checkpoints_for(database, writer, [])
+    answered(spool, cache, 1)
+    assert asyncio.run(checkpoints.checkpoint())  # it has answered, so it has set its priority
+    try:
+        step = os.getpriority(os.PRIO_PROCESS, 0)
+        assert os.getpriority(os.PRIO_PROCESS, writer._child.pid) == min(19, step + NICENESS)
+    finally:
+        writer.close()
