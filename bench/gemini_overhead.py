@@ -8,7 +8,13 @@
 3. Rebuilds exactly those API requests from the stored tables and sends them with a
    bare `client.aio.models.generate_content` loop at the same concurrency.
 Steps 1-3 are one round; rounds alternate pipeline and bare on a fresh database each
-(a cache left by the last round would answer for free). On this 2-core machine the same
+(a cache left by the last round would answer for free). Steps 2 and 3 each run in a
+fresh Python process, timed inside it from the first call to the last: the step as a
+Dagster run process would run it, and the bare loop as a user's own script would, with
+nothing else on its heap. (Until 18631b1 both ran in this process, one after another:
+the bare loop then paid for the garbage collection of a heap holding Dagster and the
+previous round, about 12% of its CPU, which flattered the ratio, and each round ran on
+a heap the rounds before had left.) On this 2-core machine the same
 bare loop has ranged from 243 to 348 calls/s within ten minutes, so one round cannot
 show a 5% gap: each round's ratio is printed and the median is the figure.
 Prints calls/s for both and the ratio (goal: pipeline >= 0.95 of bare, issue 10).
@@ -20,8 +26,11 @@ import argparse
 import asyncio
 import json
 import os
+import pickle
 import resource
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 import urllib.request
@@ -29,22 +38,13 @@ from datetime import date
 from pathlib import Path
 from typing import NamedTuple
 
-os.environ.setdefault("COST_PIPELINE_START", "2026-01-01")  # keeps the fixed bench days inside the partitions
+os.environ.setdefault("COST_PIPELINE_START", "2026-01-01")  # keeps the fixed bench days inside the partitions (children inherit it)
 
-import dagster as dg
-import duckdb
 from google import genai
 from google.genai import types
 
-from cost_pipeline.assets import ingest, turns
-from cost_pipeline.llm.client import GeminiResource
-from cost_pipeline.llm.local_server import ServerConfig, running_local_server
 from cost_pipeline.llm.prompts import cleaning_request, function_request
 from cost_pipeline.llm.tools import TOOLS
-from cost_pipeline.resources import CostSettings, LandingResource
-from cost_pipeline.storage.io_manager import DuckDBPartitionIOManager
-from cost_pipeline.storage.warehouse import DuckDBWarehouse
-from cost_pipeline.synthetic import generate
 
 DAY = date(2026, 11, 1)
 
@@ -54,8 +54,10 @@ def server_requests(url: str) -> int:
         return json.loads(response.read()).get("requests", 0)
 
 
-def rebuild_requests(database: Path, gemini: GeminiResource) -> list:
+def rebuild_requests(database: Path, gemini) -> list:
     """The API requests the pipeline sent (cache hits excluded), rebuilt from cleaned_turns and llm_calls."""
+    import duckdb
+
     with duckdb.connect(str(database), read_only=True) as connection:
         rows = connection.execute("""
             SELECT t.conversation_id, t.turn_index, t.speaker, t.raw_text, t.cleaned_text, c.stage, c.cache_hit
@@ -99,18 +101,72 @@ async def bare_loop(url: str, requests: list, concurrency: int) -> float:
 
 
 def cpu_seconds(who: int = resource.RUSAGE_SELF) -> float:
-    """CPU time of this process (every thread) or of the calling thread: what a phase cost, whatever it waited."""
+    """CPU time of this process (every thread), of the calling thread, or of the waited-for children."""
     usage = resource.getrusage(who)
     return usage.ru_utime + usage.ru_stime
 
 
+def gemini_resource(folder: Path, url: str, concurrency: int):
+    from cost_pipeline.llm.client import GeminiResource
+
+    return GeminiResource(base_url=url, cache_database=str(folder / "bench.duckdb"), max_concurrency=concurrency,
+                          requests_per_minute=100_000_000, tokens_per_minute=10_000_000_000)
+
+
+def resources_for(folder: Path) -> dict:
+    from cost_pipeline.resources import LandingResource
+    from cost_pipeline.storage.io_manager import DuckDBPartitionIOManager
+    from cost_pipeline.storage.warehouse import DuckDBWarehouse
+
+    database = str(folder / "bench.duckdb")
+    return {"io_manager": DuckDBPartitionIOManager(database=database), "landing": LandingResource(root=str(folder / "landing")),
+            "warehouse": DuckDBWarehouse(database=database)}
+
+
+def pipeline_child(folder: Path, url: str, concurrency: int) -> dict:
+    """In a fresh process: the Gemini step end to end, its wall and CPU seconds (its own, its thread's, its writer's)."""
+    import dagster as dg
+
+    from cost_pipeline.assets import ingest, turns
+    from cost_pipeline.resources import CostSettings
+
+    assets = dg.load_assets_from_modules([turns])
+    resources = {**resources_for(folder), "gemini": gemini_resource(folder, url, concurrency), "costs": CostSettings()}
+    started, cpu, own_cpu = time.perf_counter(), cpu_seconds(), cpu_seconds(resource.RUSAGE_THREAD)
+    result = dg.materialize([*assets, *dg.load_assets_from_modules([ingest])], partition_key=str(DAY),
+                            resources=resources, selection=assets)
+    seconds = time.perf_counter() - started
+    assert result.success
+    return {"seconds": seconds, "cpu": cpu_seconds() - cpu,
+            "loop_cpu": cpu_seconds(resource.RUSAGE_THREAD) - own_cpu,  # the step (and its event loop) runs in this thread
+            "writer_cpu": cpu_seconds(resource.RUSAGE_CHILDREN)}
+
+
+def bare_child(folder: Path, url: str, concurrency: int) -> dict:
+    """In a fresh process that imports google-genai and the request type only: the bare loop's wall and CPU seconds."""
+    requests = pickle.loads((folder / "requests.pickle").read_bytes())
+    cpu = cpu_seconds()
+    seconds = asyncio.run(bare_loop(url, requests, concurrency))
+    return {"seconds": seconds, "cpu": cpu_seconds() - cpu}
+
+
+def run_child(mode: str, folder: Path, url: str, concurrency: int) -> dict:
+    run = subprocess.run([sys.executable, __file__, "--child", mode, "--folder", str(folder), "--url", url,
+                          "--concurrency", str(concurrency)], capture_output=True, text=True)
+    if run.returncode != 0:
+        raise SystemExit(f"the {mode} process failed:\n{run.stderr[-3000:]}")
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
 class Round(NamedTuple):
-    """One round's figures: the stage's API calls, wall and CPU seconds (all threads, and its own), then the bare loop's."""
+    """One round's figures: the stage's API calls, wall and CPU seconds (all threads, its own, its writer's), then the
+    bare loop's."""
 
     api_calls: int
     pipeline_s: float
     pipeline_cpu: float
     pipeline_loop_cpu: float
+    writer_cpu: float
     requests: int
     bare_s: float
     bare_cpu: float
@@ -120,30 +176,25 @@ class Round(NamedTuple):
 
 
 def one_round(folder: Path, url: str, day_turns: int, concurrency: int) -> Round:
-    """Land a fresh day, run the Gemini stage, then the bare loop sending the same requests."""
+    """Land a fresh day, run the Gemini stage in a process of its own, then the bare loop sending the same requests."""
+    import dagster as dg
+
+    from cost_pipeline.assets import ingest
+    from cost_pipeline.synthetic import generate
+
     folder.mkdir()
-    landing, database = folder / "landing", folder / "bench.duckdb"
-    generate(landing, DAY, 1, day_turns, seed=7)
-    resources = {"io_manager": DuckDBPartitionIOManager(database=str(database)), "landing": LandingResource(root=str(landing)),
-                 "warehouse": DuckDBWarehouse(database=str(database))}
-    dg.materialize(dg.load_assets_from_modules([ingest]), partition_key=str(DAY), resources=resources)
+    generate(folder / "landing", DAY, 1, day_turns, seed=7)
+    dg.materialize(dg.load_assets_from_modules([ingest]), partition_key=str(DAY), resources=resources_for(folder))
 
-    gemini = GeminiResource(base_url=url, cache_database=str(database), max_concurrency=concurrency,
-                            requests_per_minute=100_000_000, tokens_per_minute=10_000_000_000)
-    assets = dg.load_assets_from_modules([turns])
     before = server_requests(url)
-    started, cpu, own_cpu = time.perf_counter(), cpu_seconds(), cpu_seconds(resource.RUSAGE_THREAD)
-    result = dg.materialize([*assets, *dg.load_assets_from_modules([ingest])], partition_key=str(DAY),
-                            resources={**resources, "gemini": gemini, "costs": CostSettings()}, selection=assets)
-    pipeline_s, pipeline_cpu = time.perf_counter() - started, cpu_seconds() - cpu
-    pipeline_loop_cpu = cpu_seconds(resource.RUSAGE_THREAD) - own_cpu  # the step (and its event loop) runs in this thread
+    pipeline = run_child("pipeline", folder, url, concurrency)
     api_calls = server_requests(url) - before
-    assert result.success
 
-    requests = rebuild_requests(database, gemini)
-    cpu = cpu_seconds()
-    bare_s = asyncio.run(bare_loop(url, requests, concurrency))
-    return Round(api_calls, pipeline_s, pipeline_cpu, pipeline_loop_cpu, len(requests), bare_s, cpu_seconds() - cpu)
+    requests = rebuild_requests(folder / "bench.duckdb", gemini_resource(folder, url, concurrency))
+    (folder / "requests.pickle").write_bytes(pickle.dumps(requests))
+    bare = run_child("bare", folder, url, concurrency)
+    return Round(api_calls, pipeline["seconds"], pipeline["cpu"], pipeline["loop_cpu"], pipeline["writer_cpu"],
+                 len(requests), bare["seconds"], bare["cpu"])
 
 
 def main() -> None:
@@ -151,21 +202,31 @@ def main() -> None:
     parser.add_argument("--turns", type=int, default=39_000)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=3, help="alternating pipeline/bare rounds; the median ratio counts")
+    parser.add_argument("--child", choices=["pipeline", "bare"], help=argparse.SUPPRESS)  # one side of a round
+    parser.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--url", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.child:
+        child = pipeline_child if args.child == "pipeline" else bare_child
+        print(json.dumps(child(args.folder, args.url, args.concurrency)))
+        return
+    from cost_pipeline.llm.local_server import ServerConfig, running_local_server
+
     rounds = []
     with tempfile.TemporaryDirectory() as folder, running_local_server(ServerConfig()) as url:
         for number in range(args.rounds):
             rounds.append(one_round(Path(folder) / f"round{number}", url, args.turns, args.concurrency))
 
     print(f"{args.turns:,} turns, concurrency {args.concurrency}, zero-latency local server in its own process, "
-          f"{args.rounds} alternating rounds")
+          f"{args.rounds} alternating rounds, each side in a fresh process")
     ratios = [r.ratio() for r in rounds]
     for number, r in enumerate(rounds, 1):
         print(f"round {number}: pipeline (Dagster step end to end) {r.api_calls:,} API calls in {r.pipeline_s:.1f} s = "
               f"{r.api_calls / r.pipeline_s:,.0f} calls/s, {args.turns / r.pipeline_s:,.0f} turns/s; bare generate_content "
               f"loop {r.requests:,} calls in {r.bare_s:.1f} s = {r.requests / r.bare_s:,.0f} calls/s; ratio {r.ratio():.3f}; "
               f"CPU per API call {r.pipeline_cpu / r.api_calls * 1000:.2f} ms (the step's own thread "
-              f"{r.pipeline_loop_cpu / r.api_calls * 1000:.2f}) vs {r.bare_cpu / r.requests * 1000:.2f} ms")
+              f"{r.pipeline_loop_cpu / r.api_calls * 1000:.2f}, its writer process "
+              f"{r.writer_cpu / r.api_calls * 1000:.2f} more) vs {r.bare_cpu / r.requests * 1000:.2f} ms")
     print(f"throughput ratio pipeline / bare: {statistics.median(ratios):.2f} median of {len(ratios)} rounds "
           f"(min {min(ratios):.2f}, max {max(ratios):.2f}; goal >= 0.95)")
 
