@@ -20,7 +20,7 @@ from cost_pipeline.costs.checkpoints import Checkpoints
 from cost_pipeline.costs.ledger import AttemptSpool, spool_folder
 from cost_pipeline.costs.pricing import PriceBook
 from cost_pipeline.costs.staged_day import StagedDay
-from cost_pipeline.costs.writer_process import NICENESS, WriterGone, WriterProcess
+from cost_pipeline.costs.writer_process import WriterGone, WriterProcess
 from cost_pipeline.llm.attempts import ACCEPTED, Attempt
 from cost_pipeline.llm.cache import ResponseCache
 from cost_pipeline.llm.call_ids import call_id
@@ -209,15 +209,3 @@ def test_the_writer_reports_its_own_peak_not_the_pages_of_the_step_that_started_
     assert peak_rss_mb() > 600 and peak_rss_mb(os.getpid()) == peak_rss_mb()
     assert peak_rss_mb(writer._child.pid) is None  # gone: no figure rather than a wrong one
 
-
-def test_the_writer_yields_the_cpu_to_the_step(tmp_path):
-    database = tmp_path / "day.duckdb"
-    writer = WriterProcess(database, PriceBook())
-    checkpoints, cache, spool = checkpoints_for(database, writer, [])
-    answered(spool, cache, 1)
-    assert asyncio.run(checkpoints.checkpoint())  # it has answered, so it has set its priority
-    try:
-        step = os.getpriority(os.PRIO_PROCESS, 0)
-        assert os.getpriority(os.PRIO_PROCESS, writer._child.pid) == min(19, step + NICENESS)
-    finally:
-        writer.close()

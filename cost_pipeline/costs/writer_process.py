@@ -39,7 +39,6 @@ from cost_pipeline.storage.arrow_memory import use_system_allocator
 
 MODULE = "cost_pipeline.costs.writer_process"
 CHECKPOINT, STAGE = "checkpoint", "stage"
-NICENESS = 10  # added to the step's: the writer yields the CPU to the step when both want it
 
 
 class WriterGone(Exception):
@@ -168,9 +167,6 @@ def serve(requests, replies) -> None:
 
 
 def main() -> None:
-    # Below the step in the scheduler's eyes: on a machine whose cores the event loop (and a local model server) keep
-    # busy, the writer's bursts (DuckDB's and Arrow's thread pools included) take the spare CPU, not the loop's.
-    os.nice(NICENESS)
     use_system_allocator()  # as the step does: mimalloc keeps tens of MB resident after each chunk's Arrow buffers
     # The replies get a private copy of stdout; whatever a library prints goes to stderr instead.
     replies = os.fdopen(os.dup(1), "wb")
