@@ -11,10 +11,11 @@ Steps 1-3 are one round; rounds alternate pipeline and bare on a fresh database 
 (a cache left by the last round would answer for free). Steps 2 and 3 each run in a
 fresh Python process, timed inside it from the first call to the last: the step as a
 Dagster run process would run it, and the bare loop as a user's own script would, with
-nothing else on its heap. (Until 18631b1 both ran in this process, one after another:
-the bare loop then paid for the garbage collection of a heap holding Dagster and the
-previous round, about 12% of its CPU, which flattered the ratio, and each round ran on
-a heap the rounds before had left.) On this 2-core machine the same
+nothing else on its heap. (Until a9b7f07 both ran in this process, one after another:
+the bare loop then ran on a heap holding Dagster and the previous rounds, and profiling
+showed it spending about 12% of its CPU collecting it, which could flatter the ratio. In
+fresh processes it took 3.21 to 3.76 ms of CPU per call against 3.35 to 3.54 in the
+shared process the same evening: within this machine's noise.) On this 2-core machine the same
 bare loop has ranged from 243 to 348 calls/s within ten minutes, so one round cannot
 show a 5% gap: each round's ratio is printed and the median is the figure.
 Prints calls/s for both and the ratio (goal: pipeline >= 0.95 of bare, issue 10).
