@@ -25,8 +25,10 @@ $(VENV)/.installed: pyproject.toml
 demo: setup
 	$(BIN)/cost-pipeline demo
 
+# One worker per core (at most 4): most tests wait on processes they start, so 2 workers on
+# 2 cores took the suite from 16:36 to 11:00 (0.66x) on the development machine.
 test: setup system-deps
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --numprocesses=auto --maxprocesses=4 --dist=worksteal
 
 ui: setup
 	$(BIN)/dagster dev
