@@ -197,7 +197,7 @@ def one_round(folder: Path, url: str, day_turns: int, concurrency: int, bare_fir
     another, in either order.
 
     The bare loop's requests are rebuilt from what the stage stored, so when the bare loop goes first they come from a
-    stage run of the same day on a copy of the database, which is then set back (the stage's run that counts must not
+    stage run of the same day on a copy of the round's folder, removed afterwards (the stage's run that counts must not
     find its answers cached).
     """
     import dagster as dg
@@ -214,23 +214,22 @@ def one_round(folder: Path, url: str, day_turns: int, concurrency: int, bare_fir
         figures = run_child("pipeline", on, url, concurrency)
         return figures, server_requests(url) - before
 
-    def bare_run() -> dict:
-        return run_child("bare", folder, url, concurrency)
+    def bare_run(stage_folder: Path) -> tuple[dict, list]:
+        """The bare loop, sending the requests the stage run in `stage_folder` sent."""
+        requests = rebuild_requests(stage_folder / "bench.duckdb", gemini_resource(stage_folder, url, concurrency))
+        (folder / "requests.pickle").write_bytes(pickle.dumps(requests))
+        return run_child("bare", folder, url, concurrency), requests
 
     if bare_first:
         rehearsal = folder.with_name(folder.name + "-rehearsal")
         shutil.copytree(folder, rehearsal)
         pipeline_run(rehearsal)
-        requests = rebuild_requests(rehearsal / "bench.duckdb", gemini_resource(rehearsal, url, concurrency))
+        bare, requests = bare_run(rehearsal)
         shutil.rmtree(rehearsal)
-        (folder / "requests.pickle").write_bytes(pickle.dumps(requests))
-        bare = bare_run()
         pipeline, api_calls = pipeline_run(folder)
     else:
         pipeline, api_calls = pipeline_run(folder)
-        requests = rebuild_requests(folder / "bench.duckdb", gemini_resource(folder, url, concurrency))
-        (folder / "requests.pickle").write_bytes(pickle.dumps(requests))
-        bare = bare_run()
+        bare, requests = bare_run(folder)
     return Round(api_calls, pipeline["seconds"], pipeline["cpu"], pipeline["loop_cpu"], pipeline["writer_cpu"],
                  pipeline["waited"], len(requests), bare["seconds"], bare["cpu"], bare["waited"],
                  "bare" if bare_first else "pipeline")
