@@ -3,6 +3,8 @@
 import os
 import subprocess
 import sys
+import threading
+import time
 from datetime import date
 from pathlib import Path
 
@@ -27,9 +29,10 @@ def test_two_runs_on_one_file_both_succeed(tmp_path, landing_root, database):
         "DAGSTER_HOME": str(tmp_path / "dagster_home"),
     }
     dagster_home(tmp_path / "dagster_home")
-    # Holding the file while both runs start forces both to wait for the lock and then
-    # contend for it, instead of relying on lucky timing.
-    holder = hold_lock(database, 12.0)
+    # Holding the file until both runs have started their step forces both to wait for the lock
+    # and then contend for it, instead of relying on lucky timing (a fixed 12 s hold was not
+    # enough once the suite ran on parallel workers: the CLI took longer than that to start).
+    holder = hold_lock(database, 100.0)
     runs = [
         subprocess.Popen(
             [DAGSTER, "asset", "materialize", "-m", "cost_pipeline.definitions",
@@ -38,8 +41,28 @@ def test_two_runs_on_one_file_both_succeed(tmp_path, landing_root, database):
         )
         for day in summaries
     ]
-    outputs = [run.communicate(timeout=300)[0] for run in runs]
+    lines: list[list[str]] = [[] for _ in runs]
+    started = [threading.Event() for _ in runs]
+
+    def read(number: int) -> None:
+        for line in runs[number].stdout:
+            lines[number].append(line)
+            if "STEP_START" in line:
+                started[number].set()
+        started[number].set()  # ended without starting a step: the assertions below say why
+
+    readers = [threading.Thread(target=read, args=(number,)) for number in range(len(runs))]
+    for reader in readers:
+        reader.start()
+    for event in started:
+        event.wait(timeout=100)
+    time.sleep(1.0)  # both steps now reach the file while it is held
+    holder.terminate()
     holder.wait()
+    for run, reader in zip(runs, readers):
+        run.wait(timeout=300)
+        reader.join()
+    outputs = ["".join(output) for output in lines]
     for run, output in zip(runs, outputs):
         assert run.returncode == 0, output[-3000:]
         assert "RUN_SUCCESS" in output
