@@ -4,16 +4,17 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
-# Debian packages the tests drive for real: Chromium (the UI test) and PostgreSQL
-# (the prod profile test). Installed from Debian, never downloaded by a test tool.
-SYSTEM_PACKAGES := chromium postgresql
+# Debian packages the tests drive for real: Chromium (the UI test), PostgreSQL (the prod
+# profile test) and valgrind (the overhead bench's instruction counts). Installed from
+# Debian, never downloaded by a test tool.
+SYSTEM_PACKAGES := chromium postgresql valgrind
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: setup system-deps demo test ui bench
 setup: $(VENV)/.installed
 
 system-deps:
-	@command -v chromium >/dev/null && [ -d /usr/lib/postgresql ] || { \
+	@command -v chromium >/dev/null && command -v valgrind >/dev/null && [ -d /usr/lib/postgresql ] || { \
 		$(SUDO) apt-get update -qq && \
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SYSTEM_PACKAGES) >/dev/null; }
 
@@ -33,10 +34,11 @@ test: setup system-deps
 ui: setup
 	$(BIN)/dagster dev
 
-bench: setup
+bench: setup system-deps
 	$(BIN)/python bench/partition_write.py
 	$(BIN)/python bench/rate_limit.py
 	$(BIN)/python bench/gemini_overhead.py
+	$(BIN)/python bench/gemini_overhead.py --instructions
 	$(BIN)/python bench/rollup.py
 	$(BIN)/python bench/invoice_match.py
 	$(BIN)/python bench/crash_resume.py

@@ -25,7 +25,17 @@ spread comes from how fast the same code runs from minute to minute (this machin
 without hardware counters), not from the sides starving each other.
 Prints calls/s for both and the ratio (goal: pipeline >= 0.95 of bare, issue 10).
 
+With --instructions it counts instructions instead of seconds, which this VM's drifting
+speed cannot change: each side runs under valgrind's callgrind at two day sizes (a quarter of
+--turns, and --turns), and the difference between the sizes divided by the difference in API
+calls is the instructions one more call costs, start-up and the step's fixed work left out.
+The step runs with its checkpoint and progress intervals stretched by valgrind's slowdown
+(about 50x), so time-driven work happens per call about as often as it does natively, and
+with chunks small enough that its writer process starts at both sizes, as it does on a real
+day (the writer's instructions, on the other core, are not counted). Needs valgrind.
+
     python bench/gemini_overhead.py [--turns 39000] [--concurrency 64] [--rounds 3]
+    python bench/gemini_overhead.py --instructions [--turns 2400]
 """
 
 import argparse
@@ -33,6 +43,7 @@ import asyncio
 import json
 import os
 import pickle
+import re
 import resource
 import shutil
 import statistics
@@ -41,6 +52,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from datetime import date
 from pathlib import Path
 from typing import NamedTuple
@@ -136,7 +148,7 @@ def resources_for(folder: Path) -> dict:
             "warehouse": DuckDBWarehouse(database=database)}
 
 
-def pipeline_child(folder: Path, url: str, concurrency: int) -> dict:
+def pipeline_child(folder: Path, url: str, concurrency: int, stage_config: dict | None = None) -> dict:
     """In a fresh process: the Gemini step end to end, its wall and CPU seconds (its own, its thread's, its writer's)."""
     import dagster as dg
 
@@ -145,10 +157,11 @@ def pipeline_child(folder: Path, url: str, concurrency: int) -> dict:
 
     assets = dg.load_assets_from_modules([turns])
     resources = {**resources_for(folder), "gemini": gemini_resource(folder, url, concurrency), "costs": CostSettings()}
+    run_config = {"ops": {"turns_through_gemini": {"config": stage_config}}} if stage_config else None
     waited = run_queue_seconds()
     started, cpu, own_cpu = time.perf_counter(), cpu_seconds(), cpu_seconds(resource.RUSAGE_THREAD)
     result = dg.materialize([*assets, *dg.load_assets_from_modules([ingest])], partition_key=str(DAY),
-                            resources=resources, selection=assets)
+                            resources=resources, selection=assets, run_config=run_config)
     seconds = time.perf_counter() - started
     assert result.success
     return {"seconds": seconds, "cpu": cpu_seconds() - cpu,
@@ -164,12 +177,15 @@ def bare_child(folder: Path, url: str, concurrency: int) -> dict:
     return {"seconds": seconds, "cpu": cpu_seconds() - cpu, "waited": run_queue_seconds() - waited}
 
 
-def run_child(mode: str, folder: Path, url: str, concurrency: int) -> dict:
-    run = subprocess.run([sys.executable, __file__, "--child", mode, "--folder", str(folder), "--url", url,
-                          "--concurrency", str(concurrency)], capture_output=True, text=True)
+def run_child(mode: str, folder: Path, url: str, concurrency: int, wrapper: list[str] = (),
+              stage_config: dict | None = None) -> dict:
+    """One side in a fresh process (under `wrapper`, say valgrind); its figures, and the wrapper's stderr."""
+    config = ["--stage-config", json.dumps(stage_config)] if stage_config else []
+    run = subprocess.run([*wrapper, sys.executable, __file__, "--child", mode, "--folder", str(folder), "--url", url,
+                          "--concurrency", str(concurrency), *config], capture_output=True, text=True)
     if run.returncode != 0:
         raise SystemExit(f"the {mode} process failed:\n{run.stderr[-3000:]}")
-    return json.loads(run.stdout.strip().splitlines()[-1])
+    return {**json.loads(run.stdout.strip().splitlines()[-1]), "stderr": run.stderr}
 
 
 class Round(NamedTuple):
@@ -235,19 +251,105 @@ def one_round(folder: Path, url: str, day_turns: int, concurrency: int, bare_fir
                  "bare" if bare_first else "pipeline")
 
 
+VALGRIND_SLOWDOWN = 50
+"""About how much slower Python runs under callgrind here: the step's intervals are stretched by it."""
+
+
+def counted_instructions(mode: str, folder: Path, url: str, concurrency: int, turns: int, out: Path) -> int:
+    """Instructions one side executed in its own process (callgrind's total; children such as the writer not traced)."""
+    stage_config = None
+    if mode == "pipeline":
+        stage_config = {"checkpoint_every_s": 5.0 * VALGRIND_SLOWDOWN, "progress_every_s": 30.0 * VALGRIND_SLOWDOWN,
+                        "staged_chunk_rows": max(1, turns // 2)}
+    wrapper = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", "--dump-instr=no"]
+    stderr = run_child(mode, folder, url, concurrency, wrapper, stage_config)["stderr"]
+    collected = re.search(r"Collected : (\d+)", stderr)
+    if collected is None:
+        raise SystemExit(f"callgrind reported no count for the {mode} side:\n{stderr[-2000:]}")
+    return int(collected.group(1))
+
+
+def land_for_instructions(folder: Path, url: str, day_turns: int, concurrency: int) -> None:
+    """Land a day, and the bare loop's requests from a rehearsal stage run (native) on a copy of it, thrown away."""
+    import dagster as dg
+
+    from cost_pipeline.assets import ingest
+    from cost_pipeline.synthetic import generate
+
+    folder.mkdir()
+    generate(folder / "landing", DAY, 1, day_turns, seed=7)
+    dg.materialize(dg.load_assets_from_modules([ingest]), partition_key=str(DAY), resources=resources_for(folder))
+    rehearsal = folder.with_name(folder.name + "-rehearsal")
+    shutil.copytree(folder, rehearsal)
+    run_child("pipeline", rehearsal, url, concurrency)
+    requests = rebuild_requests(rehearsal / "bench.duckdb", gemini_resource(rehearsal, url, concurrency))
+    shutil.rmtree(rehearsal)
+    (folder / "requests.pickle").write_bytes(pickle.dumps(requests))
+
+
+def instructions_at(folder: Path, url: str, day_turns: int, concurrency: int) -> dict:
+    """Each side's instructions under callgrind: the step on the landed day (nothing cached), the bare loop on the
+    requests its rehearsal sent. The server counts the step's API calls (another size may run at the same time, so
+    the step's own rows say how many it made)."""
+    import duckdb
+
+    pipeline = counted_instructions("pipeline", folder, url, concurrency, day_turns, folder / "callgrind.pipeline")
+    with duckdb.connect(str(folder / "bench.duckdb"), read_only=True) as connection:
+        (api_calls,) = connection.execute("SELECT count(*) FROM llm_calls WHERE NOT cache_hit").fetchone()
+    requests = len(pickle.loads((folder / "requests.pickle").read_bytes()))
+    bare = counted_instructions("bare", folder, url, concurrency, day_turns, folder / "callgrind.bare")
+    return {"turns": day_turns, "api_calls": api_calls, "requests": requests, "pipeline": pipeline, "bare": bare}
+
+
+def instructions_main(day_turns: int, concurrency: int) -> None:
+    """The instructions one more API call costs each side, from callgrind at two day sizes (run side by side)."""
+    if shutil.which("valgrind") is None:
+        raise SystemExit("--instructions needs valgrind (Debian: apt-get install valgrind)")
+    from cost_pipeline.llm.local_server import ServerConfig, running_local_server
+
+    sizes = (max(1, day_turns // 4), day_turns)
+    with tempfile.TemporaryDirectory() as folder, running_local_server(ServerConfig()) as url:
+        for turns in sizes:
+            land_for_instructions(Path(folder) / f"day{turns}", url, turns, concurrency)
+        with ThreadPoolExecutor(len(sizes)) as pool:  # one valgrind per core
+            small, large = pool.map(lambda turns: instructions_at(Path(folder) / f"day{turns}", url, turns, concurrency),
+                                    sizes)
+    calls = large["api_calls"] - small["api_calls"]
+    if calls <= 0 or large["requests"] - small["requests"] != calls:
+        raise SystemExit(f"the two sizes must differ in API calls, and both sides send the same ones: {small} {large}")
+    pipeline, bare = ((large[side] - small[side]) / calls for side in ("pipeline", "bare"))
+    print(f"{small['turns']:,} and {large['turns']:,} turns ({small['api_calls']:,} and {large['api_calls']:,} API calls), "
+          f"concurrency {concurrency}, zero-latency local server, each side under callgrind in a fresh process")
+    print(f"instructions per API call, one more call (marginal between the sizes): pipeline {pipeline / 1e6:.2f} M, "
+          f"bare generate_content loop {bare / 1e6:.2f} M; ratio bare / pipeline {bare / pipeline:.3f} "
+          f"(the pipeline's own instructions per call: {(pipeline - bare) / bare:+.1%})")
+    print(f"fixed instructions (start-up, imports, the step's setup and final write): pipeline "
+          f"{(small['pipeline'] - small['api_calls'] * pipeline) / 1e9:.1f} G, bare {(small['bare'] - small['requests'] * bare) / 1e9:.1f} G")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--turns", type=int, default=39_000)
+    parser.add_argument("--turns", type=int, help="turns in a day (default 39,000; with --instructions 2,400)")
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=3, help="rounds, alternating which side runs first; the median ratio counts")
+    parser.add_argument("--instructions", action="store_true",
+                        help="count instructions per API call with callgrind (two sizes) instead of timing rounds")
     parser.add_argument("--child", choices=["pipeline", "bare"], help=argparse.SUPPRESS)  # one side of a round
+    parser.add_argument("--stage-config", type=json.loads, help=argparse.SUPPRESS)
     parser.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child = pipeline_child if args.child == "pipeline" else bare_child
-        print(json.dumps(child(args.folder, args.url, args.concurrency)))
+        if args.child == "pipeline":
+            figures = pipeline_child(args.folder, args.url, args.concurrency, args.stage_config)
+        else:
+            figures = bare_child(args.folder, args.url, args.concurrency)
+        print(json.dumps(figures))
         return
+    if args.instructions:
+        instructions_main(args.turns or 2_400, args.concurrency)
+        return
+    args.turns = args.turns or 39_000
     from cost_pipeline.llm.local_server import ServerConfig, running_local_server
 
     rounds = []

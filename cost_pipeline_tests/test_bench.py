@@ -1,6 +1,8 @@
 """Benchmarks at a tiny size, so a bench that breaks fails the suite instead of rotting."""
 
 import json
+import pickle
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -68,3 +70,25 @@ def test_peak_rss_counts_the_writer_process_too_at_a_tiny_size():
     assert set(figures["peak_rss_mb"]) == {"150", "300"}
     for size, writer_mb in figures["writer_process_mb"].items():
         assert 0 < writer_mb < figures["peak_rss_mb"][size], "memory moved to the writer process is still counted"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("valgrind") is None, reason="valgrind is a system package `make test` installs")
+def test_gemini_overhead_counts_instructions_at_a_tiny_size(tmp_path):
+    """The --instructions mode's parts: a landed day and its requests, the bare side counted under callgrind, and the
+    step run with the stretched intervals it is counted with (natively here: under callgrind it takes minutes)."""
+    sys.path.insert(0, str(REPO / "bench"))
+    import gemini_overhead as bench
+
+    from cost_pipeline.llm.local_server import ServerConfig, running_local_server
+
+    with running_local_server(ServerConfig()) as url:
+        folder = tmp_path / "day"
+        bench.land_for_instructions(folder, url, 8, 4)
+        requests = pickle.loads((folder / "requests.pickle").read_bytes())
+        assert len(requests) >= 8
+        bare = bench.counted_instructions("bare", folder, url, 4, 8, tmp_path / "callgrind.bare")
+        assert 1e9 < bare < 1e11, bare  # importing google-genai alone is billions
+        stretched = {"checkpoint_every_s": 250.0, "progress_every_s": 1500.0, "staged_chunk_rows": 4}
+        figures = bench.run_child("pipeline", folder, url, 4, stage_config=stretched)
+        assert figures["seconds"] > 0 and figures["writer_cpu"] > 0, "the writer process starts at staged_chunk_rows 4"
