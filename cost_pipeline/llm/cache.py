@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from cost_pipeline.llm.prompts import CLEAN
+from cost_pipeline.llm.stages import CLEAN
 from cost_pipeline.llm.usage import CACHE, Usage
 from cost_pipeline.storage.connect import STEP_MEMORY, connect
 from cost_pipeline.storage.tables import drop_primary_key, table_exists

@@ -9,9 +9,8 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 
+from cost_pipeline.llm.stages import CLEAN, FUNCTION
 from cost_pipeline.llm.tools import FUNCTION_DECLARATIONS
-
-CLEAN, FUNCTION = "clean", "function"
 
 CLEANING_INSTRUCTION = (
     "You clean speech-to-text transcripts of conversations between a user and a voice assistant. "
