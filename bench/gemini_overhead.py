@@ -208,14 +208,8 @@ class Round(NamedTuple):
         return (self.api_calls / self.pipeline_s) / (self.requests / self.bare_s)
 
 
-def one_round(folder: Path, url: str, day_turns: int, concurrency: int, bare_first: bool) -> Round:
-    """Land a fresh day; run the Gemini stage in a process of its own and the bare loop, sending the same requests, in
-    another, in either order.
-
-    The bare loop's requests are rebuilt from what the stage stored, so when the bare loop goes first they come from a
-    stage run of the same day on a copy of the round's folder, removed afterwards (the stage's run that counts must not
-    find its answers cached).
-    """
+def land_day(folder: Path, day_turns: int) -> None:
+    """A fresh folder with a generated day of `day_turns` turns landed in its database."""
     import dagster as dg
 
     from cost_pipeline.assets import ingest
@@ -225,27 +219,45 @@ def one_round(folder: Path, url: str, day_turns: int, concurrency: int, bare_fir
     generate(folder / "landing", DAY, 1, day_turns, seed=7)
     dg.materialize(dg.load_assets_from_modules([ingest]), partition_key=str(DAY), resources=resources_for(folder))
 
-    def pipeline_run(on: Path) -> tuple[dict, int]:
+
+def write_requests(stage_folder: Path, folder: Path, url: str, concurrency: int) -> list:
+    """The API requests the stage run in `stage_folder` sent, pickled into `folder` for the bare loop."""
+    requests = rebuild_requests(stage_folder / "bench.duckdb", gemini_resource(stage_folder, url, concurrency))
+    (folder / "requests.pickle").write_bytes(pickle.dumps(requests))
+    return requests
+
+
+def rehearse(folder: Path, url: str, concurrency: int) -> list:
+    """The requests a stage run of `folder`'s day sends, written for the bare loop before the stage runs there: from a
+    run on a copy of the folder, removed afterwards (the stage's run that counts must not find its answers cached)."""
+    rehearsal = folder.with_name(folder.name + "-rehearsal")
+    shutil.copytree(folder, rehearsal)
+    try:
+        run_child("pipeline", rehearsal, url, concurrency)
+        return write_requests(rehearsal, folder, url, concurrency)
+    finally:
+        shutil.rmtree(rehearsal)
+
+
+def one_round(folder: Path, url: str, day_turns: int, concurrency: int, bare_first: bool) -> Round:
+    """Land a fresh day; run the Gemini stage in a process of its own and the bare loop, sending the same requests, in
+    another, in either order (the bare loop's requests are rebuilt from what a stage run stored: `rehearse` when the
+    bare loop goes first)."""
+    land_day(folder, day_turns)
+
+    def pipeline_run() -> tuple[dict, int]:
         before = server_requests(url)
-        figures = run_child("pipeline", on, url, concurrency)
+        figures = run_child("pipeline", folder, url, concurrency)
         return figures, server_requests(url) - before
 
-    def bare_run(stage_folder: Path) -> tuple[dict, list]:
-        """The bare loop, sending the requests the stage run in `stage_folder` sent."""
-        requests = rebuild_requests(stage_folder / "bench.duckdb", gemini_resource(stage_folder, url, concurrency))
-        (folder / "requests.pickle").write_bytes(pickle.dumps(requests))
-        return run_child("bare", folder, url, concurrency), requests
-
     if bare_first:
-        rehearsal = folder.with_name(folder.name + "-rehearsal")
-        shutil.copytree(folder, rehearsal)
-        pipeline_run(rehearsal)
-        bare, requests = bare_run(rehearsal)
-        shutil.rmtree(rehearsal)
-        pipeline, api_calls = pipeline_run(folder)
+        requests = rehearse(folder, url, concurrency)
+        bare = run_child("bare", folder, url, concurrency)
+        pipeline, api_calls = pipeline_run()
     else:
-        pipeline, api_calls = pipeline_run(folder)
-        bare, requests = bare_run(folder)
+        pipeline, api_calls = pipeline_run()
+        requests = write_requests(folder, folder, url, concurrency)
+        bare = run_child("bare", folder, url, concurrency)
     return Round(api_calls, pipeline["seconds"], pipeline["cpu"], pipeline["loop_cpu"], pipeline["writer_cpu"],
                  pipeline["waited"], len(requests), bare["seconds"], bare["cpu"], bare["waited"],
                  "bare" if bare_first else "pipeline")
@@ -267,24 +279,6 @@ def counted_instructions(mode: str, folder: Path, url: str, concurrency: int, tu
     if collected is None:
         raise SystemExit(f"callgrind reported no count for the {mode} side:\n{stderr[-2000:]}")
     return int(collected.group(1))
-
-
-def land_for_instructions(folder: Path, url: str, day_turns: int, concurrency: int) -> None:
-    """Land a day, and the bare loop's requests from a rehearsal stage run (native) on a copy of it, thrown away."""
-    import dagster as dg
-
-    from cost_pipeline.assets import ingest
-    from cost_pipeline.synthetic import generate
-
-    folder.mkdir()
-    generate(folder / "landing", DAY, 1, day_turns, seed=7)
-    dg.materialize(dg.load_assets_from_modules([ingest]), partition_key=str(DAY), resources=resources_for(folder))
-    rehearsal = folder.with_name(folder.name + "-rehearsal")
-    shutil.copytree(folder, rehearsal)
-    run_child("pipeline", rehearsal, url, concurrency)
-    requests = rebuild_requests(rehearsal / "bench.duckdb", gemini_resource(rehearsal, url, concurrency))
-    shutil.rmtree(rehearsal)
-    (folder / "requests.pickle").write_bytes(pickle.dumps(requests))
 
 
 def instructions_at(folder: Path, url: str, day_turns: int, concurrency: int) -> dict:
@@ -310,7 +304,8 @@ def instructions_main(day_turns: int, concurrency: int) -> None:
     sizes = (max(1, day_turns // 4), day_turns)
     with tempfile.TemporaryDirectory() as folder, running_local_server(ServerConfig()) as url:
         for turns in sizes:
-            land_for_instructions(Path(folder) / f"day{turns}", url, turns, concurrency)
+            land_day(Path(folder) / f"day{turns}", turns)
+            rehearse(Path(folder) / f"day{turns}", url, concurrency)
         with ThreadPoolExecutor(len(sizes)) as pool:  # one valgrind per core
             small, large = pool.map(lambda turns: instructions_at(Path(folder) / f"day{turns}", url, turns, concurrency),
                                     sizes)

@@ -84,9 +84,9 @@ def test_gemini_overhead_counts_instructions_at_a_tiny_size(tmp_path):
 
     with running_local_server(ServerConfig()) as url:
         folder = tmp_path / "day"
-        bench.land_for_instructions(folder, url, 8, 4)
-        requests = pickle.loads((folder / "requests.pickle").read_bytes())
-        assert len(requests) >= 8
+        bench.land_day(folder, 8)
+        requests = bench.rehearse(folder, url, 4)
+        assert len(requests) >= 8 and pickle.loads((folder / "requests.pickle").read_bytes()) == requests
         bare = bench.counted_instructions("bare", folder, url, 4, 8, tmp_path / "callgrind.bare")
         assert 1e9 < bare < 1e11, bare  # importing google-genai alone is billions
         stretched = {"checkpoint_every_s": 250.0, "progress_every_s": 1500.0, "staged_chunk_rows": 4}
