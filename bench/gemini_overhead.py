@@ -283,8 +283,8 @@ def counted_instructions(mode: str, folder: Path, url: str, concurrency: int, tu
 
 def instructions_at(folder: Path, url: str, day_turns: int, concurrency: int) -> dict:
     """Each side's instructions under callgrind: the step on the landed day (nothing cached), the bare loop on the
-    requests its rehearsal sent. The server counts the step's API calls (another size may run at the same time, so
-    the step's own rows say how many it made)."""
+    requests its rehearsal sent. The step's API calls are counted from its own rows, not the server's counter: the
+    other size runs against the same server at the same time."""
     import duckdb
 
     pipeline = counted_instructions("pipeline", folder, url, concurrency, day_turns, folder / "callgrind.pipeline")
