@@ -38,6 +38,7 @@ from cost_pipeline.llm.batch_jobs import mark_collected
 from cost_pipeline.llm.batch_day import batch_day
 from cost_pipeline.llm.cache import ResponseCache
 from cost_pipeline.llm.client import FAILED, GeminiResource
+from cost_pipeline.llm.loop_thread import run_in_own_thread
 from cost_pipeline.llm.processing import long_lived_objects_frozen, process_day
 from cost_pipeline.llm.usage import SAVED_FIELDS, TOKEN_FIELDS
 from cost_pipeline.markdown import markdown_table, money_entries
@@ -226,13 +227,13 @@ def _calls_and_staging(context: dg.AssetExecutionContext, config: GeminiStageCon
                                                  "attempt in standard processing; batch mode does not check them yet, "
                                                  "so it does not run with them: remove [limits] or use standard "
                                                  "processing.")
-                elapsed, stats = asyncio.run(_run_batch_day(
+                elapsed, stats = run_in_own_thread(_run_batch_day(
                     conversation_chunks(turns_file, config.chunk_turns), gemini, cache, spool, checkpoints, day, context,
                     area.folder, deferred))
             else:
                 with long_lived_objects_frozen():
                     budget, estimator = _budget(context, gemini, book, limits) if limits else (None, None)
-                    elapsed, stats = asyncio.run(_run_day(
+                    elapsed, stats = run_in_own_thread(_run_day(
                         conversation_chunks(turns_file, config.chunk_turns), total, gemini, cache, spool, checkpoints, day,
                         context, config, budget, estimator, book))
         except JobsPending as pending:

@@ -8,7 +8,10 @@ starts as soon as the turn is clean and does not hold up the next turn. When a
 conversation ends, its rows go to the sink together: every turn a cleaned row (`ok`, or
 `failed` with the error), every user turn's decision, every call a usage row. Before a
 chunk's conversations start, the response cache loads the entries for its texts. So
-memory holds the window, not the day. No Dagster here: the asset wires it in.
+memory holds the window, not the day. Cancelled (a terminated run), the day cancels its
+conversations and they their function decisions, and each waits for them: every attempt in
+flight records how it ended before the caller closes the client. No Dagster here: the
+asset wires it in.
 """
 
 import asyncio
@@ -116,6 +119,12 @@ async def process_day(chunks: Iterable[list[Conversation]], session: GeminiSessi
             await asyncio.wait(set(running))
     finally:
         ticking.cancel()
+        # Cancelled (the run was terminated): no call outlives the day. Each records how its attempt in flight ended
+        # before the caller closes the client; closed under it, a billed answer would be recorded as a read error.
+        for task in running:
+            task.cancel()
+        if running:
+            await asyncio.gather(*running, return_exceptions=True)
     if failures:
         raise failures[0]
     return tracker.elapsed()
@@ -127,23 +136,30 @@ async def _conversation(turns: Conversation, session: GeminiSession, sink: RowSi
     cleaned_rows: list[dict] = []
     decisions = []
     call_rows: list[dict] = []
-    for turn in turns:
-        raw_hash = turn["text_hash"]
-        started = time.perf_counter()
-        request = cleaning_request(settings.clean_model, turn["speaker"], turn["text"],
-                                   context[-settings.context_turns:] if settings.context_turns else [],
-                                   settings.thinking_budget)
-        tag = call_tag(turn, "clean")
-        outcome = await session.call(request, raw_hash, tag, context_hash=turn["context_hash"])
-        cleaned = outcome.result["cleaned_text"] if outcome.status == OK else None
-        cleaned_rows.append(cleaned_row(turn, outcome, cleaned, _ms_since(started), tag.call_id))
-        call_rows.append(call_row(turn, outcome, "clean", session.endpoint_id, tag.call_id))
-        context.append((turn["speaker"], cleaned or turn["text"]))
-        if turn["speaker"] == "User" and cleaned:
-            decisions.append(asyncio.create_task(_decide(turn, cleaned, raw_hash, session)))
-        tracker.turn_done()
+    try:
+        for turn in turns:
+            raw_hash = turn["text_hash"]
+            started = time.perf_counter()
+            request = cleaning_request(settings.clean_model, turn["speaker"], turn["text"],
+                                       context[-settings.context_turns:] if settings.context_turns else [],
+                                       settings.thinking_budget)
+            tag = call_tag(turn, "clean")
+            outcome = await session.call(request, raw_hash, tag, context_hash=turn["context_hash"])
+            cleaned = outcome.result["cleaned_text"] if outcome.status == OK else None
+            cleaned_rows.append(cleaned_row(turn, outcome, cleaned, _ms_since(started), tag.call_id))
+            call_rows.append(call_row(turn, outcome, "clean", session.endpoint_id, tag.call_id))
+            context.append((turn["speaker"], cleaned or turn["text"]))
+            if turn["speaker"] == "User" and cleaned:
+                decisions.append(asyncio.create_task(_decide(turn, cleaned, raw_hash, session)))
+            tracker.turn_done()
+        decided = await asyncio.gather(*decisions)
+    except BaseException:  # cancelled mid-conversation: its decisions in flight end (and are recorded) with it
+        for decision in decisions:
+            decision.cancel()
+        await asyncio.gather(*decisions, return_exceptions=True)
+        raise
     function_rows = []
-    for decision_row, decision_call_row in await asyncio.gather(*decisions):
+    for decision_row, decision_call_row in decided:
         function_rows.append(decision_row)
         call_rows.append(decision_call_row)
     sink(cleaned_rows, function_rows, call_rows)
