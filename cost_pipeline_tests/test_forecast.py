@@ -1,7 +1,7 @@
 """The forecast: before any call, what days will cost; then the days run and the ledger says whether it was right."""
 
 import json
-from datetime import date, timedelta
+from datetime import date
 from decimal import Decimal
 
 import duckdb

@@ -4,7 +4,6 @@ from datetime import date
 
 import dagster as dg
 import duckdb
-import pytest
 
 from cost_pipeline.synthetic import MALFORMED_KINDS, generate
 
