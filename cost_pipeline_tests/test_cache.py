@@ -1,12 +1,13 @@
 """The response cache's reads while a day runs: their memory does not follow the table's size."""
 
+import hashlib
 import json
 import subprocess
 import sys
 
 from cost_pipeline.llm.cache import DDL, TABLE, CachedResponse, ResponseCache
 from cost_pipeline.llm.processing import file_turns
-from cost_pipeline.llm.prompts import cleaning_request, function_request
+from cost_pipeline.llm.prompts import TOOLS_DIGEST, LlmRequest, cleaning_request, function_request
 from cost_pipeline.llm.usage import Usage
 from cost_pipeline.storage.connect import connect
 
@@ -111,3 +112,28 @@ def test_request_hashes_are_the_keys_earlier_runs_wrote():
             == "7611a2e1cce46292aaf35aac2cacd8691cec98e2f2fdf3455a7dceee6deca003")
     assert (cleaning.with_reminder("off-format", 2).request_hash("x")
             == "0d4bba1750cadf89d009a7126253edcd7d5e316c1c0d50c8b12332d67c4d16af")
+
+
+def test_a_request_hash_from_remembered_settings_is_the_hash_of_the_whole_request_spelled_out():
+    """The hash joins the contents to the settings' JSON kept from an earlier request; it must equal the digest of the
+    request's canonical JSON in full, for every kind of request, and a config built afresh must not borrow another's."""
+    def spelled_out(request, endpoint):
+        canonical = json.dumps({"endpoint": endpoint, "model": request.model, "system_instruction": request.system_instruction,
+                                "tools": TOOLS_DIGEST if request.with_tools else None, "contents": request.contents,
+                                "generation_config": request.generation_config}, sort_keys=True)
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+    context = [("User", 'He said "hi" \\ bye'), ("Assistant", "Ça va? 🙂")]
+    requests = [cleaning_request(model, "User", text, context[:window], budget)
+                for model in ("gemini-2.5-flash-lite", "gemini-2.5-flash") for text in ("um hello", "") for window in (0, 2)
+                for budget in (None, 0, 512)]
+    requests += [function_request(model, text, budget) for model in ("gemini-2.5-flash-lite", "gemini-2.5-pro")
+                 for text in ("Book a table.", "x" * 5000) for budget in (None, 128)]
+    requests += [request.with_reminder("off-format", attempt) for request in requests[:6] for attempt in (2, 3)]
+    for _ in range(2):  # the second round hashes from memory
+        for request in requests:
+            for endpoint in ("local-server", "https://generativelanguage.googleapis.com"):
+                assert request.request_hash(endpoint) == spelled_out(request, endpoint)
+    afresh = LlmRequest(requests[0].stage, requests[0].model, requests[0].system_instruction, requests[0].contents,
+                        {**requests[0].generation_config, "temperature": 0.5})
+    assert afresh.request_hash("local-server") == spelled_out(afresh, "local-server") != requests[0].request_hash("local-server")
