@@ -158,15 +158,16 @@ def pipeline_child(folder: Path, url: str, concurrency: int, stage_config: dict 
     assets = dg.load_assets_from_modules([turns])
     resources = {**resources_for(folder), "gemini": gemini_resource(folder, url, concurrency), "costs": CostSettings()}
     run_config = {"ops": {"turns_through_gemini": {"config": stage_config}}} if stage_config else None
-    waited = run_queue_seconds()
-    started, cpu, own_cpu = time.perf_counter(), cpu_seconds(), cpu_seconds(resource.RUSAGE_THREAD)
+    started, cpu = time.perf_counter(), cpu_seconds()
     result = dg.materialize([*assets, *dg.load_assets_from_modules([ingest])], partition_key=str(DAY),
                             resources=resources, selection=assets, run_config=run_config)
     seconds = time.perf_counter() - started
     assert result.success
-    return {"seconds": seconds, "cpu": cpu_seconds() - cpu,
-            "loop_cpu": cpu_seconds(resource.RUSAGE_THREAD) - own_cpu,  # the step (and its event loop) runs in this thread
-            "writer_cpu": cpu_seconds(resource.RUSAGE_CHILDREN), "waited": run_queue_seconds() - waited}
+    # The event loop runs in a thread of its own (llm/loop_thread.py), which reports its CPU and run-queue wait.
+    calls = next(m.metadata for m in result.asset_materializations_for_node("turns_through_gemini")
+                 if m.asset_key.path[-1] == "llm_calls")
+    return {"seconds": seconds, "cpu": cpu_seconds() - cpu, "loop_cpu": calls["event_loop_cpu_s"].value,
+            "writer_cpu": cpu_seconds(resource.RUSAGE_CHILDREN), "waited": calls["event_loop_waited_s"].value}
 
 
 def bare_child(folder: Path, url: str, concurrency: int) -> dict:

@@ -92,3 +92,4 @@ def test_gemini_overhead_counts_instructions_at_a_tiny_size(tmp_path):
         stretched = {"checkpoint_every_s": 250.0, "progress_every_s": 1500.0, "staged_chunk_rows": 4}
         figures = bench.run_child("pipeline", folder, url, 4, stage_config=stretched)
         assert figures["seconds"] > 0 and figures["writer_cpu"] > 0, "the writer process starts at staged_chunk_rows 4"
+        assert 0 < figures["loop_cpu"] < figures["cpu"], "the loop's own thread is timed, a part of the step's process"

@@ -66,6 +66,19 @@ def test_missing_usage_is_estimated_flagged_and_counted(landing_root, database, 
     assert metadata["llm_calls"]["estimated_usage_calls"].value == sources["estimated"]
 
 
+def test_the_stage_says_how_much_of_the_day_its_event_loop_spent_on_a_core(landing_root, database, model_server):
+    """Against a slow endpoint the loop mostly waits: its CPU seconds (its own thread's, not the step's main thread,
+    which only waits for it) are well under the elapsed time, and the time it waited for a core is reported beside."""
+    generate(landing_root, DAY, days=1, turns_per_day=40, seed=3)
+    model_server.configure(latency_ms=150)
+    result = materialize_day(DAY, landing_root, database, model_server)
+    metadata = {m.asset_key.path[-1]: m.metadata for m in result.asset_materializations_for_node("turns_through_gemini")}
+    calls = metadata["llm_calls"]
+    on_core, waited, elapsed = (calls[name].value for name in ("event_loop_cpu_s", "event_loop_waited_s", "elapsed_s"))
+    assert 0.01 < on_core < elapsed / 2, (on_core, elapsed)
+    assert 0 <= waited < elapsed
+
+
 def test_the_second_turn_is_cleaned_with_the_first_turns_cleaned_text(landing_root, database, model_server):
     write_conversation(landing_root, [("User", "um hello hello there"), ("Assistant", "Hi, how can I help?"),
                                       ("User", "uh order two coffees from Starbucks")])

@@ -38,7 +38,7 @@ from cost_pipeline.llm.batch_jobs import mark_collected
 from cost_pipeline.llm.batch_day import batch_day
 from cost_pipeline.llm.cache import ResponseCache
 from cost_pipeline.llm.client import FAILED, GeminiResource
-from cost_pipeline.llm.loop_thread import run_in_own_thread
+from cost_pipeline.llm.loop_thread import run_in_own_thread, thread_schedule
 from cost_pipeline.llm.processing import long_lived_objects_frozen, process_day
 from cost_pipeline.llm.usage import SAVED_FIELDS, TOKEN_FIELDS
 from cost_pipeline.markdown import markdown_table, money_entries
@@ -360,6 +360,7 @@ async def _run_day(chunks, total: int, gemini: GeminiResource, cache: ResponseCa
         session.budget, session.attempt_forecast = budget, estimator.high
         session.attempt_cost = lambda attempt: attempt_cost(attempt, book)
     periodic = asyncio.create_task(checkpoints.run_periodically())
+    schedule = thread_schedule()  # this thread is the loop's own
     try:
         elapsed = await process_day(chunks, session, day, context.log.info, config.progress_every, total,
                                     config.conversations_in_flight, spent=lambda: checkpoints.spent,
@@ -368,6 +369,9 @@ async def _run_day(chunks, total: int, gemini: GeminiResource, cache: ResponseCa
         checkpoints.stop()
         await periodic
         await session.aclose()
+    if schedule and (now := thread_schedule()):
+        session.stats["event_loop_cpu_s"], session.stats["event_loop_waited_s"] = (now[0] - schedule[0],
+                                                                                    now[1] - schedule[1])
     return elapsed, session.stats
 
 
@@ -434,6 +438,8 @@ def _call_metadata(calls: StagedTable, summary: dict, stats, turns: int, elapsed
         "latency_p95_ms": float(summary["latency_p95_ms"]),
         "turns_per_second": turns / elapsed_s if elapsed_s else 0.0,
         "elapsed_s": elapsed_s,
+        # On a core, and runnable but waiting for one: near elapsed_s, the day was bound by its own Python, not Gemini.
+        **{name: float(stats[name]) for name in ("event_loop_cpu_s", "event_loop_waited_s") if name in stats},
         "cache_entries_loaded": int(stats["cache_entries_loaded"]),
         "cache_entries_written": cache_written,
         "checkpoints": checkpoints,

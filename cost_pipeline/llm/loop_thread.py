@@ -72,3 +72,17 @@ def run_in_own_thread(coroutine: Coroutine[Any, Any, T]) -> T:
     if "error" in outcome:
         raise outcome.pop("error")
     return outcome["result"]
+
+
+def thread_schedule() -> tuple[float, float] | None:
+    """(seconds on a core, seconds runnable but waiting for one) of the calling thread so far; None off Linux.
+
+    Called from the loop's thread at its start and end, the difference says whether a day was bound by its own CPU
+    (on a core nearly all its elapsed time) or starved of a core (waiting), rather than waiting on Gemini.
+    """
+    try:
+        with open("/proc/thread-self/schedstat") as stat:
+            on_core, waiting = stat.read().split()[:2]
+    except (OSError, ValueError):
+        return None
+    return int(on_core) / 1e9, int(waiting) / 1e9
