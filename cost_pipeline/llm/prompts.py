@@ -40,7 +40,7 @@ _CONTENTS_FIRST = '{"contents": '
 """How a request's canonical JSON starts: "contents" sorts before every other key."""
 _SETTINGS_JSON: dict[tuple, tuple[dict, str]] = {}
 """The canonical JSON after the contents (endpoint, generation config, model, system instruction, tools), by the
-settings that make it, with the generation config it was made from. A day's requests share a handful of these, and
+settings that make it, beside the generation config it was made from (kept alive by it). A day's requests share a handful of these, and
 encoding them (the cleaning schema sorted at every level) took 70% of a cleaning request's hash."""
 _SETTINGS_JSON_MAX = 256
 
@@ -83,13 +83,14 @@ class LlmRequest:
     def _settings_json(self, endpoint: str) -> str:
         """The canonical JSON after the contents, from memory when a request with these settings was hashed before.
 
-        Remembered by the generation config's identity (requests of one kind share one dict, see `_shared_config`)
-        and checked against it, so a config built afresh is encoded afresh and never mistaken for another.
+        Remembered by the generation config's identity (requests of one kind share one dict, see `_shared_config`).
+        The entry holds its config, so no other object can take that id while it is remembered: a config built
+        afresh is encoded afresh, never mistaken for another.
         """
         config = self.generation_config
         key = (endpoint, self.model, self.system_instruction, self.with_tools, id(config))
         known = _SETTINGS_JSON.get(key)
-        if known is None or known[0] is not config:
+        if known is None:
             if len(_SETTINGS_JSON) >= _SETTINGS_JSON_MAX:
                 _SETTINGS_JSON.clear()
             # '{"endpoint": ...}' without its brace, after the contents' comma.
