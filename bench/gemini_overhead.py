@@ -62,6 +62,7 @@ os.environ.setdefault("COST_PIPELINE_START", "2026-01-01")  # keeps the fixed be
 from google import genai
 from google.genai import types
 
+from cost_pipeline.llm.loop_thread import thread_schedule
 from cost_pipeline.llm.prompts import cleaning_request, function_request
 from cost_pipeline.llm.tools import TOOLS
 
@@ -119,12 +120,6 @@ async def bare_loop(url: str, requests: list, concurrency: int) -> float:
     return elapsed
 
 
-def run_queue_seconds() -> float:
-    """Seconds the calling thread has waited, runnable, for a core (the second field of its schedstat)."""
-    with open("/proc/thread-self/schedstat") as stat:
-        return int(stat.read().split()[1]) / 1e9
-
-
 def cpu_seconds(who: int = resource.RUSAGE_SELF) -> float:
     """CPU time of this process (every thread), of the calling thread, or of the waited-for children."""
     usage = resource.getrusage(who)
@@ -173,9 +168,9 @@ def pipeline_child(folder: Path, url: str, concurrency: int, stage_config: dict 
 def bare_child(folder: Path, url: str, concurrency: int) -> dict:
     """In a fresh process that imports google-genai and the request type only: the bare loop's wall and CPU seconds."""
     requests = pickle.loads((folder / "requests.pickle").read_bytes())
-    cpu, waited = cpu_seconds(), run_queue_seconds()
+    cpu, (_, waited) = cpu_seconds(), thread_schedule()
     seconds = asyncio.run(bare_loop(url, requests, concurrency))  # the loop runs in this thread
-    return {"seconds": seconds, "cpu": cpu_seconds() - cpu, "waited": run_queue_seconds() - waited}
+    return {"seconds": seconds, "cpu": cpu_seconds() - cpu, "waited": thread_schedule()[1] - waited}
 
 
 def run_child(mode: str, folder: Path, url: str, concurrency: int, wrapper: list[str] = (),
