@@ -31,6 +31,7 @@ def test_invoice_match_accounts_for_every_billed_cent_at_a_tiny_size():
 def test_gemini_overhead_runs_at_a_tiny_size():
     output = run_bench("gemini_overhead.py", "--turns", "300", "--concurrency", "16", "--rounds", "2")
     assert "round 1 (pipeline first):" in output and "round 2 (bare first):" in output and "median of 2 rounds" in output
+    assert "bare loop sending dict contents as the stage does" in output
 
 
 @pytest.mark.slow

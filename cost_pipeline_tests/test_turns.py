@@ -1,5 +1,6 @@
 """The Gemini stage in real Dagster runs: the real google-genai client against the shipped server, real DuckDB."""
 
+import asyncio
 import json
 from datetime import date
 
@@ -77,6 +78,43 @@ def test_the_stage_says_how_much_of_the_day_its_event_loop_spent_on_a_core(landi
     on_core, waited, elapsed = (calls[name].value for name in ("event_loop_cpu_s", "event_loop_waited_s", "elapsed_s"))
     assert 0.01 < on_core < elapsed / 2, (on_core, elapsed)
     assert 0 <= waited < elapsed
+
+
+def test_the_stage_sends_what_the_sdks_typed_contents_send_byte_for_byte(model_server):
+    """The stage hands the SDK its contents as plain dicts (cheaper for the SDK to read, `request_contents`): each
+    request, a reminder after a rejection included, reaches the server exactly as `types.Content` objects send it."""
+    from google import genai
+    from google.genai import types
+
+    from cost_pipeline.llm.client import request_contents
+    from cost_pipeline.llm.prompts import cleaning_request, function_request
+    from cost_pipeline.llm.tools import TOOLS
+
+    cleaning = cleaning_request("gemini-2.5-flash-lite", "User", "um so I I want the thing",
+                                [("User", "Hello there."), ("Assistant", "Hi, how can I help?")], 0)
+    requests = [cleaning, cleaning.with_reminder("cleaning answer is not JSON", 2),
+                function_request("gemini-2.5-flash", "Order two coffees from Starbucks.", None)]
+    client = genai.Client(api_key="test", http_options=types.HttpOptions(base_url=model_server.url))
+
+    async def send_both_ways():
+        for request in requests:
+            options = dict(request.generation_config)
+            budget = options.pop("thinking_budget", None)
+            config = types.GenerateContentConfig(
+                system_instruction=request.system_instruction, tools=TOOLS if request.with_tools else None,
+                thinking_config=types.ThinkingConfig(thinking_budget=budget) if budget is not None else None, **options)
+            typed = [types.Content(role="user", parts=[types.Part(text=part) for part in parts]) for parts in request.contents]
+            for contents in (request_contents(request), typed):
+                await client.aio.models.generate_content(model=request.model, contents=contents, config=config)
+        await client.aio.aclose()
+
+    asyncio.run(send_both_ways())
+    bodies = [record["body"] for record in model_server.requests()]
+    assert len(bodies) == 2 * len(requests)
+    for ours, typed in zip(bodies[::2], bodies[1::2]):
+        assert json.dumps(ours) == json.dumps(typed)  # the same keys in the same order, not only equal values
+    assert bodies[2]["contents"][-1]["parts"][0]["text"].startswith("Your previous answer was rejected")
+    assert bodies[4]["tools"] and bodies[0]["generationConfig"]["thinkingConfig"]
 
 
 def test_the_second_turn_is_cleaned_with_the_first_turns_cleaned_text(landing_root, database, model_server):

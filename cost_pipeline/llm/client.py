@@ -547,8 +547,16 @@ def redact(text: str, secrets: list[str]) -> str:
     return text[:ERROR_TEXT_LIMIT]
 
 
-def request_contents(request: LlmRequest) -> list[types.Content]:
-    return [types.Content(role="user", parts=[types.Part(text=part) for part in parts]) for parts in request.contents]
+def request_contents(request: LlmRequest) -> list[types.ContentDict]:
+    """`request`'s contents in the SDK's plain-dict form (`ContentDict`), which it sends byte for byte as it sends
+    `types.Content` objects (`test_turns` compares the bodies on the server).
+
+    Why dicts: the SDK reads the fields of what it is given with `key in data`, which on a pydantic model walks every
+    field before it falls back to `hasattr`. With `Content`/`Part` objects that cost 3.46 M instructions more per call
+    than dicts (callgrind, 1,000 calls with the network left out: 17.74 G against 14.29 G), against about 20 M for a
+    whole call through the SDK to a local server.
+    """
+    return [{"role": "user", "parts": [{"text": part} for part in parts]} for parts in request.contents]
 
 
 def _per_second_limiter(per_minute: int) -> AsyncLimiter:
