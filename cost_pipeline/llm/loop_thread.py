@@ -14,7 +14,8 @@ more nested generators, so an event loop started there pays that walk on every
 exception the SDK, httpx and asyncio raise and catch internally. A fresh thread starts with
 an empty stack: callgrind counts 20.97 M instructions per API call with the loop here and
 21.07 M with it in the step's thread (bench/gemini_overhead.py --instructions' method,
-days of 600 and 2,400 turns), against 20.35 M for a bare `generate_content` loop.
+days of 600 and 2,400 turns; 6ff8c63, before the stage sent its contents as dicts), against
+20.35 M for a bare `generate_content` loop.
 
 Guarantees. `run_in_own_thread(coroutine)` returns what `asyncio.run(coroutine)` would
 return, or raises what it would raise, and runs it with the caller's context variables.
