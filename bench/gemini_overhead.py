@@ -13,9 +13,9 @@
    (`llm/client.py`'s `request_contents`). Against the first the ratio is what a user's own
    loop would get; against the second it is the cost of the stage's own code alone.
 Steps 1-3 are one round, on a fresh database each (a cache left by the last round would
-answer for free); odd rounds run the pipeline first and the typed loop last, even rounds
-the other way round (the dict loop in the middle), so a drift in the machine's speed
-during a round does not favour one side. Steps 2 and 3 each run in a
+answer for free); odd rounds run the pipeline, the typed loop, then the dict loop, even
+rounds the other way round: the goal's two sides always run next to each other, and a
+drift in the machine's speed during a round does not favour one side. Steps 2 and 3 each run in a
 fresh Python process, timed inside it from the first call to the last: the step as a
 Dagster run process would run it, and the bare loop as a user's own script would, with
 nothing else on its heap. (Until a9b7f07 both ran in this process, one after another:
@@ -107,7 +107,8 @@ CONTENT_FORMS = {
                               for parts in request.contents],
     "dicts": lambda request: [{"role": "user", "parts": [{"text": p} for p in parts]} for parts in request.contents],
 }
-"""How a bare loop writes a request's contents: SDK objects, or the plain dicts the stage sends."""
+"""How a bare loop writes a request's contents: SDK objects, or the plain dicts the stage sends (the form of
+`llm/client.py`'s `request_contents`, repeated here so that the bare process imports none of the stage)."""
 
 
 async def bare_loop(url: str, requests: list, concurrency: int, form: str = "typed") -> float:
@@ -270,14 +271,14 @@ def one_round(folder: Path, url: str, day_turns: int, concurrency: int, bare_fir
 
     if bare_first:
         requests = rehearse(folder, url, concurrency)
-        bare = run_child("bare", folder, url, concurrency)
         dicts = run_child("bare-dicts", folder, url, concurrency)
+        bare = run_child("bare", folder, url, concurrency)
         pipeline, api_calls = pipeline_run()
     else:
         pipeline, api_calls = pipeline_run()
         requests = write_requests(folder, folder, url, concurrency)
-        dicts = run_child("bare-dicts", folder, url, concurrency)
         bare = run_child("bare", folder, url, concurrency)
+        dicts = run_child("bare-dicts", folder, url, concurrency)
     return Round(api_calls, pipeline["seconds"], pipeline["cpu"], pipeline["loop_cpu"], pipeline["writer_cpu"],
                  pipeline["waited"], len(requests), bare["seconds"], bare["cpu"], bare["waited"], dicts["seconds"],
                  dicts["cpu"], "bare" if bare_first else "pipeline")

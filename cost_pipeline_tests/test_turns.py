@@ -80,15 +80,16 @@ def test_the_stage_says_how_much_of_the_day_its_event_loop_spent_on_a_core(landi
     assert 0 <= waited < elapsed
 
 
-def test_the_stage_sends_what_the_sdks_typed_contents_send_byte_for_byte(model_server):
-    """The stage hands the SDK its contents as plain dicts (cheaper for the SDK to read, `request_contents`): each
-    request, a reminder after a rejection included, reaches the server exactly as `types.Content` objects send it."""
+def test_the_stage_sends_the_json_the_sdks_typed_contents_send(model_server):
+    """The stage hands the SDK its contents as plain dicts (cheaper for the SDK to validate, `request_contents`): each
+    request, a reminder after a rejection included, reaches the server as the same JSON, key order included, as
+    `types.Content` objects send; and a batch job's request is built the same either way."""
     from google import genai
     from google.genai import types
 
-    from cost_pipeline.llm.client import request_contents
+    from cost_pipeline.llm.batch_files import rest_request
+    from cost_pipeline.llm.client import content_config, request_contents
     from cost_pipeline.llm.prompts import cleaning_request, function_request
-    from cost_pipeline.llm.tools import TOOLS
 
     cleaning = cleaning_request("gemini-2.5-flash-lite", "User", "um so I I want the thing",
                                 [("User", "Hello there."), ("Assistant", "Hi, how can I help?")], 0)
@@ -96,25 +97,28 @@ def test_the_stage_sends_what_the_sdks_typed_contents_send_byte_for_byte(model_s
                 function_request("gemini-2.5-flash", "Order two coffees from Starbucks.", None)]
     client = genai.Client(api_key="test", http_options=types.HttpOptions(base_url=model_server.url))
 
+    def typed(request):
+        return [types.Content(role="user", parts=[types.Part(text=part) for part in parts]) for parts in request.contents]
+
     async def send_both_ways():
         for request in requests:
-            options = dict(request.generation_config)
-            budget = options.pop("thinking_budget", None)
-            config = types.GenerateContentConfig(
-                system_instruction=request.system_instruction, tools=TOOLS if request.with_tools else None,
-                thinking_config=types.ThinkingConfig(thinking_budget=budget) if budget is not None else None, **options)
-            typed = [types.Content(role="user", parts=[types.Part(text=part) for part in parts]) for parts in request.contents]
-            for contents in (request_contents(request), typed):
-                await client.aio.models.generate_content(model=request.model, contents=contents, config=config)
+            for contents in (request_contents(request), typed(request)):
+                await client.aio.models.generate_content(model=request.model, contents=contents,
+                                                         config=content_config(request))
         await client.aio.aclose()
 
     asyncio.run(send_both_ways())
     bodies = [record["body"] for record in model_server.requests()]
     assert len(bodies) == 2 * len(requests)
-    for ours, typed in zip(bodies[::2], bodies[1::2]):
-        assert json.dumps(ours) == json.dumps(typed)  # the same keys in the same order, not only equal values
+    for ours, sdk_objects in zip(bodies[::2], bodies[1::2]):
+        assert json.dumps(ours) == json.dumps(sdk_objects)
     assert bodies[2]["contents"][-1]["parts"][0]["text"].startswith("Your previous answer was rejected")
     assert bodies[4]["tools"] and bodies[0]["generationConfig"]["thinkingConfig"]
+    for request in requests:  # batch mode: the config as `batch.py` inlines it, without automatic function calling
+        config = content_config(request).model_copy(update={"automatic_function_calling": None})
+        ours, sdk_objects = (json.dumps(rest_request(client, {"contents": contents, "config": config}))
+                             for contents in (request_contents(request), typed(request)))
+        assert ours == sdk_objects and request.contents[-1][-1] in ours
 
 
 def test_the_second_turn_is_cleaned_with_the_first_turns_cleaned_text(landing_root, database, model_server):
