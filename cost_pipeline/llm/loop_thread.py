@@ -15,7 +15,8 @@ exception the SDK, httpx and asyncio raise and catch internally. A fresh thread 
 an empty stack: callgrind counts 20.97 M instructions per API call with the loop here and
 21.07 M with it in the step's thread (bench/gemini_overhead.py --instructions' method,
 days of 600 and 2,400 turns; 6ff8c63, before the stage sent its contents as dicts), against
-20.35 M for a bare `generate_content` loop.
+20.35 M for a bare `generate_content` loop. That 0.1 M is within the method's spread on the step's
+side (up to about 0.3 M, README's known limits): termination is the reason that stands.
 
 Guarantees. `run_in_own_thread(coroutine)` returns what `asyncio.run(coroutine)` would
 return, or raises what it would raise, and runs it with the caller's context variables.
