@@ -9,7 +9,7 @@
    bare `client.aio.models.generate_content` loop at the same concurrency, twice: with the
    contents as `types.Content` objects, as the SDK's documentation writes them (the loop the
    goal is measured against since this bench began), and as plain dicts (`ContentDict`), the
-   form the stage sends since the SDK reads dicts for 3.46 M fewer instructions a call
+   form the stage sends since the SDK reads dicts for 3.45 M fewer instructions a call
    (`llm/client.py`'s `request_contents`). Against the first the ratio is what a user's own
    loop would get; against the second it is the cost of the stage's own code alone.
 Steps 1-3 are one round, on a fresh database each (a cache left by the last round would
@@ -70,7 +70,7 @@ from google.genai import types
 
 from cost_pipeline.llm.loop_thread import thread_schedule
 from cost_pipeline.llm.prompts import cleaning_request, function_request
-from cost_pipeline.llm.tools import TOOLS
+from cost_pipeline.llm.sdk_request import content_config, request_contents
 
 DAY = date(2026, 11, 1)
 
@@ -105,10 +105,9 @@ def rebuild_requests(database: Path, gemini) -> list:
 CONTENT_FORMS = {
     "typed": lambda request: [types.Content(role="user", parts=[types.Part(text=p) for p in parts])
                               for parts in request.contents],
-    "dicts": lambda request: [{"role": "user", "parts": [{"text": p} for p in parts]} for parts in request.contents],
+    "dicts": request_contents,
 }
-"""How a bare loop writes a request's contents: SDK objects, or the plain dicts the stage sends (the form of
-`llm/client.py`'s `request_contents`, repeated here so that the bare process imports none of the stage)."""
+"""How a bare loop writes a request's contents: SDK objects, or the plain dicts the stage sends."""
 
 
 async def bare_loop(url: str, requests: list, concurrency: int, form: str = "typed") -> float:
@@ -120,11 +119,7 @@ async def bare_loop(url: str, requests: list, concurrency: int, form: str = "typ
     async def send(request):
         config = configs.get(request.stage)
         if config is None:
-            config = configs[request.stage] = types.GenerateContentConfig(
-                system_instruction=request.system_instruction,
-                tools=TOOLS if request.with_tools else None,
-                automatic_function_calling=types.AutomaticFunctionCallingConfig(disable=True) if request.with_tools else None,
-                **request.generation_config)
+            config = configs[request.stage] = content_config(request)  # the stage's own config for the request
         contents = contents_of(request)
         async with semaphore:
             await client.aio.models.generate_content(model=request.model, contents=contents, config=config)
@@ -182,7 +177,8 @@ def pipeline_child(folder: Path, url: str, concurrency: int, stage_config: dict 
 
 
 def bare_child(folder: Path, url: str, concurrency: int, form: str) -> dict:
-    """In a fresh process that imports google-genai and the request type only: the bare loop's wall and CPU seconds."""
+    """In a fresh process that imports google-genai, the request and its SDK form only (no Dagster): the bare loop's
+    wall and CPU seconds."""
     requests = pickle.loads((folder / "requests.pickle").read_bytes())
     cpu, (_, waited) = cpu_seconds(), thread_schedule()
     seconds = asyncio.run(bare_loop(url, requests, concurrency, form))  # the loop runs in this thread

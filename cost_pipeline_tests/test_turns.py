@@ -88,8 +88,8 @@ def test_the_stage_sends_the_json_the_sdks_typed_contents_send(model_server):
     from google.genai import types
 
     from cost_pipeline.llm.batch_files import rest_request
-    from cost_pipeline.llm.client import content_config, request_contents
     from cost_pipeline.llm.prompts import cleaning_request, function_request
+    from cost_pipeline.llm.sdk_request import content_config, request_contents
 
     cleaning = cleaning_request("gemini-2.5-flash-lite", "User", "um so I I want the thing",
                                 [("User", "Hello there."), ("Assistant", "Hi, how can I help?")], 0)

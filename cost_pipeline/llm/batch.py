@@ -34,7 +34,8 @@ from cost_pipeline.llm import batch_files, batch_jobs
 from cost_pipeline.llm.answers import Verdict, judge
 from cost_pipeline.llm.attempts import ACCEPTED, ERROR, REJECTED, Attempt
 from cost_pipeline.llm.cache import CachedResponse
-from cost_pipeline.llm.client import FAILED, OK, CallOutcome, CallTag, GeminiSession, request_contents
+from cost_pipeline.llm.client import FAILED, OK, CallOutcome, CallTag, GeminiSession
+from cost_pipeline.llm.sdk_request import request_contents
 from cost_pipeline.llm.prompts import LlmRequest
 from cost_pipeline.llm.usage import CACHE, NO_USAGE, Usage, estimate_usage, usage_from_metadata
 
