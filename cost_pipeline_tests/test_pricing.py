@@ -121,7 +121,8 @@ def _google_models():
 
 @pytest.mark.parametrize("model", _google_models())
 def test_every_google_model_costs_exactly_what_genai_prices_computes(model):
-    """The price book's shortcut (units a call has none of left out) must agree with the library to the digit."""
+    """The price book's shortcut (units a call has none of left out) must agree with the library to the digit,
+    text, audio, image and video alike."""
     import random
 
     import genai_prices
@@ -132,19 +133,24 @@ def test_every_google_model_costs_exactly_what_genai_prices_computes(model):
         for _ in range(40):
             size = rng.choice([5_000, 300_000])  # below and above the long-context threshold
             text, cached_text = rng.randint(0, size), rng.choice([0, rng.randint(0, size)])
-            audio, cached_audio = rng.choice([(0, 0), (rng.randint(0, size), 0), (rng.randint(0, size), rng.randint(0, size))])
-            prompt, cached, audio = text + cached_text + audio + cached_audio, cached_text + cached_audio, audio + cached_audio
-            output_audio = rng.choice([0, 0, 700])
-            tokens = TokenCounts(input=prompt, cached=cached, output=rng.randint(0, 4_000) + output_audio,
-                                 thinking=rng.choice([0, 900]), tool_prompt=rng.choice([0, 35]), input_audio=audio,
-                                 cached_audio=cached_audio, output_audio=output_audio)
+            media = {}
+            for modality in rng.sample(["audio", "image", "video"], rng.randint(0, 2)):
+                uncached, cached_part = rng.randint(0, size), rng.choice([0, rng.randint(0, size)])
+                media[modality] = (uncached + cached_part, cached_part, rng.choice([0, 0, 700]))
+            prompt = text + cached_text + sum(total for total, _, _ in media.values())
+            cached = cached_text + sum(part for _, part, _ in media.values())
+            output_media = sum(out for _, _, out in media.values())
+            tokens = TokenCounts(input=prompt, cached=cached, output=rng.randint(0, 4_000) + output_media,
+                                 thinking=rng.choice([0, 900]), tool_prompt=rng.choice([0, 35]),
+                                 **{f"{kind}_{m}": value for m, values in media.items()
+                                    for kind, value in zip(("input", "cached", "output"), values)})
             usage = genai_prices.Usage(
                 input_tokens=tokens.input + tokens.tool_prompt, cache_read_tokens=tokens.cached,
                 input_tool_tokens=tokens.tool_prompt, output_tokens=tokens.output + tokens.thinking,
                 output_reasoning_tokens=tokens.thinking,
-                **({"input_audio_tokens": audio} if audio else {}),
-                **({"cache_audio_read_tokens": cached_audio} if audio else {}),
-                **({"output_audio_tokens": tokens.output_audio} if tokens.output_audio else {}))
+                **{key: value for m, (total, part, out) in media.items()
+                   for key, value in ((f"input_{m}_tokens", total), (f"cache_{m}_read_tokens", part),
+                                      (f"output_{m}_tokens", out))})
             processing = rng.choice([STANDARD, BATCH])  # the batch variant too, where the library has one
             context = {"processing": processing} if processing == BATCH else None
             try:
@@ -156,3 +162,20 @@ def test_every_google_model_costs_exactly_what_genai_prices_computes(model):
             ours = book.cost(model, tokens, at, processing=processing)
             assert ours.input_cost + ours.cached_input_cost == library.input_price.quantize(ours.total_cost), tokens
             assert ours.output_cost == library.output_price.quantize(ours.total_cost), tokens
+
+
+def test_image_output_is_priced_at_the_image_rate_not_as_text():
+    # A real body of gemini-2.5-flash-image: 10 prompt tokens, 1,290 image tokens out ($30 per million, not $2.50).
+    image = cost("gemini-2.5-flash-image", input=10, output=1290, output_image=1290)
+    assert image.output_cost == D("0.0387")       # 1,290 x 30 / 1M
+    assert image.input_cost == D("0.000003")      # 10 x 0.30 / 1M
+    text = cost("gemini-2.5-flash-image", input=10, output=1290)
+    assert image.output_cost / text.output_cost == 12
+
+
+def test_the_served_model_is_priced_whatever_prefix_or_case_the_api_sends():
+    book = PriceBook()
+    tokens = TokenCounts(input=1_000_000, output=100_000)
+    pro = book.cost("gemini-2.5-pro", tokens, AT)
+    for served in ("models/gemini-2.5-pro", "Models/Gemini-2.5-Pro", "publishers/google/models/gemini-2.5-pro"):
+        assert book.cost("gemini-2.5-flash-lite", tokens, AT, served_model=served) == pro, served

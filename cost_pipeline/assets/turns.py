@@ -40,7 +40,7 @@ from cost_pipeline.llm.cache import ResponseCache
 from cost_pipeline.llm.client import FAILED, GeminiResource
 from cost_pipeline.llm.loop_thread import run_in_own_thread, thread_schedule
 from cost_pipeline.llm.processing import long_lived_objects_frozen, process_day
-from cost_pipeline.llm.usage import SAVED_FIELDS, TOKEN_FIELDS
+from cost_pipeline.llm.usage import MODALITY_FIELDS, SAVED_FIELDS, TOKEN_FIELDS
 from cost_pipeline.markdown import markdown_table, money_entries
 from cost_pipeline.partitions import daily_partitions
 from cost_pipeline.process_memory import peak_rss_mb
@@ -102,8 +102,8 @@ LLM_CALLS_SCHEMA = dg.TableSchema(columns=[
     dg.TableColumn("cached_tokens", "BIGINT", description="cachedContentTokenCount: the cached part of input_tokens."),
     dg.TableColumn("tool_prompt_tokens", "BIGINT", description="toolUsePromptTokenCount."),
     dg.TableColumn("total_tokens", "BIGINT"),
-    *(dg.TableColumn(name, "BIGINT", description="The audio part of the kind above (priced apart by genai-prices).")
-      for name in ("input_audio_tokens", "cached_audio_tokens", "output_audio_tokens")),
+    *(dg.TableColumn(name, "BIGINT", description="The audio, image or video part of the kind it names (priced apart "
+                     "by genai-prices); text is the rest.") for name in MODALITY_FIELDS),
     *(dg.TableColumn(name, "BIGINT", description="Tokens a cache hit avoided paying for.") for name in _SAVED_COLUMNS),
     dg.TableColumn("usage_source", "VARCHAR",
                    description="reported, estimated (usage missing), cache, none (nothing billed) or unknown (a cut-off body)."),
@@ -264,6 +264,9 @@ def _calls_and_staging(context: dg.AssetExecutionContext, config: GeminiStageCon
                             "'missing' and null costs")
     if stats["estimated"]:
         context.log.warning(f"{stats['estimated']} responses carried no usage metadata; their usage is estimated")
+    for requested, served, calls_served in summary["rerouted"]:
+        context.log.warning(f"{requested} was answered by {served} on {calls_served:,} calls (an alias, or a retired "
+                            f"model routed to its successor): they are priced at {served}'s rates")
     failed = summary["failures"]
     if summary["calls"] and failed / summary["calls"] > config.max_failure_share:
         raise dg.Failure(
@@ -415,6 +418,8 @@ def _call_summary(calls: StagedTable) -> dict:
     summary = dict(zip(names, values))
     summary["cost"] = None if summary["cost"] is None else Decimal(summary["cost"])
     summary["saved"] = Decimal(summary["saved"])
+    summary["rerouted"] = query_staged("SELECT model, model_version, count(*) FROM calls WHERE model_version <> model "
+                                       "GROUP BY ALL ORDER BY ALL", calls=calls)
     return summary
 
 
@@ -446,6 +451,9 @@ def _call_metadata(calls: StagedTable, summary: dict, stats, turns: int, elapsed
     }
     if metadata["failures"]:
         metadata["first_errors"] = dg.MetadataValue.md(_error_table(calls))
+    if summary["rerouted"]:
+        metadata["served_by_another_model"] = dg.MetadataValue.md(markdown_table(
+            pd.DataFrame(summary["rerouted"], columns=["requested", "served (priced)", "calls"])))
     return metadata
 
 

@@ -37,7 +37,7 @@ import pandas as pd
 
 from cost_pipeline.costs.pricing import MONEY_SQL_TYPE, STANDARD, PriceBook, token_counts
 from cost_pipeline.llm.attempts import ERROR, Attempt
-from cost_pipeline.llm.usage import TOKEN_FIELDS, UNKNOWN
+from cost_pipeline.llm.usage import MODALITY_FIELDS, TOKEN_FIELDS, UNKNOWN
 from cost_pipeline.storage.connect import STEP_MEMORY, connect
 from cost_pipeline.storage.tables import drop_primary_key
 
@@ -79,7 +79,8 @@ COLUMNS: list[tuple[str, str, str]] = [
 ]
 DDL = f"CREATE TABLE IF NOT EXISTS {TABLE} ({', '.join(f'{name} {sql_type}' for name, sql_type, _ in COLUMNS)})"
 # A ledger written before a column existed gains it (null: the attempt predates it; `processing` null is standard).
-MIGRATIONS = [f"ALTER TABLE {TABLE} ADD COLUMN IF NOT EXISTS processing VARCHAR"]
+MIGRATIONS = [f"ALTER TABLE {TABLE} ADD COLUMN IF NOT EXISTS processing VARCHAR",
+              *(f"ALTER TABLE {TABLE} ADD COLUMN IF NOT EXISTS {name} BIGINT" for name in MODALITY_FIELDS)]
 COST_KINDS = ["input_cost_usd", "cached_input_cost_usd", "output_cost_usd", "cost_usd"]
 _SELECT_EXACT = ", ".join(f"CAST({name} AS {MONEY_SQL_TYPE}) AS {name}" if name in COST_KINDS else name
                           for name, _, _ in COLUMNS)

@@ -14,13 +14,14 @@ from decimal import Decimal
 
 from cost_pipeline.costs.ledger import TABLE
 from cost_pipeline.costs.pricing import STANDARD, PriceBook, TokenCounts
+from cost_pipeline.llm.usage import PRICED_FIELDS
 from cost_pipeline.storage.connect import connect
 from cost_pipeline.storage.tables import table_exists
 
 ACTUAL = "actual (as billed)"
 LABEL = "same token counts, priced as"
-_TOKENS = ("input_tokens", "cached_tokens", "output_tokens", "thinking_tokens", "tool_prompt_tokens",
-           "input_audio_tokens", "cached_audio_tokens", "output_audio_tokens")
+_TOKENS = PRICED_FIELDS
+_N = len(_TOKENS)
 
 
 @dataclass(frozen=True)
@@ -51,17 +52,17 @@ def what_if(database: str, start: date, end: date, models: list[str], processing
             GROUP BY ALL""", [start, end]).fetchall()
         (unknown,) = connection.execute(
             f"SELECT count(*) FROM {TABLE} WHERE billed IS NULL AND partition_date BETWEEN ? AND ?", [start, end]).fetchone()
-    attempts = sum(g[11] for g in groups)
+    attempts = sum(g[3 + _N] for g in groups)
     input_tokens = sum(g[3] for g in groups)
     output_tokens = sum(g[5] + g[6] for g in groups)
-    actual_unpriced = sum(g[11] - g[13] for g in groups)
-    actual = Scenario(ACTUAL, attempts, input_tokens, output_tokens, sum((g[12] or Decimal(0) for g in groups), Decimal(0)),
+    actual_unpriced = sum(g[3 + _N] - g[5 + _N] for g in groups)
+    actual = Scenario(ACTUAL, attempts, input_tokens, output_tokens, sum((g[4 + _N] or Decimal(0) for g in groups), Decimal(0)),
                       actual_unpriced)
     scenarios = [actual]
     for target in models or [None]:  # None: each attempt on the model that served it
         total, unpriced = Decimal(0), 0
         for served, requested, day, *counts in groups:
-            tokens, number = TokenCounts(*counts[:8]), counts[8]
+            tokens, number = TokenCounts(*counts[:_N]), counts[_N]
             at = datetime(day.year, day.month, day.day, 12, tzinfo=timezone.utc)
             cost = (book.cost(target, tokens, at, processing=processing) if target else
                     book.cost(requested, tokens, at, served, processing)).total_cost

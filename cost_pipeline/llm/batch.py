@@ -32,12 +32,12 @@ from google.genai import errors, types
 
 from cost_pipeline.llm import batch_files, batch_jobs
 from cost_pipeline.llm.answers import Verdict, judge
-from cost_pipeline.llm.attempts import ACCEPTED, ERROR, REJECTED, Attempt
+from cost_pipeline.llm.attempts import ERROR, Attempt
 from cost_pipeline.llm.cache import CachedResponse
-from cost_pipeline.llm.client import FAILED, OK, CallOutcome, CallTag, GeminiSession
-from cost_pipeline.llm.sdk_request import request_contents
+from cost_pipeline.llm.client import FAILED, OK, CallOutcome, CallTag, GeminiSession, record_answer
 from cost_pipeline.llm.prompts import LlmRequest
-from cost_pipeline.llm.usage import CACHE, NO_USAGE, Usage, estimate_usage, usage_from_metadata
+from cost_pipeline.llm.sdk_request import request_contents
+from cost_pipeline.llm.usage import CACHE, NO_USAGE, Usage, answer_usage
 
 BATCH = "batch"
 SUCCEEDED = "JOB_STATE_SUCCEEDED"
@@ -300,11 +300,9 @@ class BatchStage:
                 verdict = judge(stage, response)
             except Exception as err:  # billed whatever we make of it
                 verdict = Verdict(False, None, f"unreadable answer: {type(err).__name__}: {err}"[:200])
-            usage = usage_from_metadata(response.usage_metadata) or estimate_usage(
-                call.request.text() if call else "", verdict.answer_text)
-            attempt.http_status, attempt.billed, attempt.usage = 200, True, usage
-            attempt.model_version, attempt.response_id = response.model_version, response.response_id
-            attempt.outcome, attempt.reason = (ACCEPTED if verdict.accepted else REJECTED), verdict.reason
+            usage, unknown = answer_usage(response.usage_metadata, call.request.text() if call else "",
+                                          verdict.answer_text)
+            record_answer(attempt, response, usage, unknown, verdict)
             attempt.latency_ms = (finished - submitted) * 1000
             session.ledger.done(attempt)
             if verdict.accepted and key.text_hash:  # (a job from before keys carried the text: not findable)
@@ -312,7 +310,8 @@ class BatchStage:
                                   key.context_hash)
             if call is None:
                 continue
-            common = dict(attempts=1, billed_attempts=1, model_version=response.model_version,
+            common = dict(attempts=1, billed_attempts=1, model_version=attempt.model_version,
+                          billing_unknown_attempts=int(attempt.billed is None),
                           latency_ms=attempt.latency_ms, started_at=attempt.sent_at, processing=BATCH)
             if verdict.accepted:
                 outcomes[key.request_hash] = CallOutcome(key.request_hash, stage, attempt.model, OK, verdict.result,

@@ -35,21 +35,31 @@ from decimal import Decimal
 from pathlib import Path
 
 import dagster as dg
+import pydantic
 import tenacity
 from aiolimiter import AsyncLimiter
 from google import genai
 from google.genai import errors, types
 from pydantic import Field, PrivateAttr
 
-from cost_pipeline.costs.budgets import WAIT
 from cost_pipeline.config import API_KEY_ENVS, BASE_URL_ENV, BILLING_ENV, DB_ENV, DEFAULT_BILLING, DEFAULT_DB, resolved
+from cost_pipeline.costs.budgets import WAIT
 from cost_pipeline.llm.answers import Verdict, judge
 from cost_pipeline.llm.attempts import ACCEPTED, ERROR, REJECTED, Attempt, AttemptSink, NoSink
 from cost_pipeline.llm.cache import CachedResponse, ResponseCache
 from cost_pipeline.llm.local_server import ServerConfig, running_local_server
 from cost_pipeline.llm.prompts import LlmRequest
 from cost_pipeline.llm.sdk_request import content_config, request_contents
-from cost_pipeline.llm.usage import CACHE, NO_USAGE, UNKNOWN, Usage, estimate_tokens, estimate_usage, usage_from_metadata
+from cost_pipeline.llm.usage import (
+    CACHE,
+    ESTIMATED,
+    NO_USAGE,
+    UNKNOWN,
+    Usage,
+    answer_usage,
+    estimate_tokens,
+    normalized_model,
+)
 
 DEFAULT_MODEL = "gemini-2.5-flash-lite"
 LOCAL_PLACEHOLDER_KEY = "local-server-needs-no-key"
@@ -395,14 +405,9 @@ class GeminiSession:
             verdict = judge(request.stage, response)
         except Exception as err:  # an answer we cannot even read is still billed: a rejection, never a lost attempt
             verdict = Verdict(False, None, f"unreadable answer: {type(err).__name__}: {err}"[:200])
-        usage = usage_from_metadata(response.usage_metadata)
-        if usage is None:
-            usage = estimate_usage(sent.text(), verdict.answer_text)
-            self.stats["estimated"] += 1
-        attempt.http_status, attempt.billed, attempt.usage = 200, True, usage
-        attempt.model_version, attempt.response_id = response.model_version, response.response_id
-        attempt.outcome = ACCEPTED if verdict.accepted else REJECTED
-        attempt.reason = verdict.reason
+        usage, unknown = answer_usage(response.usage_metadata, sent.text(), verdict.answer_text)
+        self.stats["estimated"] += usage.source == ESTIMATED
+        record_answer(attempt, response, usage, unknown, verdict)
         return verdict
 
     async def _reserve(self, request: LlmRequest, tag: CallTag):
@@ -473,6 +478,14 @@ class GeminiSession:
         await self.client.aio.aclose()
 
 
+def record_answer(attempt: Attempt, response, usage: Usage, unknown: str | None, verdict: Verdict) -> None:
+    """A 200 on its attempt: billed (or billing unknown, with why), the served model as prices name it, the verdict."""
+    attempt.http_status, attempt.billed, attempt.usage = 200, None if unknown else True, usage
+    attempt.model_version, attempt.response_id = normalized_model(response.model_version), response.response_id
+    attempt.outcome = ACCEPTED if verdict.accepted else REJECTED
+    attempt.reason = "; ".join(reason for reason in (verdict.reason, unknown) if reason) or None
+
+
 def _record_error(attempt: Attempt, err: BaseException, redact) -> None:
     """An attempt that got no usable 200: not billed, except a cut-off 200 body, whose billing is unknown."""
     attempt.outcome = ERROR
@@ -480,6 +493,11 @@ def _record_error(attempt: Attempt, err: BaseException, redact) -> None:
         attempt.http_status, attempt.billed = 200, None
         attempt.usage = Usage(source=UNKNOWN)
         attempt.reason = "body cut off mid-JSON: billed by the provider for usage we never saw (billing unknown)"
+    elif isinstance(err, pydantic.ValidationError):  # only a 200's body is validated
+        attempt.http_status, attempt.billed = 200, None
+        attempt.usage = Usage(source=UNKNOWN)
+        attempt.reason = redact(f"answer google-genai could not read, billed for usage we never saw (billing "
+                                f"unknown): {err}")[:200]
     elif isinstance(err, errors.APIError):
         attempt.http_status, attempt.reason = err.code, redact(f"{err.code} {err.status}")
     elif isinstance(err, asyncio.CancelledError):
