@@ -27,7 +27,7 @@ os.environ.setdefault("COST_PIPELINE_START", "2026-01-01")  # keeps the fixed be
 import dagster as dg
 import duckdb
 
-from cost_pipeline.costs.billing import read_export
+from cost_pipeline.costs.billing_export import read_export
 from cost_pipeline.definitions import all_assets, all_checks
 from cost_pipeline.llm.client import GeminiResource
 from cost_pipeline.llm.local_server import ServerConfig, running_local_server
@@ -62,7 +62,7 @@ def measure(share: float, turns: int, folder: Path) -> dict:
         export = folder / "export.csv"
         with urllib.request.urlopen(f"{url}/admin/billing/export") as response:
             export.write_bytes(response.read())
-    invoice = sum((row["cost_usd"] for row in read_export(export)), Decimal(0))
+    invoice = sum((line.cost_usd for line in read_export(export)), Decimal(0))
     with duckdb.connect(database, read_only=True) as connection:
         ledger, accepted, rejected, attempts = connection.execute(
             "SELECT sum(cost_usd), sum(cost_usd) FILTER (WHERE outcome = 'accepted'), count(*) FILTER (WHERE outcome = 'rejected'),"

@@ -7,11 +7,15 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
-from cost_pipeline.landing import (
-    DEFAULT_MAX_TEXT_CHARS, LandingFolderMissing, LandingReader, landing_folder,
-)
 from cost_pipeline.costs.budgets import Limits
+from cost_pipeline.costs.invoice_match import Tolerance
 from cost_pipeline.costs.pricing import PriceBook, parse_overrides
+from cost_pipeline.landing import (
+    DEFAULT_MAX_TEXT_CHARS,
+    LandingFolderMissing,
+    LandingReader,
+    landing_folder,
+)
 
 
 class LandingResource(dg.ConfigurableResource):
@@ -43,7 +47,7 @@ class LandingResource(dg.ConfigurableResource):
 
 
 class BillingExports(dg.ConfigurableResource):
-    """Where Cloud Billing exports land: any `*.csv` in the folder, in the layout `costs/billing.py` reads."""
+    """Where Cloud Billing exports land: any `*.csv` in the folder, in a layout `costs/billing_export.py` reads."""
 
     folder: str = Field(description="Folder of billing export CSV files (COST_PIPELINE_BILLING).")
 
@@ -75,13 +79,26 @@ class CostSettings(dg.ConfigurableResource):
         return PriceBook(parse_overrides(self._table().get("prices", {})), override_source=f"override ({self.config_file})")
 
     def sku_overrides(self) -> dict[str, str]:
-        """`[billing.skus]`: exact SKU description -> '<model>/<kind>' for invoices worded differently."""
-        return dict(self._table().get("billing", {}).get("skus", {}))
+        """`[billing.skus]`: exact SKU description -> '<model>/<kind>[/<modality>][/<tier>]', other_gemini or not_gemini."""
+        return dict(self._billing().get("skus", {}))
 
-    def billing_tolerance(self) -> tuple[int, Decimal]:
-        """`[billing]` token_tolerance (default 0) and usd_tolerance (default 0.000001) per invoice line."""
-        billing = self._table().get("billing", {})
-        return int(billing.get("token_tolerance", 0)), Decimal(str(billing.get("usd_tolerance", "0.000001")))
+    def billing_projects(self) -> list[str]:
+        """`[billing] projects`: the projects whose Gemini token lines are this pipeline's (the local server's is)."""
+        return [str(project) for project in self._billing().get("projects", [])]
+
+    def currency_rates(self) -> dict[str, Decimal]:
+        """`[billing.currency_rates]`: units per USD for exports that carry no rate (the console's download)."""
+        return {code: Decimal(str(rate)) for code, rate in self._billing().get("currency_rates", {}).items()}
+
+    def billing_tolerance(self) -> Tolerance:
+        """`[billing]` token_tolerance (0), usd_tolerance ($0.000001) and usd_relative_tolerance (0.0001) per line."""
+        billing, default = self._billing(), Tolerance()
+        return Tolerance(int(billing.get("token_tolerance", default.tokens)),
+                         Decimal(str(billing.get("usd_tolerance", default.usd_absolute))),
+                         Decimal(str(billing.get("usd_relative_tolerance", default.usd_relative))))
+
+    def _billing(self) -> dict:
+        return self._table().get("billing", {})
 
     def limits(self) -> Limits:
         """`[limits]`: hard spend limits per run, per day and per evaluation (month, all time); see costs/budgets.py."""

@@ -77,6 +77,10 @@ class ModelServer:
         """The provider's own record: one entry per billed 200."""
         return self._send("/admin/billing")["records"]
 
+    def replay(self, bodies: list[dict]) -> None:
+        """Answer the next requests with these recorded bodies, in order, billed by their own usage."""
+        self._send("/admin/replay", {"bodies": bodies})
+
     def billing_export(self, project: str = "gemini-api-project") -> str:
         """The server's invoice as Google's would be (another project than the local server's own)."""
         with urllib.request.urlopen(f"{self.url}/admin/billing/export?project={project}", timeout=10) as response:

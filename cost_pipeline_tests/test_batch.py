@@ -198,7 +198,7 @@ def test_a_day_too_large_to_inline_goes_through_uploaded_files_and_its_usd_match
     assert result.success and check(result).passed
     with duckdb.connect(str(database), read_only=True) as connection:
         processing, invoice, ledger, gaps = connection.execute(
-            "SELECT list(DISTINCT processing), sum(invoice_usd), sum(ledger_usd), count(*) FILTER (WHERE usd_gap <> 0) "
+            "SELECT list(DISTINCT tier), sum(invoice_usd), sum(ledger_usd), count(*) FILTER (WHERE usd_gap <> 0) "
             "FROM billing_reconciliation").fetchone()
     spend = _spend(database)[0]
     assert processing == ["batch"] and invoice == ledger == spend > 0 and gaps == 0

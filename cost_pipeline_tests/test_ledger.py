@@ -19,7 +19,6 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from cost_pipeline.costs.billing import kind_tokens
 from cost_pipeline.costs.ledger import INTERRUPTED, attempt_rows, spool_folder
 from cost_pipeline.llm.local_server import key_fingerprint
 from cost_pipeline.synthetic import generate
@@ -30,6 +29,11 @@ DAY = date(2026, 11, 1)
 REJECTIONS = ["rate_off_format", "rate_max_tokens", "rate_safety", "rate_blocked_prompt", "rate_undeclared_tool",
               "rate_bad_arguments", "rate_malformed_function_call"]
 NO_FAILURE_LIMIT = {"ops": {"turns_through_gemini": {"config": {"max_failure_share": 1.0}}}}
+
+
+def kind_tokens(prompt: int, cached: int, candidates: int, thoughts: int, tool_prompt: int) -> dict[str, int]:
+    """One response's tokens by invoice kind: uncached prompt (tool-use prompt included), cached prompt, output."""
+    return {"input": prompt - cached + tool_prompt, "cached_input": cached, "output": candidates + thoughts}
 
 
 def query(database, sql, params=None):

@@ -1,19 +1,20 @@
-"""billing_reconciliation: the ledger against the provider's invoice, day by day, model by model, kind by kind.
+"""billing_reconciliation: the ledger against a real Cloud Billing export, line by line, for one billing day.
 
-Partitioned by billing day (the UTC day of `sent_at`, which is how the invoice dates
-usage), not by data day: a backfill of old data is billed on the day it ran. The asset
-reads every export file in the billing folder (`COST_PIPELINE_BILLING`, default
-`data/billing`), keeps the lines of its day, and compares them with the ledger's billed
-attempts of that day. Exports arrive a day or more after the usage, so:
+Partitioned by billing day, not by data day: a backfill of old data is billed on the day it
+ran. The asset reads every export file in the billing folder (`COST_PIPELINE_BILLING`,
+default `data/billing`: BigQuery export CSVs or console downloads, `costs/billing_export.py`),
+keeps the lines of its day (a UTC day for BigQuery lines, a Pacific day for the console's,
+and the ledger cut the same way), and compares our projects' Gemini token lines with the
+ledger's billed attempts (`costs/invoice_match.py`); other projects, other services and
+other Gemini spend are reported in its metadata, never compared. Exports arrive a day or
+more after the usage, so:
 - it is not part of the daily job, and the daily schedule never waits for it;
 - `billing_export_sensor` runs it for each day an export file covers, again when a file changes;
 - a day with no export line is skipped (no materialization, a log line), never failed.
-Standard and Batch API usage are separate lines (the invoice's batch SKUs against the ledger's
-`processing = 'batch'` attempts), so a batch answer priced at the standard rate cannot hide
-behind a total. The `ledger_matches_invoice` check fails when any line differs by more than the
-tolerance in `costs.toml` (`[billing]`, default 0 tokens and $0.000001) and names the
-largest gaps; attempts whose billing is unknown (bodies cut off in transit) are counted
-beside it, as they are the usual explanation of an invoice above the ledger.
+`ledger_matches_invoice` fails when a line differs beyond the tolerance (`[billing]` in
+costs.toml) and names the largest gaps, with the attempts whose billing is unknown (the usual
+explanation of an invoice above the ledger); it warns, comparing nothing, when the export
+cannot tell our projects from others'.
 """
 
 from datetime import date, datetime, timezone
@@ -22,38 +23,51 @@ from decimal import Decimal
 import dagster as dg
 import pandas as pd
 
-from cost_pipeline.costs.billing import KINDS, LOCAL_SOURCE, PROVIDER_SOURCE, compare, read_export
+from cost_pipeline.costs.billing_export import LONG_CONTEXT_TOKENS, day_bounds, read_export
+from cost_pipeline.costs.invoice_match import DayMatch, Tolerance, day_lines, ledger_lines, match_day
 from cost_pipeline.costs.ledger import ensure_ledger
 from cost_pipeline.costs.rollups import TOTAL_MONEY
+from cost_pipeline.llm.usage import MODALITY_FIELDS
 from cost_pipeline.markdown import markdown_table
 from cost_pipeline.partitions import DUCKDB_POOL, billing_days
 from cost_pipeline.resources import BillingExports, CostSettings
+from cost_pipeline.storage.connect import connect
 from cost_pipeline.storage.warehouse import DuckDBWarehouse
 
-LEDGER_BY_KIND_SQL = f"""
-SELECT CASE WHEN endpoint = '{LOCAL_SOURCE}' THEN '{LOCAL_SOURCE}' ELSE '{PROVIDER_SOURCE}' END AS source,
-       coalesce(model_version, model) AS model, processing,
-       sum(input_tokens - cached_tokens + tool_prompt_tokens) AS input_tokens, sum(input_cost_usd) AS input_usd,
-       sum(cached_tokens) AS cached_input_tokens, sum(cached_input_cost_usd) AS cached_input_usd,
-       sum(output_tokens + thinking_tokens) AS output_tokens, sum(output_cost_usd) AS output_usd
-FROM llm_attempts WHERE billed AND sent_at::DATE = $day GROUP BY ALL
+_SUMMED = ("input_tokens", "cached_tokens", "output_tokens", "thinking_tokens", "tool_prompt_tokens", *MODALITY_FIELDS,
+           "input_cost_usd", "cached_input_cost_usd", "output_cost_usd")
+LEDGER_GROUPS_SQL = f"""
+SELECT coalesce(model_version, model) AS model, coalesce(processing, 'standard') AS tier,
+       input_tokens + tool_prompt_tokens > {LONG_CONTEXT_TOKENS} AS long_context,
+       {", ".join(f"sum({name}) AS {name}" for name in _SUMMED)}
+FROM llm_attempts WHERE billed AND sent_at >= $start AND sent_at < $end GROUP BY ALL
 """
-UNKNOWN_SQL = "SELECT count(*) AS unknown FROM llm_attempts WHERE billed IS NULL AND sent_at::DATE = $day"
+UNKNOWN_SQL = ("SELECT count(*) AS unknown FROM llm_attempts "
+               "WHERE billed IS NULL AND sent_at >= $start AND sent_at < $end")
 
 RECONCILIATION_SCHEMA = dg.TableSchema(columns=[
-    dg.TableColumn("source", "VARCHAR", description="provider (an invoice from Google), or local-server (the shipped "
-                   "server's own invoice, compared only with the attempts it answered)."),
-    dg.TableColumn("billing_day", "DATE", description="UTC day the usage was billed."),
-    dg.TableColumn("model", "VARCHAR", description="As the invoice names it (served model)."),
-    dg.TableColumn("kind", "VARCHAR", description="input (uncached, tool prompt included), cached_input, output (thinking included)."),
-    dg.TableColumn("processing", "VARCHAR", description="standard, or batch (Batch API SKUs, priced at the batch rate)."),
+    dg.TableColumn("billing_day", "DATE", description="The day billed: a UTC day (BigQuery export lines) or a Pacific "
+                   "day (the console's download), as day_zone says; the ledger is cut the same way."),
+    dg.TableColumn("day_zone", "VARCHAR", description="UTC, or America/Los_Angeles for a console download's line."),
+    dg.TableColumn("model", "VARCHAR", description="As the invoice names it (the served model's family)."),
+    dg.TableColumn("kind", "VARCHAR",
+                   description="input (uncached, tool prompt included), cached_input, output (thinking included)."),
+    dg.TableColumn("modality", "VARCHAR", description="text, audio, image or video."),
+    dg.TableColumn("tier", "VARCHAR", description="standard, batch (the Batch API), flex or priority."),
+    dg.TableColumn("context", "VARCHAR", description="short, or long (a prompt over 200k tokens)."),
     dg.TableColumn("invoice_tokens", "BIGINT"),
     dg.TableColumn("ledger_tokens", "BIGINT"),
-    dg.TableColumn("invoice_usd", TOTAL_MONEY),
-    dg.TableColumn("ledger_usd", TOTAL_MONEY),
     dg.TableColumn("token_gap", "BIGINT", description="invoice - ledger."),
-    dg.TableColumn("usd_gap", TOTAL_MONEY, description="invoice - ledger."),
+    dg.TableColumn("invoice_usd", TOTAL_MONEY, description="Gross (before credits), converted with the export's own "
+                   "currency_conversion_rate; null when its currency could not be converted (note says why)."),
+    dg.TableColumn("ledger_usd", TOTAL_MONEY),
+    dg.TableColumn("usd_gap", TOTAL_MONEY, description="invoice - ledger, in dollars."),
+    dg.TableColumn("credits_usd", TOTAL_MONEY, description="Credits on the invoice lines (free tier, promotions): "
+                   "shown, not compared."),
+    dg.TableColumn("currency", "VARCHAR", description="The export's currency."),
     dg.TableColumn("within_tolerance", "BOOLEAN"),
+    dg.TableColumn("skus", "VARCHAR", description="The SKU descriptions summed into the line."),
+    dg.TableColumn("note", "VARCHAR", description="Why the invoice's cost is unknown (a currency without a rate)."),
 ])
 
 
@@ -69,52 +83,79 @@ RECONCILIATION_SCHEMA = dg.TableSchema(columns=[
 )
 def billing_reconciliation(context: dg.AssetExecutionContext, warehouse: DuckDBWarehouse, costs: CostSettings,
                            billing: BillingExports):
-    """The day's Cloud Billing export lines against the ledger's billed attempts, by model and token kind."""
+    """The day's Cloud Billing export lines against the ledger's billed attempts, line by line."""
     day = date.fromisoformat(context.partition_key)
-    invoice = [row for path in billing.files() for row in read_export(path, costs.sku_overrides()) if row["day"] == day]
-    if not invoice:
+    exported, warnings = day_lines(read_billing(billing, costs), day)
+    if not exported:
         context.log.info(f"no billing export line for {day} in {billing.folder} yet: skipped, not failed")
         return
     ensure_ledger(warehouse.database)
-    # Only the sources this day's invoices cover: a Google invoice is never held against local-server attempts.
-    sources = {row["source"] for row in invoice}
-    ledger = [line for line in ledger_lines(warehouse, day) if line["source"] in sources]
-    unknown = int(warehouse.query(UNKNOWN_SQL, {"day": day}).iloc[0]["unknown"])
-    token_tolerance, usd_tolerance = costs.billing_tolerance()
-    lines = pd.DataFrame(compare(invoice, ledger, token_tolerance, usd_tolerance))
-    yield dg.Output(lines, metadata=reconciliation_metadata(lines, unknown))
+    drop_earlier_grain(warehouse.database, context.log.info)
+    bounds = dict(zip(("start", "end"), day_bounds(day, exported[0].zone)))
+    groups = warehouse.query(LEDGER_GROUPS_SQL, bounds).to_dict("records")
+    match = match_day(day, exported, ledger_lines(groups, costs.price_book(), day), costs.billing_projects(),
+                      costs.billing_tolerance())
+    match.warnings[:0] = warnings
+    for warning in [*match.warnings, *filter(None, [match.refused])]:
+        context.log.warning(warning)
+    unknown = int(warehouse.query(UNKNOWN_SQL, bounds).iloc[0]["unknown"])
+    lines = pd.DataFrame(match.lines, columns=[column.name for column in RECONCILIATION_SCHEMA.columns])
+    yield dg.Output(lines, metadata=reconciliation_metadata(match, lines, unknown))
+
+
+def drop_earlier_grain(database: str, log) -> None:
+    """A `billing_reconciliation` of the earlier grain (by `source`, without modality and tier) goes: it is derived
+    from export files that are still there, and each day is rebuilt at its next reconciliation."""
+    with connect(database) as connection:
+        (earlier,) = connection.execute(
+            "SELECT count(*) FROM information_schema.columns WHERE table_schema = 'main' "
+            "AND table_name = 'billing_reconciliation' AND column_name = 'source'").fetchone()
+        if earlier:
+            connection.execute("DROP TABLE billing_reconciliation")
+            log("dropped billing_reconciliation of the earlier grain (source x kind): days are rebuilt as reconciled")
+
+
+def read_billing(billing: BillingExports, costs: CostSettings) -> list:
+    """Every line of every export file in the billing folder."""
+    overrides, rates = costs.sku_overrides(), costs.currency_rates()
+    return [line for path in billing.files() for line in read_export(path, overrides, rates)]
 
 
 @dg.asset_check(asset="billing_reconciliation", partitions_def=billing_days,
-                description="Every invoice line (day x model x token kind) equals the ledger's billed attempts "
-                            "within the tolerance; names the largest gaps.")
+                description="Every invoice token line of our projects (model x kind x modality x tier x context) "
+                            "equals the ledger's billed attempts within the tolerance; names the largest gaps.")
 def ledger_matches_invoice(context: dg.AssetCheckExecutionContext, warehouse: DuckDBWarehouse,
-                           costs: CostSettings) -> dg.AssetCheckResult:
-    lines = warehouse.query("SELECT * EXCLUDE (partition_date, run_id) FROM billing_reconciliation WHERE partition_date = $day",
-                            {"day": context.partition_key})
-    unknown = int(warehouse.query(UNKNOWN_SQL, {"day": context.partition_key}).iloc[0]["unknown"])
-    return reconciliation_check(lines, unknown, *costs.billing_tolerance())
+                           costs: CostSettings, billing: BillingExports) -> dg.AssetCheckResult:
+    day = date.fromisoformat(context.partition_key)
+    exported, _ = day_lines(read_billing(billing, costs), day)
+    zone = exported[0].zone if exported else "UTC"
+    bounds = dict(zip(("start", "end"), day_bounds(day, zone)))
+    lines = warehouse.query("SELECT * EXCLUDE (partition_date, run_id) FROM billing_reconciliation "
+                            "WHERE partition_date = $day", {"day": context.partition_key})
+    unknown = int(warehouse.query(UNKNOWN_SQL, bounds).iloc[0]["unknown"])
+    refused = match_day(day, exported, [], costs.billing_projects(), costs.billing_tolerance()).refused
+    return reconciliation_check(lines, unknown, costs.billing_tolerance(), refused)
 
 
-def ledger_lines(warehouse: DuckDBWarehouse, day: date) -> list[dict]:
-    frame = warehouse.query(LEDGER_BY_KIND_SQL, {"day": day})
-    return [{"source": row["source"], "day": day, "model": row["model"], "kind": kind, "processing": row["processing"],
-             "tokens": int(row[f"{kind}_tokens"] or 0),
-             "cost_usd": row[f"{kind}_usd"] or Decimal(0)}
-            for row in frame.to_dict("records") for kind in KINDS]
-
-
-def reconciliation_check(lines: pd.DataFrame, unknown: int, token_tolerance: int, usd_tolerance: Decimal) -> dg.AssetCheckResult:
+def reconciliation_check(lines: pd.DataFrame, unknown: int, tolerance: Tolerance,
+                         refused: str | None = None) -> dg.AssetCheckResult:
+    if refused:
+        return dg.AssetCheckResult(passed=False, severity=dg.AssetCheckSeverity.WARN, description=refused,
+                                   metadata={"lines": 0})
     off = lines[~lines["within_tolerance"].astype(bool)]
-    largest = off.assign(size=off["usd_gap"].map(abs)).sort_values("size", ascending=False).drop(columns="size")
+    size = off["usd_gap"].map(lambda gap: abs(gap) if gap is not None and not pd.isna(gap) else Decimal("Infinity"))
+    largest = off.assign(size=size, tokens=off["token_gap"].abs()).sort_values(["size", "tokens"], ascending=False)
+    largest = largest.drop(columns=["size", "tokens"])
     description = None
     if len(off):
         worst = largest.iloc[0]
-        description = (f"{len(off)} invoice line(s) differ from the ledger beyond {token_tolerance} tokens / ${usd_tolerance}; "
-                       f"largest: {worst['model']} {worst['kind']} ({worst['processing']}) on {worst['billing_day']}: "
-                       f"{worst['token_gap']:+,} tokens, ${worst['usd_gap']:+.6f}")
+        gap = "unknown" if worst["usd_gap"] is None or pd.isna(worst["usd_gap"]) else f"${worst['usd_gap']:+.6f}"
+        description = (f"{len(off)} invoice line(s) differ from the ledger beyond {tolerance.describe()}; largest: "
+                       f"{worst['model']} {worst['kind']} {worst['modality']} ({worst['tier']}, {worst['context']}) "
+                       f"on {worst['billing_day']}: {worst['token_gap']:+,} tokens, {gap}"
+                       + (f" ({worst['note']})" if worst["note"] else ""))
         if unknown:
-            description += f"; {unknown} attempt(s) were billed for usage we never saw (bodies cut off in transit)"
+            description += f"; {unknown} attempt(s) were billed for usage we never saw (billing unknown)"
     return dg.AssetCheckResult(
         passed=bool(off.empty), severity=dg.AssetCheckSeverity.ERROR,
         description=description,
@@ -122,32 +163,48 @@ def reconciliation_check(lines: pd.DataFrame, unknown: int, token_tolerance: int
                   "largest_gaps": dg.MetadataValue.md(markdown_table(largest.head(10)) if len(off) else "none")})
 
 
-def reconciliation_metadata(lines: pd.DataFrame, unknown: int) -> dict:
+def reconciliation_metadata(match: DayMatch, lines: pd.DataFrame, unknown: int) -> dict:
+    def total(column: str) -> float:
+        return float(sum((v for v in lines[column] if v is not None and not pd.isna(v)), Decimal(0)))
+
+    other = pd.DataFrame(match.other_spend + match.unknown_skus)
+    not_ours = pd.DataFrame(match.not_ours)
     return {
-        "invoice_usd": float(sum(lines["invoice_usd"], Decimal(0))),
-        "ledger_usd": float(sum(lines["ledger_usd"], Decimal(0))),
-        "usd_gap": float(sum(lines["usd_gap"], Decimal(0))),
-        "token_gap": int(lines["token_gap"].sum()),
+        "invoice_usd": total("invoice_usd"),
+        "ledger_usd": total("ledger_usd"),
+        "usd_gap": total("usd_gap"),
+        "credits_usd": total("credits_usd"),
+        "token_gap": int(lines["token_gap"].sum()) if len(lines) else 0,
         "lines": len(lines),
         "billing_unknown_attempts": unknown,
+        "day_zone": match.zone,
+        "projects_compared": ", ".join(match.projects) or "none",
+        "projects_excluded": ", ".join(sorted({row["project"] for row in match.not_ours
+                                              if row["project"] not in match.projects})) or "none",
+        "other_spend_usd": float(sum((row["cost_usd"] or Decimal(0) for row in match.other_spend), Decimal(0))),
+        "unknown_skus": len(match.unknown_skus),
         "lines_by_kind": dg.MetadataValue.md(markdown_table(lines, 30)),
+        "other_spend_in_our_projects": dg.MetadataValue.md(markdown_table(other, 30) if len(other) else "none"),
+        "not_ours": dg.MetadataValue.md(markdown_table(not_ours, 30) if len(not_ours) else "none"),
+        **({"warnings": dg.MetadataValue.md("\n".join(f"- {w}" for w in match.warnings))} if match.warnings else {}),
     }
 
 
 billing_reconciliation_job = dg.define_asset_job(
     "billing_reconciliation_job", selection=dg.AssetSelection.assets("billing_reconciliation"),
-    partitions_def=billing_days,
     description="One billing day of the ledger against the provider's export.")
 
 
 @dg.sensor(job=billing_reconciliation_job, minimum_interval_seconds=600,
            description="Reconciles each day a billing export covers, when its file appears or changes.")
-def billing_export_sensor(context: dg.SensorEvaluationContext, billing: BillingExports, costs: CostSettings) -> dg.SensorResult:
+def billing_export_sensor(context: dg.SensorEvaluationContext, billing: BillingExports,
+                          costs: CostSettings) -> dg.SensorResult:
     known = set(billing_days.get_partition_keys(current_time=datetime.now(timezone.utc)))
     requests = []
     for path in billing.files():
         changed = path.stat().st_mtime
-        for day in sorted({str(row["day"]) for row in read_export(path, costs.sku_overrides())} & known):
+        days = {str(line.day) for line in read_export(path, costs.sku_overrides(), costs.currency_rates())}
+        for day in sorted(days & known):
             requests.append(dg.RunRequest(run_key=f"{day}@{path.name}@{changed:.0f}", partition_key=day,
                                           tags={"trigger": "billing_export_sensor"}))
     return dg.SensorResult(run_requests=requests)

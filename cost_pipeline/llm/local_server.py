@@ -25,7 +25,12 @@ Latency and faults are configurable and can be changed while it runs
 slower than the client's timeout, bodies cut off mid-JSON, and responses without
 `usageMetadata`.
 `GET /admin/stats` counts requests by model and outcome, `GET /admin/requests` returns
-the latest request bodies, `POST /admin/reset` clears both. Served by uvicorn on
+the latest request bodies, `POST /admin/reset` clears both. `model_aliases` serves a model
+as another (an alias, or a retired model routed to its successor, billed at the
+successor's rates, as Google does). `POST /admin/replay` queues recorded response bodies
+(`{"bodies": [...]}`) that answer the next requests verbatim, billed by their own usage.
+`GET /admin/billing/export` is what the server billed, as Cloud Billing's BigQuery export
+in the Gemini API's SKU wording (`costs/billing_export.py`). Served by uvicorn on
 loopback; `cost-pipeline serve-model --port N` runs it on its own.
 """
 
@@ -51,10 +56,11 @@ from datetime import datetime, timezone
 
 import uvicorn
 
-from cost_pipeline.costs.billing import BILLED_USAGE_FIELDS, LOCAL_PROJECT, billing_export_csv
+from cost_pipeline.costs.billing_export import LOCAL_PROJECT, provider_export_csv
 from cost_pipeline.llm.local_files import LocalFiles
 from cost_pipeline.llm.local_files import error_body as _error
 from cost_pipeline.llm.prompts import REMINDER_PREFIX
+from cost_pipeline.llm.usage import normalized_model
 
 FILLERS = {"um", "uh", "er", "hmm", "uhm", "erm"}
 FILLER_PHRASES = (("you", "know"), ("i", "mean"))
@@ -65,6 +71,8 @@ MODEL_PATH = re.compile(r"^/(?P<version>v1[a-z0-9]*)/models/(?P<model>[^:/]+):(?
 BATCH_PATH = re.compile(r"^/(?P<version>v1[a-z0-9]*)/batches/(?P<id>[^:/]+)(?::(?P<method>[A-Za-z]+))?$")
 BATCH_DONE = ("BATCH_STATE_SUCCEEDED", "BATCH_STATE_FAILED", "BATCH_STATE_CANCELLED", "BATCH_STATE_EXPIRED")
 RECENT_REQUESTS = 200
+BILLED_USAGE_FIELDS = ("promptTokenCount", "cachedContentTokenCount", "candidatesTokenCount", "thoughtsTokenCount",
+                       "toolUsePromptTokenCount")
 
 # Keywords that select a tool, checked in this order; only declared tools are eligible.
 TOOL_KEYWORDS = {
@@ -225,6 +233,7 @@ class GeminiLikeServer:
         self.aliases = parse_aliases(config.model_aliases)
         self.batches: dict[str, dict] = {}
         self.files = LocalFiles()
+        self.replays: deque = deque()
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -265,13 +274,17 @@ class GeminiLikeServer:
             self.billing.clear()
             self.batches.clear()
             self.files.clear()
+            self.replays.clear()
             return 200, {}
+        if path == "/admin/replay" and method == "POST":
+            self.replays.extend(json.loads(body or b"{}").get("bodies", []))
+            return 200, {"queued": len(self.replays)}
         if path == "/admin/billing":
             return 200, {"records": self.billing}
         if path == "/admin/billing/export":
             # ?project=NAME bills another project: a test that points a base URL here treats this server as Google.
             project = urllib.parse.parse_qs(query.decode()).get("project", [LOCAL_PROJECT])[0]
-            return 200, billing_export_csv(self.billing, project=project).encode()
+            return 200, provider_export_csv(self.billing, project=project).encode()
         if path == "/admin/config":
             if method == "POST":
                 changes = json.loads(body or b"{}")
@@ -395,6 +408,13 @@ class GeminiLikeServer:
         record = {"model": model, "body": request}
         self.requests.append(record)
         self.stats["requests"] += 1
+        if self.replays:  # a recorded answer of Google's, billed as Google bills it: by its usage, if it has counts
+            response = self.replays.popleft()
+            usage = response.get("usageMetadata") or {}
+            if any(name in usage for name in (*BILLED_USAGE_FIELDS, "totalTokenCount")):
+                self._bill(response, truncated=False, missing_usage=False, rejection=None)
+            self.stats["replayed"] += 1
+            return 200, response
         delay = config.latency_ms + self.random.uniform(0, config.latency_jitter_ms)
         if delay:
             await asyncio.sleep(delay / 1000)
@@ -454,8 +474,8 @@ class GeminiLikeServer:
         """The provider's own record: every 200 it produced is billed, whatever reaches the client."""
         usage = response["usageMetadata"]
         self.billing.append({
-            "response_id": response["responseId"], "model": response["modelVersion"], "at": time.time(),
-            **{name: usage.get(name, 0) for name in BILLED_USAGE_FIELDS},
+            "response_id": response.get("responseId"), "model": normalized_model(response["modelVersion"]),
+            "at": time.time(), "usage": usage, **{name: usage.get(name, 0) for name in BILLED_USAGE_FIELDS},
             "truncated": truncated, "missing_usage": missing_usage, "rejection": rejection, "processing": processing,
         })
 
