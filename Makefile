@@ -41,6 +41,7 @@ bench: setup system-deps
 	$(BIN)/python bench/gemini_overhead.py --instructions
 	$(BIN)/python bench/rollup.py
 	$(BIN)/python bench/invoice_match.py
+	$(BIN)/python bench/recorded_responses.py
 	$(BIN)/python bench/crash_resume.py
 	$(BIN)/python bench/peak_rss.py
 	$(BIN)/python bench/ledger_growth.py

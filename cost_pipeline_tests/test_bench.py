@@ -45,6 +45,12 @@ def test_every_other_bench_runs_at_a_tiny_size(script, args, printed):
     assert printed in run_bench(script, *args)
 
 
+def test_recorded_responses_are_priced_as_genai_prices_prices_them_at_a_tiny_size():
+    figures = json.loads(run_bench("recorded_responses.py", "--limit", "12").splitlines()[-1])
+    assert figures["bodies"] == 12 and figures["match"] == 12 - figures["unknown_without_counts"] > 0
+    assert figures["under"] == figures["over"] == figures["estimated_without_counts"] == 0
+
+
 @pytest.mark.slow
 def test_crash_resume_runs_at_a_tiny_size_and_pays_little_twice():
     figures = json.loads(run_bench("crash_resume.py", "--turns", "800", "--latency-ms", "20",
