@@ -11,7 +11,7 @@ import dagster as dg
 import duckdb
 import pytest
 
-from cost_pipeline.costs.billing_export import PACIFIC, day_bounds, read_export
+from cost_pipeline.costs.billing_export import PACIFIC, day_bounds, provider_export_csv, read_export
 from cost_pipeline.costs.invoice_match import Tolerance, day_lines, match_day
 from cost_pipeline.costs.ledger import ensure_ledger
 from cost_pipeline.costs.reconciliation import billing_export_sensor
@@ -309,3 +309,13 @@ def test_a_day_is_read_from_one_layout_never_from_both():
     lines, warnings = day_lines(both, date(2026, 11, 15))
     assert lines and {line.layout for line in lines} == {"bigquery"}
     assert "console_reports_eur.csv" in warnings[0] and "Pacific" in warnings[0]
+
+
+def test_a_line_without_a_cost_is_never_read_as_zero(tmp_path):
+    """The local server bills a model nobody prices with no cost on its line; the reader keeps it unknown."""
+    usage = {"promptTokenCount": 100, "candidatesTokenCount": 10, "totalTokenCount": 110}
+    (tmp_path / "export.csv").write_text(provider_export_csv([{"model": "gemini-9.9-flash", "at": 1_764_000_000,
+                                                                "usage": usage}]))
+    lines = read_export(tmp_path / "export.csv")
+    assert {(line.sku.kind, line.tokens) for line in lines} == {("input", 100), ("output", 10)}
+    assert all(line.cost is None and line.cost_usd is None and "no cost" in line.problem for line in lines)

@@ -32,7 +32,16 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from cost_pipeline.costs.pricing import MONEY_PLACES, STANDARD, PriceBook, invoice_split, token_counts
-from cost_pipeline.costs.skus import GEMINI_API, GEMINI_API_SERVICE_ID, LONG, SHORT, Sku, classify, describe
+from cost_pipeline.costs.skus import (
+    GEMINI_API,
+    GEMINI_API_SERVICE_ID,
+    LONG,
+    SHORT,
+    Sku,
+    classify,
+    describe,
+    invoice_model,
+)
 from cost_pipeline.llm.usage import REPORTED, metadata_from_dict, usage_from_metadata
 
 LOCAL_PROJECT = "local-gemini-server"
@@ -65,8 +74,8 @@ class ExportLine:
     project: str
     amount: Decimal
     unit: str
-    cost: Decimal
-    """Gross, before credits, in `currency`."""
+    cost: Decimal | None
+    """Gross, before credits, in `currency`; None when the line has none (never read as 0)."""
     credits: Decimal
     """Credits applied (free tier, promotions, savings), in `currency`; negative or 0."""
     currency: str
@@ -118,10 +127,12 @@ def _column(name: str) -> str:
 def _bigquery_line(file: str, number: int, row: dict, header: list[str], overrides, rates) -> ExportLine:
     service = row.get("service_description", "")
     currency = (row.get("currency") or "USD").upper()
-    cost = _decimal(row.get("cost"), file, number, "cost")
+    cost = _decimal(row["cost"], file, number, "cost") if row.get("cost") else None
     credits = (_decimal(row["credits_amount"], file, number, "credits_amount") if row.get("credits_amount")
                else _credits(row.get("credits", ""), file, number))
     rate, problem = _rate(currency, row.get("currency_conversion_rate"), rates, file, number)
+    if cost is None:
+        problem = f"{file} line {number}: no cost"
     start = _utc(row["usage_start_time"], file, number)
     sku = row.get("sku_description", "")
     return ExportLine(file, number, BIGQUERY, start.date(), UTC, service, row.get("sku_id", ""), sku,
@@ -184,8 +195,8 @@ def _rate(currency: str, in_file: str | None, configured: dict[str, Decimal], fi
                   f"[billing.currency_rates] {currency} = \"<{currency} per USD>\" in costs.toml to compare it")
 
 
-def _usd(amount: Decimal, rate: Decimal | None) -> Decimal | None:
-    return None if rate is None else (amount / rate).quantize(MONEY_PLACES)
+def _usd(amount: Decimal | None, rate: Decimal | None) -> Decimal | None:
+    return None if rate is None or amount is None else (amount / rate).quantize(MONEY_PLACES)
 
 
 def _credits(text: str, file: str, number: int) -> Decimal:
@@ -251,7 +262,8 @@ def provider_export_csv(records: list[dict], book: PriceBook | None = None, acco
 
     Each record is one billed response: `model` as served, `at` (Unix time), `usage` (its
     `usageMetadata`), `processing` (standard or batch). A line's cost is its answers' list
-    prices split as the invoice splits them (`invoice_split`), in the Gemini API's SKU wording.
+    prices split as the invoice splits them (`invoice_split`), in the Gemini API's SKU wording. A line
+    of a model nobody prices has no cost, which the reader refuses to read as 0.
     """
     book = book or PriceBook()
     lines: dict[tuple, list] = defaultdict(lambda: [0, Decimal(0)])
@@ -270,16 +282,18 @@ def provider_export_csv(records: list[dict], book: PriceBook | None = None, acco
                 lambda name, usage=usage: getattr(usage, name),
                 (priced.input_cost, priced.cached_input_cost, priced.output_cost),
                 rates):
-            line = lines[(hour, record["model"], kind, modality, processing, LONG if long_context else SHORT)]
+            key = (hour, invoice_model(record["model"]), kind, modality, processing, LONG if long_context else SHORT)
+            line = lines[key]
             line[0] += count
-            line[1] += cost or Decimal(0)
+            line[1] = None if line[1] is None or cost is None else line[1] + cost
     out = io.StringIO()
     writer = csv.writer(out)
     writer.writerow(BIGQUERY_HEADER)
     for (hour, model, kind, modality, processing, context), (count, cost) in sorted(lines.items()):
         sku_id, description = describe(model, kind, modality, processing, context)
         writer.writerow([account, GEMINI_API_SERVICE_ID, GEMINI_API, sku_id or _sku_id(description), description,
-                         hour.strftime(_TIME), (hour + timedelta(hours=1)).strftime(_TIME), project, "[]", str(cost),
+                         hour.strftime(_TIME), (hour + timedelta(hours=1)).strftime(_TIME), project, "[]",
+                         "" if cost is None else str(cost),
                          "USD", "1.0", count, "count", "[]"])
     return out.getvalue()
 

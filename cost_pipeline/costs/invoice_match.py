@@ -146,7 +146,7 @@ def _sort_lines(lines: list[ExportLine], ours: set[str] | None, used: set[tuple]
         if sku.category == NOT_GEMINI or ours is None or line.project not in ours:
             entry = not_ours[(line.project, line.service)]
             entry[0] += 1
-            entry[1] += line.cost_usd or Decimal(0)
+            entry[1] += line.cost_usd or Decimal(0)  # the unconverted are counted beside, never as 0
             entry[2] += line.cost_usd is None
         elif sku.category == UNKNOWN_GEMINI:
             unknown.append(_spend(line, "unknown SKU"))

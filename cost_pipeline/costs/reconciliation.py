@@ -181,7 +181,9 @@ def reconciliation_metadata(match: DayMatch, lines: pd.DataFrame, unknown: int) 
         "projects_compared": ", ".join(match.projects) or "none",
         "projects_excluded": ", ".join(sorted({row["project"] for row in match.not_ours
                                               if row["project"] not in match.projects})) or "none",
-        "other_spend_usd": float(sum((row["cost_usd"] or Decimal(0) for row in match.other_spend), Decimal(0))),
+        "other_spend_usd": float(sum((row["cost_usd"] for row in match.other_spend if row["cost_usd"] is not None),
+                                     Decimal(0))),
+        "other_spend_without_usd": sum(row["cost_usd"] is None for row in match.other_spend),
         "unknown_skus": len(match.unknown_skus),
         "lines_by_kind": dg.MetadataValue.md(markdown_table(lines, 30)),
         "other_spend_in_our_projects": dg.MetadataValue.md(markdown_table(other, 30) if len(other) else "none"),
