@@ -40,7 +40,7 @@ import dagster as dg
 import yaml
 
 from cost_pipeline.config import API_KEY_ENVS, BASE_URL_ENV, BILLING_ENV, COSTS_ENV, DB_ENV, LANDING_ENV
-from cost_pipeline.llm.local_server import ServerConfig, admin, running_local_server
+from cost_pipeline.llm.local_endpoint import ServerConfig, admin, running_local_server
 from cost_pipeline.synthetic import generate
 
 REPO = Path(__file__).resolve().parents[1]

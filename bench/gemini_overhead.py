@@ -318,7 +318,7 @@ def instructions_main(day_turns: int, concurrency: int) -> None:
     """The instructions one more API call costs each side, from callgrind at two day sizes (run side by side)."""
     if shutil.which("valgrind") is None:
         raise SystemExit("--instructions needs valgrind (Debian: apt-get install valgrind)")
-    from cost_pipeline.llm.local_server import ServerConfig, running_local_server
+    from cost_pipeline.llm.local_endpoint import ServerConfig, running_local_server
 
     sizes = (max(1, day_turns // 4), day_turns)
     with tempfile.TemporaryDirectory() as folder, running_local_server(ServerConfig()) as url:
@@ -366,7 +366,7 @@ def main() -> None:
         instructions_main(args.turns or 2_400, args.concurrency)
         return
     args.turns = args.turns or 39_000
-    from cost_pipeline.llm.local_server import ServerConfig, running_local_server
+    from cost_pipeline.llm.local_endpoint import ServerConfig, running_local_server
 
     rounds = []
     with tempfile.TemporaryDirectory() as folder, running_local_server(ServerConfig()) as url:

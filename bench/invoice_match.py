@@ -30,7 +30,7 @@ import duckdb
 from cost_pipeline.costs.billing_export import read_export
 from cost_pipeline.definitions import all_assets, all_checks
 from cost_pipeline.llm.client import GeminiResource
-from cost_pipeline.llm.local_server import ServerConfig, running_local_server
+from cost_pipeline.llm.local_endpoint import ServerConfig, running_local_server
 from cost_pipeline.resources import BillingExports, CostSettings, LandingResource
 from cost_pipeline.storage.io_manager import DuckDBPartitionIOManager
 from cost_pipeline.storage.warehouse import DuckDBWarehouse

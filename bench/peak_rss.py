@@ -73,7 +73,7 @@ def run_day(folder: Path, url: str, chunk_rows: int | None) -> tuple[dict, float
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from cost_pipeline.llm.local_server import ServerConfig, running_local_server
+    from cost_pipeline.llm.local_endpoint import ServerConfig, running_local_server
     from cost_pipeline.synthetic import generate
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

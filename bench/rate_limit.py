@@ -20,7 +20,7 @@ os.environ.setdefault("COST_PIPELINE_START", "2026-01-01")  # keeps the fixed be
 
 from cost_pipeline.llm.cache import ResponseCache
 from cost_pipeline.llm.client import CallTag, GeminiResource
-from cost_pipeline.llm.local_server import ServerConfig, running_local_server
+from cost_pipeline.llm.local_endpoint import ServerConfig, running_local_server
 from cost_pipeline.llm.prompts import function_request
 
 

@@ -15,7 +15,8 @@ from pathlib import Path
 
 from cost_pipeline.config import COSTS_ENV, DB_ENV, DEFAULT_COSTS, DEFAULT_DB, DEFAULT_LANDING, LANDING_ENV, START_ENV, resolved
 from cost_pipeline.landing import LANDED
-from cost_pipeline.llm.local_server import config_arguments, config_from, serve
+from cost_pipeline.llm.local_endpoint import config_arguments, config_from
+from cost_pipeline.llm.local_server import serve
 from cost_pipeline.costs.report import DIMENSIONS
 from cost_pipeline.synthetic import generate
 

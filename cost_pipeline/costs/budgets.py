@@ -30,9 +30,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from decimal import Decimal
 
+from cost_pipeline.llm.spend_limit import WAIT
+
 BUDGET = "budget"
-WAIT = "wait"
-"""`Budget.reserve`'s answer when an attempt fits once the attempts in flight have settled (they hold more than they cost)."""
 
 
 def _amount(value: object, where: str) -> Decimal:

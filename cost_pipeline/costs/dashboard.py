@@ -20,9 +20,8 @@ import pandas as pd
 
 from cost_pipeline.costs.report import rollup_completeness
 from cost_pipeline.markdown import money, money_sum
-from cost_pipeline.storage.connect import connect
+from cost_pipeline.storage.connect import connect, query_frame
 from cost_pipeline.storage.tables import table_exists
-from cost_pipeline.storage.warehouse import query_frame
 
 SPEND_TOKENS = {"input": "spend_input_tokens", "cached": "spend_cached_tokens", "output": "spend_output_tokens",
                 "thinking": "spend_thinking_tokens", "tool prompt": "spend_tool_prompt_tokens"}

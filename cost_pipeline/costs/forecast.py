@@ -341,7 +341,7 @@ def _conversations(turns: Iterable[Turn]) -> list[list[Turn]]:
 
 
 def _text_hash(text: str) -> str:
-    from cost_pipeline.llm.processing import text_hash
+    from cost_pipeline.llm.cache import text_hash
 
     return text_hash(text)
 

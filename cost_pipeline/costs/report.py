@@ -13,9 +13,8 @@ from decimal import Decimal
 
 import pandas as pd
 
-from cost_pipeline.storage.connect import connect
+from cost_pipeline.storage.connect import connect, query_frame
 from cost_pipeline.storage.tables import PARTITION_COLUMN, qualified, table_exists
-from cost_pipeline.storage.warehouse import query_frame
 
 DIMENSIONS = {"day": "partition_date", "evaluation": "evaluation_id", "model": "model", "stage": "stage"}
 MEASURES = ["calls", "cache_hits", "total_tokens", "spend_usd", "total_cost_usd", "saved_cost_usd", "unpriced_calls",

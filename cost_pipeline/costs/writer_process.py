@@ -9,7 +9,7 @@ none), and staging took 58 us of the loop's CPU per call. A child does both on a
 core; the loop pickles a chunk's rows (about 1.3 us a row) and moves on.
 
 Guarantees. The child runs exactly the code the step would run itself (`load_spools`
-and `ResponseCache.write` for a checkpoint, `staged_day.stage_chunk` for a chunk), one
+and `ResponseCache.write` for a checkpoint, `staged_chunk.stage_chunk` for a chunk), one
 request at a time, so what is durable, and when, is unchanged. It reads requests on its
 stdin and exits at EOF: when the step's process ends, however it ends (kill -9
 included), the pipe closes, the child finishes the request it is on and stops; it never
@@ -32,7 +32,7 @@ from pathlib import Path
 import cost_pipeline
 from cost_pipeline.costs.ledger import load_spools
 from cost_pipeline.costs.pricing import PriceBook
-from cost_pipeline.costs.staged_day import stage_chunk
+from cost_pipeline.costs.staged_chunk import stage_chunk
 from cost_pipeline.llm.cache import ResponseCache
 from cost_pipeline.process_memory import peak_rss_mb
 from cost_pipeline.storage.arrow_memory import use_system_allocator

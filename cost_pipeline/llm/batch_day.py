@@ -18,7 +18,13 @@ from collections.abc import Iterable
 from cost_pipeline.llm.batch import BatchCall, BatchStage
 from cost_pipeline.llm.client import OK, GeminiSession
 from cost_pipeline.llm.processing import (
-    Conversation, RowSink, call_row, call_tag, cleaned_row, file_turns, function_row,
+    Conversation,
+    RowSink,
+    call_row,
+    call_tag,
+    cleaned_row,
+    file_turns,
+    function_row,
 )
 from cost_pipeline.llm.prompts import cleaning_request, function_request
 

@@ -22,6 +22,7 @@ the table's history). Cleaning answers written before `context_hash` existed are
 by chunks; a re-run pays for those cleanings once more and files them by context.
 """
 
+import hashlib
 import json
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -50,6 +51,11 @@ CREATE TABLE IF NOT EXISTS {TABLE} (
 )
 """
 USAGE_FIELDS = ("input_tokens", "output_tokens", "thinking_tokens", "cached_tokens", "tool_prompt_tokens", "total_tokens")
+
+
+def text_hash(text: str) -> str:
+    """The key of a turn's text in the cache: answers to the same text are found again, whatever the request."""
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 @dataclass(frozen=True)

@@ -43,13 +43,13 @@ from google.genai import errors, types
 from pydantic import Field, PrivateAttr
 
 from cost_pipeline.config import API_KEY_ENVS, BASE_URL_ENV, BILLING_ENV, DB_ENV, DEFAULT_BILLING, DEFAULT_DB, resolved
-from cost_pipeline.costs.budgets import WAIT
 from cost_pipeline.llm.answers import Verdict, judge
 from cost_pipeline.llm.attempts import ACCEPTED, ERROR, REJECTED, Attempt, AttemptSink, NoSink
 from cost_pipeline.llm.cache import CachedResponse, ResponseCache
-from cost_pipeline.llm.local_server import ServerConfig, running_local_server
+from cost_pipeline.llm.local_endpoint import ServerConfig, running_local_server
 from cost_pipeline.llm.prompts import LlmRequest
 from cost_pipeline.llm.sdk_request import content_config, request_contents
+from cost_pipeline.llm.spend_limit import WAIT
 from cost_pipeline.llm.usage import (
     CACHE,
     ESTIMATED,

@@ -40,23 +40,19 @@ import hashlib
 import json
 import random
 import re
-import select
-import subprocess
 import sys
-import tempfile
 import time
 import urllib.parse
 import urllib.request
 import uuid
 from collections import Counter, deque
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, fields
 from datetime import datetime, timezone
 
 import uvicorn
 
 from cost_pipeline.costs.billing_export import LOCAL_PROJECT, provider_export_csv
+from cost_pipeline.llm.local_endpoint import ServerConfig, config_arguments, config_from
 from cost_pipeline.llm.local_files import LocalFiles
 from cost_pipeline.llm.local_files import error_body as _error
 from cost_pipeline.llm.prompts import REMINDER_PREFIX
@@ -83,38 +79,6 @@ TOOL_KEYWORDS = {
     "get_weather": ("weather", "rain", "forecast"),
     "search_web": ("search", "look up", "find"),
 }
-
-
-@dataclass
-class ServerConfig:
-    """What the fake model does; every field can be changed at run time."""
-
-    latency_ms: float = 0.0
-    latency_jitter_ms: float = 0.0
-    rate_429: float = 0.0
-    rate_500: float = 0.0
-    rate_503: float = 0.0
-    rate_400: float = 0.0
-    rate_slow: float = 0.0
-    slow_s: float = 30.0
-    rate_missing_usage: float = 0.0
-    rate_truncated: float = 0.0
-    rate_off_format: float = 0.0
-    rate_max_tokens: float = 0.0
-    rate_safety: float = 0.0
-    rate_blocked_prompt: float = 0.0
-    rate_undeclared_tool: float = 0.0
-    rate_bad_arguments: float = 0.0
-    rate_malformed_function_call: float = 0.0
-    model_aliases: str = "gemini-flash-lite-latest=gemini-2.5-flash-lite,gemini-flash-latest=gemini-2.5-flash"
-    """`alias=model,...`: a request for the alias is served, and billed, as the model (its modelVersion)."""
-    retry_delay_s: float = 0.2
-    implicit_cache_min_tokens: int = 64
-    batch_delay_s: float = 0.0
-    """How long a batch job stays pending before it completes (real ones take minutes to 24 hours)."""
-    rate_batch_error: float = 0.0
-    """Share of the requests inside a batch that come back as an error instead of a response (not billed)."""
-    seed: int = 0
 
 
 def count_tokens(text: str) -> int:
@@ -570,15 +534,6 @@ class GeminiLikeServer:
         return min(thoughts, budget) if budget and budget > 0 else thoughts
 
 
-def admin(url: str, path: str, payload: dict | None = None) -> dict:
-    """Call a running server's admin API (`/admin/stats`, `/admin/billing`, `/admin/reset`, ...): GET, or POST `payload`."""
-    data = None if payload is None else json.dumps(payload).encode()
-    request = urllib.request.Request(url + path, data=data, method="GET" if data is None else "POST",
-                                     headers={"content-type": "application/json"})
-    with urllib.request.urlopen(request, timeout=30) as response:
-        return json.loads(response.read())
-
-
 def key_fingerprint(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:12]
 
@@ -613,42 +568,6 @@ def serve(config: ServerConfig, port: int) -> None:
         await task
 
     asyncio.run(run())
-
-
-@contextmanager
-def running_local_server(config: ServerConfig, startup_timeout_s: float = 30.0) -> Iterator[str]:
-    """Run the server in a child process (its own core, not the caller's GIL); yields its URL."""
-    flags = [f"--{item.name.replace('_', '-')}={getattr(config, item.name)}" for item in fields(ServerConfig)]
-    errors = tempfile.TemporaryFile("w+")
-    process = subprocess.Popen([sys.executable, "-m", "cost_pipeline.llm.local_server", "--port", "0", *flags],
-                               stdout=subprocess.PIPE, stderr=errors, text=True)
-    try:
-        ready = select.select([process.stdout], [], [], startup_timeout_s)[0]
-        line = process.stdout.readline() if ready else ""
-        found = re.search(r"http://127\.0\.0\.1:\d+", line)
-        if not found:
-            process.kill()
-            process.wait()
-            errors.seek(0)
-            raise RuntimeError(f"local Gemini server did not start: {line or errors.read()[-2000:]}")
-        yield found.group(0)
-    finally:
-        errors.close()
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-
-
-def config_arguments(parser: argparse.ArgumentParser) -> None:
-    """One `--flag` per `ServerConfig` field."""
-    for item in fields(ServerConfig):
-        parser.add_argument(f"--{item.name.replace('_', '-')}", type=type(item.default), default=item.default)
-
-
-def config_from(args: argparse.Namespace) -> ServerConfig:
-    return ServerConfig(**{item.name: getattr(args, item.name) for item in fields(ServerConfig)})
 
 
 def main(argv: list[str] | None = None) -> None:

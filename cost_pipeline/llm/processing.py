@@ -24,6 +24,7 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from decimal import Decimal
 
+from cost_pipeline.llm.cache import text_hash
 from cost_pipeline.llm.call_ids import call_id
 from cost_pipeline.llm.client import OK, CallOutcome, CallTag, GeminiSession
 from cost_pipeline.llm.prompts import cleaning_request, function_request
@@ -35,10 +36,6 @@ CALL_PHASE_GC_THRESHOLDS = (100_000, 50, 1_000)
 Conversation = list[dict]
 RowSink = Callable[[list[dict], list[dict], list[dict]], None]
 """Takes a finished conversation's (cleaned, function, call) rows."""
-
-
-def text_hash(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def file_turns(conversation: Conversation, context_turns: int) -> None:

@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import duckdb
+import pandas as pd
 
 LOCK_MESSAGE = "Could not set lock on file"
 STEP_MEMORY = "64MB"
@@ -76,3 +77,14 @@ def connect(
         yield connection
     finally:
         connection.close()
+
+
+def query_frame(connection: duckdb.DuckDBPyConnection, sql: str, params: list | dict | None = None) -> pd.DataFrame:
+    """Run `sql` and return a frame whose DECIMAL columns hold `Decimal`s."""
+    result = connection.execute(sql, params or [])
+    names = [column[0] for column in result.description]
+    decimal_columns = [column[0] for column in result.description if str(column[1]).startswith("DECIMAL")]
+    frame = pd.DataFrame(result.fetchall(), columns=names)
+    for name in decimal_columns:
+        frame[name] = frame[name].astype(object)
+    return frame

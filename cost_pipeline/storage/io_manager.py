@@ -25,7 +25,14 @@ from pydantic import Field
 from cost_pipeline.storage.connect import connect
 from cost_pipeline.storage.partition_slices import DATE, RUN_ID_COLUMN, Dimension, TableSlice, TimeRange, stamped_column
 from cost_pipeline.storage.staging import StagedTable
-from cost_pipeline.storage.tables import TableWrite, empty_frame, read_slice, replace_partitions, row_counts, table_exists
+from cost_pipeline.storage.tables import (
+    TableWrite,
+    empty_frame,
+    read_slice,
+    replace_partitions,
+    row_counts,
+    table_exists,
+)
 
 COLUMN_SCHEMA_KEY = "dagster/column_schema"
 STORAGE_KIND = "duckdb"

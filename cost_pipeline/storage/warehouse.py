@@ -8,22 +8,10 @@ Reads use read-only connections that wait out a writer's lock.
 from pathlib import Path
 
 import dagster as dg
-import duckdb
 import pandas as pd
 from pydantic import Field
 
-from cost_pipeline.storage.connect import connect
-
-
-def query_frame(connection: duckdb.DuckDBPyConnection, sql: str, params: list | dict | None = None) -> pd.DataFrame:
-    """Run `sql` and return a frame whose DECIMAL columns hold `Decimal`s."""
-    result = connection.execute(sql, params or [])
-    names = [column[0] for column in result.description]
-    decimal_columns = [column[0] for column in result.description if str(column[1]).startswith("DECIMAL")]
-    frame = pd.DataFrame(result.fetchall(), columns=names)
-    for name in decimal_columns:
-        frame[name] = frame[name].astype(object)
-    return frame
+from cost_pipeline.storage.connect import connect, query_frame
 
 
 class DuckDBWarehouse(dg.ConfigurableResource):
