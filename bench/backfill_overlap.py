@@ -40,8 +40,8 @@ import dagster as dg
 import yaml
 
 from cost_pipeline.config import API_KEY_ENVS, BASE_URL_ENV, BILLING_ENV, COSTS_ENV, DB_ENV, LANDING_ENV
-from cost_pipeline.llm.local_endpoint import ServerConfig, admin, running_local_server
-from cost_pipeline.synthetic import generate
+from cost_pipeline.gemini.local_endpoint import ServerConfig, admin, running_local_server
+from cost_pipeline.ingest.synthetic import generate
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

@@ -27,8 +27,8 @@ os.environ.setdefault("COST_PIPELINE_START", "2026-01-01")  # keeps the fixed be
 
 import duckdb
 
-from cost_pipeline.llm.local_endpoint import ServerConfig, admin, running_local_server
-from cost_pipeline.synthetic import generate
+from cost_pipeline.gemini.local_endpoint import ServerConfig, admin, running_local_server
+from cost_pipeline.ingest.synthetic import generate
 
 DAY = date(2026, 11, 1)
 REPO = Path(__file__).parents[1]

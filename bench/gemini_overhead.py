@@ -10,7 +10,7 @@
    contents as `types.Content` objects, as the SDK's documentation writes them (the loop the
    goal is measured against since this bench began), and as plain dicts (`ContentDict`), the
    form the stage sends since the SDK reads dicts for 3.45 M fewer instructions a call
-   (`llm/client.py`'s `request_contents`). Against the first the ratio is what a user's own
+   (`gemini/client.py`'s `request_contents`). Against the first the ratio is what a user's own
    loop would get; against the second it is the cost of the stage's own code alone.
 Steps 1-3 are one round, on a fresh database each (a cache left by the last round would
 answer for free); odd rounds run the pipeline, the typed loop, then the dict loop, even
@@ -68,9 +68,9 @@ os.environ.setdefault("COST_PIPELINE_START", "2026-01-01")  # keeps the fixed be
 from google import genai
 from google.genai import types
 
-from cost_pipeline.llm.loop_thread import thread_schedule
-from cost_pipeline.llm.prompts import cleaning_request, function_request
-from cost_pipeline.llm.sdk_request import content_config, request_contents
+from cost_pipeline.gemini.prompts import cleaning_request, function_request
+from cost_pipeline.gemini.sdk_request import content_config, request_contents
+from cost_pipeline.gemini_step.loop_thread import thread_schedule
 
 DAY = date(2026, 11, 1)
 
@@ -138,16 +138,16 @@ def cpu_seconds(who: int = resource.RUSAGE_SELF) -> float:
 
 
 def gemini_resource(folder: Path, url: str, concurrency: int):
-    from cost_pipeline.llm.client import GeminiResource
+    from cost_pipeline.gemini.client import GeminiResource
 
     return GeminiResource(base_url=url, cache_database=str(folder / "bench.duckdb"), max_concurrency=concurrency,
                           requests_per_minute=100_000_000, tokens_per_minute=10_000_000_000)
 
 
 def resources_for(folder: Path) -> dict:
-    from cost_pipeline.resources import LandingResource
-    from cost_pipeline.storage.io_manager import DuckDBPartitionIOManager
-    from cost_pipeline.storage.warehouse import DuckDBWarehouse
+    from cost_pipeline.defs.io_manager import DuckDBPartitionIOManager
+    from cost_pipeline.defs.resources import LandingResource
+    from cost_pipeline.defs.warehouse import DuckDBWarehouse
 
     database = str(folder / "bench.duckdb")
     return {"io_manager": DuckDBPartitionIOManager(database=database), "landing": LandingResource(root=str(folder / "landing")),
@@ -158,8 +158,9 @@ def pipeline_child(folder: Path, url: str, concurrency: int, stage_config: dict 
     """In a fresh process: the Gemini step end to end, its wall and CPU seconds (its own, its thread's, its writer's)."""
     import dagster as dg
 
-    from cost_pipeline.assets import ingest, turns
-    from cost_pipeline.resources import CostSettings
+    from cost_pipeline.defs.gemini import assets as turns
+    from cost_pipeline.defs.ingest import assets as ingest
+    from cost_pipeline.defs.resources import CostSettings
 
     assets = dg.load_assets_from_modules([turns])
     resources = {**resources_for(folder), "gemini": gemini_resource(folder, url, concurrency), "costs": CostSettings()}
@@ -169,7 +170,7 @@ def pipeline_child(folder: Path, url: str, concurrency: int, stage_config: dict 
                             resources=resources, selection=assets, run_config=run_config)
     seconds = time.perf_counter() - started
     assert result.success
-    # The event loop runs in a thread of its own (llm/loop_thread.py), which reports its CPU and run-queue wait.
+    # The event loop runs in a thread of its own (gemini_step/loop_thread.py), which reports its CPU and run-queue wait.
     calls = next(m.metadata for m in result.asset_materializations_for_node("turns_through_gemini")
                  if m.asset_key.path[-1] == "llm_calls")
     return {"seconds": seconds, "cpu": cpu_seconds() - cpu, "loop_cpu": calls["event_loop_cpu_s"].value,
@@ -227,8 +228,8 @@ def land_day(folder: Path, day_turns: int) -> None:
     """A fresh folder with a generated day of `day_turns` turns landed in its database."""
     import dagster as dg
 
-    from cost_pipeline.assets import ingest
-    from cost_pipeline.synthetic import generate
+    from cost_pipeline.defs.ingest import assets as ingest
+    from cost_pipeline.ingest.synthetic import generate
 
     folder.mkdir()
     generate(folder / "landing", DAY, 1, day_turns, seed=7)
@@ -318,7 +319,7 @@ def instructions_main(day_turns: int, concurrency: int) -> None:
     """The instructions one more API call costs each side, from callgrind at two day sizes (run side by side)."""
     if shutil.which("valgrind") is None:
         raise SystemExit("--instructions needs valgrind (Debian: apt-get install valgrind)")
-    from cost_pipeline.llm.local_endpoint import ServerConfig, running_local_server
+    from cost_pipeline.gemini.local_endpoint import ServerConfig, running_local_server
 
     sizes = (max(1, day_turns // 4), day_turns)
     with tempfile.TemporaryDirectory() as folder, running_local_server(ServerConfig()) as url:
@@ -366,7 +367,7 @@ def main() -> None:
         instructions_main(args.turns or 2_400, args.concurrency)
         return
     args.turns = args.turns or 39_000
-    from cost_pipeline.llm.local_endpoint import ServerConfig, running_local_server
+    from cost_pipeline.gemini.local_endpoint import ServerConfig, running_local_server
 
     rounds = []
     with tempfile.TemporaryDirectory() as folder, running_local_server(ServerConfig()) as url:

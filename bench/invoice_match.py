@@ -27,14 +27,14 @@ os.environ.setdefault("COST_PIPELINE_START", "2026-01-01")  # keeps the fixed be
 import dagster as dg
 import duckdb
 
-from cost_pipeline.costs.billing_export import read_export
 from cost_pipeline.definitions import all_assets, all_checks
-from cost_pipeline.llm.client import GeminiResource
-from cost_pipeline.llm.local_endpoint import ServerConfig, running_local_server
-from cost_pipeline.resources import BillingExports, CostSettings, LandingResource
-from cost_pipeline.storage.io_manager import DuckDBPartitionIOManager
-from cost_pipeline.storage.warehouse import DuckDBWarehouse
-from cost_pipeline.synthetic import generate
+from cost_pipeline.defs.io_manager import DuckDBPartitionIOManager
+from cost_pipeline.defs.resources import BillingExports, CostSettings, LandingResource
+from cost_pipeline.defs.warehouse import DuckDBWarehouse
+from cost_pipeline.gemini.client import GeminiResource
+from cost_pipeline.gemini.local_endpoint import ServerConfig, running_local_server
+from cost_pipeline.ingest.synthetic import generate
+from cost_pipeline.money.billing_export import read_export
 
 DAY = date(2026, 11, 1)
 

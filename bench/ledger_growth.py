@@ -26,9 +26,9 @@ ATTEMPTS_PER_DAY = 30_000
 
 def build(database: Path, rows: int) -> None:
     """A ledger and a cache of `rows` rows each, in the tables' own schema (created by the code that writes them)."""
-    from cost_pipeline.costs.ledger import TABLE, ensure_ledger
-    from cost_pipeline.llm.cache import DDL as CACHE_DDL
-    from cost_pipeline.llm.cache import TABLE as CACHE
+    from cost_pipeline.gemini.cache import DDL as CACHE_DDL
+    from cost_pipeline.gemini.cache import TABLE as CACHE
+    from cost_pipeline.money.ledger import TABLE, ensure_ledger
     from cost_pipeline.storage.connect import connect
 
     ensure_ledger(database)
@@ -59,11 +59,11 @@ def last_day(rows: int) -> str:
 
 def checkpoint(database: Path, batch: int, day: str, rows: int) -> dict:
     """One checkpoint's time and peak memory above the resting RSS, measured in this (fresh) process."""
-    from cost_pipeline.costs.ledger import AttemptSpool, load_spools, spool_folder
-    from cost_pipeline.costs.pricing import PriceBook, TokenCounts
-    from cost_pipeline.llm.attempts import ACCEPTED, Attempt
-    from cost_pipeline.llm.cache import ResponseCache
-    from cost_pipeline.llm.usage import Usage
+    from cost_pipeline.gemini.attempts import ACCEPTED, Attempt
+    from cost_pipeline.gemini.cache import ResponseCache
+    from cost_pipeline.gemini.usage import Usage
+    from cost_pipeline.money.ledger import AttemptSpool, load_spools, spool_folder
+    from cost_pipeline.money.pricing import PriceBook, TokenCounts
 
     book, run_id = PriceBook(), uuid.uuid4().hex
     spool = AttemptSpool(spool_folder(database), run_id)

@@ -23,7 +23,7 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-from cost_pipeline.assets.ingest import RAW_TURNS_SCHEMA
+from cost_pipeline.defs.ingest.assets import RAW_TURNS_SCHEMA
 from cost_pipeline.storage.connect import connect
 from cost_pipeline.storage.tables import TableWrite, replace_partitions
 

@@ -4,7 +4,7 @@ Each size runs as one real Dagster materialization of the daily graph in a fresh
 process (the project's in-process executor runs the whole graph in one process, so its
 peak is the step that needs most), against the shipped zero-latency model server, and
 the child reports its own peak RSS and the Gemini step reports that of its writer process
-(`costs/writer_process.py`, in the `writer_peak_rss_mb` metadata of llm_calls): the sum of
+(`gemini_step/writer_process.py`, in the `writer_peak_rss_mb` metadata of llm_calls): the sum of
 both peaks, an upper bound of what the day held at once. Each is the process's own peak
 (VmHWM, `process_memory.py`): getrusage's ru_maxrss would count in the writer the pages
 of the step that started it. The growth per 1,000 turns is the slope between the
@@ -35,13 +35,15 @@ import json, sys
 from pathlib import Path
 
 import dagster as dg
-from cost_pipeline.assets import ingest, turns
-from cost_pipeline.costs import checks, rollups
-from cost_pipeline.llm.client import GeminiResource
-from cost_pipeline.process_memory import peak_rss_mb
-from cost_pipeline.resources import CostSettings, LandingResource
-from cost_pipeline.storage.io_manager import DuckDBPartitionIOManager
-from cost_pipeline.storage.warehouse import DuckDBWarehouse
+from cost_pipeline.defs.ingest import assets as ingest
+from cost_pipeline.defs.gemini import assets as turns
+from cost_pipeline.defs.costs import checks
+from cost_pipeline.defs.costs import rollups
+from cost_pipeline.gemini.client import GeminiResource
+from cost_pipeline.gemini_step.process_memory import peak_rss_mb
+from cost_pipeline.defs.resources import CostSettings, LandingResource
+from cost_pipeline.defs.io_manager import DuckDBPartitionIOManager
+from cost_pipeline.defs.warehouse import DuckDBWarehouse
 
 folder, day, url, chunk_rows = Path(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
 stage_config = {"staged_chunk_rows": int(chunk_rows)} if chunk_rows != "default" else {}
@@ -73,8 +75,8 @@ def run_day(folder: Path, url: str, chunk_rows: int | None) -> tuple[dict, float
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from cost_pipeline.llm.local_endpoint import ServerConfig, running_local_server
-    from cost_pipeline.synthetic import generate
+    from cost_pipeline.gemini.local_endpoint import ServerConfig, running_local_server
+    from cost_pipeline.ingest.synthetic import generate
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="50000,100000,200000", help="Turns per day, comma-separated, at least two.")

@@ -18,10 +18,10 @@ from pathlib import Path
 
 os.environ.setdefault("COST_PIPELINE_START", "2026-01-01")  # keeps the fixed bench days inside the partitions
 
-from cost_pipeline.llm.cache import ResponseCache
-from cost_pipeline.llm.client import CallTag, GeminiResource
-from cost_pipeline.llm.local_endpoint import ServerConfig, running_local_server
-from cost_pipeline.llm.prompts import function_request
+from cost_pipeline.gemini.cache import ResponseCache
+from cost_pipeline.gemini.client import CallTag, GeminiResource
+from cost_pipeline.gemini.local_endpoint import ServerConfig, running_local_server
+from cost_pipeline.gemini.prompts import function_request
 
 
 async def run(url: str, calls: int, rpm: int, concurrency: int, database: Path) -> tuple[float, list[float]]:

@@ -21,8 +21,8 @@ import genai_prices
 from google.genai import types
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
-from cost_pipeline.costs.pricing import PriceBook, token_counts  # noqa: E402
-from cost_pipeline.llm.usage import usage_from_metadata  # noqa: E402
+from cost_pipeline.gemini.usage import usage_from_metadata  # noqa: E402
+from cost_pipeline.money.pricing import PriceBook, token_counts  # noqa: E402
 
 RESPONSES = Path(__file__).parents[1] / "cost_pipeline_tests" / "fixtures" / "responses"
 REQUESTED = "gemini-2.5-flash-lite"

@@ -20,10 +20,10 @@ os.environ.setdefault("COST_PIPELINE_START", "2026-01-01")  # keeps the fixed be
 import dagster as dg
 import duckdb
 
-from cost_pipeline.costs import rollups
-from cost_pipeline.resources import CostSettings
-from cost_pipeline.storage.io_manager import DuckDBPartitionIOManager
-from cost_pipeline.storage.warehouse import DuckDBWarehouse
+from cost_pipeline.defs.costs import rollups
+from cost_pipeline.defs.io_manager import DuckDBPartitionIOManager
+from cost_pipeline.defs.resources import CostSettings
+from cost_pipeline.defs.warehouse import DuckDBWarehouse
 
 START = date(2026, 10, 1)
 

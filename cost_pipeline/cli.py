@@ -13,12 +13,22 @@ import sys
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
-from cost_pipeline.config import COSTS_ENV, DB_ENV, DEFAULT_COSTS, DEFAULT_DB, DEFAULT_LANDING, LANDING_ENV, START_ENV, resolved
-from cost_pipeline.landing import LANDED
-from cost_pipeline.llm.local_endpoint import config_arguments, config_from
-from cost_pipeline.llm.local_server import serve
-from cost_pipeline.costs.report import DIMENSIONS
-from cost_pipeline.synthetic import generate
+from cost_pipeline.config import (
+    COSTS_ENV,
+    DB_ENV,
+    DEFAULT_COSTS,
+    DEFAULT_DB,
+    DEFAULT_LANDING,
+    LANDING_ENV,
+    START_ENV,
+    resolved,
+)
+from cost_pipeline.gemini.local_endpoint import config_arguments, config_from
+from cost_pipeline.ingest.landing import LANDED
+from cost_pipeline.ingest.synthetic import generate
+from cost_pipeline.model_server.server import serve
+from cost_pipeline.reports.report import DIMENSIONS
+
 
 def main(argv: list[str] | None = None) -> int:
     _read_dotenv()
@@ -105,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_days(days: list[date], backfill: bool, totals: bool) -> int:
     """Run `days` (one run, or a Dagster backfill) on the project's instance, then the totals; 1 if a run failed."""
-    from cost_pipeline.launch import LaunchError, Launcher, project_instance
+    from cost_pipeline.launch import Launcher, LaunchError, project_instance
 
     forecast_tags = _forecast_tags(days)
     try:
@@ -131,8 +141,7 @@ def run_days(days: list[date], backfill: bool, totals: bool) -> int:
 def _batch_jobs_pending(days: list[date]) -> str | None:
     """A line naming the days whose Batch API jobs outlasted their run's wait (the run succeeded, the day is not
     written yet), and what collects them."""
-    from cost_pipeline.llm import batch_jobs
-
+    from cost_pipeline.gemini.batch import jobs as batch_jobs
     asked = {day.isoformat() for day in days}
     waiting = sorted({day for _, day in batch_jobs.pending(resolved(DB_ENV, DEFAULT_DB)) if day in asked})
     if not waiting:
@@ -144,7 +153,7 @@ def _batch_jobs_pending(days: list[date]) -> str | None:
 def _forecast_tags(days: list[date]) -> dict[str, dict[str, str]]:
     """Each day's forecast, printed before anything is launched and carried by its run as tags (the Gemini step
     sets the run's spend beside it); no API call without a key."""
-    from cost_pipeline.costs.forecast import FORECAST_TAG, forecast_days, render_table
+    from cost_pipeline.money.forecast import FORECAST_TAG, forecast_days, render_table
 
     settings, gemini = _forecast_settings()
     try:
@@ -152,7 +161,7 @@ def _forecast_tags(days: list[date]) -> dict[str, dict[str, str]]:
                                  _cost_settings().price_book(),
                                  count=_token_counter(gemini) if gemini.resolved_api_key() else None)
     except Exception as error:  # a forecast informs a run; it never stops one (budgets are the hard stop)
-        from cost_pipeline.llm.client import known_secrets, redact
+        from cost_pipeline.gemini.client import known_secrets, redact
 
         print(f"Forecast unavailable ({type(error).__name__}: {redact(str(error), known_secrets(gemini.api_key))}); "
               "launching without it\n", file=sys.stderr)
@@ -184,7 +193,7 @@ def run_demo(day: date, turns: int, seed: int) -> int:
     database = resolved(DB_ENV, DEFAULT_DB)
     start_note = _start_partitions_at(day)
 
-    from cost_pipeline.costs.report import cost_report, render, table_counts
+    from cost_pipeline.reports.report import cost_report, render, table_counts
 
     (summary,) = generate(landing, day, 1, turns, seed)
     print(f"generated {summary.good_lines} turns and {summary.malformed_lines} malformed lines for {day} in {landing}")
@@ -207,7 +216,7 @@ def run_demo(day: date, turns: int, seed: int) -> int:
     print("\nspend_usd: every billed attempt of every run of the day (the invoice's number); "
           "total_cost_usd: the cost of the data as it stands (a cache hit costs 0).")
     print(reconciliation_summary(database, billing_day))
-    from cost_pipeline.costs.dashboard import default_path
+    from cost_pipeline.reports.dashboard import default_path
 
     print(f"\nThe cost dashboard (one HTML page, works offline): {default_path(database).as_uri()}")
     if start_note:
@@ -262,7 +271,7 @@ def reconciliation_summary(database: str, billing_day: str) -> str:
 
 
 def run_report(args: argparse.Namespace) -> int:
-    from cost_pipeline.costs.report import cost_report, daily_cost_by_model, render, write_chart
+    from cost_pipeline.reports.report import cost_report, daily_cost_by_model, render, write_chart
 
     if args.end < args.start:
         print(f"--end {args.end} is before --start {args.start}", file=sys.stderr)
@@ -271,8 +280,7 @@ def run_report(args: argparse.Namespace) -> int:
         print(f"no DuckDB file at {args.database}: run the pipeline first (make demo)", file=sys.stderr)
         return 1
     if args.what_if is not None or args.processing is not None:
-        from cost_pipeline.costs import what_if
-
+        from cost_pipeline.money import what_if
         scenarios, unknown = what_if.what_if(args.database, args.start, args.end, args.what_if or [],
                                              args.processing or "standard", _cost_settings().price_book())
         print(what_if.render(scenarios, unknown, args.start, args.end))
@@ -289,8 +297,7 @@ def run_report(args: argparse.Namespace) -> int:
 
 
 def run_dashboard(args: argparse.Namespace) -> int:
-    from cost_pipeline.costs import dashboard
-
+    from cost_pipeline.reports import dashboard
     if not Path(args.database).exists():
         print(f"no DuckDB file at {args.database}: run the pipeline first (make demo)", file=sys.stderr)
         return 1
@@ -336,7 +343,7 @@ def run_forecast(args: argparse.Namespace) -> int:
     """Print the forecast of a range of days as a table or JSON; 2 on a bad range."""
     import json
 
-    from cost_pipeline.costs.forecast import forecast_days, render_table
+    from cost_pipeline.money.forecast import forecast_days, render_table
 
     days = _days(args.first, args.last)
     if not days:
@@ -352,7 +359,7 @@ def run_forecast(args: argparse.Namespace) -> int:
 
 def _cost_settings():
     """The `costs` resource as runs get it: COST_PIPELINE_COSTS, else ./costs.toml when there is one."""
-    from cost_pipeline.resources import CostSettings
+    from cost_pipeline.defs.resources import CostSettings
 
     costs_file = resolved(COSTS_ENV, DEFAULT_COSTS)
     return CostSettings(config_file=costs_file if Path(costs_file).is_file() else None)
@@ -361,8 +368,8 @@ def _cost_settings():
 def _forecast_settings():
     """The models, thinking, context and endpoint a run would use now, from the same environment as the resource."""
     from cost_pipeline.config import CLEAN_MODEL_ENV, FUNCTION_MODEL_ENV, THINKING_BUDGET_ENV
-    from cost_pipeline.costs.forecast import ForecastSettings
-    from cost_pipeline.llm.client import DEFAULT_MODEL, GeminiResource
+    from cost_pipeline.gemini.client import DEFAULT_MODEL, GeminiResource
+    from cost_pipeline.money.forecast import ForecastSettings
 
     gemini = GeminiResource(clean_model=os.environ.get(CLEAN_MODEL_ENV) or DEFAULT_MODEL,
                             function_model=os.environ.get(FUNCTION_MODEL_ENV) or DEFAULT_MODEL,
@@ -392,7 +399,7 @@ def _yesterday() -> date:
 
 
 def _dimensions(value: str) -> str:
-    from cost_pipeline.costs.report import dimensions
+    from cost_pipeline.reports.report import dimensions
 
     try:
         return ",".join(dimensions(value))

@@ -4,22 +4,42 @@ from pathlib import Path
 
 import dagster as dg
 
-from cost_pipeline.costs import checks, reconciliation, rollups
-from cost_pipeline.assets import ingest, turns
 from cost_pipeline.config import (
-    BILLING_ENV, CLEAN_MODEL_ENV, CONCURRENCY_ENV, PROCESSING_ENV, COSTS_ENV, DB_ENV, DEFAULT_BILLING, DEFAULT_COSTS, DEFAULT_DB, DEFAULT_LANDING,
-    FUNCTION_MODEL_ENV, LANDING_ENV, RPM_ENV, THINKING_BUDGET_ENV, TPM_ENV, env_int_or_default, env_or_default,
+    BILLING_ENV,
+    CLEAN_MODEL_ENV,
+    CONCURRENCY_ENV,
+    COSTS_ENV,
+    DB_ENV,
+    DEFAULT_BILLING,
+    DEFAULT_COSTS,
+    DEFAULT_DB,
+    DEFAULT_LANDING,
+    FUNCTION_MODEL_ENV,
+    LANDING_ENV,
+    PROCESSING_ENV,
+    RPM_ENV,
+    THINKING_BUDGET_ENV,
+    TPM_ENV,
+    env_int_or_default,
+    env_or_default,
     gemini_api_key,
 )
-from cost_pipeline.glossary import with_column_descriptions
-from cost_pipeline.llm.client import DEFAULT_MODEL, GeminiResource
-from cost_pipeline.resources import BillingExports, CostSettings, LandingResource
-from cost_pipeline.schedules import (
-    batch_jobs_sensor, daily_pipeline_job, daily_pipeline_schedule, evaluation_costs_automation, evaluation_costs_job,
+from cost_pipeline.defs.automation import (
+    batch_jobs_sensor,
+    daily_pipeline_job,
+    daily_pipeline_schedule,
+    evaluation_costs_automation,
+    evaluation_costs_job,
     late_landing_sensor,
 )
-from cost_pipeline.storage.io_manager import DuckDBPartitionIOManager
-from cost_pipeline.storage.warehouse import DuckDBWarehouse
+from cost_pipeline.defs.costs import checks, reconciliation, rollups
+from cost_pipeline.defs.gemini import assets as turns
+from cost_pipeline.defs.glossary import with_column_descriptions
+from cost_pipeline.defs.ingest import assets as ingest
+from cost_pipeline.defs.io_manager import DuckDBPartitionIOManager
+from cost_pipeline.defs.resources import BillingExports, CostSettings, LandingResource
+from cost_pipeline.defs.warehouse import DuckDBWarehouse
+from cost_pipeline.gemini.client import DEFAULT_MODEL, GeminiResource
 
 OWNERS = ["team:cost-pipeline"]
 # Each asset page links to the code that defines it, names who owns it, and describes every column.

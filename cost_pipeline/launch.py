@@ -132,7 +132,7 @@ class Launcher:
         """One run per partition of `job_name` (one run when unpartitioned); waits for all and returns them.
 
         `backfill=True` records a Dagster backfill and tags its runs with its id (a day that
-        never landed is then written empty instead of failing, see `assets/ingest.py`);
+        never landed is then written empty instead of failing, see `defs/ingest/assets.py`);
         `partition_tags` adds tags to one partition's run (its forecast, say).
         """
         job = self.repository.get_full_job(job_name)

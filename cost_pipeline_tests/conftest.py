@@ -15,14 +15,14 @@ import pytest
 # definitions are imported, and inherited by every Dagster subprocess a test starts.
 os.environ.setdefault("COST_PIPELINE_START", "2022-01-01")
 
-from cost_pipeline.assets import ingest
 from cost_pipeline.definitions import all_assets, all_checks
-from cost_pipeline.llm.client import GeminiResource
-from cost_pipeline.llm.local_endpoint import ServerConfig, running_local_server
-from cost_pipeline.resources import BillingExports, CostSettings, LandingResource
-from cost_pipeline.storage.io_manager import DuckDBPartitionIOManager
-from cost_pipeline.storage.warehouse import DuckDBWarehouse
-from cost_pipeline.synthetic import generate
+from cost_pipeline.defs.ingest import assets as ingest
+from cost_pipeline.defs.io_manager import DuckDBPartitionIOManager
+from cost_pipeline.defs.resources import BillingExports, CostSettings, LandingResource
+from cost_pipeline.defs.warehouse import DuckDBWarehouse
+from cost_pipeline.gemini.client import GeminiResource
+from cost_pipeline.gemini.local_endpoint import ServerConfig, running_local_server
+from cost_pipeline.ingest.synthetic import generate
 
 INGEST_ASSETS = dg.load_assets_from_modules([ingest])
 REPO = Path(__file__).parents[1]

@@ -5,8 +5,8 @@ import json
 import pytest
 from google.genai import types
 
-from cost_pipeline.llm.answers import argument_problem, judge
-from cost_pipeline.llm.prompts import CLEAN, FUNCTION
+from cost_pipeline.gemini.answers import argument_problem, judge
+from cost_pipeline.gemini.prompts import CLEAN, FUNCTION
 
 GOOD_CLEANING = json.dumps({"cleaned_text": "Hello there.", "confidence": 0.9, "changes": ["removed 1 filler(s)"]})
 

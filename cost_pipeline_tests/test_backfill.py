@@ -12,7 +12,7 @@ import dagster as dg
 import duckdb
 import pytest
 
-from cost_pipeline.synthetic import generate
+from cost_pipeline.ingest.synthetic import generate
 
 from .conftest import REPO, dagster_home
 

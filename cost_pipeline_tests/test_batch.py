@@ -6,7 +6,7 @@ from datetime import date
 import duckdb
 import pytest
 
-from cost_pipeline.synthetic import generate
+from cost_pipeline.ingest.synthetic import generate
 
 from .conftest import SMALL_DAYS_COSTS, materialize_day
 from .test_ledger import ledger_bill, server_bill
@@ -111,8 +111,8 @@ def test_a_job_still_pending_when_the_step_stops_waiting_is_resumed_not_paid_aga
 
     import dagster as dg
 
-    from cost_pipeline.llm.client import GeminiResource
-    from cost_pipeline.schedules import batch_jobs_sensor
+    from cost_pipeline.defs.automation import batch_jobs_sensor
+    from cost_pipeline.gemini.client import GeminiResource
 
     def sensor():
         gemini = GeminiResource(base_url=model_server.url, cache_database=str(database))
@@ -240,8 +240,7 @@ def test_a_pending_job_whose_requests_changed_since_is_still_collected_and_its_a
 
 def test_the_cli_names_the_days_whose_jobs_are_still_pending(tmp_path, monkeypatch):
     from cost_pipeline.cli import _batch_jobs_pending
-    from cost_pipeline.llm import batch_jobs
-
+    from cost_pipeline.gemini.batch import jobs as batch_jobs
     database = tmp_path / "jobs.duckdb"
     monkeypatch.setenv("COST_PIPELINE_DB", str(database))
     assert _batch_jobs_pending([DAY]) is None
@@ -286,9 +285,9 @@ def test_a_result_file_gone_before_collection_is_said_and_its_requests_asked_aga
 def test_the_sensor_runs_the_day_of_a_job_the_provider_no_longer_has(tmp_path, model_server):
     import dagster as dg
 
-    from cost_pipeline.llm import batch_jobs
-    from cost_pipeline.llm.client import GeminiResource
-    from cost_pipeline.schedules import batch_jobs_sensor
+    from cost_pipeline.defs.automation import batch_jobs_sensor
+    from cost_pipeline.gemini.batch import jobs as batch_jobs
+    from cost_pipeline.gemini.client import GeminiResource
 
     database = tmp_path / "jobs.duckdb"
     batch_jobs.record(database, "batches/expired-long-ago", str(DAY), "clean", "m", "e", "d", 1, 0, "run",

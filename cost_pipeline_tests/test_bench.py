@@ -87,7 +87,7 @@ def test_gemini_overhead_counts_instructions_at_a_tiny_size(tmp_path):
     sys.path.insert(0, str(REPO / "bench"))
     import gemini_overhead as bench
 
-    from cost_pipeline.llm.local_endpoint import ServerConfig, running_local_server
+    from cost_pipeline.gemini.local_endpoint import ServerConfig, running_local_server
 
     with running_local_server(ServerConfig()) as url:
         folder = tmp_path / "day"

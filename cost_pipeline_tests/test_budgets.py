@@ -8,9 +8,9 @@ from decimal import Decimal
 import duckdb
 import pytest
 
-from cost_pipeline.costs.budgets import WAIT, Budget, Limits, Spent
-from cost_pipeline.resources import CostSettings
-from cost_pipeline.synthetic import generate
+from cost_pipeline.defs.resources import CostSettings
+from cost_pipeline.ingest.synthetic import generate
+from cost_pipeline.money.budgets import WAIT, Budget, Limits, Spent
 
 from .conftest import materialize_day
 from .test_ledger import ledger_bill, server_bill
@@ -167,7 +167,7 @@ def test_runs_sharing_a_limit_take_turns_and_a_dead_holder_frees_its_turn(tmp_pa
     import threading
     import time
 
-    from cost_pipeline.costs.budget_turns import spending_turn, turn_scope
+    from cost_pipeline.gemini_step.budget_turns import spending_turn, turn_scope
 
     assert turn_scope(Limits(run=Decimal(1)), "2026-11-05") is None
     assert turn_scope(Limits(day=Decimal(1)), "2026-11-05") == "day-2026-11-05"

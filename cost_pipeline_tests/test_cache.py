@@ -5,16 +5,16 @@ import json
 import subprocess
 import sys
 
-from cost_pipeline.llm.cache import DDL, TABLE, CachedResponse, ResponseCache
-from cost_pipeline.llm.processing import file_turns
-from cost_pipeline.llm.prompts import TOOLS_DIGEST, LlmRequest, cleaning_request, function_request
-from cost_pipeline.llm.usage import Usage
+from cost_pipeline.gemini.cache import DDL, TABLE, CachedResponse, ResponseCache
+from cost_pipeline.gemini.prompts import TOOLS_DIGEST, LlmRequest, cleaning_request, function_request
+from cost_pipeline.gemini.usage import Usage
+from cost_pipeline.gemini_step.processing import file_turns
 from cost_pipeline.storage.connect import connect
 
 READ_A_CHUNK = """
 import hashlib, json, sys
 from pathlib import Path
-from cost_pipeline.llm.cache import ResponseCache
+from cost_pipeline.gemini.cache import ResponseCache
 
 def status_mb(field):
     line = next(l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith(field + ":"))

@@ -4,7 +4,7 @@ import random
 import string
 import uuid
 
-from cost_pipeline.llm.call_ids import CALL_ID_NAMESPACE, call_id
+from cost_pipeline.gemini.call_ids import CALL_ID_NAMESPACE, call_id
 
 
 def test_call_ids_are_the_uuid5_ids_for_any_turn_and_stage():

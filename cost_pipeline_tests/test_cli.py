@@ -9,7 +9,7 @@ import duckdb
 import pytest
 
 from cost_pipeline.cli import main
-from cost_pipeline.landing import read_landing_day
+from cost_pipeline.ingest.landing import read_landing_day
 
 CLI = str(Path(sys.executable).with_name("cost-pipeline"))
 

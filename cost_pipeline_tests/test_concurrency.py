@@ -11,7 +11,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from cost_pipeline.synthetic import generate
+from cost_pipeline.ingest.synthetic import generate
 
 from .conftest import dagster_home
 from .test_connect import hold_lock

@@ -10,14 +10,14 @@ import duckdb
 import pytest
 
 from cost_pipeline.definitions import all_assets, all_checks
-from cost_pipeline.costs.pricing import PriceBook
-from cost_pipeline.costs.writer_process import WriterProcess
-from cost_pipeline.resources import CostSettings, LandingResource
-from cost_pipeline.schedules import daily_pipeline_schedule, late_landing_sensor
-from cost_pipeline.synthetic import generate
+from cost_pipeline.defs.automation import daily_pipeline_schedule, late_landing_sensor
+from cost_pipeline.defs.resources import CostSettings, LandingResource
+from cost_pipeline.gemini_step.writer_process import WriterProcess
+from cost_pipeline.ingest.synthetic import generate
+from cost_pipeline.money.pricing import PriceBook
 
-from .conftest import THREE_DAYS as DAYS
 from .conftest import SMALL_DAYS_COSTS, local_resources, materialize_day
+from .conftest import THREE_DAYS as DAYS
 
 COSTS = ["input_cost_usd", "cached_input_cost_usd", "output_cost_usd", "total_cost_usd", "saved_cost_usd"]
 TOKENS = ["input_tokens", "cached_tokens", "output_tokens", "thinking_tokens", "tool_prompt_tokens", "total_tokens"]
@@ -236,7 +236,7 @@ def test_totals_that_leave_out_unpriced_calls_say_so_and_no_budget_passes_on_the
     assert "cannot hold budgets on incomplete totals" in evaluation.description and "calls without a price" in evaluation.description
     metadata = result.asset_materializations_for_node("evaluation_costs")[0].metadata
     assert metadata["totals"].value.startswith("incomplete: leaves out") and metadata["all_under_budget"].value is False
-    from cost_pipeline.costs.report import cost_report, render
+    from cost_pipeline.reports.report import cost_report, render
     table = render(cost_report(str(database), DAYS[0], DAYS[0], "model"), "table")
     missing = fetch(database, "SELECT sum(missing_price_calls + unpriced_attempts) FROM daily_cost_rollup")[0][0]
     assert table.splitlines()[-1] == f"TOTAL is incomplete: leaves out {missing:,} calls without a price: it is a lower bound"

@@ -9,7 +9,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from cost_pipeline.costs import dashboard
+from cost_pipeline.reports import dashboard
 
 from .conftest import REPO, THREE_DAYS
 from .test_ui import browser  # noqa: F401  (the Chromium fixture)

@@ -31,7 +31,6 @@ def test_dagster_definitions_validate_passes_from_the_workspace():
 
 def test_settings_come_from_the_environment_as_env_vars(monkeypatch, tmp_path):
     from cost_pipeline import definitions
-
     monkeypatch.setenv("COST_PIPELINE_DB", str(tmp_path / "x.duckdb"))
     resources = definitions.local_resources()
     assert resources["io_manager"].database == dg.EnvVar("COST_PIPELINE_DB")
@@ -41,7 +40,6 @@ def test_settings_come_from_the_environment_as_env_vars(monkeypatch, tmp_path):
 
 def test_models_thinking_and_limits_come_from_the_environment_by_name(monkeypatch):
     from cost_pipeline import definitions
-
     for name in ("COST_PIPELINE_CLEAN_MODEL", "COST_PIPELINE_FUNCTION_MODEL", "COST_PIPELINE_THINKING_BUDGET",
                  "COST_PIPELINE_RPM", "COST_PIPELINE_TPM"):
         monkeypatch.setenv(name, "gemini-2.5-flash" if "MODEL" in name else "120")
@@ -53,7 +51,7 @@ def test_models_thinking_and_limits_come_from_the_environment_by_name(monkeypatc
 
 
 def test_rate_limits_default_to_what_a_free_tier_key_accepts_on_googles_api(monkeypatch):
-    from cost_pipeline.llm.client import FREE_TIER_RPM, FREE_TIER_TPM, GeminiResource
+    from cost_pipeline.gemini.client import FREE_TIER_RPM, FREE_TIER_TPM, GeminiResource
 
     for name in ("GEMINI_API_KEY", "GOOGLE_API_KEY", "GOOGLE_GEMINI_BASE_URL"):
         monkeypatch.delenv(name, raising=False)

@@ -8,11 +8,17 @@ import duckdb
 import pytest
 
 from cost_pipeline.cli import main
-from cost_pipeline.costs.forecast import (
-    CachedAnswers, Calibration, ForecastSettings, Forecaster, Line, forecast_days, landed_turns,
+from cost_pipeline.ingest.synthetic import generate
+from cost_pipeline.money.forecast import (
+    CachedAnswers,
+    Calibration,
+    Forecaster,
+    ForecastSettings,
+    Line,
+    forecast_days,
+    landed_turns,
 )
-from cost_pipeline.costs.pricing import PriceBook
-from cost_pipeline.synthetic import generate
+from cost_pipeline.money.pricing import PriceBook
 
 from .conftest import SMALL_DAYS_COSTS, materialize_day
 
@@ -96,8 +102,8 @@ def test_the_cli_prints_json_with_the_figures_per_day_and_in_total(tmp_path, cap
 
 def test_what_if_reprices_the_billed_tokens_on_other_models_and_at_batch_rates(three_days, database, capsys):
     """The same token counts on another price list: batch halves input and output (cache reads stay standard)."""
-    from cost_pipeline.costs.pricing import PriceBook
-    from cost_pipeline.costs.what_if import ACTUAL, what_if
+    from cost_pipeline.money.pricing import PriceBook
+    from cost_pipeline.money.what_if import ACTUAL, what_if
 
     start, end = date(2026, 11, 1), date(2026, 11, 3)
     scenarios, unknown = what_if(str(database), start, end, [], "batch", PriceBook())

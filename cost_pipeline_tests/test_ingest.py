@@ -5,7 +5,7 @@ from datetime import date
 import dagster as dg
 import duckdb
 
-from cost_pipeline.synthetic import MALFORMED_KINDS, generate
+from cost_pipeline.ingest.synthetic import MALFORMED_KINDS, generate
 
 from .conftest import materialize_day
 

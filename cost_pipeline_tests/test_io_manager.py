@@ -5,8 +5,8 @@ import duckdb
 import pandas as pd
 import pytest
 
-from cost_pipeline.partitions import daily_partitions
-from cost_pipeline.storage.io_manager import DuckDBPartitionIOManager
+from cost_pipeline.defs.io_manager import DuckDBPartitionIOManager
+from cost_pipeline.defs.partitions import daily_partitions
 
 DAY = "2026-11-01"
 

@@ -10,8 +10,8 @@ import duckdb
 import pandas as pd
 import pytest
 
+from cost_pipeline.defs.io_manager import DuckDBPartitionIOManager
 from cost_pipeline.storage import tables
-from cost_pipeline.storage.io_manager import DuckDBPartitionIOManager
 
 
 def io(database, **config):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from cost_pipeline.landing import LandingFolderMissing, derive_turn_id, read_landing_day
+from cost_pipeline.ingest.landing import LandingFolderMissing, derive_turn_id, read_landing_day
 
 GOOD = {
     "evaluation_id": "eval-a",

@@ -11,6 +11,7 @@ import re
 import shutil
 import subprocess
 import sys
+from decimal import Decimal
 from pathlib import Path
 
 import dagster as dg
@@ -18,10 +19,8 @@ import duckdb
 import pytest
 from dagster_graphql.test.utils import execute_dagster_graphql
 
-from decimal import Decimal
-
-from cost_pipeline.costs.forecast import FORECAST_TAG
 from cost_pipeline.launch import CODE_LOCATION, Launcher
+from cost_pipeline.money.forecast import FORECAST_TAG
 
 from .conftest import REPO
 

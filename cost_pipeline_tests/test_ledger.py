@@ -19,9 +19,9 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from cost_pipeline.costs.ledger import INTERRUPTED, attempt_rows, spool_folder
-from cost_pipeline.llm.local_server import key_fingerprint
-from cost_pipeline.synthetic import generate
+from cost_pipeline.ingest.synthetic import generate
+from cost_pipeline.model_server.server import key_fingerprint
+from cost_pipeline.money.ledger import INTERRUPTED, attempt_rows, spool_folder
 
 from .conftest import REPO, dagster_home, materialize_day
 
@@ -308,9 +308,9 @@ def test_answers_from_one_endpoint_are_never_served_as_cache_hits_for_another(la
 
 
 def test_a_rotated_spool_hands_attempts_in_flight_to_the_next_file(tmp_path):
-    from cost_pipeline.costs.ledger import AttemptSpool
-    from cost_pipeline.llm.attempts import Attempt
-    from cost_pipeline.llm.usage import Usage
+    from cost_pipeline.gemini.attempts import Attempt
+    from cost_pipeline.gemini.usage import Usage
+    from cost_pipeline.money.ledger import AttemptSpool
 
     spool = AttemptSpool(tmp_path, "run")
     done, flying = (Attempt(i, "c", "run", str(DAY), "e", "t", "clean", "m", "local-server", "h", 1, 1.0) for i in ("a", "b"))
@@ -333,12 +333,13 @@ def test_a_keyed_ledger_and_cache_lose_their_index_not_a_row_and_a_load_twice_re
     twice (or first as interrupted, then with its outcome) has one row; an interrupted one gives way to its outcome."""
     import duckdb
 
-    from cost_pipeline.costs.ledger import COLUMNS, TABLE, AttemptSpool, load_spools, spool_folder
-    from cost_pipeline.costs.pricing import PriceBook
-    from cost_pipeline.llm.attempts import Attempt
-    from cost_pipeline.llm.cache import DDL as CACHE_DDL
-    from cost_pipeline.llm.cache import TABLE as CACHE, ResponseCache
-    from cost_pipeline.llm.usage import Usage
+    from cost_pipeline.gemini.attempts import Attempt
+    from cost_pipeline.gemini.cache import DDL as CACHE_DDL
+    from cost_pipeline.gemini.cache import TABLE as CACHE
+    from cost_pipeline.gemini.cache import ResponseCache
+    from cost_pipeline.gemini.usage import Usage
+    from cost_pipeline.money.ledger import COLUMNS, TABLE, AttemptSpool, load_spools, spool_folder
+    from cost_pipeline.money.pricing import PriceBook
 
     database = tmp_path / "old.duckdb"
     with duckdb.connect(str(database)) as connection:  # the layout this project wrote before

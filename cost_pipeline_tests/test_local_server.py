@@ -6,8 +6,8 @@ import pytest
 from google import genai
 from google.genai import errors, types
 
-from cost_pipeline.llm.local_server import choose_tool, clean_text, count_tokens
-from cost_pipeline.llm.tools import FUNCTION_DECLARATIONS, TOOLS
+from cost_pipeline.gemini.tools import FUNCTION_DECLARATIONS, TOOLS
+from cost_pipeline.model_server.server import choose_tool, clean_text, count_tokens
 
 DECLARATIONS = [d.model_dump(mode="json", exclude_none=True) for d in FUNCTION_DECLARATIONS]
 

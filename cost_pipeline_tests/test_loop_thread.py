@@ -9,7 +9,7 @@ import threading
 
 import pytest
 
-from cost_pipeline.llm.loop_thread import run_in_own_thread
+from cost_pipeline.gemini_step.loop_thread import run_in_own_thread
 
 RUN = contextvars.ContextVar("run", default=None)
 

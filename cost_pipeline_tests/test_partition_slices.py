@@ -6,8 +6,18 @@ from zoneinfo import ZoneInfo
 import duckdb
 import pytest
 
-from cost_pipeline.storage.partition_slices import (DATE, KEY, TIMESTAMP, Dimension, TableSlice, TimeRange, day_slice,
-                                                    days_slice, quote, stamped_column)
+from cost_pipeline.storage.partition_slices import (
+    DATE,
+    KEY,
+    TIMESTAMP,
+    Dimension,
+    TableSlice,
+    TimeRange,
+    day_slice,
+    days_slice,
+    quote,
+    stamped_column,
+)
 
 
 @pytest.fixture

@@ -10,7 +10,15 @@ from decimal import Decimal
 
 import pytest
 
-from cost_pipeline.costs.pricing import BATCH, LIBRARY_SOURCE, MISSING, STANDARD, PriceBook, TokenCounts, parse_overrides
+from cost_pipeline.money.pricing import (
+    BATCH,
+    LIBRARY_SOURCE,
+    MISSING,
+    STANDARD,
+    PriceBook,
+    TokenCounts,
+    parse_overrides,
+)
 
 AT = datetime(2026, 11, 1, 12, tzinfo=timezone.utc)
 D = Decimal

@@ -12,7 +12,7 @@ import duckdb
 import psycopg2
 import pytest
 
-from cost_pipeline.synthetic import generate
+from cost_pipeline.ingest.synthetic import generate
 
 from .conftest import REPO, dagster_home, free_port
 

@@ -14,8 +14,8 @@ import duckdb
 import genai_prices
 import pytest
 
-from cost_pipeline.llm.usage import normalized_model
-from cost_pipeline.synthetic import generate
+from cost_pipeline.gemini.usage import normalized_model
+from cost_pipeline.ingest.synthetic import generate
 
 from .conftest import materialize_day
 

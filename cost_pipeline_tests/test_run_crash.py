@@ -12,8 +12,8 @@ from pathlib import Path
 import duckdb
 import pytest
 
+from cost_pipeline.ingest.synthetic import generate
 from cost_pipeline.storage.staging import staging_root
-from cost_pipeline.synthetic import generate
 
 from .conftest import REPO, dagster_home
 

@@ -9,12 +9,12 @@ import duckdb
 import pandas as pd
 import pytest
 
-from cost_pipeline.costs.writer_process import WriterProcess
+from cost_pipeline.gemini_step.writer_process import WriterProcess
+from cost_pipeline.ingest.synthetic import generate
 from cost_pipeline.storage.connect import connect
 from cost_pipeline.storage.day_turns import conversation_chunks, export_day_turns
 from cost_pipeline.storage.staging import StagingArea, query_staged, remove_stale, staging_root
 from cost_pipeline.storage.tables import TableWrite, replace_partitions
-from cost_pipeline.synthetic import generate
 
 from .conftest import materialize_day
 

@@ -8,9 +8,9 @@ import dagster as dg
 import duckdb
 import pytest
 
-from cost_pipeline.assets import turns as turns_module
-from cost_pipeline.storage import io_manager as io_manager_module
-from cost_pipeline.synthetic import generate
+from cost_pipeline.defs import io_manager as io_manager_module
+from cost_pipeline.defs.gemini import assets as turns_module
+from cost_pipeline.ingest.synthetic import generate
 
 from .conftest import materialize_day
 
@@ -87,9 +87,9 @@ def test_the_stage_sends_the_json_the_sdks_typed_contents_send(model_server):
     from google import genai
     from google.genai import types
 
-    from cost_pipeline.llm.batch_files import rest_request
-    from cost_pipeline.llm.prompts import cleaning_request, function_request
-    from cost_pipeline.llm.sdk_request import content_config, request_contents
+    from cost_pipeline.gemini.batch.files import rest_request
+    from cost_pipeline.gemini.prompts import cleaning_request, function_request
+    from cost_pipeline.gemini.sdk_request import content_config, request_contents
 
     cleaning = cleaning_request("gemini-2.5-flash-lite", "User", "um so I I want the thing",
                                 [("User", "Hello there."), ("Assistant", "Hi, how can I help?")], 0)

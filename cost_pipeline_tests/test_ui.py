@@ -15,7 +15,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from cost_pipeline.synthetic import generate
+from cost_pipeline.ingest.synthetic import generate
 
 from .conftest import REPO, dagster_home, free_port
 

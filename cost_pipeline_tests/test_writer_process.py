@@ -15,17 +15,17 @@ from decimal import Decimal
 import duckdb
 import pytest
 
-from cost_pipeline.assets.turns import TABLE_COLUMNS
-from cost_pipeline.costs.checkpoints import Checkpoints
-from cost_pipeline.costs.ledger import AttemptSpool, spool_folder
-from cost_pipeline.costs.pricing import PriceBook
-from cost_pipeline.costs.staged_day import StagedDay
-from cost_pipeline.costs.writer_process import WriterGone, WriterProcess
-from cost_pipeline.llm.attempts import ACCEPTED, Attempt
-from cost_pipeline.llm.cache import ResponseCache
-from cost_pipeline.llm.call_ids import call_id
-from cost_pipeline.llm.usage import Usage
-from cost_pipeline.process_memory import peak_rss_mb
+from cost_pipeline.defs.gemini.assets import TABLE_COLUMNS
+from cost_pipeline.gemini.attempts import ACCEPTED, Attempt
+from cost_pipeline.gemini.cache import ResponseCache
+from cost_pipeline.gemini.call_ids import call_id
+from cost_pipeline.gemini.usage import Usage
+from cost_pipeline.gemini_step.checkpoints import Checkpoints
+from cost_pipeline.gemini_step.process_memory import peak_rss_mb
+from cost_pipeline.gemini_step.staged_day import StagedDay
+from cost_pipeline.gemini_step.writer_process import WriterGone, WriterProcess
+from cost_pipeline.money.ledger import AttemptSpool, spool_folder
+from cost_pipeline.money.pricing import PriceBook
 from cost_pipeline.storage.staging import StagingArea, query_staged
 
 MODEL = "gemini-2.5-flash-lite"
@@ -101,10 +101,10 @@ def test_a_killed_child_loses_nothing_the_checkpoint_is_written_here_instead(tmp
 def test_the_child_ends_when_its_parent_is_killed(tmp_path):
     parent = subprocess.Popen([sys.executable, "-c", f"""
 import sys, time
-from cost_pipeline.costs.writer_process import WriterProcess
-from cost_pipeline.costs.pricing import PriceBook
-from cost_pipeline.costs.staged_day import StagedDay
-from cost_pipeline.costs.writer_process import WriterGone, WriterProcess
+from cost_pipeline.gemini_step.writer_process import WriterProcess
+from cost_pipeline.money.pricing import PriceBook
+from cost_pipeline.gemini_step.staged_day import StagedDay
+from cost_pipeline.gemini_step.writer_process import WriterGone, WriterProcess
 writer = WriterProcess({str(tmp_path / 'db.duckdb')!r}, PriceBook())
 print(writer._child.pid, flush=True)
 time.sleep(600)

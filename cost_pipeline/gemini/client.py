@@ -1,0 +1,569 @@
+"""The Gemini resource: google-genai's async client under limits, retries and a response cache.
+
+`GeminiResource` is the configuration a person sets in the UI; `GeminiSession` is what
+one run uses inside its event loop. Every call returns a `CallOutcome` (result, usage,
+attempts, latency, status), never an exception, so a failed call becomes a `failed`
+row instead of a lost turn.
+
+Retries happen at this level, with tenacity's jittered exponential backoff (the SDK's
+own dependency) in a plain loop (a tenacity `AsyncRetrying` per call cost about 1.5% of a
+bare SDK call's time), rather than in the SDK's `HttpRetryOptions`, for two reasons the
+SDK cannot serve: every attempt must pass the
+rate limiters again (SDK-internal retries would bypass them and overshoot the quota),
+and a 429's `RetryInfo.retryDelay` must be honoured (the SDK waits only its own
+exponential backoff). Rate limits use aiolimiter: requests evenly spaced, prompt tokens
+in one-second buckets, so a minute's quota is never spent in a burst.
+
+With no API key and no base URL, setup starts the shipped Gemini-compatible server on
+loopback; a key alone talks to the real API, a `base_url` (or the SDK's own
+`GOOGLE_GEMINI_BASE_URL`) points anywhere else. The key never reaches logs, metadata,
+tables or error text: errors pass through `redact` before they are kept.
+"""
+
+import asyncio
+import json
+import os
+import re
+import time
+import urllib.request
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import dataclass, field, replace
+from decimal import Decimal
+from pathlib import Path
+
+import dagster as dg
+import pydantic
+import tenacity
+from aiolimiter import AsyncLimiter
+from google import genai
+from google.genai import errors, types
+from pydantic import Field, PrivateAttr
+
+from cost_pipeline.config import API_KEY_ENVS, BASE_URL_ENV, BILLING_ENV, DB_ENV, DEFAULT_BILLING, DEFAULT_DB, resolved
+from cost_pipeline.gemini.answers import Verdict, judge
+from cost_pipeline.gemini.attempts import ACCEPTED, ERROR, REJECTED, Attempt, AttemptSink, NoSink
+from cost_pipeline.gemini.cache import CachedResponse, ResponseCache
+from cost_pipeline.gemini.local_endpoint import ServerConfig, running_local_server
+from cost_pipeline.gemini.prompts import LlmRequest
+from cost_pipeline.gemini.sdk_request import content_config, request_contents
+from cost_pipeline.gemini.spend_limit import WAIT
+from cost_pipeline.gemini.usage import (
+    CACHE,
+    ESTIMATED,
+    NO_USAGE,
+    UNKNOWN,
+    Usage,
+    answer_usage,
+    estimate_tokens,
+    normalized_model,
+)
+
+DEFAULT_MODEL = "gemini-2.5-flash-lite"
+LOCAL_PLACEHOLDER_KEY = "local-server-needs-no-key"
+LOCAL_ENDPOINT = "local-server"
+GOOGLE_ENDPOINT = "https://generativelanguage.googleapis.com"
+RETRYABLE_STATUS = {408, 429, 500, 502, 503, 504}
+ERROR_TEXT_LIMIT = 500
+PROCESSING_MODES = ("standard", "batch")
+OK, FAILED, SKIPPED = "ok", "failed", "skipped"
+"""A call is skipped, never sent, when the run's budget could not hold it (`money/budgets.py`)."""
+
+
+FREE_TIER_RPM, FREE_TIER_TPM = 10, 250_000
+"""Below the Gemini API free tier's limits for the Flash and Flash-Lite models: a new key never meets a 429 storm."""
+OTHER_ENDPOINT_RPM, OTHER_ENDPOINT_TPM = 4_000, 4_000_000
+
+
+class GeminiResource(dg.ConfigurableResource):
+    """Gemini through google-genai: models per stage, limits, retries, rejections and the response cache.
+
+    Fields left unset resolve from the environment when a run starts, not when the code
+    location loads: run config that changes one field (say `max_concurrency` in the
+    launchpad) replaces the values `Definitions` took from the environment with the class
+    defaults, and those defaults must still mean "the key, base URL and database this
+    deployment set", never "the local server and a database in the working directory".
+    """
+
+    api_key: str | None = Field(default=None, description=f"Gemini API key; unset: {' or '.join(API_KEY_ENVS)} at run time.")
+    base_url: str | None = Field(default=None, description=f"A Gemini-compatible endpoint; unset: {BASE_URL_ENV} at run time.")
+    use_local_server: bool = Field(default=False, description="Use the shipped local server even when a key is set.")
+    clean_model: str = Field(default=DEFAULT_MODEL, description="Model that cleans every turn.")
+    function_model: str = Field(default=DEFAULT_MODEL, description="Model that decides function calls for user turns.")
+    thinking_budget: int | None = Field(default=None, description="Thinking tokens allowed; none: the model's default.")
+    context_turns: int = Field(default=6, description="Earlier cleaned turns sent as context when cleaning.")
+    max_concurrency: int = Field(default=32, description="Requests in flight at once.")
+    requests_per_minute: int | None = Field(
+        default=None, description=f"Request rate limit; unset: {FREE_TIER_RPM} when calls go to Google's API (a free-tier "
+                                  f"quota accepts it), {OTHER_ENDPOINT_RPM:,} for the local server or a base URL.")
+    tokens_per_minute: int | None = Field(
+        default=None, description=f"Prompt-token rate limit; unset: {FREE_TIER_TPM:,} for Google's API, "
+                                  f"{OTHER_ENDPOINT_TPM:,} otherwise.")
+    timeout_s: float = Field(default=30.0, description="Per-attempt HTTP timeout.")
+    max_attempts: int = Field(default=5, description="Attempts per call, first included, rejected answers included.")
+    max_rejected_attempts: int = Field(
+        default=2, description="Paid answers a call may reject before it fails: caps what a turn spends on rejections.")
+    initial_backoff_s: float = Field(default=0.5, description="First retry wait; doubles, with jitter.")
+    max_backoff_s: float = Field(default=30.0, description="Longest wait between attempts.")
+    cache_enabled: bool = Field(default=True, description="Serve identical requests from the response cache.")
+    cache_database: str | None = Field(
+        default=None, description=f"DuckDB file of the response cache and the spend ledger; unset: {DB_ENV} at run time.")
+    local_server_latency_ms: float = Field(default=0.0, description="Latency of the auto-started local server.")
+    local_billing_folder: str | None = Field(
+        default=None, description=f"Where the auto-started local server's invoice (a Cloud Billing export) is written "
+                                  f"when the run ends; unset: {BILLING_ENV} at run time.")
+    # A str, not a Literal: it may come from an EnvVar (COST_PIPELINE_PROCESSING), resolved when a run starts.
+    processing: str = Field(
+        default="standard", description="standard: one request at a time; batch: the Batch API at half the price, "
+                                        "answered within hours (gemini_step/batch_day.py says what changes).")
+    batch_max_wait_s: float = Field(
+        default=600.0, description="How long a batch step waits for its jobs; past it the step ends with them pending, "
+                                   "and the batch_jobs_sensor (or any later run of the day) collects them.")
+    batch_poll_s: float = Field(default=10.0, description="How often a batch step asks whether its jobs are done.")
+    batch_max_requests: int = Field(default=10_000, description="Requests per batch job.")
+    batch_inline_max_bytes: int = Field(
+        default=20_000_000, description="A batch job whose requests take more than this many bytes sends them as an "
+                                        "uploaded JSON Lines file (Files API) instead of inline (the API's inline "
+                                        "limit is 20 MB).")
+
+    _exit_stack: ExitStack = PrivateAttr(default_factory=ExitStack)
+    _local_url: str | None = PrivateAttr(default=None)
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        if self.processing not in PROCESSING_MODES:
+            raise dg.Failure(description=f"processing is {self.processing!r}: it must be one of {', '.join(PROCESSING_MODES)} "
+                                         "(COST_PIPELINE_PROCESSING)")
+        if self.needs_local_server():
+            self._local_url = self._exit_stack.enter_context(
+                running_local_server(ServerConfig(latency_ms=self.local_server_latency_ms))
+            )
+        if context.log:
+            context.log.info(f"Gemini calls go to {self.describe_endpoint()}, at most {self.request_limit():,} requests "
+                             f"and {self.token_limit():,} prompt tokens a minute (COST_PIPELINE_RPM, COST_PIPELINE_TPM)")
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        try:
+            if self._local_url:
+                self._write_local_invoice(context)
+        finally:
+            self._exit_stack.close()
+
+    def _write_local_invoice(self, context: dg.InitResourceContext) -> None:
+        """The local server is the provider: its billing record of this run lands where real exports land."""
+        with urllib.request.urlopen(f"{self._local_url}/admin/billing/export", timeout=30) as response:
+            export = response.read()
+        if export.count(b"\n") <= 1:
+            return
+        folder = Path(self.local_billing_folder or resolved(BILLING_ENV, DEFAULT_BILLING))
+        folder.mkdir(parents=True, exist_ok=True)
+        run_id = context.run.run_id if context.run else uuid.uuid4().hex
+        path = folder / f"local-server-{run_id}.csv"
+        path.write_bytes(export)
+        if context.log:
+            context.log.info(f"the local server's billing export for this run is in {path}")
+
+    def resolved_api_key(self) -> str | None:
+        return self.api_key or next((os.environ[n] for n in API_KEY_ENVS if os.environ.get(n)), None)
+
+    def resolved_base_url(self) -> str | None:
+        return self.base_url or os.environ.get(BASE_URL_ENV) or None
+
+    def database(self) -> str:
+        return self.cache_database or resolved(DB_ENV, DEFAULT_DB)
+
+    def needs_local_server(self) -> bool:
+        return self.use_local_server or not (self.resolved_api_key() or self.resolved_base_url())
+
+    def endpoint(self) -> str | None:
+        """The base URL calls go to; None means the SDK's default, Google's API."""
+        return self._local_url if self.needs_local_server() else self.resolved_base_url()
+
+    def endpoint_id(self) -> str:
+        """Who answers, as stored with every call and in the cache key: stable across runs and ports."""
+        if self.needs_local_server():
+            return LOCAL_ENDPOINT
+        return self.resolved_base_url() or GOOGLE_ENDPOINT
+
+    def request_limit(self) -> int:
+        """Requests per minute: as configured, else safe for the endpoint (a free-tier key on Google's API)."""
+        if self.requests_per_minute:
+            return self.requests_per_minute
+        return FREE_TIER_RPM if self.endpoint_id() == GOOGLE_ENDPOINT else OTHER_ENDPOINT_RPM
+
+    def token_limit(self) -> int:
+        if self.tokens_per_minute:
+            return self.tokens_per_minute
+        return FREE_TIER_TPM if self.endpoint_id() == GOOGLE_ENDPOINT else OTHER_ENDPOINT_TPM
+
+    def describe_endpoint(self) -> str:
+        if self.needs_local_server():
+            why = "chosen explicitly" if self.use_local_server else "no API key or base URL is set"
+            return f"the local Gemini-compatible server at {self._local_url} ({why})"
+        if self.resolved_base_url():
+            return f"{self.resolved_base_url()} (base URL)"
+        return f"Google's Gemini API, {GOOGLE_ENDPOINT} (API key from {self._key_source()})"
+
+    def _key_source(self) -> str:
+        if self.api_key:
+            return "the resource's config"
+        return next((n for n in API_KEY_ENVS if os.environ.get(n)), "nowhere")
+
+    def genai_client(self) -> genai.Client:
+        """The google-genai client for this resource's endpoint and key (a placeholder key for the local server)."""
+        key = self.resolved_api_key()
+        return genai.Client(
+            api_key=key if key and not self.needs_local_server() else LOCAL_PLACEHOLDER_KEY,
+            http_options=types.HttpOptions(base_url=self.endpoint(), timeout=int(self.timeout_s * 1000)),
+        )
+
+    def session(self, cache: ResponseCache, ledger: AttemptSink | None = None, run_id: str = "", partition_date: str = "") -> "GeminiSession":
+        """A session for one run; create it inside the event loop that will use it."""
+        if self.needs_local_server() and not self._local_url:
+            raise RuntimeError("no API key or base URL, and the local server was not started (use the resource via Dagster)")
+        return GeminiSession(self, cache, ledger or NoSink(), run_id, partition_date)
+
+
+@dataclass
+class CallOutcome:
+    """One logical call: its answer or final error, what its attempts were billed, and how it went."""
+
+    request_hash: str
+    stage: str
+    model: str
+    status: str
+    result: dict | None
+    usage: Usage
+    """The billed usage of every attempt of this call in this run (rejected answers included)."""
+    saved: Usage | None = None
+    cache_hit: bool = False
+    attempts: int = 0
+    billed_attempts: int = 0
+    rejected_attempts: int = 0
+    billing_unknown_attempts: int = 0
+    model_version: str | None = None
+    latency_ms: float | None = None
+    error: str | None = None
+    started_at: float = field(default_factory=time.time)
+    processing: str = "standard"
+    """The price list its attempts are billed on: standard, or batch for a Batch API job's answer."""
+
+
+@dataclass(frozen=True)
+class CallTag:
+    """Which turn a call is for, as the ledger records it."""
+
+    call_id: str
+    evaluation_id: str
+    turn_id: str
+
+
+class BudgetExhausted(Exception):
+    """The next attempt could break a spend limit: it is not sent."""
+
+
+class RejectedAnswer(Exception):
+    """A billed 200 whose answer we cannot use; retried with a reminder unless final or over the cap."""
+
+    def __init__(self, reason: str, final: bool):
+        super().__init__(reason)
+        self.final = final
+
+
+class GeminiSession:
+    """The run-time half of the resource: one genai client, limiters, cache, ledger and counters."""
+
+    def __init__(self, settings: GeminiResource, cache: ResponseCache, ledger: AttemptSink, run_id: str = "",
+                 partition_date: str = ""):
+        self.settings = settings
+        self.cache = cache
+        self.ledger = ledger
+        self.run_id, self.partition_date = run_id, partition_date
+        self.endpoint_id = settings.endpoint_id()
+        # Every key this process knows, first the resource's: the one used, and the ones to redact.
+        self._secrets = known_secrets(settings.api_key)
+        self.client = settings.genai_client()
+        self.semaphore = asyncio.Semaphore(settings.max_concurrency)
+        # Requests are spaced evenly (a bucket of one), so no 60-second window exceeds the limit;
+        # tokens drain per second, as a request's weight can be far above one token.
+        self.request_limiter = AsyncLimiter(1, 60 / settings.request_limit())
+        self.token_limiter = _per_second_limiter(settings.token_limit())
+        self.backoff = tenacity.wait_exponential_jitter(initial=settings.initial_backoff_s, max=settings.max_backoff_s)
+        self.inflight: dict[str, asyncio.Future] = {}
+        self.stats: Counter = Counter()
+        # Spend limits (None: no limits, no cost): the budget, an attempt's high forecast, an ended attempt's cost.
+        self.budget = None
+        self.attempt_forecast: Callable[[LlmRequest], Decimal] | None = None
+        self.attempt_cost: Callable[[Attempt], Decimal | None] | None = None
+        self._budget_settled = asyncio.Event()
+        self._configs: dict[tuple, types.GenerateContentConfig] = {}
+
+    async def call(self, request: LlmRequest, text_hash: str, tag: CallTag, context_hash: str | None = None) -> CallOutcome:
+        """Answer `request` from the cache, from an identical call in flight, or from Gemini.
+
+        A paid answer is cached under `text_hash` and, for a cleaning, `context_hash` (`gemini/cache.py`).
+        """
+        request_hash = request.request_hash(self.endpoint_id)
+        self.stats["calls"] += 1
+        cached = self.cache.get(request_hash)
+        if cached is None and self.cache.enabled and request_hash in self.inflight:
+            first = await asyncio.shield(self.inflight[request_hash])
+            if first.status == OK:
+                cached = self.cache.get(request_hash) or CachedResponse(first.result, first.saved or first.usage)
+        if cached is not None:
+            self.stats["cache_hits"] += 1
+            return CallOutcome(request_hash, request.stage, request.model, OK, cached.result,
+                               Usage(source=CACHE), saved=cached.usage, cache_hit=True, latency_ms=0.0)
+        if self.budget is not None and self.budget.blocks(tag.evaluation_id):
+            return self._skipped(request, request_hash, [])
+        future = asyncio.get_running_loop().create_future()
+        if self.cache.enabled:
+            self.inflight[request_hash] = future
+        outcome = _failed(request, request_hash, "cancelled", 0)
+        try:
+            outcome = await self._call_api(request, request_hash, tag)
+            if outcome.status == OK:
+                self.cache.put(request_hash, text_hash, request.stage, request.model, outcome.result, outcome.saved,
+                               context_hash)
+            return outcome
+        finally:
+            # answered or failed: calls = cache hits + finished + skipped + in flight
+            self.stats["api_finished"] += outcome.status != SKIPPED
+            future.set_result(outcome)
+            if self.inflight.get(request_hash) is future:
+                del self.inflight[request_hash]
+
+    async def _call_api(self, request: LlmRequest, request_hash: str, tag: CallTag) -> CallOutcome:
+        attempts: list[Attempt] = []
+        verdicts: list[Verdict] = []
+        tokens = min(estimate_tokens(request.text()), self.token_limiter.max_rate)
+        settings = self.settings
+
+        def worth_retrying(err: BaseException) -> bool:
+            if isinstance(err, RejectedAnswer):
+                rejected = sum(a.outcome == REJECTED for a in attempts)
+                return not err.final and rejected < settings.max_rejected_attempts
+            return is_retryable(err)
+
+        # tenacity's stop/retry/wait/reraise policy, as a plain loop: an AsyncRetrying per call cost ~45 µs,
+        # about 1.5% of a bare SDK call, and all but a few calls succeed on the first attempt.
+        error = None
+        number = 0
+        try:
+            while True:
+                number += 1
+                try:
+                    rejected = next((a for a in reversed(attempts) if a.outcome == REJECTED), None)
+                    sent = request.with_reminder(rejected.reason, len(attempts) + 1) if rejected else request
+                    reservation = await self._reserve(request, tag) if self.budget is not None else None
+                    attempt, settled = None, reservation is None
+                    try:
+                        await self.request_limiter.acquire()
+                        await self.token_limiter.acquire(tokens)
+                        async with self.semaphore:
+                            attempt = Attempt(uuid.uuid4().hex, tag.call_id, self.run_id, self.partition_date,
+                                              tag.evaluation_id, tag.turn_id, request.stage, request.model, self.endpoint_id,
+                                              request_hash, len(attempts) + 1, time.time())
+                            attempts.append(attempt)
+                            self.ledger.sent(attempt)
+                            started = time.perf_counter()
+                            try:
+                                response = await self.client.aio.models.generate_content(
+                                    model=request.model, contents=request_contents(sent), config=self.content_config(sent))
+                            except BaseException as err:
+                                attempt.latency_ms = (time.perf_counter() - started) * 1000
+                                _record_error(attempt, err, self.redact)
+                                self.ledger.done(attempt)
+                                if not settled:
+                                    settled = self._settle(reservation, attempt)
+                                raise
+                            attempt.latency_ms = (time.perf_counter() - started) * 1000
+                        verdicts.append(self._record_answer(attempt, request, sent, response))
+                        self.ledger.done(attempt)
+                        if not settled:
+                            settled = self._settle(reservation, attempt)
+                    finally:
+                        if not settled:  # raised before the attempt left (cost 0) or was recorded (held stands)
+                            self._release(reservation, None if attempt is not None else Decimal(0))
+                    if attempt.outcome == REJECTED:
+                        raise RejectedAnswer(attempt.reason, verdicts[-1].final)
+                    break
+                except BaseException as err:
+                    if not worth_retrying(err) or number >= settings.max_attempts:
+                        raise
+                    await asyncio.sleep(self._wait(_retry_state(number, err)))
+        except BudgetExhausted:
+            return self._skipped(request, request_hash, attempts)
+        except Exception as err:  # every failure becomes a row; nothing escapes as a lost turn
+            error = self.redact(f"rejected: {err}" if isinstance(err, RejectedAnswer) else f"{type(err).__name__}: {err}")
+        return self._outcome(request, request_hash, attempts, None if error else verdicts[-1], error)
+
+    def _record_answer(self, attempt: Attempt, request: LlmRequest, sent: LlmRequest, response) -> Verdict:
+        """Fill in a 200's usage and verdict: billed whatever the verdict."""
+        try:
+            verdict = judge(request.stage, response)
+        except Exception as err:  # an answer we cannot even read is still billed: a rejection, never a lost attempt
+            verdict = Verdict(False, None, f"unreadable answer: {type(err).__name__}: {err}"[:200])
+        usage, unknown = answer_usage(response.usage_metadata, sent.text(), verdict.answer_text)
+        self.stats["estimated"] += usage.source == ESTIMATED
+        record_answer(attempt, response, usage, unknown, verdict)
+        return verdict
+
+    async def _reserve(self, request: LlmRequest, tag: CallTag):
+        """The budget's hold on one attempt; waits while attempts in flight must settle first; raises when over."""
+        while (reservation := self.budget.reserve(tag.evaluation_id, self.attempt_forecast(request))) == WAIT:
+            settled = self._budget_settled
+            await settled.wait()
+        if reservation is None:
+            raise BudgetExhausted(self.budget.exhausted)
+        return reservation
+
+    def _settle(self, reservation, attempt: Attempt) -> bool:
+        self._release(reservation, self.attempt_cost(attempt))
+        return True
+
+    def _release(self, reservation, cost: Decimal | None) -> None:
+        """The reservation gives way to the attempt's cost (None: unknown, the reservation counts); waiters wake."""
+        self.budget.settle(reservation, cost)
+        self._budget_settled.set()
+        self._budget_settled = asyncio.Event()
+
+    def _skipped(self, request: LlmRequest, request_hash: str, attempts: list[Attempt]) -> CallOutcome:
+        """A call the budget stopped: nothing more is sent; attempts already made (rejected answers) stay billed."""
+        self.stats["skipped"] += 1
+        self.budget.skip(request.stage)
+        outcome = self._outcome(request, request_hash, attempts, None, "budget", counted=False)
+        return replace(outcome, status=SKIPPED)
+
+    def _outcome(self, request: LlmRequest, request_hash: str, attempts: list[Attempt], verdict: Verdict | None,
+                 error: str | None, counted: bool = True) -> CallOutcome:
+        billed = [a for a in attempts if a.billed is not False]
+        usage = sum((a.usage for a in billed[1:]), billed[0].usage) if billed else NO_USAGE
+        rejected = sum(a.outcome == REJECTED for a in attempts)
+        unknown = sum(a.billed is None for a in attempts)
+        stats = self.stats
+        stats["api_calls"] += len(attempts)
+        stats["retries"] += max(0, len(attempts) - 1)
+        stats["rejected"] += rejected
+        for kind in ("input_tokens", "output_tokens", "thinking_tokens", "cached_tokens", "tool_prompt_tokens"):
+            stats[kind] += getattr(usage, kind)
+        last = attempts[-1] if attempts else None
+        common = dict(attempts=len(attempts), billed_attempts=len(billed), rejected_attempts=rejected,
+                      billing_unknown_attempts=unknown, model_version=last.model_version if last else None,
+                      latency_ms=last.latency_ms if last else None)
+        if error is not None:
+            stats["failures"] += counted
+            return CallOutcome(request_hash, request.stage, request.model, FAILED, None, usage, error=error, **common)
+        return CallOutcome(request_hash, request.stage, request.model, OK, verdict.result, usage, saved=last.usage, **common)
+
+    def _wait(self, state: tenacity.RetryCallState) -> float:
+        """Exponential backoff with jitter, but never sooner than the server asked; no wait before a reminder."""
+        err = state.outcome.exception()
+        if isinstance(err, RejectedAnswer):
+            return 0.0
+        return max(self.backoff(state), server_retry_delay(err) or 0.0)
+
+    def content_config(self, request: LlmRequest) -> types.GenerateContentConfig:
+        """The SDK config of `request` (built once per stage, model and seed): what standard and batch calls send."""
+        key = (request.stage, request.model, request.generation_config.get("seed"))
+        if key not in self._configs:
+            self._configs[key] = content_config(request)
+        return self._configs[key]
+
+    def redact(self, text: str) -> str:
+        return redact(text, self._secrets)
+
+    async def aclose(self) -> None:
+        await self.client.aio.aclose()
+
+
+def record_answer(attempt: Attempt, response, usage: Usage, unknown: str | None, verdict: Verdict) -> None:
+    """A 200 on its attempt: billed (or billing unknown, with why), the served model as prices name it, the verdict."""
+    attempt.http_status, attempt.billed, attempt.usage = 200, None if unknown else True, usage
+    attempt.model_version, attempt.response_id = normalized_model(response.model_version), response.response_id
+    attempt.outcome = ACCEPTED if verdict.accepted else REJECTED
+    attempt.reason = "; ".join(reason for reason in (verdict.reason, unknown) if reason) or None
+
+
+def _record_error(attempt: Attempt, err: BaseException, redact) -> None:
+    """An attempt that got no usable 200: not billed, except a cut-off 200 body, whose billing is unknown."""
+    attempt.outcome = ERROR
+    if is_cut_off_body(err):
+        attempt.http_status, attempt.billed = 200, None
+        attempt.usage = Usage(source=UNKNOWN)
+        attempt.reason = "body cut off mid-JSON: billed by the provider for usage we never saw (billing unknown)"
+    elif isinstance(err, pydantic.ValidationError):  # only a 200's body is validated
+        attempt.http_status, attempt.billed = 200, None
+        attempt.usage = Usage(source=UNKNOWN)
+        attempt.reason = redact(f"answer google-genai could not read, billed for usage we never saw (billing "
+                                f"unknown): {err}")[:200]
+    elif isinstance(err, errors.APIError):
+        attempt.http_status, attempt.reason = err.code, redact(f"{err.code} {err.status}")
+    elif isinstance(err, asyncio.CancelledError):
+        attempt.billed, attempt.usage = None, Usage(source=UNKNOWN)
+        attempt.reason = "cancelled in flight: billing unknown"
+    else:
+        attempt.reason = redact(f"{type(err).__name__}: {err}")[:200] or type(err).__name__
+
+
+def is_retryable(err: BaseException) -> bool:
+    """Rate limits, server errors, transport failures (timeouts included) and broken bodies are worth another attempt."""
+    if isinstance(err, errors.APIError):
+        return err.code in RETRYABLE_STATUS
+    return _is_transport_error(err) or is_cut_off_body(err) or isinstance(err, asyncio.TimeoutError)
+
+
+def is_cut_off_body(err: BaseException) -> bool:
+    """A 200 whose body is not whole JSON (cut off in transit): google-genai raises the JSON decoder's error."""
+    return isinstance(err, (json.JSONDecodeError, errors.UnknownApiResponseError))
+
+
+def server_retry_delay(err: BaseException | None) -> float | None:
+    """The `RetryInfo.retryDelay` a 429 carries, in seconds."""
+    if not isinstance(err, errors.APIError) or not isinstance(err.details, dict):
+        return None
+    body = err.details.get("error", err.details)
+    for detail in body.get("details") or []:
+        if isinstance(detail, dict) and detail.get("@type", "").endswith("RetryInfo"):
+            found = re.fullmatch(r"([\d.]+)s", str(detail.get("retryDelay", "")))
+            if found:
+                return float(found.group(1))
+    return None
+
+
+def _is_transport_error(err: BaseException) -> bool:
+    # The SDK runs on httpx2 (or httpx); both name their transport failures TransportError.
+    return any(cls.__name__ in {"TransportError", "TimeoutException"} for cls in type(err).__mro__)
+
+
+def _retry_state(number: int, err: BaseException) -> tenacity.RetryCallState:
+    """The state tenacity would hand its wait strategy after attempt `number` failed with `err`."""
+    state = tenacity.RetryCallState(None, None, (), {})
+    state.attempt_number = number
+    state.set_exception((type(err), err, err.__traceback__))
+    return state
+
+
+def known_secrets(api_key: str | None = None) -> list[str]:
+    """Every API key this process knows: the resource's, then the environment's."""
+    return [key for key in (api_key, *(os.environ.get(name) for name in API_KEY_ENVS)) if key]
+
+
+def redact(text: str, secrets: list[str]) -> str:
+    """Error text with every known secret removed, cut to a readable length."""
+    for secret in secrets:
+        text = text.replace(secret, "[redacted]")
+    return text[:ERROR_TEXT_LIMIT]
+
+
+def _per_second_limiter(per_minute: int) -> AsyncLimiter:
+    """A limiter that spreads a per-minute quota over seconds, so no minute sees a burst."""
+    per_second = per_minute / 60
+    if per_second >= 1:
+        return AsyncLimiter(per_second, 1)
+    return AsyncLimiter(1, 1 / per_second)
+
+
+def _failed(request: LlmRequest, request_hash: str, error: str, attempts: int) -> CallOutcome:
+    return CallOutcome(request_hash, request.stage, request.model, FAILED, None, NO_USAGE, attempts=attempts, error=error)

@@ -1,0 +1,322 @@
+"""The spend ledger: every HTTP attempt that left the process, from every run, kept for good.
+
+`llm_attempts` is append-only. Re-runs, backfills and failed runs add to it and never
+replace or delete a row, so the spend of a day survives whatever later runs make of
+its data. Each attempt has one row, by `attempt_id`: a load inserts only the attempts its
+data day does not hold yet, so loading the same attempt twice (a retried load, a recovery
+after a crash mid-load) records it once. That check reads only the rows of the data days
+being loaded (DuckDB skips the others by their zone maps), not every row ever written, so
+a checkpoint costs the same in the ledger's first week and its third year (there is no
+PRIMARY KEY: its index would load whole at every checkpoint, see bench/ledger_growth.py).
+
+Durable as it happens: a run does not hold attempts in memory until it commits. Each
+attempt is written to a spool file as two JSON lines, `sent` before the request leaves
+and `done` when it ends, each line handed to the kernel as it is written (so `kill -9`
+of the run loses none) and fsynced at least every `FSYNC_EVERY_S` and at close (so a
+machine crash loses at most that window). The spool is loaded into DuckDB in one short
+transaction when the step ends, whether it succeeded or failed, and then deleted. A
+spool whose writer died (its `flock` is free) is loaded by the next run's Gemini step or
+rollup: an attempt with a `sent` line and no `done` line was in flight when the process
+died, and is recorded as an `error` whose billing is unknown.
+
+Each row is priced when it is loaded, with the same price book as `llm_calls`, at the
+price in force on its `sent_at`, for the model that served it (`model_version`).
+"""
+
+import fcntl
+import json
+import os
+import time
+import uuid
+from collections.abc import Callable
+from datetime import datetime, timezone
+from decimal import Decimal
+from pathlib import Path
+
+import pandas as pd
+
+from cost_pipeline.gemini.attempts import ERROR, Attempt
+from cost_pipeline.gemini.usage import MODALITY_FIELDS, TOKEN_FIELDS, UNKNOWN
+from cost_pipeline.money.pricing import MONEY_SQL_TYPE, STANDARD, PriceBook, token_counts
+from cost_pipeline.storage.connect import STEP_MEMORY, connect
+from cost_pipeline.storage.tables import drop_primary_key
+
+TABLE = "llm_attempts"
+FSYNC_EVERY_S = 1.0
+INTERRUPTED = "process ended while the attempt was in flight: billing unknown"
+
+COLUMNS: list[tuple[str, str, str]] = [
+    ("attempt_id", "VARCHAR NOT NULL", "Unique per HTTP attempt."),
+    ("call_id", "VARCHAR", "The llm_calls row (turn x stage) this attempt was for."),
+    ("run_id", "VARCHAR", "The Dagster run that sent it."),
+    ("partition_date", "DATE", "The data day, not the day it was sent."),
+    ("evaluation_id", "VARCHAR", ""),
+    ("turn_id", "VARCHAR", ""),
+    ("stage", "VARCHAR", "clean or function."),
+    ("model", "VARCHAR", "As requested."),
+    ("model_version", "VARCHAR", "As served (the response's modelVersion); null without an answer."),
+    ("endpoint", "VARCHAR", "Who answered: local-server, a base URL, or Google's API."),
+    ("processing", "VARCHAR", "standard (one request at a time) or batch (the Batch API): the price list it is billed on."),
+    ("request_hash", "VARCHAR", "The response-cache key of the logical request."),
+    ("response_id", "VARCHAR", "The response's responseId."),
+    ("attempt", "INTEGER", "1..n within the call."),
+    ("sent_at", "TIMESTAMPTZ", "When the request left, UTC (a Batch API answer: when its job finished, as billed)."),
+    ("latency_ms", "DOUBLE", ""),
+    ("http_status", "INTEGER", "Null for a timeout, transport failure or interruption."),
+    ("outcome", "VARCHAR", "accepted, rejected (a billed answer we could not use) or error."),
+    ("reason", "VARCHAR", "Finish reason, block reason, parse error, or error type."),
+    ("billed", "BOOLEAN", "True for a 200 with usage; false for 429/5xx/4xx/timeouts; null when unknown."),
+    *((name, "BIGINT", "Null when the response carried none.") for name in TOKEN_FIELDS),
+    ("usage_source", "VARCHAR", "reported, estimated (a 200 without usage), none (not billed) or unknown."),
+    ("input_cost_usd", MONEY_SQL_TYPE, "Uncached prompt tokens, tool-use prompt included."),
+    ("cached_input_cost_usd", MONEY_SQL_TYPE, "Cached prompt tokens at the cache-read rate."),
+    ("output_cost_usd", MONEY_SQL_TYPE, "Candidates and thinking tokens."),
+    ("cost_usd", MONEY_SQL_TYPE, "The sum of the three; 0 when not billed; null when unknown or unpriced."),
+    ("price_source", "VARCHAR", ""),
+    ("price_status", "VARCHAR", "ok, missing (no price), or unknown (billing unknown)."),
+    ("recorded_at", "TIMESTAMPTZ", "When the row reached the ledger."),
+    ("recovered", "BOOLEAN", "Loaded from the spool of a run that died."),
+]
+DDL = f"CREATE TABLE IF NOT EXISTS {TABLE} ({', '.join(f'{name} {sql_type}' for name, sql_type, _ in COLUMNS)})"
+# A ledger written before a column existed gains it (null: the attempt predates it; `processing` null is standard).
+MIGRATIONS = [f"ALTER TABLE {TABLE} ADD COLUMN IF NOT EXISTS processing VARCHAR",
+              *(f"ALTER TABLE {TABLE} ADD COLUMN IF NOT EXISTS {name} BIGINT" for name in MODALITY_FIELDS)]
+COST_KINDS = ["input_cost_usd", "cached_input_cost_usd", "output_cost_usd", "cost_usd"]
+_SELECT_EXACT = ", ".join(f"CAST({name} AS {MONEY_SQL_TYPE}) AS {name}" if name in COST_KINDS else name
+                          for name, _, _ in COLUMNS)
+
+
+_COMPACT_JSON = json.JSONEncoder(separators=(",", ":"))
+"""One encoder for every spool line: json.dumps with options builds a new one per call."""
+
+
+def spool_folder(database: str | Path) -> Path:
+    """Where a database's spool files live: beside it, so they move with it."""
+    path = Path(database)
+    return path.with_name(path.name + ".attempts")
+
+
+class AttemptSpool:
+    """One process's append-only attempt log; an `AttemptSink` for the Gemini session."""
+
+    def __init__(self, folder: Path, run_id: str):
+        folder.mkdir(parents=True, exist_ok=True)
+        self.folder, self.run_id = folder, run_id
+        self._inflight: dict[str, dict] = {}
+        self._open()
+
+    def _open(self) -> None:
+        name = f"{self.run_id or 'norun'}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        opening = self.folder / f"{name}.opening"
+        self._file = opening.open("a", buffering=1, encoding="utf-8")
+        # Held while the file is written: a free lock means it is finished (or its writer is gone) and can be
+        # loaded. It is taken before the file gets the name loaders look for, so no loader sees it unlocked.
+        fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        self.path = opening.rename(self.folder / f"{name}.jsonl")
+        self._synced_at = time.monotonic()
+        self._written = False
+
+    def rotate(self) -> Path:
+        """Finish the current file and start another; returns the finished one, ready to load.
+
+        Attempts still in flight move to the new file: the finished one says `carried` for
+        each (so its load skips them) and the new one starts with their `sent` lines, so an
+        attempt is always loaded from the file that holds its `done` line.
+        """
+        finished, old, inflight = self.path, self._file, list(self._inflight.values())
+        self._open()
+        for line in inflight:
+            self._write(line)
+        # The new file holds the in-flight attempts durably before the old one lets go of them:
+        # a kill in between leaves them in both, and a loaded outcome replaces an interrupted row.
+        os.fsync(self._file.fileno())
+        for line in inflight:
+            old.write(json.dumps({"event": "carried", "attempt_id": line["attempt_id"]}) + "\n")
+        _finish(old)
+        return finished
+
+    @property
+    def written(self) -> bool:
+        """Whether anything was written to the current file: a rotation of an empty file is pointless."""
+        return self._written
+
+    def sent(self, attempt: Attempt) -> None:
+        line = attempt.sent_line()
+        self._inflight[attempt.attempt_id] = line
+        self._write(line)
+
+    def done(self, attempt: Attempt) -> None:
+        self._inflight.pop(attempt.attempt_id, None)
+        self._write(attempt.done_line())
+
+    def _write(self, line: dict) -> None:
+        self._written = True
+        self._file.write(_COMPACT_JSON.encode(line) + "\n")
+        if time.monotonic() - self._synced_at > FSYNC_EVERY_S:
+            os.fsync(self._file.fileno())
+            self._synced_at = time.monotonic()
+
+    def close(self) -> None:
+        _finish(self._file)
+
+
+def _finish(handle) -> None:
+    """Flush, fsync, unlock and close a spool file (its lock is what tells loaders it is done)."""
+    if handle.closed:
+        return
+    handle.flush()
+    os.fsync(handle.fileno())
+    fcntl.flock(handle, fcntl.LOCK_UN)
+    handle.close()
+
+
+def attempt_rows(lines: list[str]) -> list[dict]:
+    """A spool's lines merged into one row per attempt; a torn last line (a kill mid-write) is skipped."""
+    rows: dict[str, dict] = {}
+    for text in lines:
+        try:
+            line = json.loads(text)
+        except json.JSONDecodeError:
+            continue
+        event = line.pop("event", None)
+        if event == "sent":
+            rows.setdefault(line["attempt_id"], {}).update(line)
+        elif event == "done" and line.get("attempt_id") in rows:
+            rows[line["attempt_id"]].update(line)
+        elif event == "carried":
+            rows.pop(line.get("attempt_id"), None)
+    for row in rows.values():
+        if "outcome" not in row:
+            row.update(outcome=ERROR, reason=INTERRUPTED, billed=None, usage_source=UNKNOWN)
+    return list(rows.values())
+
+
+def priced_frame(rows: list[dict], book: PriceBook, recovered: bool) -> pd.DataFrame:
+    """Ledger rows with exact costs: billed attempts priced, unbilled at 0, unknown billing null."""
+    frame = pd.DataFrame(rows).reindex(columns=[name for name, _, _ in COLUMNS])
+    frame["sent_at"] = pd.to_datetime(frame["sent_at"], unit="s", utc=True).dt.floor("us")
+    costs: dict[str, list] = {name: [] for name in [*COST_KINDS, "price_source", "price_status"]}
+    zero = Decimal(0)
+    for row in frame.itertuples(index=False):
+        if row.billed is None or pd.isna(row.billed):
+            cost = (None, None, None, None, None, UNKNOWN)
+        elif not row.billed:
+            cost = (zero, zero, zero, zero, None, "ok")
+        else:
+            served = row.model_version if isinstance(row.model_version, str) else None
+            processing = row.processing if isinstance(row.processing, str) else STANDARD
+            priced = book.cost(row.model, token_counts(row), row.sent_at.to_pydatetime(), served, processing)
+            cost = (priced.input_cost, priced.cached_input_cost, priced.output_cost, priced.total_cost,
+                    priced.price_source, priced.price_status)
+        for name, value in zip(costs, cost):
+            costs[name].append(value)
+    # Money travels as text, so no Decimal is ever inferred as a float on its way in.
+    frame = frame.assign(**{name: [None if v is None else str(v) for v in values] if name in COST_KINDS else values
+                            for name, values in costs.items()})
+    frame["recorded_at"] = datetime.now(timezone.utc)
+    frame["recovered"] = recovered
+    frame["billed"] = frame["billed"].astype("boolean")
+    return frame
+
+
+def ensure_ledger(database: str | Path, lock_timeout_s: float = 120.0) -> None:
+    """Create `llm_attempts` if this database has never recorded an attempt, so readers can rely on it."""
+    with connect(database, timeout_s=lock_timeout_s) as connection:
+        _migrate(connection)
+
+
+def _migrate(connection) -> None:
+    connection.execute(DDL)
+    for migration in MIGRATIONS:
+        connection.execute(migration)
+    drop_primary_key(connection, TABLE)  # a ledger from before the key was dropped
+
+
+def _insert(database: str | Path, frame: pd.DataFrame, log, lock_timeout_s: float) -> int:
+    """Insert the attempts this ledger does not hold yet, in one transaction; returns how many."""
+    days = sorted({str(day) for day in frame["partition_date"].dropna()})
+    # The data days of these attempts, as constants: DuckDB reads only their row groups.
+    of_days = f"partition_date IN ({', '.join('?::DATE' for _ in days)})" if days else "false"
+    if frame["partition_date"].isna().any():
+        of_days = f"({of_days} OR partition_date IS NULL)"
+    with connect(database, timeout_s=lock_timeout_s, on_wait=log, memory_limit=STEP_MEMORY) as connection:
+        _migrate(connection)
+        connection.register("new_attempts", frame)
+        connection.begin()
+        # An attempt recorded as interrupted (its outcome was in a file not yet loaded) gives way to its outcome.
+        connection.execute(f"DELETE FROM {TABLE} WHERE {of_days} AND reason = ? AND attempt_id IN "
+                           "(SELECT attempt_id FROM new_attempts WHERE reason IS DISTINCT FROM ?)",
+                           [*days, INTERRUPTED, INTERRUPTED])
+        present = {attempt_id for (attempt_id,) in connection.execute(
+            f"SELECT attempt_id FROM {TABLE} WHERE {of_days} AND attempt_id IN (SELECT attempt_id FROM new_attempts)",
+            days).fetchall()}
+        fresh = frame[~frame["attempt_id"].isin(present)].drop_duplicates("attempt_id")
+        connection.register("fresh_attempts", fresh)
+        connection.execute(f"INSERT INTO {TABLE} BY NAME SELECT {_SELECT_EXACT} FROM fresh_attempts")
+        connection.commit()
+        return len(fresh)
+
+
+def load_spools(database: str | Path, book: PriceBook, only: Path | None = None,
+                log: Callable[[str], None] | None = None, lock_timeout_s: float = 120.0,
+                on_spend: Callable[[Decimal], None] | None = None) -> int:
+    """Load spool files into `llm_attempts` (`only` one, or every spool whose writer is gone); returns rows added.
+
+    A file is deleted only after its rows are committed; a crash in between loads it again
+    next time, and `_insert` keeps each attempt once.
+    """
+    folder = spool_folder(database)
+    paths = [only] if only else sorted(folder.glob("*.jsonl")) if folder.is_dir() else []
+    added = 0
+    for path in paths:
+        try:
+            handle = path.open("r", encoding="utf-8")
+        except FileNotFoundError:
+            continue  # another loader got there first
+        with handle:
+            try:
+                # Held until the file is gone, so two loaders never load one file at once.
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # being written, or being loaded by someone else
+            rows = attempt_rows(handle.read().splitlines())
+            if rows:
+                frame = priced_frame(rows, book, recovered=only is None)
+                added += _insert(database, frame, log, lock_timeout_s)
+                if on_spend:  # what these attempts were billed, for progress logs (the ledger stays the record)
+                    on_spend(sum((Decimal(cost) for cost in frame["cost_usd"] if cost is not None), Decimal(0)))
+            path.unlink(missing_ok=True)
+        if log and only is None:
+            log(f"recovered {len(rows)} attempts from {path.name}, a spool that no running writer holds")
+    return added
+
+
+def spent_so_far(database: str | Path, day: str, month_start: datetime):
+    """What the ledger says was spent already: on the data day `day`, and per evaluation since `month_start` and ever.
+
+    Unknown costs (billing unknown, no price) count as 0 here: a budget cannot hold money it cannot see.
+    """
+    from cost_pipeline.money.budgets import Spent
+    from cost_pipeline.storage.tables import table_exists
+
+    if not Path(database).exists():
+        return Spent()
+    with connect(database, read_only=True) as connection:
+        if not table_exists(connection, "main", TABLE):
+            return Spent()
+        (day_spent,) = connection.execute(
+            f"SELECT coalesce(sum(cost_usd), 0) FROM {TABLE} WHERE partition_date = ?", [day]).fetchone()
+        rows = connection.execute(
+            f"SELECT evaluation_id, coalesce(sum(cost_usd) FILTER (WHERE sent_at >= ?), 0), coalesce(sum(cost_usd), 0) "
+            f"FROM {TABLE} GROUP BY ALL", [month_start]).fetchall()
+    return Spent(Decimal(day_spent), {e: Decimal(m) for e, m, _ in rows}, {e: Decimal(t) for e, _, t in rows})
+
+
+def attempt_cost(attempt: Attempt, book: PriceBook) -> Decimal | None:
+    """What one attempt was billed, priced as its ledger row will be: 0 when not billed, None when unknown."""
+    if attempt.billed is False:
+        return Decimal(0)
+    if attempt.billed is None:
+        return None
+    return book.cost(attempt.model, token_counts(attempt.usage), datetime.fromtimestamp(attempt.sent_at, timezone.utc),
+                     attempt.model_version, attempt.processing).total_cost

@@ -1,0 +1,106 @@
+"""The package layout's rules, read from the code's own imports: data and imports flow one way, and only Dagster
+definitions import Dagster.
+
+Every import of the package counts, a function's own imports included: a lazy import is still a dependency.
+"""
+
+import ast
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).parents[1] / "cost_pipeline"
+FLOORS = {
+    "storage": 1, "config": 1,
+    "ingest": 2,
+    "gemini": 3,
+    "money": 4,
+    "model_server": 5, "gemini_step": 5,
+    "reports": 6,
+    "defs": 7,
+    "definitions": 8, "launch": 8,
+    "cli": 9,
+}
+"""Each room's floor: a module may import its own room and lower floors only (docs/architecture.md draws it)."""
+DAGSTER_FREE = {"storage", "ingest", "money", "model_server", "gemini_step", "reports"}
+DAGSTER_KNOWN = {"gemini/client.py"}
+"""`GeminiResource` is still defined beside the session it configures; it is the one Dagster class left outside defs/."""
+
+
+def modules() -> dict[str, set[str]]:
+    """Each module of the package (a path under it) and the package's modules it imports, anywhere in its code."""
+    found = {}
+    for path in PACKAGE.rglob("*.py"):
+        name = path.relative_to(PACKAGE).as_posix()
+        imported = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            targets = [node.module] if isinstance(node, ast.ImportFrom) and node.module else \
+                [alias.name for alias in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                targets += [f"{node.module}.{alias.name}" for alias in node.names]
+            for target in targets:
+                if target.startswith("cost_pipeline."):
+                    imported.add(_module_path(target))
+        found[name] = {target for target in imported if target and target != name}
+    return found
+
+
+def _module_path(dotted: str) -> str | None:
+    """`cost_pipeline.money.pricing` (or a name in it) -> `money/pricing.py`; None when it is no module of ours."""
+    parts = dotted.split(".")[1:]
+    while parts:
+        candidate = PACKAGE.joinpath(*parts)
+        if candidate.with_suffix(".py").is_file():
+            return "/".join(parts) + ".py"
+        if (candidate / "__init__.py").is_file():
+            return "/".join(parts) + "/__init__.py"
+        parts.pop()
+    return None
+
+
+def room(module: str) -> str:
+    return module.split("/")[0].removesuffix(".py")
+
+
+def test_every_module_stands_in_a_room_with_a_floor():
+    assert {room(module) for module in modules()} - {"__init__"} <= set(FLOORS)
+
+
+def test_imports_never_run_up_a_floor_or_sideways_into_another_room():
+    wrong = [f"{module} -> {target}" for module, targets in modules().items() for target in targets
+             if room(target) != room(module) and room(module) != "__init__"
+             and FLOORS.get(room(target), 0) >= FLOORS.get(room(module), 0)]
+    assert not wrong, "imports that run up or sideways:\n" + "\n".join(sorted(wrong))
+
+
+def test_no_module_imports_itself_round_a_circle():
+    graph = modules()
+    state: dict[str, int] = defaultdict(int)  # 0 unseen, 1 on the path, 2 done
+
+    def visit(module: str, path: list[str]) -> list[str] | None:
+        state[module] = 1
+        for target in sorted(graph.get(module, ())):
+            if state[target] == 1:
+                return path + [module, target]
+            if state[target] == 0 and (found := visit(target, path + [module])):
+                return found
+        state[module] = 2
+        return None
+
+    for module in sorted(graph):
+        if state[module] == 0 and (circle := visit(module, [])):
+            pytest.fail("import circle: " + " -> ".join(circle))
+
+
+def test_only_dagster_definitions_import_dagster():
+    importing = set()
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [node.module] if isinstance(node, ast.ImportFrom) and node.module else \
+                [alias.name for alias in node.names] if isinstance(node, ast.Import) else []
+            if any(name == "dagster" or name.startswith("dagster.") for name in names):
+                importing.add(path.relative_to(PACKAGE).as_posix())
+    wrong = sorted(module for module in importing if room(module) in DAGSTER_FREE | {"gemini"}
+                   and module not in DAGSTER_KNOWN)
+    assert not wrong, f"Dagster imported outside defs/: {wrong}"
