@@ -18,13 +18,10 @@ rounds the other way round: the goal's two sides always run next to each other, 
 drift in the machine's speed during a round does not favour one side. Steps 2 and 3 each run in a
 fresh Python process, timed inside it from the first call to the last: the step as a
 Dagster run process would run it, and the bare loop as a user's own script would, with
-nothing else on its heap. (Until a9b7f07 both ran in this process, one after another:
-the bare loop then ran on a heap holding Dagster and the previous rounds, and profiling
-showed it spending about 12% of its CPU collecting it, which could flatter the ratio. In
-fresh processes it took 3.21 to 3.76 ms of CPU per call against 3.35 to 3.54 in the
-shared process the same evening: within this machine's noise.) On this 2-core machine the same
-bare loop has ranged from 243 to 348 calls/s within ten minutes, so one round cannot
-show a 5% gap: each round's ratio is printed and the median is the figure. Each side's
+nothing else on its heap (a bare loop on a heap holding Dagster and earlier rounds would pay for
+collecting it). On a 2-core VM the same bare loop's
+speed drifts from minute to minute, so one round cannot show a 5% gap: each round's ratio is
+printed and the median is the figure. Each side's
 loop thread is CPU-bound (its CPU seconds are within 3% of its wall seconds) and it waits
 little for a core (the run-queue wait printed, from /proc/thread-self/schedstat): the
 spread comes from how fast the same code runs from minute to minute (this machine is a VM

@@ -73,7 +73,7 @@ class ResponseCache:
         self.enabled = enabled
         self.max_entries = max_entries
         # Oldest first; an OrderedDict drops its oldest in O(1), where a dict's first key costs a scan over the
-        # slots its evictions left empty (9.8 us against 0.2 us per put at 20,000 entries).
+        # slots its evictions left empty.
         self._entries: OrderedDict[str, CachedResponse] = OrderedDict()
         self._new: list[dict] = []
 

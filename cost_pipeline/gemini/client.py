@@ -6,10 +6,8 @@ attempts, latency, status), never an exception, so a failed call becomes a `fail
 row instead of a lost turn.
 
 Retries happen at this level, with tenacity's jittered exponential backoff (the SDK's
-own dependency) in a plain loop (a tenacity `AsyncRetrying` per call cost about 1.5% of a
-bare SDK call's time), rather than in the SDK's `HttpRetryOptions`, for two reasons the
-SDK cannot serve: every attempt must pass the
-rate limiters again (SDK-internal retries would bypass them and overshoot the quota),
+own dependency) in a plain loop, rather than in the SDK's `HttpRetryOptions`, for two
+reasons the SDK cannot serve: every attempt must pass the rate limiters again (SDK-internal retries would bypass them and overshoot the quota),
 and a 429's `RetryInfo.retryDelay` must be honoured (the SDK waits only its own
 exponential backoff). Rate limits use aiolimiter: requests evenly spaced, prompt tokens
 in one-second buckets, so a minute's quota is never spent in a burst.
@@ -346,8 +344,8 @@ class GeminiSession:
                 return not err.final and rejected < settings.max_rejected_attempts
             return is_retryable(err)
 
-        # tenacity's stop/retry/wait/reraise policy, as a plain loop: an AsyncRetrying per call cost ~45 µs,
-        # about 1.5% of a bare SDK call, and all but a few calls succeed on the first attempt.
+        # tenacity's stop/retry/wait/reraise policy as a plain loop: an AsyncRetrying object per call costs more than
+        # the loop, and all but a few calls succeed on the first attempt.
         error = None
         number = 0
         try:

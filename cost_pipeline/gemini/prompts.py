@@ -40,8 +40,8 @@ _CONTENTS_FIRST = '{"contents": '
 """How a request's canonical JSON starts: "contents" sorts before every other key."""
 _SETTINGS_JSON: dict[tuple, tuple[dict, str]] = {}
 """The canonical JSON after the contents (endpoint, generation config, model, system instruction, tools), by the
-settings that make it, beside the generation config it was made from (kept alive by it). A day's requests share a handful of these, and
-encoding them (the cleaning schema sorted at every level) took 70% of a cleaning request's hash."""
+settings that make it, beside the generation config it was made from (kept alive by it). A day's requests share a
+handful of these, and encoding them (the cleaning schema sorted at every level) is most of a request's hash."""
 _SETTINGS_JSON_MAX = 256
 
 FUNCTION_INSTRUCTION = (

@@ -1,22 +1,12 @@
 """A day's event loop in a thread of its own, which an interrupt of the calling thread stops cleanly.
 
-Why, first: termination. Dagster terminates a step by raising in the thread that runs it
-(its SIGINT handler). With the loop in that thread, the exception surfaced inside whichever
-task was running: that one call was recorded as an unbilled error (though its answer may
-have been billed), and the day went on to finish every conversation in flight, up to 512,
-paying for calls after the person had pressed Terminate (test_ledger: about 730 of a
-900-call day). Here it surfaces in the waiting thread, which cancels the day at once.
-
-Second, speed. CPython links the stack of handled exceptions through every generator and
-coroutine that is running, and each raise walks it from the top (to set the new
-exception's `__context__`). A Dagster step runs its compute function inside a dozen or
-more nested generators, so an event loop started there pays that walk on every
-exception the SDK, httpx and asyncio raise and catch internally. A fresh thread starts with
-an empty stack: callgrind counts 20.97 M instructions per API call with the loop here and
-21.07 M with it in the step's thread (bench/gemini_overhead.py --instructions' method,
-days of 600 and 2,400 turns; 6ff8c63, before the stage sent its contents as dicts), against
-20.35 M for a bare `generate_content` loop. That 0.1 M is within the method's spread on the step's
-side (up to about 0.3 M, README's known limits): termination is the reason that stands.
+Why: termination. Dagster terminates a step by raising in the thread that runs it (its
+SIGINT handler). With the loop in that thread, the exception would surface inside whichever
+task was running: that one call would be recorded as an unbilled error (though its answer
+may have been billed), and the day would go on to finish every conversation in flight,
+paying for calls after the person pressed Terminate. Here it surfaces in the waiting
+thread, which cancels the day at once. A fresh thread also starts with an empty stack of
+handled exceptions, so the SDK's internal raises do not walk Dagster's nested generators.
 
 Guarantees. `run_in_own_thread(coroutine)` returns what `asyncio.run(coroutine)` would
 return, or raises what it would raise, and runs it with the caller's context variables.

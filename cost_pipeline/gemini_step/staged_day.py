@@ -2,9 +2,8 @@
 
 Why. The Gemini step's rows must reach the commit without the day in memory
 (`storage/staging.py`), and each call must carry its exact cost. Pricing a chunk of calls,
-building its frames and writing its Parquet cost the event loop 58 us per call at 20,000
-turns; handed to the writer process (`writer_process.py`) they cost it the pickling of
-the chunk's rows.
+building its frames and writing its Parquet would hold the event loop's GIL; handed to the
+writer process (`writer_process.py`) they cost it the pickling of the chunk's rows.
 
 Guarantees. A chunk holds every call of its turns (a conversation's rows arrive
 together), so each cleaned turn's cost is complete when it is staged. Chunk `n` becomes

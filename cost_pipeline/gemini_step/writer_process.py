@@ -2,11 +2,9 @@
 
 Why. A checkpoint parses spool lines, prices attempts and builds frames; staging a chunk
 prices its calls and writes Parquet. Both are Python that holds the GIL, and the step's
-event loop is CPU-bound on a fast endpoint. In a worker thread of the step's process the
-checkpoints stalled the loop for as long (bench/gemini_overhead.py, 20,000 turns: the
-loop's thread sat idle 1.8 s of a 65 s calls phase with checkpoints every 5 s, 0.2 s with
-none), and staging took 58 us of the loop's CPU per call. A child does both on another
-core; the loop pickles a chunk's rows (about 1.3 us a row) and moves on.
+event loop is CPU-bound on a fast endpoint: in a thread of the step's process they would
+stall the loop for as long as they run. A child does both on another core; the loop
+pickles a chunk's rows and moves on.
 
 Guarantees. The child runs exactly the code the step would run itself (`load_spools`
 and `ResponseCache.write` for a checkpoint, `staged_chunk.stage_chunk` for a chunk), one

@@ -44,8 +44,8 @@ FORECAST_TAG = "cost_pipeline/forecast_usd"
 """The run tag carrying a day's forecast (USD) when `cost-pipeline run` or `backfill` launched it."""
 Z_95 = 1.96
 MIN_SYSTEMATIC = 0.06
-"""The least relative error the interval allows for. Measured on 8 generated days never seen (4 seeds): the
-forecast was off by -0.8% to +5.9%, mostly cache hits it could not foresee (a turn whose earlier turns are new)."""
+"""The least relative error the interval allows for: cache hits the forecast cannot foresee (a turn whose earlier
+turns are new) move a day's spend by a few percent (docs/performance.md)."""
 NO_HISTORY_SYSTEMATIC = 0.5
 HISTORY_DAYS = 60
 MIN_CALLS_TO_FIT = 20

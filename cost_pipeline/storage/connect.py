@@ -20,8 +20,8 @@ LOCK_MESSAGE = "Could not set lock on file"
 STEP_MEMORY = "64MB"
 """DuckDB's memory_limit for the short reads and writes a step makes while its calls run (a chunk's cache read,
 a checkpoint). Unset, DuckDB may keep up to 80% of RAM in its buffer pool, and reading a chunk's answers from a
-3,000,000-entry response cache peaked about 245 MB higher than under this limit (bench/ledger_growth.py). It is
-the instance's setting, shared by every connection the process has open to the file, so all of a running step's
+large response cache would take memory that grows with the cache (bench/ledger_growth.py). It is the instance's
+setting, shared by every connection the process has open to the file, so all of a running step's
 connections ask for the same value."""
 
 
