@@ -10,7 +10,7 @@ export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 SYSTEM_PACKAGES := chromium postgresql valgrind
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup system-deps demo test ui bench
+.PHONY: setup system-deps demo test lint ui bench
 setup: $(VENV)/.installed
 
 system-deps:
@@ -28,8 +28,13 @@ demo: setup
 
 # One worker per core (at most 4): most tests wait on processes they start, so 2 workers on
 # 2 cores took the suite from 16:36 to 11:00 (0.66x) on the development machine.
-test: setup system-deps
+test: setup system-deps lint
 	$(BIN)/python -m pytest --numprocesses=auto --maxprocesses=4 --dist=worksteal
+
+# ruff's lint and format rules (pyproject.toml [tool.ruff]): a finding fails the test command, so CI.
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 ui: setup
 	$(BIN)/dagster dev

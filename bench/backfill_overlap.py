@@ -52,8 +52,11 @@ FAILURE_EVENTS = {dg.DagsterEventType.STEP_FAILURE, dg.DagsterEventType.RUN_FAIL
 LOCK_WORD = re.compile(r"\block(s|ed|ing)?\b", re.IGNORECASE)
 LOCK_WAIT = re.compile(r"waited (\d+(?:\.\d+)?)s .*for the lock on DuckDB file")
 # Error text of a lock that was not waited out: DuckDB's, our connect helper's timeout, SQLite's.
-LOCK_ERROR = re.compile(r"could not set lock|stayed locked|database is locked|\block\b.*(timeout|timed out)|"
-                        r"(error|exception|failed).*\block\b", re.IGNORECASE)
+LOCK_ERROR = re.compile(
+    r"could not set lock|stayed locked|database is locked|\block\b.*(timeout|timed out)|"
+    r"(error|exception|failed).*\block\b",
+    re.IGNORECASE,
+)
 
 
 def write_home(home: Path, max_concurrent_runs: int) -> Path:
@@ -116,8 +119,11 @@ def lock_evidence(instance: dg.DagsterInstance, run_id: str) -> tuple[int, float
             waits += 1
             waited += float(found.group(1))
             continue
-        is_failure = (event is not None and event.event_type in FAILURE_EVENTS and
-                      (event.event_type != dg.DagsterEventType.ENGINE_EVENT or "error" in text.lower()))
+        is_failure = (
+            event is not None
+            and event.event_type in FAILURE_EVENTS
+            and (event.event_type != dg.DagsterEventType.ENGINE_EVENT or "error" in text.lower())
+        )
         is_error = entry.level >= 40  # logging.ERROR
         if (is_failure or is_error) and LOCK_WORD.search(text):
             failures.append(text[:500])
@@ -140,7 +146,11 @@ class CpuMeter:
 
     def __init__(self, pgid: int):
         self.pgid, self.ticks, self.cli_s = pgid, {}, 0.0
-        self.machine, self.started, self.own = machine_ticks(), time.monotonic(), resource.getrusage(resource.RUSAGE_SELF)
+        self.machine, self.started, self.own = (
+            machine_ticks(),
+            time.monotonic(),
+            resource.getrusage(resource.RUSAGE_SELF),
+        )
         self.sample(baseline=True)
 
     def sample(self, baseline: bool = False) -> None:
@@ -170,9 +180,13 @@ class CpuMeter:
         busy, total = (now - then for now, then in zip(machine_ticks(), self.machine))
         cores = os.cpu_count() or 1
         machine_cores = cores * busy / total if total else 0.0
-        return {"cpu_cores": cores, "bench_cpu_s": round(bench_s, 1), "bench_busy_cores": round(bench_s / wall, 2),
-                "machine_busy_cores": round(machine_cores, 2),
-                "other_busy_cores": round(max(0.0, machine_cores - bench_s / wall), 2)}
+        return {
+            "cpu_cores": cores,
+            "bench_cpu_s": round(bench_s, 1),
+            "bench_busy_cores": round(bench_s / wall, 2),
+            "machine_busy_cores": round(machine_cores, 2),
+            "other_busy_cores": round(max(0.0, machine_cores - bench_s / wall), 2),
+        }
 
 
 def failure_reason(instance: dg.DagsterInstance, run_id: str) -> str:
@@ -187,28 +201,60 @@ def failure_reason(instance: dg.DagsterInstance, run_id: str) -> str:
     return "no failure event (killed or canceled?)"
 
 
-def run_mode(name: str, concurrency: int, folder: Path, landing: Path, server_url: str, days: list[str],
-             timeout_s: float) -> dict:
+def run_mode(
+    name: str, concurrency: int, folder: Path, landing: Path, server_url: str, days: list[str], timeout_s: float
+) -> dict:
     home = write_home(folder / "dagster_home", concurrency)
     database, billing = folder / "store.duckdb", folder / "billing"
     env = {key: value for key, value in os.environ.items() if key not in API_KEY_ENVS}
-    env.update({"DAGSTER_HOME": str(home), DB_ENV: str(database), LANDING_ENV: str(landing),
-                BILLING_ENV: str(billing), COSTS_ENV: str(REPO / "costs.toml"), BASE_URL_ENV: server_url})
+    env.update(
+        {
+            "DAGSTER_HOME": str(home),
+            DB_ENV: str(database),
+            LANDING_ENV: str(landing),
+            BILLING_ENV: str(billing),
+            COSTS_ENV: str(REPO / "costs.toml"),
+            BASE_URL_ENV: server_url,
+        }
+    )
     admin(server_url, "/admin/reset", {})
     daemon_log = folder / "daemon.log"
     started = time.time()
     with open(daemon_log, "w") as log_file:
-        daemon = subprocess.Popen([str(BIN / "dagster-daemon"), "run", "-m", MODULE], env=env, cwd=folder,
-                                  stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
+        daemon = subprocess.Popen(
+            [str(BIN / "dagster-daemon"), "run", "-m", MODULE],
+            env=env,
+            cwd=folder,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     cpu = CpuMeter(daemon.pid)
     try:
         with dg.DagsterInstance.from_config(str(home)) as instance:
             daemon_startup_s = wait_for_daemon(instance, daemon, started, daemon_log)
             launched_at = time.time()
             launch = cpu.timed_child(
-                [str(BIN / "dagster"), "job", "backfill", "-m", MODULE, "-j", "daily_pipeline",
-                 "--from", days[0], "--to", days[-1], "--noprompt"],
-                env=env, cwd=folder, capture_output=True, text=True, timeout=300)
+                [
+                    str(BIN / "dagster"),
+                    "job",
+                    "backfill",
+                    "-m",
+                    MODULE,
+                    "-j",
+                    "daily_pipeline",
+                    "--from",
+                    days[0],
+                    "--to",
+                    days[-1],
+                    "--noprompt",
+                ],
+                env=env,
+                cwd=folder,
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
             launch_s = time.time() - launched_at
             if launch.returncode != 0:
                 raise RuntimeError(f"dagster job backfill failed: {launch.stderr[-3000:]}")
@@ -222,19 +268,24 @@ def run_mode(name: str, concurrency: int, folder: Path, landing: Path, server_ur
                 if len(records) == len(days) and all(r.dagster_run.is_finished for r in records):
                     break
                 if time.monotonic() > deadline:
-                    states = sorted((r.dagster_run.tags.get("dagster/partition"), r.dagster_run.status.value) for r in records)
+                    states = sorted(
+                        (r.dagster_run.tags.get("dagster/partition"), r.dagster_run.status.value) for r in records
+                    )
                     raise RuntimeError(f"{name}: runs not finished after {timeout_s:.0f}s: {states}")
                 if daemon.poll() is not None:
                     raise RuntimeError(f"dagster-daemon died ({daemon.returncode}): {daemon_log.read_text()[-3000:]}")
                 cpu.sample()
                 time.sleep(0.5)
             cpu.sample()
-            others = [r for r in instance.get_run_records()
-                      if r.dagster_run.tags.get("dagster/backfill") != backfill.group(1)]
+            others = [
+                r for r in instance.get_run_records() if r.dagster_run.tags.get("dagster/backfill") != backfill.group(1)
+            ]
             spans = sorted((r.start_time, r.end_time) for r in records if r.start_time and r.end_time)
             failed = [r for r in records if r.dagster_run.status != dg.DagsterRunStatus.SUCCESS]
-            reasons = [f"{r.dagster_run.tags.get('dagster/partition', '?')}: {failure_reason(instance, r.dagster_run.run_id)}"
-                       for r in failed]
+            reasons = [
+                f"{r.dagster_run.tags.get('dagster/partition', '?')}: {failure_reason(instance, r.dagster_run.run_id)}"
+                for r in failed
+            ]
             waits = waited = 0
             lock_failures: list[str] = []
             for record in records:
@@ -244,8 +295,11 @@ def run_mode(name: str, concurrency: int, folder: Path, landing: Path, server_ur
             cpu_figures = cpu.figures()
     finally:
         stop_group(daemon)
-    daemon_lines = [line.strip() for line in daemon_log.read_text(errors="replace").splitlines()
-                    if LOCK_ERROR.search(line) and not LOCK_WAIT.search(line)]
+    daemon_lines = [
+        line.strip()
+        for line in daemon_log.read_text(errors="replace").splitlines()
+        if LOCK_ERROR.search(line) and not LOCK_WAIT.search(line)
+    ]
     stats = admin(server_url, "/admin/stats")
     wall = max(end for _, end in spans) - launched_at
     gaps = [later[0] - earlier[1] for earlier, later in zip(spans, spans[1:]) if later[0] > earlier[1]]
@@ -274,15 +328,17 @@ def run_mode(name: str, concurrency: int, folder: Path, landing: Path, server_ur
 
 
 def describe(result: dict) -> str:
-    return (f"{result['mode']:>10} (max_concurrent_runs={result['max_concurrent_runs']}): {result['wall_s']:8.1f} s wall, "
-            f"{result['succeeded']}/{result['runs']} runs succeeded, {result['failed']} failed, "
-            f"{result['lock_failures']} lock failures, {result['lock_waits']} lock waits ({result['lock_wait_s']} s), "
-            f"at most {result['most_runs_at_once']} runs at once, {result['mean_run_s']:.1f} s per run, "
-            f"{result['model_requests']} model requests; CLI {result['launch_cli_s']:.1f} s, first run started "
-            f"{result['first_run_start_after_launch_s']:.1f} s after launch, {result['idle_between_runs_s']:.1f} s "
-            f"with no run going; daemon up in {result['daemon_startup_s']:.1f} s (not counted); CPU: this bench "
-            f"{result['bench_busy_cores']:.2f} cores, the machine {result['machine_busy_cores']:.2f} of "
-            f"{result['cpu_cores']} (other processes {result['other_busy_cores']:.2f})")
+    return (
+        f"{result['mode']:>10} (max_concurrent_runs={result['max_concurrent_runs']}): {result['wall_s']:8.1f} s wall, "
+        f"{result['succeeded']}/{result['runs']} runs succeeded, {result['failed']} failed, "
+        f"{result['lock_failures']} lock failures, {result['lock_waits']} lock waits ({result['lock_wait_s']} s), "
+        f"at most {result['most_runs_at_once']} runs at once, {result['mean_run_s']:.1f} s per run, "
+        f"{result['model_requests']} model requests; CLI {result['launch_cli_s']:.1f} s, first run started "
+        f"{result['first_run_start_after_launch_s']:.1f} s after launch, {result['idle_between_runs_s']:.1f} s "
+        f"with no run going; daemon up in {result['daemon_startup_s']:.1f} s (not counted); CPU: this bench "
+        f"{result['bench_busy_cores']:.2f} cores, the machine {result['machine_busy_cores']:.2f} of "
+        f"{result['cpu_cores']} (other processes {result['other_busy_cores']:.2f})"
+    )
 
 
 def main() -> None:
@@ -302,8 +358,11 @@ def main() -> None:
     try:
         landing = folder / "landing"
         summaries = generate(landing, START, days=args.days, turns_per_day=args.turns, seed=7)
-        print(f"{args.days} days x {args.turns} turns ({sum(s.good_lines for s in summaries)} good lines) in {landing}; "
-              f"model server at {args.latency_ms:g} ms", flush=True)
+        print(
+            f"{args.days} days x {args.turns} turns ({sum(s.good_lines for s in summaries)} good lines) in {landing}; "
+            f"model server at {args.latency_ms:g} ms",
+            flush=True,
+        )
         with running_local_server(ServerConfig(latency_ms=args.latency_ms)) as url:
             results = []
             for name, concurrency in (("sequential", 1), ("parallel", args.parallel)):
@@ -315,20 +374,35 @@ def main() -> None:
                     print(f"    lock: {message}", flush=True)
         sequential, parallel = results
         ratio = parallel["wall_s"] / sequential["wall_s"]
-        goal = ratio <= 0.35 and parallel["lock_failures"] == sequential["lock_failures"] == 0 \
+        goal = (
+            ratio <= 0.35
+            and parallel["lock_failures"] == sequential["lock_failures"] == 0
             and parallel["failed"] == sequential["failed"] == 0
-        print(f"ratio parallel / sequential: {ratio:.3f} (goal <= 0.35 with no lock failure: {'met' if goal else 'NOT met'})")
+        )
+        print(
+            f"ratio parallel / sequential: {ratio:.3f} "
+            f"(goal <= 0.35 with no lock failure: {'met' if goal else 'NOT met'})"
+        )
         if args.keep:
             print(f"kept {folder}")
-        print(json.dumps({
-            "days": args.days, "turns": args.turns, "latency_ms": args.latency_ms, "parallel": args.parallel,
-            "sequential_s": sequential["wall_s"], "parallel_s": parallel["wall_s"], "ratio": round(ratio, 4),
-            "failed_runs": sequential["failed"] + parallel["failed"],
-            "lock_failures": sequential["lock_failures"] + parallel["lock_failures"],
-            "lock_waits": sequential["lock_waits"] + parallel["lock_waits"],
-            "goal_met": goal,
-            "modes": results,
-        }))
+        print(
+            json.dumps(
+                {
+                    "days": args.days,
+                    "turns": args.turns,
+                    "latency_ms": args.latency_ms,
+                    "parallel": args.parallel,
+                    "sequential_s": sequential["wall_s"],
+                    "parallel_s": parallel["wall_s"],
+                    "ratio": round(ratio, 4),
+                    "failed_runs": sequential["failed"] + parallel["failed"],
+                    "lock_failures": sequential["lock_failures"] + parallel["lock_failures"],
+                    "lock_waits": sequential["lock_waits"] + parallel["lock_waits"],
+                    "goal_met": goal,
+                    "modes": results,
+                }
+            )
+        )
     finally:
         if not args.keep:
             shutil.rmtree(folder, ignore_errors=True)

@@ -36,16 +36,39 @@ DAILY = "raw_turns,quarantined_turns,cleaned_turns,function_calls,llm_calls,dail
 
 
 def launch(folder: Path, database: Path, url: str, checkpoint_every_s: float) -> subprocess.Popen:
-    env = {**os.environ, "DAGSTER_HOME": str(folder / "home"), "COST_PIPELINE_DB": str(database),
-           "COST_PIPELINE_LANDING": str(folder / "landing"), "COST_PIPELINE_COSTS": str(REPO / "costs.toml"),
-           "COST_PIPELINE_BILLING": str(folder / "billing"), "GOOGLE_GEMINI_BASE_URL": url}
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(folder / "home"),
+        "COST_PIPELINE_DB": str(database),
+        "COST_PIPELINE_LANDING": str(folder / "landing"),
+        "COST_PIPELINE_COSTS": str(REPO / "costs.toml"),
+        "COST_PIPELINE_BILLING": str(folder / "billing"),
+        "GOOGLE_GEMINI_BASE_URL": url,
+    }
     for name in ("GEMINI_API_KEY", "GOOGLE_API_KEY"):
         env.pop(name, None)
     config = {"ops": {"turns_through_gemini": {"config": {"checkpoint_every_s": checkpoint_every_s}}}}
     return subprocess.Popen(
-        [str(Path(sys.executable).with_name("dagster")), "asset", "materialize", "-m", "cost_pipeline.definitions",
-         "--select", DAILY, "--partition", str(DAY), "--config-json", json.dumps(config)],
-        env=env, cwd=folder, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+        [
+            str(Path(sys.executable).with_name("dagster")),
+            "asset",
+            "materialize",
+            "-m",
+            "cost_pipeline.definitions",
+            "--select",
+            DAILY,
+            "--partition",
+            str(DAY),
+            "--config-json",
+            json.dumps(config),
+        ],
+        env=env,
+        cwd=folder,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def finish(run: subprocess.Popen) -> None:
@@ -84,15 +107,32 @@ def main(argv: list[str] | None = None) -> dict:
         with duckdb.connect(str(folder / "store.duckdb"), read_only=True) as connection:
             ledger = {r for (r,) in connection.execute("SELECT response_id FROM llm_attempts WHERE billed").fetchall()}
             unknown = connection.execute("SELECT count(*) FROM llm_attempts WHERE billed IS NULL").fetchall()[0][0]
-    figures = {"turns": args.turns, "clean_calls": clean, "killed_run_calls": killed, "resume_calls": total - killed,
-               "ratio": total / clean, "billed": len(billed), "in_ledger": len(billed & ledger),
-               "missing_from_ledger": len(billed - ledger), "billing_unknown": unknown, "clean_run_s": round(clean_s, 1)}
-    print(f"{args.turns:,} turns, server latency {args.latency_ms:.0f} ms, checkpoints every {args.checkpoint_every_s:g} s")
+    figures = {
+        "turns": args.turns,
+        "clean_calls": clean,
+        "killed_run_calls": killed,
+        "resume_calls": total - killed,
+        "ratio": total / clean,
+        "billed": len(billed),
+        "in_ledger": len(billed & ledger),
+        "missing_from_ledger": len(billed - ledger),
+        "billing_unknown": unknown,
+        "clean_run_s": round(clean_s, 1),
+    }
+    print(
+        f"{args.turns:,} turns, server latency {args.latency_ms:.0f} ms, checkpoints every "
+        f"{args.checkpoint_every_s:g} s"
+    )
     print(f"clean run: {clean:,} API calls in {clean_s:.0f} s")
-    print(f"killed at {killed:,} calls, resumed with {total - killed:,}: {total:,} calls in all = "
-          f"{total / clean:.3f}x a clean run (goal <= 1.05)")
-    print(f"ledger: {len(billed & ledger):,} of {len(billed):,} billed answers; the {len(billed - ledger)} missing were in "
-          f"flight at the kill and are among the {unknown} attempts recorded as billing unknown")
+    print(
+        f"killed at {killed:,} calls, resumed with {total - killed:,}: {total:,} calls in all = "
+        f"{total / clean:.3f}x a clean run (goal <= 1.05)"
+    )
+    print(
+        f"ledger: {len(billed & ledger):,} of {len(billed):,} billed answers; the {len(billed - ledger)} "
+        "missing were in "
+        f"flight at the kill and are among the {unknown} attempts recorded as billing unknown"
+    )
     print(json.dumps(figures))
     return figures
 

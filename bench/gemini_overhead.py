@@ -60,7 +60,9 @@ from datetime import date
 from pathlib import Path
 from typing import NamedTuple
 
-os.environ.setdefault("COST_PIPELINE_START", "2026-01-01")  # keeps the fixed bench days inside the partitions (children inherit it)
+os.environ.setdefault(
+    "COST_PIPELINE_START", "2026-01-01"
+)  # keeps the fixed bench days inside the partitions (children inherit it)
 
 from google import genai
 from google.genai import types
@@ -92,7 +94,9 @@ def rebuild_requests(database: Path, gemini) -> list:
             context, conversation = [], conversation_id
         if stage == "clean":
             if not cache_hit:
-                requests.append(cleaning_request(gemini.clean_model, speaker, raw, context[-gemini.context_turns:], None))
+                requests.append(
+                    cleaning_request(gemini.clean_model, speaker, raw, context[-gemini.context_turns :], None)
+                )
             context.append((speaker, cleaned))
         elif not cache_hit:
             requests.append(function_request(gemini.function_model, cleaned, None))
@@ -100,8 +104,9 @@ def rebuild_requests(database: Path, gemini) -> list:
 
 
 CONTENT_FORMS = {
-    "typed": lambda request: [types.Content(role="user", parts=[types.Part(text=p) for p in parts])
-                              for parts in request.contents],
+    "typed": lambda request: [
+        types.Content(role="user", parts=[types.Part(text=p) for p in parts]) for parts in request.contents
+    ],
     "dicts": request_contents,
 }
 """How a bare loop writes a request's contents: SDK objects, or the plain dicts the stage sends."""
@@ -137,8 +142,13 @@ def cpu_seconds(who: int = resource.RUSAGE_SELF) -> float:
 def gemini_resource(folder: Path, url: str, concurrency: int):
     from cost_pipeline.gemini.client import GeminiResource
 
-    return GeminiResource(base_url=url, cache_database=str(folder / "bench.duckdb"), max_concurrency=concurrency,
-                          requests_per_minute=100_000_000, tokens_per_minute=10_000_000_000)
+    return GeminiResource(
+        base_url=url,
+        cache_database=str(folder / "bench.duckdb"),
+        max_concurrency=concurrency,
+        requests_per_minute=100_000_000,
+        tokens_per_minute=10_000_000_000,
+    )
 
 
 def resources_for(folder: Path) -> dict:
@@ -147,12 +157,16 @@ def resources_for(folder: Path) -> dict:
     from cost_pipeline.defs.warehouse import DuckDBWarehouse
 
     database = str(folder / "bench.duckdb")
-    return {"io_manager": DuckDBPartitionIOManager(database=database), "landing": LandingResource(root=str(folder / "landing")),
-            "warehouse": DuckDBWarehouse(database=database)}
+    return {
+        "io_manager": DuckDBPartitionIOManager(database=database),
+        "landing": LandingResource(root=str(folder / "landing")),
+        "warehouse": DuckDBWarehouse(database=database),
+    }
 
 
 def pipeline_child(folder: Path, url: str, concurrency: int, stage_config: dict | None = None) -> dict:
-    """In a fresh process: the Gemini step end to end, its wall and CPU seconds (its own, its thread's, its writer's)."""
+    """In a fresh process: the Gemini step end to end, its wall and CPU seconds (its own, its thread's, its
+    writer's)."""
     import dagster as dg
 
     from cost_pipeline.defs.gemini import assets as turns
@@ -163,15 +177,28 @@ def pipeline_child(folder: Path, url: str, concurrency: int, stage_config: dict 
     resources = {**resources_for(folder), "gemini": gemini_resource(folder, url, concurrency), "costs": CostSettings()}
     run_config = {"ops": {"turns_through_gemini": {"config": stage_config}}} if stage_config else None
     started, cpu = time.perf_counter(), cpu_seconds()
-    result = dg.materialize([*assets, *dg.load_assets_from_modules([ingest])], partition_key=str(DAY),
-                            resources=resources, selection=assets, run_config=run_config)
+    result = dg.materialize(
+        [*assets, *dg.load_assets_from_modules([ingest])],
+        partition_key=str(DAY),
+        resources=resources,
+        selection=assets,
+        run_config=run_config,
+    )
     seconds = time.perf_counter() - started
     assert result.success
     # The event loop runs in a thread of its own (gemini_step/loop_thread.py), which reports its CPU and run-queue wait.
-    calls = next(m.metadata for m in result.asset_materializations_for_node("turns_through_gemini")
-                 if m.asset_key.path[-1] == "llm_calls")
-    return {"seconds": seconds, "cpu": cpu_seconds() - cpu, "loop_cpu": calls["event_loop_cpu_s"].value,
-            "writer_cpu": cpu_seconds(resource.RUSAGE_CHILDREN), "waited": calls["event_loop_waited_s"].value}
+    calls = next(
+        m.metadata
+        for m in result.asset_materializations_for_node("turns_through_gemini")
+        if m.asset_key.path[-1] == "llm_calls"
+    )
+    return {
+        "seconds": seconds,
+        "cpu": cpu_seconds() - cpu,
+        "loop_cpu": calls["event_loop_cpu_s"].value,
+        "writer_cpu": cpu_seconds(resource.RUSAGE_CHILDREN),
+        "waited": calls["event_loop_waited_s"].value,
+    }
 
 
 def bare_child(folder: Path, url: str, concurrency: int, form: str) -> dict:
@@ -183,12 +210,29 @@ def bare_child(folder: Path, url: str, concurrency: int, form: str) -> dict:
     return {"seconds": seconds, "cpu": cpu_seconds() - cpu, "waited": thread_schedule()[1] - waited}
 
 
-def run_child(mode: str, folder: Path, url: str, concurrency: int, wrapper: list[str] = (),
-              stage_config: dict | None = None) -> dict:
+def run_child(
+    mode: str, folder: Path, url: str, concurrency: int, wrapper: list[str] = (), stage_config: dict | None = None
+) -> dict:
     """One side in a fresh process (under `wrapper`, say valgrind); its figures, and the wrapper's stderr."""
     config = ["--stage-config", json.dumps(stage_config)] if stage_config else []
-    run = subprocess.run([*wrapper, sys.executable, __file__, "--child", mode, "--folder", str(folder), "--url", url,
-                          "--concurrency", str(concurrency), *config], capture_output=True, text=True)
+    run = subprocess.run(
+        [
+            *wrapper,
+            sys.executable,
+            __file__,
+            "--child",
+            mode,
+            "--folder",
+            str(folder),
+            "--url",
+            url,
+            "--concurrency",
+            str(concurrency),
+            *config,
+        ],
+        capture_output=True,
+        text=True,
+    )
     if run.returncode != 0:
         raise SystemExit(f"the {mode} process failed:\n{run.stderr[-3000:]}")
     return {**json.loads(run.stdout.strip().splitlines()[-1]), "stderr": run.stderr}
@@ -273,9 +317,21 @@ def one_round(folder: Path, url: str, day_turns: int, concurrency: int, bare_fir
         requests = write_requests(folder, folder, url, concurrency)
         bare = run_child("bare", folder, url, concurrency)
         dicts = run_child("bare-dicts", folder, url, concurrency)
-    return Round(api_calls, pipeline["seconds"], pipeline["cpu"], pipeline["loop_cpu"], pipeline["writer_cpu"],
-                 pipeline["waited"], len(requests), bare["seconds"], bare["cpu"], bare["waited"], dicts["seconds"],
-                 dicts["cpu"], "bare" if bare_first else "pipeline")
+    return Round(
+        api_calls,
+        pipeline["seconds"],
+        pipeline["cpu"],
+        pipeline["loop_cpu"],
+        pipeline["writer_cpu"],
+        pipeline["waited"],
+        len(requests),
+        bare["seconds"],
+        bare["cpu"],
+        bare["waited"],
+        dicts["seconds"],
+        dicts["cpu"],
+        "bare" if bare_first else "pipeline",
+    )
 
 
 VALGRIND_SLOWDOWN = 50
@@ -286,8 +342,11 @@ def counted_instructions(mode: str, folder: Path, url: str, concurrency: int, tu
     """Instructions one side executed in its own process (callgrind's total; children such as the writer not traced)."""
     stage_config = None
     if mode == "pipeline":
-        stage_config = {"checkpoint_every_s": 5.0 * VALGRIND_SLOWDOWN, "progress_every_s": 30.0 * VALGRIND_SLOWDOWN,
-                        "staged_chunk_rows": max(1, turns // 2)}
+        stage_config = {
+            "checkpoint_every_s": 5.0 * VALGRIND_SLOWDOWN,
+            "progress_every_s": 30.0 * VALGRIND_SLOWDOWN,
+            "staged_chunk_rows": max(1, turns // 2),
+        }
     wrapper = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", "--dump-instr=no"]
     stderr = run_child(mode, folder, url, concurrency, wrapper, stage_config)["stderr"]
     collected = re.search(r"Collected : (\d+)", stderr)
@@ -308,8 +367,14 @@ def instructions_at(folder: Path, url: str, day_turns: int, concurrency: int) ->
     requests = len(pickle.loads((folder / "requests.pickle").read_bytes()))
     bare = counted_instructions("bare", folder, url, concurrency, day_turns, folder / "callgrind.bare")
     dicts = counted_instructions("bare-dicts", folder, url, concurrency, day_turns, folder / "callgrind.bare-dicts")
-    return {"turns": day_turns, "api_calls": api_calls, "requests": requests, "pipeline": pipeline, "bare": bare,
-            "bare-dicts": dicts}
+    return {
+        "turns": day_turns,
+        "api_calls": api_calls,
+        "requests": requests,
+        "pipeline": pipeline,
+        "bare": bare,
+        "bare-dicts": dicts,
+    }
 
 
 def instructions_main(day_turns: int, concurrency: int) -> None:
@@ -324,30 +389,46 @@ def instructions_main(day_turns: int, concurrency: int) -> None:
             land_day(Path(folder) / f"day{turns}", turns)
             rehearse(Path(folder) / f"day{turns}", url, concurrency)
         with ThreadPoolExecutor(len(sizes)) as pool:  # one valgrind per core
-            small, large = pool.map(lambda turns: instructions_at(Path(folder) / f"day{turns}", url, turns, concurrency),
-                                    sizes)
+            small, large = pool.map(
+                lambda turns: instructions_at(Path(folder) / f"day{turns}", url, turns, concurrency), sizes
+            )
     calls = large["api_calls"] - small["api_calls"]
     if calls <= 0 or large["requests"] - small["requests"] != calls:
         raise SystemExit(f"the two sizes must differ in API calls, and both sides send the same ones: {small} {large}")
     pipeline, bare, dicts = ((large[side] - small[side]) / calls for side in ("pipeline", "bare", "bare-dicts"))
-    print(f"{small['turns']:,} and {large['turns']:,} turns ({small['api_calls']:,} and {large['api_calls']:,} API calls), "
-          f"concurrency {concurrency}, zero-latency local server, each side under callgrind in a fresh process")
-    print(f"instructions per API call, one more call (marginal between the sizes): pipeline {pipeline / 1e6:.2f} M, "
-          f"bare generate_content loop {bare / 1e6:.2f} M; ratio bare / pipeline {bare / pipeline:.3f} "
-          f"(the pipeline's own instructions per call: {(pipeline - bare) / bare:+.1%})")
-    print(f"against a bare loop sending the stage's dict contents, {dicts / 1e6:.2f} M: ratio {dicts / pipeline:.3f} "
-          f"(the stage's own code per call: {(pipeline - dicts) / dicts:+.1%})")
-    print(f"fixed instructions (start-up, imports, the step's setup and final write): pipeline "
-          f"{(small['pipeline'] - small['api_calls'] * pipeline) / 1e9:.1f} G, bare {(small['bare'] - small['requests'] * bare) / 1e9:.1f} G")
+    print(
+        f"{small['turns']:,} and {large['turns']:,} turns ({small['api_calls']:,} and {large['api_calls']:,} "
+        "API calls), "
+        f"concurrency {concurrency}, zero-latency local server, each side under callgrind in a fresh process"
+    )
+    print(
+        f"instructions per API call, one more call (marginal between the sizes): pipeline {pipeline / 1e6:.2f} M, "
+        f"bare generate_content loop {bare / 1e6:.2f} M; ratio bare / pipeline {bare / pipeline:.3f} "
+        f"(the pipeline's own instructions per call: {(pipeline - bare) / bare:+.1%})"
+    )
+    print(
+        f"against a bare loop sending the stage's dict contents, {dicts / 1e6:.2f} M: ratio {dicts / pipeline:.3f} "
+        f"(the stage's own code per call: {(pipeline - dicts) / dicts:+.1%})"
+    )
+    print(
+        f"fixed instructions (start-up, imports, the step's setup and final write): pipeline "
+        f"{(small['pipeline'] - small['api_calls'] * pipeline) / 1e9:.1f} G, "
+        f"bare {(small['bare'] - small['requests'] * bare) / 1e9:.1f} G"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--turns", type=int, help="turns in a day (default 39,000; with --instructions 2,400)")
     parser.add_argument("--concurrency", type=int, default=64)
-    parser.add_argument("--rounds", type=int, default=3, help="rounds, alternating which side runs first; the median ratio counts")
-    parser.add_argument("--instructions", action="store_true",
-                        help="count instructions per API call with callgrind (two sizes) instead of timing rounds")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="rounds, alternating which side runs first; the median ratio counts"
+    )
+    parser.add_argument(
+        "--instructions",
+        action="store_true",
+        help="count instructions per API call with callgrind (two sizes) instead of timing rounds",
+    )
     parser.add_argument("--child", choices=["pipeline", "bare", "bare-dicts"], help=argparse.SUPPRESS)  # one side
     parser.add_argument("--stage-config", type=json.loads, help=argparse.SUPPRESS)
     parser.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
@@ -357,7 +438,9 @@ def main() -> None:
         if args.child == "pipeline":
             figures = pipeline_child(args.folder, args.url, args.concurrency, args.stage_config)
         else:
-            figures = bare_child(args.folder, args.url, args.concurrency, "dicts" if args.child == "bare-dicts" else "typed")
+            figures = bare_child(
+                args.folder, args.url, args.concurrency, "dicts" if args.child == "bare-dicts" else "typed"
+            )
         print(json.dumps(figures))
         return
     if args.instructions:
@@ -369,26 +452,41 @@ def main() -> None:
     rounds = []
     with tempfile.TemporaryDirectory() as folder, running_local_server(ServerConfig()) as url:
         for number in range(args.rounds):
-            rounds.append(one_round(Path(folder) / f"round{number}", url, args.turns, args.concurrency,
-                                    bare_first=number % 2 == 1))
+            rounds.append(
+                one_round(
+                    Path(folder) / f"round{number}", url, args.turns, args.concurrency, bare_first=number % 2 == 1
+                )
+            )
 
-    print(f"{args.turns:,} turns, concurrency {args.concurrency}, zero-latency local server in its own process, "
-          f"{args.rounds} rounds alternating which side runs first, each side in a fresh process")
+    print(
+        f"{args.turns:,} turns, concurrency {args.concurrency}, zero-latency local server in its own process, "
+        f"{args.rounds} rounds alternating which side runs first, each side in a fresh process"
+    )
     ratios, own = [r.ratio() for r in rounds], [r.own_ratio() for r in rounds]
     for number, r in enumerate(rounds, 1):
-        print(f"round {number} ({r.first} first): pipeline (Dagster step end to end) {r.api_calls:,} API calls in {r.pipeline_s:.1f} s = "
-              f"{r.api_calls / r.pipeline_s:,.0f} calls/s, {args.turns / r.pipeline_s:,.0f} turns/s; bare generate_content "
-              f"loop {r.requests:,} calls in {r.bare_s:.1f} s = {r.requests / r.bare_s:,.0f} calls/s; ratio {r.ratio():.3f}; "
-              f"CPU per API call {r.pipeline_cpu / r.api_calls * 1000:.2f} ms (the step's own thread "
-              f"{r.pipeline_loop_cpu / r.api_calls * 1000:.2f}, its writer process "
-              f"{r.writer_cpu / r.api_calls * 1000:.2f} more) vs {r.bare_cpu / r.requests * 1000:.2f} ms; run-queue wait of "
-              f"the loop's thread {r.pipeline_waited:.2f} s vs {r.bare_waited:.2f} s; bare loop with dict contents "
-              f"{r.requests / r.dicts_s:,.0f} calls/s, {r.dicts_cpu / r.requests * 1000:.2f} ms CPU per call, "
-              f"ratio {r.own_ratio():.3f}")
-    print(f"throughput ratio pipeline / bare: {statistics.median(ratios):.2f} median of {len(ratios)} rounds "
-          f"(min {min(ratios):.2f}, max {max(ratios):.2f}; goal >= 0.95)")
-    print(f"throughput ratio pipeline / bare loop sending dict contents as the stage does (the stage's own code): "
-          f"{statistics.median(own):.2f} median (min {min(own):.2f}, max {max(own):.2f})")
+        print(
+            f"round {number} ({r.first} first): pipeline (Dagster step end to end) {r.api_calls:,} API calls "
+            f"in {r.pipeline_s:.1f} s = "
+            f"{r.api_calls / r.pipeline_s:,.0f} calls/s, {args.turns / r.pipeline_s:,.0f} turns/s; bare "
+            "generate_content "
+            f"loop {r.requests:,} calls in {r.bare_s:.1f} s = {r.requests / r.bare_s:,.0f} calls/s; "
+            f"ratio {r.ratio():.3f}; "
+            f"CPU per API call {r.pipeline_cpu / r.api_calls * 1000:.2f} ms (the step's own thread "
+            f"{r.pipeline_loop_cpu / r.api_calls * 1000:.2f}, its writer process "
+            f"{r.writer_cpu / r.api_calls * 1000:.2f} more) vs {r.bare_cpu / r.requests * 1000:.2f} ms; "
+            "run-queue wait of "
+            f"the loop's thread {r.pipeline_waited:.2f} s vs {r.bare_waited:.2f} s; bare loop with dict contents "
+            f"{r.requests / r.dicts_s:,.0f} calls/s, {r.dicts_cpu / r.requests * 1000:.2f} ms CPU per call, "
+            f"ratio {r.own_ratio():.3f}"
+        )
+    print(
+        f"throughput ratio pipeline / bare: {statistics.median(ratios):.2f} median of {len(ratios)} rounds "
+        f"(min {min(ratios):.2f}, max {max(ratios):.2f}; goal >= 0.95)"
+    )
+    print(
+        f"throughput ratio pipeline / bare loop sending dict contents as the stage does (the stage's own code): "
+        f"{statistics.median(own):.2f} median (min {min(own):.2f}, max {max(own):.2f})"
+    )
 
 
 if __name__ == "__main__":

@@ -41,8 +41,11 @@ DAY = date(2026, 11, 1)
 
 def rejection_rates(share: float) -> dict:
     """Rates per kind so that a cleaning call and a function call each meet `share` rejections."""
-    both, clean_only, function_only = ("rate_max_tokens", "rate_safety", "rate_blocked_prompt"), ("rate_off_format",), (
-        "rate_undeclared_tool", "rate_bad_arguments", "rate_malformed_function_call")
+    both, clean_only, function_only = (
+        ("rate_max_tokens", "rate_safety", "rate_blocked_prompt"),
+        ("rate_off_format",),
+        ("rate_undeclared_tool", "rate_bad_arguments", "rate_malformed_function_call"),
+    )
     return {**{k: share / 6 for k in both + function_only}, **{k: share / 2 for k in clean_only}}
 
 
@@ -50,14 +53,28 @@ def measure(share: float, turns: int, folder: Path) -> dict:
     with running_local_server(ServerConfig(**rejection_rates(share), seed=7)) as url:
         generate(folder / "landing", DAY, 1, turns, seed=7)
         database = str(folder / "bench.duckdb")
-        resources = {"io_manager": DuckDBPartitionIOManager(database=database), "warehouse": DuckDBWarehouse(database=database),
-                     "landing": LandingResource(root=str(folder / "landing")), "costs": CostSettings(),
-                     "billing": BillingExports(folder=str(folder / "billing")),
-                     "gemini": GeminiResource(base_url=url, cache_database=database, max_concurrency=32,
-                                              requests_per_minute=1_000_000, tokens_per_minute=1_000_000_000)}
-        result = dg.materialize([*all_assets, *all_checks], partition_key=str(DAY), resources=resources,
-                                selection=dg.AssetSelection.all() - dg.AssetSelection.assets("evaluation_costs", "cost_dashboard", "billing_reconciliation"),
-                                run_config={"ops": {"turns_through_gemini": {"config": {"max_failure_share": 1.0}}}})
+        resources = {
+            "io_manager": DuckDBPartitionIOManager(database=database),
+            "warehouse": DuckDBWarehouse(database=database),
+            "landing": LandingResource(root=str(folder / "landing")),
+            "costs": CostSettings(),
+            "billing": BillingExports(folder=str(folder / "billing")),
+            "gemini": GeminiResource(
+                base_url=url,
+                cache_database=database,
+                max_concurrency=32,
+                requests_per_minute=1_000_000,
+                tokens_per_minute=1_000_000_000,
+            ),
+        }
+        result = dg.materialize(
+            [*all_assets, *all_checks],
+            partition_key=str(DAY),
+            resources=resources,
+            selection=dg.AssetSelection.all()
+            - dg.AssetSelection.assets("evaluation_costs", "cost_dashboard", "billing_reconciliation"),
+            run_config={"ops": {"turns_through_gemini": {"config": {"max_failure_share": 1.0}}}},
+        )
         assert result.success
         export = folder / "export.csv"
         with urllib.request.urlopen(f"{url}/admin/billing/export") as response:
@@ -65,12 +82,21 @@ def measure(share: float, turns: int, folder: Path) -> dict:
     invoice = sum((line.cost_usd for line in read_export(export)), Decimal(0))
     with duckdb.connect(database, read_only=True) as connection:
         ledger, accepted, rejected, attempts = connection.execute(
-            "SELECT sum(cost_usd), sum(cost_usd) FILTER (WHERE outcome = 'accepted'), count(*) FILTER (WHERE outcome = 'rejected'),"
-            " count(*) FROM llm_attempts").fetchone()
+            "SELECT sum(cost_usd), sum(cost_usd) FILTER (WHERE outcome = 'accepted'), count(*) FILTER (WHERE "
+            "outcome = 'rejected'),"
+            " count(*) FROM llm_attempts"
+        ).fetchone()
         rollup = connection.execute("SELECT sum(spend_usd) FROM daily_cost_rollup").fetchone()[0]
-    return {"share": share, "attempts": attempts, "rejected": rejected, "invoice_usd": str(invoice), "ledger_usd": str(ledger),
-            "rollup_spend_usd": str(rollup), "missing_share": float((invoice - min(ledger, rollup)) / invoice),
-            "missing_share_before": float((invoice - accepted) / invoice)}
+    return {
+        "share": share,
+        "attempts": attempts,
+        "rejected": rejected,
+        "invoice_usd": str(invoice),
+        "ledger_usd": str(ledger),
+        "rollup_spend_usd": str(rollup),
+        "missing_share": float((invoice - min(ledger, rollup)) / invoice),
+        "missing_share_before": float((invoice - accepted) / invoice),
+    }
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -83,10 +109,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
         with tempfile.TemporaryDirectory() as folder:
             figure = measure(share, args.turns, Path(folder))
         figures.append(figure)
-        print(f"{share:>4.0%} rejected answers, {args.turns:,} turns: {figure['attempts']:,} attempts ({figure['rejected']:,} rejected); "
-              f"invoice ${Decimal(figure['invoice_usd']):.6f}, ledger ${Decimal(figure['ledger_usd']):.6f}, "
-              f"rollup spend ${Decimal(figure['rollup_spend_usd']):.6f}; missing {figure['missing_share']:.3%} "
-              f"(accepted answers only, as before the ledger: {figure['missing_share_before']:.1%})")
+        print(
+            f"{share:>4.0%} rejected answers, {args.turns:,} turns: {figure['attempts']:,} attempts "
+            f"({figure['rejected']:,} rejected); "
+            f"invoice ${Decimal(figure['invoice_usd']):.6f}, ledger ${Decimal(figure['ledger_usd']):.6f}, "
+            f"rollup spend ${Decimal(figure['rollup_spend_usd']):.6f}; missing {figure['missing_share']:.3%} "
+            f"(accepted answers only, as before the ledger: {figure['missing_share_before']:.1%})"
+        )
     print(json.dumps(figures))
     return figures
 

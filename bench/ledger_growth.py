@@ -70,15 +70,34 @@ def checkpoint(database: Path, batch: int, day: str, rows: int) -> dict:
     cache = ResponseCache(database)
     now = time.time()
     for i in range(batch):
-        attempt = Attempt(uuid.uuid4().hex, uuid.uuid4().hex, run_id, day, "eval-0", f"t{i}", "clean",
-                          "gemini-2.5-flash-lite", "local-server", uuid.uuid4().hex, 1, now)
+        attempt = Attempt(
+            uuid.uuid4().hex,
+            uuid.uuid4().hex,
+            run_id,
+            day,
+            "eval-0",
+            f"t{i}",
+            "clean",
+            "gemini-2.5-flash-lite",
+            "local-server",
+            uuid.uuid4().hex,
+            1,
+            now,
+        )
         spool.sent(attempt)
         attempt.http_status, attempt.billed, attempt.outcome = 200, True, ACCEPTED
         attempt.usage = Usage(input_tokens=120, output_tokens=30, total_tokens=150)
         attempt.model_version, attempt.latency_ms = "gemini-2.5-flash-lite", 300.0
         spool.done(attempt)
-        cache.put(attempt.request_hash, f"t{i}", "clean", "gemini-2.5-flash-lite", {"cleaned_text": f"turn {i}"},
-                  attempt.usage, context_hash=f"c{i}")
+        cache.put(
+            attempt.request_hash,
+            f"t{i}",
+            "clean",
+            "gemini-2.5-flash-lite",
+            {"cleaned_text": f"turn {i}"},
+            attempt.usage,
+            context_hash=f"c{i}",
+        )
     spool.close()
     book.cost("gemini-2.5-flash-lite", TokenCounts(120, 0, 30, 0, 0), datetime.now(timezone.utc))  # warm its tables
     entries = cache.take_new()
@@ -96,13 +115,19 @@ def checkpoint(database: Path, batch: int, day: str, rows: int) -> dict:
     resting = _rss_mb()
     Path("/proc/self/clear_refs").write_text("5")
     started = time.perf_counter()
-    found = cache.read([f"t{i}" for i in range(250)] + [_old(i, "t") for i in range(250)],
-                       [f"c{i}" for i in range(250)] + [_old(i, "c") for i in range(250)])
+    found = cache.read(
+        [f"t{i}" for i in range(250)] + [_old(i, "t") for i in range(250)],
+        [f"c{i}" for i in range(250)] + [_old(i, "c") for i in range(250)],
+    )
     read_s = time.perf_counter() - started
     assert len(found) == min(batch, 250) + min(rows, 250), len(found)
-    return {"ledger_s": round(ledger_s, 3), "cache_s": round(cache_s, 3), "read_s": round(read_s, 3),
-            "peak_above_resting_mb": round(checkpoint_peak, 1),
-            "read_peak_above_resting_mb": round(_status_mb("VmHWM") - resting, 1)}
+    return {
+        "ledger_s": round(ledger_s, 3),
+        "cache_s": round(cache_s, 3),
+        "read_s": round(read_s, 3),
+        "peak_above_resting_mb": round(checkpoint_peak, 1),
+        "read_peak_above_resting_mb": round(_status_mb("VmHWM") - resting, 1),
+    }
 
 
 def _old(i: int, kind: str) -> str:
@@ -139,13 +164,29 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as folder:
             database = Path(folder) / "store.duckdb"
             build(database, rows)
-            done = subprocess.run([sys.executable, __file__, "--child", str(database), "--batch", str(args.batch),
-                                   "--day", last_day(rows), "--built-rows", str(rows)],
-                                  capture_output=True, text=True, check=True)
+            done = subprocess.run(
+                [
+                    sys.executable,
+                    __file__,
+                    "--child",
+                    str(database),
+                    "--batch",
+                    str(args.batch),
+                    "--day",
+                    last_day(rows),
+                    "--built-rows",
+                    str(rows),
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             figures = json.loads(done.stdout.splitlines()[-1])
-        print(f"{rows:>10,} rows: ledger insert {figures['ledger_s']:.3f} s, cache write {figures['cache_s']:.3f} s, "
-              f"peak {figures['peak_above_resting_mb']:.0f} MB above resting RSS; a chunk's cache read "
-              f"{figures['read_s']:.3f} s, peak {figures['read_peak_above_resting_mb']:.0f} MB")
+        print(
+            f"{rows:>10,} rows: ledger insert {figures['ledger_s']:.3f} s, cache write {figures['cache_s']:.3f} s, "
+            f"peak {figures['peak_above_resting_mb']:.0f} MB above resting RSS; a chunk's cache read "
+            f"{figures['read_s']:.3f} s, peak {figures['read_peak_above_resting_mb']:.0f} MB"
+        )
 
 
 if __name__ == "__main__":

@@ -67,8 +67,10 @@ def main() -> None:
     stamped = frame.assign(partition_date=date(2026, 11, 1), run_id="bench-run")
     with tempfile.TemporaryDirectory() as folder:
         raw_db, ours_db = Path(folder) / "raw.duckdb", Path(folder) / "ours.duckdb"
-        print(f"partition write of {args.rows:,} raw_turns rows (duckdb {duckdb.__version__}), median of {args.rounds} "
-              "alternating rounds")
+        print(
+            f"partition write of {args.rows:,} raw_turns rows (duckdb {duckdb.__version__}), median of {args.rounds} "
+            "alternating rounds"
+        )
         with duckdb.connect(str(raw_db)) as raw, connect(ours_db) as ours:
             raw.register("frame", frame)
             raw.register("stamped", stamped)
@@ -84,8 +86,10 @@ def main() -> None:
     print(f"{'raw DuckDB INSERT INTO t SELECT * FROM df':<46} {raw_s:7.2f} s  {args.rows / raw_s:>12,.0f} rows/s")
     print(f"{'same, df with the 2 stamped columns added':<46} {same_s:7.2f} s  {args.rows / same_s:>12,.0f} rows/s")
     print(f"{'replace_partitions, replacing the partition':<46} {ours_s:7.2f} s  {args.rows / ours_s:>12,.0f} rows/s")
-    print(f"throughput ratio replace / raw insert: {raw_s / ours_s:.2f} (goal >= 0.9); "
-          f"replace / raw insert of the same 11 columns: {same_s / ours_s:.2f}")
+    print(
+        f"throughput ratio replace / raw insert: {raw_s / ours_s:.2f} (goal >= 0.9); "
+        f"replace / raw insert of the same 11 columns: {same_s / ours_s:.2f}"
+    )
 
 
 if __name__ == "__main__":

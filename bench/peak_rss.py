@@ -26,7 +26,9 @@ import time
 from datetime import date
 from pathlib import Path
 
-os.environ.setdefault("COST_PIPELINE_START", "2026-01-01")  # keeps the fixed bench days inside the partitions (children inherit it)
+os.environ.setdefault(
+    "COST_PIPELINE_START", "2026-01-01"
+)  # keeps the fixed bench days inside the partitions (children inherit it)
 
 DAY = date(2026, 11, 1)
 
@@ -53,8 +55,8 @@ resources = {"io_manager": DuckDBPartitionIOManager(database=database), "warehou
              "gemini": GeminiResource(base_url=url, cache_database=database, max_concurrency=64,
                                       requests_per_minute=100_000_000, tokens_per_minute=10_000_000_000)}
 daily = ["raw_turns", "quarantined_turns", "cleaned_turns", "function_calls", "llm_calls", "daily_cost_rollup"]
-result = dg.materialize([*dg.load_assets_from_modules([ingest, turns, rollups]), *dg.load_asset_checks_from_modules([checks])],
-                        partition_key=day, resources=resources, selection=daily,
+definitions = [*dg.load_assets_from_modules([ingest, turns, rollups]), *dg.load_asset_checks_from_modules([checks])]
+result = dg.materialize(definitions, partition_key=day, resources=resources, selection=daily,
                         run_config={"ops": {"turns_through_gemini": {"config": stage_config}}})
 assert result.success
 calls = next(event.materialization.metadata for event in result.get_asset_materialization_events()
@@ -67,8 +69,11 @@ print(json.dumps({"step_mb": peak_rss_mb(), "writer_process_mb": writer.value if
 def run_day(folder: Path, url: str, chunk_rows: int | None) -> tuple[dict, float]:
     """Peak RSS (MB) of one child process running the whole daily graph and of its writer process, and wall time (s)."""
     started = time.perf_counter()
-    run = subprocess.run([sys.executable, "-c", CHILD, str(folder), DAY.isoformat(), url, str(chunk_rows or "default")],
-                         capture_output=True, text=True)
+    run = subprocess.run(
+        [sys.executable, "-c", CHILD, str(folder), DAY.isoformat(), url, str(chunk_rows or "default")],
+        capture_output=True,
+        text=True,
+    )
     if run.returncode != 0:
         raise SystemExit(f"the daily graph failed:\n{run.stderr[-3000:]}")
     return json.loads(run.stdout.strip().splitlines()[-1]), time.perf_counter() - started
@@ -80,9 +85,13 @@ def main(argv: list[str] | None = None) -> dict:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="50000,100000,200000", help="Turns per day, comma-separated, at least two.")
-    parser.add_argument("--staged-chunk-rows", type=int, default=None,
-                        help="The Gemini step's staged_chunk_rows (default: the step's own); a day larger than one "
-                             "chunk starts a writer process.")
+    parser.add_argument(
+        "--staged-chunk-rows",
+        type=int,
+        default=None,
+        help="The Gemini step's staged_chunk_rows (default: the step's own); a day larger than one "
+        "chunk starts a writer process.",
+    )
     args = parser.parse_args(argv)
     sizes = sorted(int(size) for size in args.sizes.split(","))
     if len(sizes) < 2:
@@ -95,15 +104,20 @@ def main(argv: list[str] | None = None) -> dict:
             peak, seconds = run_day(folder, url, args.staged_chunk_rows)
             peaks[turns] = peak["step_mb"] + peak["writer_process_mb"]
             writer_peaks[turns] = peak["writer_process_mb"]
-            print(f"{turns:>9,} turns: peak RSS {peaks[turns]:,.0f} MB for the whole daily graph ({peak['step_mb']:,.0f} MB "
-                  f"its process + {peak['writer_process_mb']:,.0f} MB its writer process), {seconds:.0f} s")
+            print(
+                f"{turns:>9,} turns: peak RSS {peaks[turns]:,.0f} MB for the whole daily graph "
+                f"({peak['step_mb']:,.0f} MB "
+                f"its process + {peak['writer_process_mb']:,.0f} MB its writer process), {seconds:.0f} s"
+            )
     growth = (peaks[sizes[-1]] - peaks[sizes[0]]) / ((sizes[-1] - sizes[0]) / 1000)
     projected = peaks[sizes[-1]] + growth * (1_000_000 - sizes[-1]) / 1000
     print(f"growth {growth:.3f} MB per 1,000 turns (goal < 0.5); projected 1,000,000 turns: {projected:,.0f} MB")
-    figures = {"peak_rss_mb": {str(k): round(v, 1) for k, v in peaks.items()},
-               "writer_process_mb": {str(k): round(v, 1) for k, v in writer_peaks.items()},
-               "growth_mb_per_1k_turns": round(growth, 4),
-               "projected_1m_mb": round(projected)}
+    figures = {
+        "peak_rss_mb": {str(k): round(v, 1) for k, v in peaks.items()},
+        "writer_process_mb": {str(k): round(v, 1) for k, v in writer_peaks.items()},
+        "growth_mb_per_1k_turns": round(growth, 4),
+        "projected_1m_mb": round(projected),
+    }
     print(json.dumps(figures))
     return figures
 

@@ -25,14 +25,22 @@ from cost_pipeline.gemini.prompts import function_request
 
 
 async def run(url: str, calls: int, rpm: int, concurrency: int, database: Path) -> tuple[float, list[float]]:
-    gemini = GeminiResource(base_url=url, cache_database=str(database), requests_per_minute=rpm,
-                            max_concurrency=concurrency, cache_enabled=False)
+    gemini = GeminiResource(
+        base_url=url,
+        cache_database=str(database),
+        requests_per_minute=rpm,
+        max_concurrency=concurrency,
+        cache_enabled=False,
+    )
     session = gemini.session(ResponseCache(database, enabled=False))
     sent_at: list[float] = []
 
     async def one(index: int) -> None:
-        outcome = await session.call(function_request(gemini.function_model, f"Search the web for topic {index}.", None), "",
-                                     CallTag(f"bench-{index}", "bench", f"turn-{index}"))
+        outcome = await session.call(
+            function_request(gemini.function_model, f"Search the web for topic {index}.", None),
+            "",
+            CallTag(f"bench-{index}", "bench", f"turn-{index}"),
+        )
         assert outcome.status == "ok", outcome.error
         sent_at.append(time.perf_counter() - outcome.latency_ms / 1000)
 
@@ -57,8 +65,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder, running_local_server(ServerConfig(latency_ms=args.latency_ms)) as url:
         elapsed, sent = asyncio.run(run(url, args.calls, args.rpm, args.concurrency, Path(folder) / "x.duckdb"))
     achieved = args.calls / (sent[-1] - sent[0]) * 60 if len(sent) > 1 else 0.0
-    print(f"{args.calls:,} calls, limit {args.rpm} RPM, server latency {args.latency_ms:.0f} ms, concurrency {args.concurrency}")
-    print(f"elapsed {elapsed:.1f} s; achieved {achieved:.0f} RPM between first and last send = {achieved / args.rpm:.3f} of the limit (goal >= 0.95)")
+    print(
+        f"{args.calls:,} calls, limit {args.rpm} RPM, server latency {args.latency_ms:.0f} ms, "
+        f"concurrency {args.concurrency}"
+    )
+    print(
+        f"elapsed {elapsed:.1f} s; achieved {achieved:.0f} RPM between first and last send = "
+        f"{achieved / args.rpm:.3f} of the limit (goal >= 0.95)"
+    )
     print(f"busiest 60 s window: {busiest_minute(sent)} requests (limit {args.rpm})")
 
 

@@ -63,8 +63,15 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     paths = sorted(RESPONSES.glob("*.json"))[: args.limit or None]
     book = PriceBook()
-    figures = {"bodies": len(paths), "match": 0, "under": 0, "over": 0, "estimated_without_counts": 0,
-               "unknown_without_counts": 0, "worst_ratio": 1.0}
+    figures = {
+        "bodies": len(paths),
+        "match": 0,
+        "under": 0,
+        "over": 0,
+        "estimated_without_counts": 0,
+        "unknown_without_counts": 0,
+        "worst_ratio": 1.0,
+    }
     for path in paths:
         body = json.loads(path.read_text())["body"]
         expected = reference(body)
@@ -80,13 +87,17 @@ def main(argv: list[str] | None = None) -> dict:
         ratio = float(cost / expected) if cost is not None and expected else 0.0
         figures["under" if ratio < 1 else "over"] += 1
         figures["worst_ratio"] = min(figures["worst_ratio"], ratio) if ratio < 1 else figures["worst_ratio"]
-        print(f"{path.stem}: ledger {cost} vs genai-prices {expected} ({1 / ratio if ratio else float('inf'):.1f}x "
-              f"{'too low' if ratio < 1 else 'too high'})")
+        print(
+            f"{path.stem}: ledger {cost} vs genai-prices {expected} ({1 / ratio if ratio else float('inf'):.1f}x "
+            f"{'too low' if ratio < 1 else 'too high'})"
+        )
     priced = figures["bodies"] - figures["estimated_without_counts"] - figures["unknown_without_counts"]
-    print(f"{figures['match']} of {priced} bodies with token counts priced exactly as genai-prices prices them; "
-          f"{figures['under']} under, {figures['over']} over; of {figures['bodies'] - priced} without counts, "
-          f"{figures['estimated_without_counts']} estimated into spend, "
-          f"{figures['unknown_without_counts']} billing unknown")
+    print(
+        f"{figures['match']} of {priced} bodies with token counts priced exactly as genai-prices prices them; "
+        f"{figures['under']} under, {figures['over']} over; of {figures['bodies'] - priced} without counts, "
+        f"{figures['estimated_without_counts']} estimated into spend, "
+        f"{figures['unknown_without_counts']} billing unknown"
+    )
     print(json.dumps(figures))
     return figures
 

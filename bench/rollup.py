@@ -39,16 +39,20 @@ def build_calls(database: Path, days: int, calls: int) -> None:
                    i % 4 = 0 AS cache_hit, CASE WHEN i % 997 = 0 THEN 'failed' ELSE 'ok' END AS status,
                    CASE WHEN i % 4 = 0 THEN 'cache' ELSE 'reported' END AS usage_source, 'ok' AS price_status,
                    (200 + i % 700)::BIGINT AS input_tokens, (i % 300)::BIGINT AS cached_tokens,
-                   (20 + i % 90)::BIGINT AS output_tokens, 0::BIGINT AS thinking_tokens, 0::BIGINT AS tool_prompt_tokens,
+                   (20 + i % 90)::BIGINT AS output_tokens, 0::BIGINT AS thinking_tokens,
+                   0::BIGINT AS tool_prompt_tokens,
                    (220 + i % 700 + i % 90)::BIGINT AS total_tokens,
                    ((200 + i % 700 - i % 300) * 0.0000001)::DECIMAL(20,12) AS input_cost_usd,
                    ((i % 300) * 0.00000001)::DECIMAL(20,12) AS cached_input_cost_usd,
                    ((20 + i % 90) * 0.0000004)::DECIMAL(20,12) AS output_cost_usd,
-                   ((200 + i % 700 - i % 300) * 0.0000001 + (i % 300) * 0.00000001 + (20 + i % 90) * 0.0000004)::DECIMAL(20,12) AS total_cost_usd,
+                   ((200 + i % 700 - i % 300) * 0.0000001 + (i % 300) * 0.00000001
+                    + (20 + i % 90) * 0.0000004)::DECIMAL(20,12) AS total_cost_usd,
                    0::DECIMAL(20,12) AS saved_cost_usd,
                    (5 + i % 50)::DOUBLE AS latency_ms, (1000 + i % 500)::DOUBLE AS tokens_per_second
             FROM range({days * calls}) t(i)""")
-        connection.execute("CREATE TABLE cleaned_turns AS SELECT partition_date, evaluation_id FROM llm_calls WHERE stage = 'clean'")
+        connection.execute(
+            "CREATE TABLE cleaned_turns AS SELECT partition_date, evaluation_id FROM llm_calls WHERE stage = 'clean'"
+        )
 
 
 def main() -> None:
@@ -61,8 +65,11 @@ def main() -> None:
         started = time.perf_counter()
         build_calls(database, args.days, args.calls)
         print(f"built llm_calls: {args.days} days x {args.calls:,} calls in {time.perf_counter() - started:.1f} s")
-        resources = {"io_manager": DuckDBPartitionIOManager(database=str(database)),
-                     "warehouse": DuckDBWarehouse(database=str(database)), "costs": CostSettings()}
+        resources = {
+            "io_manager": DuckDBPartitionIOManager(database=str(database)),
+            "warehouse": DuckDBWarehouse(database=str(database)),
+            "costs": CostSettings(),
+        }
         assets = dg.load_assets_from_modules([rollups])
         per_day = []
         for offset in range(args.days):
@@ -74,8 +81,10 @@ def main() -> None:
         dg.materialize(assets, resources=resources, selection=["evaluation_costs"])
         totals_s = time.perf_counter() - started
     per_day.sort()
-    print(f"daily_cost_rollup, {args.days} runs of {args.calls:,} calls each: total {sum(per_day):.1f} s, "
-          f"median {per_day[len(per_day) // 2]:.2f} s, max {per_day[-1]:.2f} s per day (Dagster run included)")
+    print(
+        f"daily_cost_rollup, {args.days} runs of {args.calls:,} calls each: total {sum(per_day):.1f} s, "
+        f"median {per_day[len(per_day) // 2]:.2f} s, max {per_day[-1]:.2f} s per day (Dagster run included)"
+    )
     print(f"evaluation_costs over {args.days} days: {totals_s:.2f} s")
 
 

@@ -47,17 +47,25 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--turns", type=_positive, default=2000)
     demo.add_argument("--seed", type=int, default=7)
 
-    run = commands.add_parser("run", help="run the daily pipeline for one day on the project's instance and wait for it")
-    run.add_argument("--day", type=date.fromisoformat, default=_yesterday(), help="the day (YYYY-MM-DD; default yesterday, UTC)")
+    run = commands.add_parser(
+        "run", help="run the daily pipeline for one day on the project's instance and wait for it"
+    )
+    run.add_argument(
+        "--day", type=date.fromisoformat, default=_yesterday(), help="the day (YYYY-MM-DD; default yesterday, UTC)"
+    )
     _totals_argument(run)
 
-    backfill = commands.add_parser("backfill", help="backfill the daily pipeline over a range of days (a Dagster "
-                                                    "backfill; a day that never landed is written empty)")
+    backfill = commands.add_parser(
+        "backfill",
+        help="backfill the daily pipeline over a range of days (a Dagster "
+        "backfill; a day that never landed is written empty)",
+    )
     _range_arguments(backfill)
     _totals_argument(backfill)
 
-    forecast = commands.add_parser("forecast", help="estimate what running days will cost, before any call (no API call "
-                                                    "without a key)")
+    forecast = commands.add_parser(
+        "forecast", help="estimate what running days will cost, before any call (no API call without a key)"
+    )
     _range_arguments(forecast)
     forecast.add_argument("--format", choices=["table", "json"], default="table")
     forecast.add_argument("--database", default=resolved(DB_ENV, DEFAULT_DB))
@@ -67,19 +75,32 @@ def main(argv: list[str] | None = None) -> int:
     model.add_argument("--port", type=int, default=8765)
     config_arguments(model)
 
-    report = commands.add_parser("report", help="print spend and cost of the data from daily_cost_rollup "
-                                                "(read-only, safe while Dagster writes)")
+    report = commands.add_parser(
+        "report", help="print spend and cost of the data from daily_cost_rollup (read-only, safe while Dagster writes)"
+    )
     report.add_argument("--start", type=date.fromisoformat, required=True)
     report.add_argument("--end", type=date.fromisoformat, required=True)
-    report.add_argument("--by", type=_dimensions, default="day",
-                        help=f"one of {', '.join(DIMENSIONS)}, or a comma-separated combination (e.g. day,evaluation,model)")
+    report.add_argument(
+        "--by",
+        type=_dimensions,
+        default="day",
+        help=f"one of {', '.join(DIMENSIONS)}, or a comma-separated combination (e.g. day,evaluation,model)",
+    )
     report.add_argument("--format", choices=["table", "json", "csv"], default="table")
     report.add_argument("--chart", help="also write a PNG of daily spend by model to this path")
     report.add_argument("--database", default=resolved(DB_ENV, DEFAULT_DB))
-    report.add_argument("--what-if", type=lambda v: [m.strip() for m in v.split(",") if m.strip()], metavar="MODEL[,MODEL]",
-                        help="re-price the range's billed tokens on these models, beside the actual spend")
-    report.add_argument("--processing", choices=["standard", "batch"], default=None,
-                        help="with --what-if (or alone: the models actually used), the processing mode to price at")
+    report.add_argument(
+        "--what-if",
+        type=lambda v: [m.strip() for m in v.split(",") if m.strip()],
+        metavar="MODEL[,MODEL]",
+        help="re-price the range's billed tokens on these models, beside the actual spend",
+    )
+    report.add_argument(
+        "--processing",
+        choices=["standard", "batch"],
+        default=None,
+        help="with --what-if (or alone: the models actually used), the processing mode to price at",
+    )
 
     board = commands.add_parser("dashboard", help="write the cost dashboard (one self-contained HTML page) for a range")
     board.add_argument("--start", type=date.fromisoformat, help="first day (default: 60 days before --end)")
@@ -105,8 +126,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "generate":
         for day in generate(args.landing, args.start, args.days, args.turns_per_day, args.seed):
-            print(f"{day.day}: {day.good_lines} turns, {day.malformed_lines} malformed lines, "
-                  f"{day.conversations} conversations in {day.files} files under {Path(args.landing) / str(day.day)}")
+            print(
+                f"{day.day}: {day.good_lines} turns, {day.malformed_lines} malformed lines, "
+                f"{day.conversations} conversations in {day.files} files under {Path(args.landing) / str(day.day)}"
+            )
         if note := _start_partitions_at(args.start):
             print(note.strip())
         return 0
@@ -120,8 +143,9 @@ def run_days(days: list[date], backfill: bool, totals: bool) -> int:
     forecast_tags = _forecast_tags(days)
     try:
         with project_instance() as instance, Launcher(instance, annotate=landing_note) as launcher:
-            runs = launcher.launch("daily_pipeline", [day.isoformat() for day in days], backfill=backfill,
-                                   partition_tags=forecast_tags)
+            runs = launcher.launch(
+                "daily_pipeline", [day.isoformat() for day in days], backfill=backfill, partition_tags=forecast_tags
+            )
             if totals and any(run.succeeded for run in runs):
                 runs += launcher.launch("evaluation_costs_job")
             home = instance.root_directory
@@ -130,9 +154,11 @@ def run_days(days: list[date], backfill: bool, totals: bool) -> int:
         return 2
     failed = [run for run in runs if not run.succeeded]
     skipped = [run for run in runs if run.note]
-    print(f"{len(runs) - len(failed)} of {len(runs)} run(s) succeeded"
-          f"{f' ({len(skipped)} day(s) skipped: never landed, written empty)' if skipped else ''}; "
-          f"they are in the UI that reads {home} (make ui)")
+    print(
+        f"{len(runs) - len(failed)} of {len(runs)} run(s) succeeded"
+        f"{f' ({len(skipped)} day(s) skipped: never landed, written empty)' if skipped else ''}; "
+        f"they are in the UI that reads {home} (make ui)"
+    )
     if pending := _batch_jobs_pending(days):
         print(pending)
     return 1 if failed else 0
@@ -142,12 +168,15 @@ def _batch_jobs_pending(days: list[date]) -> str | None:
     """A line naming the days whose Batch API jobs outlasted their run's wait (the run succeeded, the day is not
     written yet), and what collects them."""
     from cost_pipeline.gemini.batch import jobs as batch_jobs
+
     asked = {day.isoformat() for day in days}
     waiting = sorted({day for _, day in batch_jobs.pending(resolved(DB_ENV, DEFAULT_DB)) if day in asked})
     if not waiting:
         return None
-    return (f"Batch API jobs still pending for {', '.join(waiting)}: those days are written when the jobs are "
-            "collected, by batch_jobs_sensor or by running the day again (nothing is submitted twice)")
+    return (
+        f"Batch API jobs still pending for {', '.join(waiting)}: those days are written when the jobs are "
+        "collected, by batch_jobs_sensor or by running the day again (nothing is submitted twice)"
+    )
 
 
 def _forecast_tags(days: list[date]) -> dict[str, dict[str, str]]:
@@ -157,19 +186,32 @@ def _forecast_tags(days: list[date]) -> dict[str, dict[str, str]]:
 
     settings, gemini = _forecast_settings()
     try:
-        forecast = forecast_days(resolved(DB_ENV, DEFAULT_DB), resolved(LANDING_ENV, DEFAULT_LANDING), days, settings,
-                                 _cost_settings().price_book(),
-                                 count=_token_counter(gemini) if gemini.resolved_api_key() else None)
+        forecast = forecast_days(
+            resolved(DB_ENV, DEFAULT_DB),
+            resolved(LANDING_ENV, DEFAULT_LANDING),
+            days,
+            settings,
+            _cost_settings().price_book(),
+            count=_token_counter(gemini) if gemini.resolved_api_key() else None,
+        )
     except Exception as error:  # a forecast informs a run; it never stops one (budgets are the hard stop)
         from cost_pipeline.gemini.client import known_secrets, redact
 
-        print(f"Forecast unavailable ({type(error).__name__}: {redact(str(error), known_secrets(gemini.api_key))}); "
-              "launching without it\n", file=sys.stderr)
+        print(
+            f"Forecast unavailable ({type(error).__name__}: {redact(str(error), known_secrets(gemini.api_key))}); "
+            "launching without it\n",
+            file=sys.stderr,
+        )
         return {}
     print("Forecast, before any call:\n" + render_table(forecast) + "\n")
-    return {day.day.isoformat(): {FORECAST_TAG: day.as_dict()["forecast_usd"],
-                                  f"{FORECAST_TAG}_range": f"{day.as_dict()['low_usd']}-{day.as_dict()['high_usd']}"}
-            for day in forecast.days if day.landed}
+    return {
+        day.day.isoformat(): {
+            FORECAST_TAG: day.as_dict()["forecast_usd"],
+            f"{FORECAST_TAG}_range": f"{day.as_dict()['low_usd']}-{day.as_dict()['high_usd']}",
+        }
+        for day in forecast.days
+        if day.landed
+    }
 
 
 def landing_note(instance, run_id: str) -> str | None:
@@ -201,8 +243,11 @@ def run_demo(day: date, turns: int, seed: int) -> int:
     billing_day = datetime.now(timezone.utc).date().isoformat()
     with project_instance() as instance, Launcher(instance) as launcher:
         (result,) = launcher.launch("daily_pipeline", [day.isoformat()])
-        later = [launcher.launch("evaluation_costs_job"), launcher.launch("billing_reconciliation_job", [billing_day])] \
-            if result.succeeded else []
+        later = (
+            [launcher.launch("evaluation_costs_job"), launcher.launch("billing_reconciliation_job", [billing_day])]
+            if result.succeeded
+            else []
+        )
         home = instance.root_directory
     failed = [run for run in [result, *(run for runs in later for run in runs)] if not run.succeeded]
     if failed:
@@ -213,8 +258,10 @@ def run_demo(day: date, turns: int, seed: int) -> int:
         print(f"  {table:<24} {rows:>8} rows")
     print(f"\nWhat {day} cost, by evaluation (cost-pipeline report --start {day} --end {day} --by evaluation):\n")
     print(render(cost_report(database, day, day, "evaluation"), "table"))
-    print("\nspend_usd: every billed attempt of every run of the day (the invoice's number); "
-          "total_cost_usd: the cost of the data as it stands (a cache hit costs 0).")
+    print(
+        "\nspend_usd: every billed attempt of every run of the day (the invoice's number); "
+        "total_cost_usd: the cost of the data as it stands (a cache hit costs 0)."
+    )
     print(reconciliation_summary(database, billing_day))
     from cost_pipeline.reports.dashboard import default_path
 
@@ -250,8 +297,10 @@ def _start_partitions_at(day: date, dotenv: Path = Path(".env")) -> str | None:
     dotenv.write_text("\n".join([*kept, f"{START_ENV}={day.isoformat()}"]) + "\n")
     os.environ[START_ENV] = day.isoformat()
     _FROM_DOTENV.add(START_ENV)
-    return (f"\nPartitions now start at {day}: {START_ENV}={day} is in {dotenv.resolve()}, which `dagster dev` reads "
-            "(restart it to see the change; set it to the first day of your own data).")
+    return (
+        f"\nPartitions now start at {day}: {START_ENV}={day} is in {dotenv.resolve()}, which `dagster dev` reads "
+        "(restart it to see the change; set it to the first day of your own data)."
+    )
 
 
 def reconciliation_summary(database: str, billing_day: str) -> str:
@@ -259,15 +308,24 @@ def reconciliation_summary(database: str, billing_day: str) -> str:
     from cost_pipeline.storage.connect import connect
 
     with connect(database, read_only=True) as connection:
-        invoice, ledger, off = connection.execute(
-            "SELECT sum(invoice_usd), sum(ledger_usd), count(*) FILTER (WHERE NOT within_tolerance) "
-            "FROM billing_reconciliation WHERE partition_date = ?", [billing_day]).fetchall()[0] \
-            if "billing_reconciliation" in _tables(connection) else (None, None, 0)
+        invoice, ledger, off = (
+            connection.execute(
+                "SELECT sum(invoice_usd), sum(ledger_usd), count(*) FILTER (WHERE NOT within_tolerance) "
+                "FROM billing_reconciliation WHERE partition_date = ?",
+                [billing_day],
+            ).fetchall()[0]
+            if "billing_reconciliation" in _tables(connection)
+            else (None, None, 0)
+        )
     if invoice is None:
-        return f"\nNo billing export for {billing_day} was reconciled (drop Cloud Billing CSVs into the billing folder)."
+        return (
+            f"\nNo billing export for {billing_day} was reconciled (drop Cloud Billing CSVs into the billing folder)."
+        )
     verdict = "matches, line by line" if off == 0 else f"differs on {off} line(s): see billing_reconciliation"
-    return (f"\nThe provider's invoice for {billing_day} (the local server's billing export): ${invoice:.6f}; "
-            f"the ledger: ${ledger:.6f}; {verdict}.")
+    return (
+        f"\nThe provider's invoice for {billing_day} (the local server's billing export): ${invoice:.6f}; "
+        f"the ledger: ${ledger:.6f}; {verdict}."
+    )
 
 
 def run_report(args: argparse.Namespace) -> int:
@@ -281,8 +339,15 @@ def run_report(args: argparse.Namespace) -> int:
         return 1
     if args.what_if is not None or args.processing is not None:
         from cost_pipeline.money import what_if
-        scenarios, unknown = what_if.what_if(args.database, args.start, args.end, args.what_if or [],
-                                             args.processing or "standard", _cost_settings().price_book())
+
+        scenarios, unknown = what_if.what_if(
+            args.database,
+            args.start,
+            args.end,
+            args.what_if or [],
+            args.processing or "standard",
+            _cost_settings().price_book(),
+        )
         print(what_if.render(scenarios, unknown, args.start, args.end))
         return 0
     report = cost_report(args.database, args.start, args.end, args.by)
@@ -298,6 +363,7 @@ def run_report(args: argparse.Namespace) -> int:
 
 def run_dashboard(args: argparse.Namespace) -> int:
     from cost_pipeline.reports import dashboard
+
     if not Path(args.database).exists():
         print(f"no DuckDB file at {args.database}: run the pipeline first (make demo)", file=sys.stderr)
         return 1
@@ -351,8 +417,14 @@ def run_forecast(args: argparse.Namespace) -> int:
         return 2
     prices = _cost_settings().price_book()
     settings, gemini = _forecast_settings()
-    forecast = forecast_days(args.database, args.landing, days, settings, prices,
-                             count=_token_counter(gemini) if gemini.resolved_api_key() else None)
+    forecast = forecast_days(
+        args.database,
+        args.landing,
+        days,
+        settings,
+        prices,
+        count=_token_counter(gemini) if gemini.resolved_api_key() else None,
+    )
     print(json.dumps(forecast.as_dict(), indent=2) if args.format == "json" else render_table(forecast))
     return 0
 
@@ -371,11 +443,14 @@ def _forecast_settings():
     from cost_pipeline.gemini.client import DEFAULT_MODEL, GeminiResource
     from cost_pipeline.money.forecast import ForecastSettings
 
-    gemini = GeminiResource(clean_model=os.environ.get(CLEAN_MODEL_ENV) or DEFAULT_MODEL,
-                            function_model=os.environ.get(FUNCTION_MODEL_ENV) or DEFAULT_MODEL,
-                            thinking_budget=int(os.environ[THINKING_BUDGET_ENV]) if os.environ.get(THINKING_BUDGET_ENV) else None)
-    return ForecastSettings(gemini.clean_model, gemini.function_model, gemini.endpoint_id(), gemini.thinking_budget,
-                            gemini.context_turns), gemini
+    gemini = GeminiResource(
+        clean_model=os.environ.get(CLEAN_MODEL_ENV) or DEFAULT_MODEL,
+        function_model=os.environ.get(FUNCTION_MODEL_ENV) or DEFAULT_MODEL,
+        thinking_budget=int(os.environ[THINKING_BUDGET_ENV]) if os.environ.get(THINKING_BUDGET_ENV) else None,
+    )
+    return ForecastSettings(
+        gemini.clean_model, gemini.function_model, gemini.endpoint_id(), gemini.thinking_budget, gemini.context_turns
+    ), gemini
 
 
 def _token_counter(gemini):
@@ -390,8 +465,12 @@ def _range_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _totals_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--totals", action=argparse.BooleanOptionalAction, default=True,
-                        help="then refresh the all-time totals (evaluation_costs), as the automation sensor would")
+    parser.add_argument(
+        "--totals",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="then refresh the all-time totals (evaluation_costs), as the automation sensor would",
+    )
 
 
 def _yesterday() -> date:

@@ -43,9 +43,12 @@ from cost_pipeline.gemini.client import DEFAULT_MODEL, GeminiResource
 
 OWNERS = ["team:cost-pipeline"]
 # Each asset page links to the code that defines it, names who owns it, and describes every column.
-all_assets = dg.with_source_code_references(dg.map_asset_specs(
-    lambda spec: with_column_descriptions(spec.replace_attributes(owners=OWNERS)),
-    [*dg.load_assets_from_modules([ingest, turns, rollups, reconciliation]), rollups.llm_attempts]))
+all_assets = dg.with_source_code_references(
+    dg.map_asset_specs(
+        lambda spec: with_column_descriptions(spec.replace_attributes(owners=OWNERS)),
+        [*dg.load_assets_from_modules([ingest, turns, rollups, reconciliation]), rollups.llm_attempts],
+    )
+)
 all_checks = dg.load_asset_checks_from_modules([checks, reconciliation])
 
 
@@ -58,15 +61,20 @@ def local_resources() -> dict:
         "landing": LandingResource(root=env_or_default(LANDING_ENV, DEFAULT_LANDING)),
         # Models, thinking and limits from the environment, so the schedule, sensor and backfills use them too.
         "gemini": GeminiResource(
-            api_key=gemini_api_key(), cache_database=database,
+            api_key=gemini_api_key(),
+            cache_database=database,
             clean_model=env_or_default(CLEAN_MODEL_ENV, DEFAULT_MODEL),
             function_model=env_or_default(FUNCTION_MODEL_ENV, DEFAULT_MODEL),
             thinking_budget=env_int_or_default(THINKING_BUDGET_ENV, None),
-            requests_per_minute=env_int_or_default(RPM_ENV, None), tokens_per_minute=env_int_or_default(TPM_ENV, None),
+            requests_per_minute=env_int_or_default(RPM_ENV, None),
+            tokens_per_minute=env_int_or_default(TPM_ENV, None),
             max_concurrency=env_int_or_default(CONCURRENCY_ENV, 32),
-            processing=env_or_default(PROCESSING_ENV, "standard")),
+            processing=env_or_default(PROCESSING_ENV, "standard"),
+        ),
         "billing": BillingExports(folder=env_or_default(BILLING_ENV, DEFAULT_BILLING)),
-        "costs": CostSettings(config_file=env_or_default(COSTS_ENV, DEFAULT_COSTS if Path(DEFAULT_COSTS).is_file() else None)),
+        "costs": CostSettings(
+            config_file=env_or_default(COSTS_ENV, DEFAULT_COSTS if Path(DEFAULT_COSTS).is_file() else None)
+        ),
     }
 
 

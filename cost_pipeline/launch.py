@@ -101,16 +101,21 @@ def runs_at_once(instance: dg.DagsterInstance) -> int:
 class Launcher:
     """Runs of one code location, created as the UI creates them. Use as a context manager."""
 
-    def __init__(self, instance: dg.DagsterInstance, say: Callable[[str], None] = print,
-                 annotate: Callable[[dg.DagsterInstance, str], str | None] = lambda instance, run_id: None):
+    def __init__(
+        self,
+        instance: dg.DagsterInstance,
+        say: Callable[[str], None] = print,
+        annotate: Callable[[dg.DagsterInstance, str], str | None] = lambda instance, run_id: None,
+    ):
         self.instance = instance
         self.say = say
         self.annotate = annotate  # a note on a successful run, from its events
-        target = ModuleTarget(module_name=DEFINITIONS_MODULE, attribute=None, working_directory=os.getcwd(),
-                              location_name=CODE_LOCATION)
-        self._process = WorkspaceProcessContext(instance, target, version=dg.__version__,
-                                                code_server_log_level="WARNING",
-                                                read_only=False)
+        target = ModuleTarget(
+            module_name=DEFINITIONS_MODULE, attribute=None, working_directory=os.getcwd(), location_name=CODE_LOCATION
+        )
+        self._process = WorkspaceProcessContext(
+            instance, target, version=dg.__version__, code_server_log_level="WARNING", read_only=False
+        )
 
     def __enter__(self) -> "Launcher":
         self._process.__enter__()
@@ -118,7 +123,9 @@ class Launcher:
         name = CODE_LOCATION
         if self.workspace.has_code_location_error(name):
             error = self.workspace.get_code_location_error(name)
-            raise LaunchError(f"code location {name} failed to load: {error.message.strip() if error else 'unknown error'}")
+            raise LaunchError(
+                f"code location {name} failed to load: {error.message.strip() if error else 'unknown error'}"
+            )
         self.location = self.workspace.get_code_location(name)
         (self.repository,) = self.location.get_repositories().values()
         return self
@@ -126,9 +133,15 @@ class Launcher:
     def __exit__(self, *exc) -> None:
         self._process.__exit__(*exc)
 
-    def launch(self, job_name: str, partitions: Sequence[str] | None = None, backfill: bool = False,
-               tags: Mapping[str, str] | None = None, console_level: str = "INFO",
-               partition_tags: Mapping[str, Mapping[str, str]] | None = None) -> list[FinishedRun]:
+    def launch(
+        self,
+        job_name: str,
+        partitions: Sequence[str] | None = None,
+        backfill: bool = False,
+        tags: Mapping[str, str] | None = None,
+        console_level: str = "INFO",
+        partition_tags: Mapping[str, Mapping[str, str]] | None = None,
+    ) -> list[FinishedRun]:
         """One run per partition of `job_name` (one run when unpartitioned); waits for all and returns them.
 
         `backfill=True` records a Dagster backfill and tags its runs with its id (a day that
@@ -141,22 +154,38 @@ class Launcher:
         record = None
         if backfill:
             record = PartitionBackfill(
-                backfill_id=make_new_backfill_id(), partition_set_origin=self._partition_set(job_name).get_remote_origin(),
-                status=BulkActionStatus.REQUESTED, partition_names=list(params), from_failure=False,
-                reexecution_steps=None, tags=dict(tags or {}), backfill_timestamp=get_current_timestamp())
+                backfill_id=make_new_backfill_id(),
+                partition_set_origin=self._partition_set(job_name).get_remote_origin(),
+                status=BulkActionStatus.REQUESTED,
+                partition_names=list(params),
+                from_failure=False,
+                reexecution_steps=None,
+                tags=dict(tags or {}),
+                backfill_timestamp=get_current_timestamp(),
+            )
             self.instance.add_backfill(record)
             backfill_tags = dg.DagsterRun.tags_for_backfill_id(record.backfill_id)
         console = {"loggers": {"console": {"config": {"log_level": console_level}}}}  # the event log keeps every level
         extra = partition_tags or {}
-        runs = {partition: self._create_run(job, {**run_config, **console},
-                                            {**job.tags, **own_tags, **backfill_tags, **(tags or {}), **extra.get(partition, {})})
-                for partition, (own_tags, run_config) in params.items()}
+        runs = {
+            partition: self._create_run(
+                job,
+                {**run_config, **console},
+                {**job.tags, **own_tags, **backfill_tags, **(tags or {}), **extra.get(partition, {})},
+            )
+            for partition, (own_tags, run_config) in params.items()
+        }
         if record is not None:  # Dagster's own CLI backfill marks it so once its runs exist: they carry the rest.
-            self.instance.update_backfill(record.with_status(BulkActionStatus.COMPLETED).with_end_timestamp(get_current_timestamp()))
+            self.instance.update_backfill(
+                record.with_status(BulkActionStatus.COMPLETED).with_end_timestamp(get_current_timestamp())
+            )
         served = queue_is_served(self.instance)
         limit = runs_at_once(self.instance)
-        how = ("submitted to the run queue that dagster dev's daemon serves" if served else
-               f"launched here (no daemon is serving the run queue), {limit} at a time")
+        how = (
+            "submitted to the run queue that dagster dev's daemon serves"
+            if served
+            else f"launched here (no daemon is serving the run queue), {limit} at a time"
+        )
         label = f"backfill {record.backfill_id} of " if record else ""
         self.say(f"{label}{len(runs)} run(s) of {job_name} on the instance at {self.instance.root_directory}, {how}:")
         return self._wait(runs, limit, served)
@@ -176,25 +205,42 @@ class Launcher:
         outside = [partition for partition in partitions if partition not in known]
         if outside:
             span = f"{names.partition_names[0]} to {names.partition_names[-1]}" if names.partition_names else "none yet"
-            raise LaunchError(f"{', '.join(outside)} not a partition of {job_name} (partitions: {span}; "
-                              "the first is COST_PIPELINE_START)")
+            raise LaunchError(
+                f"{', '.join(outside)} not a partition of {job_name} (partitions: {span}; "
+                "the first is COST_PIPELINE_START)"
+            )
         snap = self.location.get_partition_set_execution_params(
-            self.repository.handle, self._partition_set(job_name).name, list(partitions), self.instance)
+            self.repository.handle, self._partition_set(job_name).name, list(partitions), self.instance
+        )
         if not isinstance(snap, PartitionSetExecutionParamSnap):
             raise LaunchError(f"could not build the runs of {job_name}: {snap.error}")
         by_name = {data.name: (data.tags or {}, data.run_config or {}) for data in snap.partition_data}
         return {partition: by_name[partition] for partition in partitions}
 
     def _create_run(self, job, run_config: Mapping, tags: Mapping[str, str]) -> dg.DagsterRun:
-        plan = self.location.get_execution_plan(job, run_config, step_keys_to_execute=None, known_state=None,
-                                                instance=self.instance)
+        plan = self.location.get_execution_plan(
+            job, run_config, step_keys_to_execute=None, known_state=None, instance=self.instance
+        )
         return self.instance.create_run(
-            job_name=job.name, run_id=None, run_config=run_config, resolved_op_selection=None,
-            step_keys_to_execute=None, op_selection=None, status=None, root_run_id=None, parent_run_id=None,
-            tags=tags, job_snapshot=job.job_snapshot, execution_plan_snapshot=plan.execution_plan_snapshot,
-            parent_job_snapshot=job.parent_job_snapshot, remote_job_origin=job.get_remote_origin(),
-            job_code_origin=job.get_python_origin(), asset_selection=None, asset_check_selection=None,
-            asset_graph=self.repository.asset_graph)
+            job_name=job.name,
+            run_id=None,
+            run_config=run_config,
+            resolved_op_selection=None,
+            step_keys_to_execute=None,
+            op_selection=None,
+            status=None,
+            root_run_id=None,
+            parent_run_id=None,
+            tags=tags,
+            job_snapshot=job.job_snapshot,
+            execution_plan_snapshot=plan.execution_plan_snapshot,
+            parent_job_snapshot=job.parent_job_snapshot,
+            remote_job_origin=job.get_remote_origin(),
+            job_code_origin=job.get_python_origin(),
+            asset_selection=None,
+            asset_check_selection=None,
+            asset_graph=self.repository.asset_graph,
+        )
 
     def _wait(self, runs: Mapping[str | None, dg.DagsterRun], limit: int, served: bool) -> list[FinishedRun]:
         waiting = list(runs.values())
@@ -216,9 +262,18 @@ class Launcher:
                     if run.is_finished and run.run_id not in finished:
                         seconds = (record.end_time or 0) - (record.start_time or record.create_timestamp.timestamp())
                         finished[run.run_id] = FinishedRun(
-                            run.run_id, run.job_name, partition_of[run.run_id], run.status.value, max(seconds, 0.0),
-                            None if run.status == dg.DagsterRunStatus.SUCCESS else failure_reason(self.instance, run.run_id),
-                            self.annotate(self.instance, run.run_id) if run.status == dg.DagsterRunStatus.SUCCESS else None)
+                            run.run_id,
+                            run.job_name,
+                            partition_of[run.run_id],
+                            run.status.value,
+                            max(seconds, 0.0),
+                            None
+                            if run.status == dg.DagsterRunStatus.SUCCESS
+                            else failure_reason(self.instance, run.run_id),
+                            self.annotate(self.instance, run.run_id)
+                            if run.status == dg.DagsterRunStatus.SUCCESS
+                            else None,
+                        )
                         self.say(finished[run.run_id].line())
                 if len(finished) < len(runs):
                     time.sleep(0.5)
@@ -236,8 +291,12 @@ class Launcher:
 
 
 def failure_reason(instance: dg.DagsterInstance, run_id: str) -> str:
-    """The first line a person needs: the failed step and its `Failure` description (or error), else the run's message."""
-    for of_type, pick in ((dg.DagsterEventType.STEP_FAILURE, _step_failure), (dg.DagsterEventType.RUN_FAILURE, _run_failure)):
+    """The first line a person needs: the failed step and its `Failure` description (or error), else the run's
+    message."""
+    for of_type, pick in (
+        (dg.DagsterEventType.STEP_FAILURE, _step_failure),
+        (dg.DagsterEventType.RUN_FAILURE, _run_failure),
+    ):
         records = instance.get_records_for_run(run_id, of_type=of_type, limit=1).records
         if records:
             return pick(records[0].event_log_entry)

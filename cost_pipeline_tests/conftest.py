@@ -55,8 +55,12 @@ class ModelServer:
 
     def _send(self, path: str, payload: dict | None = None) -> dict:
         data = None if payload is None else json.dumps(payload).encode()
-        request = urllib.request.Request(self.url + path, data=data, method="GET" if data is None else "POST",
-                                         headers={"content-type": "application/json"})
+        request = urllib.request.Request(
+            self.url + path,
+            data=data,
+            method="GET" if data is None else "POST",
+            headers={"content-type": "application/json"},
+        )
         with urllib.request.urlopen(request, timeout=10) as response:
             return json.loads(response.read())
 
@@ -112,8 +116,13 @@ def database(tmp_path: Path) -> Path:
     return tmp_path / "store.duckdb"
 
 
-def local_resources(landing_root: Path, database: Path, model_server: ModelServer | None = None,
-                    costs: CostSettings | None = None, **gemini) -> dict:
+def local_resources(
+    landing_root: Path,
+    database: Path,
+    model_server: ModelServer | None = None,
+    costs: CostSettings | None = None,
+    **gemini,
+) -> dict:
     resources = {
         "io_manager": DuckDBPartitionIOManager(database=str(database)),
         "warehouse": DuckDBWarehouse(database=str(database)),
@@ -124,21 +133,35 @@ def local_resources(landing_root: Path, database: Path, model_server: ModelServe
     if model_server is not None:
         options = {"initial_backoff_s": 0.01, "max_backoff_s": 0.2, "timeout_s": 5.0, **gemini}
         # A test that chooses the auto-started local server must not leave its invoice in the repository.
-        resources["gemini"] = GeminiResource(base_url=model_server.url, cache_database=str(database),
-                                             local_billing_folder=str(landing_root.parent / "billing"), **options)
+        resources["gemini"] = GeminiResource(
+            base_url=model_server.url,
+            cache_database=str(database),
+            local_billing_folder=str(landing_root.parent / "billing"),
+            **options,
+        )
     return resources
 
 
-def materialize_day(day: date | str, landing_root: Path, database: Path, model_server: ModelServer | None = None,
-                    gemini: dict | None = None, costs: CostSettings | None = None, **kwargs) -> dg.ExecuteInProcessResult:
+def materialize_day(
+    day: date | str,
+    landing_root: Path,
+    database: Path,
+    model_server: ModelServer | None = None,
+    gemini: dict | None = None,
+    costs: CostSettings | None = None,
+    **kwargs,
+) -> dg.ExecuteInProcessResult:
     """A real Dagster run of one partition: ingest only, or every daily asset and check given a model server."""
     if model_server is None:
-        return dg.materialize(INGEST_ASSETS, partition_key=str(day), resources=local_resources(landing_root, database), **kwargs)
+        return dg.materialize(
+            INGEST_ASSETS, partition_key=str(day), resources=local_resources(landing_root, database), **kwargs
+        )
     return dg.materialize(
         [*all_assets, *all_checks],
         partition_key=str(day),
         resources=local_resources(landing_root, database, model_server, costs, **(gemini or {})),
-        selection=dg.AssetSelection.all() - dg.AssetSelection.assets("evaluation_costs", "cost_dashboard", "billing_reconciliation"),
+        selection=dg.AssetSelection.all()
+        - dg.AssetSelection.assets("evaluation_costs", "cost_dashboard", "billing_reconciliation"),
         **kwargs,
     )
 
@@ -155,8 +178,17 @@ def _three_days_store(tmp_path_factory, _model_server_url):
     server = ModelServer(_model_server_url)
     server.reset()
     generate(folder / "landing", THREE_DAYS[0], days=3, turns_per_day=150, seed=17)
-    results = [materialize_day(day, folder / "landing", folder / "store.duckdb", server, costs=SMALL_DAYS_COSTS,
-                               gemini={"function_model": "gemini-2.5-flash"}) for day in THREE_DAYS]
+    results = [
+        materialize_day(
+            day,
+            folder / "landing",
+            folder / "store.duckdb",
+            server,
+            costs=SMALL_DAYS_COSTS,
+            gemini={"function_model": "gemini-2.5-flash"},
+        )
+        for day in THREE_DAYS
+    ]
     return folder, results
 
 

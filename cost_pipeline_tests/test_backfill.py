@@ -40,15 +40,42 @@ def test_job_backfill_over_eight_days_with_four_runs_at_once(tmp_path, landing_r
     for path in (landing_root / NEVER_LANDED).iterdir():
         path.unlink()
     home = dagster_home(tmp_path / "dagster_home")
-    env = {**os.environ, "DAGSTER_HOME": str(home), "COST_PIPELINE_DB": str(database),
-           "COST_PIPELINE_LANDING": str(landing_root), "COST_PIPELINE_COSTS": str(REPO / "costs.toml")}
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(home),
+        "COST_PIPELINE_DB": str(database),
+        "COST_PIPELINE_LANDING": str(landing_root),
+        "COST_PIPELINE_COSTS": str(REPO / "costs.toml"),
+    }
     launched = subprocess.run(
-        [str(BIN / "dagster"), "job", "backfill", "-m", "cost_pipeline.definitions", "-j", "daily_pipeline",
-         "--from", PARTITIONS[0], "--to", PARTITIONS[-1], "--noprompt"],
-        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        [
+            str(BIN / "dagster"),
+            "job",
+            "backfill",
+            "-m",
+            "cost_pipeline.definitions",
+            "-j",
+            "daily_pipeline",
+            "--from",
+            PARTITIONS[0],
+            "--to",
+            PARTITIONS[-1],
+            "--noprompt",
+        ],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert launched.returncode == 0, launched.stderr[-2000:]
-    daemon = subprocess.Popen([str(BIN / "dagster-daemon"), "run", "-m", "cost_pipeline.definitions"],
-                              env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    daemon = subprocess.Popen(
+        [str(BIN / "dagster-daemon"), "run", "-m", "cost_pipeline.definitions"],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     reports = []
     try:
         with dg.DagsterInstance.from_config(str(home)) as instance:
@@ -58,9 +85,25 @@ def test_job_backfill_over_eight_days_with_four_runs_at_once(tmp_path, landing_r
                 if len(runs) == DAYS and all(run.is_finished for run in runs) and totals_after(instance, runs):
                     break
                 if database.exists():
-                    reports.append(subprocess.run(
-                        [str(BIN / "cost-pipeline"), "report", "--database", str(database), "--start", PARTITIONS[0],
-                         "--end", PARTITIONS[-1], "--format", "json"], capture_output=True, text=True, timeout=120))
+                    reports.append(
+                        subprocess.run(
+                            [
+                                str(BIN / "cost-pipeline"),
+                                "report",
+                                "--database",
+                                str(database),
+                                "--start",
+                                PARTITIONS[0],
+                                "--end",
+                                PARTITIONS[-1],
+                                "--format",
+                                "json",
+                            ],
+                            capture_output=True,
+                            text=True,
+                            timeout=120,
+                        )
+                    )
                 time.sleep(1)
             records = [r for r in instance.get_run_records() if "dagster/partition" in r.dagster_run.tags]
     finally:
@@ -71,9 +114,14 @@ def test_job_backfill_over_eight_days_with_four_runs_at_once(tmp_path, landing_r
     assert 2 <= most_runs_at_once(records) <= 4
     assert reports and all(report.returncode == 0 for report in reports), [r.stderr for r in reports if r.returncode]
     with duckdb.connect(str(database), read_only=True) as connection:
-        days = connection.execute("SELECT DISTINCT partition_date::VARCHAR FROM daily_cost_rollup ORDER BY 1").fetchall()
+        days = connection.execute(
+            "SELECT DISTINCT partition_date::VARCHAR FROM daily_cost_rollup ORDER BY 1"
+        ).fetchall()
         runs = connection.execute("SELECT partition_date, count(DISTINCT run_id) FROM llm_calls GROUP BY 1").fetchall()
-        totals = connection.execute("SELECT min(first_day)::VARCHAR, max(last_day)::VARCHAR, sum(calls), sum(total_cost_usd) FROM evaluation_costs").fetchone()
+        totals = connection.execute(
+            "SELECT min(first_day)::VARCHAR, max(last_day)::VARCHAR, sum(calls), sum(total_cost_usd) FROM "
+            "evaluation_costs"
+        ).fetchone()
         rolled = connection.execute("SELECT sum(calls), sum(total_cost_usd) FROM daily_cost_rollup").fetchone()
     # Every run is green: the day that never landed was written empty (no rollup rows).
     assert [d for (d,) in days] == [day for day in PARTITIONS if day != NEVER_LANDED]

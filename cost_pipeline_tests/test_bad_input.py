@@ -1,4 +1,5 @@
-"""A corpus of bad landing input: every line is quarantined with its reason or accepted exactly; nothing else is lost."""
+"""A corpus of bad landing input: every line is quarantined with its reason or accepted exactly; nothing else is
+lost."""
 
 import json
 import shutil
@@ -19,9 +20,16 @@ def test_every_line_of_the_corpus_ends_where_it_should(tmp_path, database):
     result = materialize_day(DAY, landing, database)
     with duckdb.connect(str(database), read_only=True) as connection:
         kept = connection.execute("SELECT source_file, line_number FROM raw_turns").fetchall()
-        quarantined = connection.execute("SELECT source_file, line_number, reason_code, reason, length(raw_content) FROM quarantined_turns").fetchall()
-        nasty = connection.execute("SELECT evaluation_id, conversation_id, turn_id FROM raw_turns WHERE source_file = 'g_sql.jsonl' ORDER BY line_number").fetchall()
-        unicode_texts = connection.execute("SELECT text FROM raw_turns WHERE source_file = 'f_utf8.jsonl' ORDER BY line_number").fetchall()
+        quarantined = connection.execute(
+            "SELECT source_file, line_number, reason_code, reason, length(raw_content) FROM quarantined_turns"
+        ).fetchall()
+        nasty = connection.execute(
+            "SELECT evaluation_id, conversation_id, turn_id FROM raw_turns WHERE source_file = 'g_sql.jsonl' "
+            "ORDER BY line_number"
+        ).fetchall()
+        unicode_texts = connection.execute(
+            "SELECT text FROM raw_turns WHERE source_file = 'f_utf8.jsonl' ORDER BY line_number"
+        ).fetchall()
     outcome = {f"{f}:{n}": "ok" for f, n in kept} | {f"{f}:{n}": code for f, n, code, _, _ in quarantined}
     assert outcome == expected
     assert all(reason and length <= 501 for *_, reason, length in quarantined)

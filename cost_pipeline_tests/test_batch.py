@@ -32,9 +32,11 @@ def _resumed_and_paid_once(database, model_server, turns: int) -> None:
 
 def _spend(database) -> tuple:
     with duckdb.connect(str(database), read_only=True) as connection:
-        return connection.execute("SELECT sum(cost_usd), count(*) FILTER (WHERE processing = 'batch'), count(*), "
-                                  "count(DISTINCT request_hash) FILTER (WHERE outcome = 'accepted'), "
-                                  "count(*) FILTER (WHERE outcome = 'accepted') FROM llm_attempts").fetchone()
+        return connection.execute(
+            "SELECT sum(cost_usd), count(*) FILTER (WHERE processing = 'batch'), count(*), "
+            "count(DISTINCT request_hash) FILTER (WHERE outcome = 'accepted'), "
+            "count(*) FILTER (WHERE outcome = 'accepted') FROM llm_attempts"
+        ).fetchone()
 
 
 @pytest.mark.slow
@@ -44,7 +46,9 @@ def test_a_batch_day_has_the_rows_of_a_standard_day_at_about_half_the_price(tmp_
     batch_store, standard_store = tmp_path / "batch.duckdb", tmp_path / "standard.duckdb"
     assert materialize_day(DAY, landing_root, batch_store, model_server, gemini=BATCH, costs=SMALL_DAYS_COSTS).success
     stats = model_server.stats()
-    assert stats["batches_created"] == 2 and stats.get("requests", 0) == 0  # one cleaning job, one function job; no single calls
+    assert (
+        stats["batches_created"] == 2 and stats.get("requests", 0) == 0
+    )  # one cleaning job, one function job; no single calls
     assert ledger_bill(batch_store) == server_bill(model_server)
     model_server.reset()
     assert materialize_day(DAY, landing_root, standard_store, model_server, costs=SMALL_DAYS_COSTS).success
@@ -52,8 +56,9 @@ def test_a_batch_day_has_the_rows_of_a_standard_day_at_about_half_the_price(tmp_
     # The local model cleans the turn alone, so raw context changes nothing here (a real model may differ a little).
     cleaned = _rows(batch_store, "cleaned_turns", "status, cleaned_text")
     assert cleaned == _rows(standard_store, "cleaned_turns", "status, cleaned_text") and len(cleaned) == 300
-    assert _rows(batch_store, "function_calls", "function_name, arguments") == \
-        _rows(standard_store, "function_calls", "function_name, arguments")
+    assert _rows(batch_store, "function_calls", "function_name, arguments") == _rows(
+        standard_store, "function_calls", "function_name, arguments"
+    )
     batch_spend, batch_attempts, attempts, *_ = _spend(batch_store)
     standard_spend, standard_batch_attempts, *_ = _spend(standard_store)
     assert batch_attempts == attempts and standard_batch_attempts == 0
@@ -61,26 +66,38 @@ def test_a_batch_day_has_the_rows_of_a_standard_day_at_about_half_the_price(tmp_
     print(f"batch ${batch_spend:.6f} vs standard ${standard_spend:.6f}: {ratio:.3f}x")
     assert 0.45 <= ratio <= 0.6  # half the input and output price; cache reads stay at the standard rate
     with duckdb.connect(str(batch_store), read_only=True) as connection:  # the rollup splits spend by processing
-        assert connection.execute("SELECT sum(spend_usd), sum(batch_spend_usd) FROM daily_cost_rollup").fetchone() == \
-            (batch_spend, batch_spend)
+        assert connection.execute("SELECT sum(spend_usd), sum(batch_spend_usd) FROM daily_cost_rollup").fetchone() == (
+            batch_spend,
+            batch_spend,
+        )
         # The cost of the data is priced at the batch rate too: one run, so it equals the spend.
         assert connection.execute("SELECT sum(total_cost_usd) FROM llm_calls").fetchone()[0] == batch_spend
 
 
 @pytest.mark.slow
-def test_errors_inside_a_job_fail_their_calls_unbilled_and_a_rerun_completes_them(tmp_path, landing_root, database,
-                                                                                  model_server):
+def test_errors_inside_a_job_fail_their_calls_unbilled_and_a_rerun_completes_them(
+    tmp_path, landing_root, database, model_server
+):
     generate(landing_root, DAY, days=1, turns_per_day=120, seed=72)
     model_server.configure(rate_batch_error=0.2, seed=3)
-    first = materialize_day(DAY, landing_root, database, model_server, gemini=BATCH, costs=SMALL_DAYS_COSTS,
-                            raise_on_error=False, run_config={"ops": {"turns_through_gemini": {"config": {"max_failure_share": 1.0}}}})
+    first = materialize_day(
+        DAY,
+        landing_root,
+        database,
+        model_server,
+        gemini=BATCH,
+        costs=SMALL_DAYS_COSTS,
+        raise_on_error=False,
+        run_config={"ops": {"turns_through_gemini": {"config": {"max_failure_share": 1.0}}}},
+    )
     assert first.success
     statuses = _rows(database, "cleaned_turns", "status, error")
     failed = [error for status, error in statuses.values() if status == "failed"]
     assert failed and all(error.startswith("batch error 13") for error in failed)
     with duckdb.connect(str(database), read_only=True) as connection:
-        unbilled = connection.execute("SELECT count(*) FROM llm_attempts WHERE outcome = 'error' AND NOT billed "
-                                      "AND cost_usd = 0").fetchone()[0]
+        unbilled = connection.execute(
+            "SELECT count(*) FROM llm_attempts WHERE outcome = 'error' AND NOT billed AND cost_usd = 0"
+        ).fetchone()[0]
     assert unbilled == model_server.stats()["batch_request_errors"] > 0
     assert ledger_bill(database) == server_bill(model_server)
 
@@ -93,12 +110,14 @@ def test_errors_inside_a_job_fail_their_calls_unbilled_and_a_rerun_completes_the
 
 
 @pytest.mark.slow
-def test_a_job_still_pending_when_the_step_stops_waiting_is_resumed_not_paid_again(tmp_path, landing_root, database,
-                                                                                    model_server):
+def test_a_job_still_pending_when_the_step_stops_waiting_is_resumed_not_paid_again(
+    tmp_path, landing_root, database, model_server
+):
     generate(landing_root, DAY, days=1, turns_per_day=80, seed=73)
     model_server.configure(batch_delay_s=3.0)
-    waiting = materialize_day(DAY, landing_root, database, model_server, costs=SMALL_DAYS_COSTS,
-                              gemini={**BATCH, "batch_max_wait_s": 0.5})
+    waiting = materialize_day(
+        DAY, landing_root, database, model_server, costs=SMALL_DAYS_COSTS, gemini={**BATCH, "batch_max_wait_s": 0.5}
+    )
     assert waiting.success  # ends cleanly: no rows yet, the job recorded
     assert not waiting.asset_materializations_for_node("turns_through_gemini")
     with duckdb.connect(str(database), read_only=True) as connection:
@@ -125,15 +144,17 @@ def test_a_job_still_pending_when_the_step_stops_waiting_is_resumed_not_paid_aga
     (request,) = sensor().run_requests
     assert request.partition_key == str(DAY) and request.run_key == f"batch:{jobs[0][0]}"
 
-    finished = materialize_day(DAY, landing_root, database, model_server, costs=SMALL_DAYS_COSTS,
-                               gemini={**BATCH, "batch_max_wait_s": 30})
+    finished = materialize_day(
+        DAY, landing_root, database, model_server, costs=SMALL_DAYS_COSTS, gemini={**BATCH, "batch_max_wait_s": 30}
+    )
     assert finished.success
     _resumed_and_paid_once(database, model_server, 80)
 
 
 @pytest.mark.slow
-def test_kill_9_while_a_job_is_pending_resumes_the_same_job_and_pays_nothing_twice(tmp_path, landing_root, database,
-                                                                                  model_server):
+def test_kill_9_while_a_job_is_pending_resumes_the_same_job_and_pays_nothing_twice(
+    tmp_path, landing_root, database, model_server
+):
     import os
     import signal
     import subprocess
@@ -145,15 +166,31 @@ def test_kill_9_while_a_job_is_pending_resumes_the_same_job_and_pays_nothing_twi
 
     generate(landing_root, DAY, days=1, turns_per_day=80, seed=74)
     model_server.configure(batch_delay_s=6.0)
-    env = {**os.environ, "DAGSTER_HOME": str(dagster_home(tmp_path / "home")), "COST_PIPELINE_DB": str(database),
-           "COST_PIPELINE_LANDING": str(landing_root), "COST_PIPELINE_COSTS": str(REPO / "costs.toml"),
-           "COST_PIPELINE_PROCESSING": "batch", "GOOGLE_GEMINI_BASE_URL": model_server.url,
-           "COST_PIPELINE_BILLING": str(tmp_path / "billing")}
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(dagster_home(tmp_path / "home")),
+        "COST_PIPELINE_DB": str(database),
+        "COST_PIPELINE_LANDING": str(landing_root),
+        "COST_PIPELINE_COSTS": str(REPO / "costs.toml"),
+        "COST_PIPELINE_PROCESSING": "batch",
+        "GOOGLE_GEMINI_BASE_URL": model_server.url,
+        "COST_PIPELINE_BILLING": str(tmp_path / "billing"),
+    }
     env.pop("GEMINI_API_KEY", None), env.pop("GOOGLE_API_KEY", None)
-    command = [str(Path(sys.executable).with_name("dagster")), "asset", "materialize", "-m", "cost_pipeline.definitions",
-               "--select", "raw_turns,quarantined_turns,cleaned_turns,function_calls,llm_calls", "--partition", str(DAY)]
-    run = subprocess.Popen(command, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                           start_new_session=True)
+    command = [
+        str(Path(sys.executable).with_name("dagster")),
+        "asset",
+        "materialize",
+        "-m",
+        "cost_pipeline.definitions",
+        "--select",
+        "raw_turns,quarantined_turns,cleaned_turns,function_calls,llm_calls",
+        "--partition",
+        str(DAY),
+    ]
+    run = subprocess.Popen(
+        command, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     deadline = time.monotonic() + 120
     while not model_server.stats().get("batches_created"):
         assert time.monotonic() < deadline and run.poll() is None, "the run never submitted its job"
@@ -171,7 +208,8 @@ def test_kill_9_while_a_job_is_pending_resumes_the_same_job_and_pays_nothing_twi
 
 @pytest.mark.slow
 def test_a_day_too_large_to_inline_goes_through_uploaded_files_and_its_usd_matches_the_invoice(
-        tmp_path, landing_root, database, model_server):
+    tmp_path, landing_root, database, model_server
+):
     from datetime import datetime, timezone
 
     from .test_reconciliation import check, reconcile
@@ -181,8 +219,14 @@ def test_a_day_too_large_to_inline_goes_through_uploaded_files_and_its_usd_match
     assert materialize_day(DAY, landing_root, standard_store, model_server, costs=SMALL_DAYS_COSTS).success
     model_server.reset()
     # Any job over 1 kB of requests is sent as an uploaded JSON Lines file: here, both stages' jobs.
-    assert materialize_day(DAY, landing_root, database, model_server, costs=SMALL_DAYS_COSTS,
-                           gemini={**BATCH, "batch_inline_max_bytes": 1000}).success
+    assert materialize_day(
+        DAY,
+        landing_root,
+        database,
+        model_server,
+        costs=SMALL_DAYS_COSTS,
+        gemini={**BATCH, "batch_inline_max_bytes": 1000},
+    ).success
     stats = model_server.stats()
     assert stats["batches_created"] == stats["batches_from_file"] == 2 and stats.get("requests", 0) == 0
     # The requests in the file are the ones inlining sends (the SDK's own conversion): the same rows as standard mode.
@@ -199,32 +243,38 @@ def test_a_day_too_large_to_inline_goes_through_uploaded_files_and_its_usd_match
     with duckdb.connect(str(database), read_only=True) as connection:
         processing, invoice, ledger, gaps = connection.execute(
             "SELECT list(DISTINCT tier), sum(invoice_usd), sum(ledger_usd), count(*) FILTER (WHERE usd_gap <> 0) "
-            "FROM billing_reconciliation").fetchone()
+            "FROM billing_reconciliation"
+        ).fetchone()
     spend = _spend(database)[0]
     assert processing == ["batch"] and invoice == ledger == spend > 0 and gaps == 0
 
 
 @pytest.mark.slow
 def test_a_pending_job_whose_requests_changed_since_is_still_collected_and_its_answers_paid_once(
-        tmp_path, landing_root, database, model_server):
+    tmp_path, landing_root, database, model_server
+):
     import json
     import urllib.request
 
     generate(landing_root, DAY, days=1, turns_per_day=40, seed=76)
     model_server.configure(batch_delay_s=1.5)
-    waiting = materialize_day(DAY, landing_root, database, model_server, costs=SMALL_DAYS_COSTS,
-                              gemini={**BATCH, "batch_max_wait_s": 0.2})
+    waiting = materialize_day(
+        DAY, landing_root, database, model_server, costs=SMALL_DAYS_COSTS, gemini={**BATCH, "batch_max_wait_s": 0.2}
+    )
     assert waiting.success and not waiting.asset_materializations_for_node("turns_through_gemini")
 
     # The cleaning model changes while the job is pending: none of its requests is asked again, but it was paid for.
     changed = {**BATCH, "batch_max_wait_s": 30, "clean_model": "gemini-2.5-flash"}
     assert materialize_day(DAY, landing_root, database, model_server, costs=SMALL_DAYS_COSTS, gemini=changed).success
     with duckdb.connect(str(database), read_only=True) as connection:
-        jobs = connection.execute("SELECT job_name, stage, model, collected_at IS NOT NULL FROM llm_batch_jobs "
-                                  "ORDER BY submitted_at").fetchall()
+        jobs = connection.execute(
+            "SELECT job_name, stage, model, collected_at IS NOT NULL FROM llm_batch_jobs ORDER BY submitted_at"
+        ).fetchall()
     assert [(stage, model, collected) for _, stage, model, collected in jobs] == [
-        ("clean", "gemini-2.5-flash-lite", True), ("clean", "gemini-2.5-flash", True),
-        ("function", "gemini-2.5-flash-lite", True)]
+        ("clean", "gemini-2.5-flash-lite", True),
+        ("clean", "gemini-2.5-flash", True),
+        ("function", "gemini-2.5-flash-lite", True),
+    ]
     # The provider finishes (and bills) every job whoever asks; asking again now changes nothing.
     for name, *_ in jobs:
         with urllib.request.urlopen(f"{model_server.url}/v1beta/{name}") as reply:
@@ -241,6 +291,7 @@ def test_a_pending_job_whose_requests_changed_since_is_still_collected_and_its_a
 def test_the_cli_names_the_days_whose_jobs_are_still_pending(tmp_path, monkeypatch):
     from cost_pipeline.cli import _batch_jobs_pending
     from cost_pipeline.gemini.batch import jobs as batch_jobs
+
     database = tmp_path / "jobs.duckdb"
     monkeypatch.setenv("COST_PIPELINE_DB", str(database))
     assert _batch_jobs_pending([DAY]) is None
@@ -253,19 +304,22 @@ def test_the_cli_names_the_days_whose_jobs_are_still_pending(tmp_path, monkeypat
 
 
 @pytest.mark.slow
-def test_a_result_file_gone_before_collection_is_said_and_its_requests_asked_again(tmp_path, landing_root, database,
-                                                                                   model_server, capfd):
+def test_a_result_file_gone_before_collection_is_said_and_its_requests_asked_again(
+    tmp_path, landing_root, database, model_server, capfd
+):
     import json
     import urllib.request
 
     generate(landing_root, DAY, days=1, turns_per_day=30, seed=77)
     model_server.configure(batch_delay_s=0.5)
     files = {**BATCH, "batch_inline_max_bytes": 1000}
-    assert materialize_day(DAY, landing_root, database, model_server, costs=SMALL_DAYS_COSTS,
-                           gemini={**files, "batch_max_wait_s": 0.1}).success
+    assert materialize_day(
+        DAY, landing_root, database, model_server, costs=SMALL_DAYS_COSTS, gemini={**files, "batch_max_wait_s": 0.1}
+    ).success
     with duckdb.connect(str(database), read_only=True) as connection:
-        (name,), = connection.execute("SELECT job_name FROM llm_batch_jobs").fetchall()
+        ((name,),) = connection.execute("SELECT job_name FROM llm_batch_jobs").fetchall()
     import time
+
     time.sleep(0.6)
     with urllib.request.urlopen(f"{model_server.url}/v1beta/{name}") as reply:  # the job runs, and is billed
         result_file = json.load(reply)["metadata"]["output"]["responsesFile"]
@@ -290,8 +344,9 @@ def test_the_sensor_runs_the_day_of_a_job_the_provider_no_longer_has(tmp_path, m
     from cost_pipeline.gemini.client import GeminiResource
 
     database = tmp_path / "jobs.duckdb"
-    batch_jobs.record(database, "batches/expired-long-ago", str(DAY), "clean", "m", "e", "d", 1, 0, "run",
-                      "JOB_STATE_PENDING")
+    batch_jobs.record(
+        database, "batches/expired-long-ago", str(DAY), "clean", "m", "e", "d", 1, 0, "run", "JOB_STATE_PENDING"
+    )
     gemini = GeminiResource(base_url=model_server.url, cache_database=str(database))
     with dg.build_sensor_context(resources={"gemini": gemini}) as context:
         (request,) = batch_jobs_sensor(context).run_requests

@@ -13,8 +13,9 @@ REPO = Path(__file__).parents[1]
 
 
 def run_bench(script: str, *args: str) -> str:
-    result = subprocess.run([sys.executable, str(REPO / "bench" / script), *args], capture_output=True, text=True,
-                            timeout=600, cwd=REPO)
+    result = subprocess.run(
+        [sys.executable, str(REPO / "bench" / script), *args], capture_output=True, text=True, timeout=600, cwd=REPO
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout
 
@@ -30,17 +31,22 @@ def test_invoice_match_accounts_for_every_billed_cent_at_a_tiny_size():
 @pytest.mark.slow
 def test_gemini_overhead_runs_at_a_tiny_size():
     output = run_bench("gemini_overhead.py", "--turns", "300", "--concurrency", "16", "--rounds", "2")
-    assert "round 1 (pipeline first):" in output and "round 2 (bare first):" in output and "median of 2 rounds" in output
+    assert (
+        "round 1 (pipeline first):" in output and "round 2 (bare first):" in output and "median of 2 rounds" in output
+    )
     assert "bare loop sending dict contents as the stage does" in output
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("script,args,printed", [
-    ("partition_write.py", ["--rows", "2000"], "rows/s"),
-    ("rate_limit.py", ["--calls", "30", "--rpm", "6000", "--latency-ms", "1"], "RPM"),
-    ("rollup.py", ["--days", "2", "--calls", "2000"], "evaluation_costs"),
-    ("ledger_growth.py", ["--rows", "1000", "--batch", "50"], "rows: ledger insert"),
-])
+@pytest.mark.parametrize(
+    "script,args,printed",
+    [
+        ("partition_write.py", ["--rows", "2000"], "rows/s"),
+        ("rate_limit.py", ["--calls", "30", "--rpm", "6000", "--latency-ms", "1"], "RPM"),
+        ("rollup.py", ["--days", "2", "--calls", "2000"], "evaluation_costs"),
+        ("ledger_growth.py", ["--rows", "1000", "--batch", "50"], "rows: ledger insert"),
+    ],
+)
 def test_every_other_bench_runs_at_a_tiny_size(script, args, printed):
     assert printed in run_bench(script, *args)
 
@@ -53,8 +59,11 @@ def test_recorded_responses_are_priced_as_genai_prices_prices_them_at_a_tiny_siz
 
 @pytest.mark.slow
 def test_crash_resume_runs_at_a_tiny_size_and_pays_little_twice():
-    figures = json.loads(run_bench("crash_resume.py", "--turns", "800", "--latency-ms", "20",
-                                   "--checkpoint-every-s", "0.5").splitlines()[-1])
+    figures = json.loads(
+        run_bench(
+            "crash_resume.py", "--turns", "800", "--latency-ms", "20", "--checkpoint-every-s", "0.5"
+        ).splitlines()[-1]
+    )
     assert figures["killed_run_calls"] >= figures["clean_calls"] // 2
     assert figures["missing_from_ledger"] <= figures["billing_unknown"]
     assert figures["ratio"] < 1.5
@@ -63,8 +72,11 @@ def test_crash_resume_runs_at_a_tiny_size_and_pays_little_twice():
 @pytest.mark.slow
 def test_backfill_overlap_runs_at_a_tiny_size_without_lock_failures():
     # The 0.35 goal is for 8 days x 2,000 turns at 200 ms; at this size start-up noise dominates the ratio.
-    figures = json.loads(run_bench("backfill_overlap.py", "--days", "2", "--turns", "60", "--latency-ms", "20",
-                                   "--parallel", "2").splitlines()[-1])
+    figures = json.loads(
+        run_bench(
+            "backfill_overlap.py", "--days", "2", "--turns", "60", "--latency-ms", "20", "--parallel", "2"
+        ).splitlines()[-1]
+    )
     assert figures["failed_runs"] == 0, [mode["failure_reasons"] for mode in figures["modes"]]
     assert figures["lock_failures"] == 0, [mode["lock_failure_messages"] for mode in figures["modes"]]
     assert figures["ratio"] > 0 and figures["sequential_s"] > 0 and figures["parallel_s"] > 0

@@ -38,8 +38,9 @@ def test_a_chunk_read_of_a_large_cache_stays_within_the_step_memory_limit(tmp_pa
             INSERT INTO {TABLE} SELECT sha256('request-' || i), sha256('text-' || i), 'clean', 'gemini-2.5-flash-lite',
                    '{{"cleaned_text": "turn ' || i || '"}}', 120, 30, 0, 0, 0, 150, 'reported', now(), NULL
             FROM range(1500000) t(i)""")
-    read = subprocess.run([sys.executable, "-c", READ_A_CHUNK, str(database)], capture_output=True, text=True,
-                          timeout=120)
+    read = subprocess.run(
+        [sys.executable, "-c", READ_A_CHUNK, str(database)], capture_output=True, text=True, timeout=120
+    )
     assert read.returncode == 0, read.stderr[-2000:]
     figures = json.loads(read.stdout.splitlines()[-1])
     assert figures["found"] == 2000
@@ -63,8 +64,14 @@ def test_a_chunk_loads_the_cleaning_filed_under_its_context_not_every_cleaning_o
     # A text that recurs all day is cleaned once per conversation, each time with other turns before it.
     cache = ResponseCache(tmp_path / "cache.duckdb")
     for conversation in range(50):
-        cache.put(f"clean-{conversation}", "text-ok", "clean", "m", *_answer(f"Ok {conversation}."),
-                  context_hash=f"context-{conversation}")
+        cache.put(
+            f"clean-{conversation}",
+            "text-ok",
+            "clean",
+            "m",
+            *_answer(f"Ok {conversation}."),
+            context_hash=f"context-{conversation}",
+        )
     cache.put("decide-ok", "text-ok", "function", "m", *_answer("Ok."))
     assert cache.write(cache.take_new()) == 51
     fresh = ResponseCache(tmp_path / "cache.duckdb")
@@ -78,19 +85,26 @@ def test_a_cache_from_before_context_keys_is_read_and_then_written_with_them(tmp
     database = tmp_path / "cache.duckdb"
     with connect(database) as connection:
         connection.execute(DDL.replace(",\n    context_hash VARCHAR", ""))
-        connection.execute(f"INSERT INTO {TABLE} VALUES ('old-clean', 'text-a', 'clean', 'm', '{{}}', 1, 1, 0, 0, 0, 2, "
-                           "'reported', now()), ('old-decide', 'text-a', 'function', 'm', '{}', 1, 1, 0, 0, 0, 2, "
-                           "'reported', now())")
+        connection.execute(
+            f"INSERT INTO {TABLE} VALUES ('old-clean', 'text-a', 'clean', 'm', '{{}}', 1, 1, 0, 0, 0, 2, "
+            "'reported', now()), ('old-decide', 'text-a', 'function', 'm', '{}', 1, 1, 0, 0, 0, 2, "
+            "'reported', now())"
+        )
     cache = ResponseCache(database)
     assert [key for key, _ in cache.read(["text-a"], ["context-a"])] == ["old-decide"]
     cache.put("new-clean", "text-a", "clean", "m", *_answer("A."), context_hash="context-a")
     assert cache.write(cache.take_new()) == 1
-    assert sorted(key for key, _ in ResponseCache(database).read(["text-a"], ["context-a"])) == ["new-clean", "old-decide"]
+    assert sorted(key for key, _ in ResponseCache(database).read(["text-a"], ["context-a"])) == [
+        "new-clean",
+        "old-decide",
+    ]
 
 
 def test_a_cleaning_is_filed_by_its_text_and_the_raw_turns_of_its_context_window_only():
     def filed(*texts, window=2):
-        conversation = [{"speaker": "User" if i % 2 == 0 else "Assistant", "text": text} for i, text in enumerate(texts)]
+        conversation = [
+            {"speaker": "User" if i % 2 == 0 else "Assistant", "text": text} for i, text in enumerate(texts)
+        ]
         file_turns(conversation, window)
         return conversation[-1]
 
@@ -98,42 +112,80 @@ def test_a_cleaning_is_filed_by_its_text_and_the_raw_turns_of_its_context_window
     assert ok_after_a["text_hash"] == ok_after_b["text_hash"], "the same text"
     assert ok_after_a["context_hash"] != ok_after_b["context_hash"], "other turns before it"
     # Turns older than the window do not enter the request, so they do not enter the key either.
-    assert filed("x", "order pizza", "Done.", "ok")["context_hash"] == filed("y", "order pizza", "Done.", "ok")["context_hash"]
+    assert (
+        filed("x", "order pizza", "Done.", "ok")["context_hash"]
+        == filed("y", "order pizza", "Done.", "ok")["context_hash"]
+    )
     assert filed("order pizza", "Done.", "ok", window=0)["context_hash"] == filed("ok", window=0)["context_hash"]
 
 
 def test_request_hashes_are_the_keys_earlier_runs_wrote():
     # Computed by the json.dumps(..., sort_keys=True) spelling before this one: a cache written then must still hit.
-    cleaning = cleaning_request("gemini-2.5-flash-lite", "User", "um so I I want to book a table",
-                                [("User", "Hi there."), ("Assistant", "Hello! How can I help?")], 128)
+    cleaning = cleaning_request(
+        "gemini-2.5-flash-lite",
+        "User",
+        "um so I I want to book a table",
+        [("User", "Hi there."), ("Assistant", "Hello! How can I help?")],
+        128,
+    )
     function = function_request("gemini-2.5-flash-lite", "Book a table for two.", None)
     assert cleaning.request_hash("local-server") == "c5b17ddc61ded68c924a2e437d58c685c428d7104c067d73d4615a01b63621b4"
-    assert (function.request_hash("https://generativelanguage.googleapis.com")
-            == "7611a2e1cce46292aaf35aac2cacd8691cec98e2f2fdf3455a7dceee6deca003")
-    assert (cleaning.with_reminder("off-format", 2).request_hash("x")
-            == "0d4bba1750cadf89d009a7126253edcd7d5e316c1c0d50c8b12332d67c4d16af")
+    assert (
+        function.request_hash("https://generativelanguage.googleapis.com")
+        == "7611a2e1cce46292aaf35aac2cacd8691cec98e2f2fdf3455a7dceee6deca003"
+    )
+    assert (
+        cleaning.with_reminder("off-format", 2).request_hash("x")
+        == "0d4bba1750cadf89d009a7126253edcd7d5e316c1c0d50c8b12332d67c4d16af"
+    )
 
 
 def test_a_request_hash_from_remembered_settings_is_the_hash_of_the_whole_request_spelled_out():
     """The hash joins the contents to the settings' JSON kept from an earlier request; it must equal the digest of the
     request's canonical JSON in full, for every kind of request, and a config built afresh must not borrow another's."""
+
     def spelled_out(request, endpoint):
-        canonical = json.dumps({"endpoint": endpoint, "model": request.model, "system_instruction": request.system_instruction,
-                                "tools": TOOLS_DIGEST if request.with_tools else None, "contents": request.contents,
-                                "generation_config": request.generation_config}, sort_keys=True)
+        canonical = json.dumps(
+            {
+                "endpoint": endpoint,
+                "model": request.model,
+                "system_instruction": request.system_instruction,
+                "tools": TOOLS_DIGEST if request.with_tools else None,
+                "contents": request.contents,
+                "generation_config": request.generation_config,
+            },
+            sort_keys=True,
+        )
         return hashlib.sha256(canonical.encode()).hexdigest()
 
     context = [("User", 'He said "hi" \\ bye'), ("Assistant", "Ça va? 🙂")]
-    requests = [cleaning_request(model, "User", text, context[:window], budget)
-                for model in ("gemini-2.5-flash-lite", "gemini-2.5-flash") for text in ("um hello", "") for window in (0, 2)
-                for budget in (None, 0, 512)]
-    requests += [function_request(model, text, budget) for model in ("gemini-2.5-flash-lite", "gemini-2.5-pro")
-                 for text in ("Book a table.", "x" * 5000) for budget in (None, 128)]
+    requests = [
+        cleaning_request(model, "User", text, context[:window], budget)
+        for model in ("gemini-2.5-flash-lite", "gemini-2.5-flash")
+        for text in ("um hello", "")
+        for window in (0, 2)
+        for budget in (None, 0, 512)
+    ]
+    requests += [
+        function_request(model, text, budget)
+        for model in ("gemini-2.5-flash-lite", "gemini-2.5-pro")
+        for text in ("Book a table.", "x" * 5000)
+        for budget in (None, 128)
+    ]
     requests += [request.with_reminder("off-format", attempt) for request in requests[:6] for attempt in (2, 3)]
     for _ in range(2):  # the second round hashes from memory
         for request in requests:
             for endpoint in ("local-server", "https://generativelanguage.googleapis.com"):
                 assert request.request_hash(endpoint) == spelled_out(request, endpoint)
-    afresh = LlmRequest(requests[0].stage, requests[0].model, requests[0].system_instruction, requests[0].contents,
-                        {**requests[0].generation_config, "temperature": 0.5})
-    assert afresh.request_hash("local-server") == spelled_out(afresh, "local-server") != requests[0].request_hash("local-server")
+    afresh = LlmRequest(
+        requests[0].stage,
+        requests[0].model,
+        requests[0].system_instruction,
+        requests[0].contents,
+        {**requests[0].generation_config, "temperature": 0.5},
+    )
+    assert (
+        afresh.request_hash("local-server")
+        == spelled_out(afresh, "local-server")
+        != requests[0].request_hash("local-server")
+    )

@@ -16,9 +16,28 @@ CLI = str(Path(sys.executable).with_name("cost-pipeline"))
 
 def test_generate_is_deterministic_for_a_seed(tmp_path, capsys):
     for name, seed in (("a", 4), ("b", 4), ("c", 5)):
-        assert main(["generate", "--start", "2026-11-01", "--days", "2", "--turns-per-day", "300",
-                     "--seed", str(seed), "--landing", str(tmp_path / name)]) == 0
-    files = lambda name: {p.relative_to(tmp_path / name): p.read_bytes() for p in (tmp_path / name).rglob("*.jsonl")}
+        assert (
+            main(
+                [
+                    "generate",
+                    "--start",
+                    "2026-11-01",
+                    "--days",
+                    "2",
+                    "--turns-per-day",
+                    "300",
+                    "--seed",
+                    str(seed),
+                    "--landing",
+                    str(tmp_path / name),
+                ]
+            )
+            == 0
+        )
+
+    def files(name):
+        return {p.relative_to(tmp_path / name): p.read_bytes() for p in (tmp_path / name).rglob("*.jsonl")}
+
     assert files("a") == files("b")
     assert files("a") != files("c")
     assert "2026-11-02: 300 turns, 9 malformed lines" in capsys.readouterr().out
@@ -43,18 +62,31 @@ def test_demo_materializes_a_day_and_says_where_to_look(tmp_path):
         "COST_PIPELINE_LANDING": str(tmp_path / "landing"),
         "DAGSTER_HOME": str(tmp_path / "home"),
     }
-    for name in ("GEMINI_API_KEY", "GOOGLE_API_KEY", "GOOGLE_GEMINI_BASE_URL", "COST_PIPELINE_BILLING",
-                 "COST_PIPELINE_START"):
+    for name in (
+        "GEMINI_API_KEY",
+        "GOOGLE_API_KEY",
+        "GOOGLE_GEMINI_BASE_URL",
+        "COST_PIPELINE_BILLING",
+        "COST_PIPELINE_START",
+    ):
         env.pop(name, None)
-    result = subprocess.run([CLI, "demo", "--day", "2026-11-03", "--turns", "400"], env=env, cwd=tmp_path,
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [CLI, "demo", "--day", "2026-11-03", "--turns", "400"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     assert "raw_turns" in result.stdout and "http://127.0.0.1:3000" in result.stdout
     # The local server was the provider: its invoice landed in the billing folder and the ledger matches it.
     assert list((tmp_path / "data" / "billing").glob("local-server-*.csv"))
     assert "the ledger: $" in result.stdout and "matches, line by line" in result.stdout, result.stdout[-2000:]
     with duckdb.connect(env["COST_PIPELINE_DB"], read_only=True) as connection:
-        assert connection.execute("SELECT count(*) FROM raw_turns WHERE partition_date = '2026-11-03'").fetchone() == (400,)
+        assert connection.execute("SELECT count(*) FROM raw_turns WHERE partition_date = '2026-11-03'").fetchone() == (
+            400,
+        )
     assert any((tmp_path / "home").iterdir()), "the run should be recorded in DAGSTER_HOME for the UI"
     # The totals job also wrote the cost dashboard beside the database, and the demo says where.
     board = tmp_path / "dashboard.html"
@@ -72,7 +104,9 @@ def test_serve_model_answers_the_real_sdk_on_the_given_port(tmp_path):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    server = subprocess.Popen([CLI, "serve-model", "--port", str(port), "--latency-ms", "1"], stdout=subprocess.PIPE, text=True)
+    server = subprocess.Popen(
+        [CLI, "serve-model", "--port", str(port), "--latency-ms", "1"], stdout=subprocess.PIPE, text=True
+    )
     try:
         assert f"http://127.0.0.1:{port}" in server.stdout.readline()
         client = genai.Client(api_key="any", http_options=types.HttpOptions(base_url=f"http://127.0.0.1:{port}"))

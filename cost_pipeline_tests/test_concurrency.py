@@ -35,9 +35,21 @@ def test_two_runs_on_one_file_both_succeed(tmp_path, landing_root, database):
     holder = hold_lock(database, 100.0)
     runs = [
         subprocess.Popen(
-            [DAGSTER, "asset", "materialize", "-m", "cost_pipeline.definitions",
-             "--select", "raw_turns,quarantined_turns", "--partition", str(day.day)],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            [
+                DAGSTER,
+                "asset",
+                "materialize",
+                "-m",
+                "cost_pipeline.definitions",
+                "--select",
+                "raw_turns,quarantined_turns",
+                "--partition",
+                str(day.day),
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
         for day in summaries
     ]

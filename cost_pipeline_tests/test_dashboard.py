@@ -32,17 +32,33 @@ def test_the_dashboard_shows_the_tables_numbers_in_chromium_offline(page_path, d
     text = page_path.read_text()
     assert "<script" not in text and "<link" not in text and 'src="http' not in text, "no CDN, nothing fetched"
     assert text.count("<svg") == 8
-    spend, data_cost, saved, calls, hits, failures = fetch(database, """
+    spend, data_cost, saved, calls, hits, failures = fetch(
+        database,
+        """
         SELECT sum(spend_usd), sum(total_cost_usd), sum(saved_cost_usd), sum(calls), sum(cache_hits), sum(failures)
-        FROM daily_cost_rollup""")[0]
-    (p50,) = fetch(database, "SELECT quantile_cont(latency_ms, 0.5) FROM llm_calls WHERE NOT cache_hit AND status = 'ok'")[0]
+        FROM daily_cost_rollup""",
+    )[0]
+    (p50,) = fetch(
+        database, "SELECT quantile_cont(latency_ms, 0.5) FROM llm_calls WHERE NOT cache_hit AND status = 'ok'"
+    )[0]
     rows = fetch(database, "SELECT count(*) FROM daily_cost_rollup")[0][0]
 
     context = browser.new_context(offline=True, viewport={"width": 1400, "height": 1000})
     page = context.new_page()
     page.goto(page_path.as_uri())
-    shown = {name: page.locator(f'[data-figure="{name}"]').inner_text() for name in
-             ("spend", "data_cost", "saved", "calls", "cache_hit_rate", "failure_rate", "latency_p50", "completeness")}
+    shown = {
+        name: page.locator(f'[data-figure="{name}"]').inner_text()
+        for name in (
+            "spend",
+            "data_cost",
+            "saved",
+            "calls",
+            "cache_hit_rate",
+            "failure_rate",
+            "latency_p50",
+            "completeness",
+        )
+    }
     assert shown["spend"] == f"${spend:,.6f}" and shown["data_cost"] == f"${data_cost:,.6f}"
     assert shown["saved"] == f"${saved:,.6f}" and shown["calls"] == f"{calls:,}"
     assert shown["cache_hit_rate"] == f"{hits / calls:.1%}" and shown["failure_rate"] == f"{failures / calls:.1%}"
@@ -58,8 +74,11 @@ def test_budget_burn_down_projects_the_recent_daily_spend_to_the_months_end(thre
     budgets = {"default": Decimal("1.00"), "eval-voice-assistant-v1": Decimal("0.02")}
     data = dashboard.load(database, THREE_DAYS[0], THREE_DAYS[-1], budgets)
     plan = dashboard.burn_down(data).set_index("evaluation_id")
-    per_day = fetch(database, """SELECT evaluation_id, sum(spend_usd), count(DISTINCT partition_date)
-                                 FROM daily_cost_rollup GROUP BY 1""")
+    per_day = fetch(
+        database,
+        """SELECT evaluation_id, sum(spend_usd), count(DISTINCT partition_date)
+                                 FROM daily_cost_rollup GROUP BY 1""",
+    )
     for evaluation, spent, days in per_day:
         row = plan.loc[evaluation]
         budget = budgets.get(evaluation, budgets["default"])
@@ -71,13 +90,18 @@ def test_budget_burn_down_projects_the_recent_daily_spend_to_the_months_end(thre
 
 def test_the_cli_writes_the_dashboard_beside_the_database(three_days, database, tmp_path):
     cli = Path(sys.executable).parent / "cost-pipeline"
-    run = subprocess.run([str(cli), "dashboard", "--database", str(database), "--out", str(tmp_path / "d.html")],
-                         capture_output=True, text=True, timeout=120)
+    run = subprocess.run(
+        [str(cli), "dashboard", "--database", str(database), "--out", str(tmp_path / "d.html")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert run.returncode == 0, run.stderr
     assert f"dashboard for {THREE_DAYS[-1] - timedelta(days=59)} to {THREE_DAYS[-1]} written to" in run.stdout
     assert 'data-figure="spend"' in (tmp_path / "d.html").read_text()
-    missing = subprocess.run([str(cli), "dashboard", "--database", str(tmp_path / "none.duckdb")], capture_output=True,
-                             text=True, timeout=60)
+    missing = subprocess.run(
+        [str(cli), "dashboard", "--database", str(tmp_path / "none.duckdb")], capture_output=True, text=True, timeout=60
+    )
     assert missing.returncode == 1 and "no DuckDB file" in missing.stderr
 
 
@@ -88,8 +112,9 @@ def test_the_dashboard_asset_writes_the_page_and_links_it(three_days, landing_ro
 
     from .conftest import local_resources
 
-    result = dg.materialize(all_assets, selection=["cost_dashboard"],
-                            resources=local_resources(landing_root, database, model_server))
+    result = dg.materialize(
+        all_assets, selection=["cost_dashboard"], resources=local_resources(landing_root, database, model_server)
+    )
     (materialization,) = result.asset_materializations_for_node("cost_dashboard")
     link = materialization.metadata["dashboard"].value
     page = dashboard.default_path(database)

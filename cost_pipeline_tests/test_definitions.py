@@ -21,7 +21,10 @@ def test_definitions_hold_the_assets_and_the_daily_job():
 def test_dagster_definitions_validate_passes_from_the_workspace():
     result = subprocess.run(
         [str(Path(sys.executable).with_name("dagster")), "definitions", "validate", "-w", "workspace.yaml"],
-        cwd=REPO, capture_output=True, text=True, timeout=120,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Validation successful" in result.stdout + result.stderr
@@ -31,6 +34,7 @@ def test_dagster_definitions_validate_passes_from_the_workspace():
 
 def test_settings_come_from_the_environment_as_env_vars(monkeypatch, tmp_path):
     from cost_pipeline import definitions
+
     monkeypatch.setenv("COST_PIPELINE_DB", str(tmp_path / "x.duckdb"))
     resources = definitions.local_resources()
     assert resources["io_manager"].database == dg.EnvVar("COST_PIPELINE_DB")
@@ -40,14 +44,21 @@ def test_settings_come_from_the_environment_as_env_vars(monkeypatch, tmp_path):
 
 def test_models_thinking_and_limits_come_from_the_environment_by_name(monkeypatch):
     from cost_pipeline import definitions
-    for name in ("COST_PIPELINE_CLEAN_MODEL", "COST_PIPELINE_FUNCTION_MODEL", "COST_PIPELINE_THINKING_BUDGET",
-                 "COST_PIPELINE_RPM", "COST_PIPELINE_TPM"):
+
+    for name in (
+        "COST_PIPELINE_CLEAN_MODEL",
+        "COST_PIPELINE_FUNCTION_MODEL",
+        "COST_PIPELINE_THINKING_BUDGET",
+        "COST_PIPELINE_RPM",
+        "COST_PIPELINE_TPM",
+    ):
         monkeypatch.setenv(name, "gemini-2.5-flash" if "MODEL" in name else "120")
     gemini = definitions.local_resources()["gemini"]
     assert gemini.clean_model == dg.EnvVar("COST_PIPELINE_CLEAN_MODEL")
     assert gemini.function_model == dg.EnvVar("COST_PIPELINE_FUNCTION_MODEL")
-    assert [value.env_var_name for value in (gemini.thinking_budget, gemini.requests_per_minute, gemini.tokens_per_minute)] \
-        == ["COST_PIPELINE_THINKING_BUDGET", "COST_PIPELINE_RPM", "COST_PIPELINE_TPM"]
+    assert [
+        value.env_var_name for value in (gemini.thinking_budget, gemini.requests_per_minute, gemini.tokens_per_minute)
+    ] == ["COST_PIPELINE_THINKING_BUDGET", "COST_PIPELINE_RPM", "COST_PIPELINE_TPM"]
 
 
 def test_rate_limits_default_to_what_a_free_tier_key_accepts_on_googles_api(monkeypatch):
@@ -80,5 +91,7 @@ def test_every_column_of_every_table_asset_is_described():
         schema = defs.resolve_assets_def(key).specs_by_key[key].metadata.get("dagster/column_schema")
         schema = getattr(schema, "schema", schema)
         if schema is not None:
-            undescribed.update({f"{key.to_user_string()}.{c.name}": c.type for c in schema.columns if not c.description})
+            undescribed.update(
+                {f"{key.to_user_string()}.{c.name}": c.type for c in schema.columns if not c.description}
+            )
     assert not undescribed

@@ -51,8 +51,9 @@ def test_repeats_are_paid_once_and_a_day_that_never_landed_says_so(tmp_path):
 
 
 @pytest.mark.slow
-def test_on_days_never_seen_the_spend_falls_in_the_interval_and_within_15_percent(tmp_path, landing_root, database,
-                                                                                  model_server, capsys):
+def test_on_days_never_seen_the_spend_falls_in_the_interval_and_within_15_percent(
+    tmp_path, landing_root, database, model_server, capsys
+):
     generate(landing_root, HISTORY[0], days=2, turns_per_day=300, seed=41)
     for day in HISTORY:
         assert materialize_day(day, landing_root, database, model_server, costs=SMALL_DAYS_COSTS).success
@@ -67,17 +68,28 @@ def test_on_days_never_seen_the_spend_falls_in_the_interval_and_within_15_percen
     for day in UNSEEN:
         assert materialize_day(day, landing_root, database, model_server, costs=SMALL_DAYS_COSTS).success
     with duckdb.connect(str(database), read_only=True) as connection:
-        actual = dict(connection.execute("SELECT partition_date, sum(cost_usd) FROM llm_attempts "
-                                         "WHERE partition_date IN (?, ?) GROUP BY 1", UNSEEN).fetchall())
-        hits = dict(connection.execute("SELECT partition_date, count(*) FILTER (WHERE cache_hit) FROM llm_calls "
-                                       "WHERE partition_date IN (?, ?) GROUP BY 1", UNSEEN).fetchall())
+        actual = dict(
+            connection.execute(
+                "SELECT partition_date, sum(cost_usd) FROM llm_attempts WHERE partition_date IN (?, ?) GROUP BY 1",
+                UNSEEN,
+            ).fetchall()
+        )
+        hits = dict(
+            connection.execute(
+                "SELECT partition_date, count(*) FILTER (WHERE cache_hit) FROM llm_calls "
+                "WHERE partition_date IN (?, ?) GROUP BY 1",
+                UNSEEN,
+            ).fetchall()
+        )
     report = []
     for predicted in forecast.days:
         low, high = predicted.bounds()
         spent = actual[predicted.day]
-        report.append(f"{predicted.day}: forecast {predicted.forecast_usd:.6f} [{low:.6f}, {high:.6f}], "
-                      f"spent {spent:.6f} ({float(predicted.forecast_usd / spent - 1):+.1%}); "
-                      f"cache hits {predicted.cache_hits} forecast, {hits[predicted.day]} actual")
+        report.append(
+            f"{predicted.day}: forecast {predicted.forecast_usd:.6f} [{low:.6f}, {high:.6f}], "
+            f"spent {spent:.6f} ({float(predicted.forecast_usd / spent - 1):+.1%}); "
+            f"cache hits {predicted.cache_hits} forecast, {hits[predicted.day]} actual"
+        )
     print("\n".join(report))
     for predicted in forecast.days:
         low, high = predicted.bounds()
@@ -90,8 +102,24 @@ def test_the_cli_prints_json_with_the_figures_per_day_and_in_total(tmp_path, cap
     generate(tmp_path / "landing", UNSEEN[0], days=1, turns_per_day=60, seed=3)
     for name in ("GEMINI_API_KEY", "GOOGLE_API_KEY", "GOOGLE_GEMINI_BASE_URL"):
         monkeypatch.delenv(name, raising=False)
-    assert main(["forecast", "--from", str(UNSEEN[0]), "--to", str(UNSEEN[1]), "--format", "json",
-                 "--landing", str(tmp_path / "landing"), "--database", str(tmp_path / "none.duckdb")]) == 0
+    assert (
+        main(
+            [
+                "forecast",
+                "--from",
+                str(UNSEEN[0]),
+                "--to",
+                str(UNSEEN[1]),
+                "--format",
+                "json",
+                "--landing",
+                str(tmp_path / "landing"),
+                "--database",
+                str(tmp_path / "none.duckdb"),
+            ]
+        )
+        == 0
+    )
     printed = json.loads(capsys.readouterr().out)
     keys = {"forecast_usd", "low_usd", "high_usd", "calls", "cache_hits"}
     assert keys <= set(printed["total"]) and all(keys <= set(day) for day in printed["days"])
@@ -116,17 +144,45 @@ def test_what_if_reprices_the_billed_tokens_on_other_models_and_at_batch_rates(t
     (standard_lite,) = what_if(str(database), start, end, ["gemini-2.5-flash-lite"], "standard", PriceBook())[0][1:]
     (batch_only_lite,) = what_if(str(database), start, end, ["gemini-2.5-flash-lite"], "batch", PriceBook())[0][1:]
     assert Decimal("0.5") <= batch_only_lite.usd / standard_lite.usd <= Decimal("0.55")
-    assert main(["report", "--start", str(start), "--end", str(end), "--database", str(database),
-                 "--what-if", "gemini-2.5-pro", "--processing", "batch"]) == 0
+    assert (
+        main(
+            [
+                "report",
+                "--start",
+                str(start),
+                "--end",
+                str(end),
+                "--database",
+                str(database),
+                "--what-if",
+                "gemini-2.5-pro",
+                "--processing",
+                "batch",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "same token counts on another price list" in printed and "gemini-2.5-pro, batch processing" in printed
 
 
-def test_with_a_key_a_sample_is_counted_by_count_tokens_and_nothing_is_generated(tmp_path, capsys, monkeypatch,
-                                                                                 model_server):
+def test_with_a_key_a_sample_is_counted_by_count_tokens_and_nothing_is_generated(
+    tmp_path, capsys, monkeypatch, model_server
+):
     generate(tmp_path / "landing", UNSEEN[0], days=1, turns_per_day=60, seed=3)
-    arguments = ["forecast", "--from", str(UNSEEN[0]), "--to", str(UNSEEN[0]), "--format", "json",
-                 "--landing", str(tmp_path / "landing"), "--database", str(tmp_path / "none.duckdb")]
+    arguments = [
+        "forecast",
+        "--from",
+        str(UNSEEN[0]),
+        "--to",
+        str(UNSEEN[0]),
+        "--format",
+        "json",
+        "--landing",
+        str(tmp_path / "landing"),
+        "--database",
+        str(tmp_path / "none.duckdb"),
+    ]
     monkeypatch.setenv("GOOGLE_GEMINI_BASE_URL", model_server.url)
     monkeypatch.delenv("GOOGLE_API_KEY", raising=False)
     monkeypatch.delenv("GEMINI_API_KEY", raising=False)

@@ -14,7 +14,10 @@ DAY1, DAY2 = date(2026, 11, 1), date(2026, 11, 2)
 
 def partition_counts(database, table: str) -> dict[str, int]:
     with duckdb.connect(str(database), read_only=True) as connection:
-        return {str(day): n for day, n in connection.execute(f"SELECT partition_date, count(*) FROM {table} GROUP BY 1").fetchall()}
+        return {
+            str(day): n
+            for day, n in connection.execute(f"SELECT partition_date, count(*) FROM {table} GROUP BY 1").fetchall()
+        }
 
 
 def test_two_generated_days_land_with_exact_counts_and_metadata(landing_root, database):
@@ -47,7 +50,9 @@ def test_rematerializing_a_partition_leaves_exactly_the_same_rows(landing_root, 
     second = materialize_day(DAY1, landing_root, database)
     with duckdb.connect(str(database), read_only=True) as connection:
         after = connection.execute(query).df()
-        runs = connection.execute("SELECT partition_date, count(DISTINCT run_id), min(run_id) FROM raw_turns GROUP BY 1 ORDER BY 1").fetchall()
+        runs = connection.execute(
+            "SELECT partition_date, count(DISTINCT run_id), min(run_id) FROM raw_turns GROUP BY 1 ORDER BY 1"
+        ).fetchall()
     assert len(after) == 600
     assert before.equals(after)
     assert runs[0][1:] == (1, second.run_id)
@@ -56,9 +61,13 @@ def test_rematerializing_a_partition_leaves_exactly_the_same_rows(landing_root, 
 def test_bad_lines_beside_good_ones_in_a_dagster_run(landing_root, database):
     folder = landing_root / str(DAY1)
     folder.mkdir()
-    good = '{"evaluation_id":"e","conversation_id":"c","turn_index":%d,"speaker":"user","text":"hi %d","created_at":"2026-11-01T09:00:00"}'
+    good = (
+        '{"evaluation_id":"e","conversation_id":"c","turn_index":%d,"speaker":"user","text":"hi %d",'
+        '"created_at":"2026-11-01T09:00:00"}'
+    )
     (folder / "mixed.jsonl").write_bytes(
-        "\n".join([good % (0, 0), "{broken", good % (1, 1), '{"evaluation_id":"e"}', good % (2, 2)]).encode() + b"\n\xff\n"
+        "\n".join([good % (0, 0), "{broken", good % (1, 1), '{"evaluation_id":"e"}', good % (2, 2)]).encode()
+        + b"\n\xff\n"
     )
     materialize_day(DAY1, landing_root, database)
     with duckdb.connect(str(database), read_only=True) as connection:
@@ -75,18 +84,25 @@ def test_a_day_launched_by_hand_without_landing_files_fails_with_a_one_line_reas
     description = failure.step_failure_data.user_failure_data.description
     assert description.startswith("No landing files for 2026-11-09: expected ") and "\n" not in description
     assert "late_landing_sensor" in description
-    assert not database.exists() or not duckdb.connect(str(database), read_only=True).execute(
-        "SELECT count(*) FROM information_schema.tables WHERE table_name = 'raw_turns'").fetchone()[0]
+    assert (
+        not database.exists()
+        or not duckdb.connect(str(database), read_only=True)
+        .execute("SELECT count(*) FROM information_schema.tables WHERE table_name = 'raw_turns'")
+        .fetchone()[0]
+    )
 
 
-def test_a_day_without_landing_files_in_a_backfill_is_written_empty_and_stays_green(landing_root, database,
-                                                                                      model_server):
+def test_a_day_without_landing_files_in_a_backfill_is_written_empty_and_stays_green(
+    landing_root, database, model_server
+):
     (landing_root / "2026-11-09").mkdir(parents=True)  # a folder with no *.jsonl is nothing landed, too
     result = materialize_day("2026-11-09", landing_root, database, model_server, tags={"dagster/backfill": "bf1"})
     assert result.success  # Dagster counts an asset backfill's unmaterialized days as failed: so none is left so
     assert not [e for e in result.all_events if e.event_type_value == "STEP_SKIPPED"]
     (raw,) = [m for m in result.asset_materializations_for_node("landed_turns") if m.asset_key.path == ["raw_turns"]]
-    assert raw.metadata["rows"].value == 0 and raw.metadata["landing"].value.startswith("No landing files for 2026-11-09")
+    assert raw.metadata["rows"].value == 0 and raw.metadata["landing"].value.startswith(
+        "No landing files for 2026-11-09"
+    )
     with duckdb.connect(str(database), read_only=True) as connection:
         assert connection.execute("SELECT count(*) FROM raw_turns").fetchone() == (0,)
         assert connection.execute("SELECT count(*) FROM daily_cost_rollup").fetchone() == (0,)
@@ -98,10 +114,13 @@ def test_a_landed_day_commits_raw_and_quarantined_turns_as_one_batch(landing_roo
         result = materialize_day(DAY1, landing_root, database, instance=instance)
         messages = [entry.user_message for entry in instance.all_logs(result.run_id)]
     with duckdb.connect(str(database), read_only=True) as connection:
-        runs = connection.execute("SELECT DISTINCT run_id FROM raw_turns UNION SELECT DISTINCT run_id FROM quarantined_turns").fetchall()
+        runs = connection.execute(
+            "SELECT DISTINCT run_id FROM raw_turns UNION SELECT DISTINCT run_id FROM quarantined_turns"
+        ).fetchall()
     assert runs == [(result.run_id,)]
-    assert any(message.startswith("committed quarantined_turns (") and "raw_turns (30 rows)" in message
-               for message in messages), "both tables in one transaction"
+    assert any(
+        message.startswith("committed quarantined_turns (") and "raw_turns (30 rows)" in message for message in messages
+    ), "both tables in one transaction"
 
 
 def test_the_landing_limit_is_run_config(landing_root, database):
@@ -113,7 +132,9 @@ def test_the_landing_limit_is_run_config(landing_root, database):
         run_config={"resources": {"landing": {"config": {"root": str(landing_root), "max_text_chars": 40}}}},
     )
     with duckdb.connect(str(database), read_only=True) as connection:
-        too_long = connection.execute("SELECT count(*) FROM quarantined_turns WHERE reason_code = 'text_too_long'").fetchone()[0]
+        too_long = connection.execute(
+            "SELECT count(*) FROM quarantined_turns WHERE reason_code = 'text_too_long'"
+        ).fetchone()[0]
         longest = connection.execute("SELECT max(length(text)) FROM raw_turns").fetchone()[0]
     assert too_long > 1
     assert longest <= 40

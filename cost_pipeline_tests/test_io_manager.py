@@ -86,7 +86,9 @@ def test_an_optional_output_commits_on_its_own(database):
     def partial():
         yield dg.Output(pd.DataFrame({"n": [1]}), output_name="always")
 
-    dg.materialize([partial], partition_key=DAY, resources={"io_manager": DuckDBPartitionIOManager(database=str(database))})
+    dg.materialize(
+        [partial], partition_key=DAY, resources={"io_manager": DuckDBPartitionIOManager(database=str(database))}
+    )
     with duckdb.connect(str(database), read_only=True) as connection:
         assert connection.execute("SELECT count(*) FROM always").fetchone() == (1,)
 

@@ -25,8 +25,13 @@ def select(database, sql):
 
 def column_types(database, schema, table):
     with duckdb.connect(str(database), read_only=True) as connection:
-        return dict(connection.execute("SELECT column_name, data_type FROM information_schema.columns "
-                                       "WHERE table_schema = ? AND table_name = ?", [schema, table]).fetchall())
+        return dict(
+            connection.execute(
+                "SELECT column_name, data_type FROM information_schema.columns "
+                "WHERE table_schema = ? AND table_name = ?",
+                [schema, table],
+            ).fetchall()
+        )
 
 
 def value_asset(name, partitions_def, frame_of, metadata=None, **kwargs):
@@ -35,14 +40,17 @@ def value_asset(name, partitions_def, frame_of, metadata=None, **kwargs):
     @dg.asset(name=name, partitions_def=partitions_def, key_prefix=["my_schema"], metadata=metadata or {}, **kwargs)
     def _asset(context: dg.AssetExecutionContext) -> pd.DataFrame:
         key = context.partition_key
-        return frame_of(key.keys_by_dimension if isinstance(key, dg.MultiPartitionKey) else key, context.run.tags["value"])
+        return frame_of(
+            key.keys_by_dimension if isinstance(key, dg.MultiPartitionKey) else key, context.run.tags["value"]
+        )
 
     return _asset
 
 
 def write(database, asset, key, value, instance=None, **config):
-    return dg.materialize([asset], partition_key=key, resources=io(database, **config), tags={"value": value},
-                          instance=instance)
+    return dg.materialize(
+        [asset], partition_key=key, resources=io(database, **config), tags={"value": value}, instance=instance
+    )
 
 
 # -- the stock suite's cases --------------------------------------------------------------------------------------
@@ -136,7 +144,9 @@ def daily_frame(key, value):
 
 @pytest.mark.parametrize("metadata", [{"partition_expr": "time"}, {}], ids=["partition_expr", "stamped"])
 def test_daily_partitions_replace_only_their_own_day(database, metadata):
-    asset = value_asset("daily_partitioned", dg.DailyPartitionsDefinition(start_date="2022-01-01"), daily_frame, metadata)
+    asset = value_asset(
+        "daily_partitioned", dg.DailyPartitionsDefinition(start_date="2022-01-01"), daily_frame, metadata
+    )
     write(database, asset, "2022-01-01", "1")
     write(database, asset, "2022-01-02", "2")
     assert sorted(select(database, "SELECT a FROM my_schema.daily_partitioned")["a"]) == ["1"] * 3 + ["2"] * 3
@@ -152,34 +162,48 @@ def static_frame(key, value):
 
 @pytest.mark.parametrize("metadata", [{"partition_expr": "color"}, {}], ids=["partition_expr", "stamped"])
 def test_static_partitions_replace_only_their_own_key(database, metadata):
-    asset = value_asset("static_partitioned", dg.StaticPartitionsDefinition(["red", "yellow", "blue"]), static_frame,
-                        metadata)
+    asset = value_asset(
+        "static_partitioned", dg.StaticPartitionsDefinition(["red", "yellow", "blue"]), static_frame, metadata
+    )
     write(database, asset, "red", "1")
     write(database, asset, "blue", "2")
     write(database, asset, "red", "3")
     assert sorted(select(database, "SELECT a FROM my_schema.static_partitioned")["a"]) == ["2"] * 3 + ["3"] * 3
     if not metadata:
         assert select(database, "SELECT DISTINCT partition_key FROM my_schema.static_partitioned ORDER BY 1")[
-            "partition_key"].tolist() == ["blue", "red"]
+            "partition_key"
+        ].tolist() == ["blue", "red"]
 
 
-MULTI = dg.MultiPartitionsDefinition({"time": dg.DailyPartitionsDefinition(start_date="2022-01-01"),
-                                      "color": dg.StaticPartitionsDefinition(["red", "yellow", "blue"])})
+MULTI = dg.MultiPartitionsDefinition(
+    {
+        "time": dg.DailyPartitionsDefinition(start_date="2022-01-01"),
+        "color": dg.StaticPartitionsDefinition(["red", "yellow", "blue"]),
+    }
+)
 
 
 def multi_frame(keys, value):
     return pd.DataFrame({"color": [keys["color"]] * 3, "time": [keys["time"]] * 3, "a": [value] * 3})
 
 
-@pytest.mark.parametrize("metadata", [{"partition_expr": {"time": "CAST(time as TIMESTAMP)", "color": "color"}}, {}],
-                         ids=["partition_expr", "stamped"])
+@pytest.mark.parametrize(
+    "metadata",
+    [{"partition_expr": {"time": "CAST(time as TIMESTAMP)", "color": "color"}}, {}],
+    ids=["partition_expr", "stamped"],
+)
 def test_multi_partitions_replace_only_their_own_pair_and_a_downstream_reads_one_dimension(database, metadata):
     asset = value_asset("multi_partitioned", MULTI, multi_frame, metadata)
 
-    @dg.asset(ins={"multi_partitioned": dg.AssetIn(
-        key=["my_schema", "multi_partitioned"],
-        partition_mapping=dg.MultiToSingleDimensionPartitionMapping(partition_dimension_name="time"))},
-        partitions_def=dg.DailyPartitionsDefinition(start_date="2022-01-01"))
+    @dg.asset(
+        ins={
+            "multi_partitioned": dg.AssetIn(
+                key=["my_schema", "multi_partitioned"],
+                partition_mapping=dg.MultiToSingleDimensionPartitionMapping(partition_dimension_name="time"),
+            )
+        },
+        partitions_def=dg.DailyPartitionsDefinition(start_date="2022-01-01"),
+    )
     def downstream_of_multi(context: dg.AssetExecutionContext, multi_partitioned: pd.DataFrame) -> pd.DataFrame:
         assert sorted(multi_partitioned["color"].unique()) == ["blue", "red"]
         assert set(multi_partitioned["time"]) == {context.partition_key}
@@ -190,10 +214,16 @@ def test_multi_partitions_replace_only_their_own_pair_and_a_downstream_reads_one
         write(database, asset, dg.MultiPartitionKey({"time": "2022-01-01", "color": "blue"}), "2", instance)
         write(database, asset, dg.MultiPartitionKey({"time": "2022-01-02", "color": "red"}), "3", instance)
         write(database, asset, dg.MultiPartitionKey({"time": "2022-01-01", "color": "red"}), "4", instance)
-        assert sorted(select(database, "SELECT a FROM my_schema.multi_partitioned")["a"]) == \
-            ["2"] * 3 + ["3"] * 3 + ["4"] * 3
-        result = dg.materialize([asset.to_source_asset(), downstream_of_multi], partition_key="2022-01-01",
-                                resources=io(database), instance=instance)
+        assert (
+            sorted(select(database, "SELECT a FROM my_schema.multi_partitioned")["a"])
+            == ["2"] * 3 + ["3"] * 3 + ["4"] * 3
+        )
+        result = dg.materialize(
+            [asset.to_source_asset(), downstream_of_multi],
+            partition_key="2022-01-01",
+            resources=io(database),
+            instance=instance,
+        )
     assert result.success
     assert len(select(database, "SELECT * FROM downstream_of_multi")) == 6
     if not metadata:
@@ -204,8 +234,9 @@ def test_multi_partitions_replace_only_their_own_pair_and_a_downstream_reads_one
 @pytest.mark.parametrize("metadata", [{"partition_expr": "fruit"}, {}], ids=["partition_expr", "stamped"])
 def test_dynamic_partitions_replace_only_their_own_key(database, metadata):
     fruits = dg.DynamicPartitionsDefinition(name="fruits")
-    asset = value_asset("dynamic_partitioned", fruits,
-                        lambda key, value: pd.DataFrame({"fruit": [key] * 3, "a": [value] * 3}), metadata)
+    asset = value_asset(
+        "dynamic_partitioned", fruits, lambda key, value: pd.DataFrame({"fruit": [key] * 3, "a": [value] * 3}), metadata
+    )
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions("fruits", ["apple", "orange"])
         write(database, asset, "apple", "1", instance)
@@ -214,13 +245,22 @@ def test_dynamic_partitions_replace_only_their_own_key(database, metadata):
     assert sorted(select(database, "SELECT a FROM my_schema.dynamic_partitioned")["a"]) == ["2"] * 3 + ["3"] * 3
 
 
-@pytest.mark.parametrize("metadata", [{"partition_expr": "strptime(key, '%Y-%m-%d')"}, {}], ids=["partition_expr", "stamped"])
+@pytest.mark.parametrize(
+    "metadata", [{"partition_expr": "strptime(key, '%Y-%m-%d')"}, {}], ids=["partition_expr", "stamped"]
+)
 def test_a_self_dependent_asset_bootstraps_from_nothing_and_then_reads_yesterday(database, metadata):
     seen = {}
 
-    @dg.asset(partitions_def=dg.DailyPartitionsDefinition(start_date="2023-01-01"), key_prefix=["my_schema"],
-              metadata=metadata, ins={"me": dg.AssetIn(key=["my_schema", "me"], partition_mapping=dg.TimeWindowPartitionMapping(
-                  start_offset=-1, end_offset=-1))})
+    @dg.asset(
+        partitions_def=dg.DailyPartitionsDefinition(start_date="2023-01-01"),
+        key_prefix=["my_schema"],
+        metadata=metadata,
+        ins={
+            "me": dg.AssetIn(
+                key=["my_schema", "me"], partition_mapping=dg.TimeWindowPartitionMapping(start_offset=-1, end_offset=-1)
+            )
+        },
+    )
     def me(context: dg.AssetExecutionContext, me: pd.DataFrame) -> pd.DataFrame:
         seen[context.partition_key] = me
         return pd.DataFrame({"key": [context.partition_key] * 3, "a": [context.run.tags["value"]] * 3})
@@ -237,9 +277,15 @@ def test_a_self_dependent_asset_bootstraps_from_nothing_and_then_reads_yesterday
 def test_a_self_dependent_asset_with_no_database_file_yet_loads_its_declared_columns(database):
     schema = dg.TableSchema([dg.TableColumn("key", "VARCHAR"), dg.TableColumn("a", "BIGINT")])
 
-    @dg.asset(partitions_def=dg.DailyPartitionsDefinition(start_date="2023-01-01"),
-              metadata={"dagster/column_schema": schema},
-              ins={"me2": dg.AssetIn(key="me2", partition_mapping=dg.TimeWindowPartitionMapping(start_offset=-1, end_offset=-1))})
+    @dg.asset(
+        partitions_def=dg.DailyPartitionsDefinition(start_date="2023-01-01"),
+        metadata={"dagster/column_schema": schema},
+        ins={
+            "me2": dg.AssetIn(
+                key="me2", partition_mapping=dg.TimeWindowPartitionMapping(start_offset=-1, end_offset=-1)
+            )
+        },
+    )
     def me2(context: dg.AssetExecutionContext, me2: pd.DataFrame) -> pd.DataFrame:
         assert me2.empty and list(me2.columns) == ["key", "a"]
         return pd.DataFrame({"key": [context.partition_key], "a": [1]})
@@ -263,13 +309,21 @@ def test_a_downstream_reads_a_range_of_partitions_in_one_query_in_partition_orde
         assert dg.materialize([asset.to_source_asset(), everything], resources=io(database), instance=instance).success
 
 
-@pytest.mark.parametrize("definition,key,column,sql_type", [
-    (dg.HourlyPartitionsDefinition(start_date="2022-01-01-00:00"), "2022-01-01-05:00", "partition_start",
-     "TIMESTAMP WITH TIME ZONE"),
-    (dg.DailyPartitionsDefinition(start_date="20220101", fmt="%Y%m%d"), "20220102", "partition_date", "DATE"),
-    (dg.WeeklyPartitionsDefinition(start_date="2022-01-02"), "2022-01-09", "partition_date", "DATE"),
-    (dg.MonthlyPartitionsDefinition(start_date="2022-01-01"), "2022-02-01", "partition_date", "DATE"),
-], ids=["hourly", "daily-custom-fmt", "weekly", "monthly"])
+@pytest.mark.parametrize(
+    "definition,key,column,sql_type",
+    [
+        (
+            dg.HourlyPartitionsDefinition(start_date="2022-01-01-00:00"),
+            "2022-01-01-05:00",
+            "partition_start",
+            "TIMESTAMP WITH TIME ZONE",
+        ),
+        (dg.DailyPartitionsDefinition(start_date="20220101", fmt="%Y%m%d"), "20220102", "partition_date", "DATE"),
+        (dg.WeeklyPartitionsDefinition(start_date="2022-01-02"), "2022-01-09", "partition_date", "DATE"),
+        (dg.MonthlyPartitionsDefinition(start_date="2022-01-01"), "2022-02-01", "partition_date", "DATE"),
+    ],
+    ids=["hourly", "daily-custom-fmt", "weekly", "monthly"],
+)
 def test_every_time_window_kind_is_stamped_with_its_window_start(database, definition, key, column, sql_type):
     asset = value_asset("windows", definition, lambda k, value: pd.DataFrame({"a": [value] * 2}))
     write(database, asset, key, "1")
@@ -279,15 +333,20 @@ def test_every_time_window_kind_is_stamped_with_its_window_start(database, defin
     start = definition.time_window_for_partition_key(key).start
     assert rows["a"].tolist() == ["2", "2"]
     assert {pd.Timestamp(value) for value in rows["start"]} == {
-        pd.Timestamp(start.date()) if sql_type == "DATE" else pd.Timestamp(start)}
+        pd.Timestamp(start.date()) if sql_type == "DATE" else pd.Timestamp(start)
+    }
 
 
-# -- what the IO manager adds: metadata, drift, refusals, atomicity -----------------------------------------------------
+# -- what the IO manager adds: metadata, drift, refusals, atomicity
+# -----------------------------------------------------
 
 
 def test_materializations_carry_the_standard_table_metadata(database):
-    asset = value_asset("days", dg.DailyPartitionsDefinition(start_date="2022-01-01"),
-                        lambda key, value: pd.DataFrame({"n": range(int(value))}))
+    asset = value_asset(
+        "days",
+        dg.DailyPartitionsDefinition(start_date="2022-01-01"),
+        lambda key, value: pd.DataFrame({"n": range(int(value))}),
+    )
     write(database, asset, "2022-01-01", "3")
     result = write(database, asset, "2022-01-02", "5")
     metadata = result.asset_materializations_for_node("my_schema__days")[0].metadata
@@ -299,8 +358,9 @@ def test_materializations_carry_the_standard_table_metadata(database):
 
 
 def test_the_earlier_outputs_of_a_batch_report_the_row_counts_the_commit_leaves(database):
-    @dg.multi_asset(outs={"x": dg.AssetOut(), "y": dg.AssetOut()},
-                    partitions_def=dg.StaticPartitionsDefinition(["p", "q"]))
+    @dg.multi_asset(
+        outs={"x": dg.AssetOut(), "y": dg.AssetOut()}, partitions_def=dg.StaticPartitionsDefinition(["p", "q"])
+    )
     def pair(context: dg.AssetExecutionContext):
         size = 2 if context.partition_key == "p" else 3
         yield dg.Output(pd.DataFrame({"n": range(size)}), output_name="x")
@@ -309,14 +369,19 @@ def test_the_earlier_outputs_of_a_batch_report_the_row_counts_the_commit_leaves(
     dg.materialize([pair], partition_key="p", resources=io(database))
     dg.materialize([pair], partition_key="p", resources=io(database))
     result = dg.materialize([pair], partition_key="q", resources=io(database))
-    counts = {m.asset_key.path[-1]: (m.metadata["dagster/row_count"].value, m.metadata["dagster/partition_row_count"].value)
-              for m in result.asset_materializations_for_node("pair")}
+    counts = {
+        m.asset_key.path[-1]: (m.metadata["dagster/row_count"].value, m.metadata["dagster/partition_row_count"].value)
+        for m in result.asset_materializations_for_node("pair")
+    }
     assert counts == {"x": (5, 3), "y": (7, 4)}
 
 
 def test_an_integer_column_that_gets_a_null_stays_integer_and_keeps_every_value(database):
-    asset = value_asset("drift", dg.StaticPartitionsDefinition(["a", "b"]), lambda key, value: (
-        pd.DataFrame({"n": [2**40, 7]}) if key == "a" else pd.DataFrame({"n": [2**40 + 1, None]})))
+    asset = value_asset(
+        "drift",
+        dg.StaticPartitionsDefinition(["a", "b"]),
+        lambda key, value: pd.DataFrame({"n": [2**40, 7]}) if key == "a" else pd.DataFrame({"n": [2**40 + 1, None]}),
+    )
     write(database, asset, "a", "")
     write(database, asset, "b", "")  # pandas made it float64 because of the null
     assert column_types(database, "my_schema", "drift")["n"] == "BIGINT"
@@ -324,8 +389,13 @@ def test_an_integer_column_that_gets_a_null_stays_integer_and_keeps_every_value(
 
 
 def test_a_column_that_gets_fractions_widens_to_double_when_its_integers_fit(database):
-    asset = value_asset("drift", dg.StaticPartitionsDefinition(["a", "b"]), lambda key, value: (
-        pd.DataFrame({"n": pd.Series([1, 2], dtype="int32")}) if key == "a" else pd.DataFrame({"n": [2.5, None]})))
+    asset = value_asset(
+        "drift",
+        dg.StaticPartitionsDefinition(["a", "b"]),
+        lambda key, value: (
+            pd.DataFrame({"n": pd.Series([1, 2], dtype="int32")}) if key == "a" else pd.DataFrame({"n": [2.5, None]})
+        ),
+    )
     write(database, asset, "a", "")
     write(database, asset, "b", "")
     assert column_types(database, "my_schema", "drift")["n"] == "DOUBLE"
@@ -333,8 +403,13 @@ def test_a_column_that_gets_fractions_widens_to_double_when_its_integers_fit(dat
 
 
 def test_integer_widens_to_bigint(database):
-    asset = value_asset("drift", dg.StaticPartitionsDefinition(["a", "b"]), lambda key, value: pd.DataFrame(
-        {"n": pd.Series([1], dtype="int32")} if key == "a" else {"n": pd.Series([2**40], dtype="int64")}))
+    asset = value_asset(
+        "drift",
+        dg.StaticPartitionsDefinition(["a", "b"]),
+        lambda key, value: pd.DataFrame(
+            {"n": pd.Series([1], dtype="int32")} if key == "a" else {"n": pd.Series([2**40], dtype="int64")}
+        ),
+    )
     write(database, asset, "a", "")
     write(database, asset, "b", "")
     assert column_types(database, "my_schema", "drift")["n"] == "BIGINT"
@@ -342,8 +417,11 @@ def test_integer_widens_to_bigint(database):
 
 
 def test_an_all_null_first_column_takes_the_first_real_type(database):
-    asset = value_asset("drift", dg.StaticPartitionsDefinition(["a", "b"]), lambda key, value: pd.DataFrame(
-        {"id": [1], "note": [None]} if key == "a" else {"id": [2], "note": ["hello"]}))
+    asset = value_asset(
+        "drift",
+        dg.StaticPartitionsDefinition(["a", "b"]),
+        lambda key, value: pd.DataFrame({"id": [1], "note": [None]} if key == "a" else {"id": [2], "note": ["hello"]}),
+    )
     write(database, asset, "a", "")
     write(database, asset, "b", "")
     assert column_types(database, "my_schema", "drift")["note"] == "VARCHAR"
@@ -352,25 +430,38 @@ def test_an_all_null_first_column_takes_the_first_real_type(database):
 
 def test_nanosecond_and_microsecond_timestamps_meet_without_losing_a_digit(database):
     whole = pd.Timestamp("2022-01-01 10:00:00.123456")
-    asset = value_asset("drift", dg.StaticPartitionsDefinition(["us", "ns", "ns-fine"]), lambda key, value: pd.DataFrame(
-        {"at": pd.Series([whole]).astype("datetime64[us]")} if key == "us" else
-        {"at": pd.Series([whole]).astype("datetime64[ns]")} if key == "ns" else
-        {"at": pd.Series([whole + pd.Timedelta(nanoseconds=789)]).astype("datetime64[ns]")}))
+    asset = value_asset(
+        "drift",
+        dg.StaticPartitionsDefinition(["us", "ns", "ns-fine"]),
+        lambda key, value: pd.DataFrame(
+            {"at": pd.Series([whole]).astype("datetime64[us]")}
+            if key == "us"
+            else {"at": pd.Series([whole]).astype("datetime64[ns]")}
+            if key == "ns"
+            else {"at": pd.Series([whole + pd.Timedelta(nanoseconds=789)]).astype("datetime64[ns]")}
+        ),
+    )
     write(database, asset, "us", "")
-    write(database, asset, "ns", "")   # whole microseconds: cast into the table's TIMESTAMP
+    write(database, asset, "ns", "")  # whole microseconds: cast into the table's TIMESTAMP
     assert column_types(database, "my_schema", "drift")["at"] == "TIMESTAMP"
     write(database, asset, "ns-fine", "")  # nanoseconds that matter: the table widens to TIMESTAMP_NS
     assert column_types(database, "my_schema", "drift")["at"] == "TIMESTAMP_NS"
-    stored = select(database, "SELECT epoch_ns(\"at\") AS ns FROM my_schema.drift ORDER BY ns")["ns"].tolist()
+    stored = select(database, 'SELECT epoch_ns("at") AS ns FROM my_schema.drift ORDER BY ns')["ns"].tolist()
     assert stored == [whole.value, whole.value, whole.value + 789]
 
 
 def test_a_type_change_that_loses_values_is_refused_naming_column_types_and_migration(database):
-    asset = value_asset("drift", dg.StaticPartitionsDefinition(["a", "b"]), lambda key, value: pd.DataFrame(
-        {"n": [1]} if key == "a" else {"n": ["one"]}))
+    asset = value_asset(
+        "drift",
+        dg.StaticPartitionsDefinition(["a", "b"]),
+        lambda key, value: pd.DataFrame({"n": [1]} if key == "a" else {"n": ["one"]}),
+    )
     write(database, asset, "a", "")
-    with pytest.raises(Exception, match=r"""'n' is BIGINT in the table but VARCHAR in the frame.*"""
-                                        r"""ALTER TABLE "my_schema"."drift" ALTER COLUMN "n" TYPE VARCHAR"""):
+    with pytest.raises(
+        Exception,
+        match=r"""'n' is BIGINT in the table but VARCHAR in the frame.*"""
+        r"""ALTER TABLE "my_schema"."drift" ALTER COLUMN "n" TYPE VARCHAR""",
+    ):
         write(database, asset, "b", "")
     assert select(database, "SELECT n FROM my_schema.drift")["n"].tolist() == [1]
 
@@ -401,19 +492,31 @@ def test_any_column_name_duckdb_allows_round_trips(database):
 
 
 def test_rows_outside_their_partition_expr_are_refused(database):
-    asset = value_asset("daily_partitioned", dg.DailyPartitionsDefinition(start_date="2022-01-01"),
-                        lambda key, value: daily_frame("2022-01-05", value), {"partition_expr": "time"})
+    asset = value_asset(
+        "daily_partitioned",
+        dg.DailyPartitionsDefinition(start_date="2022-01-01"),
+        lambda key, value: daily_frame("2022-01-05", value),
+        {"partition_expr": "time"},
+    )
     with pytest.raises(Exception, match="3 of 3 rows fall outside the partition"):
         write(database, asset, "2022-01-01", "1")
 
 
 def test_a_load_returns_the_frame_as_written(database):
-    written = pd.DataFrame({"id": ["a", "b"], "n": [1, 2], "x": [0.5, None],
-                            "at": pd.to_datetime(["2022-01-01 10:00", "2022-01-02 11:00"], utc=True)})
+    written = pd.DataFrame(
+        {
+            "id": ["a", "b"],
+            "n": [1, 2],
+            "x": [0.5, None],
+            "at": pd.to_datetime(["2022-01-01 10:00", "2022-01-02 11:00"], utc=True),
+        }
+    )
     asset = value_asset("exact", dg.DailyPartitionsDefinition(start_date="2022-01-01"), lambda key, value: written)
 
-    @dg.asset(partitions_def=dg.DailyPartitionsDefinition(start_date="2022-01-01"),
-              ins={"exact": dg.AssetIn(key=["my_schema", "exact"])})
+    @dg.asset(
+        partitions_def=dg.DailyPartitionsDefinition(start_date="2022-01-01"),
+        ins={"exact": dg.AssetIn(key=["my_schema", "exact"])},
+    )
     def reader(exact: pd.DataFrame) -> pd.DataFrame:
         pd.testing.assert_frame_equal(exact, written, check_dtype=False)
         assert str(exact["at"].dtype).startswith("datetime64") and list(exact.columns) == list(written.columns)
@@ -421,24 +524,29 @@ def test_a_load_returns_the_frame_as_written(database):
 
     write(database, asset, "2022-01-01", "")
     with dg.instance_for_test() as instance:
-        assert dg.materialize([asset.to_source_asset(), reader], partition_key="2022-01-01", resources=io(database),
-                              instance=instance).success
+        assert dg.materialize(
+            [asset.to_source_asset(), reader], partition_key="2022-01-01", resources=io(database), instance=instance
+        ).success
 
 
 def test_stamped_columns_come_back_when_an_input_asks_for_them(database):
-    asset = value_asset("days", dg.DailyPartitionsDefinition(start_date="2022-01-01"),
-                        lambda key, value: pd.DataFrame({"n": [1]}))
+    asset = value_asset(
+        "days", dg.DailyPartitionsDefinition(start_date="2022-01-01"), lambda key, value: pd.DataFrame({"n": [1]})
+    )
     write(database, asset, "2022-01-01", "")
 
-    @dg.asset(partitions_def=dg.DailyPartitionsDefinition(start_date="2022-01-01"),
-              ins={"days": dg.AssetIn(key=["my_schema", "days"], metadata={"columns": ["partition_date", "n"]})})
+    @dg.asset(
+        partitions_def=dg.DailyPartitionsDefinition(start_date="2022-01-01"),
+        ins={"days": dg.AssetIn(key=["my_schema", "days"], metadata={"columns": ["partition_date", "n"]})},
+    )
     def with_day(days: pd.DataFrame) -> pd.DataFrame:
         assert list(days.columns) == ["partition_date", "n"]
         return days.drop(columns="partition_date")
 
     with dg.instance_for_test() as instance:
-        assert dg.materialize([asset.to_source_asset(), with_day], partition_key="2022-01-01", resources=io(database),
-                              instance=instance).success
+        assert dg.materialize(
+            [asset.to_source_asset(), with_day], partition_key="2022-01-01", resources=io(database), instance=instance
+        ).success
 
 
 KINDS = {
@@ -458,8 +566,13 @@ def test_a_failure_between_delete_and_insert_leaves_the_old_partition_for_every_
 
     def frame_of(partition, value):
         day = partition if isinstance(partition, str) and partition[:1].isdigit() else "2022-01-02"
-        return pd.DataFrame({"day": [pd.Timestamp(day[:10])] * 2, "key": [partition if isinstance(partition, str) else "m"] * 2,
-                             "value": [value] * 2})
+        return pd.DataFrame(
+            {
+                "day": [pd.Timestamp(day[:10])] * 2,
+                "key": [partition if isinstance(partition, str) else "m"] * 2,
+                "value": [value] * 2,
+            }
+        )
 
     asset = value_asset("kinds", definition, frame_of, metadata)
     with dg.instance_for_test() as instance:
@@ -477,27 +590,45 @@ def test_a_failure_between_delete_and_insert_leaves_the_old_partition_for_every_
 
 
 def test_a_stamped_range_write_is_refused_with_the_way_out(database):
-    @dg.asset(partitions_def=dg.DailyPartitionsDefinition(start_date="2022-01-01"),
-              backfill_policy=dg.BackfillPolicy.single_run())
+    @dg.asset(
+        partitions_def=dg.DailyPartitionsDefinition(start_date="2022-01-01"),
+        backfill_policy=dg.BackfillPolicy.single_run(),
+    )
     def ranged(context: dg.AssetExecutionContext) -> pd.DataFrame:
         return pd.DataFrame({"n": [1]})
 
     with pytest.raises(Exception, match="writes 3 partitions at once.*partition_expr"):
-        dg.materialize([ranged], resources=io(database), tags={
-            "dagster/asset_partition_range_start": "2022-01-01", "dagster/asset_partition_range_end": "2022-01-03"})
+        dg.materialize(
+            [ranged],
+            resources=io(database),
+            tags={
+                "dagster/asset_partition_range_start": "2022-01-01",
+                "dagster/asset_partition_range_end": "2022-01-03",
+            },
+        )
 
 
 def test_a_range_write_by_partition_expr_replaces_exactly_that_range(database):
-    @dg.asset(partitions_def=dg.DailyPartitionsDefinition(start_date="2022-01-01"),
-              backfill_policy=dg.BackfillPolicy.single_run(), metadata={"partition_expr": "day"})
+    @dg.asset(
+        partitions_def=dg.DailyPartitionsDefinition(start_date="2022-01-01"),
+        backfill_policy=dg.BackfillPolicy.single_run(),
+        metadata={"partition_expr": "day"},
+    )
     def ranged(context: dg.AssetExecutionContext) -> pd.DataFrame:
         window = context.partition_time_window
         days = pd.date_range(window.start, window.end, freq="D", inclusive="left").tz_localize(None)
         return pd.DataFrame({"day": days, "v": context.run.tags["value"]})
 
     def run(start, end, value):
-        return dg.materialize([ranged], resources=io(database), tags={
-            "value": value, "dagster/asset_partition_range_start": start, "dagster/asset_partition_range_end": end})
+        return dg.materialize(
+            [ranged],
+            resources=io(database),
+            tags={
+                "value": value,
+                "dagster/asset_partition_range_start": start,
+                "dagster/asset_partition_range_end": end,
+            },
+        )
 
     run("2022-01-01", "2022-01-04", "first")
     run("2022-01-02", "2022-01-03", "second")
@@ -505,15 +636,19 @@ def test_a_range_write_by_partition_expr_replaces_exactly_that_range(database):
     assert list(zip(rows["d"], rows["v"])) == [("01", "first"), ("02", "second"), ("03", "second"), ("04", "first")]
 
 
-@pytest.mark.parametrize("metadata", [{"partition_expr": {"time": "CAST(time as TIMESTAMP)", "color": "color"}}, {}],
-                         ids=["partition_expr", "stamped"])
+@pytest.mark.parametrize(
+    "metadata",
+    [{"partition_expr": {"time": "CAST(time as TIMESTAMP)", "color": "color"}}, {}],
+    ids=["partition_expr", "stamped"],
+)
 def test_a_load_of_every_multi_partition_spans_many_key_ranges_in_one_query(database, metadata):
     asset = value_asset("multi_partitioned", MULTI, multi_frame, metadata)
 
     @dg.asset(ins={"multi_partitioned": dg.AssetIn(key=["my_schema", "multi_partitioned"])})
     def everything(multi_partitioned: pd.DataFrame) -> pd.DataFrame:
         assert sorted(zip(multi_partitioned["time"], multi_partitioned["color"], multi_partitioned["a"])) == sorted(
-            [("2022-01-01", "red", "1")] * 3 + [("2022-01-01", "blue", "2")] * 3 + [("2022-01-02", "yellow", "3")] * 3)
+            [("2022-01-01", "red", "1")] * 3 + [("2022-01-01", "blue", "2")] * 3 + [("2022-01-02", "yellow", "3")] * 3
+        )
         return multi_partitioned
 
     with dg.instance_for_test() as instance:
@@ -533,6 +668,8 @@ def test_a_step_with_an_optional_output_between_its_required_ones_commits_them_a
     for _ in range(2):  # the second run replaces every table: its earlier outputs must not count the old rows
         result = dg.materialize([mixed], resources=io(database))
         assert [select(database, f"SELECT n FROM main.{t}")["n"].tolist() for t in "aob"] == [[1], [2], [3]]
-        counts = {m.asset_key.path[-1]: m.metadata["dagster/row_count"].value
-                  for m in result.asset_materializations_for_node("mixed")}
+        counts = {
+            m.asset_key.path[-1]: m.metadata["dagster/row_count"].value
+            for m in result.asset_materializations_for_node("mixed")
+        }
         assert counts == {"a": 1, "o": 1, "b": 1}

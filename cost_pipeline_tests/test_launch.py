@@ -28,7 +28,8 @@ DAYS = ["2026-11-01", "2026-11-02", "2026-11-03"]
 UI_RUNS = """
 query($job: String!) {
   runsOrError(filter: {pipelineName: $job}) {
-    ... on Runs { results { runId status tags { key value } repositoryOrigin { repositoryLocationName repositoryName } } }
+    ... on Runs { results { runId status tags { key value }
+                            repositoryOrigin { repositoryLocationName repositoryName } } }
   }
 }"""
 
@@ -36,14 +37,22 @@ query($job: String!) {
 def readme_commands(heading: str) -> str:
     """The first ```bash block after `heading` in the README, as a person would copy it."""
     text = (REPO / "README.md").read_text()
-    section = text[text.index(heading):]
+    section = text[text.index(heading) :]
     return re.search(r"```bash\n(.*?)```", section, re.S).group(1)
 
 
 def fresh_copy(into: Path) -> Path:
     """The project's files as a clone has them (tracked and new, nothing ignored), with the test's venv as `.venv`."""
-    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
-                            capture_output=True, check=True).stdout.decode().split("\0")
+    listed = (
+        subprocess.run(
+            ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+            cwd=REPO,
+            capture_output=True,
+            check=True,
+        )
+        .stdout.decode()
+        .split("\0")
+    )
     for name in filter(None, listed):
         if (REPO / name).is_file():
             (into / name).parent.mkdir(parents=True, exist_ok=True)
@@ -63,8 +72,14 @@ def test_the_readmes_daily_tasks_run_in_a_fresh_copy_and_show_in_the_ui_instance
     project = fresh_copy(tmp_path / "cost_pipeline")
     commands = readme_commands("## Daily tasks from the command line")
     assert "cost-pipeline run --day" in commands and "cost-pipeline backfill" in commands and "report" in commands
-    shell = subprocess.run(["bash", "-euo", "pipefail", "-c", commands], cwd=project, env=newcomer_environment(),
-                           capture_output=True, text=True, timeout=900)
+    shell = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", commands],
+        cwd=project,
+        env=newcomer_environment(),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert shell.returncode == 0, shell.stdout[-3000:] + shell.stderr[-3000:]
 
     # The report printed each day's spend, and the dashboard was written.
@@ -80,65 +95,104 @@ def test_the_readmes_daily_tasks_run_in_a_fresh_copy_and_show_in_the_ui_instance
     with dg.DagsterInstance.from_config(str(home)) as instance:
         backfills = instance.get_backfills()
         assert [list(backfill.partition_names) for backfill in backfills] == [DAYS]
-        backfill_runs = instance.get_runs(filters=dg.RunsFilter(tags=dg.DagsterRun.tags_for_backfill_id(backfills[0].backfill_id)))
+        backfill_runs = instance.get_runs(
+            filters=dg.RunsFilter(tags=dg.DagsterRun.tags_for_backfill_id(backfills[0].backfill_id))
+        )
         assert sorted(run.tags["dagster/partition"] for run in backfill_runs) == DAYS
         with Launcher(instance) as launcher:  # the UI's GraphQL API over the same code location
             daily = execute_dagster_graphql(launcher.workspace, UI_RUNS, {"job": "daily_pipeline"}).data
             totals = execute_dagster_graphql(launcher.workspace, UI_RUNS, {"job": "evaluation_costs_job"}).data
     runs = daily["runsOrError"]["results"]
-    assert sorted(next(t["value"] for t in run["tags"] if t["key"] == "dagster/partition") for run in runs) == \
-        [DAYS[0], *DAYS]
+    assert sorted(next(t["value"] for t in run["tags"] if t["key"] == "dagster/partition") for run in runs) == [
+        DAYS[0],
+        *DAYS,
+    ]
     assert {run["status"] for run in runs} == {"SUCCESS"}
     # Under the UI's code location, so the Overview timeline and the job's run history list them.
-    assert {(run["repositoryOrigin"]["repositoryLocationName"], run["repositoryOrigin"]["repositoryName"]) for run in runs} \
-        == {(CODE_LOCATION, "__repository__")}
+    assert {
+        (run["repositoryOrigin"]["repositoryLocationName"], run["repositoryOrigin"]["repositoryName"]) for run in runs
+    } == {(CODE_LOCATION, "__repository__")}
     assert [run["status"] for run in totals["runsOrError"]["results"]] == ["SUCCESS", "SUCCESS"]
 
     # The backfill's run of 2026-11-01 replaced the first run's day exactly.
     with duckdb.connect(str(project / "data" / "cost_pipeline.duckdb"), read_only=True) as connection:
-        per_day = connection.execute("SELECT partition_date::VARCHAR, count(*), count(DISTINCT run_id) FROM cleaned_turns "
-                                     "GROUP BY 1 ORDER BY 1").fetchall()
+        per_day = connection.execute(
+            "SELECT partition_date::VARCHAR, count(*), count(DISTINCT run_id) FROM cleaned_turns GROUP BY 1 ORDER BY 1"
+        ).fetchall()
     assert per_day == [(day, 300, 1) for day in DAYS]
 
 
 def test_a_missing_day_is_skipped_in_a_backfill_and_fails_a_run_in_one_line(tmp_path):
-    """A backfill over a day that never landed stays green and says `skipped`; `run --day` for it fails with the reason."""
-    env = {**newcomer_environment(), "COST_PIPELINE_START": "2026-11-01", "COST_PIPELINE_LANDING": str(tmp_path / "landing")}
+    """A backfill over a day that never landed stays green and says `skipped`; `run --day` for it fails with the
+    reason."""
+    env = {
+        **newcomer_environment(),
+        "COST_PIPELINE_START": "2026-11-01",
+        "COST_PIPELINE_LANDING": str(tmp_path / "landing"),
+    }
     cli = [str(Path(sys.executable).with_name("cost-pipeline"))]
-    subprocess.run([*cli, "generate", "--start", DAYS[0], "--days", "3", "--turns-per-day", "40"], env=env, cwd=tmp_path,
-                   check=True, capture_output=True)
+    subprocess.run(
+        [*cli, "generate", "--start", DAYS[0], "--days", "3", "--turns-per-day", "40"],
+        env=env,
+        cwd=tmp_path,
+        check=True,
+        capture_output=True,
+    )
     shutil.rmtree(tmp_path / "landing" / DAYS[1])
 
-    backfill = subprocess.run([*cli, "backfill", "--from", DAYS[0], "--to", DAYS[2], "--no-totals"], env=env, cwd=tmp_path,
-                              capture_output=True, text=True, timeout=600)
+    backfill = subprocess.run(
+        [*cli, "backfill", "--from", DAYS[0], "--to", DAYS[2], "--no-totals"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert backfill.returncode == 0, backfill.stdout[-2000:] + backfill.stderr[-3000:]
     lines = {line.split()[0]: line for line in backfill.stdout.splitlines() if line.startswith("  2026-")}
     assert [lines[day].split()[1] for day in DAYS] == ["SUCCESS"] * 3
     assert f"skipped, written empty: No landing files for {DAYS[1]}" in lines[DAYS[1]]
     assert "skipped" not in lines[DAYS[0]] + lines[DAYS[2]]
     assert "3 of 3 run(s) succeeded (1 day(s) skipped" in backfill.stdout
-    # Each landed day was forecast before anything was sent; its run carries the figure, and its llm_calls the spend beside it.
+    # Each landed day was forecast before anything was sent; its run carries the figure, and its llm_calls the
+    # spend beside it.
     assert "Forecast, before any call:" in backfill.stdout and f"{DAYS[1]}  never landed" in backfill.stdout
 
-    alone = subprocess.run([*cli, "run", "--day", DAYS[1]], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    alone = subprocess.run(
+        [*cli, "run", "--day", DAYS[1]], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
     assert alone.returncode == 1
     (failed,) = [line for line in alone.stdout.splitlines() if line.startswith(f"  {DAYS[1]}")]
     assert "FAILURE" in failed and f"landed_turns: No landing files for {DAYS[1]}: expected " in failed
     assert "Traceback" not in alone.stdout + alone.stderr
 
-    early = subprocess.run([*cli, "run", "--day", "2026-10-31"], env=env, cwd=tmp_path, capture_output=True, text=True,
-                           timeout=300)
-    assert early.returncode == 2 and "2026-10-31 not a partition of daily_pipeline (partitions: 2026-11-01 to" in early.stderr
+    early = subprocess.run(
+        [*cli, "run", "--day", "2026-10-31"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
+    assert (
+        early.returncode == 2
+        and "2026-10-31 not a partition of daily_pipeline (partitions: 2026-11-01 to" in early.stderr
+    )
     with dg.DagsterInstance.from_config(str(tmp_path / ".dagster_home")) as instance:
-        statuses = sorted((run.tags["dagster/partition"], run.status.value, "dagster/backfill" in run.tags)
-                          for run in instance.get_runs())
-        forecast_tags = {run.tags["dagster/partition"]: run.tags.get(FORECAST_TAG) for run in instance.get_runs()
-                         if "dagster/backfill" in run.tags}
+        statuses = sorted(
+            (run.tags["dagster/partition"], run.status.value, "dagster/backfill" in run.tags)
+            for run in instance.get_runs()
+        )
+        forecast_tags = {
+            run.tags["dagster/partition"]: run.tags.get(FORECAST_TAG)
+            for run in instance.get_runs()
+            if "dagster/backfill" in run.tags
+        }
         (latest,) = instance.fetch_materializations(
-            dg.AssetRecordsFilter(asset_key=dg.AssetKey("llm_calls"), asset_partitions=[DAYS[2]]), limit=1).records
+            dg.AssetRecordsFilter(asset_key=dg.AssetKey("llm_calls"), asset_partitions=[DAYS[2]]), limit=1
+        ).records
         calls_metadata = latest.asset_materialization.metadata
-    assert statuses == [(DAYS[0], "SUCCESS", True), (DAYS[1], "FAILURE", False), (DAYS[1], "SUCCESS", True),
-                        (DAYS[2], "SUCCESS", True)]
+    assert statuses == [
+        (DAYS[0], "SUCCESS", True),
+        (DAYS[1], "FAILURE", False),
+        (DAYS[1], "SUCCESS", True),
+        (DAYS[2], "SUCCESS", True),
+    ]
     assert forecast_tags[DAYS[1]] is None and all(Decimal(forecast_tags[day]) > 0 for day in (DAYS[0], DAYS[2]))
     assert calls_metadata["forecast_usd"].value == float(forecast_tags[DAYS[2]])
     assert 0.5 < calls_metadata["spend_vs_forecast"].value < 2.0
@@ -155,7 +209,10 @@ def test_the_cli_the_ui_and_the_daemon_name_one_code_location():
     tool = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["dagster"]
     (entry,) = yaml.safe_load((REPO / "workspace.yaml").read_text())["load_from"]
     assert (tool["module_name"], tool["code_location_name"]) == (DEFINITIONS_MODULE, CODE_LOCATION)
-    assert (entry["python_module"]["module_name"], entry["python_module"]["location_name"]) == (DEFINITIONS_MODULE, CODE_LOCATION)
+    assert (entry["python_module"]["module_name"], entry["python_module"]["location_name"]) == (
+        DEFINITIONS_MODULE,
+        CODE_LOCATION,
+    )
 
 
 @pytest.mark.slow
@@ -167,15 +224,33 @@ def test_ctrl_c_cancels_every_unfinished_run_and_leaves_none_half_canceled(tmp_p
 
     home = tmp_path / "home"
     home.mkdir()
-    (home / "dagster.yaml").write_text((REPO / ".dagster_home" / "dagster.yaml").read_text()
-                                       .replace("max_concurrent_runs: 4", "max_concurrent_runs: 1"))
-    env = {**newcomer_environment(), "DAGSTER_HOME": str(home), "COST_PIPELINE_START": "2026-11-01",
-           "COST_PIPELINE_LANDING": str(tmp_path / "landing")}
+    (home / "dagster.yaml").write_text(
+        (REPO / ".dagster_home" / "dagster.yaml")
+        .read_text()
+        .replace("max_concurrent_runs: 4", "max_concurrent_runs: 1")
+    )
+    env = {
+        **newcomer_environment(),
+        "DAGSTER_HOME": str(home),
+        "COST_PIPELINE_START": "2026-11-01",
+        "COST_PIPELINE_LANDING": str(tmp_path / "landing"),
+    }
     cli = [str(Path(sys.executable).with_name("cost-pipeline"))]
-    subprocess.run([*cli, "generate", "--start", DAYS[0], "--days", "3", "--turns-per-day", "600"], env=env,
-                   cwd=tmp_path, check=True, capture_output=True)
-    backfill = subprocess.Popen([*cli, "backfill", "--from", DAYS[0], "--to", DAYS[2], "--no-totals"], env=env,
-                                cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    subprocess.run(
+        [*cli, "generate", "--start", DAYS[0], "--days", "3", "--turns-per-day", "600"],
+        env=env,
+        cwd=tmp_path,
+        check=True,
+        capture_output=True,
+    )
+    backfill = subprocess.Popen(
+        [*cli, "backfill", "--from", DAYS[0], "--to", DAYS[2], "--no-totals"],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     deadline = time.monotonic() + 120
     with dg.DagsterInstance.from_config(str(home)) as instance:
         while not any(run.status == dg.DagsterRunStatus.STARTED for run in instance.get_runs()):

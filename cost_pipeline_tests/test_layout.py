@@ -12,20 +12,24 @@ import pytest
 
 PACKAGE = Path(__file__).parents[1] / "cost_pipeline"
 FLOORS = {
-    "storage": 1, "config": 1,
+    "storage": 1,
+    "config": 1,
     "ingest": 2,
     "gemini": 3,
     "money": 4,
-    "model_server": 5, "gemini_step": 5,
+    "model_server": 5,
+    "gemini_step": 5,
     "reports": 6,
     "defs": 7,
-    "definitions": 8, "launch": 8,
+    "definitions": 8,
+    "launch": 8,
     "cli": 9,
 }
 """Each room's floor: a module may import its own room and lower floors only (docs/architecture.md draws it)."""
 DAGSTER_FREE = {"storage", "ingest", "money", "model_server", "gemini_step", "reports"}
 DAGSTER_KNOWN = {"gemini/client.py"}
-"""`GeminiResource` is still defined beside the session it configures; it is the one Dagster class left outside defs/."""
+"""`GeminiResource` is still defined beside the session it configures; it is the one Dagster class left outside
+defs/."""
 
 
 def modules() -> dict[str, set[str]]:
@@ -35,8 +39,13 @@ def modules() -> dict[str, set[str]]:
         name = path.relative_to(PACKAGE).as_posix()
         imported = set()
         for node in ast.walk(ast.parse(path.read_text())):
-            targets = [node.module] if isinstance(node, ast.ImportFrom) and node.module else \
-                [alias.name for alias in node.names] if isinstance(node, ast.Import) else []
+            targets = (
+                [node.module]
+                if isinstance(node, ast.ImportFrom) and node.module
+                else [alias.name for alias in node.names]
+                if isinstance(node, ast.Import)
+                else []
+            )
             if isinstance(node, ast.ImportFrom) and node.module:
                 targets += [f"{node.module}.{alias.name}" for alias in node.names]
             for target in targets:
@@ -68,9 +77,14 @@ def test_every_module_stands_in_a_room_with_a_floor():
 
 
 def test_imports_never_run_up_a_floor_or_sideways_into_another_room():
-    wrong = [f"{module} -> {target}" for module, targets in modules().items() for target in targets
-             if room(target) != room(module) and room(module) != "__init__"
-             and FLOORS.get(room(target), 0) >= FLOORS.get(room(module), 0)]
+    wrong = [
+        f"{module} -> {target}"
+        for module, targets in modules().items()
+        for target in targets
+        if room(target) != room(module)
+        and room(module) != "__init__"
+        and FLOORS.get(room(target), 0) >= FLOORS.get(room(module), 0)
+    ]
     assert not wrong, "imports that run up or sideways:\n" + "\n".join(sorted(wrong))
 
 
@@ -97,10 +111,16 @@ def test_only_dagster_definitions_import_dagster():
     importing = set()
     for path in PACKAGE.rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
-            names = [node.module] if isinstance(node, ast.ImportFrom) and node.module else \
-                [alias.name for alias in node.names] if isinstance(node, ast.Import) else []
+            names = (
+                [node.module]
+                if isinstance(node, ast.ImportFrom) and node.module
+                else [alias.name for alias in node.names]
+                if isinstance(node, ast.Import)
+                else []
+            )
             if any(name == "dagster" or name.startswith("dagster.") for name in names):
                 importing.add(path.relative_to(PACKAGE).as_posix())
-    wrong = sorted(module for module in importing if room(module) in DAGSTER_FREE | {"gemini"}
-                   and module not in DAGSTER_KNOWN)
+    wrong = sorted(
+        module for module in importing if room(module) in DAGSTER_FREE | {"gemini"} and module not in DAGSTER_KNOWN
+    )
     assert not wrong, f"Dagster imported outside defs/: {wrong}"

@@ -12,32 +12,58 @@ from cost_pipeline.model_server.server import choose_tool, clean_text, count_tok
 DECLARATIONS = [d.model_dump(mode="json", exclude_none=True) for d in FUNCTION_DECLARATIONS]
 
 
-@pytest.mark.parametrize("raw,cleaned", [
-    ("um can you s-schedule a a meeting with Sarah", "Can you schedule a meeting with Sarah?"),
-    ("i-i want to uh order like two pizzas", "I want to order two pizzas."),
-    ("you know what i mean the the weather is nice", "What the weather is nice?"),
-    ("I would like a coffee", "I would like a coffee."),
-    ("Already clean.", "Already clean."),
-])
+@pytest.mark.parametrize(
+    "raw,cleaned",
+    [
+        ("um can you s-schedule a a meeting with Sarah", "Can you schedule a meeting with Sarah?"),
+        ("i-i want to uh order like two pizzas", "I want to order two pizzas."),
+        ("you know what i mean the the weather is nice", "What the weather is nice?"),
+        ("I would like a coffee", "I would like a coffee."),
+        ("Already clean.", "Already clean."),
+    ],
+)
 def test_cleaning_removes_fillers_stutters_repeats_and_fixes_case(raw, cleaned):
     assert clean_text(raw)[0] == cleaned
 
 
 def test_cleaning_reports_what_it_changed():
     _, changes = clean_text("um s-so so hello")
-    assert changes == ["removed 1 filler(s)", "removed 1 stutter(s)", "removed 1 repeated word(s)",
-                       "capitalised the first word", "added end punctuation"]
+    assert changes == [
+        "removed 1 filler(s)",
+        "removed 1 stutter(s)",
+        "removed 1 repeated word(s)",
+        "capitalised the first word",
+        "added end punctuation",
+    ]
 
 
-@pytest.mark.parametrize("text,name,arguments", [
-    ("Can you schedule a meeting with Sarah on friday at 2pm?", "schedule_meeting",
-     {"attendees": ["Sarah"], "date": "friday", "time": "2pm"}),
-    ("Send an email to John saying I'll be late today.", "send_email", {"to": "John", "body": "I'll be late today"}),
-    ("Search the web for flights to Lisbon.", "search_web", {"query": "flights to Lisbon"}),
-    ("Remind me to call the dentist tomorrow morning.", "set_reminder", {"task": "call the dentist", "when": "tomorrow morning"}),
-    ("I want to order two large pizzas from Dominos.", "place_order", {"quantity": 2, "item": "large pizzas", "store": "Dominos"}),
-    ("What's the weather in Paris tomorrow?", "get_weather", {"city": "Paris", "when": "tomorrow"}),
-])
+@pytest.mark.parametrize(
+    "text,name,arguments",
+    [
+        (
+            "Can you schedule a meeting with Sarah on friday at 2pm?",
+            "schedule_meeting",
+            {"attendees": ["Sarah"], "date": "friday", "time": "2pm"},
+        ),
+        (
+            "Send an email to John saying I'll be late today.",
+            "send_email",
+            {"to": "John", "body": "I'll be late today"},
+        ),
+        ("Search the web for flights to Lisbon.", "search_web", {"query": "flights to Lisbon"}),
+        (
+            "Remind me to call the dentist tomorrow morning.",
+            "set_reminder",
+            {"task": "call the dentist", "when": "tomorrow morning"},
+        ),
+        (
+            "I want to order two large pizzas from Dominos.",
+            "place_order",
+            {"quantity": 2, "item": "large pizzas", "store": "Dominos"},
+        ),
+        ("What's the weather in Paris tomorrow?", "get_weather", {"city": "Paris", "when": "tomorrow"}),
+    ],
+)
 def test_each_tool_is_chosen_with_arguments_from_the_text(text, name, arguments):
     assert choose_tool(text, DECLARATIONS) == {"name": name, "args": arguments}
 
@@ -61,10 +87,13 @@ def generate(model_server, model="gemini-2.5-flash-lite", **config):
         client = sdk(model_server)
         try:
             return await client.aio.models.generate_content(
-                model=model, contents="um search the web for flights to lisbon",
-                config=types.GenerateContentConfig(system_instruction="You clean text. " * 30, **config))
+                model=model,
+                contents="um search the web for flights to lisbon",
+                config=types.GenerateContentConfig(system_instruction="You clean text. " * 30, **config),
+            )
         finally:
             await client.aio.aclose()
+
     return asyncio.run(go())
 
 
@@ -82,7 +111,9 @@ def test_usage_is_deterministic_and_complete(model_server):
 def test_thinking_models_report_thoughts_and_budgets_bound_them(model_server):
     usage = generate(model_server, model="gemini-2.5-flash").usage_metadata
     assert usage.thoughts_token_count == 3 * usage.candidates_token_count + 24
-    assert usage.total_token_count == usage.prompt_token_count + usage.candidates_token_count + usage.thoughts_token_count
+    assert (
+        usage.total_token_count == usage.prompt_token_count + usage.candidates_token_count + usage.thoughts_token_count
+    )
     bounded = generate(model_server, model="gemini-2.5-flash", thinking_config=types.ThinkingConfig(thinking_budget=10))
     assert bounded.usage_metadata.thoughts_token_count == 10
     off = generate(model_server, model="gemini-2.5-flash", thinking_config=types.ThinkingConfig(thinking_budget=0))
@@ -99,10 +130,15 @@ def test_function_declarations_come_back_as_native_function_calls(model_server):
         client = sdk(model_server)
         try:
             return await client.aio.models.generate_content(
-                model="gemini-2.5-flash-lite", contents="Remind me to water the plants tonight.",
-                config=types.GenerateContentConfig(tools=TOOLS, automatic_function_calling=types.AutomaticFunctionCallingConfig(disable=True)))
+                model="gemini-2.5-flash-lite",
+                contents="Remind me to water the plants tonight.",
+                config=types.GenerateContentConfig(
+                    tools=TOOLS, automatic_function_calling=types.AutomaticFunctionCallingConfig(disable=True)
+                ),
+            )
         finally:
             await client.aio.aclose()
+
     (call,) = asyncio.run(go()).function_calls
     assert (call.name, call.args) == ("set_reminder", {"task": "water the plants", "when": "tonight"})
 
@@ -153,15 +189,24 @@ def test_an_alias_is_served_and_billed_as_its_model(model_server):
 
 
 def test_a_batch_job_is_pending_then_answers_each_inlined_request_in_order_billed_at_batch(model_server):
-    """`batchGenerateContent`, `batches.get` and `:cancel` as google-genai speaks them; per-request errors not billed."""
+    """`batchGenerateContent`, `batches.get` and `:cancel` as google-genai speaks them; per-request errors not
+    billed."""
     import time
 
     model_server.configure(batch_delay_s=0.3, rate_batch_error=0.25, seed=5)
     client = genai.Client(api_key="test-key", http_options=types.HttpOptions(base_url=model_server.url))
     texts = [f"um, can you b-book a a meeting number {i}" for i in range(12)]
-    job = client.batches.create(model="gemini-2.5-flash-lite", src=[
-        {"contents": [{"parts": [{"text": text}], "role": "user"}], "metadata": {"key": f"k{i}"},
-         "config": {"system_instruction": "Clean the turn.", "temperature": 0.0}} for i, text in enumerate(texts)])
+    job = client.batches.create(
+        model="gemini-2.5-flash-lite",
+        src=[
+            {
+                "contents": [{"parts": [{"text": text}], "role": "user"}],
+                "metadata": {"key": f"k{i}"},
+                "config": {"system_instruction": "Clean the turn.", "temperature": 0.0},
+            }
+            for i, text in enumerate(texts)
+        ],
+    )
     assert job.name.startswith("batches/") and not job.done
     assert client.batches.get(name=job.name).state == types.JobState.JOB_STATE_PENDING
     assert model_server.billing() == []  # nothing is answered, nor billed, before the job runs

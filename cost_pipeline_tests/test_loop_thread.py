@@ -1,4 +1,5 @@
-"""The day's event loop in its own thread: the same results as asyncio.run, a fresh exception stack, clean interrupts."""
+"""The day's event loop in its own thread: the same results as asyncio.run, a fresh exception stack, clean
+interrupts."""
 
 import asyncio
 import contextvars
@@ -30,6 +31,7 @@ def test_results_errors_and_context_variables_come_through_as_with_asyncio_run()
 def test_the_loop_starts_on_an_empty_stack_of_handled_exceptions():
     """What the thread is for: an exception being handled by the caller (and the generators around it, as Dagster's
     are around a step) is not on the loop's stack, so the loop's raises do not walk the caller's frames."""
+
     async def handled():
         return sys.exc_info()[1]
 
@@ -41,8 +43,9 @@ def test_the_loop_starts_on_an_empty_stack_of_handled_exceptions():
 
 
 def test_an_interrupt_of_the_caller_cancels_every_task_and_waits_for_them_before_it_goes_on():
-    """As Dagster's termination does, a signal handler raises in the waiting thread: every task (awaited by the day or
-    left running) finishes its cancellation, say recording an attempt cut off in flight, before the interrupt is seen."""
+    """As Dagster's termination does, a signal handler raises in the waiting thread: every task (awaited by the day
+    or left running) finishes its cancellation, say recording an attempt cut off in flight, before the interrupt is
+    seen."""
 
     class Terminated(Exception):
         pass

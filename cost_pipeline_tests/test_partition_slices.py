@@ -44,22 +44,28 @@ def test_a_day_and_a_set_of_days_select_their_rows(table):
 
 def test_a_time_window_selects_start_inclusive_end_exclusive(table):
     start = datetime(2024, 1, 1, 6, tzinfo=timezone.utc)
-    hours = Dimension(column="partition_start", column_type=TIMESTAMP, window=TimeRange(start, start + timedelta(hours=1)))
+    hours = Dimension(
+        column="partition_start", column_type=TIMESTAMP, window=TimeRange(start, start + timedelta(hours=1))
+    )
     assert selected(table, TableSlice((hours,))) == [2]
     assert hours.stamp() == start
 
 
 def test_a_partition_expr_window_compares_wall_clock_times_in_the_partitions_zone(table):
     tz = ZoneInfo("America/New_York")
-    day = Dimension(expr="local_time", window=TimeRange(datetime(2024, 1, 1, tzinfo=tz), datetime(2024, 1, 2, tzinfo=tz)))
+    day = Dimension(
+        expr="local_time", window=TimeRange(datetime(2024, 1, 1, tzinfo=tz), datetime(2024, 1, 2, tzinfo=tz))
+    )
     assert selected(table, TableSlice((day,))) == [1]
 
 
 def test_keys_and_dimensions_combine(table):
     red = Dimension(column="partition_key", keys=("red",))
     both = Dimension(expr="partition_key", keys=("red", "blue"))
-    first_two = day_slice(date(2024, 1, 1)).dimensions[0], Dimension(column="partition_date", column_type=DATE,
-                                                                       keys=("2024-01-01", "2024-01-02"))
+    first_two = (
+        day_slice(date(2024, 1, 1)).dimensions[0],
+        Dimension(column="partition_date", column_type=DATE, keys=("2024-01-01", "2024-01-02")),
+    )
     assert selected(table, TableSlice((red,))) == [1, 3]
     assert selected(table, TableSlice((both,))) == [1, 2, 3]
     assert selected(table, TableSlice((red, first_two[1]))) == [1]
@@ -80,12 +86,15 @@ def test_a_dimension_is_kept_one_way_and_a_write_stamps_one_partition():
         Dimension(column="partition_key", keys=("a", "b")).stamp()
 
 
-@pytest.mark.parametrize("dimension,is_time,daily,expected", [
-    (None, True, True, ("partition_date", DATE)),
-    (None, True, False, ("partition_start", TIMESTAMP)),
-    (None, False, False, ("partition_key", KEY)),
-    ("time", True, True, ("partition_time", DATE)),
-    ("color", False, False, ("partition_color", KEY)),
-])
+@pytest.mark.parametrize(
+    "dimension,is_time,daily,expected",
+    [
+        (None, True, True, ("partition_date", DATE)),
+        (None, True, False, ("partition_start", TIMESTAMP)),
+        (None, False, False, ("partition_key", KEY)),
+        ("time", True, True, ("partition_time", DATE)),
+        ("color", False, False, ("partition_color", KEY)),
+    ],
+)
 def test_default_stamped_columns(dimension, is_time, daily, expected):
     assert stamped_column(dimension, is_time, daily) == expected

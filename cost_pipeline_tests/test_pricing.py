@@ -30,25 +30,25 @@ def cost(model, **tokens):
 
 def test_flash_lite_with_cached_tokens_bills_the_cached_part_once_at_the_cache_rate():
     c = cost("gemini-2.5-flash-lite", input=1000, cached=400, output=100)
-    assert c.input_cost == D("0.000060")          # 600 uncached x 0.10 / 1M
-    assert c.cached_input_cost == D("0.000004")   # 400 cached x 0.01 / 1M
-    assert c.output_cost == D("0.000040")         # 100 x 0.40 / 1M
+    assert c.input_cost == D("0.000060")  # 600 uncached x 0.10 / 1M
+    assert c.cached_input_cost == D("0.000004")  # 400 cached x 0.01 / 1M
+    assert c.output_cost == D("0.000040")  # 100 x 0.40 / 1M
     assert c.total_cost == D("0.000104")
     assert c.price_source == LIBRARY_SOURCE and c.price_status == "ok"
 
 
 def test_thinking_tokens_are_billed_as_output():
     c = cost("gemini-2.5-pro", input=10_000, output=500, thinking=1_500)
-    assert c.input_cost == D("0.0125")            # 10,000 x 1.25 / 1M
-    assert c.output_cost == D("0.02")             # (500 + 1,500) x 10 / 1M
+    assert c.input_cost == D("0.0125")  # 10,000 x 1.25 / 1M
+    assert c.output_cost == D("0.02")  # (500 + 1,500) x 10 / 1M
     assert c.total_cost == D("0.0325")
 
 
 def test_a_long_context_prompt_moves_the_whole_request_to_the_higher_tier():
     c = cost("gemini-2.5-pro", input=250_000, cached=50_000, output=2_000, thinking=1_000)
-    assert c.input_cost == D("0.5")               # 200,000 uncached x 2.50 / 1M
-    assert c.cached_input_cost == D("0.0125")     # 50,000 x 0.25 / 1M
-    assert c.output_cost == D("0.045")            # 3,000 x 15 / 1M
+    assert c.input_cost == D("0.5")  # 200,000 uncached x 2.50 / 1M
+    assert c.cached_input_cost == D("0.0125")  # 50,000 x 0.25 / 1M
+    assert c.output_cost == D("0.045")  # 3,000 x 15 / 1M
     assert c.total_cost == D("0.5575")
 
 
@@ -84,10 +84,12 @@ def test_an_unknown_model_is_missing_not_free():
 
 
 def test_overrides_replace_library_prices_and_price_unknown_models():
-    overrides = parse_overrides({
-        "gemini-2.5-flash-lite": {"input_mtok": "0.08", "output_mtok": "0.32", "cached_input_mtok": "0.008"},
-        "gemini-9-ultra": {"input_mtok": 5, "output_mtok": 20},
-    })
+    overrides = parse_overrides(
+        {
+            "gemini-2.5-flash-lite": {"input_mtok": "0.08", "output_mtok": "0.32", "cached_input_mtok": "0.008"},
+            "gemini-9-ultra": {"input_mtok": 5, "output_mtok": 20},
+        }
+    )
     book = PriceBook(overrides, override_source="override costs.toml")
     lite = book.cost("gemini-2.5-flash-lite", TokenCounts(input=1000, cached=500, output=100), AT)
     assert (lite.input_cost, lite.cached_input_cost, lite.output_cost) == (D("0.00004"), D("0.000004"), D("0.000032"))
@@ -96,11 +98,14 @@ def test_overrides_replace_library_prices_and_price_unknown_models():
     assert ultra.total_cost == D("0.0052") and ultra.price_status == "ok"
 
 
-@pytest.mark.parametrize("bad,message", [
-    ({"input_mtok": "1"}, "needs input_mtok and output_mtok"),
-    ({"input_mtok": "1", "output_mtok": "2", "cache": "3"}, "needs input_mtok and output_mtok"),
-    ({"input_mtok": "-1", "output_mtok": "2"}, "negative price"),
-])
+@pytest.mark.parametrize(
+    "bad,message",
+    [
+        ({"input_mtok": "1"}, "needs input_mtok and output_mtok"),
+        ({"input_mtok": "1", "output_mtok": "2", "cache": "3"}, "needs input_mtok and output_mtok"),
+        ({"input_mtok": "-1", "output_mtok": "2"}, "negative price"),
+    ],
+)
 def test_a_malformed_override_is_a_clear_error(bad, message):
     with pytest.raises(ValueError, match=message):
         parse_overrides({"m": bad})
@@ -109,22 +114,31 @@ def test_a_malformed_override_is_a_clear_error(bad, message):
 def test_audio_tokens_are_priced_apart_from_text():
     text = cost("gemini-2.5-flash", input=10_000, output=100)
     audio = cost("gemini-2.5-flash", input=10_000, input_audio=10_000, output=100)
-    assert audio.input_cost == D("0.01")          # 10,000 audio x 1.00 / 1M, not 0.30 as text
+    assert audio.input_cost == D("0.01")  # 10,000 audio x 1.00 / 1M, not 0.30 as text
     assert text.input_cost == D("0.003") and audio.output_cost == text.output_cost
 
 
 def test_the_served_model_is_priced_and_an_unpriced_alias_falls_back_to_the_requested_model():
     book = PriceBook()
-    served = book.cost("gemini-flash-lite-latest", TokenCounts(input=1_000_000), AT, served_model="gemini-2.5-flash-lite")
+    served = book.cost(
+        "gemini-flash-lite-latest", TokenCounts(input=1_000_000), AT, served_model="gemini-2.5-flash-lite"
+    )
     assert served.input_cost == D("0.1")
-    fallback = book.cost("gemini-2.5-flash-lite", TokenCounts(input=1_000_000), AT, served_model="gemini-unknown-build-7")
+    fallback = book.cost(
+        "gemini-2.5-flash-lite", TokenCounts(input=1_000_000), AT, served_model="gemini-unknown-build-7"
+    )
     assert fallback.input_cost == D("0.1") and fallback.price_status == "ok"
 
 
 def _google_models():
     from genai_prices import data_snapshot
-    return [model.id for provider in data_snapshot.get_snapshot().providers if provider.id == "google"
-            for model in provider.models]
+
+    return [
+        model.id
+        for provider in data_snapshot.get_snapshot().providers
+        if provider.id == "google"
+        for model in provider.models
+    ]
 
 
 @pytest.mark.parametrize("model", _google_models())
@@ -148,22 +162,40 @@ def test_every_google_model_costs_exactly_what_genai_prices_computes(model):
             prompt = text + cached_text + sum(total for total, _, _ in media.values())
             cached = cached_text + sum(part for _, part, _ in media.values())
             output_media = sum(out for _, _, out in media.values())
-            tokens = TokenCounts(input=prompt, cached=cached, output=rng.randint(0, 4_000) + output_media,
-                                 thinking=rng.choice([0, 900]), tool_prompt=rng.choice([0, 35]),
-                                 **{f"{kind}_{m}": value for m, values in media.items()
-                                    for kind, value in zip(("input", "cached", "output"), values)})
+            tokens = TokenCounts(
+                input=prompt,
+                cached=cached,
+                output=rng.randint(0, 4_000) + output_media,
+                thinking=rng.choice([0, 900]),
+                tool_prompt=rng.choice([0, 35]),
+                **{
+                    f"{kind}_{m}": value
+                    for m, values in media.items()
+                    for kind, value in zip(("input", "cached", "output"), values)
+                },
+            )
             usage = genai_prices.Usage(
-                input_tokens=tokens.input + tokens.tool_prompt, cache_read_tokens=tokens.cached,
-                input_tool_tokens=tokens.tool_prompt, output_tokens=tokens.output + tokens.thinking,
+                input_tokens=tokens.input + tokens.tool_prompt,
+                cache_read_tokens=tokens.cached,
+                input_tool_tokens=tokens.tool_prompt,
+                output_tokens=tokens.output + tokens.thinking,
                 output_reasoning_tokens=tokens.thinking,
-                **{key: value for m, (total, part, out) in media.items()
-                   for key, value in ((f"input_{m}_tokens", total), (f"cache_{m}_read_tokens", part),
-                                      (f"output_{m}_tokens", out))})
+                **{
+                    key: value
+                    for m, (total, part, out) in media.items()
+                    for key, value in (
+                        (f"input_{m}_tokens", total),
+                        (f"cache_{m}_read_tokens", part),
+                        (f"output_{m}_tokens", out),
+                    )
+                },
+            )
             processing = rng.choice([STANDARD, BATCH])  # the batch variant too, where the library has one
             context = {"processing": processing} if processing == BATCH else None
             try:
-                library = genai_prices.calc_price(usage, model, provider_id="google", genai_request_timestamp=at,
-                                                  price_context=context)
+                library = genai_prices.calc_price(
+                    usage, model, provider_id="google", genai_request_timestamp=at, price_context=context
+                )
             except LookupError:
                 assert book.cost(model, tokens, at, processing=processing).price_status == MISSING
                 continue
@@ -175,8 +207,8 @@ def test_every_google_model_costs_exactly_what_genai_prices_computes(model):
 def test_image_output_is_priced_at_the_image_rate_not_as_text():
     # A real body of gemini-2.5-flash-image: 10 prompt tokens, 1,290 image tokens out ($30 per million, not $2.50).
     image = cost("gemini-2.5-flash-image", input=10, output=1290, output_image=1290)
-    assert image.output_cost == D("0.0387")       # 1,290 x 30 / 1M
-    assert image.input_cost == D("0.000003")      # 10 x 0.30 / 1M
+    assert image.output_cost == D("0.0387")  # 1,290 x 30 / 1M
+    assert image.input_cost == D("0.000003")  # 10 x 0.30 / 1M
     text = cost("gemini-2.5-flash-image", input=10, output=1290)
     assert image.output_cost / text.output_cost == 12
 

@@ -16,7 +16,11 @@ from cost_pipeline.ingest.synthetic import generate
 
 from .conftest import REPO, dagster_home, free_port
 
-PG_BIN = next(iter(sorted(Path("/usr/lib/postgresql").glob("*/bin"))), None) if Path("/usr/lib/postgresql").exists() else None
+PG_BIN = (
+    next(iter(sorted(Path("/usr/lib/postgresql").glob("*/bin"))), None)
+    if Path("/usr/lib/postgresql").exists()
+    else None
+)
 DAY = "2026-11-04"
 
 
@@ -35,11 +39,27 @@ def postgres():
     if os.geteuid() == 0:
         shutil.chown(cluster, "postgres", "postgres")
         shutil.chown(sockets, "postgres", "postgres")
-    subprocess.run(as_postgres(str(PG_BIN / "initdb"), "-D", str(data), "-U", "dagster", "--auth=trust"),
-                   check=True, capture_output=True)
+    subprocess.run(
+        as_postgres(str(PG_BIN / "initdb"), "-D", str(data), "-U", "dagster", "--auth=trust"),
+        check=True,
+        capture_output=True,
+    )
     port = free_port()
-    subprocess.run(as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(data), "-w", "-l", str(cluster / "pg.log"), "-o",
-                               f"-h 127.0.0.1 -p {port} -k {sockets}", "start"), check=True, capture_output=True)
+    subprocess.run(
+        as_postgres(
+            str(PG_BIN / "pg_ctl"),
+            "-D",
+            str(data),
+            "-w",
+            "-l",
+            str(cluster / "pg.log"),
+            "-o",
+            f"-h 127.0.0.1 -p {port} -k {sockets}",
+            "start",
+        ),
+        check=True,
+        capture_output=True,
+    )
     try:
         connection = psycopg2.connect(host="127.0.0.1", port=port, user="dagster", dbname="postgres")
         connection.autocommit = True
@@ -57,19 +77,42 @@ def test_a_partition_runs_with_runs_and_events_in_postgres(tmp_path, postgres):
     home = dagster_home(tmp_path / "home", REPO / "deploy" / "prod" / "dagster.yaml", initialize=False)
     landing, database = tmp_path / "landing", tmp_path / "store.duckdb"
     generate(landing, date.fromisoformat(DAY), days=1, turns_per_day=80, seed=6)
-    env = {**os.environ, "DAGSTER_PG_URL": f"postgresql+psycopg2://dagster@127.0.0.1:{port}/dagster", "DAGSTER_HOME": str(home), "COST_PIPELINE_DB": str(database),
-           "COST_PIPELINE_LANDING": str(landing), "COST_PIPELINE_COSTS": str(REPO / "costs.toml")}
+    env = {
+        **os.environ,
+        "DAGSTER_PG_URL": f"postgresql+psycopg2://dagster@127.0.0.1:{port}/dagster",
+        "DAGSTER_HOME": str(home),
+        "COST_PIPELINE_DB": str(database),
+        "COST_PIPELINE_LANDING": str(landing),
+        "COST_PIPELINE_COSTS": str(REPO / "costs.toml"),
+    }
     run = subprocess.run(
-        [str(Path(sys.executable).with_name("dagster")), "asset", "materialize", "-m", "cost_pipeline.definitions",
-         "--select", "raw_turns,quarantined_turns,cleaned_turns,function_calls,llm_calls,daily_cost_rollup",
-         "--partition", DAY], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        [
+            str(Path(sys.executable).with_name("dagster")),
+            "asset",
+            "materialize",
+            "-m",
+            "cost_pipeline.definitions",
+            "--select",
+            "raw_turns,quarantined_turns,cleaned_turns,function_calls,llm_calls,daily_cost_rollup",
+            "--partition",
+            DAY,
+        ],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     connection = psycopg2.connect(host="127.0.0.1", port=port, user="dagster", dbname="dagster")
     try:
         cursor = connection.cursor()
         cursor.execute("SELECT status FROM runs")
         statuses = [status for (status,) in cursor.fetchall()]
-        cursor.execute("SELECT count(*) FROM event_logs WHERE dagster_event_type = 'ASSET_MATERIALIZATION' AND partition = %s", [DAY])
+        cursor.execute(
+            "SELECT count(*) FROM event_logs WHERE dagster_event_type = 'ASSET_MATERIALIZATION' AND partition = %s",
+            [DAY],
+        )
         materializations = cursor.fetchone()[0]
         cursor.execute("SELECT count(*) FROM asset_check_executions WHERE partition = %s", [DAY])
         checks = cursor.fetchone()[0]

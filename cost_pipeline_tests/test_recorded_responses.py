@@ -27,8 +27,10 @@ NO_FAILURE_LIMIT = {"ops": {"turns_through_gemini": {"config": {"max_failure_sha
 def recorded() -> dict[str, dict]:
     """Each recorded body by its file's name, which it carries as its responseId so its ledger row can be found
     (some recordings have none, two share one)."""
-    return {path.stem: {**json.loads(path.read_text())["body"], "responseId": path.stem}
-            for path in sorted(RESPONSES.glob("*.json"))}
+    return {
+        path.stem: {**json.loads(path.read_text())["body"], "responseId": path.stem}
+        for path in sorted(RESPONSES.glob("*.json"))
+    }
 
 
 def library_cost(body: dict, at) -> Decimal | None:
@@ -43,8 +45,10 @@ def library_cost(body: dict, at) -> Decimal | None:
 
 def ledger_rows(database) -> dict[str, tuple]:
     with duckdb.connect(str(database), read_only=True) as connection:
-        rows = connection.execute("SELECT response_id, model, model_version, billed, usage_source, reason, cost_usd, "
-                                  "sent_at, output_image_tokens FROM llm_attempts").fetchall()
+        rows = connection.execute(
+            "SELECT response_id, model, model_version, billed, usage_source, reason, cost_usd, "
+            "sent_at, output_image_tokens FROM llm_attempts"
+        ).fetchall()
     return {row[0]: row[1:] for row in rows if row[0]}
 
 
@@ -53,8 +57,9 @@ def replayed_day(landing_root, database, model_server):
     bodies = recorded()
     generate(landing_root, DAY, days=1, turns_per_day=60, seed=3)
     model_server.replay(list(bodies.values()))
-    result = materialize_day(DAY, landing_root, database, model_server, run_config=NO_FAILURE_LIMIT,
-                             gemini={"max_concurrency": 4})
+    result = materialize_day(
+        DAY, landing_root, database, model_server, run_config=NO_FAILURE_LIMIT, gemini={"max_concurrency": 4}
+    )
     assert result.success
     return bodies, ledger_rows(database)
 
@@ -90,39 +95,52 @@ def test_a_models_prefixed_version_is_priced_as_the_model_that_served_it(replaye
 
 def test_usage_without_token_counts_is_billing_unknown_never_estimated(replayed_day):
     _, rows = replayed_day
-    for name in ("vertex_trafficType_only_model_armor_block", "vertex_stream_chunk_trafficType_only",
-                 "vertex_gemini-3.1-pro-preview_stream_chunk_trafficType_only"):
+    for name in (
+        "vertex_trafficType_only_model_armor_block",
+        "vertex_stream_chunk_trafficType_only",
+        "vertex_gemini-3.1-pro-preview_stream_chunk_trafficType_only",
+    ):
         _, _, billed, source, reason, cost, *_ = rows[name]
         assert (billed, source, cost) == (None, "unknown", None), name
         assert "usageMetadata without token counts (trafficType ON_DEMAND): billing unknown" in reason, name
 
 
-def test_a_retired_model_routed_to_its_successor_is_priced_and_named_as_the_successor(landing_root, database,
-                                                                                    model_server):
+def test_a_retired_model_routed_to_its_successor_is_priced_and_named_as_the_successor(
+    landing_root, database, model_server
+):
     # Public deprecation notes: from 2026-12-01 gemini-2.5-flash requests are routed to gemini-3.5-flash-lite,
     # billed at its rates (fixtures/responses/README.md).
     model_server.configure(model_aliases="gemini-2.5-flash=gemini-3.5-flash-lite")
     generate(landing_root, DAY, days=1, turns_per_day=30, seed=4)
     instance = dg.DagsterInstance.ephemeral()
-    result = materialize_day(DAY, landing_root, database, model_server, gemini={"clean_model": "gemini-2.5-flash"},
-                             instance=instance)
+    result = materialize_day(
+        DAY, landing_root, database, model_server, gemini={"clean_model": "gemini-2.5-flash"}, instance=instance
+    )
     assert result.success
     with duckdb.connect(str(database), read_only=True) as connection:
         attempts = connection.execute(
             "SELECT model_version, input_tokens, cached_tokens, output_tokens, thinking_tokens, cost_usd, sent_at "
-            "FROM llm_attempts WHERE model = 'gemini-2.5-flash' AND billed").fetchall()
+            "FROM llm_attempts WHERE model = 'gemini-2.5-flash' AND billed"
+        ).fetchall()
     assert attempts and {served for served, *_ in attempts} == {"gemini-3.5-flash-lite"}
     for _, prompt, cached, output, thoughts, cost, sent_at in attempts:
         usage = genai_prices.Usage(input_tokens=prompt, cache_read_tokens=cached, output_tokens=output + thoughts)
-        expected = genai_prices.calc_price(usage, "gemini-3.5-flash-lite", provider_id="google",
-                                           genai_request_timestamp=sent_at).total_price
+        expected = genai_prices.calc_price(
+            usage, "gemini-3.5-flash-lite", provider_id="google", genai_request_timestamp=sent_at
+        ).total_price
         assert cost == expected.quantize(cost)
-    (calls,) = [m for m in result.asset_materializations_for_node("turns_through_gemini")
-                if m.asset_key == dg.AssetKey("llm_calls")]
+    (calls,) = [
+        m
+        for m in result.asset_materializations_for_node("turns_through_gemini")
+        if m.asset_key == dg.AssetKey("llm_calls")
+    ]
     table = calls.metadata["served_by_another_model"].value
     assert "| gemini-2.5-flash | gemini-3.5-flash-lite |" in table
-    told = [entry for entry in instance.all_logs(result.run_id)
-            if "gemini-2.5-flash was answered by gemini-3.5-flash-lite" in entry.user_message]
+    told = [
+        entry
+        for entry in instance.all_logs(result.run_id)
+        if "gemini-2.5-flash was answered by gemini-3.5-flash-lite" in entry.user_message
+    ]
     assert len(told) == 1 and told[0].level == logging.WARNING  # once per run, not once per call
 
 
@@ -135,6 +153,8 @@ def test_a_billed_answer_the_sdk_cannot_read_is_billing_unknown_never_free(landi
     model_server.replay([body])
     assert materialize_day(DAY, landing_root, database, model_server, run_config=NO_FAILURE_LIMIT).success
     with duckdb.connect(str(database), read_only=True) as connection:
-        unread = connection.execute("SELECT http_status, billed, usage_source, cost_usd, reason FROM llm_attempts "
-                                    "WHERE reason LIKE 'answer google-genai could not read%'").fetchall()
+        unread = connection.execute(
+            "SELECT http_status, billed, usage_source, cost_usd, reason FROM llm_attempts "
+            "WHERE reason LIKE 'answer google-genai could not read%'"
+        ).fetchall()
     assert [row[:4] for row in unread] == [(200, None, "unknown", None)]

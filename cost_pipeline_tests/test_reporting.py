@@ -19,19 +19,29 @@ CLI = str(Path(sys.executable).with_name("cost-pipeline"))
 
 
 def report(database, *args) -> str:
-    result = subprocess.run([CLI, "report", "--database", str(database), "--start", "2026-11-01", "--end", "2026-11-03", *args],
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [CLI, "report", "--database", str(database), "--start", "2026-11-01", "--end", "2026-11-03", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     return result.stdout
 
 
 def expected(database, column: str) -> dict:
     with duckdb.connect(str(database), read_only=True) as connection:
-        return {str(k): (calls, cost) for k, calls, cost in connection.execute(
-            f"SELECT {column}, sum(calls), sum(total_cost_usd) FROM daily_cost_rollup GROUP BY 1").fetchall()}
+        return {
+            str(k): (calls, cost)
+            for k, calls, cost in connection.execute(
+                f"SELECT {column}, sum(calls), sum(total_cost_usd) FROM daily_cost_rollup GROUP BY 1"
+            ).fetchall()
+        }
 
 
-@pytest.mark.parametrize("by,column", [("day", "partition_date"), ("evaluation", "evaluation_id"), ("model", "model"), ("stage", "stage")])
+@pytest.mark.parametrize(
+    "by,column", [("day", "partition_date"), ("evaluation", "evaluation_id"), ("model", "model"), ("stage", "stage")]
+)
 def test_json_and_csv_match_the_rollup_exactly(three_days, database, by, column):
     truth = expected(database, column)
     data = json.loads(report(database, "--by", by, "--format", "json"))
@@ -71,11 +81,17 @@ def test_the_report_waits_out_a_writers_transaction_instead_of_failing(three_day
 
 def test_any_combination_of_dimensions_groups_the_rollup_exactly(three_days, database):
     with duckdb.connect(str(database), read_only=True) as connection:
-        truth = {(str(day), evaluation, model): (calls, cost) for day, evaluation, model, calls, cost in connection.execute(
-            "SELECT partition_date, evaluation_id, model, sum(calls), sum(total_cost_usd) FROM daily_cost_rollup "
-            "GROUP BY ALL").fetchall()}
+        truth = {
+            (str(day), evaluation, model): (calls, cost)
+            for day, evaluation, model, calls, cost in connection.execute(
+                "SELECT partition_date, evaluation_id, model, sum(calls), sum(total_cost_usd) FROM daily_cost_rollup "
+                "GROUP BY ALL"
+            ).fetchall()
+        }
     data = json.loads(report(database, "--by", "day,evaluation,model", "--format", "json"))
-    assert {(r["day"], r["evaluation"], r["model"]): (r["calls"], Decimal(r["total_cost_usd"])) for r in data["rows"]} == truth
+    assert {
+        (r["day"], r["evaluation"], r["model"]): (r["calls"], Decimal(r["total_cost_usd"])) for r in data["rows"]
+    } == truth
     lines = report(database, "--by", "model,stage").splitlines()
     assert lines[0].split()[:3] == ["model", "stage", "calls"] and lines[-1].startswith("TOTAL")
     assert len({len(line) for line in lines if line.strip()}) == 1, "every line has the same width"

@@ -23,30 +23,58 @@ BATCHES = [("raw_turns", "quarantined_turns"), ("cleaned_turns", "function_calls
 
 
 # Small chunks, so a kill lands with several chunks of conversations read and several of rows staged.
-CHUNKED = {"ops": {"turns_through_gemini": {"config": {"chunk_turns": 50, "staged_chunk_rows": 64,
-                                                        "conversations_in_flight": 8}}}}
+CHUNKED = {
+    "ops": {
+        "turns_through_gemini": {"config": {"chunk_turns": 50, "staged_chunk_rows": 64, "conversations_in_flight": 8}}
+    }
+}
 
 
 def start_run(env, cwd) -> subprocess.Popen:
     return subprocess.Popen(
-        [str(Path(sys.executable).with_name("dagster")), "asset", "materialize", "-m", "cost_pipeline.definitions",
-         "--select", DAILY, "--partition", str(DAY), "--config-json", json.dumps(CHUNKED)],
-        env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        [
+            str(Path(sys.executable).with_name("dagster")),
+            "asset",
+            "materialize",
+            "-m",
+            "cost_pipeline.definitions",
+            "--select",
+            DAILY,
+            "--partition",
+            str(DAY),
+            "--config-json",
+            json.dumps(CHUNKED),
+        ],
+        env=env,
+        cwd=cwd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
 
 
 def partition_state(database) -> dict:
     """For each table: (rows, the run ids that wrote them) in the day's partition."""
     with duckdb.connect(str(database), read_only=True) as connection:
-        return {table: connection.execute(
-                    f"SELECT count(*), list(DISTINCT run_id ORDER BY run_id) FROM {table} WHERE partition_date = ?", [DAY]).fetchone()
-                for batch in BATCHES for table in batch}
+        return {
+            table: connection.execute(
+                f"SELECT count(*), list(DISTINCT run_id ORDER BY run_id) FROM {table} WHERE partition_date = ?", [DAY]
+            ).fetchone()
+            for batch in BATCHES
+            for table in batch
+        }
 
 
 @pytest.mark.slow
 def test_killing_a_run_mid_flight_leaves_old_or_new_partitions_never_a_mix(tmp_path, landing_root, database):
     home = dagster_home(tmp_path / "home")
-    env = {**os.environ, "DAGSTER_HOME": str(home), "COST_PIPELINE_DB": str(database),
-           "COST_PIPELINE_LANDING": str(landing_root), "COST_PIPELINE_COSTS": str(REPO / "costs.toml")}
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(home),
+        "COST_PIPELINE_DB": str(database),
+        "COST_PIPELINE_LANDING": str(landing_root),
+        "COST_PIPELINE_COSTS": str(REPO / "costs.toml"),
+    }
     env.pop("GEMINI_API_KEY", None), env.pop("GOOGLE_API_KEY", None), env.pop("GOOGLE_GEMINI_BASE_URL", None)
 
     generate(landing_root, DAY, days=1, turns_per_day=300, seed=1)
@@ -62,7 +90,9 @@ def test_killing_a_run_mid_flight_leaves_old_or_new_partitions_never_a_mix(tmp_p
         state = partition_state(database)
         for batch in BATCHES:
             writers = {tuple(state[table][1]) for table in batch}
-            assert len(writers) == 1 and len(next(iter(writers))) == 1, f"{batch} mixes runs after a kill at {delay}s: {state}"
+            assert len(writers) == 1 and len(next(iter(writers))) == 1, (
+                f"{batch} mixes runs after a kill at {delay}s: {state}"
+            )
         # Each batch holds one run's whole partition: the old day (300 turns) or the new one (700).
         assert state["raw_turns"][0] in (300, 700) and state["cleaned_turns"][0] in (300, 700)
         assert state["llm_calls"][1] == state["cleaned_turns"][1] == state["function_calls"][1]

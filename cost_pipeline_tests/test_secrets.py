@@ -1,4 +1,5 @@
-"""With a key in the environment, the key reaches Gemini's header and nothing else: not DuckDB, not Dagster, not logs."""
+"""With a key in the environment, the key reaches Gemini's header and nothing else: not DuckDB, not Dagster, not
+logs."""
 
 import os
 import subprocess
@@ -10,15 +11,28 @@ CLI = str(Path(sys.executable).with_name("cost-pipeline"))
 
 
 def test_a_fake_key_is_sent_and_never_stored_or_logged(tmp_path, model_server):
-    env = {**os.environ, "GEMINI_API_KEY": FAKE_KEY, "GOOGLE_GEMINI_BASE_URL": model_server.url,
-           "COST_PIPELINE_DB": str(tmp_path / "store.duckdb"), "COST_PIPELINE_LANDING": str(tmp_path / "landing"),
-           "DAGSTER_HOME": str(tmp_path / "home")}
+    env = {
+        **os.environ,
+        "GEMINI_API_KEY": FAKE_KEY,
+        "GOOGLE_GEMINI_BASE_URL": model_server.url,
+        "COST_PIPELINE_DB": str(tmp_path / "store.duckdb"),
+        "COST_PIPELINE_LANDING": str(tmp_path / "landing"),
+        "DAGSTER_HOME": str(tmp_path / "home"),
+    }
     model_server.configure(rate_400=0.02, rate_500=0.05, seed=4)
-    result = subprocess.run([CLI, "demo", "--day", "2026-11-02", "--turns", "120"], env=env, cwd=tmp_path,
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [CLI, "demo", "--day", "2026-11-02", "--turns", "120"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     stats = model_server.stats()
-    assert stats["with_api_key"] >= stats["requests"] > 100, "the calls went to the server named by GOOGLE_GEMINI_BASE_URL, with the key"
+    assert stats["with_api_key"] >= stats["requests"] > 100, (
+        "the calls went to the server named by GOOGLE_GEMINI_BASE_URL, with the key"
+    )
     assert stats.get("fault_400", 0) > 0, "some errors were raised and stored"
     assert FAKE_KEY not in result.stdout + result.stderr
     leaks = [path for path in tmp_path.rglob("*") if path.is_file() and FAKE_KEY.encode() in path.read_bytes()]

@@ -111,8 +111,14 @@ def test_declared_types_are_used_and_canonicalised(connection):
     data = frame(1, cost=["0.000000075"], at=[pd.Timestamp("2026-11-01T10:00:00Z")])
     write(connection, "t", data, DAY1, declared=declared)
     write(connection, "t", data, DAY1, declared=declared)
-    types = dict(connection.execute("SELECT column_name, data_type FROM information_schema.columns WHERE table_name='t'").fetchall())
-    assert types["cost"] == "DECIMAL(18,9)" and types["tokens"] == "INTEGER" and types["at"] == "TIMESTAMP WITH TIME ZONE"
+    types = dict(
+        connection.execute(
+            "SELECT column_name, data_type FROM information_schema.columns WHERE table_name='t'"
+        ).fetchall()
+    )
+    assert (
+        types["cost"] == "DECIMAL(18,9)" and types["tokens"] == "INTEGER" and types["at"] == "TIMESTAMP WITH TIME ZONE"
+    )
     assert str(connection.execute("SELECT cost FROM t").fetchone()[0]) == "7.5E-8"
 
 
@@ -146,7 +152,9 @@ def test_whole_table_replacement_when_unpartitioned(connection):
 
 def test_a_commit_that_fails_raises_its_own_error_and_leaves_the_old_rows(connection, monkeypatch):
     # A failed COMMIT has already rolled back; rolling back again raised "no transaction is active", hiding the cause.
-    connection.execute("CREATE TABLE keyed (id VARCHAR PRIMARY KEY, tokens BIGINT, partition_date DATE, run_id VARCHAR)")
+    connection.execute(
+        "CREATE TABLE keyed (id VARCHAR PRIMARY KEY, tokens BIGINT, partition_date DATE, run_id VARCHAR)"
+    )
     other = connection.cursor()
     insert = tables._insert_frame
 

@@ -21,10 +21,25 @@ from .conftest import REPO, dagster_home, free_port
 
 ARTIFACTS = REPO / "test-artifacts" / "ui"
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 DAY = "2026-11-02"
-ASSETS = ["raw_turns", "quarantined_turns", "cleaned_turns", "function_calls", "llm_calls", "daily_cost_rollup", "evaluation_costs"]
+ASSETS = [
+    "raw_turns",
+    "quarantined_turns",
+    "cleaned_turns",
+    "function_calls",
+    "llm_calls",
+    "daily_cost_rollup",
+    "evaluation_costs",
+]
 
 LAUNCH_RUN = """
 mutation($params: ExecutionParams!) {
@@ -46,8 +61,11 @@ query($path: [String!]!) {
 
 
 def graphql(url: str, query: str, variables: dict | None = None) -> dict:
-    request = urllib.request.Request(f"{url}/graphql", data=json.dumps({"query": query, "variables": variables or {}}).encode(),
-                                     headers={"content-type": "application/json"})
+    request = urllib.request.Request(
+        f"{url}/graphql",
+        data=json.dumps({"query": query, "variables": variables or {}}).encode(),
+        headers={"content-type": "application/json"},
+    )
     with urllib.request.urlopen(request, timeout=30) as response:
         return json.loads(response.read())
 
@@ -66,14 +84,26 @@ def dagster_dev(tmp_path):
     """`dagster dev` on loopback with a temp DAGSTER_HOME, DuckDB file and landing folder holding one day."""
     home, landing = dagster_home(tmp_path / "home", initialize=False), tmp_path / "landing"
     generate(landing, date.fromisoformat(DAY), days=1, turns_per_day=120, seed=3)
-    env = {**os.environ, "DAGSTER_HOME": str(home), "COST_PIPELINE_DB": str(tmp_path / "ui.duckdb"),
-           "COST_PIPELINE_LANDING": str(landing), "COST_PIPELINE_COSTS": str(REPO / "costs.toml"),
-           "COST_PIPELINE_BILLING": str(tmp_path / "billing"), "COST_PIPELINE_START": "2026-11-01"}
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(home),
+        "COST_PIPELINE_DB": str(tmp_path / "ui.duckdb"),
+        "COST_PIPELINE_LANDING": str(landing),
+        "COST_PIPELINE_COSTS": str(REPO / "costs.toml"),
+        "COST_PIPELINE_BILLING": str(tmp_path / "billing"),
+        "COST_PIPELINE_START": "2026-11-01",
+    }
     for secret in ("GEMINI_API_KEY", "GOOGLE_API_KEY", "GOOGLE_GEMINI_BASE_URL"):
         env.pop(secret, None)
     port = free_port()
-    server = subprocess.Popen([str(Path(sys.executable).with_name("dagster")), "dev", "-h", "127.0.0.1", "-p", str(port)],
-                              cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    server = subprocess.Popen(
+        [str(Path(sys.executable).with_name("dagster")), "dev", "-h", "127.0.0.1", "-p", str(port)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
@@ -121,16 +151,30 @@ def test_the_ui_shows_the_graph_runs_a_partition_and_shows_costs_and_checks(dags
     page.get_by_text("llm_calls", exact=True).first.wait_for()
     page.screenshot(path=str(ARTIFACTS / "2-asset-graph.png"))
 
-    launched = graphql(dagster_dev, LAUNCH_RUN, {"params": {
-        "selector": {"repositoryLocationName": "cost_pipeline", "repositoryName": "__repository__", "jobName": "daily_pipeline"},
-        "executionMetadata": {"tags": [{"key": "dagster/partition", "value": DAY}]},
-        "runConfigData": "{}",
-    }})["data"]["launchRun"]
+    launched = graphql(
+        dagster_dev,
+        LAUNCH_RUN,
+        {
+            "params": {
+                "selector": {
+                    "repositoryLocationName": "cost_pipeline",
+                    "repositoryName": "__repository__",
+                    "jobName": "daily_pipeline",
+                },
+                "executionMetadata": {"tags": [{"key": "dagster/partition", "value": DAY}]},
+                "runConfigData": "{}",
+            }
+        },
+    )["data"]["launchRun"]
     assert launched["__typename"] == "LaunchRunSuccess", launched
     run_id = launched["run"]["runId"]
     page.goto(f"{dagster_dev}/runs/{run_id}")
     deadline = time.monotonic() + 300
-    while (status := graphql(dagster_dev, RUN_STATUS, {"id": run_id})["data"]["runOrError"]["status"]) not in ("SUCCESS", "FAILURE", "CANCELED"):
+    while (status := graphql(dagster_dev, RUN_STATUS, {"id": run_id})["data"]["runOrError"]["status"]) not in (
+        "SUCCESS",
+        "FAILURE",
+        "CANCELED",
+    ):
         assert time.monotonic() < deadline, f"run still {status}"
         time.sleep(2)
     page.screenshot(path=str(ARTIFACTS / "3-run.png"))
@@ -151,13 +195,25 @@ def test_the_ui_shows_the_graph_runs_a_partition_and_shows_costs_and_checks(dags
     page.screenshot(path=str(ARTIFACTS / "5-daily-cost-rollup-checks.png"), full_page=True)
 
     # The totals job writes the dashboard; its asset page links it, and the link opens the page.
-    totals = graphql(dagster_dev, LAUNCH_RUN, {"params": {
-        "selector": {"repositoryLocationName": "cost_pipeline", "repositoryName": "__repository__",
-                     "jobName": "evaluation_costs_job"}, "runConfigData": "{}"}})["data"]["launchRun"]
+    totals = graphql(
+        dagster_dev,
+        LAUNCH_RUN,
+        {
+            "params": {
+                "selector": {
+                    "repositoryLocationName": "cost_pipeline",
+                    "repositoryName": "__repository__",
+                    "jobName": "evaluation_costs_job",
+                },
+                "runConfigData": "{}",
+            }
+        },
+    )["data"]["launchRun"]
     assert totals["__typename"] == "LaunchRunSuccess", totals
     deadline = time.monotonic() + 300
-    while (status := graphql(dagster_dev, RUN_STATUS, {"id": totals["run"]["runId"]})["data"]["runOrError"]["status"]) \
-            not in ("SUCCESS", "FAILURE", "CANCELED"):
+    while (
+        status := graphql(dagster_dev, RUN_STATUS, {"id": totals["run"]["runId"]})["data"]["runOrError"]["status"]
+    ) not in ("SUCCESS", "FAILURE", "CANCELED"):
         assert time.monotonic() < deadline, f"totals run still {status}"
         time.sleep(2)
     assert status == "SUCCESS"
@@ -172,16 +228,32 @@ def test_the_ui_shows_the_graph_runs_a_partition_and_shows_costs_and_checks(dags
     # A backfill from the CLI while the UI runs: the daemon's queue takes its runs. 2026-11-01 never landed:
     # it is reported skipped, and every day of the asset stays green (materialized, none failed).
     generate(dagster_dev.landing, date(2026, 11, 3), days=1, turns_per_day=60, seed=5)
-    backfill = subprocess.run([str(Path(sys.executable).with_name("cost-pipeline")), "backfill", "--from", "2026-11-01",
-                               "--to", "2026-11-03", "--no-totals"], env=dagster_dev.env, cwd=dagster_dev.database.parent,
-                              capture_output=True, text=True, timeout=600)
+    backfill = subprocess.run(
+        [
+            str(Path(sys.executable).with_name("cost-pipeline")),
+            "backfill",
+            "--from",
+            "2026-11-01",
+            "--to",
+            "2026-11-03",
+            "--no-totals",
+        ],
+        env=dagster_dev.env,
+        cwd=dagster_dev.database.parent,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert backfill.returncode == 0, backfill.stdout[-2000:] + backfill.stderr[-3000:]
     assert "submitted to the run queue that dagster dev's daemon serves" in backfill.stdout
     assert "skipped, written empty: No landing files for 2026-11-01" in backfill.stdout
     for asset in ("raw_turns", "daily_cost_rollup"):
         ranges = graphql(dagster_dev, PARTITION_STATUSES, {"path": [asset]})["data"]["assetNodeOrError"][
-            "assetPartitionStatuses"]["ranges"]
-        assert [(r["status"], r["startKey"], r["endKey"]) for r in ranges] == [("MATERIALIZED", "2026-11-01", "2026-11-03")], ranges
+            "assetPartitionStatuses"
+        ]["ranges"]
+        assert [(r["status"], r["startKey"], r["endKey"]) for r in ranges] == [
+            ("MATERIALIZED", "2026-11-01", "2026-11-03")
+        ], ranges
     page.goto(f"{dagster_dev}/assets/raw_turns?view=partitions")
     page.get_by_text("Failed (0)").first.wait_for()
     page.get_by_text("Materialized (3)").first.wait_for()

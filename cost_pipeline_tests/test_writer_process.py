@@ -33,20 +33,41 @@ MODEL = "gemini-2.5-flash-lite"
 
 def answered(spool: AttemptSpool, cache: ResponseCache, number: int) -> None:
     """One billed attempt in the spool and its answer in the cache, as a session records them."""
-    attempt = Attempt(uuid.uuid4().hex, f"call-{number}", "run", "2026-11-01", "eval", f"turn-{number}", "clean", MODEL,
-                      "local-server", f"hash-{number}", 1, time.time())
+    attempt = Attempt(
+        uuid.uuid4().hex,
+        f"call-{number}",
+        "run",
+        "2026-11-01",
+        "eval",
+        f"turn-{number}",
+        "clean",
+        MODEL,
+        "local-server",
+        f"hash-{number}",
+        1,
+        time.time(),
+    )
     spool.sent(attempt)
     attempt.http_status, attempt.billed, attempt.outcome, attempt.model_version = 200, True, ACCEPTED, MODEL
     attempt.usage = Usage(input_tokens=1000, output_tokens=100, total_tokens=1100)
     spool.done(attempt)
-    cache.put(f"hash-{number}", f"text-{number}", "clean", MODEL, {"cleaned_text": f"turn {number}"}, attempt.usage,
-              f"context-{number}")
+    cache.put(
+        f"hash-{number}",
+        f"text-{number}",
+        "clean",
+        MODEL,
+        {"cleaned_text": f"turn {number}"},
+        attempt.usage,
+        f"context-{number}",
+    )
 
 
 def counts(database) -> tuple[int, int, Decimal]:
     with duckdb.connect(str(database), read_only=True) as connection:
-        return connection.execute("SELECT (SELECT count(*) FROM llm_attempts), (SELECT count(*) FROM llm_response_cache), "
-                                  "(SELECT sum(cost_usd) FROM llm_attempts)").fetchone()
+        return connection.execute(
+            "SELECT (SELECT count(*) FROM llm_attempts), (SELECT count(*) FROM llm_response_cache), "
+            "(SELECT sum(cost_usd) FROM llm_attempts)"
+        ).fetchone()
 
 
 def checkpoints_for(database, writer: WriterProcess | None, logged: list[str]):
@@ -99,16 +120,24 @@ def test_a_killed_child_loses_nothing_the_checkpoint_is_written_here_instead(tmp
 
 
 def test_the_child_ends_when_its_parent_is_killed(tmp_path):
-    parent = subprocess.Popen([sys.executable, "-c", f"""
+    parent = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"""
 import sys, time
 from cost_pipeline.gemini_step.writer_process import WriterProcess
 from cost_pipeline.money.pricing import PriceBook
 from cost_pipeline.gemini_step.staged_day import StagedDay
 from cost_pipeline.gemini_step.writer_process import WriterGone, WriterProcess
-writer = WriterProcess({str(tmp_path / 'db.duckdb')!r}, PriceBook())
+writer = WriterProcess({str(tmp_path / "db.duckdb")!r}, PriceBook())
 print(writer._child.pid, flush=True)
 time.sleep(600)
-"""], stdout=subprocess.PIPE, text=True)
+""",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     child_pid = int(parent.stdout.readline())
     assert alive(child_pid)
     parent.kill()
@@ -138,16 +167,49 @@ def test_a_writer_that_cannot_start_says_so(tmp_path, monkeypatch):
 def conversation_rows(number: int) -> tuple[list[dict], list[dict], list[dict]]:
     """A two-turn conversation's rows as the Gemini stage hands them to staging: two cleanings, one decision."""
     turns = [f"conv{number}-turn{index}" for index in range(2)]
-    cleaned = [{"turn_id": turn, "evaluation_id": "eval", "conversation_id": f"conv{number}", "turn_index": index,
-                "speaker": "User", "created_at": datetime(2026, 11, 1, tzinfo=timezone.utc), "raw_text": "uh hi",
-                "cleaned_text": "Hi.", "status": "ok",
-                "call_id": call_id(turn, "clean")} for index, turn in enumerate(turns)]
-    functions = [{"turn_id": turns[0], "evaluation_id": "eval", "conversation_id": f"conv{number}", "turn_index": 0,
-                  "function_name": None, "status": "ok", "call_id": call_id(turns[0], "function")}]
-    calls = [{"call_id": call_id(turn, stage), "evaluation_id": "eval", "turn_id": turn, "stage": stage, "model": MODEL,
-              "model_version": MODEL, "input_tokens": 1000 + number, "output_tokens": 50, "total_tokens": 1050 + number,
-              "cache_hit": False, "status": "ok", "called_at": datetime(2026, 11, 1, tzinfo=timezone.utc)}
-             for turn, stage in ((turns[0], "clean"), (turns[1], "clean"), (turns[0], "function"))]
+    cleaned = [
+        {
+            "turn_id": turn,
+            "evaluation_id": "eval",
+            "conversation_id": f"conv{number}",
+            "turn_index": index,
+            "speaker": "User",
+            "created_at": datetime(2026, 11, 1, tzinfo=timezone.utc),
+            "raw_text": "uh hi",
+            "cleaned_text": "Hi.",
+            "status": "ok",
+            "call_id": call_id(turn, "clean"),
+        }
+        for index, turn in enumerate(turns)
+    ]
+    functions = [
+        {
+            "turn_id": turns[0],
+            "evaluation_id": "eval",
+            "conversation_id": f"conv{number}",
+            "turn_index": 0,
+            "function_name": None,
+            "status": "ok",
+            "call_id": call_id(turns[0], "function"),
+        }
+    ]
+    calls = [
+        {
+            "call_id": call_id(turn, stage),
+            "evaluation_id": "eval",
+            "turn_id": turn,
+            "stage": stage,
+            "model": MODEL,
+            "model_version": MODEL,
+            "input_tokens": 1000 + number,
+            "output_tokens": 50,
+            "total_tokens": 1050 + number,
+            "cache_hit": False,
+            "status": "ok",
+            "called_at": datetime(2026, 11, 1, tzinfo=timezone.utc),
+        }
+        for turn, stage in ((turns[0], "clean"), (turns[1], "clean"), (turns[0], "function"))
+    ]
     return cleaned, functions, calls
 
 
@@ -208,4 +270,3 @@ def test_the_writer_reports_its_own_peak_not_the_pages_of_the_step_that_started_
     assert 20 < writer.peak_rss_mb < 400, writer.peak_rss_mb
     assert peak_rss_mb() > 600 and peak_rss_mb(os.getpid()) == peak_rss_mb()
     assert peak_rss_mb(writer._child.pid) is None  # gone: no figure rather than a wrong one
-

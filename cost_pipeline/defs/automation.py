@@ -1,4 +1,5 @@
-"""Jobs, the daily schedule, the sensors (a landing folder that arrives late, batch jobs that finish) and the totals' automation."""
+"""Jobs, the daily schedule, the sensors (a landing folder that arrives late, batch jobs that finish) and the
+totals' automation."""
 
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -16,8 +17,8 @@ from cost_pipeline.gemini.client import GeminiResource
 daily_pipeline_job = dg.define_asset_job(
     "daily_pipeline",
     # Totals over all days and the invoice reconciliation run on their own triggers, never in the daily job.
-    selection=dg.AssetSelection.all() - dg.AssetSelection.assets("evaluation_costs", "cost_dashboard",
-                                                                 "billing_reconciliation"),
+    selection=dg.AssetSelection.all()
+    - dg.AssetSelection.assets("evaluation_costs", "cost_dashboard", "billing_reconciliation"),
     description="One day's partition of every daily asset: landing files to cost rollup, with their checks.",
 )
 evaluation_costs_job = dg.define_asset_job(
@@ -37,11 +38,16 @@ evaluation_costs_automation = dg.AutomationConditionSensorDefinition(
 )
 
 
-@dg.schedule(job=daily_pipeline_job, cron_schedule=f"0 {SCHEDULE_HOUR} * * *", execution_timezone=SCHEDULE_TIMEZONE,
-             description=f"Yesterday's partition, every day at {SCHEDULE_HOUR:02d}:00 {SCHEDULE_TIMEZONE} "
-                         f"({SCHEDULE_HOUR_ENV}, {SCHEDULE_TIMEZONE_ENV}).")
-def daily_pipeline_schedule(context: dg.ScheduleEvaluationContext,
-                            landing: LandingResource) -> dg.RunRequest | dg.SkipReason:
+@dg.schedule(
+    job=daily_pipeline_job,
+    cron_schedule=f"0 {SCHEDULE_HOUR} * * *",
+    execution_timezone=SCHEDULE_TIMEZONE,
+    description=f"Yesterday's partition, every day at {SCHEDULE_HOUR:02d}:00 {SCHEDULE_TIMEZONE} "
+    f"({SCHEDULE_HOUR_ENV}, {SCHEDULE_TIMEZONE_ENV}).",
+)
+def daily_pipeline_schedule(
+    context: dg.ScheduleEvaluationContext, landing: LandingResource
+) -> dg.RunRequest | dg.SkipReason:
     """Yesterday, as a date in the schedule's timezone, is the partition to run; skipped until its files land."""
     tick = context.scheduled_execution_time.astimezone(ZoneInfo(SCHEDULE_TIMEZONE))
     day = (tick.date() - timedelta(days=1)).isoformat()
@@ -51,8 +57,11 @@ def daily_pipeline_schedule(context: dg.ScheduleEvaluationContext,
     return dg.RunRequest(run_key=day, partition_key=day, tags={"trigger": "daily_schedule"})
 
 
-@dg.sensor(job=daily_pipeline_job, minimum_interval_seconds=300,
-           description="Runs a day whose landing folder appeared, or changed, after its last raw_turns materialization.")
+@dg.sensor(
+    job=daily_pipeline_job,
+    minimum_interval_seconds=300,
+    description="Runs a day whose landing folder appeared, or changed, after its last raw_turns materialization.",
+)
 def late_landing_sensor(context: dg.SensorEvaluationContext, landing: LandingResource) -> dg.SensorResult:
     known = set(daily_partitions.get_partition_keys(current_time=datetime.now(ZoneInfo("UTC"))))
     requests = []
@@ -63,8 +72,13 @@ def late_landing_sensor(context: dg.SensorEvaluationContext, landing: LandingRes
         landed_at = max(path.stat().st_mtime for path in files)
         materialized_at = _materialized_at(context.instance, folder.name)
         if materialized_at is None or landed_at > materialized_at:
-            requests.append(dg.RunRequest(run_key=f"{folder.name}@{landed_at:.0f}", partition_key=folder.name,
-                                          tags={"trigger": "late_landing_sensor"}))
+            requests.append(
+                dg.RunRequest(
+                    run_key=f"{folder.name}@{landed_at:.0f}",
+                    partition_key=folder.name,
+                    tags={"trigger": "late_landing_sensor"},
+                )
+            )
     return dg.SensorResult(run_requests=requests)
 
 
@@ -76,16 +90,22 @@ def _materialized_at(instance: dg.DagsterInstance, day: str) -> float | None:
     return records[0].timestamp if records else None
 
 
-@dg.sensor(job=daily_pipeline_job, minimum_interval_seconds=120, default_status=dg.DefaultSensorStatus.STOPPED,
-           description="Runs a day again once the Batch API jobs its last run left pending have finished: the run "
-                       "collects them (nothing is submitted twice).")
+@dg.sensor(
+    job=daily_pipeline_job,
+    minimum_interval_seconds=120,
+    default_status=dg.DefaultSensorStatus.STOPPED,
+    description="Runs a day again once the Batch API jobs its last run left pending have finished: the run "
+    "collects them (nothing is submitted twice).",
+)
 def batch_jobs_sensor(context: dg.SensorEvaluationContext, gemini: GeminiResource) -> dg.SensorResult | dg.SkipReason:
     waiting = batch_jobs.pending(gemini.database())
     if not waiting:
         return dg.SkipReason("no Batch API job is pending")
     if gemini.needs_local_server():
-        return dg.SkipReason(f"{len(waiting)} job(s) of the auto-started local server ended with its run: run their "
-                             "day again (or point GOOGLE_GEMINI_BASE_URL at a server that outlives runs)")
+        return dg.SkipReason(
+            f"{len(waiting)} job(s) of the auto-started local server ended with its run: run their "
+            "day again (or point GOOGLE_GEMINI_BASE_URL at a server that outlives runs)"
+        )
     finished: dict[str, list[str]] = {}
     with gemini.genai_client() as client:  # one HTTP client per tick, closed with it
         for name, day in waiting:
@@ -99,6 +119,11 @@ def batch_jobs_sensor(context: dg.SensorEvaluationContext, gemini: GeminiResourc
                 finished.setdefault(day, []).append(name)
     if not finished:
         return dg.SkipReason(f"{len(waiting)} Batch API job(s) still running")
-    return dg.SensorResult(run_requests=[
-        dg.RunRequest(partition_key=day, run_key=f"batch:{','.join(sorted(names))}",
-                      tags={"trigger": "batch_jobs_sensor"}) for day, names in sorted(finished.items())])
+    return dg.SensorResult(
+        run_requests=[
+            dg.RunRequest(
+                partition_key=day, run_key=f"batch:{','.join(sorted(names))}", tags={"trigger": "batch_jobs_sensor"}
+            )
+            for day, names in sorted(finished.items())
+        ]
+    )

@@ -63,11 +63,20 @@ GLOSSARY = {
 def described(schema: dg.TableSchema) -> dg.TableSchema:
     """`schema` with every column that has no description given the glossary's (others untouched)."""
     return dg.TableSchema(
-        columns=[column if column.description or column.name not in GLOSSARY
-                 else dg.TableColumn(column.name, column.type, description=GLOSSARY[column.name],
-                                     constraints=column.constraints, tags=column.tags)
-                 for column in schema.columns],
-        constraints=schema.constraints)
+        columns=[
+            column
+            if column.description or column.name not in GLOSSARY
+            else dg.TableColumn(
+                column.name,
+                column.type,
+                description=GLOSSARY[column.name],
+                constraints=column.constraints,
+                tags=column.tags,
+            )
+            for column in schema.columns
+        ],
+        constraints=schema.constraints,
+    )
 
 
 def with_column_descriptions(spec: dg.AssetSpec) -> dg.AssetSpec:

@@ -43,20 +43,27 @@ class DuckDBPartitionIOManager(dg.ConfigurableIOManagerFactory):
 
     database: str = Field(description="Path of the DuckDB file (created if absent).")
     schema_: str | None = Field(
-        default=None, alias="schema",
+        default=None,
+        alias="schema",
         description="DuckDB schema for every table, unless an output's `schema` metadata names another; "
-                    "when unset, an asset key's prefix, else `main`.")
+        "when unset, an asset key's prefix, else `main`.",
+    )
     lock_timeout_s: float = Field(
         default=120.0, description="How long to wait for another process to release the file."
     )
 
     staged_commit_memory: str = Field(
-        default="100MB", description="DuckDB memory_limit while committing staged (large) outputs; it spills beyond.")
+        default="100MB", description="DuckDB memory_limit while committing staged (large) outputs; it spills beyond."
+    )
 
     def create_io_manager(self, context: dg.InitResourceContext) -> "PartitionBatchIOManager":
         if not re.fullmatch(r"\d+(\.\d+)?\s*[KMGT]i?B", self.staged_commit_memory):
-            raise ValueError(f"staged_commit_memory must be a size like 100MB or 1GiB, got {self.staged_commit_memory!r}")
-        return PartitionBatchIOManager(Path(self.database), self.schema_, self.lock_timeout_s, self.staged_commit_memory)
+            raise ValueError(
+                f"staged_commit_memory must be a size like 100MB or 1GiB, got {self.staged_commit_memory!r}"
+            )
+        return PartitionBatchIOManager(
+            Path(self.database), self.schema_, self.lock_timeout_s, self.staged_commit_memory
+        )
 
 
 class PartitionBatchIOManager(dg.IOManager):
@@ -95,8 +102,10 @@ class PartitionBatchIOManager(dg.IOManager):
         if obj is None and context.dagster_type.is_nothing:
             return
         if not isinstance(obj, (pd.DataFrame, StagedTable)):
-            raise TypeError(f"{_output_name(context)} returned {type(obj).__name__}; the DuckDB IO manager stores "
-                            "pandas DataFrames (annotate the output `-> pd.DataFrame`, or give it another IO manager)")
+            raise TypeError(
+                f"{_output_name(context)} returned {type(obj).__name__}; the DuckDB IO manager stores "
+                "pandas DataFrames (annotate the output `-> pd.DataFrame`, or give it another IO manager)"
+            )
         write = self._table_write(context, obj)
         batch = _batch_output_names(context)
         key = (context.run_id, context.step_key, context.step_context.previous_attempt_count)
@@ -136,24 +145,33 @@ class PartitionBatchIOManager(dg.IOManager):
     def load_input(self, context: dg.InputContext) -> pd.DataFrame:
         load_type = context.dagster_type.typing_type
         if load_type is not Any and not (isinstance(load_type, type) and issubclass(load_type, pd.DataFrame)):
-            raise TypeError(f"input {context.name!r} is typed {load_type}; the DuckDB IO manager loads pandas DataFrames")
+            raise TypeError(
+                f"input {context.name!r} is typed {load_type}; the DuckDB IO manager loads pandas DataFrames"
+            )
         upstream = context.upstream_output
         schema, table = self._table_name(upstream)
         columns = (context.definition_metadata or {}).get("columns")
-        table_slice = _partition_slice(context, (upstream.definition_metadata or {}).get("partition_expr")) \
-            if context.has_asset_partitions else None
+        table_slice = (
+            _partition_slice(context, (upstream.definition_metadata or {}).get("partition_expr"))
+            if context.has_asset_partitions
+            else None
+        )
         leave_out = [*(table_slice.stamped_columns() if table_slice else []), RUN_ID_COLUMN]
         if context.has_asset_partitions and not context.asset_partition_keys:
             return self._empty(context, schema, table, leave_out, columns)
         exists = self.database.exists()
         if exists:
-            with connect(self.database, read_only=True, timeout_s=self.lock_timeout_s, on_wait=context.log.info) as connection:
+            with connect(
+                self.database, read_only=True, timeout_s=self.lock_timeout_s, on_wait=context.log.info
+            ) as connection:
                 if table_exists(connection, schema, table):
                     return read_slice(connection, table, table_slice, schema, columns, leave_out)
         if _self_dependent(context):
             return self._empty(context, schema, table, leave_out, columns)
         if not exists:
-            raise FileNotFoundError(f"DuckDB file {self.database} does not exist yet: materialize upstream assets first")
+            raise FileNotFoundError(
+                f"DuckDB file {self.database} does not exist yet: materialize upstream assets first"
+            )
         raise LookupError(f"table {schema}.{table} does not exist yet: materialize {_output_name(upstream)} first")
 
     def _empty(self, context: dg.InputContext, schema: str, table: str, leave_out: list[str], columns) -> pd.DataFrame:
@@ -174,12 +192,20 @@ class PartitionBatchIOManager(dg.IOManager):
             table_slice = _partition_slice(context, (context.definition_metadata or {}).get("partition_expr"))
             if table_slice.stamped_columns() and len(context.asset_partition_keys) != 1:
                 raise ValueError(
-                    f"{schema}.{table}: this run writes {len(context.asset_partition_keys)} partitions at once, but the "
+                    f"{schema}.{table}: this run writes {len(context.asset_partition_keys)} partitions at "
+                    "once, but the "
                     f"partition is stamped ({', '.join(table_slice.stamped_columns())}), so rows cannot say which is "
-                    "theirs: backfill one run per partition, or keep the partition in a column named by `partition_expr`"
+                    "theirs: backfill one run per partition, or keep the partition in a column named by "
+                    "`partition_expr`"
                 )
-        return TableWrite(table=table, frame=frame, partition=table_slice, run_id=context.run_id,
-                          declared_types=_declared_types(context.definition_metadata or {}), schema=schema)
+        return TableWrite(
+            table=table,
+            frame=frame,
+            partition=table_slice,
+            run_id=context.run_id,
+            declared_types=_declared_types(context.definition_metadata or {}),
+            schema=schema,
+        )
 
     def _table_name(self, context: dg.OutputContext) -> tuple[str, str]:
         """(schema, table): schema metadata, then this manager's schema, then the key prefix, then `main`."""
@@ -193,8 +219,12 @@ class PartitionBatchIOManager(dg.IOManager):
 
     def _metadata(self, write: TableWrite, table_rows: int) -> dict:
         name = f"{self.database.stem}.{write.schema}.{write.table}"
-        metadata = {"dagster/row_count": table_rows, "dagster/table_name": name,
-                    "dagster/relation_identifier": name, "dagster/storage_kind": STORAGE_KIND}
+        metadata = {
+            "dagster/row_count": table_rows,
+            "dagster/table_name": name,
+            "dagster/relation_identifier": name,
+            "dagster/storage_kind": STORAGE_KIND,
+        }
         if write.slice is not None:
             metadata["dagster/partition_row_count"] = len(write.frame)
         return metadata
@@ -216,20 +246,36 @@ def _partition_slice(context: dg.OutputContext | dg.InputContext, partition_expr
     chosen = bool(context.asset_partition_keys)
     if isinstance(definition, dg.MultiPartitionsDefinition):
         if partition_expr is not None and not isinstance(partition_expr, dict):
-            raise ValueError(f"partition_expr of a multi-partitioned asset maps each dimension "
-                             f"({[d.name for d in definition.partitions_defs]}) to SQL; got {partition_expr!r}")
+            raise ValueError(
+                f"partition_expr of a multi-partitioned asset maps each dimension "
+                f"({[d.name for d in definition.partitions_defs]}) to SQL; got {partition_expr!r}"
+            )
         # Each dimension's keys among the chosen partitions (a load may span several key ranges).
         chosen_keys = [dg.MultiPartitionKey.keys_by_dimension.fget(key) for key in context.asset_partition_keys]
-        return TableSlice(tuple(
-            _dimension(dimension.partitions_def, dimension.name, (partition_expr or {}).get(dimension.name),
-                       sorted({keys[dimension.name] for keys in chosen_keys}))
-            for dimension in definition.partitions_defs))
+        return TableSlice(
+            tuple(
+                _dimension(
+                    dimension.partitions_def,
+                    dimension.name,
+                    (partition_expr or {}).get(dimension.name),
+                    sorted({keys[dimension.name] for keys in chosen_keys}),
+                )
+                for dimension in definition.partitions_defs
+            )
+        )
     if isinstance(partition_expr, dict):
-        raise ValueError(f"partition_expr is a mapping, but the partitions are not multi-dimensional: {partition_expr!r}")
+        raise ValueError(
+            f"partition_expr is a mapping, but the partitions are not multi-dimensional: {partition_expr!r}"
+        )
     if isinstance(definition, dg.TimeWindowPartitionsDefinition):
         window = context.asset_partitions_time_window if chosen else None
-        return TableSlice((_time_dimension(definition, None, partition_expr,
-                                           TimeRange(window.start, window.end) if window else None),))
+        return TableSlice(
+            (
+                _time_dimension(
+                    definition, None, partition_expr, TimeRange(window.start, window.end) if window else None
+                ),
+            )
+        )
     return TableSlice((_key_dimension(None, partition_expr, tuple(context.asset_partition_keys)),))
 
 
@@ -242,13 +288,16 @@ def _dimension(definition: dg.PartitionsDefinition, name: str, expr: str | None,
             return _time_dimension(definition, name, expr, span)
         stamped = _time_dimension(definition, name, None, None)
         # Stamped window starts, as keys: exact even when the chosen days are not one run of days.
-        starts = tuple(w.start.date().isoformat() if stamped.column_type == DATE else w.start.isoformat() for w in windows)
+        starts = tuple(
+            w.start.date().isoformat() if stamped.column_type == DATE else w.start.isoformat() for w in windows
+        )
         return Dimension(column=stamped.column, column_type=stamped.column_type, keys=starts)
     return _key_dimension(name, expr, tuple(keys))
 
 
-def _time_dimension(definition: dg.TimeWindowPartitionsDefinition, name: str | None, expr: str | None,
-                    window: TimeRange | None) -> Dimension:
+def _time_dimension(
+    definition: dg.TimeWindowPartitionsDefinition, name: str | None, expr: str | None, window: TimeRange | None
+) -> Dimension:
     if expr is not None:
         return Dimension(expr=expr, window=window)
     column, sql_type = stamped_column(name, is_time=True, day_or_longer=_day_or_longer(definition.cron_schedule))

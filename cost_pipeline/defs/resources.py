@@ -22,9 +22,7 @@ class LandingResource(dg.ConfigurableResource):
     """Where transcripts land (`<root>/<YYYY-MM-DD>/*.jsonl`) and how strictly they are read."""
 
     root: str = Field(description="Folder holding one sub-folder per day.")
-    max_text_chars: int = Field(
-        default=DEFAULT_MAX_TEXT_CHARS, description="Turns with longer text are quarantined."
-    )
+    max_text_chars: int = Field(default=DEFAULT_MAX_TEXT_CHARS, description="Turns with longer text are quarantined.")
 
     def reader(self, day: str) -> LandingReader:
         """The day as a stream of turns and quarantined lines, so a day of any size reads in flat memory.
@@ -42,8 +40,10 @@ class LandingResource(dg.ConfigurableResource):
         folder = landing_folder(self.root, day)
         if folder.is_dir() and any(folder.glob("*.jsonl")):
             return None
-        return (f"No landing files for {day}: expected {folder.resolve()}/*.jsonl (COST_PIPELINE_LANDING sets "
-                "where transcripts land)")
+        return (
+            f"No landing files for {day}: expected {folder.resolve()}/*.jsonl (COST_PIPELINE_LANDING sets "
+            "where transcripts land)"
+        )
 
 
 class BillingExports(dg.ConfigurableResource):
@@ -59,12 +59,23 @@ class BillingExports(dg.ConfigurableResource):
 class CostSettings(dg.ConfigurableResource):
     """Price overrides, per-evaluation budgets and alert thresholds, from a small TOML file."""
 
-    config_file: str | None = Field(default=None, description="TOML with [prices.\"<model>\"] and [budgets]; none: library prices, no budgets.")
-    budget_warn_share: float = Field(default=0.8, description="Warn when an evaluation has used this share of its budget.")
-    estimated_share_warn: float = Field(default=0.05, description="Warn when more calls than this share have estimated usage.")
-    quarantine_share_warn: float = Field(default=0.05, description="Warn when more landed lines than this share are quarantined.")
-    failed_turn_share_warn: float = Field(default=0.01, description="Warn when more turns than this share failed cleaning "
-                                                                     "(the stage itself fails above max_failure_share).")
+    config_file: str | None = Field(
+        default=None, description='TOML with [prices."<model>"] and [budgets]; none: library prices, no budgets.'
+    )
+    budget_warn_share: float = Field(
+        default=0.8, description="Warn when an evaluation has used this share of its budget."
+    )
+    estimated_share_warn: float = Field(
+        default=0.05, description="Warn when more calls than this share have estimated usage."
+    )
+    quarantine_share_warn: float = Field(
+        default=0.05, description="Warn when more landed lines than this share are quarantined."
+    )
+    failed_turn_share_warn: float = Field(
+        default=0.01,
+        description="Warn when more turns than this share failed cleaning "
+        "(the stage itself fails above max_failure_share).",
+    )
 
     def _table(self) -> dict:
         if not self.config_file:
@@ -76,10 +87,13 @@ class CostSettings(dg.ConfigurableResource):
             return tomllib.load(handle)
 
     def price_book(self) -> PriceBook:
-        return PriceBook(parse_overrides(self._table().get("prices", {})), override_source=f"override ({self.config_file})")
+        return PriceBook(
+            parse_overrides(self._table().get("prices", {})), override_source=f"override ({self.config_file})"
+        )
 
     def sku_overrides(self) -> dict[str, str]:
-        """`[billing.skus]`: exact SKU description -> '<model>/<kind>[/<modality>][/<tier>]', other_gemini or not_gemini."""
+        """`[billing.skus]`: exact SKU description -> '<model>/<kind>[/<modality>][/<tier>]', other_gemini or
+        not_gemini."""
         return dict(self._billing().get("skus", {}))
 
     def billing_projects(self) -> list[str]:
@@ -93,9 +107,11 @@ class CostSettings(dg.ConfigurableResource):
     def billing_tolerance(self) -> Tolerance:
         """`[billing]` token_tolerance (0), usd_tolerance ($0.000001) and usd_relative_tolerance (0.0001) per line."""
         billing, default = self._billing(), Tolerance()
-        return Tolerance(int(billing.get("token_tolerance", default.tokens)),
-                         Decimal(str(billing.get("usd_tolerance", default.usd_absolute))),
-                         Decimal(str(billing.get("usd_relative_tolerance", default.usd_relative))))
+        return Tolerance(
+            int(billing.get("token_tolerance", default.tokens)),
+            Decimal(str(billing.get("usd_tolerance", default.usd_absolute))),
+            Decimal(str(billing.get("usd_relative_tolerance", default.usd_relative))),
+        )
 
     def _billing(self) -> dict:
         return self._table().get("billing", {})

@@ -22,7 +22,8 @@ class DuckDBWarehouse(dg.ConfigurableResource):
 
     def query(self, sql: str, params: list | dict | None = None) -> pd.DataFrame:
         if not Path(self.database).exists():
-            raise FileNotFoundError(f"DuckDB file {self.database} does not exist yet: materialize upstream assets first")
+            raise FileNotFoundError(
+                f"DuckDB file {self.database} does not exist yet: materialize upstream assets first"
+            )
         with connect(self.database, read_only=True, timeout_s=self.lock_timeout_s) as connection:
             return query_frame(connection, sql, params)
-

@@ -54,13 +54,29 @@ class Attempt:
 
     def done_line(self) -> dict:
         usage = self.usage
-        return {"event": "done", "attempt_id": self.attempt_id,
-                **{k: getattr(self, k) for k in _OUTCOME_FIELDS if k != "usage"},
-                "usage_source": usage.source, **(usage.counts() if self.billed is not False else {})}
+        return {
+            "event": "done",
+            "attempt_id": self.attempt_id,
+            **{k: getattr(self, k) for k in _OUTCOME_FIELDS if k != "usage"},
+            "usage_source": usage.source,
+            **(usage.counts() if self.billed is not False else {}),
+        }
 
 
-_IDENTITY_FIELDS = ("attempt_id", "call_id", "run_id", "partition_date", "evaluation_id", "turn_id", "stage", "model",
-                    "endpoint", "request_hash", "attempt", "sent_at")
+_IDENTITY_FIELDS = (
+    "attempt_id",
+    "call_id",
+    "run_id",
+    "partition_date",
+    "evaluation_id",
+    "turn_id",
+    "stage",
+    "model",
+    "endpoint",
+    "request_hash",
+    "attempt",
+    "sent_at",
+)
 _OUTCOME_FIELDS = ("model_version", "response_id", "latency_ms", "http_status", "outcome", "reason", "billed", "usage")
 
 

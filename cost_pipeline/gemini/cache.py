@@ -50,7 +50,14 @@ CREATE TABLE IF NOT EXISTS {TABLE} (
     context_hash VARCHAR
 )
 """
-USAGE_FIELDS = ("input_tokens", "output_tokens", "thinking_tokens", "cached_tokens", "tool_prompt_tokens", "total_tokens")
+USAGE_FIELDS = (
+    "input_tokens",
+    "output_tokens",
+    "thinking_tokens",
+    "cached_tokens",
+    "tool_prompt_tokens",
+    "total_tokens",
+)
 
 
 def text_hash(text: str) -> str:
@@ -95,15 +102,24 @@ class ResponseCache:
             if context_hashes is None:
                 rows = connection.execute(
                     f"SELECT {columns} FROM {TABLE} WHERE text_hash IN (SELECT unnest(?::VARCHAR[]))",
-                    [sorted(set(text_hashes))]).fetchall()
+                    [sorted(set(text_hashes))],
+                ).fetchall()
             else:
                 rows = connection.execute(
                     f"SELECT {columns} FROM {TABLE} WHERE context_hash IN (SELECT unnest(?::VARCHAR[])) UNION ALL "
                     f"SELECT {columns} FROM {TABLE} WHERE stage <> ? AND text_hash IN (SELECT unnest(?::VARCHAR[]))",
-                    [sorted(set(context_hashes)), CLEAN, sorted(set(text_hashes))]).fetchall()
-        return [(request_hash, CachedResponse(json.loads(result_json),
-                                              Usage(**dict(zip(USAGE_FIELDS, (int(c or 0) for c in counts))), source=source)))
-                for request_hash, result_json, *counts, source in rows]
+                    [sorted(set(context_hashes)), CLEAN, sorted(set(text_hashes))],
+                ).fetchall()
+        return [
+            (
+                request_hash,
+                CachedResponse(
+                    json.loads(result_json),
+                    Usage(**dict(zip(USAGE_FIELDS, (int(c or 0) for c in counts))), source=source),
+                ),
+            )
+            for request_hash, result_json, *counts, source in rows
+        ]
 
     def remember(self, entries: list[tuple[str, CachedResponse]]) -> int:
         """Keep read entries in memory (from the thread that calls `get` and `put`); returns how many."""
@@ -122,18 +138,33 @@ class ResponseCache:
     def get(self, request_hash: str) -> CachedResponse | None:
         return self._entries.get(request_hash) if self.enabled else None
 
-    def put(self, request_hash: str, text_hash: str, stage: str, model: str, result: dict, usage: Usage,
-            context_hash: str | None = None) -> None:
+    def put(
+        self,
+        request_hash: str,
+        text_hash: str,
+        stage: str,
+        model: str,
+        result: dict,
+        usage: Usage,
+        context_hash: str | None = None,
+    ) -> None:
         """Remember a paid answer and queue it for the table, filed under its turn's text and (cleaning) context."""
         if not self.enabled or usage.source == CACHE:
             return
         self._remember(request_hash, CachedResponse(result, usage))
-        self._new.append({
-            "request_hash": request_hash, "text_hash": text_hash, "stage": stage, "model": model,
-            "result_json": json.dumps(result, sort_keys=True),
-            **{name: getattr(usage, name) for name in USAGE_FIELDS}, "usage_source": usage.source,
-            "created_at": datetime.now(timezone.utc), "context_hash": context_hash,
-        })
+        self._new.append(
+            {
+                "request_hash": request_hash,
+                "text_hash": text_hash,
+                "stage": stage,
+                "model": model,
+                "result_json": json.dumps(result, sort_keys=True),
+                **{name: getattr(usage, name) for name in USAGE_FIELDS},
+                "usage_source": usage.source,
+                "created_at": datetime.now(timezone.utc),
+                "context_hash": context_hash,
+            }
+        )
 
     def take_new(self) -> list[dict]:
         """The entries added since the last take, handed over once (call it from the event loop's thread)."""
@@ -156,7 +187,10 @@ class ResponseCache:
 
 def _add_context_column(connection) -> None:
     """A cache table from before `context_hash` gains it (null: such cleaning answers are not loaded by context)."""
-    present = connection.execute("SELECT count(*) FROM duckdb_columns() WHERE schema_name = 'main' AND table_name = ? "
-                                 "AND column_name = 'context_hash'", [TABLE]).fetchall()[0][0]
+    present = connection.execute(
+        "SELECT count(*) FROM duckdb_columns() WHERE schema_name = 'main' AND table_name = ? "
+        "AND column_name = 'context_hash'",
+        [TABLE],
+    ).fetchall()[0][0]
     if not present:
         connection.execute(f"ALTER TABLE {TABLE} ADD COLUMN context_hash VARCHAR")

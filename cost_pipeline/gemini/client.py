@@ -7,10 +7,11 @@ row instead of a lost turn.
 
 Retries happen at this level, with tenacity's jittered exponential backoff (the SDK's
 own dependency) in a plain loop, rather than in the SDK's `HttpRetryOptions`, for two
-reasons the SDK cannot serve: every attempt must pass the rate limiters again (SDK-internal retries would bypass them and overshoot the quota),
-and a 429's `RetryInfo.retryDelay` must be honoured (the SDK waits only its own
-exponential backoff). Rate limits use aiolimiter: requests evenly spaced, prompt tokens
-in one-second buckets, so a minute's quota is never spent in a burst.
+reasons the SDK cannot serve: every attempt must pass the rate limiters again
+(SDK-internal retries would bypass them and overshoot the quota), and a 429's
+`RetryInfo.retryDelay` must be honoured (the SDK waits only its own exponential backoff).
+Rate limits use aiolimiter: requests evenly spaced, prompt tokens in one-second buckets, so
+a minute's quota is never spent in a burst.
 
 With no API key and no base URL, setup starts the shipped Gemini-compatible server on
 loopback; a key alone talks to the real API, a `base_url` (or the SDK's own
@@ -85,8 +86,12 @@ class GeminiResource(dg.ConfigurableResource):
     deployment set", never "the local server and a database in the working directory".
     """
 
-    api_key: str | None = Field(default=None, description=f"Gemini API key; unset: {' or '.join(API_KEY_ENVS)} at run time.")
-    base_url: str | None = Field(default=None, description=f"A Gemini-compatible endpoint; unset: {BASE_URL_ENV} at run time.")
+    api_key: str | None = Field(
+        default=None, description=f"Gemini API key; unset: {' or '.join(API_KEY_ENVS)} at run time."
+    )
+    base_url: str | None = Field(
+        default=None, description=f"A Gemini-compatible endpoint; unset: {BASE_URL_ENV} at run time."
+    )
     use_local_server: bool = Field(default=False, description="Use the shipped local server even when a key is set.")
     clean_model: str = Field(default=DEFAULT_MODEL, description="Model that cleans every turn.")
     function_model: str = Field(default=DEFAULT_MODEL, description="Model that decides function calls for user turns.")
@@ -94,52 +99,71 @@ class GeminiResource(dg.ConfigurableResource):
     context_turns: int = Field(default=6, description="Earlier cleaned turns sent as context when cleaning.")
     max_concurrency: int = Field(default=32, description="Requests in flight at once.")
     requests_per_minute: int | None = Field(
-        default=None, description=f"Request rate limit; unset: {FREE_TIER_RPM} when calls go to Google's API (a free-tier "
-                                  f"quota accepts it), {OTHER_ENDPOINT_RPM:,} for the local server or a base URL.")
+        default=None,
+        description=f"Request rate limit; unset: {FREE_TIER_RPM} when calls go to Google's API (a free-tier "
+        f"quota accepts it), {OTHER_ENDPOINT_RPM:,} for the local server or a base URL.",
+    )
     tokens_per_minute: int | None = Field(
-        default=None, description=f"Prompt-token rate limit; unset: {FREE_TIER_TPM:,} for Google's API, "
-                                  f"{OTHER_ENDPOINT_TPM:,} otherwise.")
+        default=None,
+        description=f"Prompt-token rate limit; unset: {FREE_TIER_TPM:,} for Google's API, "
+        f"{OTHER_ENDPOINT_TPM:,} otherwise.",
+    )
     timeout_s: float = Field(default=30.0, description="Per-attempt HTTP timeout.")
     max_attempts: int = Field(default=5, description="Attempts per call, first included, rejected answers included.")
     max_rejected_attempts: int = Field(
-        default=2, description="Paid answers a call may reject before it fails: caps what a turn spends on rejections.")
+        default=2, description="Paid answers a call may reject before it fails: caps what a turn spends on rejections."
+    )
     initial_backoff_s: float = Field(default=0.5, description="First retry wait; doubles, with jitter.")
     max_backoff_s: float = Field(default=30.0, description="Longest wait between attempts.")
     cache_enabled: bool = Field(default=True, description="Serve identical requests from the response cache.")
     cache_database: str | None = Field(
-        default=None, description=f"DuckDB file of the response cache and the spend ledger; unset: {DB_ENV} at run time.")
+        default=None,
+        description=f"DuckDB file of the response cache and the spend ledger; unset: {DB_ENV} at run time.",
+    )
     local_server_latency_ms: float = Field(default=0.0, description="Latency of the auto-started local server.")
     local_billing_folder: str | None = Field(
-        default=None, description=f"Where the auto-started local server's invoice (a Cloud Billing export) is written "
-                                  f"when the run ends; unset: {BILLING_ENV} at run time.")
+        default=None,
+        description=f"Where the auto-started local server's invoice (a Cloud Billing export) is written "
+        f"when the run ends; unset: {BILLING_ENV} at run time.",
+    )
     # A str, not a Literal: it may come from an EnvVar (COST_PIPELINE_PROCESSING), resolved when a run starts.
     processing: str = Field(
-        default="standard", description="standard: one request at a time; batch: the Batch API at half the price, "
-                                        "answered within hours (gemini_step/batch_day.py says what changes).")
+        default="standard",
+        description="standard: one request at a time; batch: the Batch API at half the price, "
+        "answered within hours (gemini_step/batch_day.py says what changes).",
+    )
     batch_max_wait_s: float = Field(
-        default=600.0, description="How long a batch step waits for its jobs; past it the step ends with them pending, "
-                                   "and the batch_jobs_sensor (or any later run of the day) collects them.")
+        default=600.0,
+        description="How long a batch step waits for its jobs; past it the step ends with them pending, "
+        "and the batch_jobs_sensor (or any later run of the day) collects them.",
+    )
     batch_poll_s: float = Field(default=10.0, description="How often a batch step asks whether its jobs are done.")
     batch_max_requests: int = Field(default=10_000, description="Requests per batch job.")
     batch_inline_max_bytes: int = Field(
-        default=20_000_000, description="A batch job whose requests take more than this many bytes sends them as an "
-                                        "uploaded JSON Lines file (Files API) instead of inline (the API's inline "
-                                        "limit is 20 MB).")
+        default=20_000_000,
+        description="A batch job whose requests take more than this many bytes sends them as an "
+        "uploaded JSON Lines file (Files API) instead of inline (the API's inline "
+        "limit is 20 MB).",
+    )
 
     _exit_stack: ExitStack = PrivateAttr(default_factory=ExitStack)
     _local_url: str | None = PrivateAttr(default=None)
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         if self.processing not in PROCESSING_MODES:
-            raise dg.Failure(description=f"processing is {self.processing!r}: it must be one of {', '.join(PROCESSING_MODES)} "
-                                         "(COST_PIPELINE_PROCESSING)")
+            raise dg.Failure(
+                description=f"processing is {self.processing!r}: it must be one of {', '.join(PROCESSING_MODES)} "
+                "(COST_PIPELINE_PROCESSING)"
+            )
         if self.needs_local_server():
             self._local_url = self._exit_stack.enter_context(
                 running_local_server(ServerConfig(latency_ms=self.local_server_latency_ms))
             )
         if context.log:
-            context.log.info(f"Gemini calls go to {self.describe_endpoint()}, at most {self.request_limit():,} requests "
-                             f"and {self.token_limit():,} prompt tokens a minute (COST_PIPELINE_RPM, COST_PIPELINE_TPM)")
+            context.log.info(
+                f"Gemini calls go to {self.describe_endpoint()}, at most {self.request_limit():,} requests "
+                f"and {self.token_limit():,} prompt tokens a minute (COST_PIPELINE_RPM, COST_PIPELINE_TPM)"
+            )
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
         try:
@@ -216,10 +240,14 @@ class GeminiResource(dg.ConfigurableResource):
             http_options=types.HttpOptions(base_url=self.endpoint(), timeout=int(self.timeout_s * 1000)),
         )
 
-    def session(self, cache: ResponseCache, ledger: AttemptSink | None = None, run_id: str = "", partition_date: str = "") -> "GeminiSession":
+    def session(
+        self, cache: ResponseCache, ledger: AttemptSink | None = None, run_id: str = "", partition_date: str = ""
+    ) -> "GeminiSession":
         """A session for one run; create it inside the event loop that will use it."""
         if self.needs_local_server() and not self._local_url:
-            raise RuntimeError("no API key or base URL, and the local server was not started (use the resource via Dagster)")
+            raise RuntimeError(
+                "no API key or base URL, and the local server was not started (use the resource via Dagster)"
+            )
         return GeminiSession(self, cache, ledger or NoSink(), run_id, partition_date)
 
 
@@ -272,8 +300,14 @@ class RejectedAnswer(Exception):
 class GeminiSession:
     """The run-time half of the resource: one genai client, limiters, cache, ledger and counters."""
 
-    def __init__(self, settings: GeminiResource, cache: ResponseCache, ledger: AttemptSink, run_id: str = "",
-                 partition_date: str = ""):
+    def __init__(
+        self,
+        settings: GeminiResource,
+        cache: ResponseCache,
+        ledger: AttemptSink,
+        run_id: str = "",
+        partition_date: str = "",
+    ):
         self.settings = settings
         self.cache = cache
         self.ledger = ledger
@@ -297,7 +331,9 @@ class GeminiSession:
         self._budget_settled = asyncio.Event()
         self._configs: dict[tuple, types.GenerateContentConfig] = {}
 
-    async def call(self, request: LlmRequest, text_hash: str, tag: CallTag, context_hash: str | None = None) -> CallOutcome:
+    async def call(
+        self, request: LlmRequest, text_hash: str, tag: CallTag, context_hash: str | None = None
+    ) -> CallOutcome:
         """Answer `request` from the cache, from an identical call in flight, or from Gemini.
 
         A paid answer is cached under `text_hash` and, for a cleaning, `context_hash` (`gemini/cache.py`).
@@ -311,8 +347,17 @@ class GeminiSession:
                 cached = self.cache.get(request_hash) or CachedResponse(first.result, first.saved or first.usage)
         if cached is not None:
             self.stats["cache_hits"] += 1
-            return CallOutcome(request_hash, request.stage, request.model, OK, cached.result,
-                               Usage(source=CACHE), saved=cached.usage, cache_hit=True, latency_ms=0.0)
+            return CallOutcome(
+                request_hash,
+                request.stage,
+                request.model,
+                OK,
+                cached.result,
+                Usage(source=CACHE),
+                saved=cached.usage,
+                cache_hit=True,
+                latency_ms=0.0,
+            )
         if self.budget is not None and self.budget.blocks(tag.evaluation_id):
             return self._skipped(request, request_hash, [])
         future = asyncio.get_running_loop().create_future()
@@ -322,8 +367,9 @@ class GeminiSession:
         try:
             outcome = await self._call_api(request, request_hash, tag)
             if outcome.status == OK:
-                self.cache.put(request_hash, text_hash, request.stage, request.model, outcome.result, outcome.saved,
-                               context_hash)
+                self.cache.put(
+                    request_hash, text_hash, request.stage, request.model, outcome.result, outcome.saved, context_hash
+                )
             return outcome
         finally:
             # answered or failed: calls = cache hits + finished + skipped + in flight
@@ -360,15 +406,29 @@ class GeminiSession:
                         await self.request_limiter.acquire()
                         await self.token_limiter.acquire(tokens)
                         async with self.semaphore:
-                            attempt = Attempt(uuid.uuid4().hex, tag.call_id, self.run_id, self.partition_date,
-                                              tag.evaluation_id, tag.turn_id, request.stage, request.model, self.endpoint_id,
-                                              request_hash, len(attempts) + 1, time.time())
+                            attempt = Attempt(
+                                uuid.uuid4().hex,
+                                tag.call_id,
+                                self.run_id,
+                                self.partition_date,
+                                tag.evaluation_id,
+                                tag.turn_id,
+                                request.stage,
+                                request.model,
+                                self.endpoint_id,
+                                request_hash,
+                                len(attempts) + 1,
+                                time.time(),
+                            )
                             attempts.append(attempt)
                             self.ledger.sent(attempt)
                             started = time.perf_counter()
                             try:
                                 response = await self.client.aio.models.generate_content(
-                                    model=request.model, contents=request_contents(sent), config=self.content_config(sent))
+                                    model=request.model,
+                                    contents=request_contents(sent),
+                                    config=self.content_config(sent),
+                                )
                             except BaseException as err:
                                 attempt.latency_ms = (time.perf_counter() - started) * 1000
                                 _record_error(attempt, err, self.redact)
@@ -394,7 +454,9 @@ class GeminiSession:
         except BudgetExhausted:
             return self._skipped(request, request_hash, attempts)
         except Exception as err:  # every failure becomes a row; nothing escapes as a lost turn
-            error = self.redact(f"rejected: {err}" if isinstance(err, RejectedAnswer) else f"{type(err).__name__}: {err}")
+            error = self.redact(
+                f"rejected: {err}" if isinstance(err, RejectedAnswer) else f"{type(err).__name__}: {err}"
+            )
         return self._outcome(request, request_hash, attempts, None if error else verdicts[-1], error)
 
     def _record_answer(self, attempt: Attempt, request: LlmRequest, sent: LlmRequest, response) -> Verdict:
@@ -434,8 +496,15 @@ class GeminiSession:
         outcome = self._outcome(request, request_hash, attempts, None, "budget", counted=False)
         return replace(outcome, status=SKIPPED)
 
-    def _outcome(self, request: LlmRequest, request_hash: str, attempts: list[Attempt], verdict: Verdict | None,
-                 error: str | None, counted: bool = True) -> CallOutcome:
+    def _outcome(
+        self,
+        request: LlmRequest,
+        request_hash: str,
+        attempts: list[Attempt],
+        verdict: Verdict | None,
+        error: str | None,
+        counted: bool = True,
+    ) -> CallOutcome:
         billed = [a for a in attempts if a.billed is not False]
         usage = sum((a.usage for a in billed[1:]), billed[0].usage) if billed else NO_USAGE
         rejected = sum(a.outcome == REJECTED for a in attempts)
@@ -447,13 +516,20 @@ class GeminiSession:
         for kind in ("input_tokens", "output_tokens", "thinking_tokens", "cached_tokens", "tool_prompt_tokens"):
             stats[kind] += getattr(usage, kind)
         last = attempts[-1] if attempts else None
-        common = dict(attempts=len(attempts), billed_attempts=len(billed), rejected_attempts=rejected,
-                      billing_unknown_attempts=unknown, model_version=last.model_version if last else None,
-                      latency_ms=last.latency_ms if last else None)
+        common = dict(
+            attempts=len(attempts),
+            billed_attempts=len(billed),
+            rejected_attempts=rejected,
+            billing_unknown_attempts=unknown,
+            model_version=last.model_version if last else None,
+            latency_ms=last.latency_ms if last else None,
+        )
         if error is not None:
             stats["failures"] += counted
             return CallOutcome(request_hash, request.stage, request.model, FAILED, None, usage, error=error, **common)
-        return CallOutcome(request_hash, request.stage, request.model, OK, verdict.result, usage, saved=last.usage, **common)
+        return CallOutcome(
+            request_hash, request.stage, request.model, OK, verdict.result, usage, saved=last.usage, **common
+        )
 
     def _wait(self, state: tenacity.RetryCallState) -> float:
         """Exponential backoff with jitter, but never sooner than the server asked; no wait before a reminder."""
@@ -494,8 +570,9 @@ def _record_error(attempt: Attempt, err: BaseException, redact) -> None:
     elif isinstance(err, pydantic.ValidationError):  # only a 200's body is validated
         attempt.http_status, attempt.billed = 200, None
         attempt.usage = Usage(source=UNKNOWN)
-        attempt.reason = redact(f"answer google-genai could not read, billed for usage we never saw (billing "
-                                f"unknown): {err}")[:200]
+        attempt.reason = redact(
+            f"answer google-genai could not read, billed for usage we never saw (billing unknown): {err}"
+        )[:200]
     elif isinstance(err, errors.APIError):
         attempt.http_status, attempt.reason = err.code, redact(f"{err.code} {err.status}")
     elif isinstance(err, asyncio.CancelledError):
@@ -506,7 +583,8 @@ def _record_error(attempt: Attempt, err: BaseException, redact) -> None:
 
 
 def is_retryable(err: BaseException) -> bool:
-    """Rate limits, server errors, transport failures (timeouts included) and broken bodies are worth another attempt."""
+    """Rate limits, server errors, transport failures (timeouts included) and broken bodies are worth another
+    attempt."""
     if isinstance(err, errors.APIError):
         return err.code in RETRYABLE_STATUS
     return _is_transport_error(err) or is_cut_off_body(err) or isinstance(err, asyncio.TimeoutError)
@@ -564,4 +642,6 @@ def _per_second_limiter(per_minute: int) -> AsyncLimiter:
 
 
 def _failed(request: LlmRequest, request_hash: str, error: str, attempts: int) -> CallOutcome:
-    return CallOutcome(request_hash, request.stage, request.model, FAILED, None, NO_USAGE, attempts=attempts, error=error)
+    return CallOutcome(
+        request_hash, request.stage, request.model, FAILED, None, NO_USAGE, attempts=attempts, error=error
+    )

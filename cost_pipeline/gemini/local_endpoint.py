@@ -59,8 +59,9 @@ def running_local_server(config: ServerConfig, startup_timeout_s: float = 30.0) 
     """Run the server in a child process (its own core, not the caller's GIL); yields its URL."""
     flags = [f"--{item.name.replace('_', '-')}={getattr(config, item.name)}" for item in fields(ServerConfig)]
     errors = tempfile.TemporaryFile("w+")
-    process = subprocess.Popen([sys.executable, "-m", SERVER_MODULE, "--port", "0", *flags],
-                               stdout=subprocess.PIPE, stderr=errors, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", SERVER_MODULE, "--port", "0", *flags], stdout=subprocess.PIPE, stderr=errors, text=True
+    )
     try:
         ready = select.select([process.stdout], [], [], startup_timeout_s)[0]
         line = process.stdout.readline() if ready else ""
@@ -91,9 +92,11 @@ def config_from(args: argparse.Namespace) -> ServerConfig:
 
 
 def admin(url: str, path: str, payload: dict | None = None) -> dict:
-    """Call a running server's admin API (`/admin/stats`, `/admin/billing`, `/admin/reset`, ...): GET, or POST `payload`."""
+    """Call a running server's admin API (`/admin/stats`, `/admin/billing`, `/admin/reset`, ...): GET, or POST
+    `payload`."""
     data = None if payload is None else json.dumps(payload).encode()
-    request = urllib.request.Request(url + path, data=data, method="GET" if data is None else "POST",
-                                     headers={"content-type": "application/json"})
+    request = urllib.request.Request(
+        url + path, data=data, method="GET" if data is None else "POST", headers={"content-type": "application/json"}
+    )
     with urllib.request.urlopen(request, timeout=30) as response:
         return json.loads(response.read())

@@ -53,7 +53,7 @@ REMINDER_PREFIX = "Your previous answer was rejected"
 REMINDERS = {
     CLEAN: "answer with one short JSON object with cleaned_text, confidence and changes, nothing else.",
     FUNCTION: "call at most one of the declared tools, with arguments that match its parameters, "
-              "or answer in one short sentence.",
+    "or answer in one short sentence.",
 }
 
 
@@ -74,11 +74,17 @@ class LlmRequest:
         endpoint) are never served as free cache hits once calls go to Google's API.
         """
         return hashlib.sha256(
-            (_CONTENTS_FIRST + _CANONICAL_JSON.encode(self.contents) + self._settings_json(endpoint)).encode()).hexdigest()
+            (_CONTENTS_FIRST + _CANONICAL_JSON.encode(self.contents) + self._settings_json(endpoint)).encode()
+        ).hexdigest()
 
     def _settings(self, endpoint: str) -> dict:
-        return {"endpoint": endpoint, "model": self.model, "system_instruction": self.system_instruction,
-                "tools": TOOLS_DIGEST if self.with_tools else None, "generation_config": self.generation_config}
+        return {
+            "endpoint": endpoint,
+            "model": self.model,
+            "system_instruction": self.system_instruction,
+            "tools": TOOLS_DIGEST if self.with_tools else None,
+            "generation_config": self.generation_config,
+        }
 
     def _settings_json(self, endpoint: str) -> str:
         """The canonical JSON after the contents, from memory when a request with these settings was hashed before.
@@ -105,17 +111,26 @@ class LlmRequest:
         rejection and restates the instruction; the seed moves sampling off the path that
         produced it. The cache key stays the original request's.
         """
-        reminder = (f"{REMINDER_PREFIX} ({rejection}). Follow the instructions exactly: "
-                    + (REMINDERS[self.stage] if self.stage in REMINDERS else "answer again."))
-        return LlmRequest(self.stage, self.model, self.system_instruction, (*self.contents, (reminder,)),
-                          {**self.generation_config, "seed": attempt}, self.with_tools)
+        reminder = f"{REMINDER_PREFIX} ({rejection}). Follow the instructions exactly: " + (
+            REMINDERS[self.stage] if self.stage in REMINDERS else "answer again."
+        )
+        return LlmRequest(
+            self.stage,
+            self.model,
+            self.system_instruction,
+            (*self.contents, (reminder,)),
+            {**self.generation_config, "seed": attempt},
+            self.with_tools,
+        )
 
     def text(self) -> str:
         """Everything the prompt says, for estimating tokens when usage is missing."""
         return "\n".join([self.system_instruction, *(part for content in self.contents for part in content)])
 
 
-def cleaning_request(model: str, speaker: str, text: str, context: list[tuple[str, str]], thinking_budget: int | None) -> LlmRequest:
+def cleaning_request(
+    model: str, speaker: str, text: str, context: list[tuple[str, str]], thinking_budget: int | None
+) -> LlmRequest:
     """Clean `text`, with the conversation's earlier cleaned turns (speaker, text) as context."""
     contents = []
     if context:
@@ -126,15 +141,23 @@ def cleaning_request(model: str, speaker: str, text: str, context: list[tuple[st
 
 def function_request(model: str, cleaned_text: str, thinking_budget: int | None) -> LlmRequest:
     """Decide on a tool for one cleaned user turn; the turn alone, so repeats share a cache entry."""
-    return LlmRequest(FUNCTION, model, FUNCTION_INSTRUCTION, ((cleaned_text,),), _shared_config(FUNCTION, thinking_budget),
-                      with_tools=True)
+    return LlmRequest(
+        FUNCTION,
+        model,
+        FUNCTION_INSTRUCTION,
+        ((cleaned_text,),),
+        _shared_config(FUNCTION, thinking_budget),
+        with_tools=True,
+    )
 
 
 @cache
 def _shared_config(stage: str, thinking_budget: int | None) -> dict:
     """One generation config per stage and thinking budget, shared by its requests (read, never changed: a reminder
     copies it), so their hashes find its JSON in memory."""
-    extra = {"response_mime_type": "application/json", "response_json_schema": CLEANING_SCHEMA} if stage == CLEAN else {}
+    extra = (
+        {"response_mime_type": "application/json", "response_json_schema": CLEANING_SCHEMA} if stage == CLEAN else {}
+    )
     config = {"temperature": 0.0, **extra}
     if thinking_budget is not None:
         config["thinking_budget"] = thinking_budget
@@ -147,7 +170,11 @@ def parse_cleaning(text: str | None) -> dict:
         answer = json.loads(text or "")
     except json.JSONDecodeError as err:
         raise ValueError(f"cleaning answer is not JSON: {err.msg}") from None
-    if not isinstance(answer, dict) or not isinstance(answer.get("cleaned_text"), str) or not answer["cleaned_text"].strip():
+    if (
+        not isinstance(answer, dict)
+        or not isinstance(answer.get("cleaned_text"), str)
+        or not answer["cleaned_text"].strip()
+    ):
         raise ValueError("cleaning answer has no cleaned_text")
     confidence = answer.get("confidence")
     changes = answer.get("changes") or []

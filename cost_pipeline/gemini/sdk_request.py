@@ -1,4 +1,5 @@
-"""A request (`prompts.LlmRequest`) in the SDK's terms: its config and its contents, as standard and batch calls send them.
+"""A request (`prompts.LlmRequest`) in the SDK's terms: its config and its contents, as standard and batch calls
+send them.
 
 No Dagster and none of the stage here, so that the overhead bench's bare loop sends exactly what the stage sends
 (`bench/gemini_overhead.py`) without importing the stage.

@@ -24,18 +24,43 @@ REPORTED, ESTIMATED, CACHE, NONE, UNKNOWN = "reported", "estimated", "cache", "n
 CHARS_PER_TOKEN = 4
 MODALITIES = ("audio", "image", "video")
 """Modalities priced apart from text; text is what the totals leave."""
-MODALITY_FIELDS = tuple(f"{kind}_{modality}_tokens" for modality in MODALITIES
-                        for kind in ("input", "cached", "output"))
+MODALITY_FIELDS = tuple(
+    f"{kind}_{modality}_tokens" for modality in MODALITIES for kind in ("input", "cached", "output")
+)
 """`input_<m>_tokens` (of prompt and tool-use prompt), `cached_<m>_tokens`, `output_<m>_tokens` (of candidates)."""
-PRICED_FIELDS = ("input_tokens", "cached_tokens", "output_tokens", "thinking_tokens", "tool_prompt_tokens",
-                 *MODALITY_FIELDS)
+PRICED_FIELDS = (
+    "input_tokens",
+    "cached_tokens",
+    "output_tokens",
+    "thinking_tokens",
+    "tool_prompt_tokens",
+    *MODALITY_FIELDS,
+)
 """The counts a price depends on, in `TokenCounts`' order."""
-TOKEN_FIELDS = ("input_tokens", "output_tokens", "thinking_tokens", "cached_tokens", "tool_prompt_tokens",
-                "total_tokens", *MODALITY_FIELDS)
-_COUNT_FIELDS = ("prompt_token_count", "candidates_token_count", "thoughts_token_count", "cached_content_token_count",
-                 "tool_use_prompt_token_count", "total_token_count")
-SAVED_FIELDS = ("saved_input_tokens", "saved_cached_tokens", "saved_output_tokens", "saved_thinking_tokens",
-                "saved_tool_prompt_tokens")
+TOKEN_FIELDS = (
+    "input_tokens",
+    "output_tokens",
+    "thinking_tokens",
+    "cached_tokens",
+    "tool_prompt_tokens",
+    "total_tokens",
+    *MODALITY_FIELDS,
+)
+_COUNT_FIELDS = (
+    "prompt_token_count",
+    "candidates_token_count",
+    "thoughts_token_count",
+    "cached_content_token_count",
+    "tool_use_prompt_token_count",
+    "total_token_count",
+)
+SAVED_FIELDS = (
+    "saved_input_tokens",
+    "saved_cached_tokens",
+    "saved_output_tokens",
+    "saved_thinking_tokens",
+    "saved_tool_prompt_tokens",
+)
 
 
 @dataclass(frozen=True)
@@ -98,8 +123,13 @@ def usage_from_metadata(metadata) -> Usage | None:
     prompt = _by_modality(metadata.prompt_tokens_details, metadata.tool_use_prompt_tokens_details)
     cached, output = _by_modality(metadata.cache_tokens_details), _by_modality(metadata.candidates_tokens_details)
     for modality in MODALITIES:
-        counts.update({f"input_{modality}_tokens": prompt[modality], f"cached_{modality}_tokens": cached[modality],
-                       f"output_{modality}_tokens": output[modality]})
+        counts.update(
+            {
+                f"input_{modality}_tokens": prompt[modality],
+                f"cached_{modality}_tokens": cached[modality],
+                f"output_{modality}_tokens": output[modality],
+            }
+        )
     total = metadata.total_token_count
     if total is None:
         total = sum(counts[name] for name in ("input_tokens", "output_tokens", "thinking_tokens", "tool_prompt_tokens"))
@@ -111,10 +141,18 @@ def metadata_from_dict(usage: dict | None) -> SimpleNamespace | None:
     if usage is None:
         return None
     snake = {re.sub(r"(?<!^)(?=[A-Z])", "_", key).lower(): value for key, value in usage.items()}
-    details = {name: [SimpleNamespace(modality=item.get("modality"), token_count=item.get("tokenCount"))
-                      for item in snake.get(name) or []]
-               for name in ("prompt_tokens_details", "cache_tokens_details", "candidates_tokens_details",
-                            "tool_use_prompt_tokens_details")}
+    details = {
+        name: [
+            SimpleNamespace(modality=item.get("modality"), token_count=item.get("tokenCount"))
+            for item in snake.get(name) or []
+        ]
+        for name in (
+            "prompt_tokens_details",
+            "cache_tokens_details",
+            "candidates_tokens_details",
+            "tool_use_prompt_tokens_details",
+        )
+    }
     return SimpleNamespace(**{name: snake.get(name) for name in (*_COUNT_FIELDS, "traffic_type")}, **details)
 
 
@@ -155,8 +193,9 @@ def answer_usage(metadata, request_text: str, answer_text: str) -> tuple[Usage, 
     if usage.source == UNKNOWN:
         traffic = getattr(metadata, "traffic_type", None)
         traffic = getattr(traffic, "value", traffic)
-        return usage, (f"usageMetadata without token counts{f' (trafficType {traffic})' if traffic else ''}: "
-                       "billing unknown")
+        return usage, (
+            f"usageMetadata without token counts{f' (trafficType {traffic})' if traffic else ''}: billing unknown"
+        )
     return usage, None
 
 
@@ -168,6 +207,9 @@ def estimate_tokens(text: str) -> int:
 def estimate_usage(request_text: str, response_text: str) -> Usage:
     """Usage counted from the texts, for a response that reported none."""
     input_tokens, output_tokens = estimate_tokens(request_text), estimate_tokens(response_text)
-    return Usage(input_tokens=input_tokens, output_tokens=output_tokens,
-                 total_tokens=input_tokens + output_tokens, source=ESTIMATED)
-
+    return Usage(
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
+        total_tokens=input_tokens + output_tokens,
+        source=ESTIMATED,
+    )

@@ -29,8 +29,9 @@ from cost_pipeline.gemini_step.processing import (
 )
 
 
-async def batch_day(chunks: Iterable[list[Conversation]], session: GeminiSession, stage: BatchStage,
-                    sink: RowSink) -> int:
+async def batch_day(
+    chunks: Iterable[list[Conversation]], session: GeminiSession, stage: BatchStage, sink: RowSink
+) -> int:
     """Clean every turn and decide functions for the cleaned user turns through batch jobs; returns the turns.
 
     Raises `JobsPending` (nothing is written) when a stage's jobs outlast the step's wait.
@@ -42,12 +43,15 @@ async def batch_day(chunks: Iterable[list[Conversation]], session: GeminiSession
         context: list[tuple[str, str]] = []
         file_turns(conversation, settings.context_turns)
         for turn in conversation:
-            window = context[-settings.context_turns:] if settings.context_turns else []
-            request = cleaning_request(settings.clean_model, turn["speaker"], turn["text"], window, settings.thinking_budget)
+            window = context[-settings.context_turns :] if settings.context_turns else []
+            request = cleaning_request(
+                settings.clean_model, turn["speaker"], turn["text"], window, settings.thinking_budget
+            )
             clean_calls.append(BatchCall(request, call_tag(turn, "clean"), turn["text_hash"], turn["context_hash"]))
             context.append((turn["speaker"], turn["text"]))
     session.stats["cache_entries_loaded"] += session.cache.remember(
-        session.cache.read(sorted({call.text_hash for call in clean_calls})))
+        session.cache.read(sorted({call.text_hash for call in clean_calls}))
+    )
     cleaned = await stage.run("clean", clean_calls)
 
     function_calls = []
@@ -55,7 +59,9 @@ async def batch_day(chunks: Iterable[list[Conversation]], session: GeminiSession
         for turn in conversation:
             outcome = cleaned[call_tag(turn, "clean").call_id]
             if turn["speaker"] == "User" and outcome.status == OK:
-                request = function_request(settings.function_model, outcome.result["cleaned_text"], settings.thinking_budget)
+                request = function_request(
+                    settings.function_model, outcome.result["cleaned_text"], settings.thinking_budget
+                )
                 function_calls.append(BatchCall(request, call_tag(turn, "function"), turn["text_hash"]))
     decided = await stage.run("function", function_calls)
 

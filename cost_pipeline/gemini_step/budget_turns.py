@@ -35,8 +35,14 @@ def turn_scope(limits: Limits, day: str) -> str | None:
 
 
 @contextmanager
-def spending_turn(database: str | Path, scope: str | None, holder: str, log: Callable[[str], None],
-                  poll_s: float = 1.0, say_every_s: float = 60.0) -> Iterator[float]:
+def spending_turn(
+    database: str | Path,
+    scope: str | None,
+    holder: str,
+    log: Callable[[str], None],
+    poll_s: float = 1.0,
+    say_every_s: float = 60.0,
+) -> Iterator[float]:
     """Hold the turn of `scope` (waiting for it as long as it takes); yields the seconds waited (0.0: no wait)."""
     if scope is None:
         yield 0.0
@@ -53,8 +59,10 @@ def spending_turn(database: str | Path, scope: str | None, holder: str, log: Cal
                 said = said or now - say_every_s  # the first refusal is said at once
                 if now - said >= say_every_s:
                     handle.seek(0)
-                    log(f"waiting for run {handle.read().strip() or '(unknown)'} to finish spending against the same "
-                        f"limits ({path.name}): runs with shared limits take turns")
+                    log(
+                        f"waiting for run {handle.read().strip() or '(unknown)'} to finish spending against the same "
+                        f"limits ({path.name}): runs with shared limits take turns"
+                    )
                     said = now
                 time.sleep(poll_s)
         try:

@@ -23,8 +23,16 @@ from cost_pipeline.money.pricing import PriceBook
 
 
 class Checkpoints:
-    def __init__(self, database: str | Path, cache: ResponseCache, spool: AttemptSpool, book: PriceBook,
-                 log: Callable[[str], None], every_s: float, writer: WriterProcess | None = None):
+    def __init__(
+        self,
+        database: str | Path,
+        cache: ResponseCache,
+        spool: AttemptSpool,
+        book: PriceBook,
+        log: Callable[[str], None],
+        every_s: float,
+        writer: WriterProcess | None = None,
+    ):
         self.database, self.cache, self.spool, self.book = database, cache, spool, book
         self.log, self.every_s = log, every_s
         self._writer = writer
@@ -77,8 +85,9 @@ class Checkpoints:
         entries, spools = self._unwritten + self.cache.take_new(), [*self._unloaded, self.spool.path]
         self._unwritten, self._unloaded = [], []
         try:
-            added = sum(load_spools(self.database, self.book, only=path, log=self.log, on_spend=self._spend)
-                        for path in spools)
+            added = sum(
+                load_spools(self.database, self.book, only=path, log=self.log, on_spend=self._spend) for path in spools
+            )
         finally:  # answers are cached even when the ledger must wait (its spool stays on disk for the next loader)
             written = self.cache.write(entries)
         self.attempts += added
@@ -107,8 +116,9 @@ class Checkpoints:
             self.log(warning)
 
     def _write(self, entries: list[dict], spools: list[Path]) -> tuple[int, int]:
-        added = sum(load_spools(self.database, self.book, only=path, log=self.log, on_spend=self._spend)
-                    for path in spools)
+        added = sum(
+            load_spools(self.database, self.book, only=path, log=self.log, on_spend=self._spend) for path in spools
+        )
         return self.cache.write(entries), added
 
     def _spend(self, usd: Decimal) -> None:

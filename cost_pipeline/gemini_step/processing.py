@@ -45,7 +45,7 @@ def file_turns(conversation: Conversation, context_turns: int) -> None:
     for turn in conversation:
         turn["text_hash"] = text_hash(turn["text"])
         raw.append([turn["speaker"], turn["text"]])
-        turn["context_hash"] = hashlib.sha256(json.dumps(raw[-(context_turns + 1):]).encode()).hexdigest()
+        turn["context_hash"] = hashlib.sha256(json.dumps(raw[-(context_turns + 1) :]).encode()).hexdigest()
 
 
 @contextmanager
@@ -71,10 +71,17 @@ def long_lived_objects_frozen() -> Iterator[None]:
         gc.unfreeze()
 
 
-async def process_day(chunks: Iterable[list[Conversation]], session: GeminiSession, sink: RowSink,
-                      progress: Callable[[str], None], progress_every: int = 500, total_turns: int = 0,
-                      window: int = 256, spent: Callable[[], Decimal] | None = None,
-                      progress_every_s: float = 30.0) -> float:
+async def process_day(
+    chunks: Iterable[list[Conversation]],
+    session: GeminiSession,
+    sink: RowSink,
+    progress: Callable[[str], None],
+    progress_every: int = 500,
+    total_turns: int = 0,
+    window: int = 256,
+    spent: Callable[[], Decimal] | None = None,
+    progress_every_s: float = 30.0,
+) -> float:
     """Clean every turn and decide functions for user turns, chunk by chunk; returns the seconds it took.
 
     Each conversation's turns must be in order and a conversation whole within one chunk.
@@ -102,7 +109,8 @@ async def process_day(chunks: Iterable[list[Conversation]], session: GeminiSessi
                         texts.append(turn["text_hash"])
             # Read in a worker thread, kept in this one: the loop's calls use the cache's memory meanwhile.
             session.stats["cache_entries_loaded"] += session.cache.remember(
-                await asyncio.to_thread(session.cache.read, texts, contexts))
+                await asyncio.to_thread(session.cache.read, texts, contexts)
+            )
             for conversation in chunk:
                 await slots.acquire()
                 if failures:
@@ -137,9 +145,13 @@ async def _conversation(turns: Conversation, session: GeminiSession, sink: RowSi
         for turn in turns:
             raw_hash = turn["text_hash"]
             started = time.perf_counter()
-            request = cleaning_request(settings.clean_model, turn["speaker"], turn["text"],
-                                       context[-settings.context_turns:] if settings.context_turns else [],
-                                       settings.thinking_budget)
+            request = cleaning_request(
+                settings.clean_model,
+                turn["speaker"],
+                turn["text"],
+                context[-settings.context_turns :] if settings.context_turns else [],
+                settings.thinking_budget,
+            )
             tag = call_tag(turn, "clean")
             outcome = await session.call(request, raw_hash, tag, context_hash=turn["context_hash"])
             cleaned = outcome.result["cleaned_text"] if outcome.status == OK else None
@@ -167,8 +179,10 @@ async def _decide(turn: dict, cleaned: str, raw_hash: str, session: GeminiSessio
     request = function_request(session.settings.function_model, cleaned, session.settings.thinking_budget)
     tag = call_tag(turn, "function")
     outcome = await session.call(request, raw_hash, tag)
-    return (function_row(turn, outcome, _ms_since(started), tag.call_id),
-            call_row(turn, outcome, "function", session.endpoint_id, tag.call_id))
+    return (
+        function_row(turn, outcome, _ms_since(started), tag.call_id),
+        call_row(turn, outcome, "function", session.endpoint_id, tag.call_id),
+    )
 
 
 def function_row(turn: dict, outcome: CallOutcome, processing_ms: int, the_call_id: str) -> dict:
@@ -228,7 +242,9 @@ def call_row(turn: dict, outcome: CallOutcome, stage: str, endpoint: str, the_ca
         **(saved.as_saved() if saved else _NOTHING_SAVED),
         "usage_source": usage.source,
         "latency_ms": round(outcome.latency_ms, 3) if outcome.latency_ms is not None else None,
-        "tokens_per_second": round(generated / (outcome.latency_ms / 1000), 3) if outcome.latency_ms and generated else None,
+        "tokens_per_second": round(generated / (outcome.latency_ms / 1000), 3)
+        if outcome.latency_ms and generated
+        else None,
         "attempts": outcome.attempts,
         "billed_attempts": outcome.billed_attempts,
         "rejected_attempts": outcome.rejected_attempts,
@@ -258,8 +274,15 @@ class _Progress:
     billed so far (`spent`, a running figure; the ledger is the record).
     """
 
-    def __init__(self, session: GeminiSession, log: Callable[[str], None], every: int, total: int,
-                 spent: Callable[[], Decimal] | None = None, every_s: float = 30.0):
+    def __init__(
+        self,
+        session: GeminiSession,
+        log: Callable[[str], None],
+        every: int,
+        total: int,
+        spent: Callable[[], Decimal] | None = None,
+        every_s: float = 30.0,
+    ):
         self.session, self.log, self.every, self.total = session, log, max(1, every), total
         self.spent, self.every_s = spent, every_s
         self.done = 0
@@ -281,20 +304,30 @@ class _Progress:
 
     def line(self) -> str:
         stats, elapsed = self.session.stats, self.elapsed()
-        hits, finished, failed, skipped = stats["cache_hits"], stats["api_finished"], stats["failures"], stats["skipped"]
+        hits, finished, failed, skipped = (
+            stats["cache_hits"],
+            stats["api_finished"],
+            stats["failures"],
+            stats["skipped"],
+        )
         in_flight = stats["calls"] - hits - finished - skipped
         rate = self.done / elapsed if elapsed else 0.0
         share = f" ({self.done / self.total:.0%})" if self.total else ""
         eta = f", ETA {_duration((self.total - self.done) / rate)}" if rate and self.total > self.done else ""
         spent = f"; billed so far ${self.spent():.6f} (as of the last checkpoint)" if self.spent else ""
-        return (f"{self.done}/{self.total} turns{share} in {_duration(elapsed)}, {rate:.1f} turns/s{eta}; "
-                f"{stats['calls']} calls = {hits} from the cache + {finished - failed} answered by Gemini + {failed} failed "
-                f"{f'+ {skipped} skipped (budget) ' if skipped else ''}+ {in_flight} in flight, {stats['calls'] / elapsed if elapsed else 0:.1f} calls/s; "
-                f"{stats['api_calls']} HTTP attempts ({stats['retries']} retries){spent}")
+        return (
+            f"{self.done}/{self.total} turns{share} in {_duration(elapsed)}, {rate:.1f} turns/s{eta}; "
+            f"{stats['calls']} calls = {hits} from the cache + {finished - failed} answered by Gemini + "
+            f"{failed} failed {f'+ {skipped} skipped (budget) ' if skipped else ''}+ {in_flight} in flight, "
+            f"{stats['calls'] / elapsed if elapsed else 0:.1f} calls/s; "
+            f"{stats['api_calls']} HTTP attempts ({stats['retries']} retries){spent}"
+        )
 
 
 def _duration(seconds: float) -> str:
     seconds = int(round(seconds))
     hours, rest = divmod(seconds, 3600)
     minutes, seconds = divmod(rest, 60)
-    return f"{hours}h{minutes:02d}m{seconds:02d}s" if hours else f"{minutes}m{seconds:02d}s" if minutes else f"{seconds}s"
+    return (
+        f"{hours}h{minutes:02d}m{seconds:02d}s" if hours else f"{minutes}m{seconds:02d}s" if minutes else f"{seconds}s"
+    )

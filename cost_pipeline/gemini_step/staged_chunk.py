@@ -25,16 +25,28 @@ def chunk_path(folder: Path, table: str, number: int) -> Path:
     return folder / f"{table}-{number:06d}.parquet"
 
 
-def stage_chunk(folder: Path, number: int, declared: dict[str, dict[str, str]], book: PriceBook,
-                cleaned: list[dict], functions: list[dict], calls: list[dict]) -> dict[str, int]:
+def stage_chunk(
+    folder: Path,
+    number: int,
+    declared: dict[str, dict[str, str]],
+    book: PriceBook,
+    cleaned: list[dict],
+    functions: list[dict],
+    calls: list[dict],
+) -> dict[str, int]:
     """Price `calls`, give each cleaned turn its costs, and write chunk `number` of the three tables; rows per table."""
     priced = _columns(price_calls(pd.DataFrame(calls), book), declared[CALLS])
-    frames = {CLEANED: _columns(_with_turn_costs(pd.DataFrame(cleaned), priced), declared[CLEANED]),
-              FUNCTIONS: _columns(pd.DataFrame(functions), declared[FUNCTIONS]), CALLS: priced}
+    frames = {
+        CLEANED: _columns(_with_turn_costs(pd.DataFrame(cleaned), priced), declared[CLEANED]),
+        FUNCTIONS: _columns(pd.DataFrame(functions), declared[FUNCTIONS]),
+        CALLS: priced,
+    }
     for table, frame in frames.items():
         if len(frame):
-            write_whole(pa.Table.from_pandas(frame, schema=arrow_schema(declared[table]), preserve_index=False),
-                         chunk_path(folder, table, number))
+            write_whole(
+                pa.Table.from_pandas(frame, schema=arrow_schema(declared[table]), preserve_index=False),
+                chunk_path(folder, table, number),
+            )
     return {table: len(frame) for table, frame in frames.items()}
 
 

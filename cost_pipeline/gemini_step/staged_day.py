@@ -27,8 +27,14 @@ from cost_pipeline.storage.staging import StagedTable, StagingArea, arrow_schema
 class StagedDay:
     """Takes finished conversations' rows and stages them every `chunk_rows` calls, in the writer process if any."""
 
-    def __init__(self, area: StagingArea, book: PriceBook, chunk_rows: int, declared: dict[str, dict[str, str]],
-                 writer: WriterProcess | None = None):
+    def __init__(
+        self,
+        area: StagingArea,
+        book: PriceBook,
+        chunk_rows: int,
+        declared: dict[str, dict[str, str]],
+        writer: WriterProcess | None = None,
+    ):
         self.area, self.book, self.chunk_rows, self.declared = area, book, chunk_rows, declared
         self._writer = writer
         self._sender = ThreadPoolExecutor(1, thread_name_prefix="staging") if writer else None
@@ -57,8 +63,9 @@ class StagedDay:
             self._rows.update(stage_chunk(self.area.folder, number, self.declared, self.book, *chunk))
             return
         rows = pickle.dumps(chunk, protocol=pickle.HIGHEST_PROTOCOL)
-        self._pending.append((number, rows, self._sender.submit(
-            self._writer.stage, self.area.folder, number, self.declared, rows)))
+        self._pending.append(
+            (number, rows, self._sender.submit(self._writer.stage, self.area.folder, number, self.declared, rows))
+        )
         self._settle(wait=False)
 
     def _settle(self, wait: bool) -> None:

@@ -58,8 +58,9 @@ class WriterProcess:
         source = str(Path(cost_pipeline.__file__).resolve().parent.parent)
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [source, os.environ.get("PYTHONPATH")]))}
         try:
-            self._child = subprocess.Popen([sys.executable, "-m", MODULE], stdin=subprocess.PIPE,
-                                           stdout=subprocess.PIPE, env=env)
+            self._child = subprocess.Popen(
+                [sys.executable, "-m", MODULE], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env
+            )
             # A fresh book: the prices and overrides travel, not the parent's memo.
             self._send((str(database), book.overrides, book.override_source))
         except OSError as err:
@@ -149,8 +150,9 @@ def serve(requests, replies) -> None:
         try:
             if request[0] == CHECKPOINT:
                 _, entries, spools = request
-                added = sum(load_spools(database, book, only=Path(path), log=warnings.append, on_spend=spend)
-                            for path in spools)
+                added = sum(
+                    load_spools(database, book, only=Path(path), log=warnings.append, on_spend=spend) for path in spools
+                )
                 result = (cache.write(entries), added)
             elif request[0] == STAGE:
                 _, folder, number, declared, rows = request

@@ -148,13 +148,15 @@ class LandingReader:
         id_key = _digest(turn.turn_id)
         position_key = _digest(f"{turn.evaluation_id}\x1f{turn.conversation_id}\x1f{turn.turn_index}")
         if id_key in self._seen_ids:
-            raise InvalidLine("duplicate_turn_id", f"duplicate turn_id {turn.turn_id[:80]!r} "
-                                                   f"(first seen at {self._where(self._seen_ids[id_key])})")
+            raise InvalidLine(
+                "duplicate_turn_id",
+                f"duplicate turn_id {turn.turn_id[:80]!r} (first seen at {self._where(self._seen_ids[id_key])})",
+            )
         if position_key in self._seen_positions:
             raise InvalidLine(
                 "duplicate_turn",
                 f"duplicate turn {turn.turn_index} of conversation {turn.conversation_id[:80]!r} "
-                f"(first seen at {self._where(self._seen_positions[position_key])})"
+                f"(first seen at {self._where(self._seen_positions[position_key])})",
             )
         self._seen_ids[id_key] = here
         self._seen_positions[position_key] = here

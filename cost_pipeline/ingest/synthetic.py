@@ -30,26 +30,52 @@ FILLERS = ("um", "uh", "like", "you know", "I mean", "er", "hmm")
 PEOPLE = ("Sarah", "John", "Priya", "Miguel", "Anna", "the design team", "my manager", "Dr. Lee")
 DAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "tomorrow", "next week")
 TIMES = ("9am", "10:30", "noon", "2pm", "3:15", "4pm", "5 in the afternoon")
-TOPICS = ("flights to Lisbon", "the best pizza near me", "python dagster tutorials", "how tall is mount everest",
-          "reviews of the new pixel phone", "train times to Boston", "symptoms of the flu")
-TASKS = ("call the dentist", "pick up the laundry", "pay the electricity bill", "water the plants",
-         "send the report", "book a table for dinner")
+TOPICS = (
+    "flights to Lisbon",
+    "the best pizza near me",
+    "python dagster tutorials",
+    "how tall is mount everest",
+    "reviews of the new pixel phone",
+    "train times to Boston",
+    "symptoms of the flu",
+)
+TASKS = (
+    "call the dentist",
+    "pick up the laundry",
+    "pay the electricity bill",
+    "water the plants",
+    "send the report",
+    "book a table for dinner",
+)
 WHENS = ("in an hour", "tomorrow morning", "at 6pm", "on friday", "tonight")
-ITEMS = (("two", "large pizzas", "Dominos"), ("a", "phone charger", "Amazon"), ("three", "coffees", "Starbucks"),
-         ("one", "pack of batteries", "Target"), ("a", "birthday cake", "the bakery"))
+ITEMS = (
+    ("two", "large pizzas", "Dominos"),
+    ("a", "phone charger", "Amazon"),
+    ("three", "coffees", "Starbucks"),
+    ("one", "pack of batteries", "Target"),
+    ("a", "birthday cake", "the bakery"),
+)
 CITIES = ("Paris", "Seattle", "Tokyo", "Berlin", "Austin")
 MESSAGES = ("I'll be late today", "the meeting moved to three", "thanks for the help", "can we talk tomorrow")
 
 USER_TEMPLATES = {
-    "schedule_meeting": ("can you schedule a meeting with {person} on {day} at {time}",
-                         "set up a call with {person} {day} at {time}"),
+    "schedule_meeting": (
+        "can you schedule a meeting with {person} on {day} at {time}",
+        "set up a call with {person} {day} at {time}",
+    ),
     "send_email": ("send an email to {person} saying {message}", "email {person} that {message}"),
     "search_web": ("search the web for {topic}", "look up {topic} for me"),
     "set_reminder": ("remind me to {task} {when}", "set a reminder to {task} {when}"),
     "place_order": ("order {qty} {item} from {store}", "I want to order {qty} {item} from {store}"),
     "get_weather": ("what's the weather in {city} {when}", "is it going to rain in {city} {when}"),
-    "small_talk": ("thanks that's great", "how are you doing today", "tell me a joke", "never mind",
-                   "that's all for now", "okay cool"),
+    "small_talk": (
+        "thanks that's great",
+        "how are you doing today",
+        "tell me a joke",
+        "never mind",
+        "that's all for now",
+        "okay cool",
+    ),
 }
 ASSISTANT_REPLIES = {
     "schedule_meeting": "Sure, I have scheduled the meeting with {person} for {day} at {time}.",
@@ -61,8 +87,15 @@ ASSISTANT_REPLIES = {
     "small_talk": "Happy to help! Anything else?",
 }
 MALFORMED_KINDS = (
-    "not_json", "missing_field", "wrong_type", "empty_text", "text_too_long",
-    "invalid_utf8", "unknown_speaker", "bad_timestamp", "duplicate_turn_id",
+    "not_json",
+    "missing_field",
+    "wrong_type",
+    "empty_text",
+    "text_too_long",
+    "invalid_utf8",
+    "unknown_speaker",
+    "bad_timestamp",
+    "duplicate_turn_id",
 )
 
 
@@ -77,7 +110,9 @@ class DaySummary:
 
 def generate(landing_root: str | Path, start: date, days: int, turns_per_day: int, seed: int = 7) -> list[DaySummary]:
     """Write `days` days of transcripts under `landing_root`, replacing any files there."""
-    return [write_day(Path(landing_root), start + timedelta(days=offset), turns_per_day, seed) for offset in range(days)]
+    return [
+        write_day(Path(landing_root), start + timedelta(days=offset), turns_per_day, seed) for offset in range(days)
+    ]
 
 
 def write_day(landing_root: Path, day: date, turns_per_day: int, seed: int) -> DaySummary:
@@ -146,9 +181,17 @@ def _intent(rng: random.Random) -> tuple[str, dict]:
     intent = rng.choices(list(USER_TEMPLATES), weights=(3, 2, 2, 2, 2, 2, 3))[0]
     qty, item, store = rng.choice(ITEMS)
     slots = {
-        "person": rng.choice(PEOPLE), "day": rng.choice(DAYS), "time": rng.choice(TIMES),
-        "topic": rng.choice(TOPICS), "task": rng.choice(TASKS), "when": rng.choice(WHENS),
-        "qty": qty, "item": item, "store": store, "city": rng.choice(CITIES), "message": rng.choice(MESSAGES),
+        "person": rng.choice(PEOPLE),
+        "day": rng.choice(DAYS),
+        "time": rng.choice(TIMES),
+        "topic": rng.choice(TOPICS),
+        "task": rng.choice(TASKS),
+        "when": rng.choice(WHENS),
+        "qty": qty,
+        "item": item,
+        "store": store,
+        "city": rng.choice(CITIES),
+        "message": rng.choice(MESSAGES),
     }
     return intent, slots
 

@@ -34,9 +34,16 @@ class StoredFile:
 
     def resource(self) -> dict:
         stamp = datetime.fromtimestamp(self.created, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-        resource = {"name": self.name, "displayName": self.display_name, "mimeType": self.mime_type,
-                    "sizeBytes": str(len(self.content)), "createTime": stamp, "updateTime": stamp, "state": "ACTIVE",
-                    "source": "GENERATED" if self.generated else "UPLOADED"}
+        resource = {
+            "name": self.name,
+            "displayName": self.display_name,
+            "mimeType": self.mime_type,
+            "sizeBytes": str(len(self.content)),
+            "createTime": stamp,
+            "updateTime": stamp,
+            "state": "ACTIVE",
+            "source": "GENERATED" if self.generated else "UPLOADED",
+        }
         if self.generated:
             resource["downloadUri"] = f"{self.name}:download?alt=media"
         return resource
@@ -53,7 +60,9 @@ class LocalFiles:
 
     def add(self, content: bytes, display_name: str, mime_type: str = "application/jsonl") -> str:
         """A file the server generated (a batch's results); returns its name."""
-        stored = StoredFile(f"files/{uuid.uuid4().hex[:16]}", display_name, mime_type, bytearray(content), generated=True)
+        stored = StoredFile(
+            f"files/{uuid.uuid4().hex[:16]}", display_name, mime_type, bytearray(content), generated=True
+        )
         self.files[stored.name] = stored
         return stored.name
 
@@ -86,19 +95,32 @@ class LocalFiles:
         command = headers.get("x-goog-upload-command", "")
         upload_id = urllib.parse.parse_qs(query.decode()).get("upload_id", [None])[0]
         if command == "start":
-            meta = (json.loads(body or b"{}").get("file") or {})
+            meta = json.loads(body or b"{}").get("file") or {}
             name = meta.get("name") or f"files/{uuid.uuid4().hex[:16]}"
             upload_id = uuid.uuid4().hex
-            self.uploads[upload_id] = StoredFile(name, meta.get("displayName", ""),
-                                                 headers.get("x-goog-upload-header-content-type", "application/octet-stream"))
+            self.uploads[upload_id] = StoredFile(
+                name,
+                meta.get("displayName", ""),
+                headers.get("x-goog-upload-header-content-type", "application/octet-stream"),
+            )
             host = headers.get("host", "localhost")
-            return 200, {}, {"x-goog-upload-url": f"http://{host}/upload/v1beta/files?upload_id={upload_id}",
-                             "x-goog-upload-status": "active"}
+            return (
+                200,
+                {},
+                {
+                    "x-goog-upload-url": f"http://{host}/upload/v1beta/files?upload_id={upload_id}",
+                    "x-goog-upload-status": "active",
+                },
+            )
         stored = self.uploads.get(upload_id or "")
         if stored is None:
             return 404, error_body(404, "no such upload", "NOT_FOUND"), {"x-goog-upload-status": "final"}
         if int(headers.get("x-goog-upload-offset", "0")) != len(stored.content):
-            return 400, error_body(400, "upload offset does not match", "INVALID_ARGUMENT"), {"x-goog-upload-status": "final"}
+            return (
+                400,
+                error_body(400, "upload offset does not match", "INVALID_ARGUMENT"),
+                {"x-goog-upload-status": "final"},
+            )
         stored.content += body
         if "finalize" not in command:
             return 200, {}, {"x-goog-upload-status": "active"}

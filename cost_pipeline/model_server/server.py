@@ -60,15 +60,36 @@ from cost_pipeline.money.billing_export import LOCAL_PROJECT, provider_export_cs
 
 FILLERS = {"um", "uh", "er", "hmm", "uhm", "erm"}
 FILLER_PHRASES = (("you", "know"), ("i", "mean"))
-QUESTION_WORDS = {"what", "how", "is", "can", "could", "would", "will", "do", "does", "are", "when", "where",
-                  "who", "why", "should", "did"}
+QUESTION_WORDS = {
+    "what",
+    "how",
+    "is",
+    "can",
+    "could",
+    "would",
+    "will",
+    "do",
+    "does",
+    "are",
+    "when",
+    "where",
+    "who",
+    "why",
+    "should",
+    "did",
+}
 TOKEN_PATTERN = re.compile(r"\w{1,4}|[^\w\s]")
 MODEL_PATH = re.compile(r"^/(?P<version>v1[a-z0-9]*)/models/(?P<model>[^:/]+):(?P<method>[A-Za-z]+)$")
 BATCH_PATH = re.compile(r"^/(?P<version>v1[a-z0-9]*)/batches/(?P<id>[^:/]+)(?::(?P<method>[A-Za-z]+))?$")
 BATCH_DONE = ("BATCH_STATE_SUCCEEDED", "BATCH_STATE_FAILED", "BATCH_STATE_CANCELLED", "BATCH_STATE_EXPIRED")
 RECENT_REQUESTS = 200
-BILLED_USAGE_FIELDS = ("promptTokenCount", "cachedContentTokenCount", "candidatesTokenCount", "thoughtsTokenCount",
-                       "toolUsePromptTokenCount")
+BILLED_USAGE_FIELDS = (
+    "promptTokenCount",
+    "cachedContentTokenCount",
+    "candidatesTokenCount",
+    "thoughtsTokenCount",
+    "toolUsePromptTokenCount",
+)
 
 # Keywords that select a tool, checked in this order; only declared tools are eligible.
 TOOL_KEYWORDS = {
@@ -95,7 +116,7 @@ def clean_text(text: str) -> tuple[str, list[str]]:
     while index < len(words):
         word = words[index]
         bare = word.lower().strip(",.!?")
-        pair = tuple(w.lower().strip(",.!?") for w in words[index:index + 2])
+        pair = tuple(w.lower().strip(",.!?") for w in words[index : index + 2])
         if pair in FILLER_PHRASES:
             fillers += 1
             index += 2
@@ -134,7 +155,18 @@ def clean_text(text: str) -> tuple[str, list[str]]:
 
 def _filler_like(kept: list[str]) -> bool:
     """'like' is a filler unless it follows a word that makes it a verb ('would like', 'I'd like')."""
-    return not kept or kept[-1].lower() not in {"would", "i'd", "you'd", "we'd", "they'd", "i", "you", "we", "they", "to"}
+    return not kept or kept[-1].lower() not in {
+        "would",
+        "i'd",
+        "you'd",
+        "we'd",
+        "they'd",
+        "i",
+        "you",
+        "we",
+        "they",
+        "to",
+    }
 
 
 def choose_tool(text: str, declarations: list[dict]) -> dict | None:
@@ -144,8 +176,12 @@ def choose_tool(text: str, declarations: list[dict]) -> dict | None:
     for name, keywords in TOOL_KEYWORDS.items():
         if name in declared and any(k in lowered for k in keywords):
             declaration = declared[name]
-            schema = (declaration.get("parametersJsonSchema") or declaration.get("parameters_json_schema")
-                      or declaration.get("parameters") or {})
+            schema = (
+                declaration.get("parametersJsonSchema")
+                or declaration.get("parameters_json_schema")
+                or declaration.get("parameters")
+                or {}
+            )
             properties = schema.get("properties", {})
             arguments = {k: v for k, v in _arguments(name, text).items() if k in properties and v}
             if not set(schema.get("required", [])) <= set(arguments):
@@ -163,16 +199,23 @@ def _arguments(name: str, text: str) -> dict:
 
     when = after(r"\b(?:on )?(tomorrow(?: morning)?|tonight|next week|in an hour|\w+day)\b")
     if name == "schedule_meeting":
-        return {"attendees": [a] if (a := after(r"\bwith (.+?)(?: on | at | tomorrow| next|$)")) else None,
-                "date": when, "time": after(r"\bat ([\w:]+(?: ?[ap]m)?)")}
+        return {
+            "attendees": [a] if (a := after(r"\bwith (.+?)(?: on | at | tomorrow| next|$)")) else None,
+            "date": when,
+            "time": after(r"\bat ([\w:]+(?: ?[ap]m)?)"),
+        }
     if name == "send_email":
-        return {"to": after(r"\b(?:email|email to|an email to) (.+?)(?: saying | that |$)"),
-                "body": after(r"\b(?:saying|that) (.+)$")}
+        return {
+            "to": after(r"\b(?:email|email to|an email to) (.+?)(?: saying | that |$)"),
+            "body": after(r"\b(?:saying|that) (.+)$"),
+        }
     if name == "search_web":
         return {"query": after(r"\b(?:search the web for|search for|look up|find) (.+?)(?: for me)?$")}
     if name == "set_reminder":
-        return {"task": after(r"\bto (.+?)(?: in an hour| tomorrow| at \d| on \w+day| tonight|$)"),
-                "when": after(r"\b(in an hour|tomorrow morning|tomorrow|tonight|at [\w:]+|on \w+day)$")}
+        return {
+            "task": after(r"\bto (.+?)(?: in an hour| tomorrow| at \d| on \w+day| tonight|$)"),
+            "when": after(r"\b(in an hour|tomorrow morning|tomorrow|tonight|at [\w:]+|on \w+day)$"),
+        }
     if name == "place_order":
         found = re.search(r"order (\w+) (.+?) from (.+)$", body, flags=re.IGNORECASE)
         if not found:
@@ -221,9 +264,16 @@ class GeminiLikeServer:
             (status, payload), extra = await self.route(scope["method"], scope["path"], body, query), {}
         data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
         extra = {"content-type": "application/json", **extra}
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [*((k.encode(), v.encode()) for k, v in extra.items()),
-                                (b"content-length", str(len(data)).encode())]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    *((k.encode(), v.encode()) for k, v in extra.items()),
+                    (b"content-length", str(len(data)).encode()),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": data})
 
     async def route(self, method: str, path: str, body: bytes, query: bytes = b"") -> tuple[int, dict | bytes]:
@@ -282,7 +332,8 @@ class GeminiLikeServer:
         return await self.generate(found["model"], request)
 
     def create_batch(self, model: str, body: dict) -> tuple[int, dict]:
-        """`models/{model}:batchGenerateContent` with inlined requests: a pending job, answered after `batch_delay_s`."""
+        """`models/{model}:batchGenerateContent` with inlined requests: a pending job, answered after
+        `batch_delay_s`."""
         batch = body.get("batch") or {}
         source = batch.get("inputConfig") or {}
         from_file = source.get("fileName")
@@ -291,22 +342,36 @@ class GeminiLikeServer:
             if content is None:
                 return 400, _error(400, f"input file {from_file} not found", "INVALID_ARGUMENT")
             try:  # a line is {"key", "request"}; kept as an inlined request with the key as its metadata
-                requests = [{"request": line["request"], "metadata": {"key": line.get("key", "")}}
-                            for line in map(json.loads, content.decode().splitlines()) if line]
+                requests = [
+                    {"request": line["request"], "metadata": {"key": line.get("key", "")}}
+                    for line in map(json.loads, content.decode().splitlines())
+                    if line
+                ]
             except (ValueError, KeyError, TypeError) as err:
-                return 400, _error(400, f"input file {from_file} is not JSON Lines of key and request: {err}",
-                                   "INVALID_ARGUMENT")
+                return 400, _error(
+                    400, f"input file {from_file} is not JSON Lines of key and request: {err}", "INVALID_ARGUMENT"
+                )
         else:
             requests = (source.get("requests") or {}).get("requests")
         if not isinstance(requests, list) or not requests:
-            return 400, _error(400, "batch.inputConfig must name a fileName or list the inlined requests",
-                               "INVALID_ARGUMENT")
+            return 400, _error(
+                400, "batch.inputConfig must name a fileName or list the inlined requests", "INVALID_ARGUMENT"
+            )
         name = f"batches/local-{uuid.uuid4().hex[:16]}"
         now = time.time()
-        self.batches[name] = {"name": name, "model": model, "displayName": batch.get("displayName", ""),
-                              "created": now, "ready_at": now + self.config.batch_delay_s, "requests": requests,
-                              "state": "BATCH_STATE_PENDING", "responses": None, "ended": None,
-                              "from_file": bool(from_file), "responses_file": None}
+        self.batches[name] = {
+            "name": name,
+            "model": model,
+            "displayName": batch.get("displayName", ""),
+            "created": now,
+            "ready_at": now + self.config.batch_delay_s,
+            "requests": requests,
+            "state": "BATCH_STATE_PENDING",
+            "responses": None,
+            "ended": None,
+            "from_file": bool(from_file),
+            "responses_file": None,
+        }
         self.stats["batches_created"] += 1
         self.stats["batches_from_file"] += bool(from_file)
         self.stats["batch_requests"] += len(requests)
@@ -336,8 +401,12 @@ class GeminiLikeServer:
             model = (request.get("model") or job["model"]).removeprefix("models/")
             if self.random.random() < self.config.rate_batch_error:
                 self.stats["batch_request_errors"] += 1
-                responses.append({"error": {"code": 13, "message": "Internal error while processing the request."},
-                                  "metadata": metadata})
+                responses.append(
+                    {
+                        "error": {"code": 13, "message": "Internal error while processing the request."},
+                        "metadata": metadata,
+                    }
+                )
                 continue
             rejection = self._rejection(request)
             response = self.model_response(model, request, rejection)
@@ -346,19 +415,29 @@ class GeminiLikeServer:
             responses.append({"response": response, "metadata": metadata})
         if job["from_file"]:  # answers to a file's requests come back as a result file, one {"key", ...} per line
             lines = [{"key": item.pop("metadata").get("key", ""), **item} for item in responses]
-            job["responses_file"] = self.files.add("".join(json.dumps(line) + "\n" for line in lines).encode(),
-                                                   f"{job['name']} results")
+            job["responses_file"] = self.files.add(
+                "".join(json.dumps(line) + "\n" for line in lines).encode(), f"{job['name']} results"
+            )
         job["responses"], job["state"], job["ended"] = responses, "BATCH_STATE_SUCCEEDED", time.time()
         self.stats["batches_completed"] += 1
 
     @staticmethod
     def _batch_operation(job: dict) -> dict:
         """The job as the Gemini API returns it: an operation whose metadata is the batch (google-genai reads it)."""
-        stamp = lambda t: datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-        metadata = {"@type": "type.googleapis.com/google.ai.generativelanguage.v1main.GenerateContentBatch",
-                    "model": f"models/{job['model']}", "displayName": job["displayName"], "name": job["name"],
-                    "createTime": stamp(job["created"]), "updateTime": stamp(job["ended"] or job["created"]),
-                    "state": job["state"], "batchStats": {"requestCount": str(len(job["requests"]))}}
+
+        def stamp(t):
+            return datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+        metadata = {
+            "@type": "type.googleapis.com/google.ai.generativelanguage.v1main.GenerateContentBatch",
+            "model": f"models/{job['model']}",
+            "displayName": job["displayName"],
+            "name": job["name"],
+            "createTime": stamp(job["created"]),
+            "updateTime": stamp(job["ended"] or job["created"]),
+            "state": job["state"],
+            "batchStats": {"requestCount": str(len(job["requests"]))},
+        }
         if job["ended"]:
             metadata["endTime"] = stamp(job["ended"])
         if job["responses_file"] is not None:
@@ -383,8 +462,13 @@ class GeminiLikeServer:
         if delay:
             await asyncio.sleep(delay / 1000)
         roll = self.random.random()
-        for outcome, rate in (("429", config.rate_429), ("500", config.rate_500), ("503", config.rate_503),
-                              ("400", config.rate_400), ("slow", config.rate_slow)):
+        for outcome, rate in (
+            ("429", config.rate_429),
+            ("500", config.rate_500),
+            ("503", config.rate_503),
+            ("400", config.rate_400),
+            ("slow", config.rate_slow),
+        ):
             if roll < rate:
                 self.stats[f"fault_{outcome}"] += 1
                 return await self._fault(outcome)
@@ -418,11 +502,20 @@ class GeminiLikeServer:
         """
         config = self.config
         tools = bool(request.get("tools"))
-        kinds = [("max_tokens", config.rate_max_tokens), ("safety", config.rate_safety),
-                 ("blocked_prompt", config.rate_blocked_prompt)]
-        kinds += ([("undeclared_tool", config.rate_undeclared_tool), ("bad_arguments", config.rate_bad_arguments),
-                   ("malformed_function_call", config.rate_malformed_function_call)] if tools
-                  else [("off_format", config.rate_off_format)])
+        kinds = [
+            ("max_tokens", config.rate_max_tokens),
+            ("safety", config.rate_safety),
+            ("blocked_prompt", config.rate_blocked_prompt),
+        ]
+        kinds += (
+            [
+                ("undeclared_tool", config.rate_undeclared_tool),
+                ("bad_arguments", config.rate_bad_arguments),
+                ("malformed_function_call", config.rate_malformed_function_call),
+            ]
+            if tools
+            else [("off_format", config.rate_off_format)]
+        )
         if not any(rate for _, rate in kinds):
             return None
         digest = hashlib.sha256(json.dumps([request, config.seed], sort_keys=True).encode()).digest()
@@ -433,21 +526,31 @@ class GeminiLikeServer:
             roll -= rate
         return None
 
-    def _bill(self, response: dict, truncated: bool, missing_usage: bool, rejection: str | None,
-              processing: str = "standard") -> None:
+    def _bill(
+        self, response: dict, truncated: bool, missing_usage: bool, rejection: str | None, processing: str = "standard"
+    ) -> None:
         """The provider's own record: every 200 it produced is billed, whatever reaches the client."""
         usage = response["usageMetadata"]
-        self.billing.append({
-            "response_id": response.get("responseId"), "model": normalized_model(response["modelVersion"]),
-            "at": time.time(), "usage": usage, **{name: usage.get(name, 0) for name in BILLED_USAGE_FIELDS},
-            "truncated": truncated, "missing_usage": missing_usage, "rejection": rejection, "processing": processing,
-        })
+        self.billing.append(
+            {
+                "response_id": response.get("responseId"),
+                "model": normalized_model(response["modelVersion"]),
+                "at": time.time(),
+                "usage": usage,
+                **{name: usage.get(name, 0) for name in BILLED_USAGE_FIELDS},
+                "truncated": truncated,
+                "missing_usage": missing_usage,
+                "rejection": rejection,
+                "processing": processing,
+            }
+        )
 
     async def _fault(self, outcome: str) -> tuple[int, dict]:
         if outcome == "429":
             error = _error(429, "Resource has been exhausted (e.g. check quota).", "RESOURCE_EXHAUSTED")
-            error["error"]["details"] = [{"@type": "type.googleapis.com/google.rpc.RetryInfo",
-                                          "retryDelay": f"{self.config.retry_delay_s}s"}]
+            error["error"]["details"] = [
+                {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": f"{self.config.retry_delay_s}s"}
+            ]
             return 429, error
         if outcome == "500":
             return 500, _error(500, "An internal error has occurred.", "INTERNAL")
@@ -464,8 +567,12 @@ class GeminiLikeServer:
         tools = request.get("tools") or []
         declarations = [d for tool in tools for d in tool.get("functionDeclarations", [])]
         # The turn is the last part of the first contents that are not a reminder after a rejection.
-        turn_texts = [p.get("text", "") for c in request.get("contents", []) for p in c.get("parts", [])
-                      if not p.get("text", "").startswith(REMINDER_PREFIX)]
+        turn_texts = [
+            p.get("text", "")
+            for c in request.get("contents", [])
+            for p in c.get("parts", [])
+            if not p.get("text", "").startswith(REMINDER_PREFIX)
+        ]
         last = turn_texts[-1] if turn_texts else ""
         if declarations:
             call = choose_tool(last, declarations)
@@ -499,8 +606,11 @@ class GeminiLikeServer:
         prefix_tokens = count_tokens(system) + count_tokens(tools_text)
         prompt_tokens = prefix_tokens + sum(count_tokens(t) for t in texts)
         candidate_tokens = count_tokens(output_text)
-        usage = {"promptTokenCount": prompt_tokens, "candidatesTokenCount": candidate_tokens,
-                 "promptTokensDetails": [{"modality": "TEXT", "tokenCount": prompt_tokens}]}
+        usage = {
+            "promptTokenCount": prompt_tokens,
+            "candidatesTokenCount": candidate_tokens,
+            "promptTokensDetails": [{"modality": "TEXT", "tokenCount": prompt_tokens}],
+        }
         total = prompt_tokens + candidate_tokens
         thoughts = self._thinking_tokens(model, request, candidate_tokens) if feedback is None else 0
         if thoughts:
@@ -542,14 +652,19 @@ def parse_aliases(text: str) -> dict[str, str]:
     return dict(pair.split("=", 1) for pair in text.split(",") if "=" in pair)
 
 
-
-
 def build_server(config: ServerConfig, port: int = 0) -> uvicorn.Server:
     """A uvicorn server for the app on loopback; `port=0` takes any free port."""
-    return uvicorn.Server(uvicorn.Config(
-        GeminiLikeServer(config), host="127.0.0.1", port=port, log_level="warning",
-        backlog=2048, timeout_keep_alive=30, lifespan="off",
-    ))
+    return uvicorn.Server(
+        uvicorn.Config(
+            GeminiLikeServer(config),
+            host="127.0.0.1",
+            port=port,
+            log_level="warning",
+            backlog=2048,
+            timeout_keep_alive=30,
+            lifespan="off",
+        )
+    )
 
 
 def serve(config: ServerConfig, port: int) -> None:

@@ -52,8 +52,15 @@ UTC, PACIFIC = "UTC", "America/Los_Angeles"
 BIGQUERY, CONSOLE = "bigquery", "console"
 _CURRENCY_SYMBOLS = {"$": "USD", "€": "EUR", "£": "GBP", "¥": "JPY", "₹": "INR", "r$": "BRL", "a$": "AUD", "c$": "CAD"}
 _HEADER_CURRENCY = re.compile(r"\s*\(([^)]*)\)\s*$")
-_CONSOLE_CREDITS = ("negotiated_savings", "savings_programs", "other_savings", "discounts", "promotions_and_others",
-                    "promotions", "credits")
+_CONSOLE_CREDITS = (
+    "negotiated_savings",
+    "savings_programs",
+    "other_savings",
+    "discounts",
+    "promotions_and_others",
+    "promotions",
+    "credits",
+)
 """Console columns of credits and savings (negative amounts): what the subtotal has already taken off."""
 
 
@@ -90,8 +97,9 @@ class ExportLine:
         return int(self.amount)
 
 
-def read_export(path: Path, sku_overrides: dict[str, str] | None = None,
-                currency_rates: dict[str, Decimal] | None = None) -> list[ExportLine]:
+def read_export(
+    path: Path, sku_overrides: dict[str, str] | None = None, currency_rates: dict[str, Decimal] | None = None
+) -> list[ExportLine]:
     """Every line of one export file, classified; `currency_rates` (units per USD) convert what the file cannot.
 
     Raises ValueError naming the file when it is neither layout (no SKU description column).
@@ -100,8 +108,10 @@ def read_export(path: Path, sku_overrides: dict[str, str] | None = None,
     # The console's download can put a summary above the header; the header is the first line naming the SKU.
     start = next((i for i, line in enumerate(lines) if "sku" in line.lower() and "description" in line.lower()), None)
     if start is None:
-        raise ValueError(f"{path} is not a Cloud Billing export: no SKU description column (expected BigQuery's "
-                         "sku.description / sku_description or the console's 'SKU description')")
+        raise ValueError(
+            f"{path} is not a Cloud Billing export: no SKU description column (expected BigQuery's "
+            "sku.description / sku_description or the console's 'SKU description')"
+        )
     reader = csv.reader(lines[start:])
     header = next(reader)
     columns = [_column(name) for name in header]
@@ -128,17 +138,36 @@ def _bigquery_line(file: str, number: int, row: dict, header: list[str], overrid
     service = row.get("service_description", "")
     currency = (row.get("currency") or "USD").upper()
     cost = _decimal(row["cost"], file, number, "cost") if row.get("cost") else None
-    credits = (_decimal(row["credits_amount"], file, number, "credits_amount") if row.get("credits_amount")
-               else _credits(row.get("credits", ""), file, number))
+    credits = (
+        _decimal(row["credits_amount"], file, number, "credits_amount")
+        if row.get("credits_amount")
+        else _credits(row.get("credits", ""), file, number)
+    )
     rate, problem = _rate(currency, row.get("currency_conversion_rate"), rates, file, number)
     if cost is None:
         problem = f"{file} line {number}: no cost"
     start = _utc(row["usage_start_time"], file, number)
     sku = row.get("sku_description", "")
-    return ExportLine(file, number, BIGQUERY, start.date(), UTC, service, row.get("sku_id", ""), sku,
-                      row.get("project_id", ""), _decimal(row.get("usage_amount"), file, number, "usage.amount"),
-                      row.get("usage_unit", ""), cost, credits, currency, _usd(cost, rate), _usd(credits, rate),
-                      classify(service, sku, overrides), problem)
+    return ExportLine(
+        file,
+        number,
+        BIGQUERY,
+        start.date(),
+        UTC,
+        service,
+        row.get("sku_id", ""),
+        sku,
+        row.get("project_id", ""),
+        _decimal(row.get("usage_amount"), file, number, "usage.amount"),
+        row.get("usage_unit", ""),
+        cost,
+        credits,
+        currency,
+        _usd(cost, rate),
+        _usd(credits, rate),
+        classify(service, sku, overrides),
+        problem,
+    )
 
 
 def _console_line(file: str, number: int, row: dict, header: list[str], overrides, rates) -> ExportLine:
@@ -146,15 +175,23 @@ def _console_line(file: str, number: int, row: dict, header: list[str], override
     for name in header:
         found = _HEADER_CURRENCY.search(name)
         if found:
-            key = _column(name[:found.start()])
+            key = _column(name[: found.start()])
             amounts[key] = (_currency_code(found.group(1)), row.get(_column(name), ""))
     currencies = {currency for currency, _ in amounts.values()}
     if len(currencies) != 1:
-        raise ValueError(f"{file}: the console download's amount columns must name one currency, as 'Cost ($)' does; "
-                         f"found {sorted(currencies) or 'none'}")
+        raise ValueError(
+            f"{file}: the console download's amount columns must name one currency, as 'Cost ($)' does; "
+            f"found {sorted(currencies) or 'none'}"
+        )
     (currency,) = currencies
-    credits = sum((_decimal(value, file, number, key) for key, (_, value) in amounts.items()
-                   if key in _CONSOLE_CREDITS and value), Decimal(0))
+    credits = sum(
+        (
+            _decimal(value, file, number, key)
+            for key, (_, value) in amounts.items()
+            if key in _CONSOLE_CREDITS and value
+        ),
+        Decimal(0),
+    )
     if amounts.get("unrounded_cost", ("", ""))[1]:  # the cost table: gross, unrounded
         cost = _decimal(amounts["unrounded_cost"][1], file, number, "Unrounded cost")
     elif amounts.get("unrounded_subtotal", ("", ""))[1]:  # Reports: net of credits, which are added back
@@ -162,17 +199,34 @@ def _console_line(file: str, number: int, row: dict, header: list[str], override
     else:
         gross = next((key for key in ("cost", "list_cost") if amounts.get(key, ("", ""))[1]), None)
         if gross is None:
-            raise ValueError(f"{file}: no cost column (expected 'Unrounded cost', 'Unrounded subtotal' or 'Cost', "
-                             "each with its currency, as in 'Cost ($)')")
+            raise ValueError(
+                f"{file}: no cost column (expected 'Unrounded cost', 'Unrounded subtotal' or 'Cost', "
+                "each with its currency, as in 'Cost ($)')"
+            )
         cost = _decimal(amounts[gross][1], file, number, gross)
     rate, problem = _rate(currency, None, rates, file, number)
     day_text = row.get("usage_start_date") or row.get("date") or ""
     service, sku = row.get("service_description", ""), row.get("sku_description", "")
-    return ExportLine(file, number, CONSOLE, _pacific_day(day_text, file, number), PACIFIC, service,
-                      row.get("sku_id", ""), sku, row.get("project_id", ""),
-                      _decimal(row.get("usage_amount"), file, number, "Usage amount"), row.get("usage_unit", ""), cost,
-                      credits, currency, _usd(cost, rate), _usd(credits, rate), classify(service, sku, overrides),
-                      problem)
+    return ExportLine(
+        file,
+        number,
+        CONSOLE,
+        _pacific_day(day_text, file, number),
+        PACIFIC,
+        service,
+        row.get("sku_id", ""),
+        sku,
+        row.get("project_id", ""),
+        _decimal(row.get("usage_amount"), file, number, "Usage amount"),
+        row.get("usage_unit", ""),
+        cost,
+        credits,
+        currency,
+        _usd(cost, rate),
+        _usd(credits, rate),
+        classify(service, sku, overrides),
+        problem,
+    )
 
 
 def _currency_code(marker: str) -> str:
@@ -180,8 +234,9 @@ def _currency_code(marker: str) -> str:
     return _CURRENCY_SYMBOLS.get(marker.lower(), marker.upper())
 
 
-def _rate(currency: str, in_file: str | None, configured: dict[str, Decimal], file: str,
-          number: int) -> tuple[Decimal | None, str | None]:
+def _rate(
+    currency: str, in_file: str | None, configured: dict[str, Decimal], file: str, number: int
+) -> tuple[Decimal | None, str | None]:
     """Units of `currency` per USD: 1 for USD, else the line's own rate, else `costs.toml`'s; None says why."""
     if currency == "USD":
         return Decimal(1), None
@@ -191,8 +246,10 @@ def _rate(currency: str, in_file: str | None, configured: dict[str, Decimal], fi
             return rate, None
     if currency in configured:
         return configured[currency], None
-    return None, (f"{file} line {number}: cost in {currency} with no currency_conversion_rate: set "
-                  f"[billing.currency_rates] {currency} = \"<{currency} per USD>\" in costs.toml to compare it")
+    return None, (
+        f"{file} line {number}: cost in {currency} with no currency_conversion_rate: set "
+        f'[billing.currency_rates] {currency} = "<{currency} per USD>" in costs.toml to compare it'
+    )
 
 
 def _usd(amount: Decimal | None, rate: Decimal | None) -> Decimal | None:
@@ -250,14 +307,32 @@ def day_bounds(day: date, zone: str) -> tuple[datetime, datetime]:
     return start.astimezone(timezone.utc), end.astimezone(timezone.utc)
 
 
-BIGQUERY_HEADER = ["billing_account_id", "service.id", "service.description", "sku.id", "sku.description",
-                   "usage_start_time", "usage_end_time", "project.id", "labels", "cost", "currency",
-                   "currency_conversion_rate", "usage.amount", "usage.unit", "credits"]
+BIGQUERY_HEADER = [
+    "billing_account_id",
+    "service.id",
+    "service.description",
+    "sku.id",
+    "sku.description",
+    "usage_start_time",
+    "usage_end_time",
+    "project.id",
+    "labels",
+    "cost",
+    "currency",
+    "currency_conversion_rate",
+    "usage.amount",
+    "usage.unit",
+    "credits",
+]
 _TIME = "%Y-%m-%d %H:%M:%S UTC"
 
 
-def provider_export_csv(records: list[dict], book: PriceBook | None = None, account: str = "LOCAL-000000-000000",
-                        project: str = LOCAL_PROJECT) -> str:
+def provider_export_csv(
+    records: list[dict],
+    book: PriceBook | None = None,
+    account: str = "LOCAL-000000-000000",
+    project: str = LOCAL_PROJECT,
+) -> str:
     """What a provider billed for its answers, as BigQuery's export flattened to CSV: one line per UTC hour and SKU.
 
     Each record is one billed response: `model` as served, `at` (Unix time), `usage` (its
@@ -279,9 +354,10 @@ def provider_export_csv(records: list[dict], book: PriceBook | None = None, acco
         rates = book.modality_rates(record["model"], at, processing, long_context) or {}
         hour = at.replace(minute=0, second=0, microsecond=0)
         for kind, modality, count, cost in invoice_split(
-                lambda name, usage=usage: getattr(usage, name),
-                (priced.input_cost, priced.cached_input_cost, priced.output_cost),
-                rates):
+            lambda name, usage=usage: getattr(usage, name),
+            (priced.input_cost, priced.cached_input_cost, priced.output_cost),
+            rates,
+        ):
             key = (hour, invoice_model(record["model"]), kind, modality, processing, LONG if long_context else SHORT)
             line = lines[key]
             line[0] += count
@@ -291,14 +367,29 @@ def provider_export_csv(records: list[dict], book: PriceBook | None = None, acco
     writer.writerow(BIGQUERY_HEADER)
     for (hour, model, kind, modality, processing, context), (count, cost) in sorted(lines.items()):
         sku_id, description = describe(model, kind, modality, processing, context)
-        writer.writerow([account, GEMINI_API_SERVICE_ID, GEMINI_API, sku_id or _sku_id(description), description,
-                         hour.strftime(_TIME), (hour + timedelta(hours=1)).strftime(_TIME), project, "[]",
-                         "" if cost is None else str(cost),
-                         "USD", "1.0", count, "count", "[]"])
+        writer.writerow(
+            [
+                account,
+                GEMINI_API_SERVICE_ID,
+                GEMINI_API,
+                sku_id or _sku_id(description),
+                description,
+                hour.strftime(_TIME),
+                (hour + timedelta(hours=1)).strftime(_TIME),
+                project,
+                "[]",
+                "" if cost is None else str(cost),
+                "USD",
+                "1.0",
+                count,
+                "count",
+                "[]",
+            ]
+        )
     return out.getvalue()
 
 
 def _sku_id(description: str) -> str:
     """A stable id in the SKU id's shape (`XXXX-XXXX-XXXX`) for a SKU whose real id the catalogue table lacks."""
     digest = hashlib.sha1(description.encode()).hexdigest()[:12].upper()
-    return "-".join(digest[i:i + 4] for i in (0, 4, 8))
+    return "-".join(digest[i : i + 4] for i in (0, 4, 8))

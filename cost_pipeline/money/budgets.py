@@ -58,15 +58,20 @@ class Limits:
     def from_table(cls, table: dict) -> "Limits":
         unknown = set(table) - {"run", "day", "evaluation_month", "evaluation"}
         if unknown:
-            raise ValueError(f"[limits] has unknown key(s) {sorted(unknown)}: use run, day, evaluation_month, evaluation")
+            raise ValueError(
+                f"[limits] has unknown key(s) {sorted(unknown)}: use run, day, evaluation_month, evaluation"
+            )
         per_evaluation = {}
         for scope in ("evaluation_month", "evaluation"):
             entries = table.get(scope, {})
             if not isinstance(entries, dict):
                 raise ValueError(f"[limits.{scope}] is a table of evaluation = amount (and default = amount)")
             per_evaluation[scope] = {name: _amount(value, f"{scope}.{name}") for name, value in entries.items()}
-        return cls(run=_amount(table["run"], "run") if "run" in table else None,
-                   day=_amount(table["day"], "day") if "day" in table else None, **per_evaluation)
+        return cls(
+            run=_amount(table["run"], "run") if "run" in table else None,
+            day=_amount(table["day"], "day") if "day" in table else None,
+            **per_evaluation,
+        )
 
     def __bool__(self) -> bool:
         return self.run is not None or self.day is not None or bool(self.evaluation_month) or bool(self.evaluation)
@@ -156,7 +161,8 @@ class Budget:
         self.skipped[stage] += 1
 
     def _broken(self, evaluation_id: str, amount: Decimal, held: bool = True) -> tuple[str, str] | None:
-        """The first limit `amount` more would break: its scope (all, or the evaluation) and one clause; None if all hold.
+        """The first limit `amount` more would break: its scope (all, or the evaluation) and one clause; None if
+        all hold.
 
         `held=False` leaves the reservations of attempts in flight out (as if they had settled at no cost).
         """
@@ -165,22 +171,36 @@ class Budget:
         checks = [
             ("all", self.limits.run, self.run_spent + held, "the run limit", "this run"),
             ("all", self.limits.day, self.day_spent + held, f"the day limit for {self.day}", f"{self.day} (all runs)"),
-            ("evaluation", self.limits.for_evaluation("evaluation_month", evaluation_id),
-             self.month_spent[evaluation_id] + held_here, f"the monthly limit of {evaluation_id} for {self.month}",
-             f"{evaluation_id} in {self.month}"),
-            ("evaluation", self.limits.for_evaluation("evaluation", evaluation_id),
-             self.all_time_spent[evaluation_id] + held_here, f"the all-time limit of {evaluation_id}", evaluation_id),
+            (
+                "evaluation",
+                self.limits.for_evaluation("evaluation_month", evaluation_id),
+                self.month_spent[evaluation_id] + held_here,
+                f"the monthly limit of {evaluation_id} for {self.month}",
+                f"{evaluation_id} in {self.month}",
+            ),
+            (
+                "evaluation",
+                self.limits.for_evaluation("evaluation", evaluation_id),
+                self.all_time_spent[evaluation_id] + held_here,
+                f"the all-time limit of {evaluation_id}",
+                evaluation_id,
+            ),
         ]
         for scope, limit, would_be, name, whose in checks:
             if limit is not None and would_be > limit:
                 spent = would_be - amount
-                return scope, (f"{name} is ${limit}: {whose} has spent or holds ${spent:.6f}, and the next call could "
-                               f"cost up to ${amount:.6f}")
+                return scope, (
+                    f"{name} is ${limit}: {whose} has spent or holds ${spent:.6f}, and the next call could "
+                    f"cost up to ${amount:.6f}"
+                )
         return None
 
     def failure(self) -> str:
         """One line for the run's failure: the limit, the spend and what was skipped."""
         skipped = ", ".join(f"{count} {stage}" for stage, count in sorted(self.skipped.items()))
-        return (f"Budget reached: {self.exhausted}. This run spent ${self.run_spent:.6f}; calls skipped: {skipped or 'none'} "
-                f"(status skipped, reason budget). Raise [limits] in costs.toml and run the day again: answers already "
-                "paid for come from the cache.")
+        return (
+            f"Budget reached: {self.exhausted}. This run spent ${self.run_spent:.6f}; "
+            f"calls skipped: {skipped or 'none'} "
+            f"(status skipped, reason budget). Raise [limits] in costs.toml and run the day again: answers already "
+            "paid for come from the cache."
+        )

@@ -1,4 +1,5 @@
-"""What running days will cost, before any call: the requests the pipeline would send, their tokens and cache hits, priced.
+"""What running days will cost, before any call: the requests the pipeline would send, their tokens and cache
+hits, priced.
 
 How. Each landed turn becomes the cleaning request the pipeline would build, with its
 conversation's earlier turns as context (their cleaned text where the response cache knows
@@ -90,7 +91,9 @@ class StageCalibration:
 
 DEFAULTS = {
     CLEAN: StageCalibration(Line(0, 1.0, 20), Line(30, 1.0, 20), Line(0, 0, 0), 0.0, 1.0, 0, "defaults (no history)"),
-    FUNCTION: StageCalibration(Line(150, 1.0, 30), Line(15, 0, 10), Line(0, 0, 0), 0.0, 1.0, 0, "defaults (no history)"),
+    FUNCTION: StageCalibration(
+        Line(150, 1.0, 30), Line(15, 0, 10), Line(0, 0, 0), 0.0, 1.0, 0, "defaults (no history)"
+    ),
 }
 
 
@@ -114,8 +117,11 @@ class Calibration:
 
     def describe(self) -> str:
         calls = sum(c.calls for c in self.stages.values())
-        described = (f"the ledger: {calls:,} calls over {self.history_days} day(s), days fitted within "
-                     f"{self.systematic:.1%}" if calls else "defaults: no history in the ledger (the interval is wide)")
+        described = (
+            f"the ledger: {calls:,} calls over {self.history_days} day(s), days fitted within {self.systematic:.1%}"
+            if calls
+            else "defaults: no history in the ledger (the interval is wide)"
+        )
         return f"{described}; {self.token_check}" if self.token_check else described
 
 
@@ -158,11 +164,21 @@ class DayForecast:
 
     def as_dict(self) -> dict:
         low, high = self.bounds()
-        return {"day": self.day.isoformat(), "landed": self.landed, "turns": self.turns, "calls": self.calls,
-                "cache_hits": self.cache_hits, "api_calls": self.api_calls,
-                "prompt_tokens": round(self.prompt_tokens), "output_tokens": round(self.output_tokens),
-                "thinking_tokens": round(self.thinking_tokens), "forecast_usd": _usd(self.forecast_usd),
-                "low_usd": _usd(low), "high_usd": _usd(high), "unpriced_calls": self.unpriced_calls}
+        return {
+            "day": self.day.isoformat(),
+            "landed": self.landed,
+            "turns": self.turns,
+            "calls": self.calls,
+            "cache_hits": self.cache_hits,
+            "api_calls": self.api_calls,
+            "prompt_tokens": round(self.prompt_tokens),
+            "output_tokens": round(self.output_tokens),
+            "thinking_tokens": round(self.thinking_tokens),
+            "forecast_usd": _usd(self.forecast_usd),
+            "low_usd": _usd(low),
+            "high_usd": _usd(high),
+            "unpriced_calls": self.unpriced_calls,
+        }
 
 
 @dataclass(frozen=True)
@@ -208,17 +224,23 @@ class CallEstimator:
         if prices is None:
             return CallEstimate(prompt, cached, output, thinking, None, 0.0, calibration.attempts_per_call)
         input_price, cached_price, output_price = prices
-        cost = (Decimal(str(prompt - cached)) * input_price + Decimal(str(cached)) * cached_price
-                + Decimal(str(output + thinking)) * output_price)
+        cost = (
+            Decimal(str(prompt - cached)) * input_price
+            + Decimal(str(cached)) * cached_price
+            + Decimal(str(output + thinking)) * output_price
+        )
         share = calibration.cached_share
         blended_input = float(input_price) * (1 - share) + float(cached_price) * share
-        scatter = math.sqrt((calibration.prompt.scatter * blended_input) ** 2
-                            + (calibration.output.scatter * float(output_price)) ** 2
-                            + (calibration.thinking.scatter * float(output_price)) ** 2)
+        scatter = math.sqrt(
+            (calibration.prompt.scatter * blended_input) ** 2
+            + (calibration.output.scatter * float(output_price)) ** 2
+            + (calibration.thinking.scatter * float(output_price)) ** 2
+        )
         return CallEstimate(prompt, cached, output, thinking, cost, scatter, calibration.attempts_per_call)
 
     def high(self, request: LlmRequest) -> Decimal:
-        """What one attempt of `request` could cost: the estimate plus three scatters (0 when the model has no price)."""
+        """What one attempt of `request` could cost: the estimate plus three scatters (0 when the model has no
+        price)."""
         estimate = self.estimate(request.stage, request.model, request.text(), request.contents[-1][-1])
         if estimate.cost is None:
             return Decimal(0)
@@ -228,18 +250,26 @@ class CallEstimator:
         """USD per input, cached input and output token on `model` (below any long-context tier), or None."""
         if model not in self._unit_prices:
             million = 1_000_000
-            per = [self.prices.cost(model, counts, self.priced_at) for counts in (
-                TokenCounts(input=million), TokenCounts(input=million, cached=million), TokenCounts(output=million))]
-            self._unit_prices[model] = None if any(p.total_cost is None for p in per) else tuple(
-                p.total_cost / million for p in per)
+            per = [
+                self.prices.cost(model, counts, self.priced_at)
+                for counts in (
+                    TokenCounts(input=million),
+                    TokenCounts(input=million, cached=million),
+                    TokenCounts(output=million),
+                )
+            ]
+            self._unit_prices[model] = (
+                None if any(p.total_cost is None for p in per) else tuple(p.total_cost / million for p in per)
+            )
         return self._unit_prices[model]
 
 
 class Forecaster:
     """Forecasts days one at a time; identical requests across the forecast's days are paid once, as in a run."""
 
-    def __init__(self, settings: ForecastSettings, calibration: Calibration, prices: PriceBook,
-                 priced_at: datetime | None = None):
+    def __init__(
+        self, settings: ForecastSettings, calibration: Calibration, prices: PriceBook, priced_at: datetime | None = None
+    ):
         self.settings, self.calibration = settings, calibration
         self.estimator = CallEstimator(calibration, prices, priced_at)
         self._seen: set[str] = set()
@@ -257,8 +287,9 @@ class Forecaster:
         for turn in turns:
             forecast.turns += 1
             window = slice(-settings.context_turns, None) if settings.context_turns else slice(0, 0)
-            request = cleaning_request(settings.clean_model, turn.speaker, turn.text, context[window],
-                                       settings.thinking_budget)
+            request = cleaning_request(
+                settings.clean_model, turn.speaker, turn.text, context[window], settings.thinking_budget
+            )
             exact = request.request_hash(settings.endpoint_id)
             answer = cached.by_request.get(exact)
             cleaned = answer.get("cleaned_text") if answer else None
@@ -283,8 +314,9 @@ class Forecaster:
         key = f"function:{settings.function_model}:{disfluent_key(cleaned or turn.text)}"
         self._count(forecast, FUNCTION, settings.function_model, key, request.text(), turn.text, free=False)
 
-    def _count(self, forecast: DayForecast, stage: str, model: str, key: str, request_text: str, turn_text: str,
-               free: bool) -> None:
+    def _count(
+        self, forecast: DayForecast, stage: str, model: str, key: str, request_text: str, turn_text: str, free: bool
+    ) -> None:
         forecast.calls += 1
         if free or key in self._seen:
             forecast.cache_hits += 1
@@ -372,7 +404,9 @@ WHERE NOT cache_hit AND partition_date IN (SELECT unnest(?::DATE[])) AND endpoin
 """
 
 
-def calibrate(connection, settings: ForecastSettings, leave_out: Iterable[date] = (), days: int = HISTORY_DAYS) -> Calibration:
+def calibrate(
+    connection, settings: ForecastSettings, leave_out: Iterable[date] = (), days: int = HISTORY_DAYS
+) -> Calibration:
     """Fit each stage and model on the calls to the same endpoint of the latest `days` data days, `leave_out` left out.
 
     The days being forecast are left out, so a forecast of a day already run is not fitted on its own answers.
@@ -381,24 +415,44 @@ def calibrate(connection, settings: ForecastSettings, leave_out: Iterable[date] 
 
     if not (table_exists(connection, "main", "llm_calls") and table_exists(connection, "main", "raw_turns")):
         return Calibration()
-    history = [day for (day,) in connection.execute(
-        "SELECT DISTINCT partition_date FROM llm_calls WHERE endpoint = ? AND partition_date NOT IN (SELECT unnest(?::DATE[])) "
-        "ORDER BY 1 DESC LIMIT ?", [settings.endpoint_id, sorted(set(leave_out)), days]).fetchall()]
+    history = [
+        day
+        for (day,) in connection.execute(
+            "SELECT DISTINCT partition_date FROM llm_calls WHERE endpoint = ? AND partition_date NOT IN "
+            "(SELECT unnest(?::DATE[])) "
+            "ORDER BY 1 DESC LIMIT ?",
+            [settings.endpoint_id, sorted(set(leave_out)), days],
+        ).fetchall()
+    ]
     if not history:
         return Calibration()
-    rows = connection.execute(HISTORY_SQL.format(context=max(1, settings.context_turns)),
-                              [history, settings.endpoint_id]).fetchall()
+    rows = connection.execute(
+        HISTORY_SQL.format(context=max(1, settings.context_turns)), [history, settings.endpoint_id]
+    ).fetchall()
     samples: dict[tuple[str, str], list[tuple]] = defaultdict(list)
     for day, stage, model, prompt, cached, output, thinking, _, speaker, text, context in rows:
         if stage == CLEAN:
-            earlier = [(c["s"], c["t"]) for c in (context or [])][-settings.context_turns:] if settings.context_turns else []
+            earlier = (
+                [(c["s"], c["t"]) for c in (context or [])][-settings.context_turns :] if settings.context_turns else []
+            )
             request = cleaning_request(model, speaker, text, earlier, settings.thinking_budget)
         else:
             request = function_request(model, text, settings.thinking_budget)
-        samples[(stage, model)].append((day, estimate_tokens(request.text()), estimate_tokens(text), prompt or 0,
-                                        cached or 0, output or 0, thinking or 0))
-    attempts = {(stage, model): float(ratio) for stage, model, ratio in
-                connection.execute(ATTEMPTS_SQL, [history, settings.endpoint_id]).fetchall()}
+        samples[(stage, model)].append(
+            (
+                day,
+                estimate_tokens(request.text()),
+                estimate_tokens(text),
+                prompt or 0,
+                cached or 0,
+                output or 0,
+                thinking or 0,
+            )
+        )
+    attempts = {
+        (stage, model): float(ratio)
+        for stage, model, ratio in connection.execute(ATTEMPTS_SQL, [history, settings.endpoint_id]).fetchall()
+    }
     calibration = Calibration(history_days=len({s[0] for group in samples.values() for s in group}))
     for key, group in samples.items():
         if len(group) < MIN_CALLS_TO_FIT:
@@ -409,14 +463,17 @@ def calibrate(connection, settings: ForecastSettings, leave_out: Iterable[date] 
             output=Line.fit([s[2] for s in group], [s[5] for s in group]),
             thinking=Line.fit([s[2] for s in group], [s[6] for s in group]),
             cached_share=sum(s[4] for s in group) / max(1, sum(prompts)),
-            attempts_per_call=max(1.0, attempts.get(key, 1.0)), calls=len(group),
-            source=f"the ledger ({len(group):,} calls)")
+            attempts_per_call=max(1.0, attempts.get(key, 1.0)),
+            calls=len(group),
+            source=f"the ledger ({len(group):,} calls)",
+        )
     calibration.systematic = _day_error(calibration, samples) if calibration.stages else NO_HISTORY_SYSTEMATIC
     return calibration
 
 
 def _day_error(calibration: Calibration, samples: dict[tuple[str, str], list[tuple]]) -> float:
-    """How far the fitted lines miss whole days' tokens of the history (relative, the worst day), at least MIN_SYSTEMATIC."""
+    """How far the fitted lines miss whole days' tokens of the history (relative, the worst day), at least
+    MIN_SYSTEMATIC."""
     predicted: dict[date, float] = defaultdict(float)
     actual: dict[date, float] = defaultdict(float)
     for key, group in samples.items():
@@ -425,7 +482,9 @@ def _day_error(calibration: Calibration, samples: dict[tuple[str, str], list[tup
         fitted = calibration.stages[key]
         for day, request_tokens, text_tokens, prompt, _, output, thinking in group:
             # Output weighs about four times input in Gemini's prices: weigh the tokens alike here.
-            predicted[day] += fitted.prompt.at(request_tokens) + 4 * (fitted.output.at(text_tokens) + fitted.thinking.at(text_tokens))
+            predicted[day] += fitted.prompt.at(request_tokens) + 4 * (
+                fitted.output.at(text_tokens) + fitted.thinking.at(text_tokens)
+            )
             actual[day] += prompt + 4 * (output + thinking)
     errors = [abs(predicted[day] - actual[day]) / actual[day] for day in actual if actual[day]]
     return max([MIN_SYSTEMATIC, *errors])
@@ -450,7 +509,8 @@ def cached_answers(connection, turns: list[Turn], settings: ForecastSettings) ->
     by_request: dict[str, dict] = {}
     cleaned_by_text: dict[str, set[str]] = defaultdict(set)
     for request_hash, text_hash, stage, result_json in connection.execute(
-            CACHE_SQL, [hashes, settings.clean_model, settings.function_model]).fetchall():
+        CACHE_SQL, [hashes, settings.clean_model, settings.function_model]
+    ).fetchall():
         result = json.loads(result_json)
         by_request[request_hash] = result
         if stage == CLEAN and result.get("cleaned_text"):
@@ -467,8 +527,17 @@ class Forecast:
     def total(self) -> DayForecast:
         total = DayForecast(self.days[0].day if self.days else date.today(), systematic=self.calibration.systematic)
         for day in self.days:
-            for name in ("turns", "calls", "cache_hits", "prompt_tokens", "output_tokens", "thinking_tokens",
-                         "forecast_usd", "variance_usd2", "unpriced_calls"):
+            for name in (
+                "turns",
+                "calls",
+                "cache_hits",
+                "prompt_tokens",
+                "output_tokens",
+                "thinking_tokens",
+                "forecast_usd",
+                "variance_usd2",
+                "unpriced_calls",
+            ):
                 setattr(total, name, getattr(total, name) + getattr(day, name))
         return total
 
@@ -476,18 +545,23 @@ class Forecast:
         total = self.total().as_dict()
         for name in ("day", "landed"):
             total.pop(name)
-        return {"days": [day.as_dict() for day in self.days], "total": total,
-                "models": {CLEAN: self.settings.clean_model, FUNCTION: self.settings.function_model},
-                "processing": "standard", "endpoint": self.settings.endpoint_id,
-                "calibration": self.calibration.describe(),
-                "complete": total["unpriced_calls"] == 0 and all(day.landed for day in self.days)}
+        return {
+            "days": [day.as_dict() for day in self.days],
+            "total": total,
+            "models": {CLEAN: self.settings.clean_model, FUNCTION: self.settings.function_model},
+            "processing": "standard",
+            "endpoint": self.settings.endpoint_id,
+            "calibration": self.calibration.describe(),
+            "complete": total["unpriced_calls"] == 0 and all(day.landed for day in self.days),
+        }
 
 
 COUNT_SAMPLE = 20
 
 
-def count_tokens_check(calibration: Calibration, settings: ForecastSettings, turns: list[Turn],
-                       count: Callable[[str, str], int]) -> str:
+def count_tokens_check(
+    calibration: Calibration, settings: ForecastSettings, turns: list[Turn], count: Callable[[str, str], int]
+) -> str:
     """With a key: the API's countTokens on a sample of cleaning requests against the local count.
 
     A stage still on the rough defaults (no history for it) takes the measured ratio as its
@@ -497,8 +571,10 @@ def count_tokens_check(calibration: Calibration, settings: ForecastSettings, tur
     for conversation in _conversations(turns):
         context: list[tuple[str, str]] = []
         for turn in conversation:
-            window = context[-settings.context_turns:] if settings.context_turns else []
-            requests.append(cleaning_request(settings.clean_model, turn.speaker, turn.text, window, settings.thinking_budget))
+            window = context[-settings.context_turns :] if settings.context_turns else []
+            requests.append(
+                cleaning_request(settings.clean_model, turn.speaker, turn.text, window, settings.thinking_budget)
+            )
             context.append((turn.speaker, turn.text))
         if len(requests) >= COUNT_SAMPLE:
             break
@@ -513,13 +589,21 @@ def count_tokens_check(calibration: Calibration, settings: ForecastSettings, tur
         current = calibration.of(stage, model)
         if current.calls == 0:
             calibration.stages[(stage, model)] = replace(
-                current, prompt=Line(current.prompt.intercept, ratio, current.prompt.scatter),
-                source=f"defaults, prompt scaled by countTokens ({ratio:.3f} tokens per local token)")
+                current,
+                prompt=Line(current.prompt.intercept, ratio, current.prompt.scatter),
+                source=f"defaults, prompt scaled by countTokens ({ratio:.3f} tokens per local token)",
+            )
     return f"countTokens on {len(sample)} sample requests: {counted:,} tokens, {ratio:.3f} per local token"
 
 
-def forecast_days(database: str | Path, landing_root: str | Path, days: list[date], settings: ForecastSettings,
-                  prices: PriceBook, count: Callable[[str, str], int] | None = None) -> Forecast:
+def forecast_days(
+    database: str | Path,
+    landing_root: str | Path,
+    days: list[date],
+    settings: ForecastSettings,
+    prices: PriceBook,
+    count: Callable[[str, str], int] | None = None,
+) -> Forecast:
     """Forecast `days` in order, calibrated on the ledger (the days themselves left out).
 
     `count(model, text)` is the API's countTokens, given only when a key is set: then a
@@ -533,8 +617,9 @@ def forecast_days(database: str | Path, landing_root: str | Path, days: list[dat
     with connect(database, read_only=True) if database.exists() else nullcontext() as connection:
         calibration = calibrate(connection, settings, leave_out=days) if connection else Calibration()
         if count is not None:
-            sample_day = next((turns for day in days if (turns := landed_turns(landing_root, day, settings.max_text_chars))),
-                              None)
+            sample_day = next(
+                (turns for day in days if (turns := landed_turns(landing_root, day, settings.max_text_chars))), None
+            )
             calibration.token_check = count_tokens_check(calibration, settings, sample_day or [], count)
         forecaster = Forecaster(settings, calibration, prices)
         results = []
@@ -550,22 +635,29 @@ def forecast_days(database: str | Path, landing_root: str | Path, days: list[dat
 
 def render_table(forecast: Forecast) -> str:
     """The forecast for a terminal: a line per day, the total, and what it is calibrated on."""
-    header = f"{'day':<10}  {'turns':>7}  {'calls':>7}  {'cache_hits':>10}  {'forecast_usd':>12}  {'low_usd':>10}  {'high_usd':>10}"
+    header = (
+        f"{'day':<10}  {'turns':>7}  {'calls':>7}  {'cache_hits':>10}  {'forecast_usd':>12}  "
+        f"{'low_usd':>10}  {'high_usd':>10}"
+    )
     lines = [header, "-" * len(header)]
     for day in forecast.days:
         row = day.as_dict()
         if not day.landed:
             lines.append(f"{row['day']:<10}  never landed: nothing to forecast")
             continue
-        lines.append(f"{row['day']:<10}  {row['turns']:>7,}  {row['calls']:>7,}  {row['cache_hits']:>10,}  "
-                     f"{row['forecast_usd']:>12}  {row['low_usd']:>10}  {row['high_usd']:>10}")
+        lines.append(
+            f"{row['day']:<10}  {row['turns']:>7,}  {row['calls']:>7,}  {row['cache_hits']:>10,}  "
+            f"{row['forecast_usd']:>12}  {row['low_usd']:>10}  {row['high_usd']:>10}"
+        )
     total = forecast.as_dict()["total"]
-    lines += ["-" * len(header),
-              f"{'TOTAL':<10}  {total['turns']:>7,}  {total['calls']:>7,}  {total['cache_hits']:>10,}  "
-              f"{total['forecast_usd']:>12}  {total['low_usd']:>10}  {total['high_usd']:>10}",
-              f"models: clean {forecast.settings.clean_model}, function {forecast.settings.function_model}; "
-              f"standard processing; calibrated on {forecast.calibration.describe()}"
-              + ("" if forecast.calibration.token_check else "; no API call was made")]
+    lines += [
+        "-" * len(header),
+        f"{'TOTAL':<10}  {total['turns']:>7,}  {total['calls']:>7,}  {total['cache_hits']:>10,}  "
+        f"{total['forecast_usd']:>12}  {total['low_usd']:>10}  {total['high_usd']:>10}",
+        f"models: clean {forecast.settings.clean_model}, function {forecast.settings.function_model}; "
+        f"standard processing; calibrated on {forecast.calibration.describe()}"
+        + ("" if forecast.calibration.token_check else "; no API call was made"),
+    ]
     if total["unpriced_calls"]:
         lines.append(f"{total['unpriced_calls']} calls are on a model with no price: the total leaves them out")
     return "\n".join(lines)

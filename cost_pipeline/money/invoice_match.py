@@ -79,8 +79,10 @@ def day_lines(lines: list[ExportLine], day: date) -> tuple[list[ExportLine], lis
     bigquery = [line for line in of_day if line.layout == BIGQUERY]
     if bigquery and len(bigquery) < len(of_day):
         files = sorted({line.file for line in of_day if line.layout != BIGQUERY})
-        return bigquery, [f"{day}: the console download(s) {', '.join(files)} are not read for this day, as BigQuery "
-                          "export lines cover it (the console dates usage by Pacific day)"]
+        return bigquery, [
+            f"{day}: the console download(s) {', '.join(files)} are not read for this day, as BigQuery "
+            "export lines cover it (the console dates usage by Pacific day)"
+        ]
     return of_day, []
 
 
@@ -93,9 +95,11 @@ def our_projects(lines: list[ExportLine], configured: list[str]) -> tuple[set[st
         return {*configured, LOCAL_PROJECT, ""}, None
     with_tokens = sorted({line.project for line in lines if line.sku.category == TOKENS} - {LOCAL_PROJECT, ""})
     if len(with_tokens) > 1:
-        return None, (f"the export has Gemini token lines of {len(with_tokens)} projects ({', '.join(with_tokens)}) "
-                      "and costs.toml names none of them: set [billing] projects = [\"<project id>\", ...] to the "
-                      "projects this pipeline's keys bill; nothing was compared")
+        return None, (
+            f"the export has Gemini token lines of {len(with_tokens)} projects ({', '.join(with_tokens)}) "
+            'and costs.toml names none of them: set [billing] projects = ["<project id>", ...] to the '
+            "projects this pipeline's keys bill; nothing was compared"
+        )
     return {*with_tokens, LOCAL_PROJECT, ""}, None
 
 
@@ -122,17 +126,20 @@ class _Billed:
             self.credits_usd += line.credits_usd or Decimal(0)
 
 
-def match_day(day: date, lines: list[ExportLine], ledger: list[dict], configured_projects: list[str],
-              tolerance: Tolerance) -> DayMatch:
+def match_day(
+    day: date, lines: list[ExportLine], ledger: list[dict], configured_projects: list[str], tolerance: Tolerance
+) -> DayMatch:
     """`lines` (one day's, from `day_lines`) against the ledger's lines of that day (`ledger_lines`)."""
     result = DayMatch(day, lines[0].zone if lines else "UTC")
     ours, result.refused = our_projects(lines, configured_projects)
     result.projects = sorted((ours or set()) & {line.project for line in lines})  # "": a console download's
-    invoice = _sort_lines(lines, ours, {(line["model"], line["tier"], line["modality"]) for line in ledger
-                                        if line["tokens"]}, result)
+    invoice = _sort_lines(
+        lines, ours, {(line["model"], line["tier"], line["modality"]) for line in ledger if line["tokens"]}, result
+    )
     if result.refused is None:
-        result.lines = _compare(invoice, {tuple(line[name] for name in KEY): line for line in ledger}, result,
-                                tolerance)
+        result.lines = _compare(
+            invoice, {tuple(line[name] for name in KEY): line for line in ledger}, result, tolerance
+        )
     return result
 
 
@@ -157,22 +164,34 @@ def _sort_lines(lines: list[ExportLine], ours: set[str] | None, used: set[tuple]
             other.append(_spend(line, f"tokens of {model} ({sku.tier}, {sku.modality}) the ledger never used"))
         else:
             invoice[(model, sku.kind, sku.modality, sku.tier, sku.context)].add(line)
-    result.not_ours = [{"project": project or "(none)", "service": service, "lines": count, "cost_usd": usd,
-                        "unconverted_lines": unconverted}
-                       for (project, service), (count, usd, unconverted) in sorted(not_ours.items())]
+    result.not_ours = [
+        {
+            "project": project or "(none)",
+            "service": service,
+            "lines": count,
+            "cost_usd": usd,
+            "unconverted_lines": unconverted,
+        }
+        for (project, service), (count, usd, unconverted) in sorted(not_ours.items())
+    ]
     result.other_spend, result.unknown_skus = _by_sku(other), _by_sku(unknown)
     if unknown:
         names = sorted({row["sku"] for row in unknown})
-        result.warnings.append(f"{len(names)} Gemini SKU(s) this reader does not know, reported by cost and never "
-                               f"compared: {'; '.join(names[:5])}. Classify them under [billing.skus] in costs.toml")
+        result.warnings.append(
+            f"{len(names)} Gemini SKU(s) this reader does not know, reported by cost and never "
+            f"compared: {'; '.join(names[:5])}. Classify them under [billing.skus] in costs.toml"
+        )
     if unused:
-        result.warnings.append(f"our projects were billed for tokens of {'; '.join(sorted(unused))}, which the "
-                               "ledger never used this day: reported as other spend")
+        result.warnings.append(
+            f"our projects were billed for tokens of {'; '.join(sorted(unused))}, which the "
+            "ledger never used this day: reported as other spend"
+        )
     return invoice
 
 
-def _compare(invoice: dict[tuple, _Billed], ledger: dict[tuple, dict], result: DayMatch,
-             tolerance: Tolerance) -> list[dict]:
+def _compare(
+    invoice: dict[tuple, _Billed], ledger: dict[tuple, dict], result: DayMatch, tolerance: Tolerance
+) -> list[dict]:
     rows = []
     for key in sorted(set(invoice) | set(ledger)):
         billed = invoice.get(key, _Billed())
@@ -180,13 +199,24 @@ def _compare(invoice: dict[tuple, _Billed], ledger: dict[tuple, dict], result: D
         invoice_usd = None if billed.problems else billed.usd
         usd_gap = None if invoice_usd is None or ours["cost_usd"] is None else invoice_usd - ours["cost_usd"]
         token_gap = billed.tokens - ours["tokens"]
-        rows.append({
-            "billing_day": result.day, "day_zone": result.zone, **dict(zip(KEY, key)),
-            "invoice_tokens": billed.tokens, "ledger_tokens": ours["tokens"], "token_gap": token_gap,
-            "invoice_usd": invoice_usd, "ledger_usd": ours["cost_usd"], "usd_gap": usd_gap,
-            "credits_usd": billed.credits_usd, "currency": ", ".join(sorted(billed.currencies)) or None,
-            "within_tolerance": tolerance.allows(token_gap, usd_gap, invoice_usd),
-            "skus": "; ".join(sorted(billed.skus)) or None, "note": "; ".join(sorted(billed.problems)) or None})
+        rows.append(
+            {
+                "billing_day": result.day,
+                "day_zone": result.zone,
+                **dict(zip(KEY, key)),
+                "invoice_tokens": billed.tokens,
+                "ledger_tokens": ours["tokens"],
+                "token_gap": token_gap,
+                "invoice_usd": invoice_usd,
+                "ledger_usd": ours["cost_usd"],
+                "usd_gap": usd_gap,
+                "credits_usd": billed.credits_usd,
+                "currency": ", ".join(sorted(billed.currencies)) or None,
+                "within_tolerance": tolerance.allows(token_gap, usd_gap, invoice_usd),
+                "skus": "; ".join(sorted(billed.skus)) or None,
+                "note": "; ".join(sorted(billed.problems)) or None,
+            }
+        )
     return rows
 
 
@@ -198,16 +228,25 @@ def _by_sku(rows: list[dict]) -> list[dict]:
         if key in summed:
             total = summed[key]
             total["amount"] += row["amount"]
-            total["cost_usd"] = None if total["cost_usd"] is None or row["cost_usd"] is None \
-                else total["cost_usd"] + row["cost_usd"]
+            total["cost_usd"] = (
+                None if total["cost_usd"] is None or row["cost_usd"] is None else total["cost_usd"] + row["cost_usd"]
+            )
         else:
             summed[key] = dict(row)
     return sorted(summed.values(), key=lambda row: -(row["cost_usd"] or 0))
 
 
 def _spend(line: ExportLine, what: str) -> dict:
-    return {"project": line.project, "service": line.service, "sku": line.sku_description, "what": what,
-            "amount": line.amount, "unit": line.unit, "cost_usd": line.cost_usd, "currency": line.currency}
+    return {
+        "project": line.project,
+        "service": line.service,
+        "sku": line.sku_description,
+        "what": what,
+        "amount": line.amount,
+        "unit": line.unit,
+        "cost_usd": line.cost_usd,
+        "currency": line.currency,
+    }
 
 
 def ledger_lines(groups: list[dict], book: PriceBook, day: date) -> list[dict]:

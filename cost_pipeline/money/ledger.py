@@ -56,7 +56,11 @@ COLUMNS: list[tuple[str, str, str]] = [
     ("model", "VARCHAR", "As requested."),
     ("model_version", "VARCHAR", "As served (the response's modelVersion); null without an answer."),
     ("endpoint", "VARCHAR", "Who answered: local-server, a base URL, or Google's API."),
-    ("processing", "VARCHAR", "standard (one request at a time) or batch (the Batch API): the price list it is billed on."),
+    (
+        "processing",
+        "VARCHAR",
+        "standard (one request at a time) or batch (the Batch API): the price list it is billed on.",
+    ),
     ("request_hash", "VARCHAR", "The response-cache key of the logical request."),
     ("response_id", "VARCHAR", "The response's responseId."),
     ("attempt", "INTEGER", "1..n within the call."),
@@ -79,11 +83,14 @@ COLUMNS: list[tuple[str, str, str]] = [
 ]
 DDL = f"CREATE TABLE IF NOT EXISTS {TABLE} ({', '.join(f'{name} {sql_type}' for name, sql_type, _ in COLUMNS)})"
 # A ledger written before a column existed gains it (null: the attempt predates it; `processing` null is standard).
-MIGRATIONS = [f"ALTER TABLE {TABLE} ADD COLUMN IF NOT EXISTS processing VARCHAR",
-              *(f"ALTER TABLE {TABLE} ADD COLUMN IF NOT EXISTS {name} BIGINT" for name in MODALITY_FIELDS)]
+MIGRATIONS = [
+    f"ALTER TABLE {TABLE} ADD COLUMN IF NOT EXISTS processing VARCHAR",
+    *(f"ALTER TABLE {TABLE} ADD COLUMN IF NOT EXISTS {name} BIGINT" for name in MODALITY_FIELDS),
+]
 COST_KINDS = ["input_cost_usd", "cached_input_cost_usd", "output_cost_usd", "cost_usd"]
-_SELECT_EXACT = ", ".join(f"CAST({name} AS {MONEY_SQL_TYPE}) AS {name}" if name in COST_KINDS else name
-                          for name, _, _ in COLUMNS)
+_SELECT_EXACT = ", ".join(
+    f"CAST({name} AS {MONEY_SQL_TYPE}) AS {name}" if name in COST_KINDS else name for name, _, _ in COLUMNS
+)
 
 
 _COMPACT_JSON = json.JSONEncoder(separators=(",", ":"))
@@ -206,13 +213,23 @@ def priced_frame(rows: list[dict], book: PriceBook, recovered: bool) -> pd.DataF
             served = row.model_version if isinstance(row.model_version, str) else None
             processing = row.processing if isinstance(row.processing, str) else STANDARD
             priced = book.cost(row.model, token_counts(row), row.sent_at.to_pydatetime(), served, processing)
-            cost = (priced.input_cost, priced.cached_input_cost, priced.output_cost, priced.total_cost,
-                    priced.price_source, priced.price_status)
+            cost = (
+                priced.input_cost,
+                priced.cached_input_cost,
+                priced.output_cost,
+                priced.total_cost,
+                priced.price_source,
+                priced.price_status,
+            )
         for name, value in zip(costs, cost):
             costs[name].append(value)
     # Money travels as text, so no Decimal is ever inferred as a float on its way in.
-    frame = frame.assign(**{name: [None if v is None else str(v) for v in values] if name in COST_KINDS else values
-                            for name, values in costs.items()})
+    frame = frame.assign(
+        **{
+            name: [None if v is None else str(v) for v in values] if name in COST_KINDS else values
+            for name, values in costs.items()
+        }
+    )
     frame["recorded_at"] = datetime.now(timezone.utc)
     frame["recovered"] = recovered
     frame["billed"] = frame["billed"].astype("boolean")
@@ -244,12 +261,19 @@ def _insert(database: str | Path, frame: pd.DataFrame, log, lock_timeout_s: floa
         connection.register("new_attempts", frame)
         connection.begin()
         # An attempt recorded as interrupted (its outcome was in a file not yet loaded) gives way to its outcome.
-        connection.execute(f"DELETE FROM {TABLE} WHERE {of_days} AND reason = ? AND attempt_id IN "
-                           "(SELECT attempt_id FROM new_attempts WHERE reason IS DISTINCT FROM ?)",
-                           [*days, INTERRUPTED, INTERRUPTED])
-        present = {attempt_id for (attempt_id,) in connection.execute(
-            f"SELECT attempt_id FROM {TABLE} WHERE {of_days} AND attempt_id IN (SELECT attempt_id FROM new_attempts)",
-            days).fetchall()}
+        connection.execute(
+            f"DELETE FROM {TABLE} WHERE {of_days} AND reason = ? AND attempt_id IN "
+            "(SELECT attempt_id FROM new_attempts WHERE reason IS DISTINCT FROM ?)",
+            [*days, INTERRUPTED, INTERRUPTED],
+        )
+        present = {
+            attempt_id
+            for (attempt_id,) in connection.execute(
+                f"SELECT attempt_id FROM {TABLE} WHERE {of_days} AND attempt_id IN (SELECT attempt_id FROM "
+                "new_attempts)",
+                days,
+            ).fetchall()
+        }
         fresh = frame[~frame["attempt_id"].isin(present)].drop_duplicates("attempt_id")
         connection.register("fresh_attempts", fresh)
         connection.execute(f"INSERT INTO {TABLE} BY NAME SELECT {_SELECT_EXACT} FROM fresh_attempts")
@@ -257,9 +281,14 @@ def _insert(database: str | Path, frame: pd.DataFrame, log, lock_timeout_s: floa
         return len(fresh)
 
 
-def load_spools(database: str | Path, book: PriceBook, only: Path | None = None,
-                log: Callable[[str], None] | None = None, lock_timeout_s: float = 120.0,
-                on_spend: Callable[[Decimal], None] | None = None) -> int:
+def load_spools(
+    database: str | Path,
+    book: PriceBook,
+    only: Path | None = None,
+    log: Callable[[str], None] | None = None,
+    lock_timeout_s: float = 120.0,
+    on_spend: Callable[[Decimal], None] | None = None,
+) -> int:
     """Load spool files into `llm_attempts` (`only` one, or every spool whose writer is gone); returns rows added.
 
     A file is deleted only after its rows are committed; a crash in between loads it again
@@ -305,10 +334,13 @@ def spent_so_far(database: str | Path, day: str, month_start: datetime):
         if not table_exists(connection, "main", TABLE):
             return Spent()
         (day_spent,) = connection.execute(
-            f"SELECT coalesce(sum(cost_usd), 0) FROM {TABLE} WHERE partition_date = ?", [day]).fetchone()
+            f"SELECT coalesce(sum(cost_usd), 0) FROM {TABLE} WHERE partition_date = ?", [day]
+        ).fetchone()
         rows = connection.execute(
             f"SELECT evaluation_id, coalesce(sum(cost_usd) FILTER (WHERE sent_at >= ?), 0), coalesce(sum(cost_usd), 0) "
-            f"FROM {TABLE} GROUP BY ALL", [month_start]).fetchall()
+            f"FROM {TABLE} GROUP BY ALL",
+            [month_start],
+        ).fetchall()
     return Spent(Decimal(day_spent), {e: Decimal(m) for e, m, _ in rows}, {e: Decimal(t) for e, _, t in rows})
 
 
@@ -318,5 +350,10 @@ def attempt_cost(attempt: Attempt, book: PriceBook) -> Decimal | None:
         return Decimal(0)
     if attempt.billed is None:
         return None
-    return book.cost(attempt.model, token_counts(attempt.usage), datetime.fromtimestamp(attempt.sent_at, timezone.utc),
-                     attempt.model_version, attempt.processing).total_cost
+    return book.cost(
+        attempt.model,
+        token_counts(attempt.usage),
+        datetime.fromtimestamp(attempt.sent_at, timezone.utc),
+        attempt.model_version,
+        attempt.processing,
+    ).total_cost

@@ -51,8 +51,11 @@ class TokenCounts:
 
     def modalities(self) -> frozenset[str]:
         """The modalities other than text that this call has tokens of."""
-        return frozenset(m for m in MODALITIES if getattr(self, f"input_{m}") or getattr(self, f"cached_{m}")
-                         or getattr(self, f"output_{m}"))
+        return frozenset(
+            m
+            for m in MODALITIES
+            if getattr(self, f"input_{m}") or getattr(self, f"cached_{m}") or getattr(self, f"output_{m}")
+        )
 
 
 @dataclass(frozen=True)
@@ -76,8 +79,11 @@ class PriceOverride:
     cached_input_mtok: Decimal | None = None
 
     def model_price(self) -> ModelPrice:
-        return ModelPrice(input_mtok=self.input_mtok, output_mtok=self.output_mtok,
-                          cache_read_mtok=self.cached_input_mtok if self.cached_input_mtok is not None else self.input_mtok)
+        return ModelPrice(
+            input_mtok=self.input_mtok,
+            output_mtok=self.output_mtok,
+            cache_read_mtok=self.cached_input_mtok if self.cached_input_mtok is not None else self.input_mtok,
+        )
 
 
 ZERO = Decimal(0).quantize(MONEY_PLACES)
@@ -100,8 +106,9 @@ class PriceBook:
         self._memo: dict[tuple, CallCost] = {}
         self._model_prices: dict[tuple, tuple[ModelPrice, ModelPrice, str] | None] = {}
 
-    def cost(self, model: str, tokens: TokenCounts, at: datetime, served_model: str | None = None,
-             processing: str = STANDARD) -> CallCost:
+    def cost(
+        self, model: str, tokens: TokenCounts, at: datetime, served_model: str | None = None, processing: str = STANDARD
+    ) -> CallCost:
         """The cost of `tokens` on `model` at time `at`; status `missing` when no price is known.
 
         `served_model` is the `modelVersion` the response named (a `models/` prefix and case
@@ -122,8 +129,9 @@ class PriceBook:
             return priced
         return self._memo[key]
 
-    def _model_price(self, model: str, at: datetime, modalities: frozenset[str],
-                     processing: str = STANDARD) -> tuple[ModelPrice, ModelPrice, str] | None:
+    def _model_price(
+        self, model: str, at: datetime, modalities: frozenset[str], processing: str = STANDARD
+    ) -> tuple[ModelPrice, ModelPrice, str] | None:
         """(full price, price to calculate with, source) of `model` on `at`'s day; None when nobody prices it.
 
         Looked up once per model, day and set of modalities: the library's model match is the
@@ -136,16 +144,22 @@ class PriceBook:
             else:
                 context = {"processing": processing} if processing != STANDARD else None
                 try:
-                    full = genai_prices.calc_price(genai_prices.Usage(), model, provider_id="google",
-                                                   genai_request_timestamp=at, price_context=context).model_price
+                    full = genai_prices.calc_price(
+                        genai_prices.Usage(),
+                        model,
+                        provider_id="google",
+                        genai_request_timestamp=at,
+                        price_context=context,
+                    ).model_price
                 except LookupError:
                     full = None
                 source = LIBRARY_SOURCE if processing == STANDARD else f"{LIBRARY_SOURCE} ({processing})"
             self._model_prices[key] = (full, _without_unused_units(full, modalities), source) if full else None
         return self._model_prices[key]
 
-    def modality_rates(self, model: str, at: datetime, processing: str = STANDARD,
-                       long_context: bool = False) -> dict[tuple[str, str], Decimal | None] | None:
+    def modality_rates(
+        self, model: str, at: datetime, processing: str = STANDARD, long_context: bool = False
+    ) -> dict[tuple[str, str], Decimal | None] | None:
         """USD per million tokens of each invoice kind in audio, image and video; None when nobody prices `model`.
 
         What the invoice's modality lines cost: a modality without a price of its own is
@@ -162,10 +176,15 @@ class PriceBook:
                 return value
             return value.tiers[-1].price if long_context and value.tiers else value.base
 
-        return {key: value for modality in MODALITIES for key, value in (
-            (("input", modality), rate(f"input_{modality}_mtok", "input_mtok")),
-            (("cached_input", modality), rate(f"cache_{modality}_read_mtok", "cache_read_mtok")),
-            (("output", modality), rate(f"output_{modality}_mtok", "output_mtok")))}
+        return {
+            key: value
+            for modality in MODALITIES
+            for key, value in (
+                (("input", modality), rate(f"input_{modality}_mtok", "input_mtok")),
+                (("cached_input", modality), rate(f"cache_{modality}_read_mtok", "cache_read_mtok")),
+                (("output", modality), rate(f"output_{modality}_mtok", "output_mtok")),
+            )
+        }
 
     def _price(self, model: str, tokens: TokenCounts, at: datetime, processing: str = STANDARD) -> CallCost:
         modalities = tokens.modalities()
@@ -192,19 +211,30 @@ class PriceBook:
         return CallCost(input_cost, cached_cost, output_cost, input_cost + cached_cost + output_cost, source, OK)
 
 
-def invoice_split(counts, costs: tuple[Decimal | None, Decimal | None, Decimal | None],
-                  rates: dict[tuple[str, str], Decimal | None]) -> list[tuple[str, str, int, Decimal | None]]:
+def invoice_split(
+    counts, costs: tuple[Decimal | None, Decimal | None, Decimal | None], rates: dict[tuple[str, str], Decimal | None]
+) -> list[tuple[str, str, int, Decimal | None]]:
     """(kind, modality, tokens, cost) of one call's or one group's tokens and (input, cached, output) costs, as an
     invoice splits them: audio, image and video at their `modality_rates`, text the rest of the kind's cost.
 
     `counts(name)` gives a token column's value (`input_tokens`, `cached_audio_tokens`, ...). A cost that
     cannot be split (unpriced, or a modality without a rate) is None, never 0.
     """
-    kinds = (("input", counts("input_tokens") - counts("cached_tokens") + counts("tool_prompt_tokens"), costs[0],
-              {m: counts(f"input_{m}_tokens") - counts(f"cached_{m}_tokens") for m in MODALITIES}),
-             ("cached_input", counts("cached_tokens"), costs[1], {m: counts(f"cached_{m}_tokens") for m in MODALITIES}),
-             ("output", counts("output_tokens") + counts("thinking_tokens"), costs[2],
-              {m: counts(f"output_{m}_tokens") for m in MODALITIES}))
+    kinds = (
+        (
+            "input",
+            counts("input_tokens") - counts("cached_tokens") + counts("tool_prompt_tokens"),
+            costs[0],
+            {m: counts(f"input_{m}_tokens") - counts(f"cached_{m}_tokens") for m in MODALITIES},
+        ),
+        ("cached_input", counts("cached_tokens"), costs[1], {m: counts(f"cached_{m}_tokens") for m in MODALITIES}),
+        (
+            "output",
+            counts("output_tokens") + counts("thinking_tokens"),
+            costs[2],
+            {m: counts(f"output_{m}_tokens") for m in MODALITIES},
+        ),
+    )
     split = []
     for kind, tokens, cost, by_modality in kinds:
         text_cost = cost
@@ -228,12 +258,21 @@ def library_usage(tokens: TokenCounts) -> genai_prices.Usage:
     """
     by_modality = {}
     for modality in tokens.modalities():
-        by_modality.update({f"input_{modality}_tokens": getattr(tokens, f"input_{modality}"),
-                            f"cache_{modality}_read_tokens": getattr(tokens, f"cached_{modality}"),
-                            f"output_{modality}_tokens": getattr(tokens, f"output_{modality}")})
-    return genai_prices.Usage(input_tokens=tokens.input + tokens.tool_prompt, cache_read_tokens=tokens.cached,
-                              input_tool_tokens=tokens.tool_prompt, output_tokens=tokens.output + tokens.thinking,
-                              output_reasoning_tokens=tokens.thinking, **by_modality)
+        by_modality.update(
+            {
+                f"input_{modality}_tokens": getattr(tokens, f"input_{modality}"),
+                f"cache_{modality}_read_tokens": getattr(tokens, f"cached_{modality}"),
+                f"output_{modality}_tokens": getattr(tokens, f"output_{modality}"),
+            }
+        )
+    return genai_prices.Usage(
+        input_tokens=tokens.input + tokens.tool_prompt,
+        cache_read_tokens=tokens.cached,
+        input_tool_tokens=tokens.tool_prompt,
+        output_tokens=tokens.output + tokens.thinking,
+        output_reasoning_tokens=tokens.thinking,
+        **by_modality,
+    )
 
 
 _NEVER_REPORTED_UNITS = ("web_searches_kcount",)
@@ -250,9 +289,13 @@ def _without_unused_units(model_price: ModelPrice, modalities: frozenset[str]) -
     units go as a group (the library requires its cached price beside the others).
     """
     unused = tuple(f"_{modality}_" for modality in MODALITIES if modality not in modalities)
-    return ModelPrice(**{key: value for key, value in model_price.__dict__.items()
-                         if value is not None and key not in _NEVER_REPORTED_UNITS
-                         and not any(part in key for part in unused)})
+    return ModelPrice(
+        **{
+            key: value
+            for key, value in model_price.__dict__.items()
+            if value is not None and key not in _NEVER_REPORTED_UNITS and not any(part in key for part in unused)
+        }
+    )
 
 
 def _utc_day(at: datetime):
@@ -270,8 +313,10 @@ def parse_overrides(table: dict) -> dict[str, PriceOverride]:
     for model, prices in table.items():
         unknown = set(prices) - {"input_mtok", "output_mtok", "cached_input_mtok"}
         if unknown or not {"input_mtok", "output_mtok"} <= set(prices):
-            raise ValueError(f"price override for {model!r} needs input_mtok and output_mtok "
-                             f"(and optionally cached_input_mtok); got {sorted(prices)}")
+            raise ValueError(
+                f"price override for {model!r} needs input_mtok and output_mtok "
+                f"(and optionally cached_input_mtok); got {sorted(prices)}"
+            )
         override = PriceOverride(**{name: Decimal(str(value)) for name, value in prices.items()})
         if any(price < 0 for price in (override.input_mtok, override.output_mtok, override.cached_input_mtok or 0)):
             raise ValueError(f"price override for {model!r} has a negative price")
@@ -299,11 +344,17 @@ def price_calls(calls: pd.DataFrame, book: PriceBook) -> pd.DataFrame:
         return calls.assign(**columns)
     # Only the columns pricing reads, and the times converted in one go: a row tuple of every column, its
     # timestamps boxed one by one, cost more than the (memoised) pricing itself.
-    priced = [name for name in ("model", "model_version", "processing", *PRICED_FIELDS,
-                                *(f"saved_{n}" for n in PRICED_FIELDS)) if name in calls.columns]
+    priced = [
+        name
+        for name in ("model", "model_version", "processing", *PRICED_FIELDS, *(f"saved_{n}" for n in PRICED_FIELDS))
+        if name in calls.columns
+    ]
     called_at = calls["called_at"]
-    times = (called_at.array.to_pydatetime() if pd.api.types.is_datetime64_any_dtype(called_at.dtype)
-             else [at.to_pydatetime() if hasattr(at, "to_pydatetime") else at for at in called_at])
+    times = (
+        called_at.array.to_pydatetime()
+        if pd.api.types.is_datetime64_any_dtype(called_at.dtype)
+        else [at.to_pydatetime() if hasattr(at, "to_pydatetime") else at for at in called_at]
+    )
     for row, at in zip(calls[priced].itertuples(index=False), times):
         served = row.model_version if isinstance(row.model_version, str) else None
         processing = getattr(row, "processing", None)

@@ -38,8 +38,10 @@ GEMINI_SERVICES = (GEMINI_API, "Generative Language API", VERTEX_AI)
 GEMINI_API_SERVICE_ID = "AEFD-7695-64FA"
 
 _MODEL = re.compile(r"\bgemini[\s-]*(?P<version>\d+(?:\.\d+)?)\s+(?P<size>pro|flash|ultra|nano)(?P<lite>\s+lite)?\b")
-_MODEL_ID = re.compile(r"^gemini-(?P<version>\d+(?:\.\d+)?)-(?P<size>pro|flash|ultra|nano)(?P<lite>-lite)?"
-                       r"(?P<variant>-(?:image|tts|live|native-audio))?")
+_MODEL_ID = re.compile(
+    r"^gemini-(?P<version>\d+(?:\.\d+)?)-(?P<size>pro|flash|ultra|nano)(?P<lite>-lite)?"
+    r"(?P<variant>-(?:image|tts|live|native-audio))?"
+)
 _FILLERS = {"ga", "preview", "global", "regional"}
 _MODALITY_WORDS = {"text", "image", "audio", "video"}
 _OTHER_SPEND = (  # (pattern, what): checked in order, before any token rule
@@ -52,8 +54,10 @@ _OTHER_SPEND = (  # (pattern, what): checked in order, before any token rule
     (r"\bbidi|\blive\b|\bnative audio\b", "Live API"),
     (r"\bprovisioned throughput\b", "provisioned throughput"),
 )
-_GEMINI_ON_VERTEX = re.compile(r"\bgemini|\bimagen\b|\bveo\b|\bvideos? generat|\blyria\b|\bgrounding\b"
-                               r"|\bprovisioned throughput\b")
+_GEMINI_ON_VERTEX = re.compile(
+    r"\bgemini|\bimagen\b|\bveo\b|\bvideos? generat|\blyria\b|\bgrounding\b"
+    r"|\bprovisioned throughput\b"
+)
 
 
 @dataclass(frozen=True)
@@ -103,21 +107,21 @@ def _model(text: str) -> tuple[str | None, str]:
     if version.endswith(".0") and int(version.split(".")[0]) >= 3:  # "Gemini 3.0 Pro" is gemini-3-pro; 2.0 keeps it
         version = version[:-2]
     name = f"gemini-{version}-{found['size']}" + ("-lite" if found["lite"] else "")
-    words = text[found.end():].split()
+    words = text[found.end() :].split()
     at = 0
     while at < len(words) and words[at] in _FILLERS:
         at += 1
     variant, used = None, 0
-    following = [w for w in words[at + 1:] if w not in _FILLERS]
-    if words[at:at + 3] == ["native", "image", "generation"]:
+    following = [w for w in words[at + 1 :] if w not in _FILLERS]
+    if words[at : at + 3] == ["native", "image", "generation"]:
         variant, used = "image", 3
-    elif words[at:at + 2] == ["native", "audio"]:
+    elif words[at : at + 2] == ["native", "audio"]:
         variant, used = "native-audio", 2
-    elif words[at:at + 1] == ["tts"]:
+    elif words[at : at + 1] == ["tts"]:
         variant, used = "tts", 1
-    elif words[at:at + 1] == ["image"] and (not following or following[0] in _MODALITY_WORDS):
+    elif words[at : at + 1] == ["image"] and (not following or following[0] in _MODALITY_WORDS):
         variant, used = "image", 1
-    rest = text[:found.start()] + " " + " ".join(words[at + used:] if variant else words)
+    rest = text[: found.start()] + " " + " ".join(words[at + used :] if variant else words)
     return name + (f"-{variant}" if variant else ""), rest
 
 
@@ -129,7 +133,7 @@ def invoice_model(model: str) -> str:
     found = _MODEL_ID.match(model.lower().rpartition("models/")[2])
     if not found:
         return model
-    return (f"gemini-{found['version']}-{found['size']}" + (found["lite"] or "") + (found["variant"] or ""))
+    return f"gemini-{found['version']}-{found['size']}" + (found["lite"] or "") + (found["variant"] or "")
 
 
 def parse_override(description: str, target: str) -> Sku:
@@ -139,48 +143,68 @@ def parse_override(description: str, target: str) -> Sku:
     parts = target.split("/")
     kind_at = next((i for i, part in enumerate(parts) if part in KINDS and i > 0), None)
     if kind_at is None:
-        raise ValueError(f"override for SKU {description!r} must be '<model>/<kind>[/<modality>][/<tier>]' with kind "
-                         f"in {KINDS}, or one of {OTHER_GEMINI!r}, {NOT_GEMINI!r}; got {target!r}")
-    model, kind, rest = "/".join(parts[:kind_at]), parts[kind_at], parts[kind_at + 1:]
+        raise ValueError(
+            f"override for SKU {description!r} must be '<model>/<kind>[/<modality>][/<tier>]' with kind "
+            f"in {KINDS}, or one of {OTHER_GEMINI!r}, {NOT_GEMINI!r}; got {target!r}"
+        )
+    model, kind, rest = "/".join(parts[:kind_at]), parts[kind_at], parts[kind_at + 1 :]
     modality = next((part for part in rest if part in MODALITIES), "text")
     tier = next((part for part in rest if part in TIERS), "standard")
     unknown = [part for part in rest if part not in MODALITIES and part not in TIERS]
     if unknown:
-        raise ValueError(f"override for SKU {description!r}: {unknown} are neither a modality {MODALITIES} "
-                         f"nor a tier {TIERS}")
+        raise ValueError(
+            f"override for SKU {description!r}: {unknown} are neither a modality {MODALITIES} nor a tier {TIERS}"
+        )
     return Sku(TOKENS, model, kind, modality, tier, SHORT)
 
 
 CATALOGUE = {
-    ("gemini-2.5-flash-lite", "input"):
-        ("399C-32AD-1412", "Generate content input token count gemini 2.5 flash lite short input text"),
-    ("gemini-2.5-flash-lite", "output"):
-        ("7133-23F2-04B7", "Generate content output token count gemini 2.5 flash lite short output text non-thinking"),
-    ("gemini-2.5-flash-lite", "cached_input"):
-        ("EBC7-B1E9-1DA3", "Generate_content text cached input token count for gemini 2.5 Flash Lite"),
-    ("gemini-2.5-flash", "input"):
-        ("981A-C057-0BF9", "Generate content input token count gemini 2.5 flash short input text"),
-    ("gemini-2.5-flash", "output"):
-        ("911A-8880-A243", "Generate content output token count gemini 2.5 flash short input text"),
-    ("gemini-2.5-flash", "cached_input"):
-        ("5CDC-4C82-2AEC", "Generate content cached input token count gemini 2.5 flash input short text"),
-    ("gemini-2.5-pro", "input"):
-        ("2D1C-F790-3C09", "Generate content input token count Gemini 2.5 Pro short input text"),
-    ("gemini-2.5-pro", "output"):
-        ("0F51-429B-C2DC", "Generate content output token count Gemini 2.5 Pro short output text"),
-    ("gemini-2.5-pro", "cached_input"):
-        ("9465-C223-0CE9", "Generate content cached input token count gemini 2.5 pro short input"),
-    ("gemini-3.5-flash", "input"):
-        ("63AC-2BA8-3F85", "Generate content input token count gemini 3.5 flash text"),
-    ("gemini-3.5-flash", "output"):
-        ("F9BE-D8E8-69E9", "Generate content output token count gemini 3.5 flash text"),
+    ("gemini-2.5-flash-lite", "input"): (
+        "399C-32AD-1412",
+        "Generate content input token count gemini 2.5 flash lite short input text",
+    ),
+    ("gemini-2.5-flash-lite", "output"): (
+        "7133-23F2-04B7",
+        "Generate content output token count gemini 2.5 flash lite short output text non-thinking",
+    ),
+    ("gemini-2.5-flash-lite", "cached_input"): (
+        "EBC7-B1E9-1DA3",
+        "Generate_content text cached input token count for gemini 2.5 Flash Lite",
+    ),
+    ("gemini-2.5-flash", "input"): (
+        "981A-C057-0BF9",
+        "Generate content input token count gemini 2.5 flash short input text",
+    ),
+    ("gemini-2.5-flash", "output"): (
+        "911A-8880-A243",
+        "Generate content output token count gemini 2.5 flash short input text",
+    ),
+    ("gemini-2.5-flash", "cached_input"): (
+        "5CDC-4C82-2AEC",
+        "Generate content cached input token count gemini 2.5 flash input short text",
+    ),
+    ("gemini-2.5-pro", "input"): (
+        "2D1C-F790-3C09",
+        "Generate content input token count Gemini 2.5 Pro short input text",
+    ),
+    ("gemini-2.5-pro", "output"): (
+        "0F51-429B-C2DC",
+        "Generate content output token count Gemini 2.5 Pro short output text",
+    ),
+    ("gemini-2.5-pro", "cached_input"): (
+        "9465-C223-0CE9",
+        "Generate content cached input token count gemini 2.5 pro short input",
+    ),
+    ("gemini-3.5-flash", "input"): ("63AC-2BA8-3F85", "Generate content input token count gemini 3.5 flash text"),
+    ("gemini-3.5-flash", "output"): ("F9BE-D8E8-69E9", "Generate content output token count gemini 3.5 flash text"),
 }
 """Gemini API SKUs (id, description) of standard short-context text, verbatim from the Cloud Billing catalogue
 (sources: cost_pipeline_tests/fixtures/billing/README.md)."""
 
 
-def describe(model: str, kind: str, modality: str = "text", tier: str = "standard",
-             context: str = SHORT) -> tuple[str | None, str]:
+def describe(
+    model: str, kind: str, modality: str = "text", tier: str = "standard", context: str = SHORT
+) -> tuple[str | None, str]:
     """(SKU id, description) of a Gemini API token SKU as Cloud Billing exports print it; `classify` reads it back.
 
     The catalogue's own SKU where it is listed above (id included); otherwise the wording

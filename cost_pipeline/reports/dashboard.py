@@ -23,8 +23,13 @@ from cost_pipeline.reports.report import rollup_completeness
 from cost_pipeline.storage.connect import connect, query_frame
 from cost_pipeline.storage.tables import table_exists
 
-SPEND_TOKENS = {"input": "spend_input_tokens", "cached": "spend_cached_tokens", "output": "spend_output_tokens",
-                "thinking": "spend_thinking_tokens", "tool prompt": "spend_tool_prompt_tokens"}
+SPEND_TOKENS = {
+    "input": "spend_input_tokens",
+    "cached": "spend_cached_tokens",
+    "output": "spend_output_tokens",
+    "thinking": "spend_thinking_tokens",
+    "tool prompt": "spend_tool_prompt_tokens",
+}
 DEFAULT_DAYS = 60
 """A dashboard shows this many days, ending on the latest, unless told otherwise."""
 PROJECTION_DAYS = 7
@@ -51,19 +56,34 @@ def load(database: str | Path, start: date, end: date, budgets: dict[str, Decima
     with connect(database, read_only=True) as connection:
         if not table_exists(connection, "main", "daily_cost_rollup"):
             raise LookupError(f"no daily_cost_rollup in {database}: run a day first (make demo)")
-        rollup = query_frame(connection, """SELECT * EXCLUDE (run_id) FROM daily_cost_rollup
-            WHERE partition_date BETWEEN ? AND ? ORDER BY partition_date, evaluation_id, model, stage""", [start, end])
-        latency = query_frame(connection, """
+        rollup = query_frame(
+            connection,
+            """SELECT * EXCLUDE (run_id) FROM daily_cost_rollup
+            WHERE partition_date BETWEEN ? AND ? ORDER BY partition_date, evaluation_id, model, stage""",
+            [start, end],
+        )
+        latency = query_frame(
+            connection,
+            """
             SELECT partition_date, quantile_cont(latency_ms, 0.5) AS p50_ms, quantile_cont(latency_ms, 0.95) AS p95_ms
             FROM llm_calls WHERE partition_date BETWEEN ? AND ? AND NOT cache_hit AND status = 'ok'
-            GROUP BY 1 ORDER BY 1""", [start, end])
-        overall = connection.execute("""
+            GROUP BY 1 ORDER BY 1""",
+            [start, end],
+        )
+        overall = connection.execute(
+            """
             SELECT quantile_cont(latency_ms, 0.5), quantile_cont(latency_ms, 0.95) FROM llm_calls
-            WHERE partition_date BETWEEN ? AND ? AND NOT cache_hit AND status = 'ok'""", [start, end]).fetchone()
-        spend_to_date = query_frame(connection, """
+            WHERE partition_date BETWEEN ? AND ? AND NOT cache_hit AND status = 'ok'""",
+            [start, end],
+        ).fetchone()
+        spend_to_date = query_frame(
+            connection,
+            """
             SELECT partition_date, evaluation_id,
                    sum(sum(spend_usd)) OVER (PARTITION BY evaluation_id ORDER BY partition_date) AS spend_to_date
-            FROM daily_cost_rollup WHERE partition_date <= ? GROUP BY 1, 2 ORDER BY 2, 1""", [end])
+            FROM daily_cost_rollup WHERE partition_date <= ? GROUP BY 1, 2 ORDER BY 2, 1""",
+            [end],
+        )
     return DashboardData(start, end, rollup, latency, tuple(overall), spend_to_date, budgets)
 
 
@@ -89,22 +109,34 @@ def render(data: DashboardData, generated_at: datetime | None = None) -> str:
     """The whole page: figure tiles, charts, budget burn-down and the detail table."""
     generated_at = generated_at or datetime.now(timezone.utc)
     shown = figures(data)
-    labels = {"spend": "Spend (billed attempts)", "data_cost": "Cost of the data", "saved": "Saved by the cache",
-              "calls": "Calls", "cache_hit_rate": "Cache hits", "failure_rate": "Failed calls",
-              "rejection_rate": "Rejected answers", "latency_p50": "Latency p50", "latency_p95": "Latency p95"}
-    tiles = "".join(f'<div class="tile"><div class="label">{html.escape(label)}</div>'
-                    f'<div class="value" data-figure="{name}">{html.escape(shown[name])}</div></div>'
-                    for name, label in labels.items())
-    charts = "".join(f'<section><h2>{html.escape(title)}</h2>{svg}</section>' for title, svg in _charts(data))
+    labels = {
+        "spend": "Spend (billed attempts)",
+        "data_cost": "Cost of the data",
+        "saved": "Saved by the cache",
+        "calls": "Calls",
+        "cache_hit_rate": "Cache hits",
+        "failure_rate": "Failed calls",
+        "rejection_rate": "Rejected answers",
+        "latency_p50": "Latency p50",
+        "latency_p95": "Latency p95",
+    }
+    tiles = "".join(
+        f'<div class="tile"><div class="label">{html.escape(label)}</div>'
+        f'<div class="value" data-figure="{name}">{html.escape(shown[name])}</div></div>'
+        for name, label in labels.items()
+    )
+    charts = "".join(f"<section><h2>{html.escape(title)}</h2>{svg}</section>" for title, svg in _charts(data))
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Gemini costs {data.start} to {data.end}</title>
 <style>
 body {{ font-family: system-ui, sans-serif; margin: 24px; color: #1f2328; background: #fafafa; }}
 h1 {{ margin: 0 0 4px; font-size: 22px; }} h2 {{ font-size: 16px; margin: 0 0 8px; }}
 .note {{ color: #57606a; margin-bottom: 16px; }}
-.tiles {{ display: grid; grid-template-columns: repeat(auto-fill, minmax(170px, 1fr)); gap: 10px; margin-bottom: 20px; }}
+.tiles {{ display: grid; grid-template-columns: repeat(auto-fill, minmax(170px, 1fr)); gap: 10px;
+          margin-bottom: 20px; }}
 .tile {{ background: white; border: 1px solid #d0d7de; border-radius: 8px; padding: 10px 12px; }}
-.tile .label {{ color: #57606a; font-size: 12px; }} .tile .value {{ font-size: 20px; font-weight: 600; margin-top: 2px; }}
+.tile .label {{ color: #57606a; font-size: 12px; }}
+.tile .value {{ font-size: 20px; font-weight: 600; margin-top: 2px; }}
 .charts {{ display: grid; grid-template-columns: repeat(auto-fill, minmax(520px, 1fr)); gap: 16px; }}
 section {{ background: white; border: 1px solid #d0d7de; border-radius: 8px; padding: 12px; }}
 section svg {{ width: 100%; height: auto; }}
@@ -123,8 +155,9 @@ rows as they stand cost (a cache hit costs nothing). Generated {generated_at:%Y-
 """
 
 
-def write(database: str | Path, path: str | Path, start: date, end: date,
-          budgets: dict[str, Decimal]) -> tuple[Path, DashboardData]:
+def write(
+    database: str | Path, path: str | Path, start: date, end: date, budgets: dict[str, Decimal]
+) -> tuple[Path, DashboardData]:
     """Load the range and write the page to `path` (its folder created); returns the path and the figures' data.
 
     Written to a temporary file and renamed, so a browser, or a second writer (the asset
@@ -157,9 +190,17 @@ def burn_down(data: DashboardData) -> pd.DataFrame:
         daily = days["spend_to_date"].diff().fillna(days["spend_to_date"]).tail(PROJECTION_DAYS)
         per_day = money_sum(daily) / len(daily) if len(daily) else Decimal(0)
         days_left = (month_end - data.end).days
-        rows.append({"evaluation_id": evaluation, "budget_usd": budget, "spent_usd": spent, "left_usd": budget - spent,
-                     "per_day_usd": per_day, "projected_left_usd": budget - spent - per_day * days_left,
-                     "month_end": month_end})
+        rows.append(
+            {
+                "evaluation_id": evaluation,
+                "budget_usd": budget,
+                "spent_usd": spent,
+                "left_usd": budget - spent,
+                "per_day_usd": per_day,
+                "projected_left_usd": budget - spent - per_day * days_left,
+                "month_end": month_end,
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -169,16 +210,37 @@ def _charts(data: DashboardData) -> list[tuple[str, str]]:
     matplotlib.use("Agg")
     rollup = data.rollup.assign(day=data.rollup["partition_date"].astype(str))
     days = sorted(rollup["day"].unique())
-    money_by = lambda column, by: (rollup.groupby(["day", by])[column].agg(money_sum).unstack(fill_value=Decimal(0))
-                                   .reindex(days).astype(float))
-    tokens = pd.DataFrame({label: rollup.groupby("day")[column].sum() for label, column in SPEND_TOKENS.items()}).reindex(days)
+
+    def money_by(column, by):
+        return (
+            rollup.groupby(["day", by])[column]
+            .agg(money_sum)
+            .unstack(fill_value=Decimal(0))
+            .reindex(days)
+            .astype(float)
+        )
+
+    tokens = pd.DataFrame(
+        {label: rollup.groupby("day")[column].sum() for label, column in SPEND_TOKENS.items()}
+    ).reindex(days)
     grouped = rollup.groupby("day")[["calls", "failures", "billed_attempts", "rejected_attempts"]].sum().reindex(days)
-    rates = pd.DataFrame({"failed calls": grouped["failures"] / grouped["calls"].where(grouped["calls"] > 0),
-                          "rejected answers": grouped["rejected_attempts"] / grouped["billed_attempts"].where(
-                              grouped["billed_attempts"] > 0)}).fillna(0.0) * 100
+    rates = (
+        pd.DataFrame(
+            {
+                "failed calls": grouped["failures"] / grouped["calls"].where(grouped["calls"] > 0),
+                "rejected answers": grouped["rejected_attempts"]
+                / grouped["billed_attempts"].where(grouped["billed_attempts"] > 0),
+            }
+        ).fillna(0.0)
+        * 100
+    )
     latency = data.latency.assign(day=data.latency["partition_date"].astype(str)).set_index("day")[["p50_ms", "p95_ms"]]
-    saved = pd.DataFrame({"saved by the cache": rollup.groupby("day")["saved_cost_usd"].agg(money_sum).astype(float),
-                          "cost of the data": rollup.groupby("day")["total_cost_usd"].agg(money_sum).astype(float)}).reindex(days)
+    saved = pd.DataFrame(
+        {
+            "saved by the cache": rollup.groupby("day")["saved_cost_usd"].agg(money_sum).astype(float),
+            "cost of the data": rollup.groupby("day")["total_cost_usd"].agg(money_sum).astype(float),
+        }
+    ).reindex(days)
     return [
         ("Spend per day by model (USD)", _bars(money_by("spend_usd", "model"), "USD")),
         ("Spend per day by evaluation (USD)", _bars(money_by("spend_usd", "evaluation_id"), "USD")),
@@ -186,7 +248,10 @@ def _charts(data: DashboardData) -> list[tuple[str, str]]:
         ("Billed tokens per day by kind", _bars(tokens, "tokens")),
         ("Cache savings per day (USD)", _bars(saved, "USD", stacked=False)),
         ("Failure and rejection rates per day (%)", _lines(rates, "%")),
-        ("Latency of answered API calls (ms)", _lines(latency.rename(columns={"p50_ms": "p50", "p95_ms": "p95"}), "ms")),
+        (
+            "Latency of answered API calls (ms)",
+            _lines(latency.rename(columns={"p50_ms": "p50", "p95_ms": "p95"}), "ms"),
+        ),
         ("Budget left per evaluation, projected to the month's end (USD)", _burn_down_chart(data)),
     ]
 
@@ -230,14 +295,20 @@ def _burn_down_chart(data: DashboardData) -> str:
         axes.text(0.5, 0.5, "no budgets in costs.toml", ha="center", va="center")
         return _svg(figure)
     default = data.budgets.get("default")
-    for evaluation, days in data.spend_to_date[data.spend_to_date["evaluation_id"].isin(plan["evaluation_id"])].groupby("evaluation_id"):
+    for evaluation, days in data.spend_to_date[data.spend_to_date["evaluation_id"].isin(plan["evaluation_id"])].groupby(
+        "evaluation_id"
+    ):
         budget = data.budgets.get(evaluation, default)
         when = pd.to_datetime(days["partition_date"])
         left = [float(budget - spent) for spent in days["spend_to_date"]]
         (line,) = axes.plot(when, left, marker="o", label=evaluation)
         row = plan[plan["evaluation_id"] == evaluation].iloc[0]
-        axes.plot([when.iloc[-1], pd.Timestamp(row["month_end"])], [left[-1], float(row["projected_left_usd"])],
-                  linestyle="--", color=line.get_color())
+        axes.plot(
+            [when.iloc[-1], pd.Timestamp(row["month_end"])],
+            [left[-1], float(row["projected_left_usd"])],
+            linestyle="--",
+            color=line.get_color(),
+        )
     axes.axhline(0, color="#cf222e", linewidth=1)
     axes.legend(fontsize=7, frameon=False)
     axes.set_ylabel("USD left")
@@ -246,15 +317,41 @@ def _burn_down_chart(data: DashboardData) -> str:
 
 
 def _detail_table(rollup: pd.DataFrame) -> str:
-    header = ["day", "evaluation", "model", "stage", "calls", "cache hits", "failed", "billed tokens", "spend",
-              "cost of the data"]
+    header = [
+        "day",
+        "evaluation",
+        "model",
+        "stage",
+        "calls",
+        "cache hits",
+        "failed",
+        "billed tokens",
+        "spend",
+        "cost of the data",
+    ]
     rows = []
     for row in rollup.itertuples(index=False):
         tokens = sum(int(getattr(row, column)) for column in SPEND_TOKENS.values())
-        cells = [str(row.partition_date), row.evaluation_id, row.model, row.stage, f"{row.calls:,}", f"{row.cache_hits:,}",
-                 f"{row.failures:,}", f"{tokens:,}", money(row.spend_usd), money(row.total_cost_usd)]
-        rows.append("<tr>" + "".join(f'<td class="key">{html.escape(c)}</td>' if i < 4 else f"<td>{html.escape(c)}</td>"
-                                     for i, c in enumerate(cells)) + "</tr>")
+        cells = [
+            str(row.partition_date),
+            row.evaluation_id,
+            row.model,
+            row.stage,
+            f"{row.calls:,}",
+            f"{row.cache_hits:,}",
+            f"{row.failures:,}",
+            f"{tokens:,}",
+            money(row.spend_usd),
+            money(row.total_cost_usd),
+        ]
+        rows.append(
+            "<tr>"
+            + "".join(
+                f'<td class="key">{html.escape(c)}</td>' if i < 4 else f"<td>{html.escape(c)}</td>"
+                for i, c in enumerate(cells)
+            )
+            + "</tr>"
+        )
     head = "<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>"
     return f'<table data-table="detail"><thead>{head}</thead><tbody>{"".join(rows)}</tbody></table>'
 
@@ -267,7 +364,7 @@ def _svg(figure) -> str:
     figure.savefig(buffer, format="svg")
     plt.close(figure)
     text = buffer.getvalue()
-    return text[text.index("<svg"):]  # inline: no XML prolog or DOCTYPE inside HTML
+    return text[text.index("<svg") :]  # inline: no XML prolog or DOCTYPE inside HTML
 
 
 def _share(part: int, whole: int) -> str:
@@ -286,6 +383,9 @@ def default_path(database: str | Path) -> Path:
 def latest_day(database: str | Path) -> date:
     """The latest day with a rollup (today when there is none): where a dashboard's range ends by default."""
     with connect(database, read_only=True) as connection:
-        latest = connection.execute("SELECT max(partition_date) FROM daily_cost_rollup").fetchone()[0] \
-            if table_exists(connection, "main", "daily_cost_rollup") else None
+        latest = (
+            connection.execute("SELECT max(partition_date) FROM daily_cost_rollup").fetchone()[0]
+            if table_exists(connection, "main", "daily_cost_rollup")
+            else None
+        )
     return latest or datetime.now(timezone.utc).date()

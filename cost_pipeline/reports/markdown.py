@@ -18,13 +18,22 @@ def money_sum(values) -> Decimal:
 def money_entries(name: str, value: Decimal | None) -> dict:
     """A money figure three ways: `name` as text for people, `name_usd` as a float for the UI's plots, and
     `name_usd_exact` as the exact Decimal in text (floats never carry money)."""
-    return {name: money(value), f"{name}_usd": float(value or 0), f"{name}_usd_exact": "n/a" if value is None else str(value)}
+    return {
+        name: money(value),
+        f"{name}_usd": float(value or 0),
+        f"{name}_usd_exact": "n/a" if value is None else str(value),
+    }
 
 
 def markdown_table(frame: pd.DataFrame, limit: int = 20) -> str:
     """The first `limit` rows of `frame` as a GitHub-style markdown table."""
+
     def cell(value) -> str:
-        return "" if value is None or (isinstance(value, float) and pd.isna(value)) else str(value).replace("|", "\\|").replace("\n", " ")
+        return (
+            ""
+            if value is None or (isinstance(value, float) and pd.isna(value))
+            else str(value).replace("|", "\\|").replace("\n", " ")
+        )
 
     header = "| " + " | ".join(map(str, frame.columns)) + " |"
     rule = "|" + "---|" * len(frame.columns)

@@ -17,15 +17,25 @@ from cost_pipeline.storage.connect import connect, query_frame
 from cost_pipeline.storage.tables import PARTITION_COLUMN, qualified, table_exists
 
 DIMENSIONS = {"day": "partition_date", "evaluation": "evaluation_id", "model": "model", "stage": "stage"}
-MEASURES = ["calls", "cache_hits", "total_tokens", "spend_usd", "total_cost_usd", "saved_cost_usd", "unpriced_calls",
-            "billing_unknown_attempts"]
+MEASURES = [
+    "calls",
+    "cache_hits",
+    "total_tokens",
+    "spend_usd",
+    "total_cost_usd",
+    "saved_cost_usd",
+    "unpriced_calls",
+    "billing_unknown_attempts",
+]
 """`spend_usd` is money out (every billed attempt of every run); `total_cost_usd` the cost of the data as it stands."""
 
 
 def incomplete_note(unpriced: int, unknown: int) -> str:
     """The words a total carries when it leaves something out; empty when it does not."""
-    parts = [f"{unpriced:,} calls without a price" if unpriced else "",
-             f"{unknown:,} attempts billed for usage never seen" if unknown else ""]
+    parts = [
+        f"{unpriced:,} calls without a price" if unpriced else "",
+        f"{unknown:,} attempts billed for usage never seen" if unknown else "",
+    ]
     parts = [p for p in parts if p]
     return f"incomplete: leaves out {' and '.join(parts)}" if parts else ""
 
@@ -45,7 +55,8 @@ def table_counts(database: str, day: date) -> dict[str, int]:
         ).fetchall()
         return {
             table: connection.execute(
-                f"SELECT count(*) FROM {qualified(schema, table)} WHERE {PARTITION_COLUMN} = ? OR {PARTITION_COLUMN} IS NULL",
+                f"SELECT count(*) FROM {qualified(schema, table)} "
+                f"WHERE {PARTITION_COLUMN} = ? OR {PARTITION_COLUMN} IS NULL",
                 [day],
             ).fetchone()[0]
             for schema, table in tables
@@ -62,20 +73,25 @@ def dimensions(by: str) -> list[str]:
 
 
 def cost_report(database: str, start: date, end: date, by: str) -> pd.DataFrame:
-    """Calls, tokens and cost per `by` (day, evaluation, model, stage or any combination) between two days, inclusive."""
+    """Calls, tokens and cost per `by` (day, evaluation, model, stage or any combination) between two days,
+    inclusive."""
     names = dimensions(by)
     with connect(database, read_only=True) as connection:
         if not table_exists(connection, "main", "daily_cost_rollup"):
             return pd.DataFrame(columns=[*names, *MEASURES])
         keys = ", ".join(f"{DIMENSIONS[name]} AS {name}" for name in names)
-        return query_frame(connection, f"""
+        return query_frame(
+            connection,
+            f"""
             SELECT {keys}, sum(calls)::BIGINT AS calls, sum(cache_hits)::BIGINT AS cache_hits,
                    sum(total_tokens)::BIGINT AS total_tokens, sum(spend_usd) AS spend_usd,
                    sum(total_cost_usd) AS total_cost_usd, sum(saved_cost_usd) AS saved_cost_usd,
                    (sum(missing_price_calls) + sum(unpriced_attempts))::BIGINT AS unpriced_calls,
                    sum(billing_unknown_attempts)::BIGINT AS billing_unknown_attempts
             FROM daily_cost_rollup WHERE partition_date BETWEEN ? AND ?
-            GROUP BY ALL ORDER BY ALL""", [start, end])
+            GROUP BY ALL ORDER BY ALL""",
+            [start, end],
+        )
 
 
 def daily_cost_by_model(database: str, start: date, end: date) -> pd.DataFrame:
@@ -83,9 +99,13 @@ def daily_cost_by_model(database: str, start: date, end: date) -> pd.DataFrame:
     with connect(database, read_only=True) as connection:
         if not table_exists(connection, "main", "daily_cost_rollup"):
             return pd.DataFrame()
-        frame = query_frame(connection, """
+        frame = query_frame(
+            connection,
+            """
             SELECT partition_date AS day, model, sum(spend_usd) AS cost FROM daily_cost_rollup
-            WHERE partition_date BETWEEN ? AND ? GROUP BY ALL ORDER BY ALL""", [start, end])
+            WHERE partition_date BETWEEN ? AND ? GROUP BY ALL ORDER BY ALL""",
+            [start, end],
+        )
     return frame.pivot(index="day", columns="model", values="cost").fillna(Decimal(0))
 
 
@@ -95,8 +115,9 @@ def render(report: pd.DataFrame, fmt: str) -> str:
     totals = _totals(report)
     note = incomplete_note(totals["unpriced_calls"], totals["billing_unknown_attempts"])
     if fmt == "json":
-        return json.dumps({"rows": rows, "total": {**_plain_dict(totals), "complete": not note, "note": note or None}},
-                          indent=2)
+        return json.dumps(
+            {"rows": rows, "total": {**_plain_dict(totals), "complete": not note, "note": note or None}}, indent=2
+        )
     if fmt == "csv":
         out = io.StringIO()
         writer = csv.DictWriter(out, fieldnames=list(report.columns))
@@ -133,9 +154,12 @@ def _table(report: pd.DataFrame) -> str:
     body = [[_cell(v) for v in row] for row in report.itertuples(index=False)]
     totals = _totals(report)
     keys = [name for name in header if name not in MEASURES]
-    body.append(["TOTAL", *([""] * (len(keys) - 1)), *(_cell(totals[m]) for m in header[len(keys):])])
+    body.append(["TOTAL", *([""] * (len(keys) - 1)), *(_cell(totals[m]) for m in header[len(keys) :])])
     widths = [max(len(h), *(len(r[i]) for r in body)) for i, h in enumerate(header)]
-    line = lambda cells: "  ".join(c.ljust(w) if i < len(keys) else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+
+    def line(cells):
+        return "  ".join(c.ljust(w) if i < len(keys) else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+
     rule = "  ".join("-" * w for w in widths)
     return "\n".join([line(header), rule, *map(line, body[:-1]), rule, line(body[-1])])
 

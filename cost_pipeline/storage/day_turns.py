@@ -23,8 +23,9 @@ SORT_MEMORY = "256MB"
 EXPORT_BATCH_ROWS = 65_536
 
 
-def export_day_turns(database: str | Path, day: date | str, path: Path, timeout_s: float = 120.0,
-                     table: str = "raw_turns") -> int:
+def export_day_turns(
+    database: str | Path, day: date | str, path: Path, timeout_s: float = 120.0, table: str = "raw_turns"
+) -> int:
     """Write the day's turns, in conversation order, to `path`; returns how many. A day never ingested is an error."""
     day = date.fromisoformat(day) if isinstance(day, str) else day
     with connect(database, read_only=True, timeout_s=timeout_s) as connection:
@@ -34,7 +35,9 @@ def export_day_turns(database: str | Path, day: date | str, path: Path, timeout_
         # A relation streams record batches straight from DuckDB (a DB-API result's Arrow output copies every row).
         reader = connection.sql(
             f"SELECT {', '.join(TURN_FIELDS)} FROM {table} WHERE {PARTITION_COLUMN} = $day "
-            "ORDER BY evaluation_id, conversation_id, turn_index", params={"day": day}).to_arrow_reader(EXPORT_BATCH_ROWS)
+            "ORDER BY evaluation_id, conversation_id, turn_index",
+            params={"day": day},
+        ).to_arrow_reader(EXPORT_BATCH_ROWS)
         rows = 0
         with pq.ParquetWriter(path, reader.schema) as writer:
             for batch in reader:

@@ -70,8 +70,11 @@ class Dimension:
         if self.window is not None:
             if self.column is not None:
                 target, cast = quote(self.column), self.column_type
-                bounds = ([self.window.start.date(), self.window.end.date()] if self.column_type == DATE
-                          else [self.window.start, self.window.end])
+                bounds = (
+                    [self.window.start.date(), self.window.end.date()]
+                    if self.column_type == DATE
+                    else [self.window.start, self.window.end]
+                )
             else:
                 # As the stock IO manager compares: the window's wall-clock times in the partitions' time zone.
                 target, cast = f"({self.expr})", "TIMESTAMP"
@@ -132,8 +135,9 @@ def day_slice(day: date) -> TableSlice:
     from datetime import time, timedelta, timezone
 
     start = datetime.combine(day, time(), tzinfo=timezone.utc)
-    return TableSlice((Dimension(column="partition_date", column_type=DATE,
-                                 window=TimeRange(start, start + timedelta(days=1))),))
+    return TableSlice(
+        (Dimension(column="partition_date", column_type=DATE, window=TimeRange(start, start + timedelta(days=1))),)
+    )
 
 
 def days_slice(days: Sequence[date]) -> TableSlice:

@@ -35,8 +35,13 @@ LOCK_SUFFIX = ".lock"
 DEFAULT_CHUNK_ROWS = 8192
 _DECIMAL = re.compile(r"DECIMAL\((\d+),\s*(\d+)\)")
 _ARROW_TYPES = {
-    "VARCHAR": pa.string(), "INTEGER": pa.int32(), "BIGINT": pa.int64(), "DOUBLE": pa.float64(),
-    "BOOLEAN": pa.bool_(), "DATE": pa.date32(), "TIMESTAMPTZ": pa.timestamp("us", tz="UTC"),
+    "VARCHAR": pa.string(),
+    "INTEGER": pa.int32(),
+    "BIGINT": pa.int64(),
+    "DOUBLE": pa.float64(),
+    "BOOLEAN": pa.bool_(),
+    "DATE": pa.date32(),
+    "TIMESTAMPTZ": pa.timestamp("us", tz="UTC"),
     "TIMESTAMP": pa.timestamp("us"),
 }
 

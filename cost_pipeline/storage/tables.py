@@ -125,8 +125,13 @@ def read_slice(
     return frame
 
 
-def empty_frame(connection: duckdb.DuckDBPyConnection | None, schema: str, table: str,
-                leave_out: Sequence[str] = (), columns: Sequence[str] | None = None) -> pd.DataFrame:
+def empty_frame(
+    connection: duckdb.DuckDBPyConnection | None,
+    schema: str,
+    table: str,
+    leave_out: Sequence[str] = (),
+    columns: Sequence[str] | None = None,
+) -> pd.DataFrame:
     """A frame with the table's columns (those of `columns` if given) and no rows; none when there is no table."""
     existing = list(_existing_types(connection, schema, table)) if connection is not None else []
     names = list(columns) if columns is not None else [name for name in existing if name not in leave_out]
@@ -160,7 +165,9 @@ def drop_primary_key(connection: duckdb.DuckDBPyConnection, table: str) -> bool:
     """
     keyed = connection.execute(
         "SELECT count(*) FROM duckdb_constraints() WHERE schema_name = 'main' AND table_name = ? "
-        "AND constraint_type = 'PRIMARY KEY'", [table]).fetchall()[0][0]  # fetched to the end: the connection is free
+        "AND constraint_type = 'PRIMARY KEY'",
+        [table],
+    ).fetchall()[0][0]  # fetched to the end: the connection is free
     if not keyed:
         return False
     rebuilt = quote(f"{table}__without_key")
@@ -219,8 +226,9 @@ def _wider(table_type: str, frame_type: str) -> str | None:
     return None
 
 
-def _reconcile(connection: duckdb.DuckDBPyConnection, write: TableWrite, name: str, table_type: str,
-               frame_type: str) -> str:
+def _reconcile(
+    connection: duckdb.DuckDBPyConnection, write: TableWrite, name: str, table_type: str, frame_type: str
+) -> str:
     """The type the column is inserted as when table and frame disagree; widens the table when that loses nothing.
 
     In order: a frame column with no values takes the table's type; a table column with
@@ -243,7 +251,8 @@ def _reconcile(connection: duckdb.DuckDBPyConnection, write: TableWrite, name: s
         if _survive(connection, _FRAME_VIEW, frame_value, frame_type, table_type):
             return table_type
         if _survive(connection, table, column, table_type, wider) and _survive(
-                connection, _FRAME_VIEW, frame_value, frame_type, wider):
+            connection, _FRAME_VIEW, frame_value, frame_type, wider
+        ):
             connection.execute(f"ALTER TABLE {table} ALTER COLUMN {column} TYPE {wider}")
             return wider
     raise SchemaMismatch(
@@ -261,8 +270,10 @@ def _has_values(connection: duckdb.DuckDBPyConnection, source: str, value: str) 
 def _survive(connection: duckdb.DuckDBPyConnection, source: str, value: str, from_type: str, to_type: str) -> bool:
     """Whether every value of `value` comes back unchanged after a trip through `to_type`."""
     trip = f"CAST(TRY_CAST(v AS {to_type}) AS {from_type})"
-    lost = connection.execute(f"SELECT count(*) FROM (SELECT {value} AS v FROM {source}) "
-                              f"WHERE v IS NOT NULL AND ({trip} IS NULL OR {trip} <> v)").fetchone()[0]
+    lost = connection.execute(
+        f"SELECT count(*) FROM (SELECT {value} AS v FROM {source}) "
+        f"WHERE v IS NOT NULL AND ({trip} IS NULL OR {trip} <> v)"
+    ).fetchone()[0]
     return lost == 0
 
 
@@ -270,13 +281,17 @@ def _frame_types(connection: duckdb.DuckDBPyConnection, write: TableWrite) -> li
     """Stamped partition columns first, then the frame's own columns with declared or inferred types, then run_id."""
     names = _source_columns(write)
     if not names:
-        raise SchemaMismatch(f"{write.schema}.{write.table}: the frame has no columns; a DuckDB table needs one at least")
+        raise SchemaMismatch(
+            f"{write.schema}.{write.table}: the frame has no columns; a DuckDB table needs one at least"
+        )
     for name in names:
         quote(name)
     stamped = [name for name in write.stamped_columns() if name in names]
     if stamped:
-        raise SchemaMismatch(f"{write.table}: columns {stamped} are stamped by the IO manager; drop them from the frame "
-                             "(or keep the partition in your own column and name it in `partition_expr`)")
+        raise SchemaMismatch(
+            f"{write.table}: columns {stamped} are stamped by the IO manager; drop them from the frame "
+            "(or keep the partition in your own column and name it in `partition_expr`)"
+        )
     if write.declared_types:
         extra = sorted(set(names) - set(write.declared_types))
         missing = sorted(set(write.declared_types) - set(names))
@@ -338,11 +353,14 @@ def _check_rows_in_slice(connection: duckdb.DuckDBPyConnection, write: TableWrit
     _bind_source(connection, write)
     expressions = [d for d in write.slice.dimensions if d.expr is not None]
     where, params = TableSlice(tuple(expressions)).where()
-    outside = connection.execute(f"SELECT count(*) FROM {_FRAME_VIEW} WHERE ({where}) IS NOT TRUE", params).fetchone()[0]
+    outside = connection.execute(f"SELECT count(*) FROM {_FRAME_VIEW} WHERE ({where}) IS NOT TRUE", params).fetchone()[
+        0
+    ]
     if outside:
         raise SchemaMismatch(
             f"{write.schema}.{write.table}: {outside} of {len(write.frame)} rows fall outside the partition written by "
-            f"its partition_expr ({', '.join(d.expr for d in expressions)}); a re-run could never replace them")
+            f"its partition_expr ({', '.join(d.expr for d in expressions)}); a re-run could never replace them"
+        )
 
 
 def _insert_frame(connection: duckdb.DuckDBPyConnection, write: TableWrite, columns: list[tuple[str, str]]) -> None:
@@ -350,10 +368,14 @@ def _insert_frame(connection: duckdb.DuckDBPyConnection, write: TableWrite, colu
     stamps = {name: value for name, _, value in write.slice.stamped()} if write.slice else {}
     stamps[RUN_ID_COLUMN] = write.run_id
     names = ", ".join(quote(name) for name, _ in columns)
-    values = ", ".join(f"CAST(? AS {sql_type})" if name in stamps else f"CAST({quote(name)} AS {sql_type})"
-                       for name, sql_type in columns)
-    connection.execute(f"INSERT INTO {qualified(write.schema, write.table)} ({names}) SELECT {values} FROM {_FRAME_VIEW}",
-                       [stamps[name] for name, _ in columns if name in stamps])
+    values = ", ".join(
+        f"CAST(? AS {sql_type})" if name in stamps else f"CAST({quote(name)} AS {sql_type})"
+        for name, sql_type in columns
+    )
+    connection.execute(
+        f"INSERT INTO {qualified(write.schema, write.table)} ({names}) SELECT {values} FROM {_FRAME_VIEW}",
+        [stamps[name] for name, _ in columns if name in stamps],
+    )
 
 
 def _unregister_frame(connection: duckdb.DuckDBPyConnection) -> None:

@@ -34,41 +34,67 @@ from cost_pipeline.money.ledger import ensure_ledger
 from cost_pipeline.reports.markdown import markdown_table
 from cost_pipeline.storage.connect import connect
 
-_SUMMED = ("input_tokens", "cached_tokens", "output_tokens", "thinking_tokens", "tool_prompt_tokens", *MODALITY_FIELDS,
-           "input_cost_usd", "cached_input_cost_usd", "output_cost_usd")
+_SUMMED = (
+    "input_tokens",
+    "cached_tokens",
+    "output_tokens",
+    "thinking_tokens",
+    "tool_prompt_tokens",
+    *MODALITY_FIELDS,
+    "input_cost_usd",
+    "cached_input_cost_usd",
+    "output_cost_usd",
+)
 LEDGER_GROUPS_SQL = f"""
 SELECT coalesce(model_version, model) AS model, coalesce(processing, 'standard') AS tier,
        input_tokens + tool_prompt_tokens > {LONG_CONTEXT_TOKENS} AS long_context,
        {", ".join(f"sum({name}) AS {name}" for name in _SUMMED)}
 FROM llm_attempts WHERE billed AND sent_at >= $start AND sent_at < $end GROUP BY ALL
 """
-UNKNOWN_SQL = ("SELECT count(*) AS unknown FROM llm_attempts "
-               "WHERE billed IS NULL AND sent_at >= $start AND sent_at < $end")
+UNKNOWN_SQL = (
+    "SELECT count(*) AS unknown FROM llm_attempts WHERE billed IS NULL AND sent_at >= $start AND sent_at < $end"
+)
 
-RECONCILIATION_SCHEMA = dg.TableSchema(columns=[
-    dg.TableColumn("billing_day", "DATE", description="The day billed: a UTC day (BigQuery export lines) or a Pacific "
-                   "day (the console's download), as day_zone says; the ledger is cut the same way."),
-    dg.TableColumn("day_zone", "VARCHAR", description="UTC, or America/Los_Angeles for a console download's line."),
-    dg.TableColumn("model", "VARCHAR", description="As the invoice names it (the served model's family)."),
-    dg.TableColumn("kind", "VARCHAR",
-                   description="input (uncached, tool prompt included), cached_input, output (thinking included)."),
-    dg.TableColumn("modality", "VARCHAR", description="text, audio, image or video."),
-    dg.TableColumn("tier", "VARCHAR", description="standard, batch (the Batch API), flex or priority."),
-    dg.TableColumn("context", "VARCHAR", description="short, or long (a prompt over 200k tokens)."),
-    dg.TableColumn("invoice_tokens", "BIGINT"),
-    dg.TableColumn("ledger_tokens", "BIGINT"),
-    dg.TableColumn("token_gap", "BIGINT", description="invoice - ledger."),
-    dg.TableColumn("invoice_usd", TOTAL_MONEY, description="Gross (before credits), converted with the export's own "
-                   "currency_conversion_rate; null when its currency could not be converted (note says why)."),
-    dg.TableColumn("ledger_usd", TOTAL_MONEY),
-    dg.TableColumn("usd_gap", TOTAL_MONEY, description="invoice - ledger, in dollars."),
-    dg.TableColumn("credits_usd", TOTAL_MONEY, description="Credits on the invoice lines (free tier, promotions): "
-                   "shown, not compared."),
-    dg.TableColumn("currency", "VARCHAR", description="The export's currency."),
-    dg.TableColumn("within_tolerance", "BOOLEAN"),
-    dg.TableColumn("skus", "VARCHAR", description="The SKU descriptions summed into the line."),
-    dg.TableColumn("note", "VARCHAR", description="Why the invoice's cost is unknown (a currency without a rate)."),
-])
+RECONCILIATION_SCHEMA = dg.TableSchema(
+    columns=[
+        dg.TableColumn(
+            "billing_day",
+            "DATE",
+            description="The day billed: a UTC day (BigQuery export lines) or a Pacific "
+            "day (the console's download), as day_zone says; the ledger is cut the same way.",
+        ),
+        dg.TableColumn("day_zone", "VARCHAR", description="UTC, or America/Los_Angeles for a console download's line."),
+        dg.TableColumn("model", "VARCHAR", description="As the invoice names it (the served model's family)."),
+        dg.TableColumn(
+            "kind",
+            "VARCHAR",
+            description="input (uncached, tool prompt included), cached_input, output (thinking included).",
+        ),
+        dg.TableColumn("modality", "VARCHAR", description="text, audio, image or video."),
+        dg.TableColumn("tier", "VARCHAR", description="standard, batch (the Batch API), flex or priority."),
+        dg.TableColumn("context", "VARCHAR", description="short, or long (a prompt over 200k tokens)."),
+        dg.TableColumn("invoice_tokens", "BIGINT"),
+        dg.TableColumn("ledger_tokens", "BIGINT"),
+        dg.TableColumn("token_gap", "BIGINT", description="invoice - ledger."),
+        dg.TableColumn(
+            "invoice_usd",
+            TOTAL_MONEY,
+            description="Gross (before credits), converted with the export's own "
+            "currency_conversion_rate; null when its currency could not be converted (note says why).",
+        ),
+        dg.TableColumn("ledger_usd", TOTAL_MONEY),
+        dg.TableColumn("usd_gap", TOTAL_MONEY, description="invoice - ledger, in dollars."),
+        dg.TableColumn(
+            "credits_usd",
+            TOTAL_MONEY,
+            description="Credits on the invoice lines (free tier, promotions): shown, not compared.",
+        ),
+        dg.TableColumn("currency", "VARCHAR", description="The export's currency."),
+        dg.TableColumn("within_tolerance", "BOOLEAN"),
+        dg.TableColumn("skus", "VARCHAR", description="The SKU descriptions summed into the line."),
+        dg.TableColumn("note", "VARCHAR", description="Why the invoice's cost is unknown (a currency without a rate)."),
+    ]
+)
 
 
 @dg.asset(
@@ -81,8 +107,9 @@ RECONCILIATION_SCHEMA = dg.TableSchema(columns=[
     output_required=False,
     pool=DUCKDB_POOL,
 )
-def billing_reconciliation(context: dg.AssetExecutionContext, warehouse: DuckDBWarehouse, costs: CostSettings,
-                           billing: BillingExports):
+def billing_reconciliation(
+    context: dg.AssetExecutionContext, warehouse: DuckDBWarehouse, costs: CostSettings, billing: BillingExports
+):
     """The day's Cloud Billing export lines against the ledger's billed attempts, line by line."""
     day = date.fromisoformat(context.partition_key)
     exported, warnings = day_lines(read_billing(billing, costs), day)
@@ -93,8 +120,13 @@ def billing_reconciliation(context: dg.AssetExecutionContext, warehouse: DuckDBW
     drop_earlier_grain(warehouse.database, context.log.info)
     bounds = dict(zip(("start", "end"), day_bounds(day, exported[0].zone)))
     groups = warehouse.query(LEDGER_GROUPS_SQL, bounds).to_dict("records")
-    match = match_day(day, exported, ledger_lines(groups, costs.price_book(), day), costs.billing_projects(),
-                      costs.billing_tolerance())
+    match = match_day(
+        day,
+        exported,
+        ledger_lines(groups, costs.price_book(), day),
+        costs.billing_projects(),
+        costs.billing_tolerance(),
+    )
     match.warnings[:0] = warnings
     for warning in [*match.warnings, *filter(None, [match.refused])]:
         context.log.warning(warning)
@@ -109,7 +141,8 @@ def drop_earlier_grain(database: str, log) -> None:
     with connect(database) as connection:
         (earlier,) = connection.execute(
             "SELECT count(*) FROM information_schema.columns WHERE table_schema = 'main' "
-            "AND table_name = 'billing_reconciliation' AND column_name = 'source'").fetchone()
+            "AND table_name = 'billing_reconciliation' AND column_name = 'source'"
+        ).fetchone()
         if earlier:
             connection.execute("DROP TABLE billing_reconciliation")
             log("dropped billing_reconciliation of the earlier grain (source x kind): days are rebuilt as reconciled")
@@ -121,27 +154,35 @@ def read_billing(billing: BillingExports, costs: CostSettings) -> list:
     return [line for path in billing.files() for line in read_export(path, overrides, rates)]
 
 
-@dg.asset_check(asset="billing_reconciliation", partitions_def=billing_days,
-                description="Every invoice token line of our projects (model x kind x modality x tier x context) "
-                            "equals the ledger's billed attempts within the tolerance; names the largest gaps.")
-def ledger_matches_invoice(context: dg.AssetCheckExecutionContext, warehouse: DuckDBWarehouse,
-                           costs: CostSettings, billing: BillingExports) -> dg.AssetCheckResult:
+@dg.asset_check(
+    asset="billing_reconciliation",
+    partitions_def=billing_days,
+    description="Every invoice token line of our projects (model x kind x modality x tier x context) "
+    "equals the ledger's billed attempts within the tolerance; names the largest gaps.",
+)
+def ledger_matches_invoice(
+    context: dg.AssetCheckExecutionContext, warehouse: DuckDBWarehouse, costs: CostSettings, billing: BillingExports
+) -> dg.AssetCheckResult:
     day = date.fromisoformat(context.partition_key)
     exported, _ = day_lines(read_billing(billing, costs), day)
     zone = exported[0].zone if exported else "UTC"
     bounds = dict(zip(("start", "end"), day_bounds(day, zone)))
-    lines = warehouse.query("SELECT * EXCLUDE (partition_date, run_id) FROM billing_reconciliation "
-                            "WHERE partition_date = $day", {"day": context.partition_key})
+    lines = warehouse.query(
+        "SELECT * EXCLUDE (partition_date, run_id) FROM billing_reconciliation WHERE partition_date = $day",
+        {"day": context.partition_key},
+    )
     unknown = int(warehouse.query(UNKNOWN_SQL, bounds).iloc[0]["unknown"])
     refused = match_day(day, exported, [], costs.billing_projects(), costs.billing_tolerance()).refused
     return reconciliation_check(lines, unknown, costs.billing_tolerance(), refused)
 
 
-def reconciliation_check(lines: pd.DataFrame, unknown: int, tolerance: Tolerance,
-                         refused: str | None = None) -> dg.AssetCheckResult:
+def reconciliation_check(
+    lines: pd.DataFrame, unknown: int, tolerance: Tolerance, refused: str | None = None
+) -> dg.AssetCheckResult:
     if refused:
-        return dg.AssetCheckResult(passed=False, severity=dg.AssetCheckSeverity.WARN, description=refused,
-                                   metadata={"lines": 0})
+        return dg.AssetCheckResult(
+            passed=False, severity=dg.AssetCheckSeverity.WARN, description=refused, metadata={"lines": 0}
+        )
     off = lines[~lines["within_tolerance"].astype(bool)]
     size = off["usd_gap"].map(lambda gap: abs(gap) if gap is not None and not pd.isna(gap) else Decimal("Infinity"))
     largest = off.assign(size=size, tokens=off["token_gap"].abs()).sort_values(["size", "tokens"], ascending=False)
@@ -150,17 +191,25 @@ def reconciliation_check(lines: pd.DataFrame, unknown: int, tolerance: Tolerance
     if len(off):
         worst = largest.iloc[0]
         gap = "unknown" if worst["usd_gap"] is None or pd.isna(worst["usd_gap"]) else f"${worst['usd_gap']:+.6f}"
-        description = (f"{len(off)} invoice line(s) differ from the ledger beyond {tolerance.describe()}; largest: "
-                       f"{worst['model']} {worst['kind']} {worst['modality']} ({worst['tier']}, {worst['context']}) "
-                       f"on {worst['billing_day']}: {worst['token_gap']:+,} tokens, {gap}"
-                       + (f" ({worst['note']})" if worst["note"] else ""))
+        description = (
+            f"{len(off)} invoice line(s) differ from the ledger beyond {tolerance.describe()}; largest: "
+            f"{worst['model']} {worst['kind']} {worst['modality']} ({worst['tier']}, {worst['context']}) "
+            f"on {worst['billing_day']}: {worst['token_gap']:+,} tokens, {gap}"
+            + (f" ({worst['note']})" if worst["note"] else "")
+        )
         if unknown:
             description += f"; {unknown} attempt(s) were billed for usage we never saw (billing unknown)"
     return dg.AssetCheckResult(
-        passed=bool(off.empty), severity=dg.AssetCheckSeverity.ERROR,
+        passed=bool(off.empty),
+        severity=dg.AssetCheckSeverity.ERROR,
         description=description,
-        metadata={"lines": len(lines), "lines_off": len(off), "billing_unknown_attempts": unknown,
-                  "largest_gaps": dg.MetadataValue.md(markdown_table(largest.head(10)) if len(off) else "none")})
+        metadata={
+            "lines": len(lines),
+            "lines_off": len(off),
+            "billing_unknown_attempts": unknown,
+            "largest_gaps": dg.MetadataValue.md(markdown_table(largest.head(10)) if len(off) else "none"),
+        },
+    )
 
 
 def reconciliation_metadata(match: DayMatch, lines: pd.DataFrame, unknown: int) -> dict:
@@ -179,10 +228,13 @@ def reconciliation_metadata(match: DayMatch, lines: pd.DataFrame, unknown: int) 
         "billing_unknown_attempts": unknown,
         "day_zone": match.zone,
         "projects_compared": ", ".join(match.projects) or "none",
-        "projects_excluded": ", ".join(sorted({row["project"] for row in match.not_ours
-                                              if row["project"] not in match.projects})) or "none",
-        "other_spend_usd": float(sum((row["cost_usd"] for row in match.other_spend if row["cost_usd"] is not None),
-                                     Decimal(0))),
+        "projects_excluded": ", ".join(
+            sorted({row["project"] for row in match.not_ours if row["project"] not in match.projects})
+        )
+        or "none",
+        "other_spend_usd": float(
+            sum((row["cost_usd"] for row in match.other_spend if row["cost_usd"] is not None), Decimal(0))
+        ),
         "other_spend_without_usd": sum(row["cost_usd"] is None for row in match.other_spend),
         "unknown_skus": len(match.unknown_skus),
         "lines_by_kind": dg.MetadataValue.md(markdown_table(lines, 30)),
@@ -193,20 +245,31 @@ def reconciliation_metadata(match: DayMatch, lines: pd.DataFrame, unknown: int) 
 
 
 billing_reconciliation_job = dg.define_asset_job(
-    "billing_reconciliation_job", selection=dg.AssetSelection.assets("billing_reconciliation"),
-    description="One billing day of the ledger against the provider's export.")
+    "billing_reconciliation_job",
+    selection=dg.AssetSelection.assets("billing_reconciliation"),
+    description="One billing day of the ledger against the provider's export.",
+)
 
 
-@dg.sensor(job=billing_reconciliation_job, minimum_interval_seconds=600,
-           description="Reconciles each day a billing export covers, when its file appears or changes.")
-def billing_export_sensor(context: dg.SensorEvaluationContext, billing: BillingExports,
-                          costs: CostSettings) -> dg.SensorResult:
+@dg.sensor(
+    job=billing_reconciliation_job,
+    minimum_interval_seconds=600,
+    description="Reconciles each day a billing export covers, when its file appears or changes.",
+)
+def billing_export_sensor(
+    context: dg.SensorEvaluationContext, billing: BillingExports, costs: CostSettings
+) -> dg.SensorResult:
     known = set(billing_days.get_partition_keys(current_time=datetime.now(timezone.utc)))
     requests = []
     for path in billing.files():
         changed = path.stat().st_mtime
         days = {str(line.day) for line in read_export(path, costs.sku_overrides(), costs.currency_rates())}
         for day in sorted(days & known):
-            requests.append(dg.RunRequest(run_key=f"{day}@{path.name}@{changed:.0f}", partition_key=day,
-                                          tags={"trigger": "billing_export_sensor"}))
+            requests.append(
+                dg.RunRequest(
+                    run_key=f"{day}@{path.name}@{changed:.0f}",
+                    partition_key=day,
+                    tags={"trigger": "billing_export_sensor"},
+                )
+            )
     return dg.SensorResult(run_requests=requests)

@@ -34,10 +34,24 @@ from cost_pipeline.reports.markdown import markdown_table, money, money_entries,
 from cost_pipeline.reports.report import incomplete_note, rollup_completeness
 
 TOTAL_MONEY = "DECIMAL(38,12)"
-TOKEN_KINDS = ["input_tokens", "cached_tokens", "output_tokens", "thinking_tokens", "tool_prompt_tokens", "total_tokens"]
+TOKEN_KINDS = [
+    "input_tokens",
+    "cached_tokens",
+    "output_tokens",
+    "thinking_tokens",
+    "tool_prompt_tokens",
+    "total_tokens",
+]
 COST_KINDS = ["input_cost_usd", "cached_input_cost_usd", "output_cost_usd", "total_cost_usd", "saved_cost_usd"]
 SPEND_TOKEN_KINDS = [f"spend_{kind}" for kind in TOKEN_KINDS]
-SPEND_COUNTS = ["attempts", "billed_attempts", "rejected_attempts", "billing_unknown_attempts", "unpriced_attempts", "spend_runs"]
+SPEND_COUNTS = [
+    "attempts",
+    "billed_attempts",
+    "rejected_attempts",
+    "billing_unknown_attempts",
+    "unpriced_attempts",
+    "spend_runs",
+]
 GROUP_KEYS = ["evaluation_id", "model", "stage"]
 
 CALLS_SQL = f"""
@@ -67,10 +81,11 @@ SELECT evaluation_id, model, stage,
        coalesce(sum(cost_usd) FILTER (WHERE processing = 'batch'), 0)::{TOTAL_MONEY} AS batch_spend_usd
 FROM llm_attempts WHERE partition_date = $day GROUP BY ALL
 """
+COUNTED = ["calls", "cache_hits", "failures", "estimated_usage_calls", "missing_price_calls", *TOKEN_KINDS]
 ROLLUP_SQL = f"""
 WITH c AS ({CALLS_SQL}), s AS ({SPEND_SQL})
 SELECT {", ".join(f"coalesce(c.{k}, s.{k}) AS {k}" for k in GROUP_KEYS)},
-       {", ".join(f"coalesce(c.{n}, 0)::BIGINT AS {n}" for n in ["calls", "cache_hits", "failures", "estimated_usage_calls", "missing_price_calls", *TOKEN_KINDS])},
+       {", ".join(f"coalesce(c.{n}, 0)::BIGINT AS {n}" for n in COUNTED)},
        {", ".join(f"(CASE WHEN c.calls IS NULL THEN 0 ELSE c.{n} END)::{TOTAL_MONEY} AS {n}" for n in COST_KINDS)},
        c.latency_p50_ms, c.latency_p95_ms, c.mean_tokens_per_second,
        {", ".join(f"coalesce(s.{n}, 0)::BIGINT AS {n}" for n in [*SPEND_COUNTS, *SPEND_TOKEN_KINDS])},
@@ -80,28 +95,55 @@ FROM c FULL OUTER JOIN s ON c.evaluation_id = s.evaluation_id AND c.model = s.mo
 ORDER BY ALL
 """
 
-ROLLUP_SCHEMA = dg.TableSchema(columns=[
-    dg.TableColumn("evaluation_id", "VARCHAR"),
-    dg.TableColumn("model", "VARCHAR", description="As requested."),
-    dg.TableColumn("stage", "VARCHAR"),
-    *(dg.TableColumn(name, "BIGINT") for name in
-      ["calls", "cache_hits", "failures", "estimated_usage_calls", "missing_price_calls", *TOKEN_KINDS]),
-    *(dg.TableColumn(name, TOTAL_MONEY, description="Cost of the data: the calls behind today's rows." if name == "total_cost_usd" else "")
-      for name in COST_KINDS),
-    dg.TableColumn("latency_p50_ms", "DOUBLE", description="Over answered API calls (cache hits excluded)."),
-    dg.TableColumn("latency_p95_ms", "DOUBLE"),
-    dg.TableColumn("mean_tokens_per_second", "DOUBLE"),
-    dg.TableColumn("attempts", "BIGINT", description="Ledger attempts of every run of this day."),
-    dg.TableColumn("billed_attempts", "BIGINT"),
-    dg.TableColumn("rejected_attempts", "BIGINT", description="Billed answers that were rejected."),
-    dg.TableColumn("billing_unknown_attempts", "BIGINT", description="Billed for usage never seen: spend_usd leaves them out."),
-    dg.TableColumn("unpriced_attempts", "BIGINT", description="Billed on a model without a price: spend_usd leaves them out."),
-    dg.TableColumn("spend_runs", "BIGINT", description="Runs whose attempts make up the spend."),
-    *(dg.TableColumn(name, "BIGINT", description="Billed tokens over every run.") for name in SPEND_TOKEN_KINDS),
-    dg.TableColumn("spend_usd", TOTAL_MONEY, description="Spend: every billed attempt of every run of this day (llm_attempts)."),
-    dg.TableColumn("batch_spend_usd", TOTAL_MONEY, description="The part of spend_usd billed through the Batch API "
-                                                               "(at the batch price); the rest is standard processing."),
-])
+ROLLUP_SCHEMA = dg.TableSchema(
+    columns=[
+        dg.TableColumn("evaluation_id", "VARCHAR"),
+        dg.TableColumn("model", "VARCHAR", description="As requested."),
+        dg.TableColumn("stage", "VARCHAR"),
+        *(
+            dg.TableColumn(name, "BIGINT")
+            for name in [
+                "calls",
+                "cache_hits",
+                "failures",
+                "estimated_usage_calls",
+                "missing_price_calls",
+                *TOKEN_KINDS,
+            ]
+        ),
+        *(
+            dg.TableColumn(
+                name,
+                TOTAL_MONEY,
+                description="Cost of the data: the calls behind today's rows." if name == "total_cost_usd" else "",
+            )
+            for name in COST_KINDS
+        ),
+        dg.TableColumn("latency_p50_ms", "DOUBLE", description="Over answered API calls (cache hits excluded)."),
+        dg.TableColumn("latency_p95_ms", "DOUBLE"),
+        dg.TableColumn("mean_tokens_per_second", "DOUBLE"),
+        dg.TableColumn("attempts", "BIGINT", description="Ledger attempts of every run of this day."),
+        dg.TableColumn("billed_attempts", "BIGINT"),
+        dg.TableColumn("rejected_attempts", "BIGINT", description="Billed answers that were rejected."),
+        dg.TableColumn(
+            "billing_unknown_attempts", "BIGINT", description="Billed for usage never seen: spend_usd leaves them out."
+        ),
+        dg.TableColumn(
+            "unpriced_attempts", "BIGINT", description="Billed on a model without a price: spend_usd leaves them out."
+        ),
+        dg.TableColumn("spend_runs", "BIGINT", description="Runs whose attempts make up the spend."),
+        *(dg.TableColumn(name, "BIGINT", description="Billed tokens over every run.") for name in SPEND_TOKEN_KINDS),
+        dg.TableColumn(
+            "spend_usd", TOTAL_MONEY, description="Spend: every billed attempt of every run of this day (llm_attempts)."
+        ),
+        dg.TableColumn(
+            "batch_spend_usd",
+            TOTAL_MONEY,
+            description="The part of spend_usd billed through the Batch API "
+            "(at the batch price); the rest is standard processing.",
+        ),
+    ]
+)
 
 EVALUATION_SQL = f"""
 WITH spend AS (
@@ -121,40 +163,53 @@ FROM spend LEFT JOIN turns USING (evaluation_id)
 ORDER BY spend_usd DESC NULLS FIRST, evaluation_id
 """
 
-EVALUATION_SCHEMA = dg.TableSchema(columns=[
-    dg.TableColumn("evaluation_id", "VARCHAR"),
-    dg.TableColumn("first_day", "DATE"),
-    dg.TableColumn("last_day", "DATE"),
-    dg.TableColumn("days", "BIGINT"),
-    dg.TableColumn("calls", "BIGINT"),
-    dg.TableColumn("cache_hits", "BIGINT"),
-    dg.TableColumn("total_tokens", "BIGINT"),
-    dg.TableColumn("total_cost_usd", TOTAL_MONEY, description="Cost of the data as it stands."),
-    dg.TableColumn("saved_cost_usd", TOTAL_MONEY),
-    dg.TableColumn("spend_usd", TOTAL_MONEY, description="Every billed attempt of every run: money out."),
-    dg.TableColumn("unpriced_calls", "BIGINT", description="Calls and attempts without a price, left out of the sums."),
-    dg.TableColumn("billing_unknown_attempts", "BIGINT", description="Attempts billed for usage never seen, left out."),
-    dg.TableColumn("turns", "BIGINT"),
-    dg.TableColumn("complete", "BOOLEAN", description="False when a sum above leaves something out."),
-    dg.TableColumn("cost_per_turn_usd", TOTAL_MONEY, description="Spend per turn."),
-    dg.TableColumn("budget_usd", TOTAL_MONEY, description="From the cost settings; null without a budget."),
-    dg.TableColumn("budget_used_share", "DECIMAL(18,6)", description="spend_usd / budget_usd."),
-])
+EVALUATION_SCHEMA = dg.TableSchema(
+    columns=[
+        dg.TableColumn("evaluation_id", "VARCHAR"),
+        dg.TableColumn("first_day", "DATE"),
+        dg.TableColumn("last_day", "DATE"),
+        dg.TableColumn("days", "BIGINT"),
+        dg.TableColumn("calls", "BIGINT"),
+        dg.TableColumn("cache_hits", "BIGINT"),
+        dg.TableColumn("total_tokens", "BIGINT"),
+        dg.TableColumn("total_cost_usd", TOTAL_MONEY, description="Cost of the data as it stands."),
+        dg.TableColumn("saved_cost_usd", TOTAL_MONEY),
+        dg.TableColumn("spend_usd", TOTAL_MONEY, description="Every billed attempt of every run: money out."),
+        dg.TableColumn(
+            "unpriced_calls", "BIGINT", description="Calls and attempts without a price, left out of the sums."
+        ),
+        dg.TableColumn(
+            "billing_unknown_attempts", "BIGINT", description="Attempts billed for usage never seen, left out."
+        ),
+        dg.TableColumn("turns", "BIGINT"),
+        dg.TableColumn("complete", "BOOLEAN", description="False when a sum above leaves something out."),
+        dg.TableColumn("cost_per_turn_usd", TOTAL_MONEY, description="Spend per turn."),
+        dg.TableColumn("budget_usd", TOTAL_MONEY, description="From the cost settings; null without a budget."),
+        dg.TableColumn("budget_used_share", "DECIMAL(18,6)", description="spend_usd / budget_usd."),
+    ]
+)
 
 
 llm_attempts = dg.AssetSpec(
     "llm_attempts",
     description="The spend ledger: one row per HTTP attempt that left the process, from every run, append-only "
-                "(cost_pipeline/money/ledger.py). Appended by turns_through_gemini; never replaced by a re-run.",
+    "(cost_pipeline/money/ledger.py). Appended by turns_through_gemini; never replaced by a re-run.",
     partitions_def=daily_partitions,
     group_name="costs",
     kinds={"duckdb"},
     deps=["raw_turns"],
-    metadata={"dagster/column_schema": dg.TableSchema(columns=[
-        dg.TableColumn(name, sql_type.replace(" NOT NULL", ""), description=text) for name, sql_type, text in LEDGER_COLUMNS]),
+    metadata={
+        "dagster/column_schema": dg.TableSchema(
+            columns=[
+                dg.TableColumn(name, sql_type.replace(" NOT NULL", ""), description=text)
+                for name, sql_type, text in LEDGER_COLUMNS
+            ]
+        ),
         # No function defines it, so its code is named here: the ledger module that writes every row.
-        "dagster/code_references": dg.CodeReferencesMetadataValue(code_references=[
-            dg.LocalFileCodeReference(file_path=ledger.__file__, line_number=1, label="ledger.py")])},
+        "dagster/code_references": dg.CodeReferencesMetadataValue(
+            code_references=[dg.LocalFileCodeReference(file_path=ledger.__file__, line_number=1, label="ledger.py")]
+        ),
+    },
 )
 
 
@@ -172,9 +227,13 @@ FRESHNESS_MARGIN_HOURS = 2
     # Yesterday's rollup lands after the daily schedule's hour; later than this margin is stale.
     freshness_policy=dg.FreshnessPolicy.cron(
         deadline_cron=f"0 {(SCHEDULE_HOUR + FRESHNESS_MARGIN_HOURS) % 24} * * *",
-        lower_bound_delta=timedelta(hours=FRESHNESS_MARGIN_HOURS), timezone=SCHEDULE_TIMEZONE),
+        lower_bound_delta=timedelta(hours=FRESHNESS_MARGIN_HOURS),
+        timezone=SCHEDULE_TIMEZONE,
+    ),
 )
-def daily_cost_rollup(context: dg.AssetExecutionContext, warehouse: DuckDBWarehouse, costs: CostSettings) -> pd.DataFrame:
+def daily_cost_rollup(
+    context: dg.AssetExecutionContext, warehouse: DuckDBWarehouse, costs: CostSettings
+) -> pd.DataFrame:
     """One row per day x evaluation x model x stage: cost of the data and spend, tokens and cost by kind, latency."""
     # Attempts of a run that died before loading its spool belong in this day's spend.
     load_spools(warehouse.database, costs.price_book(), log=context.log.warning)
@@ -185,8 +244,10 @@ def daily_cost_rollup(context: dg.AssetExecutionContext, warehouse: DuckDBWareho
 
 
 @dg.asset(
-    deps=[dg.AssetDep("daily_cost_rollup", partition_mapping=dg.AllPartitionMapping()),
-          dg.AssetDep("cleaned_turns", partition_mapping=dg.AllPartitionMapping())],
+    deps=[
+        dg.AssetDep("daily_cost_rollup", partition_mapping=dg.AllPartitionMapping()),
+        dg.AssetDep("cleaned_turns", partition_mapping=dg.AllPartitionMapping()),
+    ],
     group_name="costs",
     kinds={"duckdb", "pandas"},
     metadata={"dagster/column_schema": EVALUATION_SCHEMA},
@@ -195,7 +256,9 @@ def daily_cost_rollup(context: dg.AssetExecutionContext, warehouse: DuckDBWareho
     automation_condition=dg.AutomationCondition.eager().without(~dg.AutomationCondition.any_deps_missing()),
     pool=DUCKDB_POOL,
 )
-def evaluation_costs(context: dg.AssetExecutionContext, warehouse: DuckDBWarehouse, costs: CostSettings) -> pd.DataFrame:
+def evaluation_costs(
+    context: dg.AssetExecutionContext, warehouse: DuckDBWarehouse, costs: CostSettings
+) -> pd.DataFrame:
     """Per evaluation over all days: spend and cost of the data, spend per turn, first and last day, budget used."""
     totals = with_budgets(warehouse.query(EVALUATION_SQL), costs.budgets())
     context.add_output_metadata(evaluation_metadata(totals))
@@ -208,35 +271,51 @@ def evaluation_costs(context: dg.AssetExecutionContext, warehouse: DuckDBWarehou
     kinds={"html"},
     automation_condition=dg.AutomationCondition.eager().without(~dg.AutomationCondition.any_deps_missing()),
 )
-def cost_dashboard(context: dg.AssetExecutionContext, warehouse: DuckDBWarehouse, costs: CostSettings) -> dg.MaterializeResult:
+def cost_dashboard(
+    context: dg.AssetExecutionContext, warehouse: DuckDBWarehouse, costs: CostSettings
+) -> dg.MaterializeResult:
     """The cost dashboard of the last 60 days with data: one HTML page, linked from this asset's metadata."""
     end = dashboard.latest_day(warehouse.database)
     start = end - timedelta(days=dashboard.DEFAULT_DAYS - 1)
-    path, data = dashboard.write(warehouse.database, dashboard.default_path(warehouse.database), start, end,
-                                 costs.budgets())
+    path, data = dashboard.write(
+        warehouse.database, dashboard.default_path(warehouse.database), start, end, costs.budgets()
+    )
     shown = dashboard.figures(data)
-    return dg.MaterializeResult(metadata={
-        "dashboard": dg.MetadataValue.url(path.as_uri()),
-        "spend": shown["spend"], "data_cost": shown["data_cost"], "range": f"{start} to {end}",
-        "totals": shown["completeness"], "path": dg.MetadataValue.path(str(path)),
-        "open": dg.MetadataValue.md(f"[Open the dashboard]({path.as_uri()}) (or `cost-pipeline dashboard`)"),
-    })
+    return dg.MaterializeResult(
+        metadata={
+            "dashboard": dg.MetadataValue.url(path.as_uri()),
+            "spend": shown["spend"],
+            "data_cost": shown["data_cost"],
+            "range": f"{start} to {end}",
+            "totals": shown["completeness"],
+            "path": dg.MetadataValue.path(str(path)),
+            "open": dg.MetadataValue.md(f"[Open the dashboard]({path.as_uri()}) (or `cost-pipeline dashboard`)"),
+        }
+    )
 
 
 def with_budgets(totals: pd.DataFrame, budgets: dict[str, Decimal]) -> pd.DataFrame:
     """Completeness, spend per turn, budget and the share of it used, all in exact Decimals."""
     default = budgets.get("default")
     budget = [budgets.get(evaluation, default) for evaluation in totals["evaluation_id"]]
-    complete = [not (unpriced or unknown) for unpriced, unknown in zip(totals["unpriced_calls"], totals["billing_unknown_attempts"])]
-    per_turn = [(cost / turns).quantize(MONEY_PLACES) if cost is not None and turns else None
-                for cost, turns in zip(totals["spend_usd"], totals["turns"])]
-    share = [(cost / limit).quantize(Decimal("0.000001")) if cost is not None and limit else None
-             for cost, limit in zip(totals["spend_usd"], budget)]
+    complete = [
+        not (unpriced or unknown)
+        for unpriced, unknown in zip(totals["unpriced_calls"], totals["billing_unknown_attempts"])
+    ]
+    per_turn = [
+        (cost / turns).quantize(MONEY_PLACES) if cost is not None and turns else None
+        for cost, turns in zip(totals["spend_usd"], totals["turns"])
+    ]
+    share = [
+        (cost / limit).quantize(Decimal("0.000001")) if cost is not None and limit else None
+        for cost, limit in zip(totals["spend_usd"], budget)
+    ]
     return totals.assign(complete=complete, cost_per_turn_usd=per_turn, budget_usd=budget, budget_used_share=share)
 
 
 def rollup_metadata(rollup: pd.DataFrame) -> dict:
-    """Money first (as people read it, as floats for plots, and exact), then the day by evaluation x model, then counts."""
+    """Money first (as people read it, as floats for plots, and exact), then the day by evaluation x model, then
+    counts."""
     calls = int(rollup["calls"].sum())
     return {
         **money_entries("spend", money_sum(rollup["spend_usd"])),
@@ -258,10 +337,20 @@ def rollup_metadata(rollup: pd.DataFrame) -> dict:
 def evaluation_by_model_table(rollup: pd.DataFrame) -> str:
     """Spend (and cost of the data) of the day by evaluation x model, biggest first, with totals."""
     grouped = rollup.groupby(["evaluation_id", "model"], as_index=False).agg(
-        calls=("calls", "sum"), spend=("spend_usd", money_sum), data_cost=("total_cost_usd", money_sum))
+        calls=("calls", "sum"), spend=("spend_usd", money_sum), data_cost=("total_cost_usd", money_sum)
+    )
     grouped = grouped.sort_values(["spend", "evaluation_id", "model"], ascending=[False, True, True])
-    total = pd.DataFrame([{"evaluation_id": "**all**", "model": "", "calls": grouped["calls"].sum(),
-                           "spend": money_sum(grouped["spend"]), "data_cost": money_sum(grouped["data_cost"])}])
+    total = pd.DataFrame(
+        [
+            {
+                "evaluation_id": "**all**",
+                "model": "",
+                "calls": grouped["calls"].sum(),
+                "spend": money_sum(grouped["spend"]),
+                "data_cost": money_sum(grouped["data_cost"]),
+            }
+        ]
+    )
     table = pd.concat([grouped, total], ignore_index=True)
     table = table.assign(spend=table["spend"].map(money), data_cost=table["data_cost"].map(money))
     return markdown_table(table.rename(columns={"evaluation_id": "evaluation", "data_cost": "cost of the data"}), 40)
@@ -270,14 +359,19 @@ def evaluation_by_model_table(rollup: pd.DataFrame) -> str:
 def evaluation_metadata(totals: pd.DataFrame) -> dict:
     spends = [c for c in totals["spend_usd"] if c is not None]
     shares = [s for s in totals["budget_used_share"] if s is not None]
-    summary = pd.DataFrame({
-        "evaluation": totals["evaluation_id"], "days": totals["days"], "turns": totals["turns"],
-        "spend_usd": totals["spend_usd"].map(_fmt), "data_cost_usd": totals["total_cost_usd"].map(_fmt),
-        "per_turn_usd": totals["cost_per_turn_usd"].map(lambda v: _fmt(v, 8)),
-        "budget_usd": totals["budget_usd"].map(lambda v: _fmt(v, 2)),
-        "used": totals["budget_used_share"].map(lambda v: "" if v is None else f"{v:.1%}"),
-        "complete": totals["complete"].map(lambda v: "yes" if v else "NO"),
-    })
+    summary = pd.DataFrame(
+        {
+            "evaluation": totals["evaluation_id"],
+            "days": totals["days"],
+            "turns": totals["turns"],
+            "spend_usd": totals["spend_usd"].map(_fmt),
+            "data_cost_usd": totals["total_cost_usd"].map(_fmt),
+            "per_turn_usd": totals["cost_per_turn_usd"].map(lambda v: _fmt(v, 8)),
+            "budget_usd": totals["budget_usd"].map(lambda v: _fmt(v, 2)),
+            "used": totals["budget_used_share"].map(lambda v: "" if v is None else f"{v:.1%}"),
+            "complete": totals["complete"].map(lambda v: "yes" if v else "NO"),
+        }
+    )
     unpriced, unknown = int(totals["unpriced_calls"].sum()), int(totals["billing_unknown_attempts"].sum())
     return {
         "evaluations": len(totals),

@@ -59,79 +59,129 @@ _ID_COLUMNS = [
     dg.TableColumn("turn_index", "INTEGER"),
 ]
 _OUTCOME_COLUMNS = [
-    dg.TableColumn("processing_ms", "INTEGER", description="Wall time for this turn's call, queueing and retries included."),
-    dg.TableColumn("status", "VARCHAR", description="ok, failed with the error, or skipped (error `budget`: a spend limit stopped it)."),
+    dg.TableColumn(
+        "processing_ms", "INTEGER", description="Wall time for this turn's call, queueing and retries included."
+    ),
+    dg.TableColumn(
+        "status",
+        "VARCHAR",
+        description="ok, failed with the error, or skipped (error `budget`: a spend limit stopped it).",
+    ),
     dg.TableColumn("error", "VARCHAR"),
     dg.TableColumn("call_id", "VARCHAR", description="The llm_calls row that produced this one."),
 ]
-CLEANED_TURNS_SCHEMA = dg.TableSchema(columns=[
-    *_ID_COLUMNS,
-    dg.TableColumn("speaker", "VARCHAR"),
-    dg.TableColumn("created_at", "TIMESTAMPTZ"),
-    dg.TableColumn("raw_text", "VARCHAR"),
-    dg.TableColumn("cleaned_text", "VARCHAR", description="Null when cleaning failed."),
-    dg.TableColumn("cleaning_model", "VARCHAR"),
-    dg.TableColumn("confidence", "DOUBLE"),
-    dg.TableColumn("changes", "VARCHAR", description="JSON list of what cleaning changed."),
-    *_OUTCOME_COLUMNS,
-    dg.TableColumn("cleaning_cost_usd", MONEY_SQL_TYPE, description="What the cleaning call was billed."),
-    dg.TableColumn("function_cost_usd", MONEY_SQL_TYPE, description="What the function decision was billed (0 without one)."),
-    dg.TableColumn("total_cost_usd", MONEY_SQL_TYPE),
-])
-FUNCTION_CALLS_SCHEMA = dg.TableSchema(columns=[
-    *_ID_COLUMNS,
-    dg.TableColumn("function_name", "VARCHAR", description="The tool Gemini called; null for no call."),
-    dg.TableColumn("arguments", "VARCHAR", description="The call's arguments as JSON."),
-    dg.TableColumn("model", "VARCHAR"),
-    *_OUTCOME_COLUMNS,
-])
+CLEANED_TURNS_SCHEMA = dg.TableSchema(
+    columns=[
+        *_ID_COLUMNS,
+        dg.TableColumn("speaker", "VARCHAR"),
+        dg.TableColumn("created_at", "TIMESTAMPTZ"),
+        dg.TableColumn("raw_text", "VARCHAR"),
+        dg.TableColumn("cleaned_text", "VARCHAR", description="Null when cleaning failed."),
+        dg.TableColumn("cleaning_model", "VARCHAR"),
+        dg.TableColumn("confidence", "DOUBLE"),
+        dg.TableColumn("changes", "VARCHAR", description="JSON list of what cleaning changed."),
+        *_OUTCOME_COLUMNS,
+        dg.TableColumn("cleaning_cost_usd", MONEY_SQL_TYPE, description="What the cleaning call was billed."),
+        dg.TableColumn(
+            "function_cost_usd", MONEY_SQL_TYPE, description="What the function decision was billed (0 without one)."
+        ),
+        dg.TableColumn("total_cost_usd", MONEY_SQL_TYPE),
+    ]
+)
+FUNCTION_CALLS_SCHEMA = dg.TableSchema(
+    columns=[
+        *_ID_COLUMNS,
+        dg.TableColumn("function_name", "VARCHAR", description="The tool Gemini called; null for no call."),
+        dg.TableColumn("arguments", "VARCHAR", description="The call's arguments as JSON."),
+        dg.TableColumn("model", "VARCHAR"),
+        *_OUTCOME_COLUMNS,
+    ]
+)
 _TOKEN_COLUMNS = list(TOKEN_FIELDS)
 _SAVED_COLUMNS = list(SAVED_FIELDS)
-LLM_CALLS_SCHEMA = dg.TableSchema(columns=[
-    dg.TableColumn("call_id", "VARCHAR", description="Stable per turn and stage."),
-    dg.TableColumn("evaluation_id", "VARCHAR"),
-    dg.TableColumn("conversation_id", "VARCHAR"),
-    dg.TableColumn("turn_id", "VARCHAR"),
-    dg.TableColumn("stage", "VARCHAR", description="clean or function."),
-    dg.TableColumn("model", "VARCHAR", description="As requested."),
-    dg.TableColumn("model_version", "VARCHAR", description="As served: the last answer's modelVersion."),
-    dg.TableColumn("endpoint", "VARCHAR", description="Who answered: local-server, a base URL, or Google's API."),
-    dg.TableColumn("input_tokens", "BIGINT", description="promptTokenCount, cached tokens included, over every billed attempt."),
-    dg.TableColumn("output_tokens", "BIGINT", description="candidatesTokenCount."),
-    dg.TableColumn("thinking_tokens", "BIGINT", description="thoughtsTokenCount."),
-    dg.TableColumn("cached_tokens", "BIGINT", description="cachedContentTokenCount: the cached part of input_tokens."),
-    dg.TableColumn("tool_prompt_tokens", "BIGINT", description="toolUsePromptTokenCount."),
-    dg.TableColumn("total_tokens", "BIGINT"),
-    *(dg.TableColumn(name, "BIGINT", description="The audio, image or video part of the kind it names (priced apart "
-                     "by genai-prices); text is the rest.") for name in MODALITY_FIELDS),
-    *(dg.TableColumn(name, "BIGINT", description="Tokens a cache hit avoided paying for.") for name in _SAVED_COLUMNS),
-    dg.TableColumn("usage_source", "VARCHAR",
-                   description="reported, estimated (usage missing), cache, none (nothing billed) or unknown (a cut-off body)."),
-    dg.TableColumn("processing", "VARCHAR", description="standard, or batch (a Batch API job's answer, priced at the batch rate)."),
-    dg.TableColumn("latency_ms", "DOUBLE", description="The answering attempt's HTTP time."),
-    dg.TableColumn("tokens_per_second", "DOUBLE", description="(output + thinking) tokens / latency."),
-    dg.TableColumn("attempts", "INTEGER", description="HTTP attempts in this run; each is a row of llm_attempts."),
-    dg.TableColumn("billed_attempts", "INTEGER", description="Attempts billed (accepted or rejected 200s with usage)."),
-    dg.TableColumn("rejected_attempts", "INTEGER", description="Billed answers we could not use, then retried."),
-    dg.TableColumn("billing_unknown_attempts", "INTEGER", description="Cut-off bodies: billed, usage never seen."),
-    dg.TableColumn("cache_hit", "BOOLEAN"),
-    dg.TableColumn("status", "VARCHAR"),
-    dg.TableColumn("error", "VARCHAR"),
-    dg.TableColumn("request_hash", "VARCHAR", description="The response-cache key."),
-    dg.TableColumn("called_at", "TIMESTAMPTZ"),
-    dg.TableColumn("input_cost_usd", MONEY_SQL_TYPE, description="Uncached prompt tokens, tool-use prompt included. "
-                   "Costs are this run's attempts for the call; a cache hit costs 0."),
-    dg.TableColumn("cached_input_cost_usd", MONEY_SQL_TYPE, description="Cached prompt tokens at the cache-read rate."),
-    dg.TableColumn("output_cost_usd", MONEY_SQL_TYPE, description="Candidates and thinking tokens."),
-    dg.TableColumn("total_cost_usd", MONEY_SQL_TYPE, description="Null when the model has no price."),
-    dg.TableColumn("saved_cost_usd", MONEY_SQL_TYPE, description="What a cache hit avoided paying."),
-    dg.TableColumn("price_source", "VARCHAR", description="genai-prices and its version, or the override file."),
-    dg.TableColumn("price_status", "VARCHAR", description="ok, or missing when no price is known."),
-])
+LLM_CALLS_SCHEMA = dg.TableSchema(
+    columns=[
+        dg.TableColumn("call_id", "VARCHAR", description="Stable per turn and stage."),
+        dg.TableColumn("evaluation_id", "VARCHAR"),
+        dg.TableColumn("conversation_id", "VARCHAR"),
+        dg.TableColumn("turn_id", "VARCHAR"),
+        dg.TableColumn("stage", "VARCHAR", description="clean or function."),
+        dg.TableColumn("model", "VARCHAR", description="As requested."),
+        dg.TableColumn("model_version", "VARCHAR", description="As served: the last answer's modelVersion."),
+        dg.TableColumn("endpoint", "VARCHAR", description="Who answered: local-server, a base URL, or Google's API."),
+        dg.TableColumn(
+            "input_tokens", "BIGINT", description="promptTokenCount, cached tokens included, over every billed attempt."
+        ),
+        dg.TableColumn("output_tokens", "BIGINT", description="candidatesTokenCount."),
+        dg.TableColumn("thinking_tokens", "BIGINT", description="thoughtsTokenCount."),
+        dg.TableColumn(
+            "cached_tokens", "BIGINT", description="cachedContentTokenCount: the cached part of input_tokens."
+        ),
+        dg.TableColumn("tool_prompt_tokens", "BIGINT", description="toolUsePromptTokenCount."),
+        dg.TableColumn("total_tokens", "BIGINT"),
+        *(
+            dg.TableColumn(
+                name,
+                "BIGINT",
+                description="The audio, image or video part of the kind it names (priced apart "
+                "by genai-prices); text is the rest.",
+            )
+            for name in MODALITY_FIELDS
+        ),
+        *(
+            dg.TableColumn(name, "BIGINT", description="Tokens a cache hit avoided paying for.")
+            for name in _SAVED_COLUMNS
+        ),
+        dg.TableColumn(
+            "usage_source",
+            "VARCHAR",
+            description="reported, estimated (usage missing), cache, none (nothing billed) or unknown (a "
+            "cut-off body).",
+        ),
+        dg.TableColumn(
+            "processing",
+            "VARCHAR",
+            description="standard, or batch (a Batch API job's answer, priced at the batch rate).",
+        ),
+        dg.TableColumn("latency_ms", "DOUBLE", description="The answering attempt's HTTP time."),
+        dg.TableColumn("tokens_per_second", "DOUBLE", description="(output + thinking) tokens / latency."),
+        dg.TableColumn("attempts", "INTEGER", description="HTTP attempts in this run; each is a row of llm_attempts."),
+        dg.TableColumn(
+            "billed_attempts", "INTEGER", description="Attempts billed (accepted or rejected 200s with usage)."
+        ),
+        dg.TableColumn("rejected_attempts", "INTEGER", description="Billed answers we could not use, then retried."),
+        dg.TableColumn("billing_unknown_attempts", "INTEGER", description="Cut-off bodies: billed, usage never seen."),
+        dg.TableColumn("cache_hit", "BOOLEAN"),
+        dg.TableColumn("status", "VARCHAR"),
+        dg.TableColumn("error", "VARCHAR"),
+        dg.TableColumn("request_hash", "VARCHAR", description="The response-cache key."),
+        dg.TableColumn("called_at", "TIMESTAMPTZ"),
+        dg.TableColumn(
+            "input_cost_usd",
+            MONEY_SQL_TYPE,
+            description="Uncached prompt tokens, tool-use prompt included. "
+            "Costs are this run's attempts for the call; a cache hit costs 0.",
+        ),
+        dg.TableColumn(
+            "cached_input_cost_usd", MONEY_SQL_TYPE, description="Cached prompt tokens at the cache-read rate."
+        ),
+        dg.TableColumn("output_cost_usd", MONEY_SQL_TYPE, description="Candidates and thinking tokens."),
+        dg.TableColumn("total_cost_usd", MONEY_SQL_TYPE, description="Null when the model has no price."),
+        dg.TableColumn("saved_cost_usd", MONEY_SQL_TYPE, description="What a cache hit avoided paying."),
+        dg.TableColumn("price_source", "VARCHAR", description="genai-prices and its version, or the override file."),
+        dg.TableColumn("price_status", "VARCHAR", description="ok, or missing when no price is known."),
+    ]
+)
 
 
-TABLE_COLUMNS = {name: column_types(schema) for name, schema in (
-    ("cleaned_turns", CLEANED_TURNS_SCHEMA), ("function_calls", FUNCTION_CALLS_SCHEMA), ("llm_calls", LLM_CALLS_SCHEMA))}
+TABLE_COLUMNS = {
+    name: column_types(schema)
+    for name, schema in (
+        ("cleaned_turns", CLEANED_TURNS_SCHEMA),
+        ("function_calls", FUNCTION_CALLS_SCHEMA),
+        ("llm_calls", LLM_CALLS_SCHEMA),
+    )
+}
 """Each table's declared column types, in order: what staging writes (gemini_step/staged_day.py)."""
 LLM_ATTEMPTS = dg.AssetKey("llm_attempts")
 
@@ -143,27 +193,39 @@ class GeminiStageConfig(dg.Config):
     progress_every: int = Field(default=500, description="Log progress every N turns.")
     progress_every_s: float = Field(default=30.0, gt=0, description="Log progress every this many seconds, too.")
     checkpoint_every_s: float = Field(
-        default=5.0, description="Write paid answers and attempts this often while the day runs, so a killed run's "
-                                 "re-run pays only for the calls it had not made.")
+        default=5.0,
+        description="Write paid answers and attempts this often while the day runs, so a killed run's "
+        "re-run pays only for the calls it had not made.",
+    )
     conversations_in_flight: int = Field(
-        default=512, description="Conversations running at once: bounds memory; keep it well above max_concurrency.")
-    chunk_turns: int = Field(default=2048, description="Turns read (and cache entries loaded) per chunk of conversations.")
+        default=512, description="Conversations running at once: bounds memory; keep it well above max_concurrency."
+    )
+    chunk_turns: int = Field(
+        default=2048, description="Turns read (and cache entries loaded) per chunk of conversations."
+    )
     staged_chunk_rows: int = Field(default=4096, description="Rows priced and staged to Parquet per chunk.")
 
 
 def _out(description: str, schema: dg.TableSchema) -> dg.AssetOut:
     # Not required, so that a batch-mode step whose jobs are still pending ends without writing the day (see
     # _through_gemini); committed together all the same, so a reader sees the old day or the new day, never a mix.
-    return dg.AssetOut(description=description, kinds={"gemini", "duckdb"}, is_required=False,
-                       metadata={"dagster/column_schema": schema,
-                                 COMMIT_TOGETHER: "cleaned_turns,function_calls,llm_calls"})
+    return dg.AssetOut(
+        description=description,
+        kinds={"gemini", "duckdb"},
+        is_required=False,
+        metadata={"dagster/column_schema": schema, COMMIT_TOGETHER: "cleaned_turns,function_calls,llm_calls"},
+    )
 
 
 @dg.multi_asset(
     outs={
-        "cleaned_turns": _out("Every raw turn with its Gemini-cleaned text, or the error that stopped it.", CLEANED_TURNS_SCHEMA),
+        "cleaned_turns": _out(
+            "Every raw turn with its Gemini-cleaned text, or the error that stopped it.", CLEANED_TURNS_SCHEMA
+        ),
         "function_calls": _out("Gemini's function-calling decision for each cleaned user turn.", FUNCTION_CALLS_SCHEMA),
-        "llm_calls": _out("One row per Gemini call: tokens by kind, latency, attempts, cache use, status.", LLM_CALLS_SCHEMA),
+        "llm_calls": _out(
+            "One row per Gemini call: tokens by kind, latency, attempts, cache use, status.", LLM_CALLS_SCHEMA
+        ),
     },
     partitions_def=daily_partitions,
     group_name="gemini",
@@ -173,8 +235,13 @@ def _out(description: str, schema: dg.TableSchema) -> dg.AssetOut:
     # only for its short checkpoint and commit transactions, which wait out the lock, so
     # the days of a backfill call Gemini side by side.
 )
-def turns_through_gemini(context: dg.AssetExecutionContext, config: GeminiStageConfig, gemini: GeminiResource,
-                         costs: CostSettings, warehouse: DuckDBWarehouse):
+def turns_through_gemini(
+    context: dg.AssetExecutionContext,
+    config: GeminiStageConfig,
+    gemini: GeminiResource,
+    costs: CostSettings,
+    warehouse: DuckDBWarehouse,
+):
     """Clean the day's turns and decide function calls with Gemini, accounting for every call."""
     use_system_allocator()
     database, book = gemini.database(), costs.price_book()
@@ -187,8 +254,15 @@ def turns_through_gemini(context: dg.AssetExecutionContext, config: GeminiStageC
         raise
 
 
-def _through_gemini(context: dg.AssetExecutionContext, config: GeminiStageConfig, gemini: GeminiResource,
-                    book: PriceBook, warehouse: DuckDBWarehouse, area: StagingArea, limits: Limits):
+def _through_gemini(
+    context: dg.AssetExecutionContext,
+    config: GeminiStageConfig,
+    gemini: GeminiResource,
+    book: PriceBook,
+    warehouse: DuckDBWarehouse,
+    area: StagingArea,
+    limits: Limits,
+):
     database = gemini.database()
     turns_file = area.folder / "day_turns.parquet"
     total = export_day_turns(warehouse.database, context.partition_key, turns_file, warehouse.lock_timeout_s)
@@ -202,9 +276,17 @@ def _through_gemini(context: dg.AssetExecutionContext, config: GeminiStageConfig
             writer.close()
 
 
-def _calls_and_staging(context: dg.AssetExecutionContext, config: GeminiStageConfig, gemini: GeminiResource,
-                       book: PriceBook, area: StagingArea, limits: Limits, turns_file: Path, total: int,
-                       writer: WriterProcess | None):
+def _calls_and_staging(
+    context: dg.AssetExecutionContext,
+    config: GeminiStageConfig,
+    gemini: GeminiResource,
+    book: PriceBook,
+    area: StagingArea,
+    limits: Limits,
+    turns_file: Path,
+    total: int,
+    writer: WriterProcess | None,
+):
     database = gemini.database()
     cache = ResponseCache(database, gemini.cache_enabled)
     spool = AttemptSpool(spool_folder(database), context.run.run_id)
@@ -223,26 +305,53 @@ def _calls_and_staging(context: dg.AssetExecutionContext, config: GeminiStageCon
         try:
             if gemini.processing == BATCH:
                 if limits:
-                    raise dg.Failure(description="Spend limits ([limits] in costs.toml) are checked before every "
-                                                 "attempt in standard processing; batch mode does not check them yet, "
-                                                 "so it does not run with them: remove [limits] or use standard "
-                                                 "processing.")
-                elapsed, stats = run_in_own_thread(_run_batch_day(
-                    conversation_chunks(turns_file, config.chunk_turns), gemini, cache, spool, checkpoints, day, context,
-                    area.folder, deferred))
+                    raise dg.Failure(
+                        description="Spend limits ([limits] in costs.toml) are checked before every "
+                        "attempt in standard processing; batch mode does not check them yet, "
+                        "so it does not run with them: remove [limits] or use standard "
+                        "processing."
+                    )
+                elapsed, stats = run_in_own_thread(
+                    _run_batch_day(
+                        conversation_chunks(turns_file, config.chunk_turns),
+                        gemini,
+                        cache,
+                        spool,
+                        checkpoints,
+                        day,
+                        context,
+                        area.folder,
+                        deferred,
+                    )
+                )
             else:
                 with long_lived_objects_frozen():
                     budget, estimator = _budget(context, gemini, book, limits) if limits else (None, None)
-                    elapsed, stats = run_in_own_thread(_run_day(
-                        conversation_chunks(turns_file, config.chunk_turns), total, gemini, cache, spool, checkpoints, day,
-                        context, config, budget, estimator, book))
+                    elapsed, stats = run_in_own_thread(
+                        _run_day(
+                            conversation_chunks(turns_file, config.chunk_turns),
+                            total,
+                            gemini,
+                            cache,
+                            spool,
+                            checkpoints,
+                            day,
+                            context,
+                            config,
+                            budget,
+                            estimator,
+                            book,
+                        )
+                    )
         except JobsPending as pending:
-            # Ends cleanly: no output, so the day keeps its rows; the jobs are recorded and the batch_jobs_sensor (or any
+            # Ends cleanly: no output, so the day keeps its rows; the jobs are recorded and the
+            # batch_jobs_sensor (or any
             # later run of the day) collects them without submitting anything again.
             turns_file.unlink()
             area.discard()
-            context.log.info(f"{pending}; the next run of the day collects them (nothing is submitted again) and "
-                             "writes the day")
+            context.log.info(
+                f"{pending}; the next run of the day collects them (nothing is submitted again) and writes the day"
+            )
             return
         finally:
             # Paid for, whatever happens next: attempts to the ledger first (money), then answers to the cache.
@@ -253,43 +362,67 @@ def _calls_and_staging(context: dg.AssetExecutionContext, config: GeminiStageCon
     if writer is not None:
         writer.close()  # its work is done: its memory goes before the commit
     memory_metadata = _memory_metadata(writer)
-    context.log_event(dg.AssetMaterialization(
-        asset_key=LLM_ATTEMPTS, partition=context.partition_key,
-        description=f"{ledger_rows} attempts appended by run {context.run.run_id}",
-        metadata={"attempts_appended": ledger_rows, "rejected_attempts": int(stats["rejected"]),
-                  "endpoint": gemini.endpoint_id()}))
+    context.log_event(
+        dg.AssetMaterialization(
+            asset_key=LLM_ATTEMPTS,
+            partition=context.partition_key,
+            description=f"{ledger_rows} attempts appended by run {context.run.run_id}",
+            metadata={
+                "attempts_appended": ledger_rows,
+                "rejected_attempts": int(stats["rejected"]),
+                "endpoint": gemini.endpoint_id(),
+            },
+        )
+    )
     summary = _call_summary(calls)
     if summary["missing_price_models"]:
-        context.log.warning(f"no price for model(s) {summary['missing_price_models']}: their calls carry price_status "
-                            "'missing' and null costs")
+        context.log.warning(
+            f"no price for model(s) {summary['missing_price_models']}: their calls carry price_status "
+            "'missing' and null costs"
+        )
     if stats["estimated"]:
         context.log.warning(f"{stats['estimated']} responses carried no usage metadata; their usage is estimated")
     for requested, served, calls_served in summary["rerouted"]:
-        context.log.warning(f"{requested} was answered by {served} on {calls_served:,} calls (an alias, or a retired "
-                            f"model routed to its successor): they are priced at {served}'s rates")
+        context.log.warning(
+            f"{requested} was answered by {served} on {calls_served:,} calls (an alias, or a retired "
+            f"model routed to its successor): they are priced at {served}'s rates"
+        )
     failed = summary["failures"]
     if summary["calls"] and failed / summary["calls"] > config.max_failure_share:
         raise dg.Failure(
             description=f"{failed} of {summary['calls']} Gemini calls failed, over the limit of "
             f"{config.max_failure_share:.0%}; nothing was written for this partition (its billed attempts are in "
             "llm_attempts)",
-            metadata={"failed_calls": failed, "calls": summary["calls"],
-                      "first_errors": dg.MetadataValue.md(_error_table(calls))},
+            metadata={
+                "failed_calls": failed,
+                "calls": summary["calls"],
+                "first_errors": dg.MetadataValue.md(_error_table(calls)),
+            },
         )
     budget_metadata = {"budget": budget.exhausted or "held", "skipped_calls": int(stats["skipped"])} if budget else {}
     forecast_metadata = _forecast_metadata(context, checkpoints.spent)
     # Every figure first: an error computing one must not come after an output was handed to the IO manager.
-    metadata = (_cleaned_metadata(cleaned), _function_metadata(functions), {
-        **_call_metadata(calls, summary, stats, total, elapsed, written, checkpoints.count),
-        "endpoint": gemini.endpoint_id(), **budget_metadata, **forecast_metadata, **memory_metadata})
+    metadata = (
+        _cleaned_metadata(cleaned),
+        _function_metadata(functions),
+        {
+            **_call_metadata(calls, summary, stats, total, elapsed, written, checkpoints.count),
+            "endpoint": gemini.endpoint_id(),
+            **budget_metadata,
+            **forecast_metadata,
+            **memory_metadata,
+        },
+    )
     yield dg.Output(cleaned, "cleaned_turns", metadata=metadata[0])
     yield dg.Output(functions, "function_calls", metadata=metadata[1])
     yield dg.Output(calls, "llm_calls", metadata=metadata[2])
     if budget is not None and budget.exhausted:
         # The day's rows are committed (skipped turns included) and every paid attempt is in the ledger: the run
         # fails so that the limit is seen; a re-run after raising it completes the skipped turns from where they are.
-        raise dg.Failure(description=budget.failure(), metadata={"skipped_calls": int(stats["skipped"]),
-                                                                 "run_spent_usd": float(budget.run_spent)})
+        raise dg.Failure(
+            description=budget.failure(),
+            metadata={"skipped_calls": int(stats["skipped"]), "run_spent_usd": float(budget.run_spent)},
+        )
 
 
 def _memory_metadata(writer: WriterProcess | None) -> dict:
@@ -309,39 +442,73 @@ def _forecast_metadata(context: dg.AssetExecutionContext, spent: Decimal) -> dic
     if forecast is None:
         return {}
     forecast_usd = Decimal(forecast)
-    metadata = {"forecast_usd": float(forecast_usd), "forecast_range_usd": context.run.tags.get(f"{FORECAST_TAG}_range", "")}
+    metadata = {
+        "forecast_usd": float(forecast_usd),
+        "forecast_range_usd": context.run.tags.get(f"{FORECAST_TAG}_range", ""),
+    }
     if spent:
         metadata["spend_vs_forecast"] = float(spent / forecast_usd) if forecast_usd else 0.0
     return metadata
 
 
-def _budget(context: dg.AssetExecutionContext, gemini: GeminiResource, book: PriceBook,
-            limits: Limits) -> tuple[Budget, CallEstimator]:
+def _budget(
+    context: dg.AssetExecutionContext, gemini: GeminiResource, book: PriceBook, limits: Limits
+) -> tuple[Budget, CallEstimator]:
     """The run's budget: the ledger's spend so far, and each attempt's high forecast calibrated on the ledger."""
     now = datetime.now(timezone.utc)
     month_start = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
     database = gemini.database()
-    budget = Budget(limits, spent_so_far(database, context.partition_key, month_start), context.partition_key,
-                    month_start.strftime("%Y-%m"))
-    settings = ForecastSettings(gemini.clean_model, gemini.function_model, gemini.endpoint_id(), gemini.thinking_budget,
-                                gemini.context_turns)
+    budget = Budget(
+        limits,
+        spent_so_far(database, context.partition_key, month_start),
+        context.partition_key,
+        month_start.strftime("%Y-%m"),
+    )
+    settings = ForecastSettings(
+        gemini.clean_model, gemini.function_model, gemini.endpoint_id(), gemini.thinking_budget, gemini.context_turns
+    )
     with connect(database, read_only=True) if Path(database).exists() else nullcontext() as connection:
-        calibration = calibrate(connection, settings, leave_out=[date.fromisoformat(context.partition_key)]) \
-            if connection else Calibration()
-    context.log.info(f"spend limits {limits}; already spent on {context.partition_key}: ${budget.day_spent:.6f}; "
-                     f"each attempt reserves its high forecast, calibrated on {calibration.describe()}")
+        calibration = (
+            calibrate(connection, settings, leave_out=[date.fromisoformat(context.partition_key)])
+            if connection
+            else Calibration()
+        )
+    context.log.info(
+        f"spend limits {limits}; already spent on {context.partition_key}: ${budget.day_spent:.6f}; "
+        f"each attempt reserves its high forecast, calibrated on {calibration.describe()}"
+    )
     return budget, CallEstimator(calibration, book)
 
 
-async def _run_batch_day(chunks, gemini: GeminiResource, cache: ResponseCache, spool: AttemptSpool,
-                         checkpoints: Checkpoints, day: StagedDay, context: dg.AssetExecutionContext,
-                         work_folder: Path, deferred: list[str]):
-    """The day through batch jobs (`gemini_step/batch_day.py`); answers and attempts checkpointed as each job is collected."""
+async def _run_batch_day(
+    chunks,
+    gemini: GeminiResource,
+    cache: ResponseCache,
+    spool: AttemptSpool,
+    checkpoints: Checkpoints,
+    day: StagedDay,
+    context: dg.AssetExecutionContext,
+    work_folder: Path,
+    deferred: list[str],
+):
+    """The day through batch jobs (`gemini_step/batch_day.py`); answers and attempts checkpointed as each job is
+    collected."""
     session = gemini.session(cache, spool, context.run.run_id, context.partition_key)
-    stage = BatchStage(session, gemini.database(), context.partition_key, context.run.run_id, gemini.batch_max_wait_s,
-                       gemini.batch_poll_s, gemini.batch_max_requests, context.log.info, flush=checkpoints.checkpoint,
-                       inline_limit_bytes=gemini.batch_inline_max_bytes, work_folder=work_folder, deferred=deferred,
-                       warn=context.log.warning)
+    stage = BatchStage(
+        session,
+        gemini.database(),
+        context.partition_key,
+        context.run.run_id,
+        gemini.batch_max_wait_s,
+        gemini.batch_poll_s,
+        gemini.batch_max_requests,
+        context.log.info,
+        flush=checkpoints.checkpoint,
+        inline_limit_bytes=gemini.batch_inline_max_bytes,
+        work_folder=work_folder,
+        deferred=deferred,
+        warn=context.log.warning,
+    )
     periodic = asyncio.create_task(checkpoints.run_periodically())
     started = time.perf_counter()
     try:
@@ -354,10 +521,20 @@ async def _run_batch_day(chunks, gemini: GeminiResource, cache: ResponseCache, s
     return time.perf_counter() - started, session.stats
 
 
-async def _run_day(chunks, total: int, gemini: GeminiResource, cache: ResponseCache, spool: AttemptSpool,
-                   checkpoints: Checkpoints, day: StagedDay, context: dg.AssetExecutionContext,
-                   config: GeminiStageConfig, budget: Budget | None = None, estimator: CallEstimator | None = None,
-                   book: PriceBook | None = None):
+async def _run_day(
+    chunks,
+    total: int,
+    gemini: GeminiResource,
+    cache: ResponseCache,
+    spool: AttemptSpool,
+    checkpoints: Checkpoints,
+    day: StagedDay,
+    context: dg.AssetExecutionContext,
+    config: GeminiStageConfig,
+    budget: Budget | None = None,
+    estimator: CallEstimator | None = None,
+    book: PriceBook | None = None,
+):
     session = gemini.session(cache, spool, context.run.run_id, context.partition_key)
     if budget is not None:
         session.budget, session.attempt_forecast = budget, estimator.high
@@ -365,36 +542,60 @@ async def _run_day(chunks, total: int, gemini: GeminiResource, cache: ResponseCa
     periodic = asyncio.create_task(checkpoints.run_periodically())
     schedule = thread_schedule()  # this thread is the loop's own
     try:
-        elapsed = await process_day(chunks, session, day, context.log.info, config.progress_every, total,
-                                    config.conversations_in_flight, spent=lambda: checkpoints.spent,
-                                    progress_every_s=config.progress_every_s)
+        elapsed = await process_day(
+            chunks,
+            session,
+            day,
+            context.log.info,
+            config.progress_every,
+            total,
+            config.conversations_in_flight,
+            spent=lambda: checkpoints.spent,
+            progress_every_s=config.progress_every_s,
+        )
     finally:
         checkpoints.stop()
         await periodic
         await session.aclose()
     if schedule and (now := thread_schedule()):
-        session.stats["event_loop_cpu_s"], session.stats["event_loop_waited_s"] = (now[0] - schedule[0],
-                                                                                    now[1] - schedule[1])
+        session.stats["event_loop_cpu_s"], session.stats["event_loop_waited_s"] = (
+            now[0] - schedule[0],
+            now[1] - schedule[1],
+        )
     return elapsed, session.stats
 
 
 def _cleaned_metadata(cleaned: StagedTable) -> dict:
-    ((rows, failed, mean_confidence, changed),) = query_staged(f"""
+    ((rows, failed, mean_confidence, changed),) = query_staged(
+        f"""
         SELECT count(*), count(*) FILTER (WHERE status = '{FAILED}'),
                coalesce(avg(confidence) FILTER (WHERE status != '{FAILED}'), 0),
                count(*) FILTER (WHERE status != '{FAILED}' AND cleaned_text != raw_text)
-        FROM cleaned""", cleaned=cleaned)
+        FROM cleaned""",
+        cleaned=cleaned,
+    )
     return {"rows": rows, "failed": failed, "mean_confidence": float(mean_confidence), "changed_turns": changed}
 
 
 def _function_metadata(functions: StagedTable) -> dict:
     ((rows, with_call, failed),) = query_staged(
         f"SELECT count(*), count(function_name), count(*) FILTER (WHERE status = '{FAILED}') FROM functions",
-        functions=functions)
-    counts = pd.DataFrame(query_staged(
-        "SELECT coalesce(function_name, '(no call)') AS function, count(*) AS decisions FROM functions "
-        "GROUP BY ALL ORDER BY decisions DESC, function", functions=functions), columns=["function", "decisions"])
-    return {"rows": rows, "with_call": with_call, "failed": failed, "by_function": dg.MetadataValue.md(markdown_table(counts))}
+        functions=functions,
+    )
+    counts = pd.DataFrame(
+        query_staged(
+            "SELECT coalesce(function_name, '(no call)') AS function, count(*) AS decisions FROM functions "
+            "GROUP BY ALL ORDER BY decisions DESC, function",
+            functions=functions,
+        ),
+        columns=["function", "decisions"],
+    )
+    return {
+        "rows": rows,
+        "with_call": with_call,
+        "failed": failed,
+        "by_function": dg.MetadataValue.md(markdown_table(counts)),
+    }
 
 
 _SUMMED = [*_TOKEN_COLUMNS, "rejected_attempts", "billing_unknown_attempts"]
@@ -402,9 +603,22 @@ _SUMMED = [*_TOKEN_COLUMNS, "rejected_attempts", "billing_unknown_attempts"]
 
 def _call_summary(calls: StagedTable) -> dict:
     """The day's calls in one pass over the staged rows: counts, token sums, latency percentiles, unpriced models."""
-    names = ["calls", "cache_hits", "failures", "estimated_usage_calls", *_SUMMED, "saved_tokens",
-             "latency_p50_ms", "latency_p95_ms", "missing_price_models", "cost", "saved", "models"]
-    (values,) = query_staged(f"""
+    names = [
+        "calls",
+        "cache_hits",
+        "failures",
+        "estimated_usage_calls",
+        *_SUMMED,
+        "saved_tokens",
+        "latency_p50_ms",
+        "latency_p95_ms",
+        "missing_price_models",
+        "cost",
+        "saved",
+        "models",
+    ]
+    (values,) = query_staged(
+        f"""
         SELECT count(*), count(*) FILTER (WHERE cache_hit), count(*) FILTER (WHERE status = '{FAILED}'),
                count(*) FILTER (WHERE usage_source = 'estimated'),
                {", ".join(f"coalesce(sum({name}), 0)::BIGINT" for name in _SUMMED)},
@@ -414,17 +628,22 @@ def _call_summary(calls: StagedTable) -> dict:
                coalesce(string_agg(DISTINCT model, ', ' ORDER BY model) FILTER (WHERE price_status = '{MISSING}'), ''),
                sum(total_cost_usd)::VARCHAR, coalesce(sum(saved_cost_usd), 0)::VARCHAR,
                coalesce(string_agg(DISTINCT model, ', ' ORDER BY model), '')
-        FROM calls""", calls=calls)
+        FROM calls""",
+        calls=calls,
+    )
     summary = dict(zip(names, values))
     summary["cost"] = None if summary["cost"] is None else Decimal(summary["cost"])
     summary["saved"] = Decimal(summary["saved"])
-    summary["rerouted"] = query_staged("SELECT model, model_version, count(*) FROM calls WHERE model_version <> model "
-                                       "GROUP BY ALL ORDER BY ALL", calls=calls)
+    summary["rerouted"] = query_staged(
+        "SELECT model, model_version, count(*) FROM calls WHERE model_version <> model GROUP BY ALL ORDER BY ALL",
+        calls=calls,
+    )
     return summary
 
 
-def _call_metadata(calls: StagedTable, summary: dict, stats, turns: int, elapsed_s: float, cache_written: int,
-                   checkpoints: int) -> dict:
+def _call_metadata(
+    calls: StagedTable, summary: dict, stats, turns: int, elapsed_s: float, cache_written: int, checkpoints: int
+) -> dict:
     metadata = {
         **money_entries("cost", summary["cost"]),
         **money_entries("saved", summary["saved"]),
@@ -452,12 +671,15 @@ def _call_metadata(calls: StagedTable, summary: dict, stats, turns: int, elapsed
     if metadata["failures"]:
         metadata["first_errors"] = dg.MetadataValue.md(_error_table(calls))
     if summary["rerouted"]:
-        metadata["served_by_another_model"] = dg.MetadataValue.md(markdown_table(
-            pd.DataFrame(summary["rerouted"], columns=["requested", "served (priced)", "calls"])))
+        metadata["served_by_another_model"] = dg.MetadataValue.md(
+            markdown_table(pd.DataFrame(summary["rerouted"], columns=["requested", "served (priced)", "calls"]))
+        )
     return metadata
 
 
 def _error_table(calls: StagedTable, limit: int = 10) -> str:
-    rows = query_staged(f"SELECT turn_id, stage, error FROM calls WHERE status = '{FAILED}' ORDER BY turn_id, stage "
-                        f"LIMIT {limit}", calls=calls)
+    rows = query_staged(
+        f"SELECT turn_id, stage, error FROM calls WHERE status = '{FAILED}' ORDER BY turn_id, stage LIMIT {limit}",
+        calls=calls,
+    )
     return markdown_table(pd.DataFrame(rows, columns=["turn_id", "stage", "error"]), limit)

@@ -26,7 +26,9 @@ from cost_pipeline.storage.staging import StagedTable, StagingArea, query_staged
 
 RAW_TURNS_SCHEMA = dg.TableSchema(
     columns=[
-        dg.TableColumn("turn_id", "VARCHAR", description="Given in the file, or derived from evaluation, conversation, index."),
+        dg.TableColumn(
+            "turn_id", "VARCHAR", description="Given in the file, or derived from evaluation, conversation, index."
+        ),
         dg.TableColumn("evaluation_id", "VARCHAR"),
         dg.TableColumn("conversation_id", "VARCHAR"),
         dg.TableColumn("turn_index", "INTEGER"),
@@ -41,7 +43,9 @@ QUARANTINED_TURNS_SCHEMA = dg.TableSchema(
     columns=[
         dg.TableColumn("source_file", "VARCHAR"),
         dg.TableColumn("line_number", "INTEGER"),
-        dg.TableColumn("reason_code", "VARCHAR", description="The rule the line broke, e.g. not_json, duplicate_turn_id."),
+        dg.TableColumn(
+            "reason_code", "VARCHAR", description="The rule the line broke, e.g. not_json, duplicate_turn_id."
+        ),
         dg.TableColumn("reason", "VARCHAR", description="What is wrong, for a person."),
         dg.TableColumn("raw_content", "VARCHAR", description="The line as landed, truncated."),
     ]
@@ -72,12 +76,15 @@ def landed_turns(context: dg.AssetExecutionContext, landing: LandingResource, wa
     use_system_allocator()
     missing = landing.missing(context.partition_key)
     if missing and BACKFILL_TAG not in context.run.tags:
-        raise dg.Failure(description=f"{missing}. Nothing was written; the late_landing_sensor runs the day when its "
-                                     "files arrive.")
+        raise dg.Failure(
+            description=f"{missing}. Nothing was written; the late_landing_sensor runs the day when its files arrive."
+        )
     if missing:
         # Written empty rather than skipped: Dagster counts an asset backfill's unmaterialized days as failed.
-        context.log.warning(f"{missing}: this backfill writes the day empty; the late_landing_sensor runs it again "
-                            "when its files arrive")
+        context.log.warning(
+            f"{missing}: this backfill writes the day empty; the late_landing_sensor runs it again "
+            "when its files arrive"
+        )
     reader = [] if missing else landing.reader(context.partition_key)
     area = StagingArea(staging_root(warehouse.database), staging_name(context.run.run_id, "landed_turns"))
     turns = area.writer("raw_turns", column_types(RAW_TURNS_SCHEMA))
@@ -94,19 +101,34 @@ def landed_turns(context: dg.AssetExecutionContext, landing: LandingResource, wa
             preview.append(item.__dict__)
     staged_turns, staged_quarantine = turns.close(), quarantine.close()
     if staged_quarantine.rows:
-        context.log.warning(f"{staged_quarantine.rows} of {staged_turns.rows + staged_quarantine.rows} lines quarantined")
-    yield dg.Output(staged_turns, "raw_turns",
-                    metadata={**_turn_metadata(staged_turns, 0 if missing else len(reader.files), staged_quarantine.rows),
-                              "landing": missing or LANDED})
+        context.log.warning(
+            f"{staged_quarantine.rows} of {staged_turns.rows + staged_quarantine.rows} lines quarantined"
+        )
+    yield dg.Output(
+        staged_turns,
+        "raw_turns",
+        metadata={
+            **_turn_metadata(staged_turns, 0 if missing else len(reader.files), staged_quarantine.rows),
+            "landing": missing or LANDED,
+        },
+    )
     yield dg.Output(staged_quarantine, "quarantined_turns", metadata=_quarantine_metadata(reasons, preview))
 
 
 def _turn_metadata(turns: StagedTable, files: int, quarantined: int) -> dict:
     ((evaluations, conversations, user_turns),) = query_staged(
         "SELECT count(DISTINCT evaluation_id), count(DISTINCT (evaluation_id, conversation_id)), "
-        "count(*) FILTER (WHERE speaker = 'User') FROM turns", turns=turns)
-    return {"rows": turns.rows, "quarantined": quarantined, "evaluations": evaluations, "conversations": conversations,
-            "files": files, "user_turns": user_turns}
+        "count(*) FILTER (WHERE speaker = 'User') FROM turns",
+        turns=turns,
+    )
+    return {
+        "rows": turns.rows,
+        "quarantined": quarantined,
+        "evaluations": evaluations,
+        "conversations": conversations,
+        "files": files,
+        "user_turns": user_turns,
+    }
 
 
 def _quarantine_metadata(reasons: Counter, preview: list[dict]) -> dict:
@@ -114,5 +136,6 @@ def _quarantine_metadata(reasons: Counter, preview: list[dict]) -> dict:
     if reasons:
         metadata["reasons"] = dg.MetadataValue.json(dict(reasons.most_common()))
         metadata["preview"] = dg.MetadataValue.md(
-            markdown_table(pd.DataFrame(preview)[["source_file", "line_number", "reason"]], QUARANTINE_PREVIEW_ROWS))
+            markdown_table(pd.DataFrame(preview)[["source_file", "line_number", "reason"]], QUARANTINE_PREVIEW_ROWS)
+        )
     return metadata

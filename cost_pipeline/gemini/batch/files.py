@@ -9,8 +9,9 @@ Google's: input `{"key": ..., "request": GenerateContentRequest}`, output `{"key
 The request in a line is produced by google-genai's own conversion of an inlined request
 (the one `batches.create` applies to inlined requests), so a request sent in a file is
 byte for byte the request that would have been inlined. That conversion is a private
-function of the SDK (`batches._InlinedRequest_to_mldev`, then the `_common` helpers `create` applies); `test_batch.py` holds the two
-paths equal, so an SDK upgrade that moves it fails a test rather than a day.
+function of the SDK (`batches._InlinedRequest_to_mldev`, then the `_common` helpers `create`
+applies); `test_batch.py` holds the two paths equal, so an SDK upgrade that moves it fails a
+test rather than a day.
 """
 
 import json
@@ -55,8 +56,10 @@ def write_requests(path: Path, requests: list[tuple[str, dict]]) -> int:
 
 def inline_size(requests: list[tuple[str, dict]]) -> int:
     """How many bytes (key, REST request) pairs take inlined in the create request's JSON (request and metadata)."""
-    return sum(len(json.dumps({"request": request, "metadata": {"key": key}}, separators=(",", ":"))) + 1
-               for key, request in requests)
+    return sum(
+        len(json.dumps({"request": request, "metadata": {"key": key}}, separators=(",", ":"))) + 1
+        for key, request in requests
+    )
 
 
 def read_answers(path: Path) -> Iterator[Answer]:
@@ -72,7 +75,9 @@ def answer_from_line(line: dict) -> Answer:
     if error is not None or not line.get("response"):
         error = error or {}
         return Answer(line.get("key", ""), None, error.get("code"), error.get("message") or "no answer")
-    return Answer(line.get("key", ""), types.GenerateContentResponse._from_response(response=line["response"], kwargs={}))
+    return Answer(
+        line.get("key", ""), types.GenerateContentResponse._from_response(response=line["response"], kwargs={})
+    )
 
 
 def inline_answers(job: types.BatchJob) -> Iterator[Answer]:
@@ -80,7 +85,11 @@ def inline_answers(job: types.BatchJob) -> Iterator[Answer]:
     for answer in (job.dest.inlined_responses if job.dest else None) or []:
         key = (answer.metadata or {}).get("key", "")
         if answer.error is not None or answer.response is None:
-            yield Answer(key, None, answer.error.code if answer.error else None,
-                         answer.error.message if answer.error else "no answer")
+            yield Answer(
+                key,
+                None,
+                answer.error.code if answer.error else None,
+                answer.error.message if answer.error else "no answer",
+            )
         else:
             yield Answer(key, answer.response)

@@ -54,7 +54,9 @@ def _read(database: str | Path, sql: str, parameters: list) -> list[tuple]:
     if not Path(database).exists():
         return []
     with connect(database, read_only=True) as connection:
-        if not connection.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [TABLE]).fetchone()[0]:
+        if not connection.execute(
+            "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [TABLE]
+        ).fetchone()[0]:
             return []
         return connection.execute(sql, parameters).fetchall()
 
@@ -62,22 +64,36 @@ def _read(database: str | Path, sql: str, parameters: list) -> list[tuple]:
 def uncollected(database: str | Path, day: str, stage: str, endpoint: str) -> list[JobRecord]:
     """Every job of this day and stage at this endpoint (any model, any request set) that was submitted, has not
     failed and was never collected: paid for or about to be, so the next step of the stage collects it first."""
-    rows = _read(database,
-                 f"SELECT job_name, part, state FROM {TABLE} "
-                 f"WHERE partition_date = ? AND stage = ? AND endpoint = ? AND collected_at IS NULL "
-                 f"AND state NOT IN (SELECT unnest(?::VARCHAR[])) ORDER BY submitted_at, part",
-                 [day, stage, endpoint, list(FAILED_STATES)])
+    rows = _read(
+        database,
+        f"SELECT job_name, part, state FROM {TABLE} "
+        f"WHERE partition_date = ? AND stage = ? AND endpoint = ? AND collected_at IS NULL "
+        f"AND state NOT IN (SELECT unnest(?::VARCHAR[])) ORDER BY submitted_at, part",
+        [day, stage, endpoint, list(FAILED_STATES)],
+    )
     return [JobRecord(name, part, state) for name, part, state in rows]
 
 
-def record(database: str | Path, job_name: str, day: str, stage: str, model: str, endpoint: str, digest: str,
-           requests: int, part: int, run_id: str, state: str) -> None:
+def record(
+    database: str | Path,
+    job_name: str,
+    day: str,
+    stage: str,
+    model: str,
+    endpoint: str,
+    digest: str,
+    requests: int,
+    part: int,
+    run_id: str,
+    state: str,
+) -> None:
     """Write a submitted job down at once, in its own short transaction."""
     with connect(database) as connection:
         connection.execute(DDL)
-        connection.execute(f"INSERT OR REPLACE INTO {TABLE} VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL)",
-                           [job_name, day, stage, model, endpoint, digest, requests, part, run_id, state,
-                            datetime.now(timezone.utc)])
+        connection.execute(
+            f"INSERT OR REPLACE INTO {TABLE} VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL)",
+            [job_name, day, stage, model, endpoint, digest, requests, part, run_id, state, datetime.now(timezone.utc)],
+        )
 
 
 def update(database: str | Path, job_name: str, state: str, collected: bool = False) -> None:
@@ -86,7 +102,8 @@ def update(database: str | Path, job_name: str, state: str, collected: bool = Fa
         connection.execute(
             f"UPDATE {TABLE} SET state = ?, finished_at = coalesce(finished_at, CASE WHEN ? THEN ?::TIMESTAMPTZ END), "
             f"collected_at = CASE WHEN ? THEN ?::TIMESTAMPTZ ELSE collected_at END WHERE job_name = ?",
-            [state, state.endswith(("SUCCEEDED", "FAILED", "CANCELLED", "EXPIRED")), now, collected, now, job_name])
+            [state, state.endswith(("SUCCEEDED", "FAILED", "CANCELLED", "EXPIRED")), now, collected, now, job_name],
+        )
 
 
 def mark_collected(database: str | Path, job_names: list[str]) -> None:
@@ -97,6 +114,12 @@ def mark_collected(database: str | Path, job_names: list[str]) -> None:
 
 def pending(database: str | Path) -> list[tuple[str, str]]:
     """(job name, data day) of every job submitted and not collected: what a later run of the day resumes."""
-    return [(name, str(day)) for name, day in _read(
-        database, f"SELECT job_name, partition_date FROM {TABLE} WHERE collected_at IS NULL "
-                  f"AND state NOT IN (SELECT unnest(?::VARCHAR[])) ORDER BY submitted_at", [list(FAILED_STATES)])]
+    return [
+        (name, str(day))
+        for name, day in _read(
+            database,
+            f"SELECT job_name, partition_date FROM {TABLE} WHERE collected_at IS NULL "
+            f"AND state NOT IN (SELECT unnest(?::VARCHAR[])) ORDER BY submitted_at",
+            [list(FAILED_STATES)],
+        )
+    ]

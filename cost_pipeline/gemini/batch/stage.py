@@ -74,8 +74,9 @@ class RequestKey:
     context_hash: str | None = None
 
     def encode(self) -> str:
-        return json.dumps([self.request_hash, self.call_id, self.evaluation_id, self.turn_id, self.text_hash,
-                           self.context_hash])
+        return json.dumps(
+            [self.request_hash, self.call_id, self.evaluation_id, self.turn_id, self.text_hash, self.context_hash]
+        )
 
     @classmethod
     def decode(cls, key: str) -> "RequestKey":
@@ -86,8 +87,14 @@ class RequestKey:
 
     @classmethod
     def of(cls, call: BatchCall, endpoint: str) -> "RequestKey":
-        return cls(call.request.request_hash(endpoint), call.tag.call_id, call.tag.evaluation_id, call.tag.turn_id,
-                   call.text_hash, call.context_hash)
+        return cls(
+            call.request.request_hash(endpoint),
+            call.tag.call_id,
+            call.tag.evaluation_id,
+            call.tag.turn_id,
+            call.text_hash,
+            call.context_hash,
+        )
 
 
 class BatchStage:
@@ -98,11 +105,22 @@ class BatchStage:
     final write).
     """
 
-    def __init__(self, session: GeminiSession, database: str, day: str, run_id: str, max_wait_s: float,
-                 poll_s: float, max_requests: int, log: Callable[[str], None],
-                 flush: Callable[[], Awaitable[bool]], inline_limit_bytes: int = batch_files.INLINE_LIMIT_BYTES,
-                 work_folder: Path | None = None, deferred: list[str] | None = None,
-                 warn: Callable[[str], None] | None = None):
+    def __init__(
+        self,
+        session: GeminiSession,
+        database: str,
+        day: str,
+        run_id: str,
+        max_wait_s: float,
+        poll_s: float,
+        max_requests: int,
+        log: Callable[[str], None],
+        flush: Callable[[], Awaitable[bool]],
+        inline_limit_bytes: int = batch_files.INLINE_LIMIT_BYTES,
+        work_folder: Path | None = None,
+        deferred: list[str] | None = None,
+        warn: Callable[[str], None] | None = None,
+    ):
         self.session, self.database, self.day, self.run_id = session, database, day, run_id
         self.max_wait_s, self.poll_s, self.max_requests, self.log = max_wait_s, poll_s, max_requests, log
         self.flush, self.inline_limit_bytes, self.work_folder = flush, inline_limit_bytes, work_folder
@@ -143,21 +161,35 @@ class BatchStage:
         answered: dict[str, CallOutcome] = {}
         earlier = batch_jobs.uncollected(self.database, self.day, stage, session.endpoint_id)
         if earlier:
-            self.log(f"{stage}: collecting {len(earlier)} batch job(s) an earlier run submitted "
-                     f"({', '.join(job.job_name for job in earlier)}): what they answer is not sent again")
+            self.log(
+                f"{stage}: collecting {len(earlier)} batch job(s) an earlier run submitted "
+                f"({', '.join(job.job_name for job in earlier)}): what they answer is not sent again"
+            )
             answered.update(await self._finish(stage, [job.job_name for job in earlier], first, deadline, resumed=True))
         # Asked now: what no earlier job answered, and what one answered with an error (not billed: ask again).
-        remaining = sorted(request_hash for request_hash in first
-                           if request_hash not in answered or not answered[request_hash].billed_attempts)
+        remaining = sorted(
+            request_hash
+            for request_hash in first
+            if request_hash not in answered or not answered[request_hash].billed_attempts
+        )
         if remaining:
-            parts = [remaining[i:i + self.max_requests] for i in range(0, len(remaining), self.max_requests)]
-            names = [await self._submit(stage, [first[h] for h in part], number, len(parts))
-                     for number, part in enumerate(parts)]
+            parts = [remaining[i : i + self.max_requests] for i in range(0, len(remaining), self.max_requests)]
+            names = [
+                await self._submit(stage, [first[h] for h in part], number, len(parts))
+                for number, part in enumerate(parts)
+            ]
             answered.update(await self._finish(stage, names, first, deadline, resumed=False))
         for request_hash, call in first.items():  # asked, but no job answered it: failed, not billed; asked again later
             if request_hash not in answered:
-                answered[request_hash] = CallOutcome(request_hash, call.request.stage, call.request.model, FAILED, None,
-                                                     NO_USAGE, error="the batch job returned no answer for this request")
+                answered[request_hash] = CallOutcome(
+                    request_hash,
+                    call.request.stage,
+                    call.request.model,
+                    FAILED,
+                    None,
+                    NO_USAGE,
+                    error="the batch job returned no answer for this request",
+                )
         session.stats["failures"] += sum(outcome.status == FAILED for outcome in answered.values())
         return answered
 
@@ -174,35 +206,55 @@ class BatchStage:
             with tempfile.TemporaryDirectory(dir=self.work_folder) as folder:
                 path = Path(folder) / "requests.jsonl"
                 size = batch_files.write_requests(path, requests)
-                uploaded = await client.aio.files.upload(file=path, config={"mime_type": "jsonl", "display_name": label})
+                uploaded = await client.aio.files.upload(
+                    file=path, config={"mime_type": "jsonl", "display_name": label}
+                )
             self.log(f"{stage}: uploaded {len(calls)} requests ({size / 1e6:.1f} MB) as {uploaded.name}")
             source = uploaded.name
         # Up to 18 MB of inlined requests: the client's per-call timeout is for one answer, not for this upload.
-        job = await client.aio.batches.create(model=model, src=source, config={
-            "display_name": label, "http_options": {"timeout": CREATE_TIMEOUT_MS}})
+        job = await client.aio.batches.create(
+            model=model, src=source, config={"display_name": label, "http_options": {"timeout": CREATE_TIMEOUT_MS}}
+        )
         # Recorded before any waiting: a kill from here on resumes this job.
-        batch_jobs.record(self.database, job.name, self.day, stage, model, session.endpoint_id,
-                          batch_jobs.request_set([RequestKey.decode(key).request_hash for key, _ in keyed]), len(calls), number, self.run_id,
-                          job.state.name if job.state else "JOB_STATE_PENDING")
-        self.log(f"{stage}: submitted batch job {job.name} with {len(calls)} requests"
-                 + (f" from {source}" if isinstance(source, str) else " inlined"))
+        batch_jobs.record(
+            self.database,
+            job.name,
+            self.day,
+            stage,
+            model,
+            session.endpoint_id,
+            batch_jobs.request_set([RequestKey.decode(key).request_hash for key, _ in keyed]),
+            len(calls),
+            number,
+            self.run_id,
+            job.state.name if job.state else "JOB_STATE_PENDING",
+        )
+        self.log(
+            f"{stage}: submitted batch job {job.name} with {len(calls)} requests"
+            + (f" from {source}" if isinstance(source, str) else " inlined")
+        )
         return job.name
 
     def _inlined(self, call: BatchCall) -> dict:
         config = self.session.content_config(call.request).model_copy(update={"automatic_function_calling": None})
         return {"contents": request_contents(call.request), "config": config}
 
-    async def _finish(self, stage: str, names: list[str], first: dict[str, BatchCall], deadline: float,
-                      resumed: bool) -> dict[str, CallOutcome]:
+    async def _finish(
+        self, stage: str, names: list[str], first: dict[str, BatchCall], deadline: float, resumed: bool
+    ) -> dict[str, CallOutcome]:
         """Wait for the jobs, then collect each one that succeeded: its answers recorded, flushed, then marked."""
         jobs = await self._wait(stage, names, deadline)
         failed = [name for name, job in jobs.items() if job is None or job.state.name != SUCCEEDED]
         if failed and not resumed:
-            raise RuntimeError(f"{stage} batch job(s) {', '.join(failed)} ended without answers; "
-                               "a run of the day submits their requests again")
+            raise RuntimeError(
+                f"{stage} batch job(s) {', '.join(failed)} ended without answers; "
+                "a run of the day submits their requests again"
+            )
         if failed:
-            self.log(f"{stage}: earlier batch job(s) {', '.join(failed)} ended without answers; their requests are "
-                     "submitted anew")
+            self.log(
+                f"{stage}: earlier batch job(s) {', '.join(failed)} ended without answers; their requests are "
+                "submitted anew"
+            )
         answered: dict[str, CallOutcome] = {}
         for name, job in jobs.items():
             if name in failed:
@@ -247,8 +299,9 @@ class BatchStage:
             self.log(f"batch job {name} is gone at the provider: marked failed")
             return None
 
-    async def _collect(self, job: types.BatchJob, stage: str,
-                       first: dict[str, BatchCall]) -> dict[str, CallOutcome] | None:
+    async def _collect(
+        self, job: types.BatchJob, stage: str, first: dict[str, BatchCall]
+    ) -> dict[str, CallOutcome] | None:
         """Each answer of the job as a ledger attempt (and, accepted, a cache entry); outcomes of this run's calls,
         keyed by request hash."""
         if job.dest and job.dest.file_name:
@@ -261,9 +314,11 @@ class BatchStage:
                         raise
                     # Billed, but what it billed can no longer be read: said loudly, and its requests asked again.
                     batch_jobs.update(self.database, job.name, "JOB_STATE_FAILED")
-                    self.warn(f"the result file {job.dest.file_name} of batch job {job.name} is gone (result "
-                             "files expire): its answers were billed but cannot be recorded; its requests are asked "
-                             "again")
+                    self.warn(
+                        f"the result file {job.dest.file_name} of batch job {job.name} is gone (result "
+                        "files expire): its answers were billed but cannot be recorded; its requests are asked "
+                        "again"
+                    )
                     return None
                 return self._record(job, stage, first, batch_files.read_answers(path))
         return self._record(job, stage, first, batch_files.inline_answers(job))
@@ -282,10 +337,21 @@ class BatchStage:
             # same ledger rows, which the ledger ignores; the provider billed them once.
             # Dated when the job finished, as its answers are billed then (not when it was submitted): the invoice's
             # day of a job that ran past midnight; its latency is from submission to that moment.
-            attempt = Attempt(uuid.uuid5(BATCH_ATTEMPTS, f"{job.name}\x1f{key.request_hash}").hex, key.call_id,
-                              session.run_id, self.day, key.evaluation_id, key.turn_id, stage,
-                              call.request.model if call else model, session.endpoint_id, key.request_hash, 1,
-                              finished, processing=BATCH)
+            attempt = Attempt(
+                uuid.uuid5(BATCH_ATTEMPTS, f"{job.name}\x1f{key.request_hash}").hex,
+                key.call_id,
+                session.run_id,
+                self.day,
+                key.evaluation_id,
+                key.turn_id,
+                stage,
+                call.request.model if call else model,
+                session.endpoint_id,
+                key.request_hash,
+                1,
+                finished,
+                processing=BATCH,
+            )
             session.ledger.sent(attempt)
             if answer.response is None:
                 attempt.outcome, attempt.billed = ERROR, False
@@ -293,38 +359,74 @@ class BatchStage:
                 session.ledger.done(attempt)
                 if call is not None:
                     outcomes[key.request_hash] = CallOutcome(
-                        key.request_hash, stage, attempt.model, FAILED, None, NO_USAGE, attempts=1,
-                        error=attempt.reason, started_at=attempt.sent_at, processing=BATCH)
+                        key.request_hash,
+                        stage,
+                        attempt.model,
+                        FAILED,
+                        None,
+                        NO_USAGE,
+                        attempts=1,
+                        error=attempt.reason,
+                        started_at=attempt.sent_at,
+                        processing=BATCH,
+                    )
                 continue
             response = answer.response
             try:
                 verdict = judge(stage, response)
             except Exception as err:  # billed whatever we make of it
                 verdict = Verdict(False, None, f"unreadable answer: {type(err).__name__}: {err}"[:200])
-            usage, unknown = answer_usage(response.usage_metadata, call.request.text() if call else "",
-                                          verdict.answer_text)
+            usage, unknown = answer_usage(
+                response.usage_metadata, call.request.text() if call else "", verdict.answer_text
+            )
             record_answer(attempt, response, usage, unknown, verdict)
             attempt.latency_ms = (finished - submitted) * 1000
             session.ledger.done(attempt)
             if verdict.accepted and key.text_hash:  # (a job from before keys carried the text: not findable)
-                session.cache.put(key.request_hash, key.text_hash, stage, attempt.model, verdict.result, usage,
-                                  key.context_hash)
+                session.cache.put(
+                    key.request_hash, key.text_hash, stage, attempt.model, verdict.result, usage, key.context_hash
+                )
             if call is None:
                 continue
-            common = dict(attempts=1, billed_attempts=1, model_version=attempt.model_version,
-                          billing_unknown_attempts=int(attempt.billed is None),
-                          latency_ms=attempt.latency_ms, started_at=attempt.sent_at, processing=BATCH)
+            common = dict(
+                attempts=1,
+                billed_attempts=1,
+                model_version=attempt.model_version,
+                billing_unknown_attempts=int(attempt.billed is None),
+                latency_ms=attempt.latency_ms,
+                started_at=attempt.sent_at,
+                processing=BATCH,
+            )
             if verdict.accepted:
-                outcomes[key.request_hash] = CallOutcome(key.request_hash, stage, attempt.model, OK, verdict.result,
-                                                         usage, saved=usage, **common)
+                outcomes[key.request_hash] = CallOutcome(
+                    key.request_hash, stage, attempt.model, OK, verdict.result, usage, saved=usage, **common
+                )
             else:
-                outcomes[key.request_hash] = CallOutcome(key.request_hash, stage, attempt.model, FAILED, None, usage,
-                                                         rejected_attempts=1, error=f"rejected: {verdict.reason}", **common)
+                outcomes[key.request_hash] = CallOutcome(
+                    key.request_hash,
+                    stage,
+                    attempt.model,
+                    FAILED,
+                    None,
+                    usage,
+                    rejected_attempts=1,
+                    error=f"rejected: {verdict.reason}",
+                    **common,
+                )
         session.stats["api_calls"] += len(outcomes)
         session.stats["api_finished"] += len(outcomes)
         return outcomes
 
 
 def _hit(call: BatchCall, request_hash: str, cached: CachedResponse) -> CallOutcome:
-    return CallOutcome(request_hash, call.request.stage, call.request.model, OK, cached.result, Usage(source=CACHE),
-                       saved=cached.usage, cache_hit=True, latency_ms=0.0)
+    return CallOutcome(
+        request_hash,
+        call.request.stage,
+        call.request.model,
+        OK,
+        cached.result,
+        Usage(source=CACHE),
+        saved=cached.usage,
+        cache_hit=True,
+        latency_ms=0.0,
+    )
