@@ -31,10 +31,11 @@ demo: setup
 test: setup system-deps lint
 	$(BIN)/python -m pytest --numprocesses=auto --maxprocesses=4 --dist=worksteal
 
-# ruff's lint and format rules (pyproject.toml [tool.ruff]): a finding fails the test command, so CI.
+# ruff's lint and format rules and mypy's types (pyproject.toml): a finding fails the test command, so CI.
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 ui: setup
 	$(BIN)/dagster dev

@@ -7,6 +7,7 @@ at launch; the default applies only when the variable is absent.
 
 import os
 from datetime import date
+from typing import overload
 
 import dagster as dg
 
@@ -57,13 +58,21 @@ CONCURRENCY_ENV = "COST_PIPELINE_CONCURRENCY"
 PROCESSING_ENV = "COST_PIPELINE_PROCESSING"
 
 
-def env_int_or_default(name: str, default: int | None) -> int | dg.EnvVar | None:
-    """`dg.EnvVar(name).int()`-style: the variable (as an integer, resolved at launch) when set, else the default."""
+@overload
+def env_int_or_default(name: str, default: int) -> int: ...
+@overload
+def env_int_or_default(name: str, default: None) -> int | None: ...
+def env_int_or_default(name: str, default: int | None) -> int | None:
+    """`dg.EnvVar.int(name)` (an int, resolved at launch) when the variable is set, else the default."""
     return dg.EnvVar.int(name) if os.environ.get(name) else default
 
 
-def env_or_default(name: str, default: str | None) -> str | dg.EnvVar | None:
-    """`dg.EnvVar(name)` when the variable is set, else the documented default."""
+@overload
+def env_or_default(name: str, default: str) -> str: ...
+@overload
+def env_or_default(name: str, default: None) -> str | None: ...
+def env_or_default(name: str, default: str | None) -> str | None:
+    """`dg.EnvVar(name)` (a str, resolved at launch) when the variable is set, else the documented default."""
     return dg.EnvVar(name) if os.environ.get(name) else default
 
 

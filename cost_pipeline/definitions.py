@@ -46,7 +46,14 @@ OWNERS = ["team:cost-pipeline"]
 all_assets = dg.with_source_code_references(
     dg.map_asset_specs(
         lambda spec: with_column_descriptions(spec.replace_attributes(owners=OWNERS)),
-        [*dg.load_assets_from_modules([ingest, turns, rollups, reconciliation]), rollups.llm_attempts],
+        [
+            *(
+                asset
+                for asset in dg.load_assets_from_modules([ingest, turns, rollups, reconciliation])
+                if isinstance(asset, dg.AssetsDefinition)
+            ),
+            rollups.llm_attempts,
+        ],
     )
 )
 all_checks = dg.load_asset_checks_from_modules([checks, reconciliation])

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 from dagster._core.execution.backfill import BulkActionStatus, PartitionBackfill
@@ -149,7 +150,9 @@ class Launcher:
         `partition_tags` adds tags to one partition's run (its forecast, say).
         """
         job = self.repository.get_full_job(job_name)
-        params = self._partition_params(job_name, partitions) if partitions is not None else {None: ({}, {})}
+        params: Mapping[Any, tuple[Mapping, Mapping]] = (
+            self._partition_params(job_name, partitions) if partitions is not None else {None: ({}, {})}
+        )
         backfill_tags: Mapping[str, str] = {}
         record = None
         if backfill:
@@ -242,7 +245,7 @@ class Launcher:
             asset_graph=self.repository.asset_graph,
         )
 
-    def _wait(self, runs: Mapping[str | None, dg.DagsterRun], limit: int, served: bool) -> list[FinishedRun]:
+    def _wait(self, runs: Mapping[Any, dg.DagsterRun], limit: int, served: bool) -> list[FinishedRun]:
         waiting = list(runs.values())
         started: dict[str, float] = {}
         finished: dict[str, FinishedRun] = {}
@@ -282,7 +285,8 @@ class Launcher:
             never_launched = {run.run_id for run in waiting}
             for run_id in unfinished:
                 if run_id in never_launched:  # nothing to stop: straight to CANCELED, not left CANCELING
-                    self.instance.report_run_canceled(self.instance.get_run_by_id(run_id))
+                    if (never_run := self.instance.get_run_by_id(run_id)) is not None:
+                        self.instance.report_run_canceled(never_run)
                 else:
                     self.instance.run_coordinator.cancel_run(run_id)
             self.say(f"interrupted: canceled {len(unfinished)} unfinished run(s)")

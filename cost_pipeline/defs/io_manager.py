@@ -15,6 +15,7 @@ Contract (details below and in `storage.tables`, `storage.partition_slices`):
 """
 
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -149,6 +150,8 @@ class PartitionBatchIOManager(dg.IOManager):
                 f"input {context.name!r} is typed {load_type}; the DuckDB IO manager loads pandas DataFrames"
             )
         upstream = context.upstream_output
+        if upstream is None:
+            raise TypeError(f"input {context.name!r} reads no upstream output: the DuckDB IO manager loads assets")
         schema, table = self._table_name(upstream)
         columns = (context.definition_metadata or {}).get("columns")
         table_slice = (
@@ -177,7 +180,8 @@ class PartitionBatchIOManager(dg.IOManager):
     def _empty(self, context: dg.InputContext, schema: str, table: str, leave_out: list[str], columns) -> pd.DataFrame:
         """No rows, with the table's columns, else the declared ones: what a first partition reads of itself."""
         if columns is None:
-            declared = _declared_types((context.upstream_output.definition_metadata or {}))
+            upstream = context.upstream_output
+            declared = _declared_types((upstream.definition_metadata if upstream else None) or {})
             columns = list(declared) or None
         if self.database.exists():
             with connect(self.database, read_only=True, timeout_s=self.lock_timeout_s) as connection:
@@ -251,7 +255,9 @@ def _partition_slice(context: dg.OutputContext | dg.InputContext, partition_expr
                 f"({[d.name for d in definition.partitions_defs]}) to SQL; got {partition_expr!r}"
             )
         # Each dimension's keys among the chosen partitions (a load may span several key ranges).
-        chosen_keys = [dg.MultiPartitionKey.keys_by_dimension.fget(key) for key in context.asset_partition_keys]
+        chosen_keys = [
+            definition.get_partition_key_from_str(key).keys_by_dimension for key in context.asset_partition_keys
+        ]
         return TableSlice(
             tuple(
                 _dimension(
@@ -324,7 +330,8 @@ def _self_dependent(context: dg.InputContext) -> bool:
     if not context.has_asset_key:
         return False
     step = context.step_context
-    return context.asset_key in step.job_def.asset_layer.get_assets_def_for_node(step.node_handle).keys
+    assets = step.job_def.asset_layer.get_assets_def_for_node(step.node_handle)
+    return assets is not None and context.asset_key in assets.keys
 
 
 COMMIT_TOGETHER = "cost_pipeline/commit_together"
@@ -352,7 +359,7 @@ def _batch_output_names(context: dg.OutputContext) -> set[str]:
     }
 
 
-def _declared_types(metadata: dict) -> dict[str, str]:
+def _declared_types(metadata: Mapping) -> dict[str, str]:
     schema = metadata.get(COLUMN_SCHEMA_KEY)
     if isinstance(schema, dg.TableSchemaMetadataValue):
         schema = schema.schema

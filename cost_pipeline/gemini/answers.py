@@ -56,10 +56,10 @@ def judge(stage: str, response) -> Verdict:
         except ValueError as err:
             return Verdict(False, None, f"off-format: {err}", text)
     calls = [part.function_call for part in parts if part.function_call]
-    text = "".join(part.text for part in parts if part.text and not part.thought) or None
-    if not calls and not text:
+    said = "".join(part.text for part in parts if part.text and not part.thought) or None
+    if not calls and not said:
         return Verdict(False, None, "empty answer: no text and no function call")
-    result = parse_function(calls, text)
+    result = parse_function(calls, said)
     name = result["function_name"]
     if name is not None:
         problem = argument_problem(name, result["arguments"])
@@ -82,8 +82,10 @@ def argument_problem(name: str, arguments: dict) -> str | None:
 
 @cache
 def _validators() -> dict[str, jsonschema.protocols.Validator]:
-    validators = {}
+    validators: dict[str, jsonschema.protocols.Validator] = {}
     for declaration in FUNCTION_DECLARATIONS:
+        if declaration.name is None:
+            continue
         schema = declaration.parameters_json_schema
         validators[declaration.name] = jsonschema.validators.validator_for(schema)(schema)
     return validators

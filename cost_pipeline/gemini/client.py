@@ -27,11 +27,11 @@ import time
 import urllib.request
 import uuid
 from collections import Counter
-from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import pydantic
@@ -48,7 +48,7 @@ from cost_pipeline.gemini.cache import CachedResponse, ResponseCache
 from cost_pipeline.gemini.local_endpoint import ServerConfig, running_local_server
 from cost_pipeline.gemini.prompts import LlmRequest
 from cost_pipeline.gemini.sdk_request import content_config, request_contents
-from cost_pipeline.gemini.spend_limit import WAIT
+from cost_pipeline.gemini.spend_limit import WAIT, SpendGuard
 from cost_pipeline.gemini.usage import (
     CACHE,
     ESTIMATED,
@@ -275,6 +275,11 @@ class CallOutcome:
     processing: str = "standard"
     """The price list its attempts are billed on: standard, or batch for a Batch API job's answer."""
 
+    @property
+    def cleaned_text(self) -> str | None:
+        """A successful cleaning's text; None for a call that failed or was skipped."""
+        return self.result["cleaned_text"] if self.status == OK and self.result is not None else None
+
 
 @dataclass(frozen=True)
 class CallTag:
@@ -325,9 +330,7 @@ class GeminiSession:
         self.inflight: dict[str, asyncio.Future] = {}
         self.stats: Counter = Counter()
         # Spend limits (None: no limits, no cost): the budget, an attempt's high forecast, an ended attempt's cost.
-        self.budget = None
-        self.attempt_forecast: Callable[[LlmRequest], Decimal] | None = None
-        self.attempt_cost: Callable[[Attempt], Decimal | None] | None = None
+        self.spend: SpendGuard | None = None
         self._budget_settled = asyncio.Event()
         self._configs: dict[tuple, types.GenerateContentConfig] = {}
 
@@ -358,15 +361,15 @@ class GeminiSession:
                 cache_hit=True,
                 latency_ms=0.0,
             )
-        if self.budget is not None and self.budget.blocks(tag.evaluation_id):
-            return self._skipped(request, request_hash, [])
+        if self.spend is not None and self.spend.limit.blocks(tag.evaluation_id):
+            return self._skipped(self.spend, request, request_hash, [])
         future = asyncio.get_running_loop().create_future()
         if self.cache.enabled:
             self.inflight[request_hash] = future
         outcome = _failed(request, request_hash, "cancelled", 0)
         try:
             outcome = await self._call_api(request, request_hash, tag)
-            if outcome.status == OK:
+            if outcome.status == OK and outcome.result is not None and outcome.saved is not None:
                 self.cache.put(
                     request_hash, text_hash, request.stage, request.model, outcome.result, outcome.saved, context_hash
                 )
@@ -399,8 +402,9 @@ class GeminiSession:
                 number += 1
                 try:
                     rejected = next((a for a in reversed(attempts) if a.outcome == REJECTED), None)
-                    sent = request.with_reminder(rejected.reason, len(attempts) + 1) if rejected else request
-                    reservation = await self._reserve(request, tag) if self.budget is not None else None
+                    sent = request.with_reminder(rejected.reason or "", len(attempts) + 1) if rejected else request
+                    spend = self.spend
+                    reservation = await self._reserve(spend, request, tag) if spend is not None else None
                     attempt, settled = None, reservation is None
                     try:
                         await self.request_limiter.acquire()
@@ -434,25 +438,26 @@ class GeminiSession:
                                 _record_error(attempt, err, self.redact)
                                 self.ledger.done(attempt)
                                 if not settled:
-                                    settled = self._settle(reservation, attempt)
+                                    settled = self._settle(spend, reservation, attempt)
                                 raise
                             attempt.latency_ms = (time.perf_counter() - started) * 1000
                         verdicts.append(self._record_answer(attempt, request, sent, response))
                         self.ledger.done(attempt)
                         if not settled:
-                            settled = self._settle(reservation, attempt)
+                            settled = self._settle(spend, reservation, attempt)
                     finally:
                         if not settled:  # raised before the attempt left (cost 0) or was recorded (held stands)
-                            self._release(reservation, None if attempt is not None else Decimal(0))
+                            self._release(spend, reservation, None if attempt is not None else Decimal(0))
                     if attempt.outcome == REJECTED:
-                        raise RejectedAnswer(attempt.reason, verdicts[-1].final)
+                        raise RejectedAnswer(attempt.reason or "rejected", verdicts[-1].final)
                     break
                 except BaseException as err:
                     if not worth_retrying(err) or number >= settings.max_attempts:
                         raise
                     await asyncio.sleep(self._wait(_retry_state(number, err)))
         except BudgetExhausted:
-            return self._skipped(request, request_hash, attempts)
+            assert self.spend is not None, "only a spend limit stops a call"
+            return self._skipped(self.spend, request, request_hash, attempts)
         except Exception as err:  # every failure becomes a row; nothing escapes as a lost turn
             error = self.redact(
                 f"rejected: {err}" if isinstance(err, RejectedAnswer) else f"{type(err).__name__}: {err}"
@@ -470,29 +475,34 @@ class GeminiSession:
         record_answer(attempt, response, usage, unknown, verdict)
         return verdict
 
-    async def _reserve(self, request: LlmRequest, tag: CallTag):
+    async def _reserve(self, spend: SpendGuard, request: LlmRequest, tag: CallTag):
         """The budget's hold on one attempt; waits while attempts in flight must settle first; raises when over."""
-        while (reservation := self.budget.reserve(tag.evaluation_id, self.attempt_forecast(request))) == WAIT:
+        while (reservation := spend.limit.reserve(tag.evaluation_id, spend.forecast(request))) == WAIT:
             settled = self._budget_settled
             await settled.wait()
         if reservation is None:
-            raise BudgetExhausted(self.budget.exhausted)
+            raise BudgetExhausted(spend.limit.exhausted)
         return reservation
 
-    def _settle(self, reservation, attempt: Attempt) -> bool:
-        self._release(reservation, self.attempt_cost(attempt))
+    def _settle(self, spend: SpendGuard | None, reservation, attempt: Attempt) -> bool:
+        if spend is not None:
+            self._release(spend, reservation, spend.cost(attempt))
         return True
 
-    def _release(self, reservation, cost: Decimal | None) -> None:
+    def _release(self, spend: SpendGuard | None, reservation, cost: Decimal | None) -> None:
         """The reservation gives way to the attempt's cost (None: unknown, the reservation counts); waiters wake."""
-        self.budget.settle(reservation, cost)
+        if spend is None:
+            return
+        spend.limit.settle(reservation, cost)
         self._budget_settled.set()
         self._budget_settled = asyncio.Event()
 
-    def _skipped(self, request: LlmRequest, request_hash: str, attempts: list[Attempt]) -> CallOutcome:
+    def _skipped(
+        self, spend: SpendGuard, request: LlmRequest, request_hash: str, attempts: list[Attempt]
+    ) -> CallOutcome:
         """A call the budget stopped: nothing more is sent; attempts already made (rejected answers) stay billed."""
         self.stats["skipped"] += 1
-        self.budget.skip(request.stage)
+        spend.limit.skip(request.stage)
         outcome = self._outcome(request, request_hash, attempts, None, "budget", counted=False)
         return replace(outcome, status=SKIPPED)
 
@@ -516,7 +526,7 @@ class GeminiSession:
         for kind in ("input_tokens", "output_tokens", "thinking_tokens", "cached_tokens", "tool_prompt_tokens"):
             stats[kind] += getattr(usage, kind)
         last = attempts[-1] if attempts else None
-        common = dict(
+        common: dict[str, Any] = dict(
             attempts=len(attempts),
             billed_attempts=len(billed),
             rejected_attempts=rejected,
@@ -524,16 +534,18 @@ class GeminiSession:
             model_version=last.model_version if last else None,
             latency_ms=last.latency_ms if last else None,
         )
-        if error is not None:
+        if error is not None or verdict is None or last is None:
             stats["failures"] += counted
-            return CallOutcome(request_hash, request.stage, request.model, FAILED, None, usage, error=error, **common)
+            return CallOutcome(
+                request_hash, request.stage, request.model, FAILED, None, usage, error=error or "no answer", **common
+            )
         return CallOutcome(
             request_hash, request.stage, request.model, OK, verdict.result, usage, saved=last.usage, **common
         )
 
     def _wait(self, state: tenacity.RetryCallState) -> float:
         """Exponential backoff with jitter, but never sooner than the server asked; no wait before a reminder."""
-        err = state.outcome.exception()
+        err = state.outcome.exception() if state.outcome is not None else None
         if isinstance(err, RejectedAnswer):
             return 0.0
         return max(self.backoff(state), server_retry_delay(err) or 0.0)
@@ -613,9 +625,13 @@ def _is_transport_error(err: BaseException) -> bool:
     return any(cls.__name__ in {"TransportError", "TimeoutException"} for cls in type(err).__mro__)
 
 
+_RETRYING = tenacity.Retrying()
+"""The retry object a state names; the loop above is the policy, so nothing of it is used."""
+
+
 def _retry_state(number: int, err: BaseException) -> tenacity.RetryCallState:
     """The state tenacity would hand its wait strategy after attempt `number` failed with `err`."""
-    state = tenacity.RetryCallState(None, None, (), {})
+    state = tenacity.RetryCallState(_RETRYING, None, (), {})
     state.attempt_number = number
     state.set_exception((type(err), err, err.__traceback__))
     return state

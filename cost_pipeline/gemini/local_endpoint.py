@@ -63,8 +63,11 @@ def running_local_server(config: ServerConfig, startup_timeout_s: float = 30.0) 
         [sys.executable, "-m", SERVER_MODULE, "--port", "0", *flags], stdout=subprocess.PIPE, stderr=errors, text=True
     )
     try:
-        ready = select.select([process.stdout], [], [], startup_timeout_s)[0]
-        line = process.stdout.readline() if ready else ""
+        stdout = process.stdout
+        if stdout is None:
+            raise RuntimeError("local Gemini server started without its output pipe")
+        ready = select.select([stdout], [], [], startup_timeout_s)[0]
+        line = stdout.readline() if ready else ""
         found = re.search(r"http://127\.0\.0\.1:\d+", line)
         if not found:
             process.kill()

@@ -132,7 +132,7 @@ def cleaning_request(
     model: str, speaker: str, text: str, context: list[tuple[str, str]], thinking_budget: int | None
 ) -> LlmRequest:
     """Clean `text`, with the conversation's earlier cleaned turns (speaker, text) as context."""
-    contents = []
+    contents: list[tuple[str, ...]] = []
     if context:
         contents.append(("Earlier cleaned turns of this conversation:\n" + "\n".join(f"{s}: {t}" for s, t in context),))
     contents.append((f"Turn to clean, spoken by {speaker}:", text))

@@ -69,4 +69,4 @@ FUNCTION_DECLARATIONS = [
     ),
 ]
 
-TOOLS = [types.Tool(function_declarations=FUNCTION_DECLARATIONS)]
+TOOLS: types.ToolListUnion = [types.Tool(function_declarations=FUNCTION_DECLARATIONS)]

@@ -16,7 +16,7 @@ window of it: batch days are bounded by the job size the API accepts, not by RAM
 from collections.abc import Iterable
 
 from cost_pipeline.gemini.batch.stage import BatchCall, BatchStage
-from cost_pipeline.gemini.client import OK, GeminiSession
+from cost_pipeline.gemini.client import GeminiSession
 from cost_pipeline.gemini.prompts import cleaning_request, function_request
 from cost_pipeline.gemini_step.processing import (
     Conversation,
@@ -58,10 +58,8 @@ async def batch_day(
     for conversation in conversations:
         for turn in conversation:
             outcome = cleaned[call_tag(turn, "clean").call_id]
-            if turn["speaker"] == "User" and outcome.status == OK:
-                request = function_request(
-                    settings.function_model, outcome.result["cleaned_text"], settings.thinking_budget
-                )
+            if turn["speaker"] == "User" and (text := outcome.cleaned_text) is not None:
+                request = function_request(settings.function_model, text, settings.thinking_budget)
                 function_calls.append(BatchCall(request, call_tag(turn, "function"), turn["text_hash"]))
     decided = await stage.run("function", function_calls)
 
@@ -72,7 +70,7 @@ async def batch_day(
             turns += 1
             tag = call_tag(turn, "clean")
             outcome = cleaned[tag.call_id]
-            text = outcome.result["cleaned_text"] if outcome.status == OK else None
+            text = outcome.cleaned_text
             cleaned_rows.append(cleaned_row(turn, outcome, text, _ms(outcome), tag.call_id))
             call_rows.append(call_row(turn, outcome, "clean", session.endpoint_id, tag.call_id))
             function_tag = call_tag(turn, "function")

@@ -95,8 +95,8 @@ async def process_day(
     def finished(task: asyncio.Task) -> None:
         running.discard(task)
         slots.release()
-        if not task.cancelled() and task.exception() is not None:
-            failures.append(task.exception())
+        if not task.cancelled() and (error := task.exception()) is not None:
+            failures.append(error)
 
     try:
         for chunk in chunks:
@@ -154,7 +154,7 @@ async def _conversation(turns: Conversation, session: GeminiSession, sink: RowSi
             )
             tag = call_tag(turn, "clean")
             outcome = await session.call(request, raw_hash, tag, context_hash=turn["context_hash"])
-            cleaned = outcome.result["cleaned_text"] if outcome.status == OK else None
+            cleaned = outcome.cleaned_text
             cleaned_rows.append(cleaned_row(turn, outcome, cleaned, _ms_since(started), tag.call_id))
             call_rows.append(call_row(turn, outcome, "clean", session.endpoint_id, tag.call_id))
             context.append((turn["speaker"], cleaned or turn["text"]))

@@ -59,7 +59,7 @@ class StagedDay:
         number, chunk = self._chunks, (self._cleaned, self._functions, self._calls)
         self._chunks += 1
         self._cleaned, self._functions, self._calls = [], [], []
-        if self._writer is None:
+        if self._writer is None or self._sender is None:
             self._rows.update(stage_chunk(self.area.folder, number, self.declared, self.book, *chunk))
             return
         rows = pickle.dumps(chunk, protocol=pickle.HIGHEST_PROTOCOL)

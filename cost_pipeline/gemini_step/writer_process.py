@@ -61,6 +61,9 @@ class WriterProcess:
             self._child = subprocess.Popen(
                 [sys.executable, "-m", MODULE], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env
             )
+            if self._child.stdin is None or self._child.stdout is None:
+                raise OSError("no pipes to the writer process")
+            self._requests, self._replies = self._child.stdin, self._child.stdout
             # A fresh book: the prices and overrides travel, not the parent's memo.
             self._send((str(database), book.overrides, book.override_source))
         except OSError as err:
@@ -99,7 +102,7 @@ class WriterProcess:
         self.closed = True
         self.peak_rss_mb = peak_rss_mb(self._child.pid)
         try:
-            self._child.stdin.close()
+            self._requests.close()
         except OSError:
             pass
         try:
@@ -107,7 +110,7 @@ class WriterProcess:
         except subprocess.TimeoutExpired:
             self._child.kill()
             self._child.wait()
-        self._child.stdout.close()
+        self._replies.close()
 
     def _request(self, message: tuple):
         with self._lock:
@@ -115,7 +118,7 @@ class WriterProcess:
                 raise WriterGone("writer process closed")
             try:
                 self._send(message)
-                reply = pickle.load(self._child.stdout)
+                reply = pickle.load(self._replies)
             except (OSError, EOFError, pickle.UnpicklingError) as err:
                 raise WriterGone(f"writer process gone ({type(err).__name__}: {err})") from None
         status, result, spent, warnings = reply
@@ -124,8 +127,8 @@ class WriterProcess:
         return result, spent, warnings
 
     def _send(self, message) -> None:
-        pickle.dump(message, self._child.stdin, protocol=pickle.HIGHEST_PROTOCOL)
-        self._child.stdin.flush()
+        pickle.dump(message, self._requests, protocol=pickle.HIGHEST_PROTOCOL)
+        self._requests.flush()
 
 
 def serve(requests, replies) -> None:
@@ -153,13 +156,13 @@ def serve(requests, replies) -> None:
                 added = sum(
                     load_spools(database, book, only=Path(path), log=warnings.append, on_spend=spend) for path in spools
                 )
-                result = (cache.write(entries), added)
+                result: object = (cache.write(entries), added)
             elif request[0] == STAGE:
                 _, folder, number, declared, rows = request
                 result = stage_chunk(Path(folder), number, declared, book, *pickle.loads(rows))
             else:
                 raise ValueError(f"unknown request {request[0]!r}")
-            reply = ("written", result, spent[0], warnings)
+            reply: tuple = ("written", result, spent[0], warnings)
         except Exception as err:
             reply = ("failed", f"{type(err).__name__}: {err}", spent[0], warnings)
         pickle.dump(reply, replies, protocol=pickle.HIGHEST_PROTOCOL)

@@ -105,7 +105,10 @@ def read_landing_day(folder: Path, max_text_chars: int = DEFAULT_MAX_TEXT_CHARS)
     reader = LandingReader(folder, max_text_chars)
     day = LandingDay(files=reader.files)
     for item in reader:
-        (day.turns if isinstance(item, Turn) else day.quarantined).append(item)
+        if isinstance(item, Turn):
+            day.turns.append(item)
+        else:
+            day.quarantined.append(item)
     return day
 
 

@@ -235,15 +235,15 @@ def _malformed_line(kind: str, rng: random.Random, records: list[dict], day: dat
         )
         copy = {**original, "turn_id": turn_id, "turn_index": original["turn_index"] + 1000}
         return original["evaluation_id"], json.dumps(copy).encode()
-    base = {
-        "evaluation_id": rng.choice(EVALUATIONS),
+    evaluation = rng.choice(EVALUATIONS)
+    base: dict[str, object] = {
+        "evaluation_id": evaluation,
         "conversation_id": f"conv-{day:%Y%m%d}-bad-{kind}",
         "turn_index": 0,
         "speaker": "User",
         "text": "um book a table for two",
         "created_at": f"{day.isoformat()}T12:00:00Z",
     }
-    evaluation = base["evaluation_id"]
     if kind == "not_json":
         return evaluation, json.dumps(base).encode()[:-12]
     if kind == "missing_field":

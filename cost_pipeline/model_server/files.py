@@ -124,7 +124,7 @@ class LocalFiles:
         stored.content += body
         if "finalize" not in command:
             return 200, {}, {"x-goog-upload-status": "active"}
-        del self.uploads[upload_id]
+        del self.uploads[upload_id or ""]
         self.files[stored.name] = stored
         return 200, {"file": stored.resource()}, {"x-goog-upload-status": "final"}
 

@@ -48,6 +48,7 @@ import uuid
 from collections import Counter, deque
 from dataclasses import asdict, fields
 from datetime import datetime, timezone
+from typing import Any
 
 import uvicorn
 
@@ -337,6 +338,7 @@ class GeminiLikeServer:
         batch = body.get("batch") or {}
         source = batch.get("inputConfig") or {}
         from_file = source.get("fileName")
+        requests: list | None
         if from_file:
             content = self.files.content(from_file)
             if content is None:
@@ -448,7 +450,7 @@ class GeminiLikeServer:
 
     async def generate(self, model: str, request: dict) -> tuple[int, dict | bytes]:
         config = self.config
-        record = {"model": model, "body": request}
+        record: dict[str, Any] = {"model": model, "body": request}
         self.requests.append(record)
         self.stats["requests"] += 1
         if self.replays:  # a recorded answer of Google's, billed as Google bills it: by its usage, if it has counts
@@ -576,7 +578,7 @@ class GeminiLikeServer:
         last = turn_texts[-1] if turn_texts else ""
         if declarations:
             call = choose_tool(last, declarations)
-            part = {"functionCall": call} if call else {"text": "No tool is needed for this request."}
+            part: dict[str, Any] = {"functionCall": call} if call else {"text": "No tool is needed for this request."}
             output_text = json.dumps(call) if call else part["text"]
         else:
             cleaned, changes = clean_text(last)
@@ -606,7 +608,7 @@ class GeminiLikeServer:
         prefix_tokens = count_tokens(system) + count_tokens(tools_text)
         prompt_tokens = prefix_tokens + sum(count_tokens(t) for t in texts)
         candidate_tokens = count_tokens(output_text)
-        usage = {
+        usage: dict[str, Any] = {
             "promptTokenCount": prompt_tokens,
             "candidatesTokenCount": candidate_tokens,
             "promptTokensDetails": [{"modality": "TEXT", "tokenCount": prompt_tokens}],
@@ -626,7 +628,11 @@ class GeminiLikeServer:
             total += 50
         usage["totalTokenCount"] = total
         served = self.aliases.get(model, model)
-        response = {"usageMetadata": usage, "modelVersion": served, "responseId": f"local-{uuid.uuid4().hex}"}
+        response: dict[str, Any] = {
+            "usageMetadata": usage,
+            "modelVersion": served,
+            "responseId": f"local-{uuid.uuid4().hex}",
+        }
         if feedback:
             response["promptFeedback"] = feedback
         else:

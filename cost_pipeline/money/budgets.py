@@ -26,7 +26,7 @@ from holds every attempt of the runs before it.
 Pure: no Dagster, no I/O (the baseline is passed in).
 """
 
-from collections import Counter
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from decimal import Decimal
 
@@ -104,10 +104,10 @@ class Budget:
         self.limits, self.day, self.month = limits, day, month
         self.run_spent = Decimal(0)
         self.day_spent = spent.day
-        self.month_spent = Counter(spent.evaluation_month)
-        self.all_time_spent = Counter(spent.evaluation)
+        self.month_spent: defaultdict[str, Decimal] = defaultdict(Decimal, spent.evaluation_month)
+        self.all_time_spent: defaultdict[str, Decimal] = defaultdict(Decimal, spent.evaluation)
         self.reserved = Decimal(0)
-        self.reserved_by_evaluation: Counter = Counter()
+        self.reserved_by_evaluation: defaultdict[str, Decimal] = defaultdict(Decimal)
         self.stopped: str | None = None  # a run or day limit: every call stops
         self.stopped_evaluations: dict[str, str] = {}  # an evaluation's limit: its calls stop
         self.skipped: Counter = Counter()  # calls skipped, by stage
@@ -166,11 +166,17 @@ class Budget:
 
         `held=False` leaves the reservations of attempts in flight out (as if they had settled at no cost).
         """
-        held_here = (self.reserved_by_evaluation[evaluation_id] if held else 0) + amount
-        held = (self.reserved if held else 0) + amount
+        held_here = (self.reserved_by_evaluation[evaluation_id] if held else Decimal(0)) + amount
+        held_all = (self.reserved if held else Decimal(0)) + amount
         checks = [
-            ("all", self.limits.run, self.run_spent + held, "the run limit", "this run"),
-            ("all", self.limits.day, self.day_spent + held, f"the day limit for {self.day}", f"{self.day} (all runs)"),
+            ("all", self.limits.run, self.run_spent + held_all, "the run limit", "this run"),
+            (
+                "all",
+                self.limits.day,
+                self.day_spent + held_all,
+                f"the day limit for {self.day}",
+                f"{self.day} (all runs)",
+            ),
             (
                 "evaluation",
                 self.limits.for_evaluation("evaluation_month", evaluation_id),

@@ -258,8 +258,11 @@ class CallEstimator:
                     TokenCounts(output=million),
                 )
             ]
+            plain, cached, output = (p.total_cost for p in per)
             self._unit_prices[model] = (
-                None if any(p.total_cost is None for p in per) else tuple(p.total_cost / million for p in per)
+                None
+                if plain is None or cached is None or output is None
+                else (plain / million, cached / million, output / million)
             )
         return self._unit_prices[model]
 
@@ -342,7 +345,7 @@ def disfluent_key(text: str) -> str:
 
     Only a key for "will these be cleaned to the same text": never sent, never counted.
     """
-    words = []
+    words: list[str] = []
     for word in _WORD.findall(text.lower()):
         head, _, rest = word.partition("-")
         if rest and rest.startswith(head):  # a stutter: "b-book"

@@ -38,7 +38,7 @@ import pandas as pd
 from cost_pipeline.gemini.attempts import ERROR, Attempt
 from cost_pipeline.gemini.usage import MODALITY_FIELDS, TOKEN_FIELDS, UNKNOWN
 from cost_pipeline.money.pricing import MONEY_SQL_TYPE, STANDARD, PriceBook, token_counts
-from cost_pipeline.storage.connect import STEP_MEMORY, connect
+from cost_pipeline.storage.connect import STEP_MEMORY, connect, one_row
 from cost_pipeline.storage.tables import drop_primary_key
 
 TABLE = "llm_attempts"
@@ -204,6 +204,7 @@ def priced_frame(rows: list[dict], book: PriceBook, recovered: bool) -> pd.DataF
     frame["sent_at"] = pd.to_datetime(frame["sent_at"], unit="s", utc=True).dt.floor("us")
     costs: dict[str, list] = {name: [] for name in [*COST_KINDS, "price_source", "price_status"]}
     zero = Decimal(0)
+    cost: tuple[Decimal | None, Decimal | None, Decimal | None, Decimal | None, str | None, str]
     for row in frame.itertuples(index=False):
         if row.billed is None or pd.isna(row.billed):
             cost = (None, None, None, None, None, UNKNOWN)
@@ -333,9 +334,9 @@ def spent_so_far(database: str | Path, day: str, month_start: datetime):
     with connect(database, read_only=True) as connection:
         if not table_exists(connection, "main", TABLE):
             return Spent()
-        (day_spent,) = connection.execute(
-            f"SELECT coalesce(sum(cost_usd), 0) FROM {TABLE} WHERE partition_date = ?", [day]
-        ).fetchone()
+        (day_spent,) = one_row(
+            connection, f"SELECT coalesce(sum(cost_usd), 0) FROM {TABLE} WHERE partition_date = ?", [day]
+        )
         rows = connection.execute(
             f"SELECT evaluation_id, coalesce(sum(cost_usd) FILTER (WHERE sent_at >= ?), 0), coalesce(sum(cost_usd), 0) "
             f"FROM {TABLE} GROUP BY ALL",

@@ -15,7 +15,7 @@ from decimal import Decimal
 from cost_pipeline.gemini.usage import PRICED_FIELDS
 from cost_pipeline.money.ledger import TABLE
 from cost_pipeline.money.pricing import STANDARD, PriceBook, TokenCounts
-from cost_pipeline.storage.connect import connect
+from cost_pipeline.storage.connect import connect, one_row
 from cost_pipeline.storage.tables import table_exists
 
 ACTUAL = "actual (as billed)"
@@ -54,9 +54,11 @@ def what_if(
             GROUP BY ALL""",
             [start, end],
         ).fetchall()
-        (unknown,) = connection.execute(
-            f"SELECT count(*) FROM {TABLE} WHERE billed IS NULL AND partition_date BETWEEN ? AND ?", [start, end]
-        ).fetchone()
+        (unknown,) = one_row(
+            connection,
+            f"SELECT count(*) FROM {TABLE} WHERE billed IS NULL AND partition_date BETWEEN ? AND ?",
+            [start, end],
+        )
     attempts = sum(g[3 + _N] for g in groups)
     input_tokens = sum(g[3] for g in groups)
     output_tokens = sum(g[5] + g[6] for g in groups)
@@ -70,7 +72,8 @@ def what_if(
         actual_unpriced,
     )
     scenarios = [actual]
-    for target in models or [None]:  # None: each attempt on the model that served it
+    targets: list[str | None] = [*models] or [None]  # None: each attempt on the model that served it
+    for target in targets:
         total, unpriced = Decimal(0), 0
         for served, requested, day, *counts in groups:
             tokens, number = TokenCounts(*counts[:_N]), counts[_N]

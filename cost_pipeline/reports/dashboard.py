@@ -20,7 +20,7 @@ import pandas as pd
 
 from cost_pipeline.reports.markdown import money, money_sum
 from cost_pipeline.reports.report import rollup_completeness
-from cost_pipeline.storage.connect import connect, query_frame
+from cost_pipeline.storage.connect import connect, one_row, query_frame
 from cost_pipeline.storage.tables import table_exists
 
 SPEND_TOKENS = {
@@ -70,12 +70,13 @@ def load(database: str | Path, start: date, end: date, budgets: dict[str, Decima
             GROUP BY 1 ORDER BY 1""",
             [start, end],
         )
-        overall = connection.execute(
+        overall = one_row(
+            connection,
             """
             SELECT quantile_cont(latency_ms, 0.5), quantile_cont(latency_ms, 0.95) FROM llm_calls
             WHERE partition_date BETWEEN ? AND ? AND NOT cache_hit AND status = 'ok'""",
             [start, end],
-        ).fetchone()
+        )
         spend_to_date = query_frame(
             connection,
             """
@@ -384,7 +385,7 @@ def latest_day(database: str | Path) -> date:
     """The latest day with a rollup (today when there is none): where a dashboard's range ends by default."""
     with connect(database, read_only=True) as connection:
         latest = (
-            connection.execute("SELECT max(partition_date) FROM daily_cost_rollup").fetchone()[0]
+            one_row(connection, "SELECT max(partition_date) FROM daily_cost_rollup")[0]
             if table_exists(connection, "main", "daily_cost_rollup")
             else None
         )

@@ -13,7 +13,7 @@ from decimal import Decimal
 
 import pandas as pd
 
-from cost_pipeline.storage.connect import connect, query_frame
+from cost_pipeline.storage.connect import connect, one_row, query_frame
 from cost_pipeline.storage.tables import PARTITION_COLUMN, qualified, table_exists
 
 DIMENSIONS = {"day": "partition_date", "evaluation": "evaluation_id", "model": "model", "stage": "stage"}
@@ -54,11 +54,12 @@ def table_counts(database: str, day: date) -> dict[str, int]:
             [PARTITION_COLUMN],
         ).fetchall()
         return {
-            table: connection.execute(
+            table: one_row(
+                connection,
                 f"SELECT count(*) FROM {qualified(schema, table)} "
                 f"WHERE {PARTITION_COLUMN} = ? OR {PARTITION_COLUMN} IS NULL",
                 [day],
-            ).fetchone()[0]
+            )[0]
             for schema, table in tables
         }
 

@@ -88,3 +88,11 @@ def query_frame(connection: duckdb.DuckDBPyConnection, sql: str, params: list | 
     for name in decimal_columns:
         frame[name] = frame[name].astype(object)
     return frame
+
+
+def one_row(connection: duckdb.DuckDBPyConnection, sql: str, params: list | dict | None = None) -> tuple:
+    """The row of a query that always returns one (an aggregate, a cast): a missing row is an error, not None."""
+    row = connection.execute(sql, params or []).fetchone()
+    if row is None:
+        raise LookupError(f"no row from a query that always returns one: {sql[:200]}")
+    return row

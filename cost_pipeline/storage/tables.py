@@ -25,6 +25,7 @@ from decimal import Decimal
 import duckdb
 import pandas as pd
 
+from cost_pipeline.storage.connect import one_row
 from cost_pipeline.storage.partition_slices import RUN_ID_COLUMN, TableSlice, day_slice, days_slice, quote
 from cost_pipeline.storage.staging import StagedTable, parquet_source
 
@@ -143,11 +144,11 @@ def row_counts(connection: duckdb.DuckDBPyConnection, write: TableWrite) -> tupl
     table = qualified(write.schema, write.table)
     if not _existing_types(connection, write.schema, write.table):
         return 0, 0 if write.slice else None
-    total = connection.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+    (total,) = one_row(connection, f"SELECT count(*) FROM {table}")
     if write.slice is None:
         return total, None
     where, params = write.slice.where()
-    return total, connection.execute(f"SELECT count(*) FROM {table} WHERE {where}", params).fetchone()[0]
+    return total, one_row(connection, f"SELECT count(*) FROM {table} WHERE {where}", params)[0]
 
 
 def table_exists(connection: duckdb.DuckDBPyConnection, schema: str, table: str) -> bool:
@@ -186,8 +187,8 @@ def _prepare_table(connection: duckdb.DuckDBPyConnection, write: TableWrite) -> 
     table = qualified(write.schema, write.table)
     if not existing:
         connection.execute(f"CREATE SCHEMA IF NOT EXISTS {quote(write.schema)}")
-        columns = ", ".join(f"{quote(name)} {sql_type}" for name, sql_type in wanted)
-        connection.execute(f"CREATE TABLE {table} ({columns})")
+        definition = ", ".join(f"{quote(name)} {sql_type}" for name, sql_type in wanted)
+        connection.execute(f"CREATE TABLE {table} ({definition})")
         return wanted
 
     wanted_names = {name for name, _ in wanted}
@@ -264,16 +265,17 @@ def _reconcile(
 
 def _has_values(connection: duckdb.DuckDBPyConnection, source: str, value: str) -> bool:
     """Whether `value` (a column or expression of `source`) is non-null in any row."""
-    return connection.execute(f"SELECT count({value}) FROM {source}").fetchone()[0] > 0
+    return one_row(connection, f"SELECT count({value}) FROM {source}")[0] > 0
 
 
 def _survive(connection: duckdb.DuckDBPyConnection, source: str, value: str, from_type: str, to_type: str) -> bool:
     """Whether every value of `value` comes back unchanged after a trip through `to_type`."""
     trip = f"CAST(TRY_CAST(v AS {to_type}) AS {from_type})"
-    lost = connection.execute(
+    (lost,) = one_row(
+        connection,
         f"SELECT count(*) FROM (SELECT {value} AS v FROM {source}) "
-        f"WHERE v IS NOT NULL AND ({trip} IS NULL OR {trip} <> v)"
-    ).fetchone()[0]
+        f"WHERE v IS NOT NULL AND ({trip} IS NULL OR {trip} <> v)",
+    )
     return lost == 0
 
 
@@ -325,7 +327,7 @@ def _bind_source(connection: duckdb.DuckDBPyConnection, write: TableWrite) -> No
 
 def _canonical_type(connection: duckdb.DuckDBPyConnection, sql_type: str) -> str:
     """DuckDB's own spelling of a type (TIMESTAMPTZ -> TIMESTAMP WITH TIME ZONE), as the catalog reports it."""
-    return connection.execute(f"SELECT typeof(CAST(NULL AS {sql_type}))").fetchone()[0]
+    return one_row(connection, f"SELECT typeof(CAST(NULL AS {sql_type}))")[0]
 
 
 def _existing_types(connection: duckdb.DuckDBPyConnection, schema: str, table: str) -> dict[str, str]:
@@ -353,13 +355,11 @@ def _check_rows_in_slice(connection: duckdb.DuckDBPyConnection, write: TableWrit
     _bind_source(connection, write)
     expressions = [d for d in write.slice.dimensions if d.expr is not None]
     where, params = TableSlice(tuple(expressions)).where()
-    outside = connection.execute(f"SELECT count(*) FROM {_FRAME_VIEW} WHERE ({where}) IS NOT TRUE", params).fetchone()[
-        0
-    ]
+    (outside,) = one_row(connection, f"SELECT count(*) FROM {_FRAME_VIEW} WHERE ({where}) IS NOT TRUE", params)
     if outside:
         raise SchemaMismatch(
             f"{write.schema}.{write.table}: {outside} of {len(write.frame)} rows fall outside the partition written by "
-            f"its partition_expr ({', '.join(d.expr for d in expressions)}); a re-run could never replace them"
+            f"its partition_expr ({', '.join(str(d.expr) for d in expressions)}); a re-run could never replace them"
         )
 
 

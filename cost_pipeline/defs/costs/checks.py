@@ -9,6 +9,7 @@ we accept that knowingly and silence only its preview notice.
 """
 
 import warnings
+from typing import Any
 
 import dagster as dg
 
@@ -332,7 +333,7 @@ def budgets_held(warehouse: DuckDBWarehouse, costs: CostSettings) -> dg.AssetChe
     budgeted = totals[totals["budget_used_share"].notna()]
     over = budgeted[budgeted["budget_used_share"] > 1]
     near = budgeted[(budgeted["budget_used_share"] >= costs.budget_warn_share) & (budgeted["budget_used_share"] <= 1)]
-    metadata = {
+    metadata: dict[str, Any] = {
         "evaluations": len(totals),
         "over_budget": len(over),
         "near_budget": len(near),

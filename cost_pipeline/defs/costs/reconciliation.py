@@ -32,7 +32,7 @@ from cost_pipeline.money.billing_export import LONG_CONTEXT_TOKENS, day_bounds, 
 from cost_pipeline.money.invoice_match import DayMatch, Tolerance, day_lines, ledger_lines, match_day
 from cost_pipeline.money.ledger import ensure_ledger
 from cost_pipeline.reports.markdown import markdown_table
-from cost_pipeline.storage.connect import connect
+from cost_pipeline.storage.connect import connect, one_row
 
 _SUMMED = (
     "input_tokens",
@@ -139,10 +139,11 @@ def drop_earlier_grain(database: str, log) -> None:
     """A `billing_reconciliation` of the earlier grain (by `source`, without modality and tier) goes: it is derived
     from export files that are still there, and each day is rebuilt at its next reconciliation."""
     with connect(database) as connection:
-        (earlier,) = connection.execute(
+        (earlier,) = one_row(
+            connection,
             "SELECT count(*) FROM information_schema.columns WHERE table_schema = 'main' "
-            "AND table_name = 'billing_reconciliation' AND column_name = 'source'"
-        ).fetchone()
+            "AND table_name = 'billing_reconciliation' AND column_name = 'source'",
+        )
         if earlier:
             connection.execute("DROP TABLE billing_reconciliation")
             log("dropped billing_reconciliation of the earlier grain (source x kind): days are rebuilt as reconciled")

@@ -16,6 +16,7 @@ writer process (`gemini_step/writer_process.py`), so the event loop keeps its GI
 
 import asyncio
 import time
+from collections import defaultdict
 from contextlib import nullcontext
 from datetime import date, datetime, timezone
 from decimal import Decimal
@@ -33,6 +34,7 @@ from cost_pipeline.gemini.batch.jobs import mark_collected
 from cost_pipeline.gemini.batch.stage import BATCH, BatchStage, JobsPending
 from cost_pipeline.gemini.cache import ResponseCache
 from cost_pipeline.gemini.client import FAILED, GeminiResource
+from cost_pipeline.gemini.spend_limit import SpendGuard
 from cost_pipeline.gemini.usage import MODALITY_FIELDS, SAVED_FIELDS, TOKEN_FIELDS
 from cost_pipeline.gemini_step.batch_day import batch_day
 from cost_pipeline.gemini_step.budget_turns import spending_turn, turn_scope
@@ -518,7 +520,7 @@ async def _run_batch_day(
         checkpoints.stop()
         await periodic
         await session.aclose()
-    return time.perf_counter() - started, session.stats
+    return time.perf_counter() - started, defaultdict(float, session.stats)
 
 
 async def _run_day(
@@ -536,9 +538,8 @@ async def _run_day(
     book: PriceBook | None = None,
 ):
     session = gemini.session(cache, spool, context.run.run_id, context.partition_key)
-    if budget is not None:
-        session.budget, session.attempt_forecast = budget, estimator.high
-        session.attempt_cost = lambda attempt: attempt_cost(attempt, book)
+    if budget is not None and estimator is not None and book is not None:
+        session.spend = SpendGuard(budget, estimator.high, lambda attempt: attempt_cost(attempt, book))
     periodic = asyncio.create_task(checkpoints.run_periodically())
     schedule = thread_schedule()  # this thread is the loop's own
     try:
@@ -557,12 +558,10 @@ async def _run_day(
         checkpoints.stop()
         await periodic
         await session.aclose()
+    stats: defaultdict[str, float] = defaultdict(float, session.stats)
     if schedule and (now := thread_schedule()):
-        session.stats["event_loop_cpu_s"], session.stats["event_loop_waited_s"] = (
-            now[0] - schedule[0],
-            now[1] - schedule[1],
-        )
-    return elapsed, session.stats
+        stats["event_loop_cpu_s"], stats["event_loop_waited_s"] = now[0] - schedule[0], now[1] - schedule[1]
+    return elapsed, stats
 
 
 def _cleaned_metadata(cleaned: StagedTable) -> dict:

@@ -19,7 +19,7 @@ from cost_pipeline.defs.io_manager import column_types
 from cost_pipeline.defs.partitions import DUCKDB_POOL, daily_partitions
 from cost_pipeline.defs.resources import LandingResource
 from cost_pipeline.defs.warehouse import DuckDBWarehouse
-from cost_pipeline.ingest.landing import LANDED, Turn
+from cost_pipeline.ingest.landing import LANDED, LandingReader, Turn
 from cost_pipeline.reports.markdown import markdown_table
 from cost_pipeline.storage.arrow_memory import use_system_allocator
 from cost_pipeline.storage.staging import StagedTable, StagingArea, query_staged, staging_name, staging_root
@@ -85,13 +85,13 @@ def landed_turns(context: dg.AssetExecutionContext, landing: LandingResource, wa
             f"{missing}: this backfill writes the day empty; the late_landing_sensor runs it again "
             "when its files arrive"
         )
-    reader = [] if missing else landing.reader(context.partition_key)
+    reader: LandingReader | None = None if missing else landing.reader(context.partition_key)
     area = StagingArea(staging_root(warehouse.database), staging_name(context.run.run_id, "landed_turns"))
     turns = area.writer("raw_turns", column_types(RAW_TURNS_SCHEMA))
     quarantine = area.writer("quarantined_turns", column_types(QUARANTINED_TURNS_SCHEMA))
     reasons: Counter = Counter()
     preview: list[dict] = []
-    for item in reader:
+    for item in reader or ():
         if isinstance(item, Turn):
             turns.append(item.__dict__)
             continue
@@ -108,7 +108,7 @@ def landed_turns(context: dg.AssetExecutionContext, landing: LandingResource, wa
         staged_turns,
         "raw_turns",
         metadata={
-            **_turn_metadata(staged_turns, 0 if missing else len(reader.files), staged_quarantine.rows),
+            **_turn_metadata(staged_turns, len(reader.files) if reader else 0, staged_quarantine.rows),
             "landing": missing or LANDED,
         },
     )

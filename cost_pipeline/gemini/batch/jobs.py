@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from cost_pipeline.storage.connect import connect
+from cost_pipeline.storage.connect import connect, one_row
 
 TABLE = "llm_batch_jobs"
 DDL = f"""
@@ -54,9 +54,7 @@ def _read(database: str | Path, sql: str, parameters: list) -> list[tuple]:
     if not Path(database).exists():
         return []
     with connect(database, read_only=True) as connection:
-        if not connection.execute(
-            "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [TABLE]
-        ).fetchone()[0]:
+        if not one_row(connection, "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [TABLE])[0]:
             return []
         return connection.execute(sql, parameters).fetchall()
 

@@ -27,6 +27,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from google.genai import errors, types
 
@@ -149,8 +150,9 @@ class BatchStage:
             outcome = answered[request_hash]
             if first[request_hash] is call:
                 outcomes[call.tag.call_id] = outcome
-            elif outcome.status == OK:  # an identical request: answered once, the rest from the cache
-                outcomes[call.tag.call_id] = _hit(call, request_hash, CachedResponse(outcome.result, outcome.saved))
+            elif outcome.status == OK and outcome.result is not None:  # identical: answered once, the rest cached
+                saved = outcome.saved or outcome.usage
+                outcomes[call.tag.call_id] = _hit(call, request_hash, CachedResponse(outcome.result, saved))
             else:
                 outcomes[call.tag.call_id] = outcome
         session.stats["cache_hits"] += sum(o.cache_hit for o in outcomes.values())
@@ -199,7 +201,7 @@ class BatchStage:
         client = session.client
         keyed = [(RequestKey.of(call, session.endpoint_id).encode(), self._inlined(call)) for call in calls]
         label = f"cost-pipeline {self.day} {stage} {number + 1}/{parts}"
-        source: str | list[dict] = [{**inlined, "metadata": {"key": key}} for key, inlined in keyed]
+        source: str | list[Any] = [{**inlined, "metadata": {"key": key}} for key, inlined in keyed]
         # Converted once, as the SDK would send them: measured for the inline limit, and written if past it.
         requests = [(key, batch_files.rest_request(client, inlined)) for key, inlined in keyed]
         if batch_files.inline_size(requests) > self.inline_limit_bytes * batch_files.INLINE_MARGIN:
@@ -209,6 +211,8 @@ class BatchStage:
                 uploaded = await client.aio.files.upload(
                     file=path, config={"mime_type": "jsonl", "display_name": label}
                 )
+            if not uploaded.name:
+                raise ValueError("the Files API returned an upload without a name")
             self.log(f"{stage}: uploaded {len(calls)} requests ({size / 1e6:.1f} MB) as {uploaded.name}")
             source = uploaded.name
         # Up to 18 MB of inlined requests: the client's per-call timeout is for one answer, not for this upload.
@@ -216,9 +220,10 @@ class BatchStage:
             model=model, src=source, config={"display_name": label, "http_options": {"timeout": CREATE_TIMEOUT_MS}}
         )
         # Recorded before any waiting: a kill from here on resumes this job.
+        name = _job_name(job)
         batch_jobs.record(
             self.database,
-            job.name,
+            name,
             self.day,
             stage,
             model,
@@ -227,13 +232,13 @@ class BatchStage:
             len(calls),
             number,
             self.run_id,
-            job.state.name if job.state else "JOB_STATE_PENDING",
+            _job_state(job),
         )
         self.log(
-            f"{stage}: submitted batch job {job.name} with {len(calls)} requests"
+            f"{stage}: submitted batch job {name} with {len(calls)} requests"
             + (f" from {source}" if isinstance(source, str) else " inlined")
         )
-        return job.name
+        return name
 
     def _inlined(self, call: BatchCall) -> dict:
         config = self.session.content_config(call.request).model_copy(update={"automatic_function_calling": None})
@@ -244,7 +249,7 @@ class BatchStage:
     ) -> dict[str, CallOutcome]:
         """Wait for the jobs, then collect each one that succeeded: its answers recorded, flushed, then marked."""
         jobs = await self._wait(stage, names, deadline)
-        failed = [name for name, job in jobs.items() if job is None or job.state.name != SUCCEEDED]
+        failed = [name for name, job in jobs.items() if _job_state(job) != SUCCEEDED]
         if failed and not resumed:
             raise RuntimeError(
                 f"{stage} batch job(s) {', '.join(failed)} ended without answers; "
@@ -257,16 +262,16 @@ class BatchStage:
             )
         answered: dict[str, CallOutcome] = {}
         for name, job in jobs.items():
-            if name in failed:
+            if name in failed or job is None:
                 continue
             collected = await self._collect(job, stage, first)
             if collected is None:
                 continue
             answered.update(collected)
             if await self.flush():  # the answers are in the cache and the ledger: a later run need not collect again
-                batch_jobs.update(self.database, job.name, job.state.name, collected=True)
+                batch_jobs.update(self.database, name, _job_state(job), collected=True)
             else:  # marked by the step once its last write has them (`batch_jobs.mark_collected`)
-                self.deferred.append(job.name)
+                self.deferred.append(name)
         return answered
 
     async def _wait(self, stage: str, names: list[str], deadline: float) -> dict[str, types.BatchJob | None]:
@@ -276,14 +281,14 @@ class BatchStage:
             jobs = {name: await self._get(name) for name in names}
             if all(job is None or job.done for job in jobs.values()):
                 for name, job in jobs.items():
-                    if job is not None and job.state.name != SUCCEEDED:
-                        batch_jobs.update(self.database, name, job.state.name)
+                    if job is not None and _job_state(job) != SUCCEEDED:
+                        batch_jobs.update(self.database, name, _job_state(job))
                 return jobs
             now = time.monotonic()
             if now >= deadline:
                 for name, job in jobs.items():
                     if job is not None:
-                        batch_jobs.update(self.database, name, job.state.name if job.state else "JOB_STATE_PENDING")
+                        batch_jobs.update(self.database, name, _job_state(job))
                 raise JobsPending(stage, names, now - started)
             await asyncio.sleep(min(self.poll_s, max(0.0, deadline - now)))
 
@@ -313,7 +318,7 @@ class BatchStage:
                     if err.code != 404:
                         raise
                     # Billed, but what it billed can no longer be read: said loudly, and its requests asked again.
-                    batch_jobs.update(self.database, job.name, "JOB_STATE_FAILED")
+                    batch_jobs.update(self.database, _job_name(job), "JOB_STATE_FAILED")
                     self.warn(
                         f"the result file {job.dest.file_name} of batch job {job.name} is gone (result "
                         "files expire): its answers were billed but cannot be recorded; its requests are asked "
@@ -382,13 +387,13 @@ class BatchStage:
             record_answer(attempt, response, usage, unknown, verdict)
             attempt.latency_ms = (finished - submitted) * 1000
             session.ledger.done(attempt)
-            if verdict.accepted and key.text_hash:  # (a job from before keys carried the text: not findable)
+            if verdict.accepted and verdict.result is not None and key.text_hash:  # (an older job's keys: no text)
                 session.cache.put(
                     key.request_hash, key.text_hash, stage, attempt.model, verdict.result, usage, key.context_hash
                 )
             if call is None:
                 continue
-            common = dict(
+            common: dict[str, Any] = dict(
                 attempts=1,
                 billed_attempts=1,
                 model_version=attempt.model_version,
@@ -416,6 +421,18 @@ class BatchStage:
         session.stats["api_calls"] += len(outcomes)
         session.stats["api_finished"] += len(outcomes)
         return outcomes
+
+
+def _job_name(job: types.BatchJob) -> str:
+    """A job's resource name, which the API always sets on a job it made."""
+    if not job.name:
+        raise ValueError("the Batch API returned a job without a name")
+    return job.name
+
+
+def _job_state(job: types.BatchJob | None, default: str = "JOB_STATE_PENDING") -> str:
+    """A job's state by name; `default` while the API has not said."""
+    return job.state.name if job is not None and job.state is not None else default
 
 
 def _hit(call: BatchCall, request_hash: str, cached: CachedResponse) -> CallOutcome:
