@@ -135,7 +135,6 @@ def _column(name: str) -> str:
 
 
 def _bigquery_line(file: str, number: int, row: dict, header: list[str], overrides, rates) -> ExportLine:
-    service = row.get("service_description", "")
     currency = (row.get("currency") or "USD").upper()
     cost = _decimal(row["cost"], file, number, "cost") if row.get("cost") else None
     credits = (
@@ -147,27 +146,7 @@ def _bigquery_line(file: str, number: int, row: dict, header: list[str], overrid
     if cost is None:
         problem = f"{file} line {number}: no cost"
     start = _utc(row["usage_start_time"], file, number)
-    sku = row.get("sku_description", "")
-    return ExportLine(
-        file,
-        number,
-        BIGQUERY,
-        start.date(),
-        UTC,
-        service,
-        row.get("sku_id", ""),
-        sku,
-        row.get("project_id", ""),
-        _decimal(row.get("usage_amount"), file, number, "usage.amount"),
-        row.get("usage_unit", ""),
-        cost,
-        credits,
-        currency,
-        _usd(cost, rate),
-        _usd(credits, rate),
-        classify(service, sku, overrides),
-        problem,
-    )
+    return _line(file, number, BIGQUERY, start.date(), UTC, row, cost, credits, currency, rate, problem, overrides)
 
 
 def _console_line(file: str, number: int, row: dict, header: list[str], overrides, rates) -> ExportLine:
@@ -206,18 +185,40 @@ def _console_line(file: str, number: int, row: dict, header: list[str], override
         cost = _decimal(amounts[gross][1], file, number, gross)
     rate, problem = _rate(currency, None, rates, file, number)
     day_text = row.get("usage_start_date") or row.get("date") or ""
+    day = _pacific_day(day_text, file, number)
+    return _line(file, number, CONSOLE, day, PACIFIC, row, cost, credits, currency, rate, problem, overrides)
+
+
+def _line(
+    file: str,
+    number: int,
+    layout: str,
+    day: date,
+    zone: str,
+    row: dict,
+    cost: Decimal | None,
+    credits: Decimal,
+    currency: str,
+    rate: Decimal | None,
+    problem: str | None,
+    overrides: dict[str, str] | None,
+) -> ExportLine:
+    """The line of either layout once its day, cost and currency are read (their columns share their names).
+
+    Twelve parameters: each is one field the layouts read differently, passed as read.
+    """
     service, sku = row.get("service_description", ""), row.get("sku_description", "")
     return ExportLine(
         file,
         number,
-        CONSOLE,
-        _pacific_day(day_text, file, number),
-        PACIFIC,
+        layout,
+        day,
+        zone,
         service,
         row.get("sku_id", ""),
         sku,
         row.get("project_id", ""),
-        _decimal(row.get("usage_amount"), file, number, "Usage amount"),
+        _decimal(row.get("usage_amount"), file, number, "usage amount"),
         row.get("usage_unit", ""),
         cost,
         credits,
