@@ -38,7 +38,7 @@ lint: setup
 	$(BIN)/mypy
 
 ui: setup
-	$(BIN)/dagster dev
+	VIRTUAL_ENV=$(CURDIR)/$(VENV) $(BIN)/dg dev
 
 bench: setup system-deps
 	$(BIN)/python bench/partition_write.py

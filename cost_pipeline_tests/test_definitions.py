@@ -1,14 +1,51 @@
 """The code location loads the way `dagster dev` loads it, with every asset and job."""
 
+import os
 import subprocess
 import sys
+from datetime import date
 from pathlib import Path
 
 import dagster as dg
+import duckdb
 
 from cost_pipeline.definitions import defs
+from cost_pipeline.ingest.synthetic import generate
+
+from .conftest import dagster_home
 
 REPO = Path(__file__).parents[1]
+
+
+def dg_command(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Dagster's `dg` CLI, run in the project as a person runs it, in its virtual environment."""
+    venv = Path(sys.executable).parent.parent
+    return subprocess.run(
+        [str(Path(sys.executable).with_name("dg")), *args],
+        cwd=REPO,
+        env={**(env or os.environ), "VIRTUAL_ENV": str(venv)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_dg_checks_the_definitions_and_launches_a_day_of_them(tmp_path):
+    checked = dg_command("check", "defs")
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "All definitions loaded successfully" in checked.stdout + checked.stderr
+    generate(tmp_path / "landing", date(2026, 11, 1), days=1, turns_per_day=30, seed=3)
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(dagster_home(tmp_path / "home")),
+        "COST_PIPELINE_DB": str(tmp_path / "day.duckdb"),
+        "COST_PIPELINE_LANDING": str(tmp_path / "landing"),
+        "COST_PIPELINE_START": "2026-11-01",
+    }
+    launched = dg_command("launch", "--assets", "raw_turns,quarantined_turns", "--partition", "2026-11-01", env=env)
+    assert launched.returncode == 0, launched.stdout[-2000:] + launched.stderr[-2000:]
+    with duckdb.connect(str(tmp_path / "day.duckdb"), read_only=True) as connection:
+        assert connection.execute("SELECT count(*) FROM raw_turns").fetchone() == (30,)
 
 
 def test_definitions_hold_the_assets_and_the_daily_job():
