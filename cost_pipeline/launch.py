@@ -23,13 +23,19 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
-from dagster._core.execution.backfill import BulkActionStatus, PartitionBackfill
-from dagster._core.remote_representation.external_data import PartitionNamesSnap, PartitionSetExecutionParamSnap
-from dagster._core.utils import make_new_backfill_id
-from dagster._core.workspace.context import WorkspaceProcessContext, WorkspaceRequestContext
-from dagster._core.workspace.load_target import ModuleTarget
-from dagster._daemon.controller import get_daemon_statuses
-from dagster._time import get_current_timestamp
+
+from cost_pipeline.dagster_private import (
+    BulkActionStatus,
+    ModuleTarget,
+    PartitionBackfill,
+    PartitionNamesSnap,
+    PartitionSetExecutionParamSnap,
+    WorkspaceProcessContext,
+    WorkspaceRequestContext,
+    get_current_timestamp,
+    get_daemon_statuses,
+    make_new_backfill_id,
+)
 
 PROJECT_HOME = ".dagster_home"
 # The same module and name as pyproject.toml's [tool.dagster] and workspace.yaml (a test holds them equal): a run

@@ -21,6 +21,7 @@ FLOORS = {
     "gemini_step": 5,
     "reports": 6,
     "defs": 7,
+    "dagster_private": 7,
     "definitions": 8,
     "launch": 8,
     "cli": 9,
@@ -105,6 +106,22 @@ def test_no_module_imports_itself_round_a_circle():
     for module in sorted(graph):
         if state[module] == 0 and (circle := visit(module, [])):
             pytest.fail("import circle: " + " -> ".join(circle))
+
+
+def test_only_the_adapter_imports_dagster_internals():
+    importing = set()
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = (
+                [node.module]
+                if isinstance(node, ast.ImportFrom) and node.module
+                else [alias.name for alias in node.names]
+                if isinstance(node, ast.Import)
+                else []
+            )
+            if any(name.startswith("dagster._") for name in names):
+                importing.add(path.relative_to(PACKAGE).as_posix())
+    assert importing == {"dagster_private.py"}
 
 
 def test_only_dagster_definitions_import_dagster():
