@@ -63,7 +63,7 @@ def checkpoint(database: Path, batch: int, day: str, rows: int) -> dict:
     from cost_pipeline.gemini.cache import ResponseCache
     from cost_pipeline.gemini.usage import Usage
     from cost_pipeline.money.ledger import AttemptSpool, load_spools, spool_folder
-    from cost_pipeline.money.pricing import PriceBook, TokenCounts
+    from cost_pipeline.money.pricing import PriceBook
 
     book, run_id = PriceBook(), uuid.uuid4().hex
     spool = AttemptSpool(spool_folder(database), run_id)
@@ -99,7 +99,9 @@ def checkpoint(database: Path, batch: int, day: str, rows: int) -> dict:
             context_hash=f"c{i}",
         )
     spool.close()
-    book.cost("gemini-2.5-flash-lite", TokenCounts(120, 0, 30, 0, 0), datetime.now(timezone.utc))  # warm its tables
+    book.cost(
+        "gemini-2.5-flash-lite", Usage(input_tokens=120, output_tokens=30), datetime.now(timezone.utc)
+    )  # warm its tables
     entries = cache.take_new()
     resting = _rss_mb()
     Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS, so the peak below is this checkpoint's

@@ -10,13 +10,13 @@ from decimal import Decimal
 
 import pytest
 
+from cost_pipeline.gemini.usage import Usage
 from cost_pipeline.money.pricing import (
     BATCH,
     LIBRARY_SOURCE,
     MISSING,
     STANDARD,
     PriceBook,
-    TokenCounts,
     parse_overrides,
 )
 
@@ -24,8 +24,13 @@ AT = datetime(2026, 11, 1, 12, tzinfo=timezone.utc)
 D = Decimal
 
 
+def counts(**tokens) -> Usage:
+    """A call's usage by short names: input, cached, output, thinking, tool_prompt, input_audio, output_image, ..."""
+    return Usage(**{f"{name}_tokens": value for name, value in tokens.items()})
+
+
 def cost(model, **tokens):
-    return PriceBook().cost(model, TokenCounts(**tokens), AT)
+    return PriceBook().cost(model, counts(**tokens), AT)
 
 
 def test_flash_lite_with_cached_tokens_bills_the_cached_part_once_at_the_cache_rate():
@@ -91,10 +96,10 @@ def test_overrides_replace_library_prices_and_price_unknown_models():
         }
     )
     book = PriceBook(overrides, override_source="override costs.toml")
-    lite = book.cost("gemini-2.5-flash-lite", TokenCounts(input=1000, cached=500, output=100), AT)
+    lite = book.cost("gemini-2.5-flash-lite", counts(input=1000, cached=500, output=100), AT)
     assert (lite.input_cost, lite.cached_input_cost, lite.output_cost) == (D("0.00004"), D("0.000004"), D("0.000032"))
     assert lite.price_source == "override costs.toml"
-    ultra = book.cost("gemini-9-ultra", TokenCounts(input=1000, output=10), AT)
+    ultra = book.cost("gemini-9-ultra", counts(input=1000, output=10), AT)
     assert ultra.total_cost == D("0.0052") and ultra.price_status == "ok"
 
 
@@ -120,13 +125,9 @@ def test_audio_tokens_are_priced_apart_from_text():
 
 def test_the_served_model_is_priced_and_an_unpriced_alias_falls_back_to_the_requested_model():
     book = PriceBook()
-    served = book.cost(
-        "gemini-flash-lite-latest", TokenCounts(input=1_000_000), AT, served_model="gemini-2.5-flash-lite"
-    )
+    served = book.cost("gemini-flash-lite-latest", counts(input=1_000_000), AT, served_model="gemini-2.5-flash-lite")
     assert served.input_cost == D("0.1")
-    fallback = book.cost(
-        "gemini-2.5-flash-lite", TokenCounts(input=1_000_000), AT, served_model="gemini-unknown-build-7"
-    )
+    fallback = book.cost("gemini-2.5-flash-lite", counts(input=1_000_000), AT, served_model="gemini-unknown-build-7")
     assert fallback.input_cost == D("0.1") and fallback.price_status == "ok"
 
 
@@ -162,7 +163,7 @@ def test_every_google_model_costs_exactly_what_genai_prices_computes(model):
             prompt = text + cached_text + sum(total for total, _, _ in media.values())
             cached = cached_text + sum(part for _, part, _ in media.values())
             output_media = sum(out for _, _, out in media.values())
-            tokens = TokenCounts(
+            tokens = counts(
                 input=prompt,
                 cached=cached,
                 output=rng.randint(0, 4_000) + output_media,
@@ -175,11 +176,11 @@ def test_every_google_model_costs_exactly_what_genai_prices_computes(model):
                 },
             )
             usage = genai_prices.Usage(
-                input_tokens=tokens.input + tokens.tool_prompt,
-                cache_read_tokens=tokens.cached,
-                input_tool_tokens=tokens.tool_prompt,
-                output_tokens=tokens.output + tokens.thinking,
-                output_reasoning_tokens=tokens.thinking,
+                input_tokens=tokens.input_tokens + tokens.tool_prompt_tokens,
+                cache_read_tokens=tokens.cached_tokens,
+                input_tool_tokens=tokens.tool_prompt_tokens,
+                output_tokens=tokens.output_tokens + tokens.thinking_tokens,
+                output_reasoning_tokens=tokens.thinking_tokens,
                 **{
                     key: value
                     for m, (total, part, out) in media.items()
@@ -215,7 +216,7 @@ def test_image_output_is_priced_at_the_image_rate_not_as_text():
 
 def test_the_served_model_is_priced_whatever_prefix_or_case_the_api_sends():
     book = PriceBook()
-    tokens = TokenCounts(input=1_000_000, output=100_000)
+    tokens = counts(input=1_000_000, output=100_000)
     pro = book.cost("gemini-2.5-pro", tokens, AT)
     for served in ("models/gemini-2.5-pro", "Models/Gemini-2.5-Pro", "publishers/google/models/gemini-2.5-pro"):
         assert book.cost("gemini-2.5-flash-lite", tokens, AT, served_model=served) == pro, served

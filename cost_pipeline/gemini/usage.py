@@ -36,7 +36,7 @@ PRICED_FIELDS = (
     "tool_prompt_tokens",
     *MODALITY_FIELDS,
 )
-"""The counts a price depends on, in `TokenCounts`' order."""
+"""The counts a price depends on."""
 TOKEN_FIELDS = (
     "input_tokens",
     "output_tokens",
@@ -91,6 +91,16 @@ class Usage:
             "saved_thinking_tokens": self.thinking_tokens,
             "saved_tool_prompt_tokens": self.tool_prompt_tokens,
         }
+
+    def modalities(self) -> frozenset[str]:
+        """The modalities other than text that this usage has tokens of (each is priced apart)."""
+        return frozenset(
+            m
+            for m in MODALITIES
+            if getattr(self, f"input_{m}_tokens")
+            or getattr(self, f"cached_{m}_tokens")
+            or getattr(self, f"output_{m}_tokens")
+        )
 
     def counts(self) -> dict[str, int]:
         return {name: getattr(self, name) for name in TOKEN_FIELDS}

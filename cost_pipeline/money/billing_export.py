@@ -32,7 +32,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from cost_pipeline.gemini.usage import REPORTED, metadata_from_dict, usage_from_metadata
-from cost_pipeline.money.pricing import MONEY_PLACES, STANDARD, PriceBook, invoice_split, token_counts
+from cost_pipeline.money.pricing import MONEY_PLACES, STANDARD, PriceBook, invoice_split
 from cost_pipeline.money.skus import (
     GEMINI_API,
     GEMINI_API_SERVICE_ID,
@@ -349,9 +349,8 @@ def provider_export_csv(
             continue  # no token count: nothing billed by the token
         at = datetime.fromtimestamp(record["at"], timezone.utc)
         processing = record.get("processing") or STANDARD
-        tokens = token_counts(usage)
-        long_context = tokens.input + tokens.tool_prompt > LONG_CONTEXT_TOKENS
-        priced = book.cost(record["model"], tokens, at, processing=processing)
+        long_context = usage.input_tokens + usage.tool_prompt_tokens > LONG_CONTEXT_TOKENS
+        priced = book.cost(record["model"], usage, at, processing=processing)
         rates = book.modality_rates(record["model"], at, processing, long_context) or {}
         hour = at.replace(minute=0, second=0, microsecond=0)
         for kind, modality, count, cost in invoice_split(

@@ -37,9 +37,9 @@ from decimal import Decimal
 from pathlib import Path
 
 from cost_pipeline.gemini.prompts import CLEAN, FUNCTION, LlmRequest, cleaning_request, function_request
-from cost_pipeline.gemini.usage import estimate_tokens
+from cost_pipeline.gemini.usage import Usage, estimate_tokens
 from cost_pipeline.ingest.landing import LandingFolderMissing, LandingReader, Turn, landing_folder
-from cost_pipeline.money.pricing import PriceBook, TokenCounts
+from cost_pipeline.money.pricing import PriceBook
 
 FORECAST_TAG = "cost_pipeline/forecast_usd"
 """The run tag carrying a day's forecast (USD) when `cost-pipeline run` or `backfill` launched it."""
@@ -253,9 +253,9 @@ class CallEstimator:
             per = [
                 self.prices.cost(model, counts, self.priced_at)
                 for counts in (
-                    TokenCounts(input=million),
-                    TokenCounts(input=million, cached=million),
-                    TokenCounts(output=million),
+                    Usage(input_tokens=million),
+                    Usage(input_tokens=million, cached_tokens=million),
+                    Usage(output_tokens=million),
                 )
             ]
             plain, cached, output = (p.total_cost for p in per)

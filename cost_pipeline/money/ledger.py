@@ -353,7 +353,7 @@ def attempt_cost(attempt: Attempt, book: PriceBook) -> Decimal | None:
         return None
     return book.cost(
         attempt.model,
-        token_counts(attempt.usage),
+        attempt.usage,
         datetime.fromtimestamp(attempt.sent_at, timezone.utc),
         attempt.model_version,
         attempt.processing,

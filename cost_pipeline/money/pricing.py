@@ -12,12 +12,13 @@ and its `price_status` is `missing`.
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import ROUND_HALF_EVEN, Decimal
+from typing import Any
 
 import genai_prices
 import pandas as pd
 from genai_prices.types import ModelPrice, calc_unit_price
 
-from cost_pipeline.gemini.usage import MODALITIES, PRICED_FIELDS, normalized_model
+from cost_pipeline.gemini.usage import MODALITIES, PRICED_FIELDS, Usage, normalized_model
 
 MONEY_PLACES = Decimal("0.000000000001")
 """Twelve places: one token at $0.01 per million tokens is 0.00000001."""
@@ -27,35 +28,6 @@ OK, MISSING = "ok", "missing"
 STANDARD, BATCH = "standard", "batch"
 """Processing modes: genai-prices' `batch` price variant (Gemini's Batch API: half the input and output rates)."""
 LIBRARY_SOURCE = f"genai-prices {genai_prices.__version__}"
-
-
-@dataclass(frozen=True)
-class TokenCounts:
-    """A call's tokens with the API's meaning: `input` includes `cached`; `thinking` is separate from `output`."""
-
-    input: int = 0
-    cached: int = 0
-    output: int = 0
-    thinking: int = 0
-    tool_prompt: int = 0
-    input_audio: int = 0
-    """The audio part of `input` and `tool_prompt` (genai-prices prices audio apart from text); likewise below."""
-    cached_audio: int = 0
-    output_audio: int = 0
-    input_image: int = 0
-    cached_image: int = 0
-    output_image: int = 0
-    input_video: int = 0
-    cached_video: int = 0
-    output_video: int = 0
-
-    def modalities(self) -> frozenset[str]:
-        """The modalities other than text that this call has tokens of."""
-        return frozenset(
-            m
-            for m in MODALITIES
-            if getattr(self, f"input_{m}") or getattr(self, f"cached_{m}") or getattr(self, f"output_{m}")
-        )
 
 
 @dataclass(frozen=True)
@@ -107,7 +79,7 @@ class PriceBook:
         self._model_prices: dict[tuple, tuple[ModelPrice, ModelPrice, str] | None] = {}
 
     def cost(
-        self, model: str, tokens: TokenCounts, at: datetime, served_model: str | None = None, processing: str = STANDARD
+        self, model: str, tokens: Usage, at: datetime, served_model: str | None = None, processing: str = STANDARD
     ) -> CallCost:
         """The cost of `tokens` on `model` at time `at`; status `missing` when no price is known.
 
@@ -186,7 +158,7 @@ class PriceBook:
             )
         }
 
-    def _price(self, model: str, tokens: TokenCounts, at: datetime, processing: str = STANDARD) -> CallCost:
+    def _price(self, model: str, tokens: Usage, at: datetime, processing: str = STANDARD) -> CallCost:
         modalities = tokens.modalities()
         prices = self._model_price(model, at, modalities, processing=processing)
         if prices is None:
@@ -197,11 +169,11 @@ class PriceBook:
         # The cached part of the input price, split out as the invoice does: each modality at its own cache-read
         # rate where the model has one, the rest at the text rate (the library's own split of the same usage).
         text_rate = getattr(model_price, "cache_read_mtok", None)
-        total_input = tokens.input + tokens.tool_prompt
-        cached_text = tokens.cached
+        total_input = tokens.input_tokens + tokens.tool_prompt_tokens
+        cached_text = tokens.cached_tokens
         cached = Decimal(0)
         for modality in modalities:
-            count = getattr(tokens, f"cached_{modality}")
+            count = getattr(tokens, f"cached_{modality}_tokens")
             rate = getattr(model_price, f"cache_{modality}_read_mtok", None)
             if rate is not None:
                 cached += calc_unit_price(rate, count, total_input, PER_MILLION)
@@ -250,7 +222,7 @@ def invoice_split(
     return split
 
 
-def library_usage(tokens: TokenCounts) -> genai_prices.Usage:
+def library_usage(tokens: Usage) -> genai_prices.Usage:
     """`tokens` in genai-prices' units, as its own extractor reads a Gemini `usageMetadata`.
 
     A modality's input, cache-read and output counts are given together, zeros included, as
@@ -260,17 +232,17 @@ def library_usage(tokens: TokenCounts) -> genai_prices.Usage:
     for modality in tokens.modalities():
         by_modality.update(
             {
-                f"input_{modality}_tokens": getattr(tokens, f"input_{modality}"),
-                f"cache_{modality}_read_tokens": getattr(tokens, f"cached_{modality}"),
-                f"output_{modality}_tokens": getattr(tokens, f"output_{modality}"),
+                f"input_{modality}_tokens": getattr(tokens, f"input_{modality}_tokens"),
+                f"cache_{modality}_read_tokens": getattr(tokens, f"cached_{modality}_tokens"),
+                f"output_{modality}_tokens": getattr(tokens, f"output_{modality}_tokens"),
             }
         )
     return genai_prices.Usage(
-        input_tokens=tokens.input + tokens.tool_prompt,
-        cache_read_tokens=tokens.cached,
-        input_tool_tokens=tokens.tool_prompt,
-        output_tokens=tokens.output + tokens.thinking,
-        output_reasoning_tokens=tokens.thinking,
+        input_tokens=tokens.input_tokens + tokens.tool_prompt_tokens,
+        cache_read_tokens=tokens.cached_tokens,
+        input_tool_tokens=tokens.tool_prompt_tokens,
+        output_tokens=tokens.output_tokens + tokens.thinking_tokens,
+        output_reasoning_tokens=tokens.thinking_tokens,
         **by_modality,
     )
 
@@ -327,9 +299,10 @@ def parse_overrides(table: dict) -> dict[str, PriceOverride]:
 COST_COLUMNS = ["input_cost_usd", "cached_input_cost_usd", "output_cost_usd", "total_cost_usd", "saved_cost_usd"]
 
 
-def token_counts(row, prefix: str = "") -> TokenCounts:
-    """The priced token kinds of a row (an itertuples row of llm_calls or llm_attempts)."""
-    return TokenCounts(*(int(getattr(row, prefix + name, 0) or 0) for name in PRICED_FIELDS))
+def token_counts(row, prefix: str = "") -> Usage:
+    """The priced token kinds of a row (an itertuples row of llm_calls or llm_attempts) as a `Usage`."""
+    counts: dict[str, Any] = {name: int(getattr(row, prefix + name, 0) or 0) for name in PRICED_FIELDS}
+    return Usage(**counts)
 
 
 def price_calls(calls: pd.DataFrame, book: PriceBook) -> pd.DataFrame:

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from decimal import Decimal
 
-from cost_pipeline.gemini.usage import PRICED_FIELDS
+from cost_pipeline.gemini.usage import PRICED_FIELDS, Usage
 from cost_pipeline.money.ledger import TABLE
-from cost_pipeline.money.pricing import STANDARD, PriceBook, TokenCounts
+from cost_pipeline.money.pricing import STANDARD, PriceBook
 from cost_pipeline.storage.connect import connect, one_row
 from cost_pipeline.storage.tables import table_exists
 
@@ -76,7 +76,7 @@ def what_if(
     for target in targets:
         total, unpriced = Decimal(0), 0
         for served, requested, day, *counts in groups:
-            tokens, number = TokenCounts(*counts[:_N]), counts[_N]
+            tokens, number = Usage(**dict(zip(PRICED_FIELDS, counts[:_N]))), counts[_N]
             at = datetime(day.year, day.month, day.day, 12, tzinfo=timezone.utc)
             cost = (
                 book.cost(target, tokens, at, processing=processing)
