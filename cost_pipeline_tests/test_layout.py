@@ -33,27 +33,35 @@ DAGSTER_KNOWN = {"gemini/client.py"}
 defs/."""
 
 
+def imported_names(path: Path) -> set[str]:
+    """Every module name a file imports, anywhere in its code, and `module.name` for each name it takes from one."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return names
+
+
 def modules() -> dict[str, set[str]]:
     """Each module of the package (a path under it) and the package's modules it imports, anywhere in its code."""
     found = {}
     for path in PACKAGE.rglob("*.py"):
         name = path.relative_to(PACKAGE).as_posix()
-        imported = set()
-        for node in ast.walk(ast.parse(path.read_text())):
-            targets = (
-                [node.module]
-                if isinstance(node, ast.ImportFrom) and node.module
-                else [alias.name for alias in node.names]
-                if isinstance(node, ast.Import)
-                else []
-            )
-            if isinstance(node, ast.ImportFrom) and node.module:
-                targets += [f"{node.module}.{alias.name}" for alias in node.names]
-            for target in targets:
-                if target.startswith("cost_pipeline."):
-                    imported.add(_module_path(target))
+        imported = {_module_path(target) for target in imported_names(path) if target.startswith("cost_pipeline.")}
         found[name] = {target for target in imported if target and target != name}
     return found
+
+
+def importing(predicate) -> set[str]:
+    """The package's modules that import a name `predicate` accepts."""
+    return {
+        path.relative_to(PACKAGE).as_posix()
+        for path in PACKAGE.rglob("*.py")
+        if any(predicate(name) for name in imported_names(path))
+    }
 
 
 def _module_path(dotted: str) -> str | None:
@@ -109,35 +117,12 @@ def test_no_module_imports_itself_round_a_circle():
 
 
 def test_only_the_adapter_imports_dagster_internals():
-    importing = set()
-    for path in PACKAGE.rglob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
-            names = (
-                [node.module]
-                if isinstance(node, ast.ImportFrom) and node.module
-                else [alias.name for alias in node.names]
-                if isinstance(node, ast.Import)
-                else []
-            )
-            if any(name.startswith("dagster._") for name in names):
-                importing.add(path.relative_to(PACKAGE).as_posix())
-    assert importing == {"dagster_private.py"}
+    assert importing(lambda name: name.startswith("dagster._")) == {"dagster_private.py"}
 
 
 def test_only_dagster_definitions_import_dagster():
-    importing = set()
-    for path in PACKAGE.rglob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
-            names = (
-                [node.module]
-                if isinstance(node, ast.ImportFrom) and node.module
-                else [alias.name for alias in node.names]
-                if isinstance(node, ast.Import)
-                else []
-            )
-            if any(name == "dagster" or name.startswith("dagster.") for name in names):
-                importing.add(path.relative_to(PACKAGE).as_posix())
+    dagster_users = importing(lambda name: name == "dagster" or name.startswith("dagster."))
     wrong = sorted(
-        module for module in importing if room(module) in DAGSTER_FREE | {"gemini"} and module not in DAGSTER_KNOWN
+        module for module in dagster_users if room(module) in DAGSTER_FREE | {"gemini"} and module not in DAGSTER_KNOWN
     )
     assert not wrong, f"Dagster imported outside defs/: {wrong}"
