@@ -18,6 +18,7 @@ import asyncio
 import time
 from collections import defaultdict
 from contextlib import nullcontext
+from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from decimal import Decimal
 from pathlib import Path
@@ -304,6 +305,8 @@ def _calls_and_staging(
         if scope:  # the runs before this turn are all in the ledger (a killed one's spool is loaded now)
             load_spools(database, book, log=context.log.warning)
         checkpoints = Checkpoints(database, cache, spool, book, context.log.warning, config.checkpoint_every_s, writer)
+        parts = _DayParts(context, config, gemini, cache, spool, checkpoints, day)
+        chunks = conversation_chunks(turns_file, config.chunk_turns)
         try:
             if gemini.processing == BATCH:
                 if limits:
@@ -313,42 +316,17 @@ def _calls_and_staging(
                         "so it does not run with them: remove [limits] or use standard "
                         "processing."
                     )
-                elapsed, stats = run_in_own_thread(
-                    _run_batch_day(
-                        conversation_chunks(turns_file, config.chunk_turns),
-                        gemini,
-                        cache,
-                        spool,
-                        checkpoints,
-                        day,
-                        context,
-                        area.folder,
-                        deferred,
-                    )
-                )
+                elapsed, stats = run_in_own_thread(_run_batch_day(parts, chunks, area.folder, deferred))
             else:
                 with long_lived_objects_frozen():
-                    budget, estimator = _budget(context, gemini, book, limits) if limits else (None, None)
-                    elapsed, stats = run_in_own_thread(
-                        _run_day(
-                            conversation_chunks(turns_file, config.chunk_turns),
-                            total,
-                            gemini,
-                            cache,
-                            spool,
-                            checkpoints,
-                            day,
-                            context,
-                            config,
-                            budget,
-                            estimator,
-                            book,
-                        )
-                    )
+                    spend = None
+                    if limits:
+                        budget, estimator = _budget(context, gemini, book, limits)
+                        spend = SpendGuard(budget, estimator.high, lambda attempt: attempt_cost(attempt, book))
+                    elapsed, stats = run_in_own_thread(_run_day(parts, chunks, total, spend))
         except JobsPending as pending:
-            # Ends cleanly: no output, so the day keeps its rows; the jobs are recorded and the
-            # batch_jobs_sensor (or any
-            # later run of the day) collects them without submitting anything again.
+            # Ends cleanly: no output, so the day keeps its rows; the jobs are recorded and the batch_jobs_sensor
+            # (or any later run of the day) collects them without submitting anything again.
             turns_file.unlink()
             area.discard()
             context.log.info(
@@ -482,20 +460,25 @@ def _budget(
     return budget, CallEstimator(calibration, book)
 
 
-async def _run_batch_day(
-    chunks,
-    gemini: GeminiResource,
-    cache: ResponseCache,
-    spool: AttemptSpool,
-    checkpoints: Checkpoints,
-    day: StagedDay,
-    context: dg.AssetExecutionContext,
-    work_folder: Path,
-    deferred: list[str],
-):
+@dataclass(frozen=True)
+class _DayParts:
+    """What a day's calls run with: the run's context and settings, the session's cache and spool, and where the
+    checkpoints and the staged rows go."""
+
+    context: dg.AssetExecutionContext
+    config: GeminiStageConfig
+    gemini: GeminiResource
+    cache: ResponseCache
+    spool: AttemptSpool
+    checkpoints: Checkpoints
+    day: StagedDay
+
+
+async def _run_batch_day(parts: _DayParts, chunks, work_folder: Path, deferred: list[str]):
     """The day through batch jobs (`gemini_step/batch_day.py`); answers and attempts checkpointed as each job is
     collected."""
-    session = gemini.session(cache, spool, context.run.run_id, context.partition_key)
+    context, gemini, checkpoints = parts.context, parts.gemini, parts.checkpoints
+    session = gemini.session(parts.cache, parts.spool, context.run.run_id, context.partition_key)
     stage = BatchStage(
         session,
         gemini.database(),
@@ -514,7 +497,7 @@ async def _run_batch_day(
     periodic = asyncio.create_task(checkpoints.run_periodically())
     started = time.perf_counter()
     try:
-        turns = await batch_day(chunks, session, stage, day)
+        turns = await batch_day(chunks, session, stage, parts.day)
         context.log.info(f"{turns} turns through batch jobs in {time.perf_counter() - started:.1f} s")
     finally:
         checkpoints.stop()
@@ -523,30 +506,18 @@ async def _run_batch_day(
     return time.perf_counter() - started, defaultdict(float, session.stats)
 
 
-async def _run_day(
-    chunks,
-    total: int,
-    gemini: GeminiResource,
-    cache: ResponseCache,
-    spool: AttemptSpool,
-    checkpoints: Checkpoints,
-    day: StagedDay,
-    context: dg.AssetExecutionContext,
-    config: GeminiStageConfig,
-    budget: Budget | None = None,
-    estimator: CallEstimator | None = None,
-    book: PriceBook | None = None,
-):
-    session = gemini.session(cache, spool, context.run.run_id, context.partition_key)
-    if budget is not None and estimator is not None and book is not None:
-        session.spend = SpendGuard(budget, estimator.high, lambda attempt: attempt_cost(attempt, book))
+async def _run_day(parts: _DayParts, chunks, total: int, spend: SpendGuard | None):
+    """The day's calls, one conversation at a time per slot, checkpointed as they go; `spend` holds the limits."""
+    context, config, checkpoints = parts.context, parts.config, parts.checkpoints
+    session = parts.gemini.session(parts.cache, parts.spool, context.run.run_id, context.partition_key)
+    session.spend = spend
     periodic = asyncio.create_task(checkpoints.run_periodically())
     schedule = thread_schedule()  # this thread is the loop's own
     try:
         elapsed = await process_day(
             chunks,
             session,
-            day,
+            parts.day,
             context.log.info,
             config.progress_every,
             total,
