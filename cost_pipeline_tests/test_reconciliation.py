@@ -229,6 +229,17 @@ def test_the_sensor_requests_each_day_an_export_covers(billed_day):
     assert billing_export_sensor(empty).run_requests == []
 
 
+REAL_OUTPUT_LINE = {
+    "model": "gemini-2.5-flash",
+    "kind": "output",
+    "modality": "text",
+    "tier": "standard",
+    "context": "short",
+    "tokens": 622_403,
+    "cost_usd": Decimal("1.5560075"),
+}
+"""The ledger's side of the real line 911A-8880-A243 bills: 622,403 output tokens at their list price ($2.50 per M)."""
+
 EXPECTED = {row["sku_description"]: row for row in csv.DictReader((FIXTURES / "expected_classes.csv").open())}
 """What every SKU of the fixture account is, written by hand from each SKU's meaning (README beside it)."""
 
@@ -294,17 +305,7 @@ def test_a_console_download_in_euros_is_refused_without_a_rate_and_read_with_one
     assert by_sku["981A-C057-0BF9"].cost == Decimal("0.547575") and by_sku["981A-C057-0BF9"].credits == Decimal("-0.05")
     assert by_sku["911A-8880-A243"].cost_usd == (Decimal("1.431511") / Decimal("0.92")).quantize(Decimal("1e-12"))
     assert by_sku["981A-C057-0BF9"].tokens == 1_983_966
-    used = [
-        {
-            "model": "gemini-2.5-flash",
-            "kind": "output",
-            "modality": "text",
-            "tier": "standard",
-            "context": "short",
-            "tokens": 622_403,
-            "cost_usd": Decimal("1.5560075"),
-        }
-    ]
+    used = [REAL_OUTPUT_LINE]
     matched = match_day(date(2026, 11, 15), lines, used, [], Tolerance())
     (line,) = [row for row in matched.lines if row["kind"] == "output"]
     assert line["invoice_tokens"] == line["ledger_tokens"] and line["invoice_usd"] is None
@@ -351,17 +352,7 @@ def test_the_tolerance_holds_what_google_really_bills_and_no_more():
     billed = read_export(FIXTURES / "account_export.csv")
     lines, _ = day_lines(billed, date(2026, 11, 15))
     output = [line for line in lines if line.sku_id == "911A-8880-A243"]
-    ledger = [
-        {
-            "model": "gemini-2.5-flash",
-            "kind": "output",
-            "modality": "text",
-            "tier": "standard",
-            "context": "short",
-            "tokens": 622_403,
-            "cost_usd": Decimal("1.5560075"),
-        }
-    ]  # 622,403 x $2.50 / 1M
+    ledger = [REAL_OUTPUT_LINE]
     (line,) = match_day(date(2026, 11, 15), output, ledger, [OURS], Tolerance()).lines
     assert line["usd_gap"] == Decimal("-0.0000175") and line["within_tolerance"]
     off = [{**ledger[0], "cost_usd": Decimal("1.5560075") * Decimal("1.0002")}]

@@ -32,7 +32,7 @@ from pathlib import Path
 import pandas as pd
 
 from cost_pipeline.gemini.stages import CLEAN
-from cost_pipeline.gemini.usage import CACHE, Usage
+from cost_pipeline.gemini.usage import CACHE, TOTAL_FIELDS, Usage
 from cost_pipeline.storage.connect import STEP_MEMORY, connect
 from cost_pipeline.storage.tables import drop_primary_key, table_exists
 
@@ -50,14 +50,7 @@ CREATE TABLE IF NOT EXISTS {TABLE} (
     context_hash VARCHAR
 )
 """
-USAGE_FIELDS = (
-    "input_tokens",
-    "output_tokens",
-    "thinking_tokens",
-    "cached_tokens",
-    "tool_prompt_tokens",
-    "total_tokens",
-)
+USAGE_FIELDS = TOTAL_FIELDS
 
 
 def text_hash(text: str) -> str:

@@ -37,15 +37,16 @@ PRICED_FIELDS = (
     *MODALITY_FIELDS,
 )
 """The counts a price depends on."""
-TOKEN_FIELDS = (
+TOTAL_FIELDS = (
     "input_tokens",
     "output_tokens",
     "thinking_tokens",
     "cached_tokens",
     "tool_prompt_tokens",
     "total_tokens",
-    *MODALITY_FIELDS,
 )
+"""The counts of each kind, the modality parts left out: what the response cache keeps of an answer's usage."""
+TOKEN_FIELDS = (*TOTAL_FIELDS, *MODALITY_FIELDS)
 _COUNT_FIELDS = (
     "prompt_token_count",
     "candidates_token_count",
