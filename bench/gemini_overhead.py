@@ -95,11 +95,11 @@ def rebuild_requests(database: Path, gemini) -> list:
         if stage == "clean":
             if not cache_hit:
                 requests.append(
-                    cleaning_request(gemini.clean_model, speaker, raw, context[-gemini.context_turns :], None)
+                    cleaning_request(gemini.models.clean_model, speaker, raw, gemini.models.window(context), None)
                 )
             context.append((speaker, cleaned))
         elif not cache_hit:
-            requests.append(function_request(gemini.function_model, cleaned, None))
+            requests.append(function_request(gemini.models.function_model, cleaned, None))
     return requests
 
 
@@ -140,14 +140,16 @@ def cpu_seconds(who: int = resource.RUSAGE_SELF) -> float:
 
 
 def gemini_resource(folder: Path, url: str, concurrency: int):
-    from cost_pipeline.gemini.client import GeminiResource
+    from cost_pipeline.defs.gemini.resource import GeminiResource
 
     return GeminiResource(
-        base_url=url,
-        cache_database=str(folder / "bench.duckdb"),
-        max_concurrency=concurrency,
-        requests_per_minute=100_000_000,
-        tokens_per_minute=10_000_000_000,
+        endpoint={"base_url": url},
+        cache={"database": str(folder / "bench.duckdb")},
+        limits={
+            "max_concurrency": concurrency,
+            "requests_per_minute": 100_000_000,
+            "tokens_per_minute": 10_000_000_000,
+        },
     )
 
 

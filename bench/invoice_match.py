@@ -28,10 +28,10 @@ import dagster as dg
 import duckdb
 
 from cost_pipeline.definitions import all_assets, all_checks
+from cost_pipeline.defs.gemini.resource import GeminiResource
 from cost_pipeline.defs.io_manager import DuckDBPartitionIOManager
 from cost_pipeline.defs.resources import BillingExports, CostSettings, LandingResource
 from cost_pipeline.defs.warehouse import DuckDBWarehouse
-from cost_pipeline.gemini.client import GeminiResource
 from cost_pipeline.gemini.local_endpoint import ServerConfig, running_local_server
 from cost_pipeline.ingest.synthetic import generate
 from cost_pipeline.money.billing_export import read_export
@@ -60,11 +60,9 @@ def measure(share: float, turns: int, folder: Path) -> dict:
             "costs": CostSettings(),
             "billing": BillingExports(folder=str(folder / "billing")),
             "gemini": GeminiResource(
-                base_url=url,
-                cache_database=database,
-                max_concurrency=32,
-                requests_per_minute=1_000_000,
-                tokens_per_minute=1_000_000_000,
+                endpoint={"base_url": url},
+                cache={"database": database},
+                limits={"requests_per_minute": 1_000_000, "tokens_per_minute": 1_000_000_000},
             ),
         }
         result = dg.materialize(

@@ -41,7 +41,7 @@ from cost_pipeline.defs.ingest import assets as ingest
 from cost_pipeline.defs.gemini import assets as turns
 from cost_pipeline.defs.costs import checks
 from cost_pipeline.defs.costs import rollups
-from cost_pipeline.gemini.client import GeminiResource
+from cost_pipeline.defs.gemini.resource import GeminiResource
 from cost_pipeline.gemini_step.process_memory import peak_rss_mb
 from cost_pipeline.defs.resources import CostSettings, LandingResource
 from cost_pipeline.defs.io_manager import DuckDBPartitionIOManager
@@ -52,8 +52,9 @@ stage_config = {"staged_chunk_rows": int(chunk_rows)} if chunk_rows != "default"
 database = str(folder / "bench.duckdb")
 resources = {"io_manager": DuckDBPartitionIOManager(database=database), "warehouse": DuckDBWarehouse(database=database),
              "landing": LandingResource(root=str(folder / "landing")), "costs": CostSettings(),
-             "gemini": GeminiResource(base_url=url, cache_database=database, max_concurrency=64,
-                                      requests_per_minute=100_000_000, tokens_per_minute=10_000_000_000)}
+             "gemini": GeminiResource(endpoint={"base_url": url}, cache={"database": database},
+                                      limits={"max_concurrency": 64, "requests_per_minute": 100_000_000,
+                                              "tokens_per_minute": 10_000_000_000})}
 daily = ["raw_turns", "quarantined_turns", "cleaned_turns", "function_calls", "llm_calls", "daily_cost_rollup"]
 definitions = [*dg.load_assets_from_modules([ingest, turns, rollups]), *dg.load_asset_checks_from_modules([checks])]
 result = dg.materialize(definitions, partition_key=day, resources=resources, selection=daily,

@@ -19,25 +19,22 @@ from pathlib import Path
 os.environ.setdefault("COST_PIPELINE_START", "2026-01-01")  # keeps the fixed bench days inside the partitions
 
 from cost_pipeline.gemini.cache import ResponseCache
-from cost_pipeline.gemini.client import CallTag, GeminiResource
+from cost_pipeline.gemini.client import CallTag, GeminiSession
 from cost_pipeline.gemini.local_endpoint import ServerConfig, running_local_server
 from cost_pipeline.gemini.prompts import function_request
+from cost_pipeline.gemini.settings import EndpointSettings, GeminiSettings, RateLimits
 
 
 async def run(url: str, calls: int, rpm: int, concurrency: int, database: Path) -> tuple[float, list[float]]:
-    gemini = GeminiResource(
-        base_url=url,
-        cache_database=str(database),
-        requests_per_minute=rpm,
-        max_concurrency=concurrency,
-        cache_enabled=False,
+    settings = GeminiSettings(
+        endpoint=EndpointSettings(base_url=url), limits=RateLimits(requests_per_minute=rpm, max_concurrency=concurrency)
     )
-    session = gemini.session(ResponseCache(database, enabled=False))
+    session = GeminiSession(settings, ResponseCache(database, enabled=False))
     sent_at: list[float] = []
 
     async def one(index: int) -> None:
         outcome = await session.call(
-            function_request(gemini.function_model, f"Search the web for topic {index}.", None),
+            function_request(settings.models.function_model, f"Search the web for topic {index}.", None),
             "",
             CallTag(f"bench-{index}", "bench", f"turn-{index}"),
         )

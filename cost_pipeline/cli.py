@@ -182,23 +182,15 @@ def _batch_jobs_pending(days: list[date]) -> str | None:
 def _forecast_tags(days: list[date]) -> dict[str, dict[str, str]]:
     """Each day's forecast, printed before anything is launched and carried by its run as tags (the Gemini step
     sets the run's spend beside it); no API call without a key."""
-    from cost_pipeline.money.forecast import FORECAST_TAG, forecast_days, render_table
+    from cost_pipeline.money.forecast import FORECAST_TAG, render_table
 
-    settings, gemini = _forecast_settings()
     try:
-        forecast = forecast_days(
-            resolved(DB_ENV, DEFAULT_DB),
-            resolved(LANDING_ENV, DEFAULT_LANDING),
-            days,
-            settings,
-            _cost_settings().price_book(),
-            count=_token_counter(gemini) if gemini.resolved_api_key() else None,
-        )
+        forecast = _forecast(resolved(DB_ENV, DEFAULT_DB), resolved(LANDING_ENV, DEFAULT_LANDING), days)
     except Exception as error:  # a forecast informs a run; it never stops one (budgets are the hard stop)
         from cost_pipeline.gemini.client import known_secrets, redact
 
         print(
-            f"Forecast unavailable ({type(error).__name__}: {redact(str(error), known_secrets(gemini.api_key))}); "
+            f"Forecast unavailable ({type(error).__name__}: {redact(str(error), known_secrets())}); "
             "launching without it\n",
             file=sys.stderr,
         )
@@ -409,22 +401,13 @@ def run_forecast(args: argparse.Namespace) -> int:
     """Print the forecast of a range of days as a table or JSON; 2 on a bad range."""
     import json
 
-    from cost_pipeline.money.forecast import forecast_days, render_table
+    from cost_pipeline.money.forecast import render_table
 
     days = _days(args.first, args.last)
     if not days:
         print(f"--to {args.last} is before --from {args.first}", file=sys.stderr)
         return 2
-    prices = _cost_settings().price_book()
-    settings, gemini = _forecast_settings()
-    forecast = forecast_days(
-        args.database,
-        args.landing,
-        days,
-        settings,
-        prices,
-        count=_token_counter(gemini) if gemini.resolved_api_key() else None,
-    )
+    forecast = _forecast(args.database, args.landing, days)
     print(json.dumps(forecast.as_dict(), indent=2) if args.format == "json" else render_table(forecast))
     return 0
 
@@ -437,20 +420,20 @@ def _cost_settings():
     return CostSettings(config_file=costs_file if Path(costs_file).is_file() else None)
 
 
-def _forecast_settings():
-    """The models, thinking, context and endpoint a run would use now, from the same environment as the resource."""
-    from cost_pipeline.config import CLEAN_MODEL_ENV, FUNCTION_MODEL_ENV, THINKING_BUDGET_ENV
-    from cost_pipeline.gemini.client import DEFAULT_MODEL, GeminiResource
-    from cost_pipeline.money.forecast import ForecastSettings
+def _forecast(database: str, landing: str, days: list[date]):
+    """The days' forecast with the endpoint and models a run would use now; tokens counted by the API with a key."""
+    from cost_pipeline.gemini.settings import settings_from_environment
+    from cost_pipeline.money.forecast import ForecastSettings, forecast_days
 
-    gemini = GeminiResource(
-        clean_model=os.environ.get(CLEAN_MODEL_ENV) or DEFAULT_MODEL,
-        function_model=os.environ.get(FUNCTION_MODEL_ENV) or DEFAULT_MODEL,
-        thinking_budget=int(os.environ[THINKING_BUDGET_ENV]) if os.environ.get(THINKING_BUDGET_ENV) else None,
+    gemini = settings_from_environment()
+    return forecast_days(
+        database,
+        landing,
+        days,
+        ForecastSettings.of(gemini),
+        _cost_settings().price_book(),
+        count=_token_counter(gemini) if gemini.endpoint.resolved_api_key() else None,
     )
-    return ForecastSettings(
-        gemini.clean_model, gemini.function_model, gemini.endpoint_id(), gemini.thinking_budget, gemini.context_turns
-    ), gemini
 
 
 def _token_counter(gemini):

@@ -1,15 +1,11 @@
 """Settings from the environment, each with a default that works on a laptop.
 
-A setting that is present in the environment reaches resources as `dg.EnvVar`, so the
-Dagster UI shows the variable's name rather than its value and each run resolves it
-at launch; the default applies only when the variable is absent.
+Only names and defaults, free of Dagster: `defs/environment.py` hands a setting that is
+present to resources as `dg.EnvVar`, so the UI shows the variable's name, never its value.
 """
 
 import os
 from datetime import date
-from typing import overload
-
-import dagster as dg
 
 DB_ENV = "COST_PIPELINE_DB"
 DEFAULT_DB = "data/cost_pipeline.duckdb"
@@ -58,24 +54,6 @@ CONCURRENCY_ENV = "COST_PIPELINE_CONCURRENCY"
 PROCESSING_ENV = "COST_PIPELINE_PROCESSING"
 
 
-@overload
-def env_int_or_default(name: str, default: int) -> int: ...
-@overload
-def env_int_or_default(name: str, default: None) -> int | None: ...
-def env_int_or_default(name: str, default: int | None) -> int | None:
-    """`dg.EnvVar.int(name)` (an int, resolved at launch) when the variable is set, else the default."""
-    return dg.EnvVar.int(name) if os.environ.get(name) else default
-
-
-@overload
-def env_or_default(name: str, default: str) -> str: ...
-@overload
-def env_or_default(name: str, default: None) -> str | None: ...
-def env_or_default(name: str, default: str | None) -> str | None:
-    """`dg.EnvVar(name)` (a str, resolved at launch) when the variable is set, else the documented default."""
-    return dg.EnvVar(name) if os.environ.get(name) else default
-
-
 def resolved(name: str, default: str) -> str:
     """The setting's value now, for code outside Dagster (the CLI)."""
     return os.environ.get(name) or default
@@ -84,11 +62,3 @@ def resolved(name: str, default: str) -> str:
 API_KEY_ENVS = ("GEMINI_API_KEY", "GOOGLE_API_KEY")
 BASE_URL_ENV = "GOOGLE_GEMINI_BASE_URL"
 """The SDK's own variable for a Gemini-compatible endpoint."""
-
-
-def gemini_api_key() -> dg.EnvVar | None:
-    """The Gemini key as an `EnvVar` (never its value), or None to use the local server."""
-    for name in API_KEY_ENVS:
-        if os.environ.get(name):
-            return dg.EnvVar(name)
-    return None

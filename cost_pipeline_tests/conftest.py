@@ -16,11 +16,11 @@ import pytest
 os.environ.setdefault("COST_PIPELINE_START", "2022-01-01")
 
 from cost_pipeline.definitions import all_assets, all_checks
+from cost_pipeline.defs.gemini.resource import GeminiResource
 from cost_pipeline.defs.ingest import assets as ingest
 from cost_pipeline.defs.io_manager import DuckDBPartitionIOManager
 from cost_pipeline.defs.resources import BillingExports, CostSettings, LandingResource
 from cost_pipeline.defs.warehouse import DuckDBWarehouse
-from cost_pipeline.gemini.client import GeminiResource
 from cost_pipeline.gemini.local_endpoint import ServerConfig, running_local_server
 from cost_pipeline.ingest.synthetic import generate
 
@@ -121,8 +121,10 @@ def local_resources(
     database: Path,
     model_server: ModelServer | None = None,
     costs: CostSettings | None = None,
-    **gemini,
+    **gemini: dict,
 ) -> dict:
+    """The resources of a test run; `gemini` gives sections of the Gemini resource (`{"limits": {...}}`), merged
+    over fast retries, the test's model server and database."""
     resources = {
         "io_manager": DuckDBPartitionIOManager(database=str(database)),
         "warehouse": DuckDBWarehouse(database=str(database)),
@@ -131,14 +133,15 @@ def local_resources(
         "billing": BillingExports(folder=str(landing_root.parent / "billing")),
     }
     if model_server is not None:
-        options = {"initial_backoff_s": 0.01, "max_backoff_s": 0.2, "timeout_s": 5.0, **gemini}
-        # A test that chooses the auto-started local server must not leave its invoice in the repository.
-        resources["gemini"] = GeminiResource(
-            base_url=model_server.url,
-            cache_database=str(database),
-            local_billing_folder=str(landing_root.parent / "billing"),
-            **options,
-        )
+        sections = {
+            # A test that chooses the auto-started local server must not leave its invoice in the repository.
+            "endpoint": {"base_url": model_server.url, "local_billing_folder": str(landing_root.parent / "billing")},
+            "retries": {"initial_backoff_s": 0.01, "max_backoff_s": 0.2, "timeout_s": 5.0},
+            "cache": {"database": str(database)},
+        }
+        for section, values in gemini.items():
+            sections[section] = {**sections.get(section, {}), **values}
+        resources["gemini"] = GeminiResource(**sections)
     return resources
 
 
@@ -185,7 +188,7 @@ def _three_days_store(tmp_path_factory, _model_server_url):
             folder / "store.duckdb",
             server,
             costs=SMALL_DAYS_COSTS,
-            gemini={"function_model": "gemini-2.5-flash"},
+            gemini={"models": {"function_model": "gemini-2.5-flash"}},
         )
         for day in THREE_DAYS
     ]

@@ -12,7 +12,14 @@ from .conftest import SMALL_DAYS_COSTS, materialize_day
 from .test_ledger import ledger_bill, server_bill
 
 DAY = date(2026, 11, 6)
-BATCH = {"processing": "batch", "batch_poll_s": 0.1}
+
+
+def batch(**processing) -> dict:
+    """The Gemini resource's sections for Batch API processing, polling fast."""
+    return {"processing": {"mode": "batch", "batch_poll_s": 0.1, **processing}}
+
+
+BATCH = batch()
 
 
 def _rows(database, table: str, columns: str) -> dict:
@@ -116,7 +123,7 @@ def test_a_job_still_pending_when_the_step_stops_waiting_is_resumed_not_paid_aga
     generate(landing_root, DAY, days=1, turns_per_day=80, seed=73)
     model_server.configure(batch_delay_s=3.0)
     waiting = materialize_day(
-        DAY, landing_root, database, model_server, costs=SMALL_DAYS_COSTS, gemini={**BATCH, "batch_max_wait_s": 0.5}
+        DAY, landing_root, database, model_server, costs=SMALL_DAYS_COSTS, gemini=batch(batch_max_wait_s=0.5)
     )
     assert waiting.success  # ends cleanly: no rows yet, the job recorded
     assert not waiting.asset_materializations_for_node("turns_through_gemini")
@@ -131,10 +138,10 @@ def test_a_job_still_pending_when_the_step_stops_waiting_is_resumed_not_paid_aga
     import dagster as dg
 
     from cost_pipeline.defs.automation import batch_jobs_sensor
-    from cost_pipeline.gemini.client import GeminiResource
+    from cost_pipeline.defs.gemini.resource import GeminiResource
 
     def sensor():
-        gemini = GeminiResource(base_url=model_server.url, cache_database=str(database))
+        gemini = GeminiResource(endpoint={"base_url": model_server.url}, cache={"database": str(database)})
         with dg.build_sensor_context(resources={"gemini": gemini}) as context:
             return batch_jobs_sensor(context)
 
@@ -145,7 +152,7 @@ def test_a_job_still_pending_when_the_step_stops_waiting_is_resumed_not_paid_aga
     assert request.partition_key == str(DAY) and request.run_key == f"batch:{jobs[0][0]}"
 
     finished = materialize_day(
-        DAY, landing_root, database, model_server, costs=SMALL_DAYS_COSTS, gemini={**BATCH, "batch_max_wait_s": 30}
+        DAY, landing_root, database, model_server, costs=SMALL_DAYS_COSTS, gemini=batch(batch_max_wait_s=30)
     )
     assert finished.success
     _resumed_and_paid_once(database, model_server, 80)
@@ -225,7 +232,7 @@ def test_a_day_too_large_to_inline_goes_through_uploaded_files_and_its_usd_match
         database,
         model_server,
         costs=SMALL_DAYS_COSTS,
-        gemini={**BATCH, "batch_inline_max_bytes": 1000},
+        gemini=batch(batch_inline_max_bytes=1000),
     ).success
     stats = model_server.stats()
     assert stats["batches_created"] == stats["batches_from_file"] == 2 and stats.get("requests", 0) == 0
@@ -259,12 +266,12 @@ def test_a_pending_job_whose_requests_changed_since_is_still_collected_and_its_a
     generate(landing_root, DAY, days=1, turns_per_day=40, seed=76)
     model_server.configure(batch_delay_s=1.5)
     waiting = materialize_day(
-        DAY, landing_root, database, model_server, costs=SMALL_DAYS_COSTS, gemini={**BATCH, "batch_max_wait_s": 0.2}
+        DAY, landing_root, database, model_server, costs=SMALL_DAYS_COSTS, gemini=batch(batch_max_wait_s=0.2)
     )
     assert waiting.success and not waiting.asset_materializations_for_node("turns_through_gemini")
 
     # The cleaning model changes while the job is pending: none of its requests is asked again, but it was paid for.
-    changed = {**BATCH, "batch_max_wait_s": 30, "clean_model": "gemini-2.5-flash"}
+    changed = {**batch(batch_max_wait_s=30), "models": {"clean_model": "gemini-2.5-flash"}}
     assert materialize_day(DAY, landing_root, database, model_server, costs=SMALL_DAYS_COSTS, gemini=changed).success
     with duckdb.connect(str(database), read_only=True) as connection:
         jobs = connection.execute(
@@ -312,9 +319,14 @@ def test_a_result_file_gone_before_collection_is_said_and_its_requests_asked_aga
 
     generate(landing_root, DAY, days=1, turns_per_day=30, seed=77)
     model_server.configure(batch_delay_s=0.5)
-    files = {**BATCH, "batch_inline_max_bytes": 1000}
+    files = batch(batch_inline_max_bytes=1000)
     assert materialize_day(
-        DAY, landing_root, database, model_server, costs=SMALL_DAYS_COSTS, gemini={**files, "batch_max_wait_s": 0.1}
+        DAY,
+        landing_root,
+        database,
+        model_server,
+        costs=SMALL_DAYS_COSTS,
+        gemini=batch(batch_inline_max_bytes=1000, batch_max_wait_s=0.1),
     ).success
     with duckdb.connect(str(database), read_only=True) as connection:
         ((name,),) = connection.execute("SELECT job_name FROM llm_batch_jobs").fetchall()
@@ -340,14 +352,14 @@ def test_the_sensor_runs_the_day_of_a_job_the_provider_no_longer_has(tmp_path, m
     import dagster as dg
 
     from cost_pipeline.defs.automation import batch_jobs_sensor
+    from cost_pipeline.defs.gemini.resource import GeminiResource
     from cost_pipeline.gemini.batch import jobs as batch_jobs
-    from cost_pipeline.gemini.client import GeminiResource
 
     database = tmp_path / "jobs.duckdb"
     batch_jobs.record(
         database, "batches/expired-long-ago", str(DAY), "clean", "m", "e", "d", 1, 0, "run", "JOB_STATE_PENDING"
     )
-    gemini = GeminiResource(base_url=model_server.url, cache_database=str(database))
+    gemini = GeminiResource(endpoint={"base_url": model_server.url}, cache={"database": str(database)})
     with dg.build_sensor_context(resources={"gemini": gemini}) as context:
         (request,) = batch_jobs_sensor(context).run_requests
     assert request.partition_key == str(DAY)

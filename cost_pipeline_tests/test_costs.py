@@ -209,7 +209,9 @@ def test_estimated_usage_above_the_threshold_warns(landing_root, database, model
 
 def test_a_model_without_a_price_is_flagged_never_free(landing_root, database, model_server):
     generate(landing_root, DAYS[0], days=1, turns_per_day=40, seed=3)
-    result = materialize_day(DAYS[0], landing_root, database, model_server, gemini={"function_model": "gemini-9-ultra"})
+    result = materialize_day(
+        DAYS[0], landing_root, database, model_server, gemini={"models": {"function_model": "gemini-9-ultra"}}
+    )
     assert check_results(result)["prices_are_known"] == (False, dg.AssetCheckSeverity.WARN)
     assert check_results(result)["costs_are_valid"] == (True, dg.AssetCheckSeverity.ERROR)
     rows = fetch(
@@ -301,7 +303,9 @@ def test_totals_that_leave_out_unpriced_calls_say_so_and_no_budget_passes_on_the
     landing_root, database, model_server, tmp_path
 ):
     generate(landing_root, DAYS[0], days=1, turns_per_day=40, seed=3)
-    materialize_day(DAYS[0], landing_root, database, model_server, gemini={"function_model": "gemini-9-ultra"})
+    materialize_day(
+        DAYS[0], landing_root, database, model_server, gemini={"models": {"function_model": "gemini-9-ultra"}}
+    )
     budgets = tmp_path / "costs.toml"
     budgets.write_text('[budgets]\ndefault = "1000"\n')
     result = evaluation_totals(landing_root, database, model_server, CostSettings(config_file=str(budgets)))

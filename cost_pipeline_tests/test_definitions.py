@@ -91,23 +91,37 @@ def test_models_thinking_and_limits_come_from_the_environment_by_name(monkeypatc
     ):
         monkeypatch.setenv(name, "gemini-2.5-flash" if "MODEL" in name else "120")
     gemini = definitions.local_resources()["gemini"]
-    assert gemini.clean_model == dg.EnvVar("COST_PIPELINE_CLEAN_MODEL")
-    assert gemini.function_model == dg.EnvVar("COST_PIPELINE_FUNCTION_MODEL")
+    assert gemini.models.clean_model == dg.EnvVar("COST_PIPELINE_CLEAN_MODEL")
+    assert gemini.models.function_model == dg.EnvVar("COST_PIPELINE_FUNCTION_MODEL")
+    limits = gemini.limits
     assert [
-        value.env_var_name for value in (gemini.thinking_budget, gemini.requests_per_minute, gemini.tokens_per_minute)
+        value.env_var_name
+        for value in (gemini.models.thinking_budget, limits.requests_per_minute, limits.tokens_per_minute)
     ] == ["COST_PIPELINE_THINKING_BUDGET", "COST_PIPELINE_RPM", "COST_PIPELINE_TPM"]
 
 
 def test_rate_limits_default_to_what_a_free_tier_key_accepts_on_googles_api(monkeypatch):
-    from cost_pipeline.gemini.client import FREE_TIER_RPM, FREE_TIER_TPM, GeminiResource
+    from cost_pipeline.gemini.settings import FREE_TIER_RPM, FREE_TIER_TPM, EndpointSettings, GeminiSettings, RateLimits
 
     for name in ("GEMINI_API_KEY", "GOOGLE_API_KEY", "GOOGLE_GEMINI_BASE_URL"):
         monkeypatch.delenv(name, raising=False)
-    google = GeminiResource(api_key="a-key")
+    google = GeminiSettings(endpoint=EndpointSettings(api_key="a-key"))
     assert (google.request_limit(), google.token_limit()) == (FREE_TIER_RPM, FREE_TIER_TPM) == (10, 250_000)
-    local = GeminiResource()
+    local = GeminiSettings()
     assert (local.request_limit(), local.token_limit()) == (4_000, 4_000_000)
-    assert GeminiResource(api_key="a-key", requests_per_minute=2_000).request_limit() == 2_000
+    faster = GeminiSettings(endpoint=google.endpoint, limits=RateLimits(requests_per_minute=2_000))
+    assert faster.request_limit() == 2_000
+
+
+def test_the_launchpad_shows_the_gemini_resource_in_sections():
+    from cost_pipeline.defs.gemini.resource import GeminiResource
+
+    fields = GeminiResource.to_config_schema().as_field().config_type.fields
+    assert list(fields) == ["endpoint", "models", "limits", "retries", "cache", "processing"]
+    limits = fields["limits"].config_type.fields
+    assert set(limits) == {"max_concurrency", "requests_per_minute", "tokens_per_minute"}
+    assert limits["max_concurrency"].description == "Requests in flight at once."
+    assert "ledger" in fields["cache"].description
 
 
 def test_every_asset_names_its_owner_and_code_and_the_rollup_says_when_it_is_stale():

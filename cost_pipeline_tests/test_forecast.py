@@ -8,6 +8,7 @@ import duckdb
 import pytest
 
 from cost_pipeline.cli import main
+from cost_pipeline.gemini.settings import ModelSettings
 from cost_pipeline.ingest.synthetic import generate
 from cost_pipeline.money.forecast import (
     CachedAnswers,
@@ -36,7 +37,7 @@ def test_a_line_fits_exact_points_and_reports_their_scatter():
 def test_repeats_are_paid_once_and_a_day_that_never_landed_says_so(tmp_path):
     generate(tmp_path / "landing", UNSEEN[0], days=1, turns_per_day=200, seed=5)
     turns = landed_turns(tmp_path / "landing", UNSEEN[0], 20_000)
-    settings = ForecastSettings("gemini-2.5-flash-lite", "gemini-2.5-flash-lite", "local-server")
+    settings = ForecastSettings(ModelSettings(), "local-server")
     forecaster = Forecaster(settings, Calibration(), PriceBook())
     first = forecaster.day(UNSEEN[0], turns, CachedAnswers.empty())
     users = sum(turn.speaker == "User" for turn in turns)
@@ -60,7 +61,7 @@ def test_on_days_never_seen_the_spend_falls_in_the_interval_and_within_15_percen
     generate(landing_root, UNSEEN[0], days=2, turns_per_day=300, seed=42)
     requests_before = model_server.stats().get("requests", 0)
 
-    settings = ForecastSettings("gemini-2.5-flash-lite", "gemini-2.5-flash-lite", model_server.url)
+    settings = ForecastSettings(ModelSettings(), model_server.url)
     forecast = forecast_days(database, landing_root, UNSEEN, settings, PriceBook())
     assert model_server.stats().get("requests", 0) == requests_before, "a forecast makes no API call"
     assert "the ledger:" in forecast.calibration.describe()

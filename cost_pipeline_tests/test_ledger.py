@@ -160,7 +160,7 @@ def test_a_retry_after_a_rejection_changes_the_request_and_the_cap_bounds_what_a
         database,
         model_server,
         run_config=NO_FAILURE_LIMIT,
-        gemini={"max_rejected_attempts": 2, "cache_enabled": False},
+        gemini={"retries": {"max_rejected_attempts": 2}, "cache": {"enabled": False}},
     )
     assert query(database, "SELECT max(rejected_attempts), min(rejected_attempts) FROM llm_calls") == [(2, 2)]
     retries = [
@@ -191,7 +191,7 @@ def test_mixed_with_faults_and_cut_bodies_unknown_billing_is_counted_and_said(la
         database,
         model_server,
         run_config=NO_FAILURE_LIMIT,
-        gemini={"timeout_s": 0.5, "max_attempts": 4, "cache_enabled": False},
+        gemini={"retries": {"timeout_s": 0.5, "max_attempts": 4}, "cache": {"enabled": False}},
     )
     assert result.success
     truncated = model_server.stats()["fault_truncated"]
@@ -215,7 +215,7 @@ def test_mixed_with_faults_and_cut_bodies_unknown_billing_is_counted_and_said(la
 def test_re_runs_add_to_spend_and_the_cost_of_the_data_follows_the_cache(landing_root, database, model_server):
     generate(landing_root, DAY, days=1, turns_per_day=60, seed=4)
     materialize_day(DAY, landing_root, database, model_server)
-    materialize_day(DAY, landing_root, database, model_server, gemini={"cache_enabled": False})
+    materialize_day(DAY, landing_root, database, model_server, gemini={"cache": {"enabled": False}})
     materialize_day(DAY, landing_root, database, model_server)
     assert_ledger_equals_the_bill(database, model_server)
     ((spend, data, runs),) = query(
@@ -313,7 +313,8 @@ def test_kill_9_mid_day_loses_no_billed_attempt_and_the_re_run_pays_only_for_wha
     )
     run = run_day(env, tmp_path, "--config-json", often)
     deadline = time.monotonic() + 120
-    while model_server.stats().get("requests", 0) < 150 and time.monotonic() < deadline:
+    # Answered (and so billed) requests, not requests received: up to max_concurrency of those are still in flight.
+    while model_server.stats().get("ok", 0) < 150 and time.monotonic() < deadline:
         time.sleep(0.05)
     os.killpg(run.pid, signal.SIGKILL)
     run.wait()
@@ -354,7 +355,8 @@ def test_a_run_terminated_mid_day_records_its_own_bill_before_it_ends(tmp_path, 
     )
     run = run_day(env, tmp_path)
     deadline = time.monotonic() + 120
-    while model_server.stats().get("requests", 0) < 150 and time.monotonic() < deadline:
+    # Answered (and so billed) requests, not requests received: up to max_concurrency of those are still in flight.
+    while model_server.stats().get("ok", 0) < 150 and time.monotonic() < deadline:
         time.sleep(0.05)
     at_the_signal = model_server.stats()["requests"]
     os.killpg(run.pid, signal.SIGINT)
@@ -384,7 +386,10 @@ def test_partial_run_config_keeps_the_key_base_url_and_database_the_environment_
     fake_key = "AIzaFAKE-partial-config-key-000"
     env = run_env(tmp_path, landing_root, database, model_server, GEMINI_API_KEY=fake_key)
     run = run_day(
-        env, tmp_path, "--config-json", json.dumps({"resources": {"gemini": {"config": {"max_concurrency": 8}}}})
+        env,
+        tmp_path,
+        "--config-json",
+        json.dumps({"resources": {"gemini": {"config": {"limits": {"max_concurrency": 8}}}}}),
     )
     output = run.communicate(timeout=300)[0]
     assert run.returncode == 0, output[-3000:]
@@ -402,7 +407,7 @@ def test_answers_from_one_endpoint_are_never_served_as_cache_hits_for_another(la
     generate(landing_root, DAY, days=1, turns_per_day=30, seed=12)
     materialize_day(DAY, landing_root, database, model_server)
     first = model_server.stats()["requests"]
-    materialize_day(DAY, landing_root, database, model_server, gemini={"use_local_server": True})
+    materialize_day(DAY, landing_root, database, model_server, gemini={"endpoint": {"use_local_server": True}})
     assert model_server.stats()["requests"] == first, "the second run went to its own local server"
     endpoints = dict(query(database, "SELECT endpoint, count(*) FROM llm_calls WHERE NOT cache_hit GROUP BY 1"))
     assert set(endpoints) == {"local-server"} and sum(endpoints.values()) > 0

@@ -10,15 +10,9 @@ from decimal import Decimal
 
 import pytest
 
+from cost_pipeline.gemini.settings import BATCH, STANDARD
 from cost_pipeline.gemini.usage import Usage
-from cost_pipeline.money.pricing import (
-    BATCH,
-    LIBRARY_SOURCE,
-    MISSING,
-    STANDARD,
-    PriceBook,
-    parse_overrides,
-)
+from cost_pipeline.money.pricing import LIBRARY_SOURCE, MISSING, PriceBook, parse_overrides
 
 AT = datetime(2026, 11, 1, 12, tzinfo=timezone.utc)
 D = Decimal

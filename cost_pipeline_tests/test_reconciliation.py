@@ -78,7 +78,7 @@ def billed_day(landing_root, database, model_server, tmp_path):
         landing_root,
         database,
         model_server,
-        gemini={"function_model": "gemini-flash-lite-latest"},
+        gemini={"models": {"function_model": "gemini-flash-lite-latest"}},
         run_config={"ops": {"turns_through_gemini": {"config": {"max_failure_share": 1.0}}}},
     )
     folder = tmp_path / "billing"

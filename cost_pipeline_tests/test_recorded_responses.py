@@ -58,7 +58,12 @@ def replayed_day(landing_root, database, model_server):
     generate(landing_root, DAY, days=1, turns_per_day=60, seed=3)
     model_server.replay(list(bodies.values()))
     result = materialize_day(
-        DAY, landing_root, database, model_server, run_config=NO_FAILURE_LIMIT, gemini={"max_concurrency": 4}
+        DAY,
+        landing_root,
+        database,
+        model_server,
+        run_config=NO_FAILURE_LIMIT,
+        gemini={"limits": {"max_concurrency": 4}},
     )
     assert result.success
     return bodies, ledger_rows(database)
@@ -114,7 +119,12 @@ def test_a_retired_model_routed_to_its_successor_is_priced_and_named_as_the_succ
     generate(landing_root, DAY, days=1, turns_per_day=30, seed=4)
     instance = dg.DagsterInstance.ephemeral()
     result = materialize_day(
-        DAY, landing_root, database, model_server, gemini={"clean_model": "gemini-2.5-flash"}, instance=instance
+        DAY,
+        landing_root,
+        database,
+        model_server,
+        gemini={"models": {"clean_model": "gemini-2.5-flash"}},
+        instance=instance,
     )
     assert result.success
     with duckdb.connect(str(database), read_only=True) as connection:

@@ -45,7 +45,9 @@ def write_conversation(landing_root, texts: list[tuple[str, str]], conversation=
 
 def test_usage_lands_exactly_as_the_server_reported_it(landing_root, database, model_server):
     generate(landing_root, DAY, days=1, turns_per_day=120, seed=21)
-    materialize_day(DAY, landing_root, database, model_server, gemini={"function_model": "gemini-2.5-flash"})
+    materialize_day(
+        DAY, landing_root, database, model_server, gemini={"models": {"function_model": "gemini-2.5-flash"}}
+    )
     fields = (
         "promptTokenCount",
         "candidatesTokenCount",
@@ -215,7 +217,7 @@ def test_transient_faults_are_retried_and_every_turn_has_a_row(landing_root, dat
     (summary,) = generate(landing_root, DAY, days=1, turns_per_day=200, seed=4)
     model_server.configure(rate_429=0.1, rate_503=0.1, retry_delay_s=0.01, seed=3)
     result = materialize_day(
-        DAY, landing_root, database, model_server, gemini={"cache_enabled": False, "max_attempts": 8}
+        DAY, landing_root, database, model_server, gemini={"cache": {"enabled": False}, "retries": {"max_attempts": 8}}
     )
     assert result.success
     assert query(database, "SELECT count(*), count(*) FILTER (status = 'ok') FROM cleaned_turns")[0] == (200, 200)
@@ -240,7 +242,7 @@ def test_a_permanent_error_gives_failed_rows_and_the_key_is_never_stored_or_logg
             database,
             model_server,
             instance=instance,
-            gemini={"api_key": SECRET},
+            gemini={"endpoint": {"api_key": SECRET}},
             run_config={"ops": {"turns_through_gemini": {"config": {"max_failure_share": 1.0}}}},
         )
         events = "".join(str(e) for e in instance.all_logs(result.run_id))
@@ -260,7 +262,7 @@ def test_too_many_failures_fail_the_run_and_write_nothing(landing_root, database
     generate(landing_root, DAY, days=1, turns_per_day=30, seed=8)
     model_server.configure(rate_500=1.0)
     result = materialize_day(
-        DAY, landing_root, database, model_server, gemini={"max_attempts": 2}, raise_on_error=False
+        DAY, landing_root, database, model_server, gemini={"retries": {"max_attempts": 2}}, raise_on_error=False
     )
     assert not result.success
     failure = result.failure_data_for_node("turns_through_gemini")
@@ -306,7 +308,11 @@ def test_answers_slower_than_the_timeout_are_retried(landing_root, database, mod
     generate(landing_root, DAY, days=1, turns_per_day=30, seed=5)
     model_server.configure(rate_slow=0.3, slow_s=3.0, seed=1)
     result = materialize_day(
-        DAY, landing_root, database, model_server, gemini={"timeout_s": 0.5, "max_attempts": 10, "cache_enabled": False}
+        DAY,
+        landing_root,
+        database,
+        model_server,
+        gemini={"retries": {"timeout_s": 0.5, "max_attempts": 10}, "cache": {"enabled": False}},
     )
     assert result.success
     assert query(database, "SELECT count(*) FILTER (status = 'ok'), count(*) FROM cleaned_turns")[0] == (30, 30)
@@ -332,7 +338,7 @@ def test_thirty_percent_faults_of_every_kind_lose_no_turn(landing_root, database
         landing_root,
         database,
         model_server,
-        gemini={"timeout_s": 0.4, "max_attempts": 3, "cache_enabled": False},
+        gemini={"retries": {"timeout_s": 0.4, "max_attempts": 3}, "cache": {"enabled": False}},
         run_config={"ops": {"turns_through_gemini": {"config": {"max_failure_share": 1.0}}}},
     )
     assert result.success
@@ -413,7 +419,9 @@ def test_progress_says_cost_so_far_rate_and_eta_in_counts_that_add_up(landing_ro
 
 def test_llm_calls_metadata_leads_with_cost_and_names_the_models(landing_root, database, model_server):
     generate(landing_root, DAY, days=1, turns_per_day=60, seed=9)
-    result = materialize_day(DAY, landing_root, database, model_server, gemini={"function_model": "gemini-2.5-flash"})
+    result = materialize_day(
+        DAY, landing_root, database, model_server, gemini={"models": {"function_model": "gemini-2.5-flash"}}
+    )
     metadata = next(
         m
         for m in result.asset_materializations_for_node("turns_through_gemini")

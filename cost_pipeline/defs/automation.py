@@ -9,10 +9,10 @@ import dagster as dg
 from google.genai import errors as genai_errors
 
 from cost_pipeline.config import SCHEDULE_HOUR, SCHEDULE_HOUR_ENV, SCHEDULE_TIMEZONE, SCHEDULE_TIMEZONE_ENV
+from cost_pipeline.defs.gemini.resource import GeminiResource
 from cost_pipeline.defs.partitions import daily_partitions
 from cost_pipeline.defs.resources import LandingResource
 from cost_pipeline.gemini.batch import jobs as batch_jobs
-from cost_pipeline.gemini.client import GeminiResource
 
 daily_pipeline_job = dg.define_asset_job(
     "daily_pipeline",
@@ -98,16 +98,16 @@ def _materialized_at(instance: dg.DagsterInstance, day: str) -> float | None:
     "collects them (nothing is submitted twice).",
 )
 def batch_jobs_sensor(context: dg.SensorEvaluationContext, gemini: GeminiResource) -> dg.SensorResult | dg.SkipReason:
-    waiting = batch_jobs.pending(gemini.database())
+    waiting = batch_jobs.pending(gemini.cache.database_file())
     if not waiting:
         return dg.SkipReason("no Batch API job is pending")
-    if gemini.needs_local_server():
+    if gemini.endpoint.needs_local_server():
         return dg.SkipReason(
             f"{len(waiting)} job(s) of the auto-started local server ended with its run: run their "
             "day again (or point GOOGLE_GEMINI_BASE_URL at a server that outlives runs)"
         )
     finished: dict[str, list[str]] = {}
-    with gemini.genai_client() as client:  # one HTTP client per tick, closed with it
+    with gemini.settings().genai_client() as client:  # one HTTP client per tick, closed with it
         for name, day in waiting:
             try:
                 done = client.batches.get(name=name).done

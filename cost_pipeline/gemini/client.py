@@ -1,7 +1,7 @@
-"""The Gemini resource: google-genai's async client under limits, retries and a response cache.
+"""The Gemini session: google-genai's async client under limits, retries and a response cache.
 
-`GeminiResource` is the configuration a person sets in the UI; `GeminiSession` is what
-one run uses inside its event loop. Every call returns a `CallOutcome` (result, usage,
+`GeminiSession` is what one run uses inside its event loop, configured by a
+`GeminiSettings` (`gemini/settings.py`). Every call returns a `CallOutcome` (result, usage,
 attempts, latency, status), never an exception, so a failed call becomes a `failed`
 row instead of a lost turn.
 
@@ -13,9 +13,7 @@ reasons the SDK cannot serve: every attempt must pass the rate limiters again
 Rate limits use aiolimiter: requests evenly spaced, prompt tokens in one-second buckets, so
 a minute's quota is never spent in a burst.
 
-With no API key and no base URL, setup starts the shipped Gemini-compatible server on
-loopback; a key alone talks to the real API, a `base_url` (or the SDK's own
-`GOOGLE_GEMINI_BASE_URL`) points anywhere else. The key never reaches logs, metadata,
+The key never reaches logs, metadata,
 tables or error text: errors pass through `redact` before they are kept.
 """
 
@@ -24,30 +22,24 @@ import json
 import os
 import re
 import time
-import urllib.request
 import uuid
 from collections import Counter
-from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
-import dagster as dg
 import pydantic
 import tenacity
 from aiolimiter import AsyncLimiter
-from google import genai
 from google.genai import errors, types
-from pydantic import Field, PrivateAttr
 
-from cost_pipeline.config import API_KEY_ENVS, BASE_URL_ENV, BILLING_ENV, DB_ENV, DEFAULT_BILLING, DEFAULT_DB, resolved
+from cost_pipeline.config import API_KEY_ENVS
 from cost_pipeline.gemini.answers import Verdict, judge
 from cost_pipeline.gemini.attempts import ACCEPTED, ERROR, REJECTED, Attempt, AttemptSink, NoSink
 from cost_pipeline.gemini.cache import CachedResponse, ResponseCache
-from cost_pipeline.gemini.local_endpoint import ServerConfig, running_local_server
 from cost_pipeline.gemini.prompts import LlmRequest
 from cost_pipeline.gemini.sdk_request import content_config, request_contents
+from cost_pipeline.gemini.settings import GeminiSettings
 from cost_pipeline.gemini.spend_limit import WAIT, SpendGuard
 from cost_pipeline.gemini.usage import (
     CACHE,
@@ -60,195 +52,10 @@ from cost_pipeline.gemini.usage import (
     normalized_model,
 )
 
-DEFAULT_MODEL = "gemini-2.5-flash-lite"
-LOCAL_PLACEHOLDER_KEY = "local-server-needs-no-key"
-LOCAL_ENDPOINT = "local-server"
-GOOGLE_ENDPOINT = "https://generativelanguage.googleapis.com"
 RETRYABLE_STATUS = {408, 429, 500, 502, 503, 504}
 ERROR_TEXT_LIMIT = 500
-PROCESSING_MODES = ("standard", "batch")
 OK, FAILED, SKIPPED = "ok", "failed", "skipped"
 """A call is skipped, never sent, when the run's budget could not hold it (`money/budgets.py`)."""
-
-
-FREE_TIER_RPM, FREE_TIER_TPM = 10, 250_000
-"""Below the Gemini API free tier's limits for the Flash and Flash-Lite models: a new key never meets a 429 storm."""
-OTHER_ENDPOINT_RPM, OTHER_ENDPOINT_TPM = 4_000, 4_000_000
-
-
-class GeminiResource(dg.ConfigurableResource):
-    """Gemini through google-genai: models per stage, limits, retries, rejections and the response cache.
-
-    Fields left unset resolve from the environment when a run starts, not when the code
-    location loads: run config that changes one field (say `max_concurrency` in the
-    launchpad) replaces the values `Definitions` took from the environment with the class
-    defaults, and those defaults must still mean "the key, base URL and database this
-    deployment set", never "the local server and a database in the working directory".
-    """
-
-    api_key: str | None = Field(
-        default=None, description=f"Gemini API key; unset: {' or '.join(API_KEY_ENVS)} at run time."
-    )
-    base_url: str | None = Field(
-        default=None, description=f"A Gemini-compatible endpoint; unset: {BASE_URL_ENV} at run time."
-    )
-    use_local_server: bool = Field(default=False, description="Use the shipped local server even when a key is set.")
-    clean_model: str = Field(default=DEFAULT_MODEL, description="Model that cleans every turn.")
-    function_model: str = Field(default=DEFAULT_MODEL, description="Model that decides function calls for user turns.")
-    thinking_budget: int | None = Field(default=None, description="Thinking tokens allowed; none: the model's default.")
-    context_turns: int = Field(default=6, description="Earlier cleaned turns sent as context when cleaning.")
-    max_concurrency: int = Field(default=32, description="Requests in flight at once.")
-    requests_per_minute: int | None = Field(
-        default=None,
-        description=f"Request rate limit; unset: {FREE_TIER_RPM} when calls go to Google's API (a free-tier "
-        f"quota accepts it), {OTHER_ENDPOINT_RPM:,} for the local server or a base URL.",
-    )
-    tokens_per_minute: int | None = Field(
-        default=None,
-        description=f"Prompt-token rate limit; unset: {FREE_TIER_TPM:,} for Google's API, "
-        f"{OTHER_ENDPOINT_TPM:,} otherwise.",
-    )
-    timeout_s: float = Field(default=30.0, description="Per-attempt HTTP timeout.")
-    max_attempts: int = Field(default=5, description="Attempts per call, first included, rejected answers included.")
-    max_rejected_attempts: int = Field(
-        default=2, description="Paid answers a call may reject before it fails: caps what a turn spends on rejections."
-    )
-    initial_backoff_s: float = Field(default=0.5, description="First retry wait; doubles, with jitter.")
-    max_backoff_s: float = Field(default=30.0, description="Longest wait between attempts.")
-    cache_enabled: bool = Field(default=True, description="Serve identical requests from the response cache.")
-    cache_database: str | None = Field(
-        default=None,
-        description=f"DuckDB file of the response cache and the spend ledger; unset: {DB_ENV} at run time.",
-    )
-    local_server_latency_ms: float = Field(default=0.0, description="Latency of the auto-started local server.")
-    local_billing_folder: str | None = Field(
-        default=None,
-        description=f"Where the auto-started local server's invoice (a Cloud Billing export) is written "
-        f"when the run ends; unset: {BILLING_ENV} at run time.",
-    )
-    # A str, not a Literal: it may come from an EnvVar (COST_PIPELINE_PROCESSING), resolved when a run starts.
-    processing: str = Field(
-        default="standard",
-        description="standard: one request at a time; batch: the Batch API at half the price, "
-        "answered within hours (gemini_step/batch_day.py says what changes).",
-    )
-    batch_max_wait_s: float = Field(
-        default=600.0,
-        description="How long a batch step waits for its jobs; past it the step ends with them pending, "
-        "and the batch_jobs_sensor (or any later run of the day) collects them.",
-    )
-    batch_poll_s: float = Field(default=10.0, description="How often a batch step asks whether its jobs are done.")
-    batch_max_requests: int = Field(default=10_000, description="Requests per batch job.")
-    batch_inline_max_bytes: int = Field(
-        default=20_000_000,
-        description="A batch job whose requests take more than this many bytes sends them as an "
-        "uploaded JSON Lines file (Files API) instead of inline (the API's inline "
-        "limit is 20 MB).",
-    )
-
-    _exit_stack: ExitStack = PrivateAttr(default_factory=ExitStack)
-    _local_url: str | None = PrivateAttr(default=None)
-
-    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
-        if self.processing not in PROCESSING_MODES:
-            raise dg.Failure(
-                description=f"processing is {self.processing!r}: it must be one of {', '.join(PROCESSING_MODES)} "
-                "(COST_PIPELINE_PROCESSING)"
-            )
-        if self.needs_local_server():
-            self._local_url = self._exit_stack.enter_context(
-                running_local_server(ServerConfig(latency_ms=self.local_server_latency_ms))
-            )
-        if context.log:
-            context.log.info(
-                f"Gemini calls go to {self.describe_endpoint()}, at most {self.request_limit():,} requests "
-                f"and {self.token_limit():,} prompt tokens a minute (COST_PIPELINE_RPM, COST_PIPELINE_TPM)"
-            )
-
-    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
-        try:
-            if self._local_url:
-                self._write_local_invoice(context)
-        finally:
-            self._exit_stack.close()
-
-    def _write_local_invoice(self, context: dg.InitResourceContext) -> None:
-        """The local server is the provider: its billing record of this run lands where real exports land."""
-        with urllib.request.urlopen(f"{self._local_url}/admin/billing/export", timeout=30) as response:
-            export = response.read()
-        if export.count(b"\n") <= 1:
-            return
-        folder = Path(self.local_billing_folder or resolved(BILLING_ENV, DEFAULT_BILLING))
-        folder.mkdir(parents=True, exist_ok=True)
-        run_id = context.run.run_id if context.run else uuid.uuid4().hex
-        path = folder / f"local-server-{run_id}.csv"
-        path.write_bytes(export)
-        if context.log:
-            context.log.info(f"the local server's billing export for this run is in {path}")
-
-    def resolved_api_key(self) -> str | None:
-        return self.api_key or next((os.environ[n] for n in API_KEY_ENVS if os.environ.get(n)), None)
-
-    def resolved_base_url(self) -> str | None:
-        return self.base_url or os.environ.get(BASE_URL_ENV) or None
-
-    def database(self) -> str:
-        return self.cache_database or resolved(DB_ENV, DEFAULT_DB)
-
-    def needs_local_server(self) -> bool:
-        return self.use_local_server or not (self.resolved_api_key() or self.resolved_base_url())
-
-    def endpoint(self) -> str | None:
-        """The base URL calls go to; None means the SDK's default, Google's API."""
-        return self._local_url if self.needs_local_server() else self.resolved_base_url()
-
-    def endpoint_id(self) -> str:
-        """Who answers, as stored with every call and in the cache key: stable across runs and ports."""
-        if self.needs_local_server():
-            return LOCAL_ENDPOINT
-        return self.resolved_base_url() or GOOGLE_ENDPOINT
-
-    def request_limit(self) -> int:
-        """Requests per minute: as configured, else safe for the endpoint (a free-tier key on Google's API)."""
-        if self.requests_per_minute:
-            return self.requests_per_minute
-        return FREE_TIER_RPM if self.endpoint_id() == GOOGLE_ENDPOINT else OTHER_ENDPOINT_RPM
-
-    def token_limit(self) -> int:
-        if self.tokens_per_minute:
-            return self.tokens_per_minute
-        return FREE_TIER_TPM if self.endpoint_id() == GOOGLE_ENDPOINT else OTHER_ENDPOINT_TPM
-
-    def describe_endpoint(self) -> str:
-        if self.needs_local_server():
-            why = "chosen explicitly" if self.use_local_server else "no API key or base URL is set"
-            return f"the local Gemini-compatible server at {self._local_url} ({why})"
-        if self.resolved_base_url():
-            return f"{self.resolved_base_url()} (base URL)"
-        return f"Google's Gemini API, {GOOGLE_ENDPOINT} (API key from {self._key_source()})"
-
-    def _key_source(self) -> str:
-        if self.api_key:
-            return "the resource's config"
-        return next((n for n in API_KEY_ENVS if os.environ.get(n)), "nowhere")
-
-    def genai_client(self) -> genai.Client:
-        """The google-genai client for this resource's endpoint and key (a placeholder key for the local server)."""
-        key = self.resolved_api_key()
-        return genai.Client(
-            api_key=key if key and not self.needs_local_server() else LOCAL_PLACEHOLDER_KEY,
-            http_options=types.HttpOptions(base_url=self.endpoint(), timeout=int(self.timeout_s * 1000)),
-        )
-
-    def session(
-        self, cache: ResponseCache, ledger: AttemptSink | None = None, run_id: str = "", partition_date: str = ""
-    ) -> "GeminiSession":
-        """A session for one run; create it inside the event loop that will use it."""
-        if self.needs_local_server() and not self._local_url:
-            raise RuntimeError(
-                "no API key or base URL, and the local server was not started (use the resource via Dagster)"
-            )
-        return GeminiSession(self, cache, ledger or NoSink(), run_id, partition_date)
 
 
 @dataclass
@@ -303,30 +110,32 @@ class RejectedAnswer(Exception):
 
 
 class GeminiSession:
-    """The run-time half of the resource: one genai client, limiters, cache, ledger and counters."""
+    """One run's calls: one genai client, limiters, cache, ledger and counters; create it inside its event loop."""
 
     def __init__(
         self,
-        settings: GeminiResource,
+        settings: GeminiSettings,
         cache: ResponseCache,
-        ledger: AttemptSink,
+        ledger: AttemptSink | None = None,
         run_id: str = "",
         partition_date: str = "",
     ):
         self.settings = settings
         self.cache = cache
-        self.ledger = ledger
+        self.ledger = NoSink() if ledger is None else ledger
         self.run_id, self.partition_date = run_id, partition_date
         self.endpoint_id = settings.endpoint_id()
         # Every key this process knows, first the resource's: the one used, and the ones to redact.
-        self._secrets = known_secrets(settings.api_key)
+        self._secrets = known_secrets(settings.endpoint.api_key)
         self.client = settings.genai_client()
-        self.semaphore = asyncio.Semaphore(settings.max_concurrency)
+        self.semaphore = asyncio.Semaphore(settings.limits.max_concurrency)
         # Requests are spaced evenly (a bucket of one), so no 60-second window exceeds the limit;
         # tokens drain per second, as a request's weight can be far above one token.
         self.request_limiter = AsyncLimiter(1, 60 / settings.request_limit())
         self.token_limiter = _per_second_limiter(settings.token_limit())
-        self.backoff = tenacity.wait_exponential_jitter(initial=settings.initial_backoff_s, max=settings.max_backoff_s)
+        self.backoff = tenacity.wait_exponential_jitter(
+            initial=settings.retries.initial_backoff_s, max=settings.retries.max_backoff_s
+        )
         self.inflight: dict[str, asyncio.Future] = {}
         self.stats: Counter = Counter()
         # Spend limits (None: no limits, no cost): the budget, an attempt's high forecast, an ended attempt's cost.
@@ -385,12 +194,12 @@ class GeminiSession:
         attempts: list[Attempt] = []
         verdicts: list[Verdict] = []
         tokens = min(estimate_tokens(request.text()), self.token_limiter.max_rate)
-        settings = self.settings
+        retries = self.settings.retries
 
         def worth_retrying(err: BaseException) -> bool:
             if isinstance(err, RejectedAnswer):
                 rejected = sum(a.outcome == REJECTED for a in attempts)
-                return not err.final and rejected < settings.max_rejected_attempts
+                return not err.final and rejected < retries.max_rejected_attempts
             return is_retryable(err)
 
         # tenacity's stop/retry/wait/reraise policy as a plain loop: an AsyncRetrying object per call costs more than
@@ -452,7 +261,7 @@ class GeminiSession:
                         raise RejectedAnswer(attempt.reason or "rejected", verdicts[-1].final)
                     break
                 except BaseException as err:
-                    if not worth_retrying(err) or number >= settings.max_attempts:
+                    if not worth_retrying(err) or number >= retries.max_attempts:
                         raise
                     await asyncio.sleep(self._wait(_retry_state(number, err)))
         except BudgetExhausted:

@@ -36,16 +36,15 @@ async def batch_day(
 
     Raises `JobsPending` (nothing is written) when a stage's jobs outlast the step's wait.
     """
-    settings = session.settings
+    settings = session.settings.models
     conversations = [conversation for chunk in chunks for conversation in chunk]
     clean_calls = []
     for conversation in conversations:
         context: list[tuple[str, str]] = []
         file_turns(conversation, settings.context_turns)
         for turn in conversation:
-            window = context[-settings.context_turns :] if settings.context_turns else []
             request = cleaning_request(
-                settings.clean_model, turn["speaker"], turn["text"], window, settings.thinking_budget
+                settings.clean_model, turn["speaker"], turn["text"], settings.window(context), settings.thinking_budget
             )
             clean_calls.append(BatchCall(request, call_tag(turn, "clean"), turn["text_hash"], turn["context_hash"]))
             context.append((turn["speaker"], turn["text"]))

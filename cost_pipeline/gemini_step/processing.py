@@ -102,7 +102,7 @@ async def process_day(
         for chunk in chunks:
             texts, contexts = [], []
             for conversation in chunk:
-                file_turns(conversation, session.settings.context_turns)
+                file_turns(conversation, session.settings.models.context_turns)
                 for turn in conversation:
                     contexts.append(turn["context_hash"])
                     if turn["speaker"] == "User":  # only user turns get a function decision
@@ -136,7 +136,7 @@ async def process_day(
 
 
 async def _conversation(turns: Conversation, session: GeminiSession, sink: RowSink, tracker: "_Progress") -> None:
-    settings = session.settings
+    settings = session.settings.models
     context: list[tuple[str, str]] = []
     cleaned_rows: list[dict] = []
     decisions = []
@@ -149,7 +149,7 @@ async def _conversation(turns: Conversation, session: GeminiSession, sink: RowSi
                 settings.clean_model,
                 turn["speaker"],
                 turn["text"],
-                context[-settings.context_turns :] if settings.context_turns else [],
+                settings.window(context),
                 settings.thinking_budget,
             )
             tag = call_tag(turn, "clean")
@@ -176,7 +176,8 @@ async def _conversation(turns: Conversation, session: GeminiSession, sink: RowSi
 
 async def _decide(turn: dict, cleaned: str, raw_hash: str, session: GeminiSession) -> tuple[dict, dict]:
     started = time.perf_counter()
-    request = function_request(session.settings.function_model, cleaned, session.settings.thinking_budget)
+    models = session.settings.models
+    request = function_request(models.function_model, cleaned, models.thinking_budget)
     tag = call_tag(turn, "function")
     outcome = await session.call(request, raw_hash, tag)
     return (

@@ -37,8 +37,15 @@ from decimal import Decimal
 from pathlib import Path
 
 from cost_pipeline.gemini.prompts import CLEAN, FUNCTION, LlmRequest, cleaning_request, function_request
+from cost_pipeline.gemini.settings import GeminiSettings, ModelSettings
 from cost_pipeline.gemini.usage import Usage, estimate_tokens
-from cost_pipeline.ingest.landing import LandingFolderMissing, LandingReader, Turn, landing_folder
+from cost_pipeline.ingest.landing import (
+    DEFAULT_MAX_TEXT_CHARS,
+    LandingFolderMissing,
+    LandingReader,
+    Turn,
+    landing_folder,
+)
 from cost_pipeline.money.pricing import PriceBook
 
 FORECAST_TAG = "cost_pipeline/forecast_usd"
@@ -127,14 +134,15 @@ class Calibration:
 
 @dataclass(frozen=True)
 class ForecastSettings:
-    """What the pipeline would be run with: the same models, thinking and context as `GeminiResource`."""
+    """What the pipeline would be run with: the same models, thinking, context and endpoint as a run."""
 
-    clean_model: str
-    function_model: str
+    models: ModelSettings
     endpoint_id: str
-    thinking_budget: int | None = None
-    context_turns: int = 6
-    max_text_chars: int = 20_000
+    max_text_chars: int = DEFAULT_MAX_TEXT_CHARS
+
+    @classmethod
+    def of(cls, settings: GeminiSettings) -> "ForecastSettings":
+        return cls(settings.models, settings.endpoint_id())
 
 
 @dataclass
@@ -284,38 +292,37 @@ class Forecaster:
         return forecast
 
     def _conversation(self, turns: list[Turn], cached: CachedAnswers, forecast: DayForecast) -> None:
-        settings = self.settings
+        models = self.settings.models
         context: list[tuple[str, str]] = []
         alike: list[str] = []  # the context as the requests will see it, up to disfluencies
         for turn in turns:
             forecast.turns += 1
-            window = slice(-settings.context_turns, None) if settings.context_turns else slice(0, 0)
             request = cleaning_request(
-                settings.clean_model, turn.speaker, turn.text, context[window], settings.thinking_budget
+                models.clean_model, turn.speaker, turn.text, models.window(context), models.thinking_budget
             )
-            exact = request.request_hash(settings.endpoint_id)
+            exact = request.request_hash(self.settings.endpoint_id)
             answer = cached.by_request.get(exact)
             cleaned = answer.get("cleaned_text") if answer else None
-            key = "\x1f".join([f"clean:{settings.clean_model}", turn.speaker, turn.text, *alike[window]])
-            self._count(forecast, CLEAN, settings.clean_model, key, request.text(), turn.text, free=answer is not None)
+            key = "\x1f".join([f"clean:{models.clean_model}", turn.speaker, turn.text, *models.window(alike)])
+            self._count(forecast, CLEAN, models.clean_model, key, request.text(), turn.text, free=answer is not None)
             context.append((turn.speaker, cleaned or turn.text))
             alike.append(f"{turn.speaker}:{disfluent_key(cleaned or turn.text)}")
             if turn.speaker == "User":
                 self._function(turn, cleaned, cached, forecast)
 
     def _function(self, turn: Turn, cleaned: str | None, cached: CachedAnswers, forecast: DayForecast) -> None:
-        settings = self.settings
+        models = self.settings.models
         candidates = [cleaned] if cleaned else sorted(cached.cleaned_by_text.get(_text_hash(turn.text), ()))
         for text in candidates:
-            request = function_request(settings.function_model, text, settings.thinking_budget)
-            key = request.request_hash(settings.endpoint_id)
+            request = function_request(models.function_model, text, models.thinking_budget)
+            key = request.request_hash(self.settings.endpoint_id)
             if key in cached.by_request or key in self._seen:
-                self._count(forecast, FUNCTION, settings.function_model, key, request.text(), turn.text, free=True)
+                self._count(forecast, FUNCTION, models.function_model, key, request.text(), turn.text, free=True)
                 return
         # Not cached: the pipeline will ask with the text as cleaned, which the raw text stands for here.
-        request = function_request(settings.function_model, cleaned or turn.text, settings.thinking_budget)
-        key = f"function:{settings.function_model}:{disfluent_key(cleaned or turn.text)}"
-        self._count(forecast, FUNCTION, settings.function_model, key, request.text(), turn.text, free=False)
+        request = function_request(models.function_model, cleaned or turn.text, models.thinking_budget)
+        key = f"function:{models.function_model}:{disfluent_key(cleaned or turn.text)}"
+        self._count(forecast, FUNCTION, models.function_model, key, request.text(), turn.text, free=False)
 
     def _count(
         self, forecast: DayForecast, stage: str, model: str, key: str, request_text: str, turn_text: str, free: bool
@@ -430,17 +437,15 @@ def calibrate(
     if not history:
         return Calibration()
     rows = connection.execute(
-        HISTORY_SQL.format(context=max(1, settings.context_turns)), [history, settings.endpoint_id]
+        HISTORY_SQL.format(context=max(1, settings.models.context_turns)), [history, settings.endpoint_id]
     ).fetchall()
     samples: dict[tuple[str, str], list[tuple]] = defaultdict(list)
     for day, stage, model, prompt, cached, output, thinking, _, speaker, text, context in rows:
         if stage == CLEAN:
-            earlier = (
-                [(c["s"], c["t"]) for c in (context or [])][-settings.context_turns :] if settings.context_turns else []
-            )
-            request = cleaning_request(model, speaker, text, earlier, settings.thinking_budget)
+            earlier = settings.models.window([(c["s"], c["t"]) for c in (context or [])])
+            request = cleaning_request(model, speaker, text, earlier, settings.models.thinking_budget)
         else:
-            request = function_request(model, text, settings.thinking_budget)
+            request = function_request(model, text, settings.models.thinking_budget)
         samples[(stage, model)].append(
             (
                 day,
@@ -512,7 +517,7 @@ def cached_answers(connection, turns: list[Turn], settings: ForecastSettings) ->
     by_request: dict[str, dict] = {}
     cleaned_by_text: dict[str, set[str]] = defaultdict(set)
     for request_hash, text_hash, stage, result_json in connection.execute(
-        CACHE_SQL, [hashes, settings.clean_model, settings.function_model]
+        CACHE_SQL, [hashes, settings.models.clean_model, settings.models.function_model]
     ).fetchall():
         result = json.loads(result_json)
         by_request[request_hash] = result
@@ -551,7 +556,7 @@ class Forecast:
         return {
             "days": [day.as_dict() for day in self.days],
             "total": total,
-            "models": {CLEAN: self.settings.clean_model, FUNCTION: self.settings.function_model},
+            "models": {CLEAN: self.settings.models.clean_model, FUNCTION: self.settings.models.function_model},
             "processing": "standard",
             "endpoint": self.settings.endpoint_id,
             "calibration": self.calibration.describe(),
@@ -574,9 +579,11 @@ def count_tokens_check(
     for conversation in _conversations(turns):
         context: list[tuple[str, str]] = []
         for turn in conversation:
-            window = context[-settings.context_turns :] if settings.context_turns else []
+            window = settings.models.window(context)
             requests.append(
-                cleaning_request(settings.clean_model, turn.speaker, turn.text, window, settings.thinking_budget)
+                cleaning_request(
+                    settings.models.clean_model, turn.speaker, turn.text, window, settings.models.thinking_budget
+                )
             )
             context.append((turn.speaker, turn.text))
         if len(requests) >= COUNT_SAMPLE:
@@ -588,7 +595,7 @@ def count_tokens_check(
     local = sum(estimate_tokens(request.text()) for request in sample)
     ratio = counted / local if local else 1.0
     for stage in (CLEAN, FUNCTION):
-        model = settings.clean_model if stage == CLEAN else settings.function_model
+        model = settings.models.clean_model if stage == CLEAN else settings.models.function_model
         current = calibration.of(stage, model)
         if current.calls == 0:
             calibration.stages[(stage, model)] = replace(
@@ -657,7 +664,7 @@ def render_table(forecast: Forecast) -> str:
         "-" * len(header),
         f"{'TOTAL':<10}  {total['turns']:>7,}  {total['calls']:>7,}  {total['cache_hits']:>10,}  "
         f"{total['forecast_usd']:>12}  {total['low_usd']:>10}  {total['high_usd']:>10}",
-        f"models: clean {forecast.settings.clean_model}, function {forecast.settings.function_model}; "
+        f"models: clean {forecast.settings.models.clean_model}, function {forecast.settings.models.function_model}; "
         f"standard processing; calibrated on {forecast.calibration.describe()}"
         + ("" if forecast.calibration.token_check else "; no API call was made"),
     ]

@@ -18,6 +18,7 @@ import genai_prices
 import pandas as pd
 from genai_prices.types import ModelPrice, calc_unit_price
 
+from cost_pipeline.gemini.settings import STANDARD
 from cost_pipeline.gemini.usage import MODALITIES, PRICED_FIELDS, Usage, normalized_model
 
 MONEY_PLACES = Decimal("0.000000000001")
@@ -25,8 +26,6 @@ MONEY_PLACES = Decimal("0.000000000001")
 MONEY_SQL_TYPE = "DECIMAL(20,12)"
 PER_MILLION = 1_000_000
 OK, MISSING = "ok", "missing"
-STANDARD, BATCH = "standard", "batch"
-"""Processing modes: genai-prices' `batch` price variant (Gemini's Batch API: half the input and output rates)."""
 LIBRARY_SOURCE = f"genai-prices {genai_prices.__version__}"
 
 

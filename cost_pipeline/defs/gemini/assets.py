@@ -27,14 +27,16 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
+from cost_pipeline.defs.gemini.resource import GeminiResource
 from cost_pipeline.defs.io_manager import COMMIT_TOGETHER, column_types
 from cost_pipeline.defs.partitions import daily_partitions
 from cost_pipeline.defs.resources import CostSettings
 from cost_pipeline.defs.warehouse import DuckDBWarehouse
 from cost_pipeline.gemini.batch.jobs import mark_collected
-from cost_pipeline.gemini.batch.stage import BATCH, BatchStage, JobsPending
+from cost_pipeline.gemini.batch.stage import BatchStage, JobsPending
 from cost_pipeline.gemini.cache import ResponseCache
-from cost_pipeline.gemini.client import FAILED, GeminiResource
+from cost_pipeline.gemini.client import FAILED
+from cost_pipeline.gemini.settings import BATCH
 from cost_pipeline.gemini.spend_limit import SpendGuard
 from cost_pipeline.gemini.usage import MODALITY_FIELDS, SAVED_FIELDS, TOKEN_FIELDS
 from cost_pipeline.gemini_step.batch_day import batch_day
@@ -247,7 +249,7 @@ def turns_through_gemini(
 ):
     """Clean the day's turns and decide function calls with Gemini, accounting for every call."""
     use_system_allocator()
-    database, book = gemini.database(), costs.price_book()
+    database, book = gemini.cache.database_file(), costs.price_book()
     load_spools(database, book, log=context.log.warning)
     area = StagingArea(staging_root(warehouse.database), staging_name(context.run.run_id, "turns_through_gemini"))
     try:
@@ -266,7 +268,7 @@ def _through_gemini(
     area: StagingArea,
     limits: Limits,
 ):
-    database = gemini.database()
+    database = gemini.cache.database_file()
     turns_file = area.folder / "day_turns.parquet"
     total = export_day_turns(warehouse.database, context.partition_key, turns_file, warehouse.lock_timeout_s)
     # A day within one staged chunk is staged once, at its end, and runs for seconds: a writer process would cost its
@@ -290,14 +292,14 @@ def _calls_and_staging(
     total: int,
     writer: WriterProcess | None,
 ):
-    database = gemini.database()
-    cache = ResponseCache(database, gemini.cache_enabled)
+    database = gemini.cache.database_file()
+    cache = ResponseCache(database, gemini.cache.enabled)
     spool = AttemptSpool(spool_folder(database), context.run.run_id)
     day = StagedDay(area, book, config.staged_chunk_rows, TABLE_COLUMNS, writer)
     budget = None
     # Runs that spend against one shared limit (a day's, an evaluation's) take turns for their calls, so each reads a
     # ledger that holds every attempt of the runs before it (gemini_step/budget_turns.py).
-    scope = turn_scope(limits, context.partition_key) if limits and gemini.processing != BATCH else None
+    scope = turn_scope(limits, context.partition_key) if limits and gemini.processing.mode != BATCH else None
     deferred: list[str] = []  # batch jobs collected but whose checkpoint was deferred: marked after the last write
     with spending_turn(database, scope, context.run.run_id, context.log.info) as waited:
         if waited:
@@ -308,7 +310,7 @@ def _calls_and_staging(
         parts = _DayParts(context, config, gemini, cache, spool, checkpoints, day)
         chunks = conversation_chunks(turns_file, config.chunk_turns)
         try:
-            if gemini.processing == BATCH:
+            if gemini.processing.mode == BATCH:
                 if limits:
                     raise dg.Failure(
                         description="Spend limits ([limits] in costs.toml) are checked before every "
@@ -350,7 +352,7 @@ def _calls_and_staging(
             metadata={
                 "attempts_appended": ledger_rows,
                 "rejected_attempts": int(stats["rejected"]),
-                "endpoint": gemini.endpoint_id(),
+                "endpoint": gemini.endpoint.endpoint_id(),
             },
         )
     )
@@ -387,7 +389,7 @@ def _calls_and_staging(
         _function_metadata(functions),
         {
             **_call_metadata(calls, summary, stats, total, elapsed, written, checkpoints.count),
-            "endpoint": gemini.endpoint_id(),
+            "endpoint": gemini.endpoint.endpoint_id(),
             **budget_metadata,
             **forecast_metadata,
             **memory_metadata,
@@ -437,16 +439,14 @@ def _budget(
     """The run's budget: the ledger's spend so far, and each attempt's high forecast calibrated on the ledger."""
     now = datetime.now(timezone.utc)
     month_start = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-    database = gemini.database()
+    database = gemini.cache.database_file()
     budget = Budget(
         limits,
         spent_so_far(database, context.partition_key, month_start),
         context.partition_key,
         month_start.strftime("%Y-%m"),
     )
-    settings = ForecastSettings(
-        gemini.clean_model, gemini.function_model, gemini.endpoint_id(), gemini.thinking_budget, gemini.context_turns
-    )
+    settings = ForecastSettings.of(gemini.settings())
     with connect(database, read_only=True) if Path(database).exists() else nullcontext() as connection:
         calibration = (
             calibrate(connection, settings, leave_out=[date.fromisoformat(context.partition_key)])
@@ -481,15 +481,8 @@ async def _run_batch_day(parts: _DayParts, chunks, work_folder: Path, deferred: 
     session = gemini.session(parts.cache, parts.spool, context.run.run_id, context.partition_key)
     stage = BatchStage(
         session,
-        gemini.database(),
-        context.partition_key,
-        context.run.run_id,
-        gemini.batch_max_wait_s,
-        gemini.batch_poll_s,
-        gemini.batch_max_requests,
         context.log.info,
         flush=checkpoints.checkpoint,
-        inline_limit_bytes=gemini.batch_inline_max_bytes,
         work_folder=work_folder,
         deferred=deferred,
         warn=context.log.warning,

@@ -39,9 +39,9 @@ from cost_pipeline.gemini.cache import CachedResponse
 from cost_pipeline.gemini.client import FAILED, OK, CallOutcome, CallTag, GeminiSession, record_answer
 from cost_pipeline.gemini.prompts import LlmRequest
 from cost_pipeline.gemini.sdk_request import request_contents
+from cost_pipeline.gemini.settings import BATCH
 from cost_pipeline.gemini.usage import CACHE, NO_USAGE, Usage, answer_usage
 
-BATCH = "batch"
 SUCCEEDED = "JOB_STATE_SUCCEEDED"
 BATCH_ATTEMPTS = uuid.UUID("5b0f7c8e-2d8e-4f4e-9a47-6c1e2f0b7d31")
 CREATE_TIMEOUT_MS = 600_000
@@ -99,7 +99,7 @@ class RequestKey:
 
 
 class BatchStage:
-    """Runs one stage's calls through batch jobs with a session's client, cache, ledger and settings.
+    """Runs one stage's calls through batch jobs with a session's client, cache, ledger and processing settings.
 
     `flush` writes what the session has recorded so far (ledger attempts, cache entries) and says whether all of it
     was written: a job is marked collected only then (else it joins `deferred`, for the step to mark after its
@@ -109,22 +109,21 @@ class BatchStage:
     def __init__(
         self,
         session: GeminiSession,
-        database: str,
-        day: str,
-        run_id: str,
-        max_wait_s: float,
-        poll_s: float,
-        max_requests: int,
         log: Callable[[str], None],
         flush: Callable[[], Awaitable[bool]],
-        inline_limit_bytes: int = batch_files.INLINE_LIMIT_BYTES,
         work_folder: Path | None = None,
         deferred: list[str] | None = None,
         warn: Callable[[str], None] | None = None,
     ):
-        self.session, self.database, self.day, self.run_id = session, database, day, run_id
-        self.max_wait_s, self.poll_s, self.max_requests, self.log = max_wait_s, poll_s, max_requests, log
-        self.flush, self.inline_limit_bytes, self.work_folder = flush, inline_limit_bytes, work_folder
+        settings = session.settings
+        self.session, self.day, self.run_id = session, session.partition_date, session.run_id
+        self.database = settings.cache.database_file()
+        self.max_wait_s, self.poll_s = settings.processing.batch_max_wait_s, settings.processing.batch_poll_s
+        self.max_requests, self.inline_limit_bytes = (
+            settings.processing.batch_max_requests,
+            settings.processing.batch_inline_max_bytes,
+        )
+        self.flush, self.work_folder, self.log = flush, work_folder, log
         self.warn = warn or log
         self.deferred = deferred if deferred is not None else []
         """Jobs collected whose checkpoint was deferred (the file stayed locked): to be marked after the last write."""

@@ -1,0 +1,236 @@
+"""What a Gemini run is configured with, in sections: endpoint, models, limits, retries, cache, processing.
+
+Plain pydantic models, free of Dagster: the session, the forecast and the CLI read them,
+and `defs/gemini/resource.py` makes each a section of the `gemini` resource's config, so
+the launchpad shows the same fields, defaults and descriptions. Fields left unset that
+name a key, URL or file resolve from the environment when a run starts, not when the code
+location loads: run config that changes one field replaces what `Definitions` took from
+the environment with these defaults, and they must still mean "what this deployment set".
+"""
+
+import os
+from dataclasses import dataclass, field
+
+from google import genai
+from google.genai import types
+from pydantic import BaseModel, Field
+
+from cost_pipeline.config import (
+    API_KEY_ENVS,
+    BASE_URL_ENV,
+    BILLING_ENV,
+    CLEAN_MODEL_ENV,
+    DB_ENV,
+    DEFAULT_BILLING,
+    DEFAULT_DB,
+    FUNCTION_MODEL_ENV,
+    THINKING_BUDGET_ENV,
+    resolved,
+)
+from cost_pipeline.gemini.batch.files import INLINE_LIMIT_BYTES
+
+DEFAULT_MODEL = "gemini-2.5-flash-lite"
+LOCAL_PLACEHOLDER_KEY = "local-server-needs-no-key"
+LOCAL_ENDPOINT = "local-server"
+GOOGLE_ENDPOINT = "https://generativelanguage.googleapis.com"
+STANDARD, BATCH = "standard", "batch"
+"""Processing modes; `batch` is genai-prices' batch price variant (the Batch API: half the input and output rates)."""
+PROCESSING_MODES = (STANDARD, BATCH)
+
+FREE_TIER_RPM, FREE_TIER_TPM = 10, 250_000
+"""Below the Gemini API free tier's limits for the Flash and Flash-Lite models: a new key never meets a 429 storm."""
+OTHER_ENDPOINT_RPM, OTHER_ENDPOINT_TPM = 4_000, 4_000_000
+
+
+class EndpointSettings(BaseModel):
+    """Where calls go: Google's API with a key, any Gemini-compatible base URL, or the shipped local server."""
+
+    api_key: str | None = Field(
+        default=None, description=f"Gemini API key; unset: {' or '.join(API_KEY_ENVS)} at run time."
+    )
+    base_url: str | None = Field(
+        default=None, description=f"A Gemini-compatible endpoint; unset: {BASE_URL_ENV} at run time."
+    )
+    use_local_server: bool = Field(default=False, description="Use the shipped local server even when a key is set.")
+    local_server_latency_ms: float = Field(default=0.0, description="Latency of the auto-started local server.")
+    local_billing_folder: str | None = Field(
+        default=None,
+        description=f"Where the auto-started local server's invoice (a Cloud Billing export) is written "
+        f"when the run ends; unset: {BILLING_ENV} at run time.",
+    )
+
+    def resolved_api_key(self) -> str | None:
+        return self.api_key or next((os.environ[n] for n in API_KEY_ENVS if os.environ.get(n)), None)
+
+    def resolved_base_url(self) -> str | None:
+        return self.base_url or os.environ.get(BASE_URL_ENV) or None
+
+    def billing_folder(self) -> str:
+        return self.local_billing_folder or resolved(BILLING_ENV, DEFAULT_BILLING)
+
+    def needs_local_server(self) -> bool:
+        return self.use_local_server or not (self.resolved_api_key() or self.resolved_base_url())
+
+    def endpoint_id(self) -> str:
+        """Who answers, as stored with every call and in the cache key: stable across runs and ports."""
+        if self.needs_local_server():
+            return LOCAL_ENDPOINT
+        return self.resolved_base_url() or GOOGLE_ENDPOINT
+
+    def key_source(self) -> str:
+        """Where the key came from, for the log: never the key itself."""
+        if self.api_key:
+            return "the resource's config"
+        return next((n for n in API_KEY_ENVS if os.environ.get(n)), "nowhere")
+
+
+class ModelSettings(BaseModel):
+    """Which model does each stage, and what it is sent."""
+
+    clean_model: str = Field(default=DEFAULT_MODEL, description="Model that cleans every turn.")
+    function_model: str = Field(default=DEFAULT_MODEL, description="Model that decides function calls for user turns.")
+    thinking_budget: int | None = Field(default=None, description="Thinking tokens allowed; none: the model's default.")
+    context_turns: int = Field(default=6, description="Earlier cleaned turns sent as context when cleaning.")
+
+    def window(self, earlier: list) -> list:
+        """The last `context_turns` of a conversation's earlier turns: what a cleaning is sent as context."""
+        return earlier[-self.context_turns :] if self.context_turns else []
+
+
+class RateLimits(BaseModel):
+    """How fast calls go: requests in flight, requests and prompt tokens a minute."""
+
+    max_concurrency: int = Field(default=32, description="Requests in flight at once.")
+    requests_per_minute: int | None = Field(
+        default=None,
+        description=f"Request rate limit; unset: {FREE_TIER_RPM} when calls go to Google's API (a free-tier "
+        f"quota accepts it), {OTHER_ENDPOINT_RPM:,} for the local server or a base URL.",
+    )
+    tokens_per_minute: int | None = Field(
+        default=None,
+        description=f"Prompt-token rate limit; unset: {FREE_TIER_TPM:,} for Google's API, "
+        f"{OTHER_ENDPOINT_TPM:,} otherwise.",
+    )
+
+    def request_limit(self, endpoint_id: str) -> int:
+        """Requests per minute: as configured, else safe for the endpoint (a free-tier key on Google's API)."""
+        if self.requests_per_minute:
+            return self.requests_per_minute
+        return FREE_TIER_RPM if endpoint_id == GOOGLE_ENDPOINT else OTHER_ENDPOINT_RPM
+
+    def token_limit(self, endpoint_id: str) -> int:
+        if self.tokens_per_minute:
+            return self.tokens_per_minute
+        return FREE_TIER_TPM if endpoint_id == GOOGLE_ENDPOINT else OTHER_ENDPOINT_TPM
+
+
+class RetrySettings(BaseModel):
+    """How long an attempt may take and how many a call may make, rejected answers included."""
+
+    timeout_s: float = Field(default=30.0, description="Per-attempt HTTP timeout.")
+    max_attempts: int = Field(default=5, description="Attempts per call, first included, rejected answers included.")
+    max_rejected_attempts: int = Field(
+        default=2, description="Paid answers a call may reject before it fails: caps what a turn spends on rejections."
+    )
+    initial_backoff_s: float = Field(default=0.5, description="First retry wait; doubles, with jitter.")
+    max_backoff_s: float = Field(default=30.0, description="Longest wait between attempts.")
+
+
+class CacheSettings(BaseModel):
+    """The response cache, kept in the same DuckDB file as the spend ledger."""
+
+    enabled: bool = Field(default=True, description="Serve identical requests from the response cache.")
+    database: str | None = Field(
+        default=None,
+        description=f"DuckDB file of the response cache and the spend ledger; unset: {DB_ENV} at run time.",
+    )
+
+    def database_file(self) -> str:
+        return self.database or resolved(DB_ENV, DEFAULT_DB)
+
+
+class ProcessingSettings(BaseModel):
+    """Standard requests, or the Batch API at half the price."""
+
+    # A str, not a Literal: it may come from an EnvVar (COST_PIPELINE_PROCESSING), resolved when a run starts.
+    mode: str = Field(
+        default=STANDARD,
+        description="standard: one request at a time; batch: the Batch API at half the price, "
+        "answered within hours (gemini_step/batch_day.py says what changes).",
+    )
+    batch_max_wait_s: float = Field(
+        default=600.0,
+        description="How long a batch step waits for its jobs; past it the step ends with them pending, "
+        "and the batch_jobs_sensor (or any later run of the day) collects them.",
+    )
+    batch_poll_s: float = Field(default=10.0, description="How often a batch step asks whether its jobs are done.")
+    batch_max_requests: int = Field(default=10_000, description="Requests per batch job.")
+    batch_inline_max_bytes: int = Field(
+        default=INLINE_LIMIT_BYTES,
+        description="A batch job whose requests take more than this many bytes sends them as an "
+        "uploaded JSON Lines file (Files API) instead of inline (the API's inline limit is 20 MB).",
+    )
+
+    def problem(self) -> str | None:
+        """Why `mode` cannot be used, or None."""
+        if self.mode in PROCESSING_MODES:
+            return None
+        modes = ", ".join(PROCESSING_MODES)
+        return f"processing mode is {self.mode!r}: it must be one of {modes} (COST_PIPELINE_PROCESSING)"
+
+
+@dataclass(frozen=True)
+class GeminiSettings:
+    """One run's Gemini settings, with the URL of the local server when it was started for the run."""
+
+    endpoint: EndpointSettings = field(default_factory=EndpointSettings)
+    models: ModelSettings = field(default_factory=ModelSettings)
+    limits: RateLimits = field(default_factory=RateLimits)
+    retries: RetrySettings = field(default_factory=RetrySettings)
+    cache: CacheSettings = field(default_factory=CacheSettings)
+    processing: ProcessingSettings = field(default_factory=ProcessingSettings)
+    local_url: str | None = None
+
+    def endpoint_id(self) -> str:
+        return self.endpoint.endpoint_id()
+
+    def base_url(self) -> str | None:
+        """The base URL calls go to; None means the SDK's default, Google's API."""
+        return self.local_url if self.endpoint.needs_local_server() else self.endpoint.resolved_base_url()
+
+    def request_limit(self) -> int:
+        return self.limits.request_limit(self.endpoint_id())
+
+    def token_limit(self) -> int:
+        return self.limits.token_limit(self.endpoint_id())
+
+    def describe_endpoint(self) -> str:
+        endpoint = self.endpoint
+        if endpoint.needs_local_server():
+            why = "chosen explicitly" if endpoint.use_local_server else "no API key or base URL is set"
+            return f"the local Gemini-compatible server at {self.local_url} ({why})"
+        if endpoint.resolved_base_url():
+            return f"{endpoint.resolved_base_url()} (base URL)"
+        return f"Google's Gemini API, {GOOGLE_ENDPOINT} (API key from {endpoint.key_source()})"
+
+    def genai_client(self) -> genai.Client:
+        """The google-genai client for this endpoint and key (a placeholder key for the local server)."""
+        if self.endpoint.needs_local_server() and not self.local_url:
+            raise RuntimeError("no API key or base URL, and the local server was not started for this run")
+        key = self.endpoint.resolved_api_key()
+        return genai.Client(
+            api_key=key if key and not self.endpoint.needs_local_server() else LOCAL_PLACEHOLDER_KEY,
+            http_options=types.HttpOptions(base_url=self.base_url(), timeout=int(self.retries.timeout_s * 1000)),
+        )
+
+
+def settings_from_environment() -> GeminiSettings:
+    """The endpoint and models a run would resolve now from this process's environment, for code outside Dagster."""
+    budget = os.environ.get(THINKING_BUDGET_ENV)
+    return GeminiSettings(
+        models=ModelSettings(
+            clean_model=resolved(CLEAN_MODEL_ENV, DEFAULT_MODEL),
+            function_model=resolved(FUNCTION_MODEL_ENV, DEFAULT_MODEL),
+            thinking_budget=int(budget) if budget else None,
+        )
+    )
