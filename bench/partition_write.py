@@ -23,7 +23,8 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-from cost_pipeline.defs.ingest.assets import RAW_TURNS_SCHEMA
+from cost_pipeline.ingest.tables import RAW_TURNS
+from cost_pipeline.storage.columns import sql_types
 from cost_pipeline.storage.connect import connect
 from cost_pipeline.storage.tables import TableWrite, replace_partitions
 
@@ -60,7 +61,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     frame = turns_frame(args.rows)
-    declared = {column.name: column.type for column in RAW_TURNS_SCHEMA.columns}
+    declared = sql_types(RAW_TURNS)
     write = TableWrite("raw_turns", frame, date(2026, 11, 1), "bench-run", declared)
     raw_times, same_columns_times, ours_times = [], [], []
     # The fair floor too: a bare insert of the same 11 columns the table holds (the partition and run_id stamped).

@@ -13,14 +13,13 @@ from cost_pipeline.defs.automation import (
 from cost_pipeline.defs.costs import checks, reconciliation, rollups
 from cost_pipeline.defs.environment import local_resources
 from cost_pipeline.defs.gemini import assets as turns
-from cost_pipeline.defs.glossary import with_column_descriptions
 from cost_pipeline.defs.ingest import assets as ingest
 
 OWNERS = ["team:cost-pipeline"]
-# Each asset page links to the code that defines it, names who owns it, and describes every column.
+# Each asset page links to the code that defines it and names who owns it.
 all_assets = dg.with_source_code_references(
     dg.map_asset_specs(
-        lambda spec: with_column_descriptions(spec.replace_attributes(owners=OWNERS)),
+        lambda spec: spec.replace_attributes(owners=OWNERS),
         [
             *(
                 asset

@@ -303,7 +303,9 @@ def test_the_cli_names_the_days_whose_jobs_are_still_pending(tmp_path, monkeypat
     monkeypatch.setenv("COST_PIPELINE_DB", str(database))
     assert _batch_jobs_pending([DAY]) is None
     for name, state in (("batches/a", "JOB_STATE_PENDING"), ("batches/b", "JOB_STATE_FAILED")):
-        batch_jobs.record(database, name, str(DAY), "clean", "m", "e", "digest", 3, 0, "run", state)
+        batch_jobs.record(
+            database, batch_jobs.SubmittedJob(name, str(DAY), "clean", "m", "e", "digest", 3, 0, "run", state)
+        )
     assert "still pending for 2026-11-06" in _batch_jobs_pending([DAY])
     assert _batch_jobs_pending([date(2026, 11, 7)]) is None
     batch_jobs.update(database, "batches/a", "JOB_STATE_SUCCEEDED", collected=True)
@@ -356,9 +358,10 @@ def test_the_sensor_runs_the_day_of_a_job_the_provider_no_longer_has(tmp_path, m
     from cost_pipeline.gemini.batch import jobs as batch_jobs
 
     database = tmp_path / "jobs.duckdb"
-    batch_jobs.record(
-        database, "batches/expired-long-ago", str(DAY), "clean", "m", "e", "d", 1, 0, "run", "JOB_STATE_PENDING"
+    expired = batch_jobs.SubmittedJob(
+        "batches/expired-long-ago", str(DAY), "clean", "m", "e", "d", 1, 0, "run", "JOB_STATE_PENDING"
     )
+    batch_jobs.record(database, expired)
     gemini = GeminiResource(endpoint={"base_url": model_server.url}, cache={"database": str(database)})
     with dg.build_sensor_context(resources={"gemini": gemini}) as context:
         (request,) = batch_jobs_sensor(context).run_requests

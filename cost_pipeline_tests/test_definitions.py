@@ -146,3 +146,36 @@ def test_every_column_of_every_table_asset_is_described():
                 {f"{key.to_user_string()}.{c.name}": c.type for c in schema.columns if not c.description}
             )
     assert not undescribed
+
+
+def test_each_column_meaning_is_written_once_and_shared_ones_come_from_the_common_wording():
+    from collections import Counter
+
+    from cost_pipeline.defs.costs import reconciliation, rollups
+    from cost_pipeline.gemini_step.tables import TABLES
+    from cost_pipeline.ingest.tables import QUARANTINED_TURNS, RAW_TURNS
+    from cost_pipeline.money.ledger import COLUMNS as LEDGER
+    from cost_pipeline.storage.columns import COMMON
+
+    tables = {
+        **TABLES,
+        "raw_turns": RAW_TURNS,
+        "quarantined_turns": QUARANTINED_TURNS,
+        "llm_attempts": LEDGER,
+        "daily_cost_rollup": rollups.ROLLUP_COLUMNS,
+        "evaluation_costs": rollups.EVALUATION_COLUMNS,
+        "billing_reconciliation": reconciliation.RECONCILIATION_COLUMNS,
+    }
+    declared = {id(column): column for columns in tables.values() for column in columns}  # a shared list: once
+    written = Counter(
+        (column.name, column.description) for column in declared.values() if column.description is not None
+    )
+    assert not [key for key, times in written.items() if times > 1], "a shared meaning belongs in COMMON"
+    assert not [(name, text) for name, text in written if COMMON.get(name) == text], "repeats COMMON's wording"
+    schema = (
+        defs.resolve_assets_def(dg.AssetKey("llm_calls"))
+        .specs_by_key[dg.AssetKey("llm_calls")]
+        .metadata["dagster/column_schema"]
+    )
+    described = {column.name: column.description for column in schema.columns}
+    assert described["endpoint"] == COMMON["endpoint"] and list(described) == [c.name for c in TABLES["llm_calls"]]

@@ -122,3 +122,23 @@ def test_only_dagster_definitions_import_dagster():
     dagster_users = importing(lambda name: name == "dagster" or name.startswith("dagster."))
     wrong = sorted(module for module in dagster_users if room(module) in DAGSTER_FREE)
     assert not wrong, f"Dagster imported outside defs/: {wrong}"
+
+
+def test_no_function_takes_more_than_six_parameters_without_saying_why():
+    """Past six, a function's docstring (or its class's, for `__init__`) says why the parameters belong together."""
+    unexplained = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        for owner in [tree, *(node for node in ast.walk(tree) if isinstance(node, ast.ClassDef))]:
+            for node in owner.body:
+                if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                    continue
+                args = node.args
+                named = [*args.posonlyargs, *args.args, *args.kwonlyargs, args.vararg, args.kwarg]
+                count = sum(arg is not None and arg.arg not in ("self", "cls") for arg in named)
+                docstring = ast.get_docstring(node) or (
+                    ast.get_docstring(owner) if isinstance(owner, ast.ClassDef) and node.name == "__init__" else ""
+                )
+                if count > 6 and "parameters" not in (docstring or "").lower():
+                    unexplained.append(f"{path.relative_to(PACKAGE)}:{node.lineno} {node.name} ({count})")
+    assert not unexplained, unexplained

@@ -456,7 +456,7 @@ def test_a_keyed_ledger_and_cache_lose_their_index_not_a_row_and_a_load_twice_re
     database = tmp_path / "old.duckdb"
     with duckdb.connect(str(database)) as connection:  # the layout this project wrote before
         connection.execute(
-            f"CREATE TABLE {TABLE} ({', '.join(f'{n} {t}' for n, t, _ in COLUMNS)})".replace(
+            f"CREATE TABLE {TABLE} ({', '.join(f'{c.name} {c.sql_type}' for c in COLUMNS)})".replace(
                 "attempt_id VARCHAR NOT NULL", "attempt_id VARCHAR PRIMARY KEY"
             )
         )

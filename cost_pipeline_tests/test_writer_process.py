@@ -15,7 +15,6 @@ from decimal import Decimal
 import duckdb
 import pytest
 
-from cost_pipeline.defs.gemini.assets import TABLE_COLUMNS
 from cost_pipeline.gemini.attempts import ACCEPTED, Attempt
 from cost_pipeline.gemini.cache import ResponseCache
 from cost_pipeline.gemini.call_ids import call_id
@@ -23,6 +22,7 @@ from cost_pipeline.gemini.usage import Usage
 from cost_pipeline.gemini_step.checkpoints import Checkpoints
 from cost_pipeline.gemini_step.process_memory import peak_rss_mb
 from cost_pipeline.gemini_step.staged_day import StagedDay
+from cost_pipeline.gemini_step.tables import COLUMN_TYPES
 from cost_pipeline.gemini_step.writer_process import WriterGone, WriterProcess
 from cost_pipeline.money.ledger import AttemptSpool, spool_folder
 from cost_pipeline.money.pricing import PriceBook
@@ -224,7 +224,7 @@ def test_chunks_staged_by_the_writer_are_the_chunks_the_step_stages(tmp_path, wr
     for in_child in (True, False):
         area = StagingArea(tmp_path / f"staging-{in_child}", "run")
         writer = WriterProcess(tmp_path / "db.duckdb", PriceBook()) if in_child else None
-        day = StagedDay(area, PriceBook(), 7, TABLE_COLUMNS, writer)
+        day = StagedDay(area, PriceBook(), 7, writer)
         for number in range(10):
             day(*conversation_rows(number))
             if writer and writer_dies and number == 4:
@@ -244,14 +244,14 @@ def test_chunks_staged_by_the_writer_are_the_chunks_the_step_stages(tmp_path, wr
 def test_a_table_without_rows_is_staged_as_an_empty_file_with_its_columns(tmp_path):
     area = StagingArea(tmp_path / "staging", "run")
     writer = WriterProcess(tmp_path / "db.duckdb", PriceBook())
-    day = StagedDay(area, PriceBook(), 100, TABLE_COLUMNS, writer)
+    day = StagedDay(area, PriceBook(), 100, writer)
     cleaned, _, calls = conversation_rows(1)
     day(cleaned, [], calls[:2])
     _, functions, _ = day.close()
     writer.close()
     assert functions.rows == 0
     assert query_staged("SELECT count(*) FROM f", f=functions) == [(0,)]
-    assert functions.columns == list(TABLE_COLUMNS["function_calls"])
+    assert functions.columns == list(COLUMN_TYPES["function_calls"])
 
 
 def test_the_writer_reports_its_own_peak_not_the_pages_of_the_step_that_started_it(tmp_path):

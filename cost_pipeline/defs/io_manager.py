@@ -365,9 +365,4 @@ def _declared_types(metadata: Mapping) -> dict[str, str]:
         schema = schema.schema
     if not isinstance(schema, dg.TableSchema):
         return {}
-    return column_types(schema)
-
-
-def column_types(schema: dg.TableSchema) -> dict[str, str]:
-    """Column -> DuckDB type, as a table's declared schema says (what staged chunks are typed by)."""
     return {column.name: column.type for column in schema.columns}

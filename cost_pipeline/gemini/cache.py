@@ -141,7 +141,10 @@ class ResponseCache:
         usage: Usage,
         context_hash: str | None = None,
     ) -> None:
-        """Remember a paid answer and queue it for the table, filed under its turn's text and (cleaning) context."""
+        """Remember a paid answer and queue it for the table, filed under its turn's text and (cleaning) context.
+
+        Seven parameters: the columns of the cache row it writes, each named where it is called.
+        """
         if not self.enabled or usage.source == CACHE:
             return
         self._remember(request_hash, CachedResponse(result, usage))

@@ -23,6 +23,11 @@ from cost_pipeline.money.pricing import PriceBook
 
 
 class Checkpoints:
+    """Writes what a running day has paid for (ledger attempts first, then cache entries), every `every_s`.
+
+    Seven parameters: the collaborators a checkpoint writes to or through, owned by the step.
+    """
+
     def __init__(
         self,
         database: str | Path,

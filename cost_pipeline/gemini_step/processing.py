@@ -75,18 +75,13 @@ async def process_day(
     chunks: Iterable[list[Conversation]],
     session: GeminiSession,
     sink: RowSink,
-    progress: Callable[[str], None],
-    progress_every: int = 500,
-    total_turns: int = 0,
+    tracker: "Progress",
     window: int = 256,
-    spent: Callable[[], Decimal] | None = None,
-    progress_every_s: float = 30.0,
 ) -> float:
     """Clean every turn and decide functions for user turns, chunk by chunk; returns the seconds it took.
 
     Each conversation's turns must be in order and a conversation whole within one chunk.
     """
-    tracker = _Progress(session, progress, progress_every, total=total_turns, spent=spent, every_s=progress_every_s)
     ticking = asyncio.create_task(tracker.periodically())
     slots = asyncio.Semaphore(window)
     running: set[asyncio.Task] = set()
@@ -135,7 +130,7 @@ async def process_day(
     return tracker.elapsed()
 
 
-async def _conversation(turns: Conversation, session: GeminiSession, sink: RowSink, tracker: "_Progress") -> None:
+async def _conversation(turns: Conversation, session: GeminiSession, sink: RowSink, tracker: "Progress") -> None:
     settings = session.settings.models
     context: list[tuple[str, str]] = []
     cleaned_rows: list[dict] = []
@@ -266,7 +261,7 @@ def _ms_since(started: float) -> int:
     return round((time.perf_counter() - started) * 1000)
 
 
-class _Progress:
+class Progress:
     """Says how the day goes, every `every` turns and every `every_s` seconds, in counts that add up.
 
     One line: turns done of the day with throughput and an ETA; the calls so far as the sum

@@ -14,11 +14,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cost_pipeline.gemini.call_ids import call_id
+from cost_pipeline.gemini_step.tables import CALLS, CLEANED, COLUMN_TYPES, FUNCTIONS
 from cost_pipeline.money.pricing import ZERO, PriceBook, price_calls
 from cost_pipeline.storage.staging import arrow_schema
-
-CLEANED, FUNCTIONS, CALLS = "cleaned_turns", "function_calls", "llm_calls"
-TABLES = (CLEANED, FUNCTIONS, CALLS)
 
 
 def chunk_path(folder: Path, table: str, number: int) -> Path:
@@ -28,23 +26,22 @@ def chunk_path(folder: Path, table: str, number: int) -> Path:
 def stage_chunk(
     folder: Path,
     number: int,
-    declared: dict[str, dict[str, str]],
     book: PriceBook,
     cleaned: list[dict],
     functions: list[dict],
     calls: list[dict],
 ) -> dict[str, int]:
     """Price `calls`, give each cleaned turn its costs, and write chunk `number` of the three tables; rows per table."""
-    priced = _columns(price_calls(pd.DataFrame(calls), book), declared[CALLS])
+    priced = _columns(price_calls(pd.DataFrame(calls), book), COLUMN_TYPES[CALLS])
     frames = {
-        CLEANED: _columns(_with_turn_costs(pd.DataFrame(cleaned), priced), declared[CLEANED]),
-        FUNCTIONS: _columns(pd.DataFrame(functions), declared[FUNCTIONS]),
+        CLEANED: _columns(_with_turn_costs(pd.DataFrame(cleaned), priced), COLUMN_TYPES[CLEANED]),
+        FUNCTIONS: _columns(pd.DataFrame(functions), COLUMN_TYPES[FUNCTIONS]),
         CALLS: priced,
     }
     for table, frame in frames.items():
         if len(frame):
             write_whole(
-                pa.Table.from_pandas(frame, schema=arrow_schema(declared[table]), preserve_index=False),
+                pa.Table.from_pandas(frame, schema=arrow_schema(COLUMN_TYPES[table]), preserve_index=False),
                 chunk_path(folder, table, number),
             )
     return {table: len(frame) for table, frame in frames.items()}

@@ -18,7 +18,8 @@ import pickle
 from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from cost_pipeline.gemini_step.staged_chunk import TABLES, chunk_path, stage_chunk, write_whole
+from cost_pipeline.gemini_step.staged_chunk import chunk_path, stage_chunk, write_whole
+from cost_pipeline.gemini_step.tables import COLUMN_TYPES, TABLES
 from cost_pipeline.gemini_step.writer_process import WriterGone, WriterProcess
 from cost_pipeline.money.pricing import PriceBook
 from cost_pipeline.storage.staging import StagedTable, StagingArea, arrow_schema
@@ -32,10 +33,9 @@ class StagedDay:
         area: StagingArea,
         book: PriceBook,
         chunk_rows: int,
-        declared: dict[str, dict[str, str]],
         writer: WriterProcess | None = None,
     ):
-        self.area, self.book, self.chunk_rows, self.declared = area, book, chunk_rows, declared
+        self.area, self.book, self.chunk_rows = area, book, chunk_rows
         self._writer = writer
         self._sender = ThreadPoolExecutor(1, thread_name_prefix="staging") if writer else None
         self._pending: list[tuple[int, bytes, Future]] = []
@@ -60,12 +60,10 @@ class StagedDay:
         self._chunks += 1
         self._cleaned, self._functions, self._calls = [], [], []
         if self._writer is None or self._sender is None:
-            self._rows.update(stage_chunk(self.area.folder, number, self.declared, self.book, *chunk))
+            self._rows.update(stage_chunk(self.area.folder, number, self.book, *chunk))
             return
         rows = pickle.dumps(chunk, protocol=pickle.HIGHEST_PROTOCOL)
-        self._pending.append(
-            (number, rows, self._sender.submit(self._writer.stage, self.area.folder, number, self.declared, rows))
-        )
+        self._pending.append((number, rows, self._sender.submit(self._writer.stage, self.area.folder, number, rows)))
         self._settle(wait=False)
 
     def _settle(self, wait: bool) -> None:
@@ -78,7 +76,7 @@ class StagedDay:
             try:
                 self._rows.update(future.result())
             except WriterGone:
-                self._rows.update(stage_chunk(self.area.folder, number, self.declared, self.book, *pickle.loads(rows)))
+                self._rows.update(stage_chunk(self.area.folder, number, self.book, *pickle.loads(rows)))
         self._pending = pending
 
     def close(self) -> tuple[StagedTable, StagedTable, StagedTable]:
@@ -95,6 +93,6 @@ class StagedDay:
             paths = [path for path in paths if path.exists()]
             if not paths:  # no rows: one empty file, so the commit reads the declared columns all the same
                 paths = [chunk_path(self.area.folder, table, 0)]
-                write_whole(arrow_schema(self.declared[table]).empty_table(), paths[0])
-            tables.append(StagedTable(paths, self._rows[table], list(self.declared[table]), self.area))
+                write_whole(arrow_schema(COLUMN_TYPES[table]).empty_table(), paths[0])
+            tables.append(StagedTable(paths, self._rows[table], list(COLUMN_TYPES[table]), self.area))
         return tables[0], tables[1], tables[2]

@@ -87,9 +87,9 @@ class WriterProcess:
         (written, added), spent, warnings = self._request((CHECKPOINT, entries, [str(path) for path in spools]))
         return written, added, spent, warnings
 
-    def stage(self, folder: Path, number: int, declared: dict[str, dict[str, str]], rows: bytes) -> dict[str, int]:
+    def stage(self, folder: Path, number: int, rows: bytes) -> dict[str, int]:
         """Stage chunk `number` (its rows pickled) in `folder`; rows staged per table."""
-        staged, _, _ = self._request((STAGE, str(folder), number, declared, rows))
+        staged, _, _ = self._request((STAGE, str(folder), number, rows))
         return staged
 
     def close(self, timeout_s: float = 60.0) -> None:
@@ -158,8 +158,8 @@ def serve(requests, replies) -> None:
                 )
                 result: object = (cache.write(entries), added)
             elif request[0] == STAGE:
-                _, folder, number, declared, rows = request
-                result = stage_chunk(Path(folder), number, declared, book, *pickle.loads(rows))
+                _, folder, number, rows = request
+                result = stage_chunk(Path(folder), number, book, *pickle.loads(rows))
             else:
                 raise ValueError(f"unknown request {request[0]!r}")
             reply: tuple = ("written", result, spent[0], warnings)

@@ -304,7 +304,7 @@ class Forecaster:
             answer = cached.by_request.get(exact)
             cleaned = answer.get("cleaned_text") if answer else None
             key = "\x1f".join([f"clean:{models.clean_model}", turn.speaker, turn.text, *models.window(alike)])
-            self._count(forecast, CLEAN, models.clean_model, key, request.text(), turn.text, free=answer is not None)
+            self._count(forecast, request, key, turn.text, free=answer is not None)
             context.append((turn.speaker, cleaned or turn.text))
             alike.append(f"{turn.speaker}:{disfluent_key(cleaned or turn.text)}")
             if turn.speaker == "User":
@@ -317,22 +317,20 @@ class Forecaster:
             request = function_request(models.function_model, text, models.thinking_budget)
             key = request.request_hash(self.settings.endpoint_id)
             if key in cached.by_request or key in self._seen:
-                self._count(forecast, FUNCTION, models.function_model, key, request.text(), turn.text, free=True)
+                self._count(forecast, request, key, turn.text, free=True)
                 return
         # Not cached: the pipeline will ask with the text as cleaned, which the raw text stands for here.
         request = function_request(models.function_model, cleaned or turn.text, models.thinking_budget)
         key = f"function:{models.function_model}:{disfluent_key(cleaned or turn.text)}"
-        self._count(forecast, FUNCTION, models.function_model, key, request.text(), turn.text, free=False)
+        self._count(forecast, request, key, turn.text, free=False)
 
-    def _count(
-        self, forecast: DayForecast, stage: str, model: str, key: str, request_text: str, turn_text: str, free: bool
-    ) -> None:
+    def _count(self, forecast: DayForecast, request: LlmRequest, key: str, turn_text: str, free: bool) -> None:
         forecast.calls += 1
         if free or key in self._seen:
             forecast.cache_hits += 1
             return
         self._seen.add(key)
-        estimate = self.estimator.estimate(stage, model, request_text, turn_text)
+        estimate = self.estimator.estimate(request.stage, request.model, request.text(), turn_text)
         forecast.prompt_tokens += estimate.prompt
         forecast.output_tokens += estimate.output
         forecast.thinking_tokens += estimate.thinking

@@ -38,6 +38,7 @@ import pandas as pd
 from cost_pipeline.gemini.attempts import ERROR, Attempt
 from cost_pipeline.gemini.usage import MODALITY_FIELDS, TOKEN_FIELDS, UNKNOWN
 from cost_pipeline.money.pricing import MONEY_SQL_TYPE, STANDARD, PriceBook, token_counts
+from cost_pipeline.storage.columns import Column, create_table_sql
 from cost_pipeline.storage.connect import STEP_MEMORY, connect, one_row
 from cost_pipeline.storage.tables import drop_primary_key
 
@@ -45,51 +46,50 @@ TABLE = "llm_attempts"
 FSYNC_EVERY_S = 1.0
 INTERRUPTED = "process ended while the attempt was in flight: billing unknown"
 
-COLUMNS: list[tuple[str, str, str]] = [
-    ("attempt_id", "VARCHAR NOT NULL", "Unique per HTTP attempt."),
-    ("call_id", "VARCHAR", "The llm_calls row (turn x stage) this attempt was for."),
-    ("run_id", "VARCHAR", "The Dagster run that sent it."),
-    ("partition_date", "DATE", "The data day, not the day it was sent."),
-    ("evaluation_id", "VARCHAR", ""),
-    ("turn_id", "VARCHAR", ""),
-    ("stage", "VARCHAR", "clean or function."),
-    ("model", "VARCHAR", "As requested."),
-    ("model_version", "VARCHAR", "As served (the response's modelVersion); null without an answer."),
-    ("endpoint", "VARCHAR", "Who answered: local-server, a base URL, or Google's API."),
-    (
-        "processing",
-        "VARCHAR",
-        "standard (one request at a time) or batch (the Batch API): the price list it is billed on.",
+COLUMNS = [
+    Column("attempt_id", "VARCHAR NOT NULL", "Unique per HTTP attempt."),
+    Column("call_id", "VARCHAR", "The llm_calls row (turn x stage) this attempt was for."),
+    Column("run_id", "VARCHAR", "The Dagster run that sent it."),
+    Column("partition_date", "DATE", "The data day, not the day it was sent."),
+    Column("evaluation_id", "VARCHAR"),
+    Column("turn_id", "VARCHAR"),
+    Column("stage", "VARCHAR"),
+    Column("model", "VARCHAR"),
+    Column("model_version", "VARCHAR", "As served (the response's modelVersion); null without an answer."),
+    Column("endpoint", "VARCHAR"),
+    Column("processing", "VARCHAR"),
+    Column("request_hash", "VARCHAR", "The response-cache key of the logical request."),
+    Column("response_id", "VARCHAR", "The response's responseId."),
+    Column("attempt", "INTEGER", "1..n within the call."),
+    Column(
+        "sent_at", "TIMESTAMPTZ", "When the request left, UTC (a Batch API answer: when its job finished, as billed)."
     ),
-    ("request_hash", "VARCHAR", "The response-cache key of the logical request."),
-    ("response_id", "VARCHAR", "The response's responseId."),
-    ("attempt", "INTEGER", "1..n within the call."),
-    ("sent_at", "TIMESTAMPTZ", "When the request left, UTC (a Batch API answer: when its job finished, as billed)."),
-    ("latency_ms", "DOUBLE", ""),
-    ("http_status", "INTEGER", "Null for a timeout, transport failure or interruption."),
-    ("outcome", "VARCHAR", "accepted, rejected (a billed answer we could not use) or error."),
-    ("reason", "VARCHAR", "Finish reason, block reason, parse error, or error type."),
-    ("billed", "BOOLEAN", "True for a 200 with usage; false for 429/5xx/4xx/timeouts; null when unknown."),
-    *((name, "BIGINT", "Null when the response carried none.") for name in TOKEN_FIELDS),
-    ("usage_source", "VARCHAR", "reported, estimated (a 200 without usage), none (not billed) or unknown."),
-    ("input_cost_usd", MONEY_SQL_TYPE, "Uncached prompt tokens, tool-use prompt included."),
-    ("cached_input_cost_usd", MONEY_SQL_TYPE, "Cached prompt tokens at the cache-read rate."),
-    ("output_cost_usd", MONEY_SQL_TYPE, "Candidates and thinking tokens."),
-    ("cost_usd", MONEY_SQL_TYPE, "The sum of the three; 0 when not billed; null when unknown or unpriced."),
-    ("price_source", "VARCHAR", ""),
-    ("price_status", "VARCHAR", "ok, missing (no price), or unknown (billing unknown)."),
-    ("recorded_at", "TIMESTAMPTZ", "When the row reached the ledger."),
-    ("recovered", "BOOLEAN", "Loaded from the spool of a run that died."),
+    Column("latency_ms", "DOUBLE"),
+    Column("http_status", "INTEGER", "Null for a timeout, transport failure or interruption."),
+    Column("outcome", "VARCHAR", "accepted, rejected (a billed answer we could not use) or error."),
+    Column("reason", "VARCHAR", "Finish reason, block reason, parse error, or error type."),
+    Column("billed", "BOOLEAN", "True for a 200 with usage; false for 429/5xx/4xx/timeouts; null when unknown."),
+    *(Column(name, "BIGINT", "Null when the response carried none.") for name in TOKEN_FIELDS),
+    Column("usage_source", "VARCHAR", "reported, estimated (a 200 without usage), none (not billed) or unknown."),
+    Column("input_cost_usd", MONEY_SQL_TYPE),
+    Column("cached_input_cost_usd", MONEY_SQL_TYPE),
+    Column("output_cost_usd", MONEY_SQL_TYPE),
+    Column("cost_usd", MONEY_SQL_TYPE, "The sum of the three; 0 when not billed; null when unknown or unpriced."),
+    Column("price_source", "VARCHAR"),
+    Column("price_status", "VARCHAR", "ok, missing (no price), or unknown (billing unknown)."),
+    Column("recorded_at", "TIMESTAMPTZ", "When the row reached the ledger."),
+    Column("recovered", "BOOLEAN", "Loaded from the spool of a run that died."),
 ]
-DDL = f"CREATE TABLE IF NOT EXISTS {TABLE} ({', '.join(f'{name} {sql_type}' for name, sql_type, _ in COLUMNS)})"
+DDL = create_table_sql(TABLE, COLUMNS)
 # A ledger written before a column existed gains it (null: the attempt predates it; `processing` null is standard).
 MIGRATIONS = [
     f"ALTER TABLE {TABLE} ADD COLUMN IF NOT EXISTS processing VARCHAR",
     *(f"ALTER TABLE {TABLE} ADD COLUMN IF NOT EXISTS {name} BIGINT" for name in MODALITY_FIELDS),
 ]
 COST_KINDS = ["input_cost_usd", "cached_input_cost_usd", "output_cost_usd", "cost_usd"]
+COLUMN_NAMES = [column.name for column in COLUMNS]
 _SELECT_EXACT = ", ".join(
-    f"CAST({name} AS {MONEY_SQL_TYPE}) AS {name}" if name in COST_KINDS else name for name, _, _ in COLUMNS
+    f"CAST({name} AS {MONEY_SQL_TYPE}) AS {name}" if name in COST_KINDS else name for name in COLUMN_NAMES
 )
 
 
@@ -200,7 +200,7 @@ def attempt_rows(lines: list[str]) -> list[dict]:
 
 def priced_frame(rows: list[dict], book: PriceBook, recovered: bool) -> pd.DataFrame:
     """Ledger rows with exact costs: billed attempts priced, unbilled at 0, unknown billing null."""
-    frame = pd.DataFrame(rows).reindex(columns=[name for name, _, _ in COLUMNS])
+    frame = pd.DataFrame(rows).reindex(columns=COLUMN_NAMES)
     frame["sent_at"] = pd.to_datetime(frame["sent_at"], unit="s", utc=True).dt.floor("us")
     costs: dict[str, list] = {name: [] for name in [*COST_KINDS, "price_source", "price_status"]}
     zero = Decimal(0)

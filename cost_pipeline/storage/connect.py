@@ -42,6 +42,8 @@ def connect(
 ) -> Iterator[duckdb.DuckDBPyConnection]:
     """A connection to `database`, retried while another process holds its lock; closed on exit.
 
+    Seven parameters: the database, then keyword-only options that each have a default.
+
     `on_wait` hears one sentence when the connection had to wait, so runs can log contention.
     `memory_limit` (say `STEP_MEMORY`) bounds DuckDB's memory while the connection is open; it spills beyond.
     """

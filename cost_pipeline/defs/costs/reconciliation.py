@@ -26,12 +26,14 @@ import pandas as pd
 from cost_pipeline.defs.costs.rollups import TOTAL_MONEY
 from cost_pipeline.defs.partitions import DUCKDB_POOL, billing_days
 from cost_pipeline.defs.resources import BillingExports, CostSettings
+from cost_pipeline.defs.table_schema import table_schema
 from cost_pipeline.defs.warehouse import DuckDBWarehouse
 from cost_pipeline.gemini.usage import MODALITY_FIELDS
 from cost_pipeline.money.billing_export import LONG_CONTEXT_TOKENS, day_bounds, read_export
 from cost_pipeline.money.invoice_match import DayMatch, Tolerance, day_lines, ledger_lines, match_day
 from cost_pipeline.money.ledger import ensure_ledger
 from cost_pipeline.reports.markdown import markdown_table
+from cost_pipeline.storage.columns import Column
 from cost_pipeline.storage.connect import connect, one_row
 
 _SUMMED = (
@@ -55,46 +57,44 @@ UNKNOWN_SQL = (
     "SELECT count(*) AS unknown FROM llm_attempts WHERE billed IS NULL AND sent_at >= $start AND sent_at < $end"
 )
 
-RECONCILIATION_SCHEMA = dg.TableSchema(
-    columns=[
-        dg.TableColumn(
-            "billing_day",
-            "DATE",
-            description="The day billed: a UTC day (BigQuery export lines) or a Pacific "
-            "day (the console's download), as day_zone says; the ledger is cut the same way.",
-        ),
-        dg.TableColumn("day_zone", "VARCHAR", description="UTC, or America/Los_Angeles for a console download's line."),
-        dg.TableColumn("model", "VARCHAR", description="As the invoice names it (the served model's family)."),
-        dg.TableColumn(
-            "kind",
-            "VARCHAR",
-            description="input (uncached, tool prompt included), cached_input, output (thinking included).",
-        ),
-        dg.TableColumn("modality", "VARCHAR", description="text, audio, image or video."),
-        dg.TableColumn("tier", "VARCHAR", description="standard, batch (the Batch API), flex or priority."),
-        dg.TableColumn("context", "VARCHAR", description="short, or long (a prompt over 200k tokens)."),
-        dg.TableColumn("invoice_tokens", "BIGINT"),
-        dg.TableColumn("ledger_tokens", "BIGINT"),
-        dg.TableColumn("token_gap", "BIGINT", description="invoice - ledger."),
-        dg.TableColumn(
-            "invoice_usd",
-            TOTAL_MONEY,
-            description="Gross (before credits), converted with the export's own "
-            "currency_conversion_rate; null when its currency could not be converted (note says why).",
-        ),
-        dg.TableColumn("ledger_usd", TOTAL_MONEY),
-        dg.TableColumn("usd_gap", TOTAL_MONEY, description="invoice - ledger, in dollars."),
-        dg.TableColumn(
-            "credits_usd",
-            TOTAL_MONEY,
-            description="Credits on the invoice lines (free tier, promotions): shown, not compared.",
-        ),
-        dg.TableColumn("currency", "VARCHAR", description="The export's currency."),
-        dg.TableColumn("within_tolerance", "BOOLEAN"),
-        dg.TableColumn("skus", "VARCHAR", description="The SKU descriptions summed into the line."),
-        dg.TableColumn("note", "VARCHAR", description="Why the invoice's cost is unknown (a currency without a rate)."),
-    ]
-)
+RECONCILIATION_COLUMNS = [
+    Column(
+        "billing_day",
+        "DATE",
+        "The day billed: a UTC day (BigQuery export lines) or a Pacific "
+        "day (the console's download), as day_zone says; the ledger is cut the same way.",
+    ),
+    Column("day_zone", "VARCHAR", "UTC, or America/Los_Angeles for a console download's line."),
+    Column("model", "VARCHAR", "As the invoice names it (the served model's family)."),
+    Column(
+        "kind",
+        "VARCHAR",
+        "input (uncached, tool prompt included), cached_input, output (thinking included).",
+    ),
+    Column("modality", "VARCHAR", "text, audio, image or video."),
+    Column("tier", "VARCHAR", "standard, batch (the Batch API), flex or priority."),
+    Column("context", "VARCHAR", "short, or long (a prompt over 200k tokens)."),
+    Column("invoice_tokens", "BIGINT"),
+    Column("ledger_tokens", "BIGINT"),
+    Column("token_gap", "BIGINT", "invoice - ledger."),
+    Column(
+        "invoice_usd",
+        TOTAL_MONEY,
+        "Gross (before credits), converted with the export's own "
+        "currency_conversion_rate; null when its currency could not be converted (note says why).",
+    ),
+    Column("ledger_usd", TOTAL_MONEY),
+    Column("usd_gap", TOTAL_MONEY, "invoice - ledger, in dollars."),
+    Column(
+        "credits_usd",
+        TOTAL_MONEY,
+        "Credits on the invoice lines (free tier, promotions): shown, not compared.",
+    ),
+    Column("currency", "VARCHAR", "The export's currency."),
+    Column("within_tolerance", "BOOLEAN"),
+    Column("skus", "VARCHAR", "The SKU descriptions summed into the line."),
+    Column("note", "VARCHAR", "Why the invoice's cost is unknown (a currency without a rate)."),
+]
 
 
 @dg.asset(
@@ -103,7 +103,7 @@ RECONCILIATION_SCHEMA = dg.TableSchema(
     deps=[dg.AssetDep("llm_attempts", partition_mapping=dg.AllPartitionMapping())],
     group_name="costs",
     kinds={"duckdb", "pandas"},
-    metadata={"dagster/column_schema": RECONCILIATION_SCHEMA},
+    metadata={"dagster/column_schema": table_schema(RECONCILIATION_COLUMNS)},
     output_required=False,
     pool=DUCKDB_POOL,
 )
@@ -131,7 +131,7 @@ def billing_reconciliation(
     for warning in [*match.warnings, *filter(None, [match.refused])]:
         context.log.warning(warning)
     unknown = int(warehouse.query(UNKNOWN_SQL, bounds).iloc[0]["unknown"])
-    lines = pd.DataFrame(match.lines, columns=[column.name for column in RECONCILIATION_SCHEMA.columns])
+    lines = pd.DataFrame(match.lines, columns=[column.name for column in RECONCILIATION_COLUMNS])
     yield dg.Output(lines, metadata=reconciliation_metadata(match, lines, unknown))
 
 

@@ -24,6 +24,7 @@ import pandas as pd
 from cost_pipeline.config import SCHEDULE_HOUR, SCHEDULE_TIMEZONE
 from cost_pipeline.defs.partitions import DUCKDB_POOL, daily_partitions
 from cost_pipeline.defs.resources import CostSettings
+from cost_pipeline.defs.table_schema import table_schema
 from cost_pipeline.defs.warehouse import DuckDBWarehouse
 from cost_pipeline.money import ledger
 from cost_pipeline.money.ledger import COLUMNS as LEDGER_COLUMNS
@@ -32,6 +33,7 @@ from cost_pipeline.money.pricing import MONEY_PLACES
 from cost_pipeline.reports import dashboard
 from cost_pipeline.reports.markdown import markdown_table, money, money_entries, money_sum
 from cost_pipeline.reports.report import incomplete_note, rollup_completeness
+from cost_pipeline.storage.columns import Column
 
 TOTAL_MONEY = "DECIMAL(38,12)"
 TOKEN_KINDS = [
@@ -95,55 +97,46 @@ FROM c FULL OUTER JOIN s ON c.evaluation_id = s.evaluation_id AND c.model = s.mo
 ORDER BY ALL
 """
 
-ROLLUP_SCHEMA = dg.TableSchema(
-    columns=[
-        dg.TableColumn("evaluation_id", "VARCHAR"),
-        dg.TableColumn("model", "VARCHAR", description="As requested."),
-        dg.TableColumn("stage", "VARCHAR"),
-        *(
-            dg.TableColumn(name, "BIGINT")
-            for name in [
-                "calls",
-                "cache_hits",
-                "failures",
-                "estimated_usage_calls",
-                "missing_price_calls",
-                *TOKEN_KINDS,
-            ]
-        ),
-        *(
-            dg.TableColumn(
-                name,
-                TOTAL_MONEY,
-                description="Cost of the data: the calls behind today's rows." if name == "total_cost_usd" else "",
-            )
-            for name in COST_KINDS
-        ),
-        dg.TableColumn("latency_p50_ms", "DOUBLE", description="Over answered API calls (cache hits excluded)."),
-        dg.TableColumn("latency_p95_ms", "DOUBLE"),
-        dg.TableColumn("mean_tokens_per_second", "DOUBLE"),
-        dg.TableColumn("attempts", "BIGINT", description="Ledger attempts of every run of this day."),
-        dg.TableColumn("billed_attempts", "BIGINT"),
-        dg.TableColumn("rejected_attempts", "BIGINT", description="Billed answers that were rejected."),
-        dg.TableColumn(
-            "billing_unknown_attempts", "BIGINT", description="Billed for usage never seen: spend_usd leaves them out."
-        ),
-        dg.TableColumn(
-            "unpriced_attempts", "BIGINT", description="Billed on a model without a price: spend_usd leaves them out."
-        ),
-        dg.TableColumn("spend_runs", "BIGINT", description="Runs whose attempts make up the spend."),
-        *(dg.TableColumn(name, "BIGINT", description="Billed tokens over every run.") for name in SPEND_TOKEN_KINDS),
-        dg.TableColumn(
-            "spend_usd", TOTAL_MONEY, description="Spend: every billed attempt of every run of this day (llm_attempts)."
-        ),
-        dg.TableColumn(
-            "batch_spend_usd",
+ROLLUP_COLUMNS = [
+    Column("evaluation_id", "VARCHAR"),
+    Column("model", "VARCHAR"),
+    Column("stage", "VARCHAR"),
+    *(
+        Column(name, "BIGINT")
+        for name in [
+            "calls",
+            "cache_hits",
+            "failures",
+            "estimated_usage_calls",
+            "missing_price_calls",
+            *TOKEN_KINDS,
+        ]
+    ),
+    *(
+        Column(
+            name,
             TOTAL_MONEY,
-            description="The part of spend_usd billed through the Batch API "
-            "(at the batch price); the rest is standard processing.",
-        ),
-    ]
-)
+            "Cost of the data: the calls behind today's rows." if name == "total_cost_usd" else None,
+        )
+        for name in COST_KINDS
+    ),
+    Column("latency_p50_ms", "DOUBLE", "Over answered API calls (cache hits excluded)."),
+    Column("latency_p95_ms", "DOUBLE"),
+    Column("mean_tokens_per_second", "DOUBLE"),
+    Column("attempts", "BIGINT", "Ledger attempts of every run of this day."),
+    Column("billed_attempts", "BIGINT"),
+    Column("rejected_attempts", "BIGINT", "Billed answers that were rejected."),
+    Column("billing_unknown_attempts", "BIGINT", "Billed for usage never seen: spend_usd leaves them out."),
+    Column("unpriced_attempts", "BIGINT", "Billed on a model without a price: spend_usd leaves them out."),
+    Column("spend_runs", "BIGINT", "Runs whose attempts make up the spend."),
+    *(Column(name, "BIGINT", "Billed tokens over every run.") for name in SPEND_TOKEN_KINDS),
+    Column("spend_usd", TOTAL_MONEY, "Spend: every billed attempt of every run of this day (llm_attempts)."),
+    Column(
+        "batch_spend_usd",
+        TOTAL_MONEY,
+        "The part of spend_usd billed through the Batch API (at the batch price); the rest is standard processing.",
+    ),
+]
 
 EVALUATION_SQL = f"""
 WITH spend AS (
@@ -163,31 +156,25 @@ FROM spend LEFT JOIN turns USING (evaluation_id)
 ORDER BY spend_usd DESC NULLS FIRST, evaluation_id
 """
 
-EVALUATION_SCHEMA = dg.TableSchema(
-    columns=[
-        dg.TableColumn("evaluation_id", "VARCHAR"),
-        dg.TableColumn("first_day", "DATE"),
-        dg.TableColumn("last_day", "DATE"),
-        dg.TableColumn("days", "BIGINT"),
-        dg.TableColumn("calls", "BIGINT"),
-        dg.TableColumn("cache_hits", "BIGINT"),
-        dg.TableColumn("total_tokens", "BIGINT"),
-        dg.TableColumn("total_cost_usd", TOTAL_MONEY, description="Cost of the data as it stands."),
-        dg.TableColumn("saved_cost_usd", TOTAL_MONEY),
-        dg.TableColumn("spend_usd", TOTAL_MONEY, description="Every billed attempt of every run: money out."),
-        dg.TableColumn(
-            "unpriced_calls", "BIGINT", description="Calls and attempts without a price, left out of the sums."
-        ),
-        dg.TableColumn(
-            "billing_unknown_attempts", "BIGINT", description="Attempts billed for usage never seen, left out."
-        ),
-        dg.TableColumn("turns", "BIGINT"),
-        dg.TableColumn("complete", "BOOLEAN", description="False when a sum above leaves something out."),
-        dg.TableColumn("cost_per_turn_usd", TOTAL_MONEY, description="Spend per turn."),
-        dg.TableColumn("budget_usd", TOTAL_MONEY, description="From the cost settings; null without a budget."),
-        dg.TableColumn("budget_used_share", "DECIMAL(18,6)", description="spend_usd / budget_usd."),
-    ]
-)
+EVALUATION_COLUMNS = [
+    Column("evaluation_id", "VARCHAR"),
+    Column("first_day", "DATE"),
+    Column("last_day", "DATE"),
+    Column("days", "BIGINT"),
+    Column("calls", "BIGINT"),
+    Column("cache_hits", "BIGINT"),
+    Column("total_tokens", "BIGINT"),
+    Column("total_cost_usd", TOTAL_MONEY, "Cost of the data as it stands."),
+    Column("saved_cost_usd", TOTAL_MONEY),
+    Column("spend_usd", TOTAL_MONEY, "Every billed attempt of every run: money out."),
+    Column("unpriced_calls", "BIGINT", "Calls and attempts without a price, left out of the sums."),
+    Column("billing_unknown_attempts", "BIGINT", "Attempts billed for usage never seen, left out."),
+    Column("turns", "BIGINT"),
+    Column("complete", "BOOLEAN", "False when a sum above leaves something out."),
+    Column("cost_per_turn_usd", TOTAL_MONEY, "Spend per turn."),
+    Column("budget_usd", TOTAL_MONEY, "From the cost settings; null without a budget."),
+    Column("budget_used_share", "DECIMAL(18,6)", "spend_usd / budget_usd."),
+]
 
 
 llm_attempts = dg.AssetSpec(
@@ -199,12 +186,7 @@ llm_attempts = dg.AssetSpec(
     kinds={"duckdb"},
     deps=["raw_turns"],
     metadata={
-        "dagster/column_schema": dg.TableSchema(
-            columns=[
-                dg.TableColumn(name, sql_type.replace(" NOT NULL", ""), description=text)
-                for name, sql_type, text in LEDGER_COLUMNS
-            ]
-        ),
+        "dagster/column_schema": table_schema(LEDGER_COLUMNS),
         # No function defines it, so its code is named here: the ledger module that writes every row.
         "dagster/code_references": dg.CodeReferencesMetadataValue(
             code_references=[dg.LocalFileCodeReference(file_path=ledger.__file__, line_number=1, label="ledger.py")]
@@ -221,7 +203,7 @@ FRESHNESS_MARGIN_HOURS = 2
     deps=["llm_calls", llm_attempts],
     group_name="costs",
     kinds={"duckdb", "pandas"},
-    metadata={"dagster/column_schema": ROLLUP_SCHEMA},
+    metadata={"dagster/column_schema": table_schema(ROLLUP_COLUMNS)},
     tags={"domain": "costs"},
     pool=DUCKDB_POOL,
     # Yesterday's rollup lands after the daily schedule's hour; later than this margin is stale.
@@ -250,7 +232,7 @@ def daily_cost_rollup(
     ],
     group_name="costs",
     kinds={"duckdb", "pandas"},
-    metadata={"dagster/column_schema": EVALUATION_SCHEMA},
+    metadata={"dagster/column_schema": table_schema(EVALUATION_COLUMNS)},
     # Eager, except that it does not wait for every day since the partitions' start to
     # exist: totals over the days that do exist are what a person wants.
     automation_condition=dg.AutomationCondition.eager().without(~dg.AutomationCondition.any_deps_missing()),

@@ -28,9 +28,10 @@ import pandas as pd
 from pydantic import Field
 
 from cost_pipeline.defs.gemini.resource import GeminiResource
-from cost_pipeline.defs.io_manager import COMMIT_TOGETHER, column_types
+from cost_pipeline.defs.io_manager import COMMIT_TOGETHER
 from cost_pipeline.defs.partitions import daily_partitions
 from cost_pipeline.defs.resources import CostSettings
+from cost_pipeline.defs.table_schema import table_schema
 from cost_pipeline.defs.warehouse import DuckDBWarehouse
 from cost_pipeline.gemini.batch.jobs import mark_collected
 from cost_pipeline.gemini.batch.stage import BatchStage, JobsPending
@@ -38,156 +39,28 @@ from cost_pipeline.gemini.cache import ResponseCache
 from cost_pipeline.gemini.client import FAILED
 from cost_pipeline.gemini.settings import BATCH
 from cost_pipeline.gemini.spend_limit import SpendGuard
-from cost_pipeline.gemini.usage import MODALITY_FIELDS, SAVED_FIELDS, TOKEN_FIELDS
+from cost_pipeline.gemini.usage import SAVED_FIELDS, TOKEN_FIELDS
 from cost_pipeline.gemini_step.batch_day import batch_day
 from cost_pipeline.gemini_step.budget_turns import spending_turn, turn_scope
 from cost_pipeline.gemini_step.checkpoints import Checkpoints
 from cost_pipeline.gemini_step.loop_thread import run_in_own_thread, thread_schedule
 from cost_pipeline.gemini_step.process_memory import peak_rss_mb
-from cost_pipeline.gemini_step.processing import long_lived_objects_frozen, process_day
+from cost_pipeline.gemini_step.processing import Progress, long_lived_objects_frozen, process_day
 from cost_pipeline.gemini_step.staged_day import StagedDay
+from cost_pipeline.gemini_step.tables import TABLES
 from cost_pipeline.gemini_step.writer_process import WriterProcess
 from cost_pipeline.money.budgets import Budget, Limits
 from cost_pipeline.money.forecast import FORECAST_TAG, Calibration, CallEstimator, ForecastSettings, calibrate
 from cost_pipeline.money.ledger import AttemptSpool, attempt_cost, load_spools, spent_so_far, spool_folder
-from cost_pipeline.money.pricing import MISSING, MONEY_SQL_TYPE, PriceBook
+from cost_pipeline.money.pricing import MISSING, PriceBook
 from cost_pipeline.reports.markdown import markdown_table, money_entries
 from cost_pipeline.storage.arrow_memory import use_system_allocator
 from cost_pipeline.storage.connect import connect
 from cost_pipeline.storage.day_turns import conversation_chunks, export_day_turns
 from cost_pipeline.storage.staging import StagedTable, StagingArea, query_staged, staging_name, staging_root
 
-_ID_COLUMNS = [
-    dg.TableColumn("turn_id", "VARCHAR"),
-    dg.TableColumn("evaluation_id", "VARCHAR"),
-    dg.TableColumn("conversation_id", "VARCHAR"),
-    dg.TableColumn("turn_index", "INTEGER"),
-]
-_OUTCOME_COLUMNS = [
-    dg.TableColumn(
-        "processing_ms", "INTEGER", description="Wall time for this turn's call, queueing and retries included."
-    ),
-    dg.TableColumn(
-        "status",
-        "VARCHAR",
-        description="ok, failed with the error, or skipped (error `budget`: a spend limit stopped it).",
-    ),
-    dg.TableColumn("error", "VARCHAR"),
-    dg.TableColumn("call_id", "VARCHAR", description="The llm_calls row that produced this one."),
-]
-CLEANED_TURNS_SCHEMA = dg.TableSchema(
-    columns=[
-        *_ID_COLUMNS,
-        dg.TableColumn("speaker", "VARCHAR"),
-        dg.TableColumn("created_at", "TIMESTAMPTZ"),
-        dg.TableColumn("raw_text", "VARCHAR"),
-        dg.TableColumn("cleaned_text", "VARCHAR", description="Null when cleaning failed."),
-        dg.TableColumn("cleaning_model", "VARCHAR"),
-        dg.TableColumn("confidence", "DOUBLE"),
-        dg.TableColumn("changes", "VARCHAR", description="JSON list of what cleaning changed."),
-        *_OUTCOME_COLUMNS,
-        dg.TableColumn("cleaning_cost_usd", MONEY_SQL_TYPE, description="What the cleaning call was billed."),
-        dg.TableColumn(
-            "function_cost_usd", MONEY_SQL_TYPE, description="What the function decision was billed (0 without one)."
-        ),
-        dg.TableColumn("total_cost_usd", MONEY_SQL_TYPE),
-    ]
-)
-FUNCTION_CALLS_SCHEMA = dg.TableSchema(
-    columns=[
-        *_ID_COLUMNS,
-        dg.TableColumn("function_name", "VARCHAR", description="The tool Gemini called; null for no call."),
-        dg.TableColumn("arguments", "VARCHAR", description="The call's arguments as JSON."),
-        dg.TableColumn("model", "VARCHAR"),
-        *_OUTCOME_COLUMNS,
-    ]
-)
 _TOKEN_COLUMNS = list(TOKEN_FIELDS)
 _SAVED_COLUMNS = list(SAVED_FIELDS)
-LLM_CALLS_SCHEMA = dg.TableSchema(
-    columns=[
-        dg.TableColumn("call_id", "VARCHAR", description="Stable per turn and stage."),
-        dg.TableColumn("evaluation_id", "VARCHAR"),
-        dg.TableColumn("conversation_id", "VARCHAR"),
-        dg.TableColumn("turn_id", "VARCHAR"),
-        dg.TableColumn("stage", "VARCHAR", description="clean or function."),
-        dg.TableColumn("model", "VARCHAR", description="As requested."),
-        dg.TableColumn("model_version", "VARCHAR", description="As served: the last answer's modelVersion."),
-        dg.TableColumn("endpoint", "VARCHAR", description="Who answered: local-server, a base URL, or Google's API."),
-        dg.TableColumn(
-            "input_tokens", "BIGINT", description="promptTokenCount, cached tokens included, over every billed attempt."
-        ),
-        dg.TableColumn("output_tokens", "BIGINT", description="candidatesTokenCount."),
-        dg.TableColumn("thinking_tokens", "BIGINT", description="thoughtsTokenCount."),
-        dg.TableColumn(
-            "cached_tokens", "BIGINT", description="cachedContentTokenCount: the cached part of input_tokens."
-        ),
-        dg.TableColumn("tool_prompt_tokens", "BIGINT", description="toolUsePromptTokenCount."),
-        dg.TableColumn("total_tokens", "BIGINT"),
-        *(
-            dg.TableColumn(
-                name,
-                "BIGINT",
-                description="The audio, image or video part of the kind it names (priced apart "
-                "by genai-prices); text is the rest.",
-            )
-            for name in MODALITY_FIELDS
-        ),
-        *(
-            dg.TableColumn(name, "BIGINT", description="Tokens a cache hit avoided paying for.")
-            for name in _SAVED_COLUMNS
-        ),
-        dg.TableColumn(
-            "usage_source",
-            "VARCHAR",
-            description="reported, estimated (usage missing), cache, none (nothing billed) or unknown (a "
-            "cut-off body).",
-        ),
-        dg.TableColumn(
-            "processing",
-            "VARCHAR",
-            description="standard, or batch (a Batch API job's answer, priced at the batch rate).",
-        ),
-        dg.TableColumn("latency_ms", "DOUBLE", description="The answering attempt's HTTP time."),
-        dg.TableColumn("tokens_per_second", "DOUBLE", description="(output + thinking) tokens / latency."),
-        dg.TableColumn("attempts", "INTEGER", description="HTTP attempts in this run; each is a row of llm_attempts."),
-        dg.TableColumn(
-            "billed_attempts", "INTEGER", description="Attempts billed (accepted or rejected 200s with usage)."
-        ),
-        dg.TableColumn("rejected_attempts", "INTEGER", description="Billed answers we could not use, then retried."),
-        dg.TableColumn("billing_unknown_attempts", "INTEGER", description="Cut-off bodies: billed, usage never seen."),
-        dg.TableColumn("cache_hit", "BOOLEAN"),
-        dg.TableColumn("status", "VARCHAR"),
-        dg.TableColumn("error", "VARCHAR"),
-        dg.TableColumn("request_hash", "VARCHAR", description="The response-cache key."),
-        dg.TableColumn("called_at", "TIMESTAMPTZ"),
-        dg.TableColumn(
-            "input_cost_usd",
-            MONEY_SQL_TYPE,
-            description="Uncached prompt tokens, tool-use prompt included. "
-            "Costs are this run's attempts for the call; a cache hit costs 0.",
-        ),
-        dg.TableColumn(
-            "cached_input_cost_usd", MONEY_SQL_TYPE, description="Cached prompt tokens at the cache-read rate."
-        ),
-        dg.TableColumn("output_cost_usd", MONEY_SQL_TYPE, description="Candidates and thinking tokens."),
-        dg.TableColumn("total_cost_usd", MONEY_SQL_TYPE, description="Null when the model has no price."),
-        dg.TableColumn("saved_cost_usd", MONEY_SQL_TYPE, description="What a cache hit avoided paying."),
-        dg.TableColumn("price_source", "VARCHAR", description="genai-prices and its version, or the override file."),
-        dg.TableColumn("price_status", "VARCHAR", description="ok, or missing when no price is known."),
-    ]
-)
-
-
-TABLE_COLUMNS = {
-    name: column_types(schema)
-    for name, schema in (
-        ("cleaned_turns", CLEANED_TURNS_SCHEMA),
-        ("function_calls", FUNCTION_CALLS_SCHEMA),
-        ("llm_calls", LLM_CALLS_SCHEMA),
-    )
-}
-"""Each table's declared column types, in order: what staging writes (gemini_step/staged_day.py)."""
 LLM_ATTEMPTS = dg.AssetKey("llm_attempts")
 
 
@@ -211,25 +84,28 @@ class GeminiStageConfig(dg.Config):
     staged_chunk_rows: int = Field(default=4096, description="Rows priced and staged to Parquet per chunk.")
 
 
-def _out(description: str, schema: dg.TableSchema) -> dg.AssetOut:
+def _out(description: str, table: str) -> dg.AssetOut:
     # Not required, so that a batch-mode step whose jobs are still pending ends without writing the day (see
     # _through_gemini); committed together all the same, so a reader sees the old day or the new day, never a mix.
     return dg.AssetOut(
         description=description,
         kinds={"gemini", "duckdb"},
         is_required=False,
-        metadata={"dagster/column_schema": schema, COMMIT_TOGETHER: "cleaned_turns,function_calls,llm_calls"},
+        metadata={
+            "dagster/column_schema": table_schema(TABLES[table]),
+            COMMIT_TOGETHER: "cleaned_turns,function_calls,llm_calls",
+        },
     )
 
 
 @dg.multi_asset(
     outs={
         "cleaned_turns": _out(
-            "Every raw turn with its Gemini-cleaned text, or the error that stopped it.", CLEANED_TURNS_SCHEMA
+            "Every raw turn with its Gemini-cleaned text, or the error that stopped it.", "cleaned_turns"
         ),
-        "function_calls": _out("Gemini's function-calling decision for each cleaned user turn.", FUNCTION_CALLS_SCHEMA),
+        "function_calls": _out("Gemini's function-calling decision for each cleaned user turn.", "function_calls"),
         "llm_calls": _out(
-            "One row per Gemini call: tokens by kind, latency, attempts, cache use, status.", LLM_CALLS_SCHEMA
+            "One row per Gemini call: tokens by kind, latency, attempts, cache use, status.", "llm_calls"
         ),
     },
     partitions_def=daily_partitions,
@@ -253,49 +129,52 @@ def turns_through_gemini(
     load_spools(database, book, log=context.log.warning)
     area = StagingArea(staging_root(warehouse.database), staging_name(context.run.run_id, "turns_through_gemini"))
     try:
-        yield from _through_gemini(context, config, gemini, book, warehouse, area, costs.limits())
+        yield from _through_gemini(_Step(context, config, gemini, book, costs.limits(), area), warehouse)
     except BaseException:
         area.discard()
         raise
 
 
-def _through_gemini(
-    context: dg.AssetExecutionContext,
-    config: GeminiStageConfig,
-    gemini: GeminiResource,
-    book: PriceBook,
-    warehouse: DuckDBWarehouse,
-    area: StagingArea,
-    limits: Limits,
-):
-    database = gemini.cache.database_file()
+@dataclass(frozen=True)
+class _Step:
+    """What the step runs with: its context and config, the Gemini resource, prices, spend limits, staging area."""
+
+    context: dg.AssetExecutionContext
+    config: GeminiStageConfig
+    gemini: GeminiResource
+    book: PriceBook
+    limits: Limits
+    area: StagingArea
+
+
+def _through_gemini(step: _Step, warehouse: DuckDBWarehouse):
+    context, config, area = step.context, step.config, step.area
+    database = step.gemini.cache.database_file()
     turns_file = area.folder / "day_turns.parquet"
     total = export_day_turns(warehouse.database, context.partition_key, turns_file, warehouse.lock_timeout_s)
     # A day within one staged chunk is staged once, at its end, and runs for seconds: a writer process would cost its
     # start (a second of imports, waited for at the end) and save nothing.
-    writer = WriterProcess.start(database, book, context.log.warning) if total > config.staged_chunk_rows else None
+    writer = WriterProcess.start(database, step.book, context.log.warning) if total > config.staged_chunk_rows else None
     try:
-        yield from _calls_and_staging(context, config, gemini, book, area, limits, turns_file, total, writer)
+        yield from _calls_and_staging(step, turns_file, total, writer)
     finally:
         if writer is not None:
             writer.close()
 
 
-def _calls_and_staging(
-    context: dg.AssetExecutionContext,
-    config: GeminiStageConfig,
-    gemini: GeminiResource,
-    book: PriceBook,
-    area: StagingArea,
-    limits: Limits,
-    turns_file: Path,
-    total: int,
-    writer: WriterProcess | None,
-):
+def _calls_and_staging(step: _Step, turns_file: Path, total: int, writer: WriterProcess | None):
+    context, config, gemini, book, limits, area = (
+        step.context,
+        step.config,
+        step.gemini,
+        step.book,
+        step.limits,
+        step.area,
+    )
     database = gemini.cache.database_file()
     cache = ResponseCache(database, gemini.cache.enabled)
     spool = AttemptSpool(spool_folder(database), context.run.run_id)
-    day = StagedDay(area, book, config.staged_chunk_rows, TABLE_COLUMNS, writer)
+    day = StagedDay(area, book, config.staged_chunk_rows, writer)
     budget = None
     # Runs that spend against one shared limit (a day's, an evaluation's) take turns for their calls, so each reads a
     # ledger that holds every attempt of the runs before it (gemini_step/budget_turns.py).
@@ -388,7 +267,9 @@ def _calls_and_staging(
         _cleaned_metadata(cleaned),
         _function_metadata(functions),
         {
-            **_call_metadata(calls, summary, stats, total, elapsed, written, checkpoints.count),
+            **_call_metadata(calls, summary, stats, total, elapsed),
+            "cache_entries_written": written,
+            "checkpoints": checkpoints.count,
             "endpoint": gemini.endpoint.endpoint_id(),
             **budget_metadata,
             **forecast_metadata,
@@ -507,17 +388,10 @@ async def _run_day(parts: _DayParts, chunks, total: int, spend: SpendGuard | Non
     periodic = asyncio.create_task(checkpoints.run_periodically())
     schedule = thread_schedule()  # this thread is the loop's own
     try:
-        elapsed = await process_day(
-            chunks,
-            session,
-            parts.day,
-            context.log.info,
-            config.progress_every,
-            total,
-            config.conversations_in_flight,
-            spent=lambda: checkpoints.spent,
-            progress_every_s=config.progress_every_s,
+        progress = Progress(
+            session, context.log.info, config.progress_every, total, lambda: checkpoints.spent, config.progress_every_s
         )
+        elapsed = await process_day(chunks, session, parts.day, progress, config.conversations_in_flight)
     finally:
         checkpoints.stop()
         await periodic
@@ -604,9 +478,7 @@ def _call_summary(calls: StagedTable) -> dict:
     return summary
 
 
-def _call_metadata(
-    calls: StagedTable, summary: dict, stats, turns: int, elapsed_s: float, cache_written: int, checkpoints: int
-) -> dict:
+def _call_metadata(calls: StagedTable, summary: dict, stats, turns: int, elapsed_s: float) -> dict:
     metadata = {
         **money_entries("cost", summary["cost"]),
         **money_entries("saved", summary["saved"]),
@@ -628,8 +500,6 @@ def _call_metadata(
         # On a core, and runnable but waiting for one: near elapsed_s, the day was bound by its own Python, not Gemini.
         **{name: float(stats[name]) for name in ("event_loop_cpu_s", "event_loop_waited_s") if name in stats},
         "cache_entries_loaded": int(stats["cache_entries_loaded"]),
-        "cache_entries_written": cache_written,
-        "checkpoints": checkpoints,
     }
     if metadata["failures"]:
         metadata["first_errors"] = dg.MetadataValue.md(_error_table(calls))

@@ -15,41 +15,17 @@ from collections import Counter
 import dagster as dg
 import pandas as pd
 
-from cost_pipeline.defs.io_manager import column_types
 from cost_pipeline.defs.partitions import DUCKDB_POOL, daily_partitions
 from cost_pipeline.defs.resources import LandingResource
+from cost_pipeline.defs.table_schema import table_schema
 from cost_pipeline.defs.warehouse import DuckDBWarehouse
 from cost_pipeline.ingest.landing import LANDED, LandingReader, Turn
+from cost_pipeline.ingest.tables import QUARANTINED_TURNS, RAW_TURNS
 from cost_pipeline.reports.markdown import markdown_table
 from cost_pipeline.storage.arrow_memory import use_system_allocator
+from cost_pipeline.storage.columns import sql_types
 from cost_pipeline.storage.staging import StagedTable, StagingArea, query_staged, staging_name, staging_root
 
-RAW_TURNS_SCHEMA = dg.TableSchema(
-    columns=[
-        dg.TableColumn(
-            "turn_id", "VARCHAR", description="Given in the file, or derived from evaluation, conversation, index."
-        ),
-        dg.TableColumn("evaluation_id", "VARCHAR"),
-        dg.TableColumn("conversation_id", "VARCHAR"),
-        dg.TableColumn("turn_index", "INTEGER"),
-        dg.TableColumn("speaker", "VARCHAR", description="User or Assistant."),
-        dg.TableColumn("text", "VARCHAR"),
-        dg.TableColumn("created_at", "TIMESTAMPTZ", description="UTC; naive input is read as UTC."),
-        dg.TableColumn("source_file", "VARCHAR"),
-        dg.TableColumn("line_number", "INTEGER"),
-    ]
-)
-QUARANTINED_TURNS_SCHEMA = dg.TableSchema(
-    columns=[
-        dg.TableColumn("source_file", "VARCHAR"),
-        dg.TableColumn("line_number", "INTEGER"),
-        dg.TableColumn(
-            "reason_code", "VARCHAR", description="The rule the line broke, e.g. not_json, duplicate_turn_id."
-        ),
-        dg.TableColumn("reason", "VARCHAR", description="What is wrong, for a person."),
-        dg.TableColumn("raw_content", "VARCHAR", description="The line as landed, truncated."),
-    ]
-)
 QUARANTINE_PREVIEW_ROWS = 20
 BACKFILL_TAG = "dagster/backfill"
 
@@ -58,12 +34,12 @@ BACKFILL_TAG = "dagster/backfill"
     outs={
         "raw_turns": dg.AssetOut(
             description="The day's valid turns, one row per landed line.",
-            metadata={"dagster/column_schema": RAW_TURNS_SCHEMA},
+            metadata={"dagster/column_schema": table_schema(RAW_TURNS)},
             kinds={"pandas", "duckdb"},
         ),
         "quarantined_turns": dg.AssetOut(
             description="The day's landed lines that failed validation, each with its reason.",
-            metadata={"dagster/column_schema": QUARANTINED_TURNS_SCHEMA},
+            metadata={"dagster/column_schema": table_schema(QUARANTINED_TURNS)},
             kinds={"pandas", "duckdb"},
         ),
     },
@@ -87,8 +63,8 @@ def landed_turns(context: dg.AssetExecutionContext, landing: LandingResource, wa
         )
     reader: LandingReader | None = None if missing else landing.reader(context.partition_key)
     area = StagingArea(staging_root(warehouse.database), staging_name(context.run.run_id, "landed_turns"))
-    turns = area.writer("raw_turns", column_types(RAW_TURNS_SCHEMA))
-    quarantine = area.writer("quarantined_turns", column_types(QUARANTINED_TURNS_SCHEMA))
+    turns = area.writer("raw_turns", sql_types(RAW_TURNS))
+    quarantine = area.writer("quarantined_turns", sql_types(QUARANTINED_TURNS))
     reasons: Counter = Counter()
     preview: list[dict] = []
     for item in reader or ():

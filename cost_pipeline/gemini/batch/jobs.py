@@ -10,7 +10,7 @@ collected.
 """
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -35,6 +35,22 @@ CREATE TABLE IF NOT EXISTS {TABLE} (
 )
 """
 FAILED_STATES = ("JOB_STATE_FAILED", "JOB_STATE_CANCELLED", "JOB_STATE_EXPIRED")
+
+
+@dataclass(frozen=True)
+class SubmittedJob:
+    """A job as submitted: one row of the table, in its column order."""
+
+    job_name: str
+    day: str
+    stage: str
+    model: str
+    endpoint: str
+    request_set: str
+    requests: int
+    part: int
+    run_id: str
+    state: str
 
 
 @dataclass(frozen=True)
@@ -72,25 +88,13 @@ def uncollected(database: str | Path, day: str, stage: str, endpoint: str) -> li
     return [JobRecord(name, part, state) for name, part, state in rows]
 
 
-def record(
-    database: str | Path,
-    job_name: str,
-    day: str,
-    stage: str,
-    model: str,
-    endpoint: str,
-    digest: str,
-    requests: int,
-    part: int,
-    run_id: str,
-    state: str,
-) -> None:
+def record(database: str | Path, job: SubmittedJob) -> None:
     """Write a submitted job down at once, in its own short transaction."""
     with connect(database) as connection:
         connection.execute(DDL)
         connection.execute(
             f"INSERT OR REPLACE INTO {TABLE} VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL)",
-            [job_name, day, stage, model, endpoint, digest, requests, part, run_id, state, datetime.now(timezone.utc)],
+            [*astuple(job), datetime.now(timezone.utc)],
         )
 
 

@@ -222,16 +222,18 @@ class BatchStage:
         name = _job_name(job)
         batch_jobs.record(
             self.database,
-            name,
-            self.day,
-            stage,
-            model,
-            session.endpoint_id,
-            batch_jobs.request_set([RequestKey.decode(key).request_hash for key, _ in keyed]),
-            len(calls),
-            number,
-            self.run_id,
-            _job_state(job),
+            batch_jobs.SubmittedJob(
+                name,
+                self.day,
+                stage,
+                model,
+                session.endpoint_id,
+                batch_jobs.request_set([RequestKey.decode(key).request_hash for key, _ in keyed]),
+                len(calls),
+                number,
+                self.run_id,
+                _job_state(job),
+            ),
         )
         self.log(
             f"{stage}: submitted batch job {name} with {len(calls)} requests"

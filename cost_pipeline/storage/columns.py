@@ -1,13 +1,37 @@
-"""What each column means, once: the asset pages' column descriptions where a schema gives none.
+"""Each table's columns, declared once: name, DuckDB type and meaning, from which the DDL, the staged files'
+types and the asset pages' column schemas all come.
 
-Tables share many columns (ids, statuses, token and cost kinds); describing them here
-keeps one wording everywhere. `described` fills only the gaps, so an asset's own
-description of a column always wins.
+Tables share many columns (ids, statuses, token and cost kinds); a column declared without
+a description takes the shared wording in `COMMON`, so one meaning reads the same in every
+table and a table says only what is particular to it.
 """
 
-import dagster as dg
+from collections.abc import Iterable
+from dataclasses import dataclass
 
-GLOSSARY = {
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    sql_type: str
+    description: str | None = None
+    """None: the shared wording in `COMMON`."""
+
+    @property
+    def meaning(self) -> str:
+        return self.description if self.description is not None else COMMON.get(self.name, "")
+
+
+def sql_types(columns: Iterable[Column]) -> dict[str, str]:
+    """Column -> DuckDB type, as the table declares it (what staged chunks are typed by)."""
+    return {column.name: column.sql_type for column in columns}
+
+
+def create_table_sql(table: str, columns: Iterable[Column]) -> str:
+    return f"CREATE TABLE IF NOT EXISTS {table} ({', '.join(f'{c.name} {c.sql_type}' for c in columns)})"
+
+
+COMMON = {
     "evaluation_id": "The evaluation the transcript belongs to.",
     "conversation_id": "The conversation within its evaluation.",
     "turn_id": "The turn: given in the landing file, or derived from evaluation, conversation and index.",
@@ -21,6 +45,9 @@ GLOSSARY = {
     "cleaning_model": "The model that cleaned the turn.",
     "confidence": "The cleaning model's own confidence in its cleaned text, 0 to 1.",
     "model": "The model as requested.",
+    "endpoint": "Who answered: local-server, a base URL, or Google's API.",
+    "processing": "standard (one request at a time) or batch (a Batch API job's answer): the price list it is "
+    "billed on.",
     "stage": "clean (every turn) or function (the function-calling decision of a user turn).",
     "status": "ok, failed (the error says why), or skipped (error `budget`: a spend limit stopped the call).",
     "error": "Why the call or turn failed; null when it did not.",
@@ -58,30 +85,3 @@ GLOSSARY = {
     "ledger_usd": "Dollars the ledger holds for the same line.",
     "within_tolerance": "Whether ledger and invoice agree within the configured tolerance.",
 }
-
-
-def described(schema: dg.TableSchema) -> dg.TableSchema:
-    """`schema` with every column that has no description given the glossary's (others untouched)."""
-    return dg.TableSchema(
-        columns=[
-            column
-            if column.description or column.name not in GLOSSARY
-            else dg.TableColumn(
-                column.name,
-                column.type,
-                description=GLOSSARY[column.name],
-                constraints=column.constraints,
-                tags=column.tags,
-            )
-            for column in schema.columns
-        ],
-        constraints=schema.constraints,
-    )
-
-
-def with_column_descriptions(spec: dg.AssetSpec) -> dg.AssetSpec:
-    schema = spec.metadata.get("dagster/column_schema")
-    schema = getattr(schema, "schema", schema)
-    if not isinstance(schema, dg.TableSchema):
-        return spec
-    return spec.replace_attributes(metadata={**spec.metadata, "dagster/column_schema": described(schema)})
