@@ -26,8 +26,8 @@ $(VENV)/.installed: pyproject.toml
 demo: setup
 	$(BIN)/cost-pipeline demo
 
-# One worker per core (at most 4): most tests wait on processes they start, so 2 workers on
-# 2 cores took the suite from 16:36 to 11:00 (0.66x) on the development machine.
+# One worker per core (at most 4): most tests wait on processes they start, so a worker per core
+# keeps the cores busy.
 test: setup system-deps lint
 	$(BIN)/python -m pytest --numprocesses=auto --maxprocesses=4 --dist=worksteal
 
@@ -40,15 +40,19 @@ lint: setup
 ui: setup
 	VIRTUAL_ENV=$(CURDIR)/$(VENV) $(BIN)/dg dev
 
+# Every bench at its full size; each records its figure in docs/performance.json, from which
+# docs/performance.md is written.
 bench: setup system-deps
-	$(BIN)/python bench/partition_write.py
-	$(BIN)/python bench/rate_limit.py
-	$(BIN)/python bench/gemini_overhead.py
-	$(BIN)/python bench/gemini_overhead.py --instructions
-	$(BIN)/python bench/rollup.py
-	$(BIN)/python bench/invoice_match.py
-	$(BIN)/python bench/recorded_responses.py
-	$(BIN)/python bench/crash_resume.py
-	$(BIN)/python bench/peak_rss.py
-	$(BIN)/python bench/ledger_growth.py
+	export BENCH_RESULTS=$(CURDIR)/docs/performance.json; \
+	$(BIN)/python bench/partition_write.py && \
+	$(BIN)/python bench/rate_limit.py && \
+	$(BIN)/python bench/gemini_overhead.py && \
+	$(BIN)/python bench/gemini_overhead.py --instructions && \
+	$(BIN)/python bench/rollup.py && \
+	$(BIN)/python bench/invoice_match.py && \
+	$(BIN)/python bench/recorded_responses.py && \
+	$(BIN)/python bench/crash_resume.py && \
+	$(BIN)/python bench/peak_rss.py && \
+	$(BIN)/python bench/ledger_growth.py && \
 	$(BIN)/python bench/backfill_overlap.py
+	$(BIN)/python bench/performance_page.py

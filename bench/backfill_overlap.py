@@ -38,6 +38,7 @@ os.environ.setdefault("COST_PIPELINE_START", "2026-01-01")  # keeps the fixed be
 
 import dagster as dg
 import yaml
+from results import record  # noqa: E402
 
 from cost_pipeline.config import API_KEY_ENVS, BASE_URL_ENV, BILLING_ENV, COSTS_ENV, DB_ENV, LANDING_ENV
 from cost_pipeline.gemini.local_endpoint import ServerConfig, admin, running_local_server
@@ -382,6 +383,12 @@ def main() -> None:
         print(
             f"ratio parallel / sequential: {ratio:.3f} "
             f"(goal <= 0.35 with no lock failure: {'met' if goal else 'NOT met'})"
+        )
+        record(
+            "backfill_overlap.py",
+            f"backfill overlap: {args.days} days x {args.turns:,} turns, {args.parallel} runs at once vs one at a time",
+            f"{parallel['wall_s']:.1f} s vs {sequential['wall_s']:.1f} s: **{ratio:.3f}**",
+            "<= 0.35",
         )
         if args.keep:
             print(f"kept {folder}")

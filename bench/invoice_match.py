@@ -26,6 +26,7 @@ os.environ.setdefault("COST_PIPELINE_START", "2026-01-01")  # keeps the fixed be
 
 import dagster as dg
 import duckdb
+from results import record  # noqa: E402
 
 from cost_pipeline.definitions import all_assets, all_checks
 from cost_pipeline.defs.gemini.resource import GeminiResource
@@ -114,6 +115,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
             f"rollup spend ${Decimal(figure['rollup_spend_usd']):.6f}; missing {figure['missing_share']:.3%} "
             f"(accepted answers only, as before the ledger: {figure['missing_share_before']:.1%})"
         )
+    shares = ", ".join(f"{float(s):.0%}" for s in args.shares.split(","))
+    worst = max(figure["missing_share"] for figure in figures)
+    record(
+        "invoice_match.py",
+        f"invoice match: {args.turns:,}-turn day at {shares} rejected answers",
+        f"ledger = rollup spend = the server's export at every share: **{worst:.3%}** of the invoice missing",
+        "0%",
+    )
     print(json.dumps(figures))
     return figures
 

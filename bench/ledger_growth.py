@@ -21,6 +21,8 @@ import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
+from results import record  # noqa: E402
+
 ATTEMPTS_PER_DAY = 30_000
 
 
@@ -162,7 +164,8 @@ def main() -> None:
         print(json.dumps(checkpoint(Path(args.child), args.batch, args.day, args.built_rows)))
         return
     print(f"one checkpoint of {args.batch:,} attempts and {args.batch:,} cache entries, by ledger and cache size")
-    for rows in (int(size) for size in args.rows.split(",")):
+    sizes, inserts, peaks = [int(size) for size in args.rows.split(",")], [], []
+    for rows in sizes:
         with tempfile.TemporaryDirectory() as folder:
             database = Path(folder) / "store.duckdb"
             build(database, rows)
@@ -189,6 +192,15 @@ def main() -> None:
             f"peak {figures['peak_above_resting_mb']:.0f} MB above resting RSS; a chunk's cache read "
             f"{figures['read_s']:.3f} s, peak {figures['read_peak_above_resting_mb']:.0f} MB"
         )
+        inserts.append(f"{figures['ledger_s']:.2f}")
+        peaks.append(f"{figures['peak_above_resting_mb']:.0f}")
+    record(
+        "ledger_growth.py",
+        "one checkpoint as the ledger and cache grow",
+        f"ledger insert **{' / '.join(inserts)} s**, {' / '.join(peaks)} MB at "
+        f"{' / '.join(f'{size:,}' for size in sizes)} rows",
+        "flat",
+    )
 
 
 if __name__ == "__main__":

@@ -26,6 +26,8 @@ import time
 from datetime import date
 from pathlib import Path
 
+from results import record  # noqa: E402
+
 os.environ.setdefault(
     "COST_PIPELINE_START", "2026-01-01"
 )  # keeps the fixed bench days inside the partitions (children inherit it)
@@ -119,6 +121,13 @@ def main(argv: list[str] | None = None) -> dict:
         "growth_mb_per_1k_turns": round(growth, 4),
         "projected_1m_mb": round(projected),
     }
+    record(
+        "peak_rss.py",
+        "peak RSS of the daily graph, step plus writer process",
+        f"**{' / '.join(f'{peaks[size]:,.0f}' for size in sizes)} MB** at "
+        f"{' / '.join(f'{size:,}' for size in sizes)} turns; growth {growth:.2f} MB per 1,000 turns",
+        "< 1.0 GB; < 0.5 MB",
+    )
     print(json.dumps(figures))
     return figures
 

@@ -18,6 +18,8 @@ from pathlib import Path
 
 os.environ.setdefault("COST_PIPELINE_START", "2026-01-01")  # keeps the fixed bench days inside the partitions
 
+from results import record  # noqa: E402
+
 from cost_pipeline.gemini.cache import ResponseCache
 from cost_pipeline.gemini.client import CallTag, GeminiSession
 from cost_pipeline.gemini.local_endpoint import ServerConfig, running_local_server
@@ -71,6 +73,12 @@ def main() -> None:
         f"{achieved / args.rpm:.3f} of the limit (goal >= 0.95)"
     )
     print(f"busiest 60 s window: {busiest_minute(sent)} requests (limit {args.rpm})")
+    record(
+        "rate_limit.py",
+        f"rate limit: {args.rpm} RPM, {args.latency_ms:.0f} ms server latency, {args.calls:,} calls",
+        f"{achieved:.0f} RPM, **{achieved / args.rpm:.3f}** of the limit; busiest 60 s window {busiest_minute(sent)}",
+        "<= 1.0",
+    )
 
 
 if __name__ == "__main__":

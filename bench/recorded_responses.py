@@ -21,6 +21,8 @@ import genai_prices
 from google.genai import types
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
+from results import record  # noqa: E402
+
 from cost_pipeline.gemini.usage import usage_from_metadata  # noqa: E402
 from cost_pipeline.money.pricing import PriceBook, token_counts  # noqa: E402
 
@@ -97,6 +99,14 @@ def main(argv: list[str] | None = None) -> dict:
         f"{figures['under']} under, {figures['over']} over; of {figures['bodies'] - priced} without counts, "
         f"{figures['estimated_without_counts']} estimated into spend, "
         f"{figures['unknown_without_counts']} billing unknown"
+    )
+    record(
+        "recorded_responses.py",
+        f"recorded answers of Google's servers, {figures['bodies']} bodies, against genai-prices' own `calc_price`",
+        f"**{figures['match']} of {priced}** with token counts priced to the digit ({figures['under']} under, "
+        f"{figures['over']} over); {figures['unknown_without_counts']} without counts billing unknown, "
+        f"{figures['estimated_without_counts']} estimated",
+        "all",
     )
     print(json.dumps(figures))
     return figures

@@ -19,6 +19,7 @@ os.environ.setdefault("COST_PIPELINE_START", "2026-01-01")  # keeps the fixed be
 
 import dagster as dg
 import duckdb
+from results import record  # noqa: E402
 
 from cost_pipeline.defs.costs import rollups
 from cost_pipeline.defs.io_manager import DuckDBPartitionIOManager
@@ -86,6 +87,13 @@ def main() -> None:
         f"median {per_day[len(per_day) // 2]:.2f} s, max {per_day[-1]:.2f} s per day (Dagster run included)"
     )
     print(f"evaluation_costs over {args.days} days: {totals_s:.2f} s")
+    record(
+        "rollup.py",
+        f"rollup: {args.days} days x {args.calls:,} calls",
+        f"`daily_cost_rollup` **{per_day[len(per_day) // 2]:.2f} s** median per day (max {per_day[-1]:.2f} s); "
+        f"`evaluation_costs` {totals_s:.2f} s",
+        "-",
+    )
 
 
 if __name__ == "__main__":

@@ -1,10 +1,12 @@
 """Benchmarks at a tiny size, so a bench that breaks fails the suite instead of rotting."""
 
 import json
+import os
 import pickle
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -13,11 +15,35 @@ REPO = Path(__file__).parents[1]
 
 
 def run_bench(script: str, *args: str) -> str:
-    result = subprocess.run(
-        [sys.executable, str(REPO / "bench" / script), *args], capture_output=True, text=True, timeout=600, cwd=REPO
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    """The bench's output; it must also have recorded its row, as `make bench` has it do (into a file of our own)."""
+    with tempfile.TemporaryDirectory() as folder:
+        results = Path(folder) / "performance.json"
+        result = subprocess.run(
+            [sys.executable, str(REPO / "bench" / script), *args],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            cwd=REPO,
+            env={**os.environ, "BENCH_RESULTS": str(results)},
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        (row,) = json.loads(results.read_text()).values()
+    assert all(row[key] for key in ("what", "figure", "goal", "date", "commit", "machine")), row
+    assert "**" in row["figure"], "the headline figure is in bold"
     return result.stdout
+
+
+def test_the_performance_page_is_the_recorded_figures_and_a_bench_run_by_hand_changes_nothing(tmp_path):
+    sys.path.insert(0, str(REPO / "bench"))
+    import performance_page
+    import results
+
+    recorded = json.loads((REPO / "docs" / "performance.json").read_text())
+    assert (REPO / "docs" / "performance.md").read_text() == performance_page.page(recorded)
+    assert len(recorded) == len(list((REPO / "bench").glob("*.py"))) - 2 + 1  # gemini_overhead.py records two
+    os.environ.pop(results.RESULTS_ENV, None)
+    results.record("x.py", "what", "**1**", "1")
+    assert json.loads((REPO / "docs" / "performance.json").read_text()) == recorded
 
 
 @pytest.mark.slow
