@@ -1,13 +1,10 @@
 """Peak resident memory of a process: the peak of the program it runs now, not of the one that started it.
 
 Why not `resource.getrusage(...).ru_maxrss`: Linux carries that figure across fork and
-exec, so a child started by a process holding 800 MB reports at least 800 MB whatever it
-uses itself (a Python child of an 800 MB parent that allocated nothing: 811 MB, measured
-on this machine kind). The Gemini step's writer process is started by a step holding
-hundreds of megabytes, so that figure said the writer grew with the day when the step
-did. `VmHWM` in /proc/<pid>/status is the high-water mark of the process's current
-address space, which exec replaces: the program's own peak. Linux only; elsewhere None.
-No Dagster here.
+exec, so a child started by a process holding hundreds of megabytes (as the Gemini step
+starts its writer process) reports at least that, whatever it uses itself. `VmHWM` in
+/proc/<pid>/status is the high-water mark of the process's current address space, which
+exec replaces: the program's own peak. Linux only; elsewhere None. No Dagster here.
 """
 
 from pathlib import Path

@@ -2,10 +2,9 @@
 
 Why: a day's steps build and free Arrow buffers thousands of times (each chunk staged to
 Parquet, the day's turns read back a record batch at a time, frames converted), from
-several threads. With pyarrow's default mimalloc pool the process kept tens of megabytes
-resident beyond what Arrow had allocated (its `total_allocated_bytes` stayed near 7 MB):
-the whole daily graph of a 50,000-turn day peaked at 547 MB with mimalloc against 493 MB
-with the system allocator (`bench/peak_rss.py`). No Dagster here: the assets call it.
+several threads, and mimalloc keeps tens of megabytes resident beyond what Arrow holds;
+the system allocator returns them (`bench/peak_rss.py` shows the peak). No Dagster here:
+the assets call it.
 """
 
 import os
