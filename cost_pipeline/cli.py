@@ -21,6 +21,7 @@ from cost_pipeline.config import (
     DEFAULT_LANDING,
     LANDING_ENV,
     START_ENV,
+    partitions_start,
     resolved,
 )
 from cost_pipeline.gemini.local_endpoint import config_arguments, config_from
@@ -36,23 +37,21 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
 
     gen = commands.add_parser("generate", help="write synthetic transcripts into the landing folder")
-    gen.add_argument("--start", type=date.fromisoformat, default=_yesterday(), help="first day (YYYY-MM-DD)")
+    gen.add_argument("--start", type=_day, default=_yesterday(), help="first day (YYYY-MM-DD)")
     gen.add_argument("--days", type=_positive, default=1)
     gen.add_argument("--turns-per-day", type=_positive, default=2000)
     gen.add_argument("--seed", type=int, default=7)
     gen.add_argument("--landing", default=resolved(LANDING_ENV, DEFAULT_LANDING), help="landing root folder")
 
     demo = commands.add_parser("demo", help="generate a day and materialize the whole graph for it")
-    demo.add_argument("--day", type=date.fromisoformat, default=_yesterday(), help="the demo day (YYYY-MM-DD)")
+    demo.add_argument("--day", type=_day, default=_yesterday(), help="the demo day (YYYY-MM-DD)")
     demo.add_argument("--turns", type=_positive, default=2000)
     demo.add_argument("--seed", type=int, default=7)
 
     run = commands.add_parser(
         "run", help="run the daily pipeline for one day on the project's instance and wait for it"
     )
-    run.add_argument(
-        "--day", type=date.fromisoformat, default=_yesterday(), help="the day (YYYY-MM-DD; default yesterday, UTC)"
-    )
+    run.add_argument("--day", type=_day, default=_yesterday(), help="the day (YYYY-MM-DD; default yesterday, UTC)")
     _totals_argument(run)
 
     backfill = commands.add_parser(
@@ -78,8 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     report = commands.add_parser(
         "report", help="print spend and cost of the data from daily_cost_rollup (read-only, safe while Dagster writes)"
     )
-    report.add_argument("--start", type=date.fromisoformat, required=True)
-    report.add_argument("--end", type=date.fromisoformat, required=True)
+    report.add_argument("--start", type=_day, required=True)
+    report.add_argument("--end", type=_day, required=True)
     report.add_argument(
         "--by",
         type=_dimensions,
@@ -103,8 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     board = commands.add_parser("dashboard", help="write the cost dashboard (one self-contained HTML page) for a range")
-    board.add_argument("--start", type=date.fromisoformat, help="first day (default: 60 days before --end)")
-    board.add_argument("--end", type=date.fromisoformat, help="last day (default: the latest day with a rollup)")
+    board.add_argument("--start", type=_day, help="first day (default: 60 days before --end)")
+    board.add_argument("--end", type=_day, help="last day (default: the latest day with a rollup)")
     board.add_argument("--out", default=None, help="the HTML file (default: dashboard.html beside the DuckDB file)")
     board.add_argument("--database", default=resolved(DB_ENV, DEFAULT_DB))
 
@@ -140,6 +139,9 @@ def run_days(days: list[date], backfill: bool, totals: bool) -> int:
     """Run `days` (one run, or a Dagster backfill) on the project's instance, then the totals; 1 if a run failed."""
     from cost_pipeline.launch import Launcher, LaunchError, project_instance
 
+    if not backfill and (refusal := _never_landed(days[0])):
+        print(refusal, file=sys.stderr)
+        return 1
     forecast_tags = _forecast_tags(days)
     try:
         with project_instance() as instance, Launcher(instance, annotate=landing_note) as launcher:
@@ -162,6 +164,31 @@ def run_days(days: list[date], backfill: bool, totals: bool) -> int:
     if pending := _batch_jobs_pending(days):
         print(pending)
     return 1 if failed else 0
+
+
+def _never_landed(day: date) -> str | None:
+    """Why `day` cannot run yet (its landing files are missing) and what to do, or None when it has landed.
+
+    Refused before any run is launched, so a missing day never turns the graph red; a backfill
+    writes such a day empty instead, and the schedule skips it.
+    """
+    from cost_pipeline.dagster_private import running_sensors
+    from cost_pipeline.defs.resources import LandingResource
+    from cost_pipeline.launch import project_instance
+
+    if day < date.fromisoformat(partitions_start()):  # not a partition at all: the launcher says so
+        return None
+    missing = LandingResource(root=resolved(LANDING_ENV, DEFAULT_LANDING)).missing(day.isoformat())
+    if missing is None:
+        return None
+    with project_instance() as instance:
+        watching = "late_landing_sensor" in running_sensors(instance)
+    if watching:
+        return f"{missing}. Nothing was launched: late_landing_sensor is on and runs the day when its files arrive."
+    return (
+        f"{missing}. Nothing was launched: drop the day's files there and run it again, or turn on "
+        "late_landing_sensor (it is stopped; Automation in the UI) to run the day when they arrive."
+    )
 
 
 def _batch_jobs_pending(days: list[date]) -> str | None:
@@ -443,8 +470,8 @@ def _token_counter(gemini):
 
 
 def _range_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--from", dest="first", type=date.fromisoformat, required=True, help="first day (YYYY-MM-DD)")
-    parser.add_argument("--to", dest="last", type=date.fromisoformat, required=True, help="last day, included")
+    parser.add_argument("--from", dest="first", type=_day, required=True, help="first day (YYYY-MM-DD)")
+    parser.add_argument("--to", dest="last", type=_day, required=True, help="last day, included")
 
 
 def _totals_argument(parser: argparse.ArgumentParser) -> None:
@@ -467,6 +494,13 @@ def _dimensions(value: str) -> str:
         return ",".join(dimensions(value))
     except ValueError as err:
         raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _day(value: str) -> date:
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {value!r}") from None
 
 
 def _positive(value: str) -> int:

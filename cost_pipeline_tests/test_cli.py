@@ -128,3 +128,14 @@ def test_partitions_start_on_a_fixed_day_unless_the_environment_says(monkeypatch
     monkeypatch.setenv("COST_PIPELINE_START", "last tuesday")
     with pytest.raises(ValueError, match="COST_PIPELINE_START='last tuesday' is not a day"):
         partitions_start()
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["run", "--day"], ["backfill", "--to", "2026-11-02", "--from"], ["report", "--end", "2026-11-02", "--start"]],
+)
+def test_a_date_that_does_not_parse_is_named_as_not_a_date(command, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([*command, "2026-13-01"])
+    assert exit_.value.code == 2
+    assert "not a date (YYYY-MM-DD): '2026-13-01'" in capsys.readouterr().err

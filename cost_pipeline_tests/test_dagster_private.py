@@ -20,3 +20,10 @@ def test_each_internal_name_offers_what_launch_uses():
     assert hasattr(private.WorkspaceProcessContext, "create_request_context")
     assert hasattr(private.PartitionNamesSnap, "partition_names")
     assert hasattr(private.PartitionSetExecutionParamSnap, "partition_data")
+
+
+def test_running_sensors_reads_the_instance_sensor_states():
+    import dagster as dg
+
+    with dg.instance_for_test() as instance:
+        assert private.running_sensors(instance) == set()

@@ -122,3 +122,16 @@ def test_the_dashboard_asset_writes_the_page_and_links_it(three_days, landing_ro
     (spend,) = fetch(database, "SELECT sum(spend_usd) FROM daily_cost_rollup")[0]
     assert materialization.metadata["spend"].value == f"${spend:,.6f}"
     assert f'data-figure="spend">${spend:,.6f}<' in page.read_text()
+
+
+def test_billed_tokens_by_kind_add_up_to_the_ledgers_billed_tokens(three_days, database):
+    with duckdb.connect(str(database), read_only=True) as connection:
+        rollup = connection.execute("SELECT * FROM daily_cost_rollup").df()
+        (ledger, cached), *_ = connection.execute(
+            """SELECT sum(coalesce(input_tokens, 0) + coalesce(output_tokens, 0) + coalesce(thinking_tokens, 0)
+                          + coalesce(tool_prompt_tokens, 0)), sum(coalesce(cached_tokens, 0))
+               FROM llm_attempts WHERE billed"""
+        ).fetchall()
+    parts = dashboard.billed_token_parts(rollup)
+    assert int(parts.to_numpy().sum()) == ledger, "the prompt count includes its cached part: counted once"
+    assert int(parts["cached input"].sum()) == cached

@@ -23,13 +23,8 @@ from cost_pipeline.reports.report import rollup_completeness
 from cost_pipeline.storage.connect import connect, one_row, query_frame
 from cost_pipeline.storage.tables import table_exists
 
-SPEND_TOKENS = {
-    "input": "spend_input_tokens",
-    "cached": "spend_cached_tokens",
-    "output": "spend_output_tokens",
-    "thinking": "spend_thinking_tokens",
-    "tool prompt": "spend_tool_prompt_tokens",
-}
+BILLED_TOKEN_PARTS = ["uncached input", "cached input", "output", "thinking", "tool prompt"]
+"""Parts that add up to the billed tokens: the prompt count includes its cached part, so that part is taken out."""
 DEFAULT_DAYS = 60
 """A dashboard shows this many days, ending on the latest, unless told otherwise."""
 PROJECTION_DAYS = 7
@@ -221,9 +216,7 @@ def _charts(data: DashboardData) -> list[tuple[str, str]]:
             .astype(float)
         )
 
-    tokens = pd.DataFrame(
-        {label: rollup.groupby("day")[column].sum() for label, column in SPEND_TOKENS.items()}
-    ).reindex(days)
+    tokens = billed_token_parts(rollup).groupby(rollup["day"]).sum().reindex(days)
     grouped = rollup.groupby("day")[["calls", "failures", "billed_attempts", "rejected_attempts"]].sum().reindex(days)
     rates = (
         pd.DataFrame(
@@ -317,6 +310,20 @@ def _burn_down_chart(data: DashboardData) -> str:
     return _svg(figure)
 
 
+def billed_token_parts(rollup: pd.DataFrame) -> pd.DataFrame:
+    """Each rollup row's billed tokens in parts that add up to them (`BILLED_TOKEN_PARTS`)."""
+    return pd.DataFrame(
+        {
+            "uncached input": rollup["spend_input_tokens"] - rollup["spend_cached_tokens"],
+            "cached input": rollup["spend_cached_tokens"],
+            "output": rollup["spend_output_tokens"],
+            "thinking": rollup["spend_thinking_tokens"],
+            "tool prompt": rollup["spend_tool_prompt_tokens"],
+        },
+        columns=BILLED_TOKEN_PARTS,
+    )
+
+
 def _detail_table(rollup: pd.DataFrame) -> str:
     header = [
         "day",
@@ -332,7 +339,9 @@ def _detail_table(rollup: pd.DataFrame) -> str:
     ]
     rows = []
     for row in rollup.itertuples(index=False):
-        tokens = sum(int(getattr(row, column)) for column in SPEND_TOKENS.values())
+        tokens = sum(
+            int(getattr(row, f"spend_{kind}_tokens")) for kind in ("input", "output", "thinking", "tool_prompt")
+        )
         cells = [
             str(row.partition_date),
             row.evaluation_id,
