@@ -4,6 +4,7 @@ import json
 import os
 import shutil
 import socket
+import sys
 import urllib.request
 from datetime import date
 from pathlib import Path
@@ -143,6 +144,20 @@ def local_resources(
             sections[section] = {**sections.get(section, {}), **values}
         resources["gemini"] = GeminiResource(**sections)
     return resources
+
+
+def materialize_command(select: str, *partition_and_flags: str) -> list[str]:
+    """`dagster asset materialize` of `select` from the project's definitions, as a person or a scheduler runs it."""
+    return [
+        str(Path(sys.executable).with_name("dagster")),
+        "asset",
+        "materialize",
+        "-m",
+        "cost_pipeline.definitions",
+        "--select",
+        select,
+        *partition_and_flags,
+    ]
 
 
 def materialize_day(

@@ -8,7 +8,7 @@ import pytest
 
 from cost_pipeline.ingest.synthetic import generate
 
-from .conftest import SMALL_DAYS_COSTS, materialize_day
+from .conftest import SMALL_DAYS_COSTS, materialize_command, materialize_day
 from .test_ledger import ledger_bill, server_bill
 
 DAY = date(2026, 11, 6)
@@ -165,9 +165,7 @@ def test_kill_9_while_a_job_is_pending_resumes_the_same_job_and_pays_nothing_twi
     import os
     import signal
     import subprocess
-    import sys
     import time
-    from pathlib import Path
 
     from .conftest import REPO, dagster_home
 
@@ -184,17 +182,9 @@ def test_kill_9_while_a_job_is_pending_resumes_the_same_job_and_pays_nothing_twi
         "COST_PIPELINE_BILLING": str(tmp_path / "billing"),
     }
     env.pop("GEMINI_API_KEY", None), env.pop("GOOGLE_API_KEY", None)
-    command = [
-        str(Path(sys.executable).with_name("dagster")),
-        "asset",
-        "materialize",
-        "-m",
-        "cost_pipeline.definitions",
-        "--select",
-        "raw_turns,quarantined_turns,cleaned_turns,function_calls,llm_calls",
-        "--partition",
-        str(DAY),
-    ]
+    command = materialize_command(
+        "raw_turns,quarantined_turns,cleaned_turns,function_calls,llm_calls", "--partition", str(DAY)
+    )
     run = subprocess.Popen(
         command, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
     )

@@ -12,7 +12,7 @@ from cost_pipeline.defs.resources import CostSettings
 from cost_pipeline.ingest.synthetic import generate
 from cost_pipeline.money.budgets import WAIT, Budget, Limits, Spent
 
-from .conftest import materialize_day
+from .conftest import materialize_command, materialize_day
 from .test_ledger import ledger_bill, server_bill
 
 DAY = date(2026, 11, 5)
@@ -252,9 +252,7 @@ def test_a_backfill_of_two_days_at_once_stays_under_an_evaluation_limit(tmp_path
     calls, then sees its spend, so together they pass the limit by at most one call (without turns: about twice)."""
     import os
     import subprocess
-    import sys
     from datetime import timedelta
-    from pathlib import Path
 
     from .conftest import REPO, dagster_home
 
@@ -278,16 +276,7 @@ def test_a_backfill_of_two_days_at_once_stays_under_an_evaluation_limit(tmp_path
         "COST_PIPELINE_BILLING": str(tmp_path / "billing"),
     }
     env.pop("GEMINI_API_KEY", None), env.pop("GOOGLE_API_KEY", None)
-    command = [
-        str(Path(sys.executable).with_name("dagster")),
-        "asset",
-        "materialize",
-        "-m",
-        "cost_pipeline.definitions",
-        "--select",
-        "raw_turns,quarantined_turns,cleaned_turns,function_calls,llm_calls",
-        "--partition",
-    ]
+    command = materialize_command("raw_turns,quarantined_turns,cleaned_turns,function_calls,llm_calls", "--partition")
     runs = [
         subprocess.Popen(
             [*command, str(day)], env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True

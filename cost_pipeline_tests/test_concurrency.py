@@ -13,7 +13,7 @@ import pytest
 
 from cost_pipeline.ingest.synthetic import generate
 
-from .conftest import dagster_home
+from .conftest import dagster_home, materialize_command
 from .test_connect import hold_lock
 
 DAGSTER = str(Path(sys.executable).with_name("dagster"))
@@ -35,17 +35,7 @@ def test_two_runs_on_one_file_both_succeed(tmp_path, landing_root, database):
     holder = hold_lock(database, 100.0)
     runs = [
         subprocess.Popen(
-            [
-                DAGSTER,
-                "asset",
-                "materialize",
-                "-m",
-                "cost_pipeline.definitions",
-                "--select",
-                "raw_turns,quarantined_turns",
-                "--partition",
-                str(day.day),
-            ],
+            materialize_command("raw_turns,quarantined_turns", "--partition", str(day.day)),
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,

@@ -10,7 +10,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections import Counter
 from datetime import date, datetime, timezone
@@ -24,7 +23,7 @@ from cost_pipeline.ingest.synthetic import generate
 from cost_pipeline.model_server.server import key_fingerprint
 from cost_pipeline.money.ledger import INTERRUPTED, attempt_rows, spool_folder
 
-from .conftest import REPO, dagster_home, materialize_day
+from .conftest import REPO, dagster_home, materialize_command, materialize_day
 
 DAY = date(2026, 11, 1)
 REJECTIONS = [
@@ -260,18 +259,12 @@ def test_torn_and_unfinished_spool_lines_become_unknown_attempts():
 
 def run_day(env, cwd, *extra) -> subprocess.Popen:
     return subprocess.Popen(
-        [
-            str(Path(sys.executable).with_name("dagster")),
-            "asset",
-            "materialize",
-            "-m",
-            "cost_pipeline.definitions",
-            "--select",
+        materialize_command(
             "raw_turns,quarantined_turns,cleaned_turns,function_calls,llm_calls,daily_cost_rollup",
             "--partition",
             str(DAY),
             *extra,
-        ],
+        ),
         env=env,
         cwd=cwd,
         stdout=subprocess.PIPE,

@@ -3,7 +3,6 @@
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 from datetime import date
 from pathlib import Path
@@ -14,7 +13,7 @@ import pytest
 
 from cost_pipeline.ingest.synthetic import generate
 
-from .conftest import REPO, dagster_home, free_port
+from .conftest import REPO, dagster_home, free_port, materialize_command
 
 PG_BIN = (
     next(iter(sorted(Path("/usr/lib/postgresql").glob("*/bin"))), None)
@@ -86,17 +85,9 @@ def test_a_partition_runs_with_runs_and_events_in_postgres(tmp_path, postgres):
         "COST_PIPELINE_COSTS": str(REPO / "costs.toml"),
     }
     run = subprocess.run(
-        [
-            str(Path(sys.executable).with_name("dagster")),
-            "asset",
-            "materialize",
-            "-m",
-            "cost_pipeline.definitions",
-            "--select",
-            "raw_turns,quarantined_turns,cleaned_turns,function_calls,llm_calls,daily_cost_rollup",
-            "--partition",
-            DAY,
-        ],
+        materialize_command(
+            "raw_turns,quarantined_turns,cleaned_turns,function_calls,llm_calls,daily_cost_rollup", "--partition", DAY
+        ),
         env=env,
         cwd=tmp_path,
         capture_output=True,

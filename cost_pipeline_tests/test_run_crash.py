@@ -4,10 +4,8 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from datetime import date
-from pathlib import Path
 
 import duckdb
 import pytest
@@ -15,7 +13,7 @@ import pytest
 from cost_pipeline.ingest.synthetic import generate
 from cost_pipeline.storage.staging import staging_root
 
-from .conftest import REPO, dagster_home
+from .conftest import REPO, dagster_home, materialize_command
 
 DAY = date(2026, 11, 1)
 DAILY = "raw_turns,quarantined_turns,cleaned_turns,function_calls,llm_calls,daily_cost_rollup"
@@ -32,19 +30,7 @@ CHUNKED = {
 
 def start_run(env, cwd) -> subprocess.Popen:
     return subprocess.Popen(
-        [
-            str(Path(sys.executable).with_name("dagster")),
-            "asset",
-            "materialize",
-            "-m",
-            "cost_pipeline.definitions",
-            "--select",
-            DAILY,
-            "--partition",
-            str(DAY),
-            "--config-json",
-            json.dumps(CHUNKED),
-        ],
+        materialize_command(DAILY, "--partition", str(DAY), "--config-json", json.dumps(CHUNKED)),
         env=env,
         cwd=cwd,
         stdout=subprocess.DEVNULL,
