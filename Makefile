@@ -37,8 +37,10 @@ lint: setup
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
+# The UI and its daemon on the project's instance; UI_PORT picks another port.
+UI_PORT ?= 3000
 ui: setup
-	VIRTUAL_ENV=$(CURDIR)/$(VENV) $(BIN)/dg dev
+	VIRTUAL_ENV=$(CURDIR)/$(VENV) $(BIN)/dg dev --host 127.0.0.1 --port $(UI_PORT)
 
 # Every bench at its full size; each records its figure in docs/performance.json, from which
 # docs/performance.md is written.

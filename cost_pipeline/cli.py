@@ -124,14 +124,18 @@ def main(argv: list[str] | None = None) -> int:
         serve(config_from(args), args.port)
         return 0
     if args.command == "generate":
+        if refusal := _before_partitions(args.start):
+            print(refusal, file=sys.stderr)
+            return 2
         for day in generate(args.landing, args.start, args.days, args.turns_per_day, args.seed):
             print(
                 f"{day.day}: {day.good_lines} turns, {day.malformed_lines} malformed lines, "
                 f"{day.conversations} conversations in {day.files} files under {Path(args.landing) / str(day.day)}"
             )
-        if note := _start_partitions_at(args.start):
-            print(note.strip())
         return 0
+    if refusal := _before_partitions(args.day):
+        print(refusal, file=sys.stderr)
+        return 2
     return run_demo(args.day, args.turns, args.seed)
 
 
@@ -252,7 +256,6 @@ def run_demo(day: date, turns: int, seed: int) -> int:
 
     landing = resolved(LANDING_ENV, DEFAULT_LANDING)
     database = resolved(DB_ENV, DEFAULT_DB)
-    start_note = _start_partitions_at(day)
 
     from cost_pipeline.reports.report import cost_report, render, table_counts
 
@@ -285,8 +288,6 @@ def run_demo(day: date, turns: int, seed: int) -> int:
     from cost_pipeline.reports.dashboard import default_path
 
     print(f"\nThe cost dashboard (one HTML page, works offline): {default_path(database).as_uri()}")
-    if start_note:
-        print(start_note)
     print(
         "\nWhere to look:\n"
         f"  UI:      make ui   (or: DAGSTER_HOME={home} .venv/bin/dagster dev) then open http://127.0.0.1:3000;"
@@ -297,28 +298,19 @@ def run_demo(day: date, turns: int, seed: int) -> int:
     return 0
 
 
-def _start_partitions_at(day: date, dotenv: Path = Path(".env")) -> str | None:
-    """Make the partitions begin at `day` when data is generated for it: in `.env` (which `dagster dev` reads) and here.
+def _before_partitions(first: date) -> str | None:
+    """Why days from `first` could never run (they precede the first daily partition), or None.
 
-    Without it the asset pages count every day since the default start as missing, or a
-    generated day before the start cannot run. `.env` gets `day` when it names no start or
-    a later one (a start only moves earlier: a running backfill never loses a day); a start
-    set in the real environment is the person's choice and is left alone. Returns a
-    sentence when `.env` changed.
+    The partitions' start is read from the environment by every process when it loads the
+    definitions, and no command rewrites it: a UI started earlier keeps the same partitions
+    as the CLI, so a day written here runs in both.
     """
-    if START_ENV in os.environ and START_ENV not in _FROM_DOTENV:
+    start = partitions_start()
+    if first >= date.fromisoformat(start):
         return None
-    lines = dotenv.read_text().splitlines() if dotenv.exists() else []
-    current = [line.split("=", 1)[1].strip() for line in lines if line.strip().startswith(f"{START_ENV}=")]
-    if current and current[-1] <= day.isoformat():
-        return None
-    kept = [line for line in lines if not line.strip().startswith(f"{START_ENV}=")]
-    dotenv.write_text("\n".join([*kept, f"{START_ENV}={day.isoformat()}"]) + "\n")
-    os.environ[START_ENV] = day.isoformat()
-    _FROM_DOTENV.add(START_ENV)
     return (
-        f"\nPartitions now start at {day}: {START_ENV}={day} is in {dotenv.resolve()}, which `dagster dev` reads "
-        "(restart it to see the change; set it to the first day of your own data)."
+        f"{first} is before the first daily partition, {start} ({START_ENV}): nothing was written. Set "
+        f"{START_ENV}={first} in .env (or the environment), then restart `make ui` so it partitions from there too."
     )
 
 
@@ -410,9 +402,6 @@ def _days(first: date, last: date) -> list[date]:
     return [first + timedelta(days=offset) for offset in range((last - first).days + 1)]
 
 
-_FROM_DOTENV: set[str] = set()  # the variables this process took from `.env`, not from the real environment
-
-
 def _read_dotenv(path: Path = Path(".env")) -> None:
     """Apply `.env` in the working directory as the `dagster` commands do; the real environment wins."""
     if path.is_file():
@@ -421,7 +410,6 @@ def _read_dotenv(path: Path = Path(".env")) -> None:
         for name, value in dotenv_values(path).items():
             if value is not None and name not in os.environ:
                 os.environ[name] = value
-                _FROM_DOTENV.add(name)
 
 
 def run_forecast(args: argparse.Namespace) -> int:

@@ -29,9 +29,9 @@ DEFAULT_START = "2026-10-01"
 def partitions_start() -> str:
     """`COST_PIPELINE_START`, else `DEFAULT_START`: the first day every process (UI, daemon, runs) partitions.
 
-    `make demo` writes its day into `.env` (which `dagster dev` reads), so a new user's asset
-    pages show a filled graph rather than months of empty days. A day before the start
-    cannot be run or backfilled.
+    Only the person sets it (`.env` or the environment); no command rewrites it, so a UI
+    started earlier and the CLI always agree on the partitions. A day before the start
+    cannot be generated, run or backfilled, and the commands say so.
     """
     value = os.environ.get(START_ENV)
     if not value:

@@ -91,8 +91,27 @@ def test_demo_materializes_a_day_and_says_where_to_look(tmp_path):
     # The totals job also wrote the cost dashboard beside the database, and the demo says where.
     board = tmp_path / "dashboard.html"
     assert board.as_uri() in result.stdout and 'data-figure="spend"' in board.read_text()
-    # The UI's partitions begin at the demo day, so its graph is full rather than hundreds of days missing.
-    assert "COST_PIPELINE_START=2026-11-03" in (tmp_path / ".env").read_text().splitlines()
+    # No setting was rewritten behind a running UI's back.
+    assert not (tmp_path / ".env").exists()
+
+
+def test_a_day_before_the_first_partition_is_refused_before_anything_is_written(tmp_path):
+    env = {**os.environ, "COST_PIPELINE_START": "2026-11-01", "COST_PIPELINE_LANDING": str(tmp_path / "landing")}
+    result = subprocess.run(
+        [CLI, "generate", "--start", "2026-10-31", "--turns-per-day", "10"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        "2026-10-31 is before the first daily partition, 2026-11-01 (COST_PIPELINE_START): nothing was written. "
+        "Set COST_PIPELINE_START=2026-10-31 in .env (or the environment), then restart `make ui` so it partitions "
+        "from there too."
+    )
+    assert not (tmp_path / "landing").exists() and not (tmp_path / ".env").exists()
 
 
 def test_serve_model_answers_the_real_sdk_on_the_given_port(tmp_path):

@@ -11,20 +11,30 @@ import re
 import shutil
 import subprocess
 import sys
+import time
+from contextlib import contextmanager
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
 
 import dagster as dg
 import duckdb
 import pytest
-from dagster_graphql.test.utils import execute_dagster_graphql
 
-from cost_pipeline.launch import CODE_LOCATION, Launcher
+from cost_pipeline.launch import CODE_LOCATION
 from cost_pipeline.money.forecast import FORECAST_TAG
 
-from .conftest import REPO
+from .conftest import REPO, free_port
+from .test_ui import graphql
 
 DAYS = ["2026-11-01", "2026-11-02", "2026-11-03"]
+DEMO_DAY = (datetime.now(timezone.utc).date() - timedelta(days=1)).isoformat()  # `cost-pipeline demo`'s default
+ASSET_CHECKS = """
+{ assetNodes { assetKey { path } assetChecksOrError { ... on AssetChecks { checks { name } } } } }"""
+CHECK_EXECUTIONS = """
+query($path: [String!]!, $name: String!) {
+  assetCheckExecutions(assetKey: {path: $path}, checkName: $name, limit: 100) { status partition }
+}"""
 UI_RUNS = """
 query($job: String!) {
   runsOrError(filter: {pipelineName: $job}) {
@@ -39,6 +49,20 @@ def readme_commands(heading: str) -> str:
     text = (REPO / "README.md").read_text()
     section = text[text.index(heading) :]
     return re.search(r"```bash\n(.*?)```", section, re.S).group(1)
+
+
+def unfinished_or_red_checks(ui: str) -> list[tuple[str, str, str | None, str]]:
+    """Every asset check execution the UI lists that did not pass: (asset, check, partition, status)."""
+    found = []
+    for node in graphql(ui, ASSET_CHECKS)["data"]["assetNodes"]:
+        path = node["assetKey"]["path"]
+        for check in node["assetChecksOrError"].get("checks", []):
+            for execution in graphql(ui, CHECK_EXECUTIONS, {"path": path, "name": check["name"]})["data"][
+                "assetCheckExecutions"
+            ]:
+                if execution["status"] != "SUCCEEDED":
+                    found.append(("/".join(path), check["name"], execution["partition"], execution["status"]))
+    return found
 
 
 def fresh_copy(into: Path) -> Path:
@@ -67,59 +91,111 @@ def newcomer_environment() -> dict[str, str]:
     return {name: value for name, value in os.environ.items() if not name.startswith(dropped)}
 
 
+@contextmanager
+def make_ui(project: Path, env: dict[str, str]):
+    """`make ui` in `project` on a free port, as a person starts it; yields the UI's URL once its GraphQL answers."""
+    port = free_port()
+    # -o: the copy's venv is the test's own, already installed; make must not reinstall it.
+    ui = subprocess.Popen(
+        ["make", "-o", ".venv/.installed", "ui", f"UI_PORT={port}"],
+        cwd=project,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if graphql(url, "{ version }").get("data"):
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline and ui.poll() is None, "make ui did not come up"
+            time.sleep(1)
+        yield url
+    finally:
+        os.killpg(ui.pid, 15)
+        try:
+            ui.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(ui.pid, 9)
+            ui.wait(timeout=30)
+
+
 @pytest.mark.slow
-def test_the_readmes_daily_tasks_run_in_a_fresh_copy_and_show_in_the_ui_instance(tmp_path, monkeypatch):
+@pytest.mark.ui
+def test_the_readmes_daily_tasks_run_in_a_fresh_copy_with_make_ui_up_and_leave_nothing_red(tmp_path):
+    """The block pasted verbatim while `make ui` runs (started before `generate`): the UI's daemon takes the runs,
+    the UI and the CLI agree on the partitions, and a day that never landed leaves no red run or check."""
     project = fresh_copy(tmp_path / "cost_pipeline")
     commands = readme_commands("## Daily tasks from the command line")
     assert "cost-pipeline run --day" in commands and "cost-pipeline backfill" in commands and "report" in commands
-    shell = subprocess.run(
-        ["bash", "-euo", "pipefail", "-c", commands],
-        cwd=project,
-        env=newcomer_environment(),
-        capture_output=True,
-        text=True,
-        timeout=900,
+    cli = str(project / ".venv" / "bin" / "cost-pipeline")
+    demo = subprocess.run(  # `make demo`, smaller: the README's block starts after it
+        [cli, "demo", "--turns", "300"], cwd=project, env=newcomer_environment(), capture_output=True, timeout=300
     )
-    assert shell.returncode == 0, shell.stdout[-3000:] + shell.stderr[-3000:]
+    assert demo.returncode == 0, demo.stderr[-3000:]
+    env = {**newcomer_environment(), "DAGSTER_HOME": str(project / ".dagster_home")}  # as the Makefile sets it
+    with make_ui(project, env) as ui:
+        shell = subprocess.run(
+            ["bash", "-euo", "pipefail", "-c", commands],
+            cwd=project,
+            env=newcomer_environment(),
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
+        assert shell.returncode == 0, shell.stdout[-3000:] + shell.stderr[-3000:]
+        assert "submitted to the run queue that dagster dev's daemon serves" in shell.stdout
+        missing = subprocess.run(
+            [cli, "run", "--day", "2026-11-04"],
+            cwd=project,
+            env=newcomer_environment(),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        daily = graphql(ui, UI_RUNS, {"job": "daily_pipeline"})["data"]
+        totals = graphql(ui, UI_RUNS, {"job": "evaluation_costs_job"})["data"]
+        checks = unfinished_or_red_checks(ui)
 
     # The report printed each day's spend, and the dashboard was written.
     for day in DAYS:
         assert re.search(rf"^{day}\s+eval-", shell.stdout, re.M), shell.stdout[-3000:]
     assert (project / "data" / "dashboard.html").is_file()
-    # Partitions were moved back to the generated days, in .env, which `dagster dev` reads.
-    assert "COST_PIPELINE_START=2026-11-01" in (project / ".env").read_text().splitlines()
+    assert not (project / ".env").exists(), "no command rewrites a setting the running UI read"
+    assert missing.returncode == 1 and "Nothing was launched" in missing.stderr
 
-    home = project / ".dagster_home"
-    monkeypatch.setenv("COST_PIPELINE_START", "2026-11-01")  # for the code server below, as `make ui` reads .env
-    monkeypatch.chdir(project)
-    with dg.DagsterInstance.from_config(str(home)) as instance:
+    with dg.DagsterInstance.from_config(str(project / ".dagster_home")) as instance:
         backfills = instance.get_backfills()
         assert [list(backfill.partition_names) for backfill in backfills] == [DAYS]
         backfill_runs = instance.get_runs(
             filters=dg.RunsFilter(tags=dg.DagsterRun.tags_for_backfill_id(backfills[0].backfill_id))
         )
         assert sorted(run.tags["dagster/partition"] for run in backfill_runs) == DAYS
-        with Launcher(instance) as launcher:  # the UI's GraphQL API over the same code location
-            daily = execute_dagster_graphql(launcher.workspace, UI_RUNS, {"job": "daily_pipeline"}).data
-            totals = execute_dagster_graphql(launcher.workspace, UI_RUNS, {"job": "evaluation_costs_job"}).data
     runs = daily["runsOrError"]["results"]
     assert sorted(next(t["value"] for t in run["tags"] if t["key"] == "dagster/partition") for run in runs) == [
         DAYS[0],
         *DAYS,
+        DEMO_DAY,
     ]
     assert {run["status"] for run in runs} == {"SUCCESS"}
     # Under the UI's code location, so the Overview timeline and the job's run history list them.
     assert {
         (run["repositoryOrigin"]["repositoryLocationName"], run["repositoryOrigin"]["repositoryName"]) for run in runs
     } == {(CODE_LOCATION, "__repository__")}
-    assert [run["status"] for run in totals["runsOrError"]["results"]] == ["SUCCESS", "SUCCESS"]
+    assert [run["status"] for run in totals["runsOrError"]["results"]] == ["SUCCESS"] * 3
+    assert checks == [], checks
 
     # The backfill's run of 2026-11-01 replaced the first run's day exactly.
     with duckdb.connect(str(project / "data" / "cost_pipeline.duckdb"), read_only=True) as connection:
         per_day = connection.execute(
             "SELECT partition_date::VARCHAR, count(*), count(DISTINCT run_id) FROM cleaned_turns GROUP BY 1 ORDER BY 1"
         ).fetchall()
-    assert per_day == [(day, 300, 1) for day in DAYS]
+    assert per_day == [(day, 300, 1) for day in [*DAYS, DEMO_DAY]]
 
 
 def test_a_missing_day_is_skipped_in_a_backfill_and_refused_by_run_before_anything_is_launched(tmp_path):
