@@ -146,11 +146,17 @@ def run_days(days: list[date], backfill: bool, totals: bool) -> int:
     if not backfill and (refusal := _never_landed(days[0])):
         print(refusal, file=sys.stderr)
         return 1
-    forecast_tags = _forecast_tags(days)
+    forecast = _print_forecast(days)
     try:
-        with project_instance() as instance, Launcher(instance, annotate=landing_note) as launcher:
+        with (
+            project_instance() as instance,
+            Launcher(instance, annotate=landing_note, progress=_spent_so_far) as launcher,
+        ):
             runs = launcher.launch(
-                "daily_pipeline", [day.isoformat() for day in days], backfill=backfill, partition_tags=forecast_tags
+                "daily_pipeline",
+                [day.isoformat() for day in days],
+                backfill=backfill,
+                partition_tags=_forecast_tags(forecast),
             )
             if totals and any(run.succeeded for run in runs):
                 runs += launcher.launch("evaluation_costs_job")
@@ -165,6 +171,8 @@ def run_days(days: list[date], backfill: bool, totals: bool) -> int:
         f"{f' ({len(skipped)} day(s) skipped: never landed, written empty)' if skipped else ''}; "
         f"they are in the UI that reads {home} (make ui)"
     )
+    print("\nSpend against forecast (the ledger's billed attempts of each day's run):")
+    print(_spend_against_forecast([run for run in runs if run.partition], forecast))
     if pending := _batch_jobs_pending(days):
         print(pending)
     return 1 if failed else 0
@@ -210,10 +218,10 @@ def _batch_jobs_pending(days: list[date]) -> str | None:
     )
 
 
-def _forecast_tags(days: list[date]) -> dict[str, dict[str, str]]:
-    """Each day's forecast, printed before anything is launched and carried by its run as tags (the Gemini step
-    sets the run's spend beside it); no API call without a key."""
-    from cost_pipeline.money.forecast import FORECAST_TAG, render_table
+def _print_forecast(days: list[date]):
+    """The days' forecast, printed before anything is launched; None when it cannot be made (no API call without a
+    key)."""
+    from cost_pipeline.money.forecast import render_table
 
     try:
         forecast = _forecast(resolved(DB_ENV, DEFAULT_DB), resolved(LANDING_ENV, DEFAULT_LANDING), days)
@@ -225,8 +233,17 @@ def _forecast_tags(days: list[date]) -> dict[str, dict[str, str]]:
             "launching without it\n",
             file=sys.stderr,
         )
-        return {}
+        return None
     print("Forecast, before any call:\n" + render_table(forecast) + "\n")
+    return forecast
+
+
+def _forecast_tags(forecast) -> dict[str, dict[str, str]]:
+    """Each landed day's forecast as tags of its run (the Gemini step sets the run's spend beside it)."""
+    from cost_pipeline.money.forecast import FORECAST_TAG
+
+    if forecast is None:
+        return {}
     return {
         day.day.isoformat(): {
             FORECAST_TAG: day.as_dict()["forecast_usd"],
@@ -235,6 +252,23 @@ def _forecast_tags(days: list[date]) -> dict[str, dict[str, str]]:
         for day in forecast.days
         if day.landed
     }
+
+
+def _spent_so_far(run_ids: list[str]) -> dict[str, str]:
+    """What each running day has been billed, as of its last checkpoint to the ledger (a busy file waits 2 s)."""
+    from cost_pipeline.money.ledger import spend_by_run
+
+    spent = spend_by_run(resolved(DB_ENV, DEFAULT_DB), run_ids, lock_timeout_s=2.0)
+    return {run_id: f"{spend.attempts} attempts billed {spend.text()}" for run_id, spend in spent.items()}
+
+
+def _spend_against_forecast(runs, forecast) -> str:
+    """The closing table: each day's run billed (the ledger) against its forecast, and the total."""
+    from cost_pipeline.money.ledger import spend_by_run
+    from cost_pipeline.reports.spend_vs_forecast import DayOutcome, render
+
+    spent = spend_by_run(resolved(DB_ENV, DEFAULT_DB), [run.run_id for run in runs])
+    return render([DayOutcome(run.partition, run.status, spent.get(run.run_id)) for run in runs], forecast)
 
 
 def landing_note(instance, run_id: str) -> str | None:

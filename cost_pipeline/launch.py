@@ -43,6 +43,8 @@ PROJECT_HOME = ".dagster_home"
 DEFINITIONS_MODULE = "cost_pipeline.definitions"
 CODE_LOCATION = "cost_pipeline"
 QUEUE_DAEMON = "QUEUED_RUN_COORDINATOR"
+PROGRESS_EVERY_S = 10.0
+"""How often a wait says how its unfinished runs stand."""
 
 
 class LaunchError(Exception):
@@ -113,10 +115,12 @@ class Launcher:
         instance: dg.DagsterInstance,
         say: Callable[[str], None] = print,
         annotate: Callable[[dg.DagsterInstance, str], str | None] = lambda instance, run_id: None,
+        progress: Callable[[list[str]], Mapping[str, str]] | None = None,
     ):
         self.instance = instance
         self.say = say
         self.annotate = annotate  # a note on a successful run, from its events
+        self.progress = progress  # what unfinished runs have done so far, by run id (their spend, say)
         target = ModuleTarget(
             module_name=DEFINITIONS_MODULE, attribute=None, working_directory=os.getcwd(), location_name=CODE_LOCATION
         )
@@ -256,6 +260,7 @@ class Launcher:
         started: dict[str, float] = {}
         finished: dict[str, FinishedRun] = {}
         partition_of = {run.run_id: partition for partition, run in runs.items()}
+        watch = _Watch(self.say, self.progress)
         try:
             while len(finished) < len(runs):
                 if served:
@@ -266,24 +271,13 @@ class Launcher:
                         run = waiting.pop(0)
                         started[run.run_id] = time.monotonic()
                         self.instance.launch_run(run.run_id, self.workspace)
-                for record in self.instance.get_run_records(dg.RunsFilter(run_ids=list(partition_of))):
+                records = self.instance.get_run_records(dg.RunsFilter(run_ids=list(partition_of)))
+                for record in records:
                     run = record.dagster_run
                     if run.is_finished and run.run_id not in finished:
-                        seconds = (record.end_time or 0) - (record.start_time or record.create_timestamp.timestamp())
-                        finished[run.run_id] = FinishedRun(
-                            run.run_id,
-                            run.job_name,
-                            partition_of[run.run_id],
-                            run.status.value,
-                            max(seconds, 0.0),
-                            None
-                            if run.status == dg.DagsterRunStatus.SUCCESS
-                            else failure_reason(self.instance, run.run_id),
-                            self.annotate(self.instance, run.run_id)
-                            if run.status == dg.DagsterRunStatus.SUCCESS
-                            else None,
-                        )
+                        finished[run.run_id] = self._finished(record, partition_of[run.run_id])
                         self.say(finished[run.run_id].line())
+                watch.tick([record for record in records if record.dagster_run.run_id not in finished], partition_of)
                 if len(finished) < len(runs):
                     time.sleep(0.5)
         except KeyboardInterrupt:
@@ -298,6 +292,53 @@ class Launcher:
             self.say(f"interrupted: canceled {len(unfinished)} unfinished run(s)")
             raise
         return [finished[run.run_id] for run in runs.values()]
+
+    def _finished(self, record, partition: str | None) -> FinishedRun:
+        run = record.dagster_run
+        seconds = (record.end_time or 0) - (record.start_time or record.create_timestamp.timestamp())
+        succeeded = run.status == dg.DagsterRunStatus.SUCCESS
+        return FinishedRun(
+            run.run_id,
+            run.job_name,
+            partition,
+            run.status.value,
+            max(seconds, 0.0),
+            None if succeeded else failure_reason(self.instance, run.run_id),
+            self.annotate(self.instance, run.run_id) if succeeded else None,
+        )
+
+
+class _Watch:
+    """Says, every `PROGRESS_EVERY_S`, how each unfinished run stands (status, time, what it has done so far).
+
+    A run's line is repeated only when it changed, or once a minute, so a long wait stays readable.
+    """
+
+    def __init__(self, say: Callable[[str], None], progress: Callable[[list[str]], Mapping[str, str]] | None):
+        self.say, self.progress = say, progress
+        self.last_tick = time.monotonic() - PROGRESS_EVERY_S + 2.0  # the first word comes after 2 s
+        self.said: dict[str, tuple[str, float]] = {}  # run id -> (what was said, when)
+
+    def tick(self, unfinished: list, partition_of: Mapping[str, str | None]) -> None:
+        now = time.monotonic()
+        if not unfinished or now - self.last_tick < PROGRESS_EVERY_S:
+            return
+        self.last_tick = now
+        running = [r.dagster_run.run_id for r in unfinished if r.dagster_run.status == dg.DagsterRunStatus.STARTED]
+        try:
+            so_far = self.progress(running) if self.progress and running else {}
+        except Exception as error:  # progress informs; it never stops the wait
+            so_far = {run_id: f"(progress unavailable: {type(error).__name__})" for run_id in running}
+        for record in unfinished:
+            run = record.dagster_run
+            status, done = run.status.value, so_far.get(run.run_id, "")
+            previous = self.said.get(run.run_id)
+            if previous and previous[0] == f"{status} {done}" and now - previous[1] < 60:
+                continue
+            self.said[run.run_id] = (f"{status} {done}", now)
+            seconds = max(time.time() - (record.start_time or record.create_timestamp.timestamp()), 0.0)
+            label = partition_of[run.run_id] or run.job_name
+            self.say(f"  {label:<12} {status:<8} {seconds:6.1f} s{f'  so far: {done}' if done else ''}")
 
 
 def failure_reason(instance: dg.DagsterInstance, run_id: str) -> str:

@@ -233,6 +233,21 @@ def test_a_missing_day_is_skipped_in_a_backfill_and_refused_by_run_before_anythi
     # Each landed day was forecast before anything was sent; its run carries the figure, and its llm_calls the
     # spend beside it.
     assert "Forecast, before any call:" in backfill.stdout and f"{DAYS[1]}  never landed" in backfill.stdout
+    # While the runs work, the wait says how they stand; at the end, each day's spend (the ledger's) against its
+    # forecast, and the total.
+    assert re.search(r"^  2026-11-0\d   (QUEUED|STARTING|STARTED|NOT_STARTED) +\d+\.\d s", backfill.stdout, re.M)
+    with duckdb.connect(str(tmp_path / "data" / "cost_pipeline.duckdb"), read_only=True) as connection:
+        ledger = dict(
+            connection.execute("SELECT partition_date::VARCHAR, sum(cost_usd) FROM llm_attempts GROUP BY 1").fetchall()
+        )
+    closing = backfill.stdout[backfill.stdout.index("Spend against forecast") :].splitlines()
+    for day in (DAYS[0], DAYS[2]):
+        (row,) = [line for line in closing if line.startswith(day)]
+        assert f"${ledger[day]:,.6f}" in row and ("inside" in row or "OUTSIDE" in row), row
+    (never,) = [line for line in closing if line.startswith(DAYS[1])]
+    assert "never landed" in never and "$0.000000" in never
+    (total,) = [line for line in closing if line.startswith("TOTAL")]
+    assert f"${sum(ledger.values()):,.6f}" in total
 
     alone = subprocess.run(
         [*cli, "run", "--day", DAYS[1]], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300

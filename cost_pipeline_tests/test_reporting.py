@@ -95,3 +95,22 @@ def test_any_combination_of_dimensions_groups_the_rollup_exactly(three_days, dat
     lines = report(database, "--by", "model,stage").splitlines()
     assert lines[0].split()[:3] == ["model", "stage", "calls"] and lines[-1].startswith("TOTAL")
     assert len({len(line) for line in lines if line.strip()}) == 1, "every line has the same width"
+
+
+def test_the_closing_table_names_attempts_of_unknown_cost_instead_of_counting_them_as_zero():
+    from cost_pipeline.money.ledger import RunSpend
+    from cost_pipeline.reports.spend_vs_forecast import DayOutcome, render
+
+    table = render(
+        [
+            DayOutcome("2026-11-01", "SUCCESS", RunSpend(10, Decimal("0.0125"), 0)),
+            DayOutcome("2026-11-02", "FAILURE", RunSpend(4, Decimal("0.0031"), 2)),
+            DayOutcome("2026-11-03", "FAILURE", None),
+        ],
+        forecast=None,
+    )
+    rows = {line.split()[0]: line for line in table.splitlines() if line[:1].isalnum()}
+    assert "no forecast" in rows["2026-11-01"] and "$0.012500" in rows["2026-11-01"]
+    assert "$0.000000" in rows["2026-11-03"]
+    assert "$0.015600" in rows["TOTAL"]
+    assert table.splitlines()[-1] == "The spend leaves out 2 attempt(s) of unknown cost (see llm_attempts.price_status)."

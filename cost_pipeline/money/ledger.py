@@ -29,6 +29,7 @@ import os
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import Decimal
 from pathlib import Path
@@ -358,3 +359,36 @@ def attempt_cost(attempt: Attempt, book: PriceBook) -> Decimal | None:
         attempt.model_version,
         attempt.processing,
     ).total_cost
+
+
+@dataclass(frozen=True)
+class RunSpend:
+    """What one run's checkpointed attempts were billed: `billed_usd` over the priced ones, and how many are not."""
+
+    attempts: int
+    billed_usd: Decimal
+    unknown: int  # attempts whose cost is unknown (billing unknown, or no price): never counted as 0
+
+    def text(self) -> str:
+        unknown = f" + {self.unknown} attempt(s) of unknown cost" if self.unknown else ""
+        return f"${self.billed_usd:,.6f}{unknown}"
+
+
+def spend_by_run(database: str | Path, run_ids: list[str], lock_timeout_s: float = 120.0) -> dict[str, RunSpend]:
+    """Each run's spend as the ledger holds it now (a running day's, as of its last checkpoint).
+
+    Raises `DatabaseBusy` when the file stays locked `lock_timeout_s`; runs with no attempt are absent.
+    """
+    from cost_pipeline.storage.tables import table_exists
+
+    if not run_ids or not Path(database).exists():
+        return {}
+    with connect(database, read_only=True, timeout_s=lock_timeout_s) as connection:
+        if not table_exists(connection, "main", TABLE):
+            return {}
+        rows = connection.execute(
+            f"SELECT run_id, count(*), coalesce(sum(cost_usd), 0), count(*) FILTER (WHERE cost_usd IS NULL) "
+            f"FROM {TABLE} WHERE run_id IN (SELECT unnest(?)) GROUP BY run_id",
+            [run_ids],
+        ).fetchall()
+    return {run_id: RunSpend(attempts, Decimal(billed), unknown) for run_id, attempts, billed, unknown in rows}
