@@ -1,8 +1,11 @@
 """The forecast: before any call, what days will cost; then the days run and the ledger says whether it was right."""
 
 import json
+import math
+from dataclasses import replace
 from datetime import date
 from decimal import Decimal
+from pathlib import Path
 
 import duckdb
 import pytest
@@ -11,17 +14,22 @@ from cost_pipeline.cli import main
 from cost_pipeline.gemini.settings import ModelSettings
 from cost_pipeline.ingest.synthetic import generate
 from cost_pipeline.money.forecast import (
+    NO_HISTORY_SYSTEMATIC,
     CachedAnswers,
     Calibration,
     Forecaster,
     ForecastSettings,
     Line,
+    StageCalibration,
+    TrafficProfile,
+    day_error,
     forecast_days,
     landed_turns,
+    render_table,
 )
 from cost_pipeline.money.pricing import PriceBook
 
-from .conftest import SMALL_DAYS_COSTS, materialize_day
+from .conftest import SMALL_DAYS_COSTS, THREE_DAYS, materialize_day
 
 HISTORY = [date(2026, 11, 1), date(2026, 11, 2)]
 UNSEEN = [date(2026, 11, 3), date(2026, 11, 4)]
@@ -97,6 +105,7 @@ def test_on_days_never_seen_the_spend_falls_in_the_interval_and_within_15_percen
         spent = actual[predicted.day]
         assert low <= spent <= high, report
         assert abs(predicted.forecast_usd - spent) <= Decimal("0.15") * spent, report
+        assert predicted.reasons == [], "days like the calibration's keep its interval"
 
 
 def test_the_cli_prints_json_with_the_figures_per_day_and_in_total(tmp_path, capsys, monkeypatch):
@@ -202,14 +211,159 @@ def test_with_a_key_a_sample_is_counted_by_count_tokens_and_nothing_is_generated
 
 
 def test_a_forecast_that_cannot_be_made_never_stops_a_run_nor_shows_the_key(tmp_path, capsys, monkeypatch):
-    from cost_pipeline.cli import _forecast_tags
+    from cost_pipeline.cli import _forecast_tags, _print_forecast
 
     generate(tmp_path / "landing", UNSEEN[0], days=1, turns_per_day=20, seed=4)
     monkeypatch.setenv("COST_PIPELINE_LANDING", str(tmp_path / "landing"))
     monkeypatch.setenv("COST_PIPELINE_DB", str(tmp_path / "none.duckdb"))
     monkeypatch.setenv("GOOGLE_GEMINI_BASE_URL", "http://127.0.0.1:9")  # nothing listens: countTokens fails
     monkeypatch.setenv("GEMINI_API_KEY", "secret-key-that-must-not-show")
-    assert _forecast_tags([UNSEEN[0]]) == {}
+    assert _forecast_tags(_print_forecast([UNSEEN[0]])) == {}
     error = capsys.readouterr().err
     assert error.startswith("Forecast unavailable (") and "launching without it" in error
     assert "secret-key-that-must-not-show" not in error
+
+
+FIELD_EVALUATION = "eval-field-users"
+
+
+def land_field_day(landing_root: Path, day: date, turns: int, seed: int) -> None:
+    """Traffic unlike the generator's: each turn says three of its turns at once, in 12-turn conversations, under an
+    evaluation the generator never uses."""
+    scratch = landing_root.parent / "scratch"
+    generate(scratch, day, days=1, turns_per_day=3 * turns, seed=seed)
+    said = landed_turns(scratch, day, 20_000) or []
+    by_speaker = {speaker: [turn.text for turn in said if turn.speaker == speaker] for speaker in ("User", "Assistant")}
+    lines = []
+    for position in range(turns):
+        index, speaker = position % 12, ("User", "Assistant")[position % 2]
+        texts = by_speaker[speaker][3 * (position // 2) : 3 * (position // 2) + 3]
+        record = {
+            "evaluation_id": FIELD_EVALUATION,
+            "conversation_id": f"field-{day:%Y%m%d}-{position // 12:04d}",
+            "turn_index": index,
+            "speaker": speaker,
+            "text": " ".join(text.rstrip(".?!") + "." for text in texts),
+            "created_at": f"{day.isoformat()}T12:00:00Z",
+        }
+        lines.append(json.dumps(record))
+    folder = landing_root / day.isoformat()
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{FIELD_EVALUATION}.jsonl").write_text("\n".join(lines) + "\n")
+
+
+def _profile(turns: int, chars_per_turn: float, turns_per_conversation: float, evaluations: set[str]) -> TrafficProfile:
+    """A profile of `turns` turns, half of them user turns, all `chars_per_turn` long."""
+    chars = turns * chars_per_turn
+    return TrafficProfile(
+        turns, round(turns / turns_per_conversation), turns // 2, chars, chars * chars_per_turn, frozenset(evaluations)
+    )
+
+
+def _fitted(systematic: float = 0.06) -> Calibration:
+    fitted = StageCalibration(Line(0, 1), Line(0, 1), Line(0, 0), 0.0, 1.0, 500, "the ledger (500 calls)")
+    days = {date(2026, 11, 1): _profile(300, 50, 6, {"eval-a"}), date(2026, 11, 2): _profile(300, 55, 6.5, {"eval-a"})}
+    return Calibration({("clean", "lite"): fitted}, systematic, history_days=2, profiles=days)
+
+
+@pytest.mark.parametrize(
+    ("day", "usd_by_part", "expected", "reasons"),
+    [
+        (_profile(300, 53, 6.2, {"eval-a"}), {("eval-a", "clean", "lite"): Decimal(1)}, 0.06, []),
+        (  # within SAME_KIND (1.25x) of the calibration: the same kind, however the days drew it
+            _profile(300, 64, 7.5, {"eval-a"}),
+            {("eval-a", "clean", "lite"): Decimal(1)},
+            0.06,
+            [],
+        ),
+        (  # text 2x longer than the longest calibration day: ln 2 - ln 1.25 beyond, in quadrature with 0.06
+            _profile(300, 110, 6.2, {"eval-a"}),
+            {("eval-a", "clean", "lite"): Decimal(1)},
+            math.hypot(0.06, math.log(2) - math.log(1.25)),
+            ["text 2.0x longer than calibration (110 vs 50 to 55 characters a turn)"],
+        ),
+        (  # an evaluation never seen: the no-history width for its quarter of the spend
+            _profile(300, 53, 6.2, {"eval-a", "eval-new"}),
+            {("eval-a", "clean", "lite"): Decimal(3), ("eval-new", "clean", "lite"): Decimal(1)},
+            0.75 * 0.06 + 0.25 * NO_HISTORY_SYSTEMATIC,
+            ["evaluation eval-new never seen in calibration (25% of the forecast)"],
+        ),
+        (  # a model with no ledger of its own borrows the stage's lines, at the no-history width
+            _profile(300, 53, 6.2, {"eval-a"}),
+            {("eval-a", "clean", "lite"): Decimal(1), ("eval-a", "clean", "flash"): Decimal(1)},
+            0.5 * 0.06 + 0.5 * NO_HISTORY_SYSTEMATIC,
+            ["no calibration for clean on flash: the ledger (500 calls), borrowed for flash (50% of the forecast)"],
+        ),
+    ],
+    ids=["same-kind", "day-to-day-chance", "text-2x-longer", "evaluation-never-seen", "model-never-calibrated"],
+)
+def test_the_interval_widens_only_for_a_named_difference_from_the_calibration(day, usd_by_part, expected, reasons):
+    error, said = day_error(_fitted(), day, usd_by_part)
+    assert (round(error, 4), said) == (round(expected, 4), reasons)
+
+
+def test_a_shift_is_capped_at_the_no_history_width_and_no_history_says_so():
+    far = _profile(300, 5_000, 30, {"eval-a"})
+    error, reasons = day_error(_fitted(), far, {("eval-a", "clean", "lite"): Decimal(1)})
+    assert round(error, 6) == round((0.06**2 + NO_HISTORY_SYSTEMATIC**2) ** 0.5, 6) and len(reasons) == 2
+    assert reasons[1] == "conversations 4.6x longer than calibration (30.0 vs 6.0 to 6.5 turns)"
+    assert day_error(Calibration(), far, {}) == (
+        NO_HISTORY_SYSTEMATIC,
+        ["no history in the ledger: rough defaults (the interval is wide)"],
+    )
+
+
+@pytest.mark.slow
+def test_traffic_unlike_the_calibration_widens_the_interval_enough_and_says_why(
+    three_days, landing_root, database, model_server
+):
+    """Calibrated on generated days; forecast a day of them and a day of another kind; both run for real."""
+    same_kind, other_kind = date(2026, 11, 4), date(2026, 11, 5)
+    generate(landing_root, same_kind, days=1, turns_per_day=150, seed=17)
+    land_field_day(landing_root, other_kind, turns=180, seed=18)
+    models = ModelSettings(function_model="gemini-2.5-flash")  # as the three days were run
+    forecast = forecast_days(
+        database, landing_root, [same_kind, other_kind], ForecastSettings(models, model_server.url), PriceBook()
+    )
+    for day in (same_kind, other_kind):
+        assert materialize_day(
+            day,
+            landing_root,
+            database,
+            model_server,
+            gemini={"models": {"function_model": "gemini-2.5-flash"}},
+            costs=SMALL_DAYS_COSTS,
+        ).success
+    with duckdb.connect(str(database), read_only=True) as connection:
+        spent = dict(
+            connection.execute(
+                "SELECT partition_date, sum(cost_usd) FROM llm_attempts WHERE partition_date IN (?, ?) GROUP BY 1",
+                [same_kind, other_kind],
+            ).fetchall()
+        )
+    calibrated = forecast.calibration.systematic
+    same, other = forecast.days
+    report = []
+    for predicted in forecast.days:
+        low, high = predicted.bounds()
+        old_low, old_high = replace(predicted, systematic=calibrated).bounds()
+        report.append(
+            f"{predicted.day}: spent {spent[predicted.day]:.6f}, forecast {predicted.forecast_usd:.6f} "
+            f"({float(predicted.forecast_usd / spent[predicted.day] - 1):+.1%}), "
+            f"interval [{low:.6f}, {high:.6f}] (+-{float(high / predicted.forecast_usd - 1):.1%}), "
+            f"calibration's own [{old_low:.6f}, {old_high:.6f}]; {predicted.reasons}"
+        )
+    print("\n".join(report))
+    for predicted in forecast.days:
+        low, high = predicted.bounds()
+        assert low <= spent[predicted.day] <= high, report
+    assert same.reasons == [] and same.systematic == calibrated, report
+    half_width = {day.day: day.bounds()[1] / day.forecast_usd - 1 for day in forecast.days}
+    assert half_width[other_kind] > 2 * half_width[same_kind], report
+    said = " ".join(other.reasons)
+    assert "text " in said and "x longer than calibration" in said, report
+    assert "conversations " in said and f"evaluation {FIELD_EVALUATION} never seen in calibration (100%" in said, report
+    assert other.as_dict()["reasons"] == other.reasons and f"interval widened: {other.reasons[0]}" in render_table(
+        forecast
+    )
+    assert THREE_DAYS[0] in forecast.calibration.profiles

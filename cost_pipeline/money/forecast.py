@@ -21,8 +21,14 @@ per call (a rejected answer is paid too). They are priced with the price book (g
 
 The interval: the per-call scatter around the lines (calls are independent, so it grows with
 the square root of their number, at 95%) plus the calibration's own error on whole days of the
-history it was fitted on (a systematic part that grows with the forecast). With no history
-the lines are rough defaults and the interval is wide, and the forecast says so.
+history it was fitted on (a systematic part that grows with the forecast). That error only
+holds for traffic like the history's, so the calibration keeps the profile of the turns it was
+fitted on (`TrafficProfile`) and each day is compared with it (`day_error`): a day whose texts,
+conversations or share of user turns lie outside what the history showed gets a wider
+interval, and the part of its spend the history knows nothing of (evaluations never seen,
+stages or models without calibration of their own) gets the no-history width. Each
+widening is listed in the day's `reasons`. With no history the lines are rough defaults and
+the interval is wide, and the forecast says so.
 
 Pure: no Dagster, no API. Reads DuckDB read-only and the landing files.
 """
@@ -55,6 +61,11 @@ MIN_SYSTEMATIC = 0.06
 """The least relative error the interval allows for: cache hits the forecast cannot foresee (a turn whose earlier
 turns are new) move a day's spend by a few percent (docs/performance.md)."""
 NO_HISTORY_SYSTEMATIC = 0.5
+"""The relative error allowed for spend the calibration knows nothing of: the ceiling of every widening."""
+SAME_KIND = 1.25
+"""A profile feature within this factor of the calibration days' range is the same kind of traffic: days drawn from
+one kind of traffic differ by this much by chance (a few hundred turns, a few dozen conversations)."""
+NO_HISTORY = "no history in the ledger: rough defaults (the interval is wide)"
 HISTORY_DAYS = 60
 MIN_CALLS_TO_FIT = 20
 
@@ -104,6 +115,55 @@ DEFAULTS = {
 }
 
 
+@dataclass(frozen=True)
+class TrafficProfile:
+    """The shape of some traffic, as sums that add up across days: what a calibration was fitted on."""
+
+    turns: int = 0
+    conversations: int = 0
+    user_turns: int = 0
+    chars: float = 0.0
+    chars_squared: float = 0.0
+    evaluations: frozenset[str] = frozenset()
+
+    @classmethod
+    def of(cls, turns: Iterable[Turn]) -> "TrafficProfile":
+        """The profile of these turns (as landed, or as `raw_turns` holds them)."""
+        turns = list(turns)
+        lengths = [len(turn.text) for turn in turns]
+        return cls(
+            turns=len(turns),
+            conversations=len({(turn.evaluation_id, turn.conversation_id) for turn in turns}),
+            user_turns=sum(turn.speaker == "User" for turn in turns),
+            chars=float(sum(lengths)),
+            chars_squared=float(sum(length * length for length in lengths)),
+            evaluations=frozenset(turn.evaluation_id for turn in turns),
+        )
+
+    def __add__(self, other: "TrafficProfile") -> "TrafficProfile":
+        return TrafficProfile(
+            self.turns + other.turns,
+            self.conversations + other.conversations,
+            self.user_turns + other.user_turns,
+            self.chars + other.chars,
+            self.chars_squared + other.chars_squared,
+            self.evaluations | other.evaluations,
+        )
+
+    def features(self) -> dict[str, float]:
+        """Characters a turn (mean, and standard deviation over mean), turns a conversation, share of user turns."""
+        if not self.turns:
+            return {}
+        mean = self.chars / self.turns
+        variance = max(0.0, self.chars_squared / self.turns - mean * mean)
+        return {
+            "text": mean,
+            "text spread": math.sqrt(variance) / mean if mean else 0.0,
+            "conversations": self.turns / max(1, self.conversations),
+            "user share": self.user_turns / self.turns,
+        }
+
+
 @dataclass
 class Calibration:
     """Per (stage, model); a model with no history of its own borrows its stage's (Gemini models share a tokenizer)."""
@@ -112,6 +172,16 @@ class Calibration:
     systematic: float = NO_HISTORY_SYSTEMATIC
     history_days: int = 0
     token_check: str | None = None  # what countTokens said, when a key let the forecast ask
+    profiles: dict[date, TrafficProfile] = field(default_factory=dict)  # each history day's traffic
+
+    def fitted(self, stage: str, model: str) -> bool:
+        """True when `stage` on `model` has lines of its own from the ledger (not borrowed, not the defaults)."""
+        calibration = self.stages.get((stage, model))
+        return calibration is not None and calibration.calls > 0
+
+    def profile(self) -> TrafficProfile:
+        """The history's traffic, its days pooled."""
+        return sum(self.profiles.values(), TrafficProfile())
 
     def of(self, stage: str, model: str) -> StageCalibration:
         if (stage, model) in self.stages:
@@ -147,6 +217,8 @@ class ForecastSettings:
 
 @dataclass
 class DayForecast:
+    """A day's forecast; `systematic` is its relative error, the calibration's widened for each of `reasons`."""
+
     day: date
     landed: bool = True
     turns: int = 0
@@ -159,6 +231,9 @@ class DayForecast:
     variance_usd2: float = 0.0  # per-call scatter, summed
     systematic: float = NO_HISTORY_SYSTEMATIC
     unpriced_calls: int = 0
+    reasons: list[str] = field(default_factory=list)  # why the interval is wider than the calibration's own
+    usd_by_part: dict[tuple[str, str, str], Decimal] = field(default_factory=dict, repr=False)
+    """(evaluation, stage, model) -> its part of forecast_usd."""
 
     @property
     def api_calls(self) -> int:
@@ -186,6 +261,7 @@ class DayForecast:
             "low_usd": _usd(low),
             "high_usd": _usd(high),
             "unpriced_calls": self.unpriced_calls,
+            "reasons": list(self.reasons),
         }
 
 
@@ -286,9 +362,14 @@ class Forecaster:
         self._seen: set[str] = set()
 
     def day(self, day: date, turns: Iterable[Turn], cached: CachedAnswers) -> DayForecast:
-        forecast = DayForecast(day, systematic=self.calibration.systematic)
+        """The day's forecast, its interval widened where its traffic is unlike the calibration's (`day_error`)."""
+        turns = list(turns)
+        forecast = DayForecast(day)
         for conversation in _conversations(turns):
             self._conversation(conversation, cached, forecast)
+        forecast.systematic, forecast.reasons = day_error(
+            self.calibration, TrafficProfile.of(turns), forecast.usd_by_part
+        )
         return forecast
 
     def _conversation(self, turns: list[Turn], cached: CachedAnswers, forecast: DayForecast) -> None:
@@ -304,7 +385,7 @@ class Forecaster:
             answer = cached.by_request.get(exact)
             cleaned = answer.get("cleaned_text") if answer else None
             key = "\x1f".join([f"clean:{models.clean_model}", turn.speaker, turn.text, *models.window(alike)])
-            self._count(forecast, request, key, turn.text, free=answer is not None)
+            self._count(forecast, request, key, turn, free=answer is not None)
             context.append((turn.speaker, cleaned or turn.text))
             alike.append(f"{turn.speaker}:{disfluent_key(cleaned or turn.text)}")
             if turn.speaker == "User":
@@ -317,28 +398,122 @@ class Forecaster:
             request = function_request(models.function_model, text, models.thinking_budget)
             key = request.request_hash(self.settings.endpoint_id)
             if key in cached.by_request or key in self._seen:
-                self._count(forecast, request, key, turn.text, free=True)
+                self._count(forecast, request, key, turn, free=True)
                 return
         # Not cached: the pipeline will ask with the text as cleaned, which the raw text stands for here.
         request = function_request(models.function_model, cleaned or turn.text, models.thinking_budget)
         key = f"function:{models.function_model}:{disfluent_key(cleaned or turn.text)}"
-        self._count(forecast, request, key, turn.text, free=False)
+        self._count(forecast, request, key, turn, free=False)
 
-    def _count(self, forecast: DayForecast, request: LlmRequest, key: str, turn_text: str, free: bool) -> None:
+    def _count(self, forecast: DayForecast, request: LlmRequest, key: str, turn: Turn, free: bool) -> None:
         forecast.calls += 1
         if free or key in self._seen:
             forecast.cache_hits += 1
             return
         self._seen.add(key)
-        estimate = self.estimator.estimate(request.stage, request.model, request.text(), turn_text)
+        estimate = self.estimator.estimate(request.stage, request.model, request.text(), turn.text)
         forecast.prompt_tokens += estimate.prompt
         forecast.output_tokens += estimate.output
         forecast.thinking_tokens += estimate.thinking
         if estimate.cost is None:
             forecast.unpriced_calls += 1
             return
-        forecast.forecast_usd += estimate.cost * Decimal(str(estimate.attempts))
+        cost = estimate.cost * Decimal(str(estimate.attempts))
+        forecast.forecast_usd += cost
         forecast.variance_usd2 += (estimate.attempts * estimate.scatter_usd) ** 2
+        part = (turn.evaluation_id, request.stage, request.model)
+        forecast.usd_by_part[part] = forecast.usd_by_part.get(part, Decimal(0)) + cost
+
+
+FEATURE_WORDS = {  # label, more, less, how a value is written, what the values are
+    "text": ("text", "longer", "shorter", "{:.0f}", "{} vs {} characters a turn"),
+    "text spread": ("text lengths", "more varied", "less varied", "{:.0%}", "standard deviation {} vs {} of the mean"),
+    "conversations": ("conversations", "longer", "shorter", "{:.1f}", "{} vs {} turns"),
+    "user share": ("user turns", "more frequent", "rarer", "{:.0%}", "{} vs {} of turns"),
+}
+NAMED_EVALUATIONS = 3
+
+
+def day_error(
+    calibration: Calibration, profile: TrafficProfile, usd_by_part: dict[tuple[str, str, str], Decimal]
+) -> tuple[float, list[str]]:
+    """A day's relative error (at 95%) and why: never below the calibration's, and wider only with a reason.
+
+    Each profile feature outside the range of the calibration's days, by a log ratio past SAME_KIND, adds the excess
+    in quadrature to the calibration's error, at most NO_HISTORY_SYSTEMATIC in all. The share of `usd_by_part` from
+    evaluations never seen, or from stages and models without lines of their own, gets the no-history width.
+    """
+    if not any(stage.calls for stage in calibration.stages.values()):
+        return max(calibration.systematic, NO_HISTORY_SYSTEMATIC), [NO_HISTORY]
+    reasons: list[str] = []
+    shift = _profile_shift(calibration, profile, reasons)
+    known = math.hypot(calibration.systematic, min(NO_HISTORY_SYSTEMATIC, shift))
+    unknown = _unknown_share(calibration, usd_by_part, reasons)
+    return (1 - unknown) * known + unknown * max(known, NO_HISTORY_SYSTEMATIC), reasons
+
+
+def _profile_shift(calibration: Calibration, profile: TrafficProfile, reasons: list[str]) -> float:
+    """The day's features' log ratios to the calibration days' range past SAME_KIND, in quadrature; a reason for
+    each."""
+    days = [day.features() for day in calibration.profiles.values() if day.turns]
+    if not days:
+        return 0.0
+    excesses = []
+    for name, value in profile.features().items():
+        low, high = min(day[name] for day in days), max(day[name] for day in days)
+        nearest = min(max(value, low), high)
+        excess = _log_ratio(value, nearest) - math.log(SAME_KIND)
+        if excess > 0:
+            excesses.append(excess)
+            reasons.append(_shift_reason(name, value, (low, high)))
+    return math.sqrt(sum(excess * excess for excess in excesses))
+
+
+def _log_ratio(value: float, reference: float) -> float:
+    if value == reference:
+        return 0.0
+    return abs(math.log(value / reference)) if value > 0 and reference > 0 else math.inf
+
+
+def _shift_reason(name: str, value: float, seen: tuple[float, float]) -> str:
+    label, more, less, written, detail = FEATURE_WORDS[name]
+    low, high = (written.format(edge) for edge in seen)
+    figures = detail.format(written.format(value), low if low == high else f"{low} to {high}")
+    nearest = seen[0] if value < seen[0] else seen[1]
+    if not (value > 0 and nearest > 0):
+        return f"{label}: {figures} in calibration"
+    ratio = value / nearest
+    return f"{label} {max(ratio, 1 / ratio):.1f}x {more if ratio > 1 else less} than calibration ({figures})"
+
+
+def _unknown_share(
+    calibration: Calibration, usd_by_part: dict[tuple[str, str, str], Decimal], reasons: list[str]
+) -> float:
+    """The share of the day's forecast spend the calibration never saw; a reason appended for each part of it."""
+    total = sum(usd_by_part.values(), Decimal(0))
+    if not total:
+        return 0.0
+    seen = calibration.profile().evaluations
+    new_evaluations: dict[str, Decimal] = defaultdict(Decimal)
+    unfitted: dict[tuple[str, str], Decimal] = defaultdict(Decimal)
+    unknown = Decimal(0)
+    for (evaluation, stage, model), usd in usd_by_part.items():
+        if evaluation not in seen:
+            new_evaluations[evaluation] += usd
+        if not calibration.fitted(stage, model):
+            unfitted[(stage, model)] += usd
+        if evaluation not in seen or not calibration.fitted(stage, model):
+            unknown += usd
+    named = sorted(new_evaluations.items(), key=lambda item: (-item[1], item[0]))
+    for evaluation, usd in named[:NAMED_EVALUATIONS]:
+        reasons.append(f"evaluation {evaluation} never seen in calibration ({usd / total:.0%} of the forecast)")
+    if rest := named[NAMED_EVALUATIONS:]:
+        usd = sum((usd for _, usd in rest), Decimal(0))
+        reasons.append(f"{len(rest)} more evaluations never seen in calibration ({usd / total:.0%} of the forecast)")
+    for (stage, model), usd in sorted(unfitted.items()):
+        source = calibration.of(stage, model).source
+        reasons.append(f"no calibration for {stage} on {model}: {source} ({usd / total:.0%} of the forecast)")
+    return float(unknown / total)
 
 
 FILLERS = {"um", "uh", "er", "erm", "hmm", "mm", "ah", "like"}
@@ -406,6 +581,11 @@ FROM llm_calls c JOIN turns t USING (partition_date, turn_id)
 WHERE NOT c.cache_hit AND c.status = 'ok' AND c.usage_source = 'reported' AND c.billed_attempts = 1
   AND c.endpoint = ?
 """
+PROFILE_SQL = """
+SELECT partition_date, count(*), count(DISTINCT (evaluation_id, conversation_id)), count(*) FILTER (speaker = 'User'),
+       sum(length(text)), sum(length(text)::DOUBLE * length(text)), list(DISTINCT evaluation_id)
+FROM raw_turns WHERE partition_date IN (SELECT unnest(?::DATE[])) GROUP BY ALL
+"""
 ATTEMPTS_SQL = """
 SELECT stage, model, sum(billed_attempts) / count(*) FROM llm_calls
 WHERE NOT cache_hit AND partition_date IN (SELECT unnest(?::DATE[])) AND endpoint = ? GROUP BY ALL
@@ -460,6 +640,10 @@ def calibrate(
         for stage, model, ratio in connection.execute(ATTEMPTS_SQL, [history, settings.endpoint_id]).fetchall()
     }
     calibration = Calibration(history_days=len({s[0] for group in samples.values() for s in group}))
+    for day, turns, conversations, users, chars, squares, evaluations in connection.execute(
+        PROFILE_SQL, [history]
+    ).fetchall():
+        calibration.profiles[day] = TrafficProfile(turns, conversations, users, chars, squares, frozenset(evaluations))
     for key, group in samples.items():
         if len(group) < MIN_CALLS_TO_FIT:
             continue
@@ -532,6 +716,9 @@ class Forecast:
 
     def total(self) -> DayForecast:
         total = DayForecast(self.days[0].day if self.days else date.today(), systematic=self.calibration.systematic)
+        usd = sum((day.forecast_usd for day in self.days), Decimal(0))
+        if usd:  # each day's error is systematic: they add with the days' spend
+            total.systematic = sum(day.systematic * float(day.forecast_usd / usd) for day in self.days)
         for day in self.days:
             for name in (
                 "turns",
@@ -549,7 +736,7 @@ class Forecast:
 
     def as_dict(self) -> dict:
         total = self.total().as_dict()
-        for name in ("day", "landed"):
+        for name in ("day", "landed", "reasons"):
             total.pop(name)
         return {
             "days": [day.as_dict() for day in self.days],
@@ -657,6 +844,7 @@ def render_table(forecast: Forecast) -> str:
             f"{row['day']:<10}  {row['turns']:>7,}  {row['calls']:>7,}  {row['cache_hits']:>10,}  "
             f"{row['forecast_usd']:>12}  {row['low_usd']:>10}  {row['high_usd']:>10}"
         )
+        lines += [f"{'':<10}  interval widened: {reason}" for reason in day.reasons]
     total = forecast.as_dict()["total"]
     lines += [
         "-" * len(header),
