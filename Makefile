@@ -37,10 +37,14 @@ lint: setup
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-# The UI and its daemon on the project's instance; UI_PORT picks another port.
+# The UI and its daemon on the project's instance, and the cost dashboard its asset page links, served beside it;
+# UI_PORT and DASHBOARD_PORT pick other ports.
 UI_PORT ?= 3000
+DASHBOARD_PORT ?= 3001
 ui: setup
-	VIRTUAL_ENV=$(CURDIR)/$(VENV) $(BIN)/dg dev --host 127.0.0.1 --port $(UI_PORT)
+	$(BIN)/cost-pipeline dashboard --serve --port $(DASHBOARD_PORT) & board=$$!; trap 'kill $$board' EXIT; \
+	COST_PIPELINE_DASHBOARD_URL=http://127.0.0.1:$(DASHBOARD_PORT)/ VIRTUAL_ENV=$(CURDIR)/$(VENV) \
+	$(BIN)/dg dev --host 127.0.0.1 --port $(UI_PORT)
 
 # Every bench at its full size; each records its figure in docs/performance.json, from which
 # docs/performance.md is written.

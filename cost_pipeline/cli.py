@@ -17,6 +17,7 @@ from cost_pipeline.config import (
     COSTS_ENV,
     DB_ENV,
     DEFAULT_COSTS,
+    DEFAULT_DASHBOARD_PORT,
     DEFAULT_DB,
     DEFAULT_LANDING,
     LANDING_ENV,
@@ -106,6 +107,12 @@ def main(argv: list[str] | None = None) -> int:
     board.add_argument("--end", type=_day, help="last day (default: the latest day with a rollup)")
     board.add_argument("--out", default=None, help="the HTML file (default: dashboard.html beside the DuckDB file)")
     board.add_argument("--database", default=resolved(DB_ENV, DEFAULT_DB))
+    board.add_argument(
+        "--serve",
+        action="store_true",
+        help="then serve the page on loopback until interrupted (what the asset page links; make ui runs it)",
+    )
+    board.add_argument("--port", type=int, default=DEFAULT_DASHBOARD_PORT, help="with --serve")
 
     args = parser.parse_args(argv)
     if args.command in ("run", "backfill"):
@@ -407,24 +414,35 @@ def run_report(args: argparse.Namespace) -> int:
 
 
 def run_dashboard(args: argparse.Namespace) -> int:
+    """Write the dashboard for a range (default: the last 60 days with data); with --serve, then serve it."""
     from cost_pipeline.reports import dashboard
 
-    if not Path(args.database).exists():
+    out = Path(args.out) if args.out else dashboard.default_path(args.database)
+    if Path(args.database).exists():
+        end = args.end or dashboard.latest_day(args.database)
+        start = args.start or end - timedelta(days=dashboard.DEFAULT_DAYS - 1)
+        if end < start:
+            print(f"--end {end} is before --start {start}", file=sys.stderr)
+            return 2
+        try:
+            path, data = dashboard.write(args.database, out, start, end, _cost_settings().budgets())
+            print(f"dashboard of {dashboard.title_range(data)} written to {path.resolve()} (it works offline)")
+        except LookupError as missing:
+            if not args.serve:
+                print(missing, file=sys.stderr)
+                return 1
+    elif not args.serve:
         print(f"no DuckDB file at {args.database}: run the pipeline first (make demo)", file=sys.stderr)
         return 1
-    end = args.end or dashboard.latest_day(args.database)
-    start = args.start or end - timedelta(days=dashboard.DEFAULT_DAYS - 1)
-    if end < start:
-        print(f"--end {end} is before --start {start}", file=sys.stderr)
-        return 2
-    budgets = _cost_settings().budgets()
-    out = Path(args.out) if args.out else dashboard.default_path(args.database)
-    try:
-        path, _ = dashboard.write(args.database, out, start, end, budgets)
-    except LookupError as missing:
-        print(missing, file=sys.stderr)
-        return 1
-    print(f"dashboard for {start} to {end} written to {path.resolve()} (open it in a browser; it works offline)")
+    if args.serve:
+        from cost_pipeline.reports.dashboard_server import serve as serve_page
+
+        server = serve_page(out, port=args.port)
+        print(f"serving the dashboard at {server.url} (the cost_dashboard asset rewrites it; Ctrl-C stops)", flush=True)
+        try:
+            server.wait()
+        except KeyboardInterrupt:
+            server.close()
     return 0
 
 

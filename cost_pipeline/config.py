@@ -20,6 +20,12 @@ COSTS_ENV = "COST_PIPELINE_COSTS"
 DEFAULT_COSTS = "costs.toml"
 
 
+DASHBOARD_URL_ENV = "COST_PIPELINE_DASHBOARD_URL"
+DEFAULT_DASHBOARD_PORT = 3001
+"""`make ui` serves the cost dashboard here, beside the UI's 3000 (`cost-pipeline dashboard --serve`)."""
+DEFAULT_DASHBOARD_URL = f"http://127.0.0.1:{DEFAULT_DASHBOARD_PORT}/"
+"""Where the cost_dashboard asset's page links: a browser will not open a file:// link from the UI's http page."""
+
 START_ENV = "COST_PIPELINE_START"
 """The first day of the daily partitions (YYYY-MM-DD): set it to the first day of your data."""
 DEFAULT_START = "2026-10-01"

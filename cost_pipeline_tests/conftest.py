@@ -3,9 +3,14 @@
 import json
 import os
 import shutil
+import signal
 import socket
+import subprocess
 import sys
+import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
 
@@ -40,6 +45,58 @@ def dagster_home(path: Path, profile: Path = REPO / ".dagster_home" / "dagster.y
     if initialize:
         dg.DagsterInstance.from_config(str(path)).dispose()
     return path
+
+
+def graphql(url: str, query: str, variables: dict | None = None) -> dict:
+    """One query to a running UI's GraphQL API."""
+    request = urllib.request.Request(
+        f"{url}/graphql",
+        data=json.dumps({"query": query, "variables": variables or {}}).encode(),
+        headers={"content-type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
+
+
+class RunningUI(str):
+    """The UI's URL (a str), with the URL of the dashboard `make ui` serves beside it."""
+
+    dashboard: str
+
+
+@contextmanager
+def make_ui(project: Path, env: dict[str, str]) -> Iterator[RunningUI]:
+    """`make ui` in `project` on free ports, as a person starts it; yields once the UI's GraphQL answers."""
+    ui_port, board_port = free_port(), free_port()
+    # -o: the venv is the test's own, already installed; make must not reinstall it.
+    process = subprocess.Popen(
+        ["make", "-o", ".venv/.installed", "ui", f"UI_PORT={ui_port}", f"DASHBOARD_PORT={board_port}"],
+        cwd=project,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    url = RunningUI(f"http://127.0.0.1:{ui_port}")
+    url.dashboard = f"http://127.0.0.1:{board_port}/"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if graphql(url, "{ version }").get("data"):
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline and process.poll() is None, "make ui did not come up"
+            time.sleep(1)
+        yield url
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:  # a run the daemon launched can outlive a polite stop on a busy machine
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=30)
 
 
 def free_port() -> int:

@@ -137,9 +137,16 @@ def test_every_asset_names_its_owner_and_code_and_the_rollup_says_when_it_is_sta
 
 
 def test_every_column_of_every_table_asset_is_described():
+    listed = [
+        key.to_user_string()
+        for key in defs.resolve_asset_graph().get_all_asset_keys()
+        if "columns" in defs.resolve_assets_def(key).specs_by_key[key].metadata
+    ]
+    assert sorted(listed) == ["daily_cost_rollup", "evaluation_costs"], "money pages list their columns last"
     undescribed = {}
     for key in defs.resolve_asset_graph().get_all_asset_keys():
-        schema = defs.resolve_assets_def(key).specs_by_key[key].metadata.get("dagster/column_schema")
+        metadata = defs.resolve_assets_def(key).specs_by_key[key].metadata
+        schema = metadata.get("dagster/column_schema") or metadata.get("columns")
         schema = getattr(schema, "schema", schema)
         if schema is not None:
             undescribed.update(

@@ -113,4 +113,6 @@ def test_the_closing_table_names_attempts_of_unknown_cost_instead_of_counting_th
     assert "no forecast" in rows["2026-11-01"] and "$0.012500" in rows["2026-11-01"]
     assert "$0.000000" in rows["2026-11-03"]
     assert "$0.015600" in rows["TOTAL"]
-    assert table.splitlines()[-1] == "The spend leaves out 2 attempt(s) of unknown cost (see llm_attempts.price_status)."
+    assert table.splitlines()[-1] == (
+        "The spend leaves out 2 attempt(s) of unknown cost (see llm_attempts.price_status)."
+    )

@@ -3,12 +3,10 @@
 Run alone with `pytest -m ui`. Screenshots go to `test-artifacts/ui/`.
 """
 
-import json
 import os
 import subprocess
 import sys
 import time
-import urllib.request
 from datetime import date
 from pathlib import Path
 
@@ -17,7 +15,7 @@ import pytest
 
 from cost_pipeline.ingest.synthetic import generate
 
-from .conftest import REPO, dagster_home, free_port
+from .conftest import REPO, RunningUI, dagster_home, graphql, make_ui
 
 ARTIFACTS = REPO / "test-artifacts" / "ui"
 CHROMIUM = "/usr/bin/chromium"
@@ -60,28 +58,21 @@ query($path: [String!]!) {
 }"""
 
 
-def graphql(url: str, query: str, variables: dict | None = None) -> dict:
-    request = urllib.request.Request(
-        f"{url}/graphql",
-        data=json.dumps({"query": query, "variables": variables or {}}).encode(),
-        headers={"content-type": "application/json"},
-    )
-    with urllib.request.urlopen(request, timeout=30) as response:
-        return json.loads(response.read())
-
-
 class DagsterDev(str):
-    """The UI's URL (a str, as before), carrying the DuckDB file its runs write and the environment it runs in."""
+    """The UI's URL (a str, as before), carrying the DuckDB file its runs write, the environment it runs in, and the
+    dashboard's URL."""
 
-    def __new__(cls, url: str, database: Path, env: dict[str, str], landing: Path):
-        instance = super().__new__(cls, url)
+    def __new__(cls, ui: RunningUI, database: Path, env: dict[str, str], landing: Path):
+        instance = super().__new__(cls, ui)
         instance.database, instance.env, instance.landing = database, env, landing
+        instance.dashboard = ui.dashboard
         return instance
 
 
 @pytest.fixture
 def dagster_dev(tmp_path):
-    """`dagster dev` on loopback with a temp DAGSTER_HOME, DuckDB file and landing folder holding one day."""
+    """`make ui` (the UI, its daemon and the dashboard server) on loopback, with a temp DAGSTER_HOME, DuckDB file and
+    landing folder holding one day."""
     home, landing = dagster_home(tmp_path / "home", initialize=False), tmp_path / "landing"
     generate(landing, date.fromisoformat(DAY), days=1, turns_per_day=120, seed=3)
     env = {
@@ -95,34 +86,8 @@ def dagster_dev(tmp_path):
     }
     for secret in ("GEMINI_API_KEY", "GOOGLE_API_KEY", "GOOGLE_GEMINI_BASE_URL"):
         env.pop(secret, None)
-    port = free_port()
-    server = subprocess.Popen(
-        [str(Path(sys.executable).with_name("dagster")), "dev", "-h", "127.0.0.1", "-p", str(port)],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if graphql(url, "{ version }").get("data"):
-                    break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline and server.poll() is None, "dagster dev did not come up"
-            time.sleep(1)
-        yield DagsterDev(url, tmp_path / "ui.duckdb", env, landing)
-    finally:
-        os.killpg(server.pid, 15)
-        try:
-            server.wait(timeout=60)
-        except subprocess.TimeoutExpired:  # a run the daemon launched can outlive a polite stop on a busy machine
-            os.killpg(server.pid, 9)
-            server.wait(timeout=30)
+    with make_ui(REPO, env) as ui:
+        yield DagsterDev(ui, tmp_path / "ui.duckdb", env, landing)
 
 
 @pytest.fixture
@@ -181,14 +146,28 @@ def test_the_ui_shows_the_graph_runs_a_partition_and_shows_costs_and_checks(dags
     assert status == "SUCCESS"
 
     page.goto(f"{dagster_dev}/assets/daily_cost_rollup")
-    page.get_by_text("total_cost_usd").first.wait_for()
-    page.get_by_text("cache_hit_rate").first.wait_for()
-    # Money first, as people read it: the day's spend formatted, and the table by evaluation x model.
+    # What a person sees first, on the first screen: the day's spend, formatted once, then by evaluation x model.
     with duckdb.connect(str(dagster_dev.database), read_only=True) as connection:
         (spend,) = connection.execute("SELECT sum(spend_usd) FROM daily_cost_rollup").fetchone()
-    page.get_by_text(f"${spend:,.6f}", exact=True).first.wait_for()
+        (calls,) = connection.execute("SELECT sum(calls) FROM daily_cost_rollup").fetchone()
+        by_evaluation = connection.execute(
+            "SELECT evaluation_id, model, sum(spend_usd) FROM daily_cost_rollup GROUP BY ALL"
+        ).fetchall()
+    figure = page.get_by_text(f"${spend:,.6f}", exact=True).first
+    figure.wait_for()
+    assert figure.bounding_box()["y"] < 1000, "spend is on the first screen"
     page.get_by_text("by_evaluation_and_model").first.wait_for()
+    for evaluation, model, amount in by_evaluation:
+        page.get_by_role("cell", name=f"${amount:,.6f}").first.wait_for()
+    assert page.get_by_text("spend_usd_exact").count() == 0 and page.get_by_text("Columns", exact=True).count() == 0
+    page.get_by_text("cache_hit_pct").first.wait_for()
     page.screenshot(path=str(ARTIFACTS / "4-daily-cost-rollup.png"), full_page=True)
+    listed = page.get_by_text("[Show Table Schema]").first  # the columns, listed at the end of the metadata
+    listed.wait_for()
+    assert listed.bounding_box()["y"] > figure.bounding_box()["y"]
+    listed.click()
+    page.get_by_text("total_cost_usd").first.wait_for()
+    page.keyboard.press("Escape")
     page.goto(f"{dagster_dev}/assets/daily_cost_rollup?view=checks")
     page.get_by_text("rollup_reconciles_with_calls").first.wait_for()
     page.get_by_text("Passed").first.wait_for()
@@ -217,12 +196,17 @@ def test_the_ui_shows_the_graph_runs_a_partition_and_shows_costs_and_checks(dags
         assert time.monotonic() < deadline, f"totals run still {status}"
         time.sleep(2)
     assert status == "SUCCESS"
-    board = (dagster_dev.database.parent / "dashboard.html").as_uri()
     page.goto(f"{dagster_dev}/assets/cost_dashboard")
-    page.get_by_text(board).first.wait_for()
+    link = page.get_by_role("link", name="Open the dashboard").first
+    link.wait_for()
+    board = link.get_attribute("href")
+    assert board == dagster_dev.dashboard
     page.screenshot(path=str(ARTIFACTS / "6-cost-dashboard-asset.png"), full_page=True)
-    page.goto(board)
+    opened = page.goto(board)
+    assert opened is not None and opened.status == 200, "the asset page's link opens the dashboard"
     assert page.locator('[data-figure="spend"]').inner_text() == f"${spend:,.6f}"
+    assert page.locator('[data-figure="calls"]').inner_text() == f"{calls:,}"
+    page.wait_for_function("document.querySelectorAll('.js-plotly-plot .main-svg').length >= 8")
     page.screenshot(path=str(ARTIFACTS / "7-dashboard.png"), full_page=True)
 
     # A backfill from the CLI while the UI runs: the daemon's queue takes its runs. 2026-11-01 never landed:

@@ -36,6 +36,9 @@ from cost_pipeline.storage.tables import (
 )
 
 COLUMN_SCHEMA_KEY = "dagster/column_schema"
+LISTED_COLUMNS_KEY = "columns"
+"""A schema under this key types the table as `dagster/column_schema` does, but the UI lists it with the
+metadata (at its end) instead of in a Columns section above all metadata: for assets whose page opens on money."""
 STORAGE_KIND = "duckdb"
 
 
@@ -360,7 +363,7 @@ def _batch_output_names(context: dg.OutputContext) -> set[str]:
 
 
 def _declared_types(metadata: Mapping) -> dict[str, str]:
-    schema = metadata.get(COLUMN_SCHEMA_KEY)
+    schema = metadata.get(COLUMN_SCHEMA_KEY) or metadata.get(LISTED_COLUMNS_KEY)
     if isinstance(schema, dg.TableSchemaMetadataValue):
         schema = schema.schema
     if not isinstance(schema, dg.TableSchema):

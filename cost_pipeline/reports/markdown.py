@@ -15,14 +15,14 @@ def money_sum(values) -> Decimal:
     return sum((v for v in values if v is not None and not pd.isna(v)), Decimal(0))
 
 
-def money_entries(name: str, value: Decimal | None) -> dict:
-    """A money figure three ways: `name` as text for people, `name_usd` as a float for the UI's plots, and
-    `name_usd_exact` as the exact Decimal in text (floats never carry money)."""
-    return {
-        name: money(value),
-        f"{name}_usd": float(value or 0),
-        f"{name}_usd_exact": "n/a" if value is None else str(value),
-    }
+def percent(part: float | Decimal, whole: float | Decimal) -> float:
+    """`part` of `whole` in percent, to two places (0.0 when `whole` is 0): a rate as people read it, and plottable."""
+    return round(100 * float(part) / float(whole), 2) if whole else 0.0
+
+
+def rounded(value: float | None, places: int = 1) -> float | None:
+    """A measurement (milliseconds, megabytes, seconds) to the places a person reads."""
+    return None if value is None else round(float(value), places)
 
 
 def markdown_table(frame: pd.DataFrame, limit: int = 20) -> str:
@@ -35,7 +35,18 @@ def markdown_table(frame: pd.DataFrame, limit: int = 20) -> str:
             else str(value).replace("|", "\\|").replace("\n", " ")
         )
 
-    header = "| " + " | ".join(map(str, frame.columns)) + " |"
-    rule = "|" + "---|" * len(frame.columns)
-    rows = ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.head(limit).itertuples(index=False)]
+    shown = frame.head(limit)
+    header = "| " + " | ".join(map(str, shown.columns)) + " |"
+    rule = "|" + "".join("---:|" if _numeric(shown[column]) else "---|" for column in shown.columns)
+    rows = ["| " + " | ".join(cell(v) for v in row) + " |" for row in shown.itertuples(index=False)]
     return "\n".join([header, rule, *rows])
+
+
+def _numeric(column: pd.Series) -> bool:
+    """Whether a column holds numbers (or money and percentages as text), so it is right-aligned; text is left."""
+    values = [v for v in column if v is not None and not (isinstance(v, float) and pd.isna(v)) and v != ""]
+    return bool(values) and all(
+        (isinstance(v, (int, float, Decimal)) and not isinstance(v, bool))
+        or (isinstance(v, str) and v.lstrip("-$").replace(",", "").replace(".", "").rstrip("%").isdigit())
+        for v in values
+    )

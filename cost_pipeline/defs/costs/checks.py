@@ -17,7 +17,7 @@ from cost_pipeline.defs.costs.rollups import COST_KINDS, GROUP_KEYS, TOKEN_KINDS
 from cost_pipeline.defs.partitions import daily_partitions
 from cost_pipeline.defs.resources import CostSettings
 from cost_pipeline.defs.warehouse import DuckDBWarehouse
-from cost_pipeline.reports.markdown import markdown_table
+from cost_pipeline.reports.markdown import markdown_table, percent
 from cost_pipeline.reports.report import incomplete_note
 
 warnings.filterwarnings(
@@ -109,8 +109,8 @@ def spend_matches_ledger(context: dg.AssetCheckExecutionContext, warehouse: Duck
         else f"spend_usd {totals['rollup_usd']} differs from the ledger's {totals['ledger_usd']} "
         f"in {len(mismatched)} group(s)",
         metadata={
-            "ledger_spend_usd": str(totals["ledger_usd"]),
-            "rollup_spend_usd": str(totals["rollup_usd"]),
+            "ledger_spend": f"${totals['ledger_usd']}",  # exact: this check compares to the last digit
+            "rollup_spend": f"${totals['rollup_usd']}",
             "mismatched_groups": len(mismatched),
             "mismatches": dg.MetadataValue.md(markdown_table(mismatched)) if len(mismatched) else "",
         },
@@ -138,7 +138,12 @@ def calls_have_usage(
     ).iloc[0]
     calls, without, estimated = int(counts["calls"]), int(counts["without_usage"]), int(counts["estimated"])
     share = estimated / calls if calls else 0.0
-    metadata = {"calls": calls, "without_usage": without, "estimated": estimated, "estimated_share": share}
+    metadata = {
+        "calls": calls,
+        "without_usage": without,
+        "estimated": estimated,
+        "estimated_pct": percent(estimated, calls),
+    }
     if without:
         return dg.AssetCheckResult(
             passed=False,
@@ -259,7 +264,7 @@ def quarantine_share(
         f"{costs.quarantine_share_warn * 100:g}%): "
         + ", ".join(f"{r.reason_code} {r.lines}" for r in reasons.itertuples()),
         metadata={
-            "quarantined_share": share,
+            "quarantined_pct": percent(quarantined, kept + quarantined),
             "quarantined_lines": quarantined,
             "landed_lines": kept + quarantined,
             "reasons": dg.MetadataValue.md(markdown_table(reasons)) if len(reasons) else "",
@@ -297,7 +302,7 @@ def failed_turn_share(
         f"warn above {costs.failed_turn_share_warn * 100:g}%); "
         f"most common: {errors.iloc[0]['error']!r}",
         metadata={
-            "failed_turn_share": share,
+            "failed_turn_pct": percent(failed, turns),
             "failed_turns": failed,
             "turns": turns,
             "errors": dg.MetadataValue.md(markdown_table(errors)) if len(errors) else "",
@@ -337,7 +342,7 @@ def budgets_held(warehouse: DuckDBWarehouse, costs: CostSettings) -> dg.AssetChe
         "evaluations": len(totals),
         "over_budget": len(over),
         "near_budget": len(near),
-        "max_budget_used_share": float(budgeted["budget_used_share"].max()) if len(budgeted) else 0.0,
+        "max_budget_used_pct": percent(budgeted["budget_used_share"].max(), 1) if len(budgeted) else 0.0,
         "over": ", ".join(over["evaluation_id"]),
         "near": ", ".join(near["evaluation_id"]),
     }
@@ -346,7 +351,7 @@ def budgets_held(warehouse: DuckDBWarehouse, costs: CostSettings) -> dg.AssetChe
             passed=False,
             severity=dg.AssetCheckSeverity.ERROR,
             metadata=metadata,
-            description=f"over budget: {metadata['over']} (max {metadata['max_budget_used_share']:.1%} used)",
+            description=f"over budget: {metadata['over']} (max {metadata['max_budget_used_pct']:.1f}% used)",
         )
     return dg.AssetCheckResult(
         passed=near.empty,

@@ -32,7 +32,7 @@ from cost_pipeline.gemini.usage import MODALITY_FIELDS
 from cost_pipeline.money.billing_export import LONG_CONTEXT_TOKENS, day_bounds, read_export
 from cost_pipeline.money.invoice_match import DayMatch, Tolerance, day_lines, ledger_lines, match_day
 from cost_pipeline.money.ledger import ensure_ledger
-from cost_pipeline.reports.markdown import markdown_table
+from cost_pipeline.reports.markdown import markdown_table, money
 from cost_pipeline.storage.columns import Column
 from cost_pipeline.storage.connect import connect, one_row
 
@@ -214,16 +214,16 @@ def reconciliation_check(
 
 
 def reconciliation_metadata(match: DayMatch, lines: pd.DataFrame, unknown: int) -> dict:
-    def total(column: str) -> float:
-        return float(sum((v for v in lines[column] if v is not None and not pd.isna(v)), Decimal(0)))
+    def total(column: str) -> str:
+        return money(sum((v for v in lines[column] if v is not None and not pd.isna(v)), Decimal(0)))
 
     other = pd.DataFrame(match.other_spend + match.unknown_skus)
     not_ours = pd.DataFrame(match.not_ours)
     return {
-        "invoice_usd": total("invoice_usd"),
-        "ledger_usd": total("ledger_usd"),
-        "usd_gap": total("usd_gap"),
-        "credits_usd": total("credits_usd"),
+        "invoice": total("invoice_usd"),
+        "ledger": total("ledger_usd"),
+        "gap": total("usd_gap"),
+        "credits": total("credits_usd"),
         "token_gap": int(lines["token_gap"].sum()) if len(lines) else 0,
         "lines": len(lines),
         "billing_unknown_attempts": unknown,
@@ -233,7 +233,7 @@ def reconciliation_metadata(match: DayMatch, lines: pd.DataFrame, unknown: int) 
             sorted({row["project"] for row in match.not_ours if row["project"] not in match.projects})
         )
         or "none",
-        "other_spend_usd": float(
+        "other_spend": money(
             sum((row["cost_usd"] for row in match.other_spend if row["cost_usd"] is not None), Decimal(0))
         ),
         "other_spend_without_usd": sum(row["cost_usd"] is None for row in match.other_spend),

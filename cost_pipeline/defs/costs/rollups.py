@@ -21,7 +21,8 @@ from decimal import Decimal
 import dagster as dg
 import pandas as pd
 
-from cost_pipeline.config import SCHEDULE_HOUR, SCHEDULE_TIMEZONE
+from cost_pipeline.config import DASHBOARD_URL_ENV, DEFAULT_DASHBOARD_URL, SCHEDULE_HOUR, SCHEDULE_TIMEZONE, resolved
+from cost_pipeline.defs.io_manager import LISTED_COLUMNS_KEY
 from cost_pipeline.defs.partitions import DUCKDB_POOL, daily_partitions
 from cost_pipeline.defs.resources import CostSettings
 from cost_pipeline.defs.table_schema import table_schema
@@ -31,7 +32,7 @@ from cost_pipeline.money.ledger import COLUMNS as LEDGER_COLUMNS
 from cost_pipeline.money.ledger import ensure_ledger, load_spools
 from cost_pipeline.money.pricing import MONEY_PLACES
 from cost_pipeline.reports import dashboard
-from cost_pipeline.reports.markdown import markdown_table, money, money_entries, money_sum
+from cost_pipeline.reports.markdown import markdown_table, money, money_sum, percent
 from cost_pipeline.reports.report import incomplete_note, rollup_completeness
 from cost_pipeline.storage.columns import Column
 
@@ -203,7 +204,8 @@ FRESHNESS_MARGIN_HOURS = 2
     deps=["llm_calls", llm_attempts],
     group_name="costs",
     kinds={"duckdb", "pandas"},
-    metadata={"dagster/column_schema": table_schema(ROLLUP_COLUMNS)},
+    # Listed at the end of the metadata, not as dagster/column_schema above it: the page opens on money.
+    metadata={LISTED_COLUMNS_KEY: table_schema(ROLLUP_COLUMNS)},
     tags={"domain": "costs"},
     pool=DUCKDB_POOL,
     # Yesterday's rollup lands after the daily schedule's hour; later than this margin is stale.
@@ -232,7 +234,7 @@ def daily_cost_rollup(
     ],
     group_name="costs",
     kinds={"duckdb", "pandas"},
-    metadata={"dagster/column_schema": table_schema(EVALUATION_COLUMNS)},
+    metadata={LISTED_COLUMNS_KEY: table_schema(EVALUATION_COLUMNS)},
     # Eager, except that it does not wait for every day since the partitions' start to
     # exist: totals over the days that do exist are what a person wants.
     automation_condition=dg.AutomationCondition.eager().without(~dg.AutomationCondition.any_deps_missing()),
@@ -256,22 +258,29 @@ def evaluation_costs(
 def cost_dashboard(
     context: dg.AssetExecutionContext, warehouse: DuckDBWarehouse, costs: CostSettings
 ) -> dg.MaterializeResult:
-    """The cost dashboard of the last 60 days with data: one HTML page, linked from this asset's metadata."""
+    """The cost dashboard of the last 60 days with data: one HTML page, linked from this asset's metadata.
+
+    The link is the page served over http (`make ui` serves it; `COST_PIPELINE_DASHBOARD_URL` moves it): a
+    browser will not follow a file:// link from the UI's http page.
+    """
     end = dashboard.latest_day(warehouse.database)
     start = end - timedelta(days=dashboard.DEFAULT_DAYS - 1)
     path, data = dashboard.write(
         warehouse.database, dashboard.default_path(warehouse.database), start, end, costs.budgets()
     )
     shown = dashboard.figures(data)
+    url = resolved(DASHBOARD_URL_ENV, DEFAULT_DASHBOARD_URL)
     return dg.MaterializeResult(
         metadata={
-            "dashboard": dg.MetadataValue.url(path.as_uri()),
             "spend": shown["spend"],
             "data_cost": shown["data_cost"],
-            "range": f"{start} to {end}",
+            "range": dashboard.title_range(data),
             "totals": shown["completeness"],
+            "dashboard": dg.MetadataValue.url(url),
+            "open": dg.MetadataValue.md(
+                f"[Open the dashboard]({url}), served by `make ui` (or `cost-pipeline dashboard --serve`)"
+            ),
             "path": dg.MetadataValue.path(str(path)),
-            "open": dg.MetadataValue.md(f"[Open the dashboard]({path.as_uri()}) (or `cost-pipeline dashboard`)"),
         }
     )
 
@@ -296,20 +305,20 @@ def with_budgets(totals: pd.DataFrame, budgets: dict[str, Decimal]) -> pd.DataFr
 
 
 def rollup_metadata(rollup: pd.DataFrame) -> dict:
-    """Money first (as people read it, as floats for plots, and exact), then the day by evaluation x model, then
-    counts."""
+    """Money first, each figure once as people read it (the table holds the exact Decimals), then the day by
+    evaluation x model, then counts and rates (in percent, plottable)."""
     calls = int(rollup["calls"].sum())
     return {
-        **money_entries("spend", money_sum(rollup["spend_usd"])),
-        **money_entries("data_cost", money_sum(rollup["total_cost_usd"])),
-        **money_entries("saved", money_sum(rollup["saved_cost_usd"])),
+        "spend": money(money_sum(rollup["spend_usd"])),
+        "data_cost": money(money_sum(rollup["total_cost_usd"])),
+        "saved": money(money_sum(rollup["saved_cost_usd"])),
         "totals": rollup_completeness(rollup),
         "by_evaluation_and_model": dg.MetadataValue.md(evaluation_by_model_table(rollup)),
         "total_tokens": int(rollup["total_tokens"].sum()),
         "calls": calls,
         "billed_attempts": int(rollup["billed_attempts"].sum()),
         "rejected_attempts": int(rollup["rejected_attempts"].sum()),
-        "cache_hit_rate": float(rollup["cache_hits"].sum() / calls) if calls else 0.0,
+        "cache_hit_pct": percent(rollup["cache_hits"].sum(), calls),
         "missing_price_calls": int(rollup["missing_price_calls"].sum()),
         "unpriced_attempts": int(rollup["unpriced_attempts"].sum()),
         "billing_unknown_attempts": int(rollup["billing_unknown_attempts"].sum()),
@@ -339,34 +348,27 @@ def evaluation_by_model_table(rollup: pd.DataFrame) -> str:
 
 
 def evaluation_metadata(totals: pd.DataFrame) -> dict:
-    spends = [c for c in totals["spend_usd"] if c is not None]
+    """Money first, once each and formatted; then one row per evaluation, narrow enough to read whole in the UI."""
     shares = [s for s in totals["budget_used_share"] if s is not None]
     summary = pd.DataFrame(
         {
             "evaluation": totals["evaluation_id"],
             "days": totals["days"],
-            "turns": totals["turns"],
-            "spend_usd": totals["spend_usd"].map(_fmt),
-            "data_cost_usd": totals["total_cost_usd"].map(_fmt),
-            "per_turn_usd": totals["cost_per_turn_usd"].map(lambda v: _fmt(v, 8)),
-            "budget_usd": totals["budget_usd"].map(lambda v: _fmt(v, 2)),
+            "turns": totals["turns"].map(lambda v: f"{v:,}"),
+            "spend": totals["spend_usd"].map(money),
+            "per turn": totals["cost_per_turn_usd"].map(lambda v: money(v, 8)),
+            "budget": totals["budget_usd"].map(lambda v: money(v, 2)),
             "used": totals["budget_used_share"].map(lambda v: "" if v is None else f"{v:.1%}"),
             "complete": totals["complete"].map(lambda v: "yes" if v else "NO"),
         }
     )
     unpriced, unknown = int(totals["unpriced_calls"].sum()), int(totals["billing_unknown_attempts"].sum())
     return {
-        "evaluations": len(totals),
-        "spend_usd": float(sum(spends)) if spends else 0.0,
-        "total_cost_usd": float(money_sum(totals["total_cost_usd"])),
-        "average_spend_usd": float(sum(spends) / len(spends)) if spends else 0.0,
-        "min_spend_usd": float(min(spends)) if spends else 0.0,
-        "max_spend_usd": float(max(spends)) if spends else 0.0,
-        "all_under_budget": bool(shares) and all(share <= 1 for share in shares) and all(totals["complete"]),
-        "totals": incomplete_note(unpriced, unknown) or "complete",
+        "spend": money(money_sum(totals["spend_usd"])),
+        "data_cost": money(money_sum(totals["total_cost_usd"])),
         "summary": dg.MetadataValue.md(markdown_table(summary, len(summary))),
+        "totals": incomplete_note(unpriced, unknown) or "complete",
+        "evaluations": len(totals),
+        "all_under_budget": bool(shares) and all(share <= 1 for share in shares) and all(totals["complete"]),
+        "max_budget_used_pct": float(round(100 * max(shares), 2)) if shares else 0.0,
     }
-
-
-def _fmt(value, places: int = 6) -> str:
-    return "" if value is None else f"{value:.{places}f}"

@@ -53,7 +53,7 @@ from cost_pipeline.money.budgets import Budget, Limits
 from cost_pipeline.money.forecast import FORECAST_TAG, Calibration, CallEstimator, ForecastSettings, calibrate
 from cost_pipeline.money.ledger import AttemptSpool, attempt_cost, load_spools, spent_so_far, spool_folder
 from cost_pipeline.money.pricing import MISSING, PriceBook
-from cost_pipeline.reports.markdown import markdown_table, money_entries
+from cost_pipeline.reports.markdown import markdown_table, money, percent, rounded
 from cost_pipeline.storage.arrow_memory import use_system_allocator
 from cost_pipeline.storage.connect import connect
 from cost_pipeline.storage.day_turns import conversation_chunks, export_day_turns
@@ -284,7 +284,7 @@ def _calls_and_staging(step: _Step, turns_file: Path, total: int, writer: Writer
         # fails so that the limit is seen; a re-run after raising it completes the skipped turns from where they are.
         raise dg.Failure(
             description=budget.failure(),
-            metadata={"skipped_calls": int(stats["skipped"]), "run_spent_usd": float(budget.run_spent)},
+            metadata={"skipped_calls": int(stats["skipped"]), "run_spent": money(budget.run_spent)},
         )
 
 
@@ -292,9 +292,9 @@ def _memory_metadata(writer: WriterProcess | None) -> dict:
     """Peak RSS of this step's process so far and of its writer process (each its own peak, `process_memory.py`)."""
     metadata = {}
     if (step_mb := peak_rss_mb()) is not None:
-        metadata["step_peak_rss_mb"] = step_mb
+        metadata["step_peak_rss_mb"] = rounded(step_mb)
     if writer is not None and writer.peak_rss_mb is not None:
-        metadata["writer_peak_rss_mb"] = writer.peak_rss_mb
+        metadata["writer_peak_rss_mb"] = rounded(writer.peak_rss_mb)
     return metadata
 
 
@@ -305,12 +305,13 @@ def _forecast_metadata(context: dg.AssetExecutionContext, spent: Decimal) -> dic
     if forecast is None:
         return {}
     forecast_usd = Decimal(forecast)
-    metadata = {
-        "forecast_usd": float(forecast_usd),
-        "forecast_range_usd": context.run.tags.get(f"{FORECAST_TAG}_range", ""),
+    low, _, high = context.run.tags.get(f"{FORECAST_TAG}_range", "").partition("-")
+    metadata: dict[str, str | float] = {
+        "forecast": money(forecast_usd),
+        "forecast_range": f"{money(Decimal(low))} to {money(Decimal(high))}" if low and high else "",
     }
     if spent:
-        metadata["spend_vs_forecast"] = float(spent / forecast_usd) if forecast_usd else 0.0
+        metadata["spend_vs_forecast_pct"] = percent(spent, forecast_usd)
     return metadata
 
 
@@ -411,7 +412,7 @@ def _cleaned_metadata(cleaned: StagedTable) -> dict:
         FROM cleaned""",
         cleaned=cleaned,
     )
-    return {"rows": rows, "failed": failed, "mean_confidence": float(mean_confidence), "changed_turns": changed}
+    return {"rows": rows, "failed": failed, "mean_confidence": rounded(mean_confidence, 3), "changed_turns": changed}
 
 
 def _function_metadata(functions: StagedTable) -> dict:
@@ -480,8 +481,8 @@ def _call_summary(calls: StagedTable) -> dict:
 
 def _call_metadata(calls: StagedTable, summary: dict, stats, turns: int, elapsed_s: float) -> dict:
     metadata = {
-        **money_entries("cost", summary["cost"]),
-        **money_entries("saved", summary["saved"]),
+        "cost": money(summary["cost"]),
+        "saved": money(summary["saved"]),
         "models": summary["models"],
         "calls": summary["calls"],
         "api_calls": int(stats["api_calls"]),
@@ -493,12 +494,13 @@ def _call_metadata(calls: StagedTable, summary: dict, stats, turns: int, elapsed
         "estimated_usage_calls": summary["estimated_usage_calls"],
         **{name: summary[name] for name in _TOKEN_COLUMNS},
         "saved_tokens": summary["saved_tokens"],
-        "latency_p50_ms": float(summary["latency_p50_ms"]),
-        "latency_p95_ms": float(summary["latency_p95_ms"]),
-        "turns_per_second": turns / elapsed_s if elapsed_s else 0.0,
-        "elapsed_s": elapsed_s,
+        "cache_hit_pct": percent(summary["cache_hits"], summary["calls"]),
+        "latency_p50_ms": rounded(summary["latency_p50_ms"]),
+        "latency_p95_ms": rounded(summary["latency_p95_ms"]),
+        "turns_per_second": rounded(turns / elapsed_s if elapsed_s else 0.0),
+        "elapsed_s": rounded(elapsed_s),
         # On a core, and runnable but waiting for one: near elapsed_s, the day was bound by its own Python, not Gemini.
-        **{name: float(stats[name]) for name in ("event_loop_cpu_s", "event_loop_waited_s") if name in stats},
+        **{name: rounded(stats[name]) for name in ("event_loop_cpu_s", "event_loop_waited_s") if name in stats},
         "cache_entries_loaded": int(stats["cache_entries_loaded"]),
     }
     if metadata["failures"]:
