@@ -7,18 +7,25 @@ count and are billed once, at the cache-read rate; thinking tokens are output; t
 prompt tokens are input; a prompt over a long-context threshold moves the whole request
 to the higher tier. A model with no price is never costed as zero: its costs stay null
 and its `price_status` is `missing`.
+
+Vertex AI names the tier that served each answer (`usageMetadata.trafficType`). Flex and
+priority answers are priced with the library's `service_tier` variants; an answer on
+provisioned throughput costs nothing more (the capacity is prepaid); a tier the library
+has no price for leaves the answer unpriced, never at the standard rate, because the
+library itself answers an unknown tier with standard prices.
 """
 
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import ROUND_HALF_EVEN, Decimal
+from functools import lru_cache
 from typing import Any
 
 import genai_prices
 import pandas as pd
-from genai_prices.types import ModelPrice, calc_unit_price
+from genai_prices.types import ModelPrice, PriceCalculation, calc_unit_price
 
-from cost_pipeline.gemini.settings import STANDARD
+from cost_pipeline.gemini.settings import BATCH, STANDARD
 from cost_pipeline.gemini.usage import MODALITIES, PRICED_FIELDS, Usage, normalized_model
 
 MONEY_PLACES = Decimal("0.000000000001")
@@ -27,6 +34,10 @@ MONEY_SQL_TYPE = "DECIMAL(20,12)"
 PER_MILLION = 1_000_000
 OK, MISSING = "ok", "missing"
 LIBRARY_SOURCE = f"genai-prices {genai_prices.__version__}"
+PROVISIONED_THROUGHPUT = "PROVISIONED_THROUGHPUT"
+PROVISIONED_SOURCE = "provisioned throughput: prepaid, $0 marginal"
+STANDARD_SERVED_TIERS = frozenset({"ON_DEMAND", "TRAFFIC_TYPE_UNSPECIFIED"})
+"""Vertex `trafficType`s billed at the standard on-demand rate (as is an answer that names none)."""
 
 
 @dataclass(frozen=True)
@@ -61,6 +72,44 @@ ZERO = Decimal(0).quantize(MONEY_PLACES)
 """Zero dollars at money precision: what a call never made (no function decision) cost."""
 
 
+@dataclass(frozen=True)
+class Tier:
+    """How an answer was processed and served: `processing` (standard or batch) and Vertex's `trafficType`.
+
+    `served_tier` is the value as Vertex sends it (`ON_DEMAND_FLEX`, `ON_DEMAND_PRIORITY`,
+    `PROVISIONED_THROUGHPUT`, ...); None, `ON_DEMAND` and `TRAFFIC_TYPE_UNSPECIFIED` are the
+    standard tier. Batch wins over a served tier: the Batch API is a tier of its own (no batch
+    answer is served flex, priority or from provisioned throughput), and genai-prices resolves a
+    context naming both to a key-by-key mix of the two variants, a price nobody bills.
+    """
+
+    processing: str = STANDARD
+    served_tier: str | None = None
+
+    def resolved(self) -> "Tier":
+        """The same tier spelt one way: the served tier an upper-case `str`, None when standard or when batch."""
+        if self.served_tier is None:
+            return self
+        served = self.served_tier.strip().upper()  # a plain str, also from google-genai's `TrafficType` enum
+        if self.processing == BATCH or not served or served in STANDARD_SERVED_TIERS:
+            return Tier(self.processing)
+        return Tier(self.processing, served)
+
+    def price_context(self) -> dict[str, str] | None:
+        """genai-prices' context for this (resolved) tier: `ON_DEMAND_FLEX` is its service tier `flex`."""
+        if self.processing != STANDARD:
+            return {"processing": self.processing}
+        if self.served_tier:
+            return {"service_tier": self.served_tier.removeprefix("ON_DEMAND_").lower()}
+        return None
+
+
+@lru_cache(maxsize=256)
+def _tier(processing: "str | Tier") -> Tier:
+    """`processing` (a mode, or a `Tier`) as a resolved `Tier`; remembered, as a call's tier is one of a few."""
+    return (processing if isinstance(processing, Tier) else Tier(processing)).resolved()
+
+
 MEMO_ENTRIES = 8192
 
 
@@ -78,65 +127,94 @@ class PriceBook:
         self._model_prices: dict[tuple, tuple[ModelPrice, ModelPrice, str] | None] = {}
 
     def cost(
-        self, model: str, tokens: Usage, at: datetime, served_model: str | None = None, processing: str = STANDARD
+        self,
+        model: str,
+        tokens: Usage,
+        at: datetime,
+        served_model: str | None = None,
+        processing: str | Tier = STANDARD,
     ) -> CallCost:
         """The cost of `tokens` on `model` at time `at`; status `missing` when no price is known.
 
         `served_model` is the `modelVersion` the response named (a `models/` prefix and case
         do not matter): the provider bills the model that served the request, so its price
         wins when it is known; an alias with no price of its own falls back to the requested
-        model's. `processing` `batch` prices with the library's batch variant where the model
-        has one (an override prices both modes alike).
+        model's. `processing` is a processing mode (`standard`, or `batch`: the library's batch
+        variant where the model has one) or a `Tier`, which adds the tier Vertex served the
+        answer at: flex and priority at the library's `service_tier` variants, provisioned
+        throughput at exactly $0 (source `PROVISIONED_SOURCE`), and a tier the library has no
+        variant for, on that day, `missing`: never the standard price, and never the requested
+        model's price when the served model is priced but not at that tier. An override prices
+        every mode and on-demand tier alike.
         """
-        key = (model, served_model, _utc_day(at), tokens, processing)
+        tier = _tier(processing)
+        key = (model, served_model, _utc_day(at), tokens, tier)
         if key not in self._memo:
-            served = normalized_model(served_model)
-            priced = self._price(served, tokens, at, processing) if served and served != model else None
-            if priced is None or priced.price_status == MISSING:
-                priced = self._price(model, tokens, at, processing)
+            if tier.served_tier == PROVISIONED_THROUGHPUT:
+                priced = CallCost(ZERO, ZERO, ZERO, ZERO, PROVISIONED_SOURCE, OK)
+            else:
+                served = normalized_model(served_model)
+                as_served = self._price(served, tokens, at, tier) if served and served != model else None
+                if as_served is None or (as_served.price_status == MISSING and not self._is_priced(served, at)):
+                    priced = self._price(model, tokens, at, tier)
+                else:
+                    priced = as_served
             self._memo[key] = priced
             if len(self._memo) > MEMO_ENTRIES:
                 del self._memo[next(iter(self._memo))]
             return priced
         return self._memo[key]
 
-    def _model_price(
-        self, model: str, at: datetime, modalities: frozenset[str], processing: str = STANDARD
-    ) -> tuple[ModelPrice, ModelPrice, str] | None:
-        """(full price, price to calculate with, source) of `model` on `at`'s day; None when nobody prices it.
+    def _is_priced(self, model: str | None, at: datetime) -> bool:
+        """Whether anybody prices `model` on `at`'s day at all, whatever the tier."""
+        return model is not None and self._model_price(model, at, frozenset(), Tier()) is not None
 
-        Looked up once per model, day and set of modalities: the library's model match is the
-        same for every call of a day, and so is the price less the units a call never uses.
+    def _model_price(
+        self, model: str, at: datetime, modalities: frozenset[str], tier: Tier
+    ) -> tuple[ModelPrice, ModelPrice, str] | None:
+        """(full price, price to calculate with, source) of `model` at `tier` on `at`'s day; None when nobody
+        prices it (at that tier).
+
+        Looked up once per model, day, set of modalities and tier: the library's model match is
+        the same for every call of a day, and so is the price less the units a call never uses.
         """
-        key = (model, _utc_day(at), modalities, processing)
+        key = (model, _utc_day(at), modalities, tier)
         if key not in self._model_prices:
+            full: ModelPrice | None
             if model in self.overrides:
                 full, source = self.overrides[model].model_price(), self.override_source
             else:
-                context = {"processing": processing} if processing != STANDARD else None
+                context = tier.price_context()
                 try:
-                    full = genai_prices.calc_price(
+                    calculation = genai_prices.calc_price(
                         genai_prices.Usage(),
                         model,
                         provider_id="google",
                         genai_request_timestamp=at,
                         price_context=context,
-                    ).model_price
+                    )
                 except LookupError:
                     full = None
-                source = LIBRARY_SOURCE if processing == STANDARD else f"{LIBRARY_SOURCE} ({processing})"
+                else:
+                    served_variant = tier.served_tier is None or _has_variant(calculation, context or {}, at)
+                    full = calculation.model_price if served_variant else None
+                source = LIBRARY_SOURCE if context is None else f"{LIBRARY_SOURCE} ({next(iter(context.values()))})"
             self._model_prices[key] = (full, _without_unused_units(full, modalities), source) if full else None
         return self._model_prices[key]
 
     def modality_rates(
-        self, model: str, at: datetime, processing: str = STANDARD, long_context: bool = False
+        self, model: str, at: datetime, processing: str | Tier = STANDARD, long_context: bool = False
     ) -> dict[tuple[str, str], Decimal | None] | None:
-        """USD per million tokens of each invoice kind in audio, image and video; None when nobody prices `model`.
+        """USD per million tokens of each invoice kind in audio, image and video; None when nobody prices `model`
+        (at `processing`'s tier, as `cost` prices it; provisioned throughput's rates are all 0).
 
         What the invoice's modality lines cost: a modality without a price of its own is
         billed at its kind's text rate, as genai-prices bills it.
         """
-        prices = self._model_price(normalized_model(model) or model, at, frozenset(MODALITIES), processing)
+        tier = _tier(processing)
+        if tier.served_tier == PROVISIONED_THROUGHPUT:
+            return {(kind, modality): ZERO for modality in MODALITIES for kind in ("input", "cached_input", "output")}
+        prices = self._model_price(normalized_model(model) or model, at, frozenset(MODALITIES), tier)
         if prices is None:
             return None
         full = prices[0]
@@ -157,9 +235,9 @@ class PriceBook:
             )
         }
 
-    def _price(self, model: str, tokens: Usage, at: datetime, processing: str = STANDARD) -> CallCost:
+    def _price(self, model: str, tokens: Usage, at: datetime, tier: Tier) -> CallCost:
         modalities = tokens.modalities()
-        prices = self._model_price(model, at, modalities, processing=processing)
+        prices = self._model_price(model, at, modalities, tier)
         if prices is None:
             return CallCost(None, None, None, None, None, MISSING)
         model_price, calculating_price, source = prices
@@ -180,6 +258,22 @@ class PriceBook:
         cached += calc_unit_price(text_rate, cached_text, total_input, PER_MILLION)
         input_cost, cached_cost, output_cost = (_money(input_price - cached), _money(cached), _money(output_price))
         return CallCost(input_cost, cached_cost, output_cost, input_cost + cached_cost + output_cost, source, OK)
+
+
+def _has_variant(calculation: PriceCalculation, context: dict[str, str], at: datetime) -> bool:
+    """Whether the library priced `calculation` with a variant for `context` in force at `at`.
+
+    The library falls back to the standard price, silently, for a context none of the model's
+    variants names, and ignores the context for a model it found under another provider.
+    """
+    model = calculation.model
+    if not any(model is candidate for candidate in calculation.provider.models):
+        return False
+    return any(
+        all(context.get(name) == value for name, value in variant.when.items())
+        and (variant.constraint is None or variant.constraint.active(at))
+        for variant in model.price_variants or ()
+    )
 
 
 def invoice_split(
@@ -309,7 +403,8 @@ def price_calls(calls: pd.DataFrame, book: PriceBook) -> pd.DataFrame:
 
     A call's tokens are the billed usage of all its attempts in this run, rejected answers
     included; a cache hit was billed nothing and its `saved_cost_usd` is its saved tokens
-    priced like a real call. Rows of a model without a price keep null costs.
+    priced like a real call. Rows of a model without a price keep null costs. The optional
+    `processing` and `served_tier` (Vertex's `trafficType`) columns select the tier (`Tier`).
     """
     columns: dict[str, list] = {name: [] for name in [*COST_COLUMNS, "price_source", "price_status"]}
     if calls.empty:
@@ -318,7 +413,14 @@ def price_calls(calls: pd.DataFrame, book: PriceBook) -> pd.DataFrame:
     # timestamps boxed one by one, cost more than the (memoised) pricing itself.
     priced = [
         name
-        for name in ("model", "model_version", "processing", *PRICED_FIELDS, *(f"saved_{n}" for n in PRICED_FIELDS))
+        for name in (
+            "model",
+            "model_version",
+            "processing",
+            "served_tier",
+            *PRICED_FIELDS,
+            *(f"saved_{n}" for n in PRICED_FIELDS),
+        )
         if name in calls.columns
     ]
     called_at = calls["called_at"]
@@ -330,9 +432,13 @@ def price_calls(calls: pd.DataFrame, book: PriceBook) -> pd.DataFrame:
     for row, at in zip(calls[priced].itertuples(index=False), times):
         served = row.model_version if isinstance(row.model_version, str) else None
         processing = getattr(row, "processing", None)
-        processing = processing if isinstance(processing, str) else STANDARD
-        paid = book.cost(row.model, token_counts(row), at, served, processing)
-        avoided = book.cost(row.model, token_counts(row, "saved_"), at, served, processing)
+        served_tier = getattr(row, "served_tier", None)
+        tier = Tier(
+            processing if isinstance(processing, str) else STANDARD,
+            served_tier if isinstance(served_tier, str) else None,
+        )
+        paid = book.cost(row.model, token_counts(row), at, served, tier)
+        avoided = book.cost(row.model, token_counts(row, "saved_"), at, served, tier)
         columns["input_cost_usd"].append(paid.input_cost)
         columns["cached_input_cost_usd"].append(paid.cached_input_cost)
         columns["output_cost_usd"].append(paid.output_cost)
