@@ -51,6 +51,12 @@ class ServerConfig:
     """How long a batch job stays pending before it completes (real ones take minutes to 24 hours)."""
     rate_batch_error: float = 0.0
     """Share of the requests inside a batch that come back as an error instead of a response (not billed)."""
+    rate_flex: float = 0.0
+    """Share of Vertex AI answers served (and billed) as `trafficType` ON_DEMAND_FLEX."""
+    rate_priority: float = 0.0
+    """Share of Vertex AI answers served (and billed) as `trafficType` ON_DEMAND_PRIORITY."""
+    rate_provisioned: float = 0.0
+    """Share of Vertex AI answers served from provisioned throughput (PROVISIONED_THROUGHPUT: no per-token bill)."""
     seed: int = 0
 
 

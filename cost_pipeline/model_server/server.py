@@ -32,32 +32,55 @@ successor's rates, as Google does). `POST /admin/replay` queues recorded respons
 `GET /admin/billing/export` is what the server billed, as Cloud Billing's BigQuery export
 in the Gemini API's SKU wording (`money/billing_export.py`). Served by uvicorn on
 loopback; `cost-pipeline serve-model --port N` runs it on its own.
+
+It speaks Vertex AI too, as google-genai calls it with `vertexai=True`, a project, a location
+and a base URL: `POST /{v1|v1beta1}/projects/{project}/locations/{location}/publishers/google/
+models/{model}:generateContent` and `:countTokens`. A Vertex call needs `Authorization: Bearer`
+with a token this server issued at `POST /token` (the OAuth refresh google-auth's
+`external_account_authorized_user` and `authorized_user` credentials send to their token URL),
+else 401 UNAUTHENTICATED; issued tokens outlive `/admin/reset`, as Google's outlive a test.
+Tokens, refresh tokens and client secrets are never kept or logged: only a token's hash is.
+A Vertex answer carries `trafficType` (`rate_flex`, `rate_priority`, `rate_provisioned` inject
+the other tiers), `createTime` and Vertex's `responseId`; its billing record and its
+`/admin/requests` entry carry `surface` `vertex`, the project, location, `labels` and
+`traffic_type` (the request entry also whether an `Authorization` header came, never its value).
+`GET /admin/billing/export?surface=vertex` is the Vertex calls' bill in Vertex AI's SKU wording
+(`vertex_export_csv`); without `surface` (or with `gemini-api`) it stays the Developer API's.
 """
 
 import argparse
 import asyncio
+import csv
 import hashlib
+import io
 import json
 import random
 import re
+import secrets
 import sys
 import time
 import urllib.parse
 import urllib.request
 import uuid
-from collections import Counter, deque
+from collections import Counter, defaultdict, deque
 from dataclasses import asdict, fields
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
 from typing import Any
 
+import genai_prices
 import uvicorn
+from genai_prices.types import calc_unit_price
 
 from cost_pipeline.gemini.local_endpoint import ServerConfig, config_arguments, config_from
 from cost_pipeline.gemini.prompts import REMINDER_PREFIX
-from cost_pipeline.gemini.usage import normalized_model
+from cost_pipeline.gemini.settings import STANDARD
+from cost_pipeline.gemini.usage import REPORTED, Usage, metadata_from_dict, normalized_model, usage_from_metadata
 from cost_pipeline.model_server.files import LocalFiles
 from cost_pipeline.model_server.files import error_body as _error
-from cost_pipeline.money.billing_export import LOCAL_PROJECT, provider_export_csv
+from cost_pipeline.money.billing_export import LOCAL_PROJECT, LONG_CONTEXT_TOKENS, provider_export_csv
+from cost_pipeline.money.pricing import MONEY_PLACES, PER_MILLION, PriceBook, invoice_split, library_usage
+from cost_pipeline.money.skus import LONG, SHORT, VERTEX_AI, invoice_model
 
 FILLERS = {"um", "uh", "er", "hmm", "uhm", "erm"}
 FILLER_PHRASES = (("you", "know"), ("i", "mean"))
@@ -91,6 +114,30 @@ BILLED_USAGE_FIELDS = (
     "thoughtsTokenCount",
     "toolUsePromptTokenCount",
 )
+VERTEX_PATH = re.compile(
+    r"^/(?P<version>v1|v1beta1)/projects/(?P<project>[^/]+)/locations/(?P<location>[^/]+)"
+    r"/publishers/google/models/(?P<model>[^:/]+):(?P<method>[A-Za-z]+)$"
+)
+GEMINI_API_SURFACE, VERTEX_SURFACE = "gemini-api", "vertex"
+ON_DEMAND, FLEX, PRIORITY, PROVISIONED = (
+    "ON_DEMAND",
+    "ON_DEMAND_FLEX",
+    "ON_DEMAND_PRIORITY",
+    "PROVISIONED_THROUGHPUT",
+)
+TOKEN_LIFETIME_S = 3600
+# Google's own 401 messages: a client that reads them (or a person) sees what Google would say.
+NO_CREDENTIALS = (
+    "Request is missing required authentication credential. Expected OAuth 2 access token, login cookie "
+    "or other valid authentication credential."
+)
+BAD_CREDENTIALS = (
+    "Request had invalid authentication credentials. Expected OAuth 2 access token, login cookie "
+    "or other valid authentication credential."
+)
+LABEL_KEY = re.compile(r"^[^\W\d_][\w-]{0,62}$")
+LABEL_VALUE = re.compile(r"^[\w-]{0,63}$")
+MAX_LABELS = 64
 
 # Keywords that select a tool, checked in this order; only declared tools are eligible.
 TOOL_KEYWORDS = {
@@ -242,6 +289,10 @@ class GeminiLikeServer:
         self.batches: dict[str, dict] = {}
         self.files = LocalFiles()
         self.replays: deque = deque()
+        self.traffic = random.Random(config.seed)
+        """Rolls the Vertex traffic types apart from `random`, so Vertex answers leave the fault sequence as it was."""
+        self.issued_tokens: dict[str, float] = {}
+        """The SHA-256 of each access token issued at /token, with its expiry (Unix time)."""
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -262,7 +313,7 @@ class GeminiLikeServer:
         if files is not None:
             status, payload, extra = files
         else:
-            (status, payload), extra = await self.route(scope["method"], scope["path"], body, query), {}
+            (status, payload), extra = await self.route(scope["method"], scope["path"], body, query, headers), {}
         data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
         extra = {"content-type": "application/json", **extra}
         await send(
@@ -277,7 +328,14 @@ class GeminiLikeServer:
         )
         await send({"type": "http.response.body", "body": data})
 
-    async def route(self, method: str, path: str, body: bytes, query: bytes = b"") -> tuple[int, dict | bytes]:
+    async def route(
+        self, method: str, path: str, body: bytes, query: bytes = b"", headers: dict[str, str] | None = None
+    ) -> tuple[int, dict | bytes]:
+        if path == "/token" and method == "POST":
+            return self.issue_token(body, headers or {})
+        vertex = VERTEX_PATH.match(path)
+        if vertex and method == "POST":
+            return await self.vertex_call(vertex, body, headers or {})
         if path == "/admin/stats":
             return 200, dict(self.stats)
         if path == "/admin/requests":
@@ -297,9 +355,16 @@ class GeminiLikeServer:
         if path == "/admin/billing":
             return 200, {"records": self.billing}
         if path == "/admin/billing/export":
+            asked = urllib.parse.parse_qs(query.decode())
+            surface = asked.get("surface", [GEMINI_API_SURFACE])[0]
+            if surface == VERTEX_SURFACE:  # Vertex lines name the project and location each call's path named
+                return 200, vertex_export_csv(self.billing).encode()
+            if surface != GEMINI_API_SURFACE:
+                return 400, _error(400, f"surface must be {GEMINI_API_SURFACE} or {VERTEX_SURFACE}", "INVALID_ARGUMENT")
             # ?project=NAME bills another project: a test that points a base URL here treats this server as Google.
-            project = urllib.parse.parse_qs(query.decode()).get("project", [LOCAL_PROJECT])[0]
-            return 200, provider_export_csv(self.billing, project=project).encode()
+            project = asked.get("project", [LOCAL_PROJECT])[0]
+            developer = [record for record in self.billing if record["surface"] == GEMINI_API_SURFACE]
+            return 200, provider_export_csv(developer, project=project).encode()
         if path == "/admin/config":
             if method == "POST":
                 changes = json.loads(body or b"{}")
@@ -311,6 +376,7 @@ class GeminiLikeServer:
                 self.aliases = parse_aliases(self.config.model_aliases)
                 if "seed" in changes:
                     self.random.seed(self.config.seed)
+                    self.traffic.seed(self.config.seed)
             return 200, asdict(self.config)
         batch = BATCH_PATH.match(path)
         if batch:
@@ -331,6 +397,79 @@ class GeminiLikeServer:
             texts = [p.get("text", "") for c in request.get("contents", []) for p in c.get("parts", [])]
             return 200, {"totalTokens": sum(count_tokens(text) for text in texts)}
         return await self.generate(found["model"], request)
+
+    def issue_token(self, body: bytes, headers: dict[str, str]) -> tuple[int, dict]:
+        """OAuth 2.0's refresh grant as google-auth sends it (form-encoded): a fresh Bearer token for an hour.
+
+        Client credentials may come as HTTP Basic (external_account_authorized_user) or in the
+        form (authorized_user); any non-empty ones are accepted. Only the token's hash is kept.
+        """
+        form = urllib.parse.parse_qs(body.decode(errors="replace"))
+        if form.get("grant_type", [""])[0] != "refresh_token":
+            return 400, {"error": "unsupported_grant_type", "error_description": "only refresh_token is served here"}
+        client = headers.get("authorization", "").lower().startswith("basic ") or form.get("client_id", [""])[0]
+        if not form.get("refresh_token", [""])[0] or not client:
+            return 400, {"error": "invalid_request", "error_description": "refresh_token and a client are required"}
+        token = f"ya29.local-{secrets.token_urlsafe(32)}"
+        now = time.time()
+        self.issued_tokens = {digest: until for digest, until in self.issued_tokens.items() if until > now}
+        self.issued_tokens[_digest(token)] = now + TOKEN_LIFETIME_S
+        self.stats["tokens_issued"] += 1
+        return 200, {"access_token": token, "expires_in": TOKEN_LIFETIME_S, "token_type": "Bearer"}
+
+    def _unauthenticated(self, authorization: str | None) -> str | None:
+        """Why a Vertex call is refused (Google's 401 message), or None for a live token this server issued."""
+        if not authorization:
+            return NO_CREDENTIALS
+        scheme, _, token = authorization.partition(" ")
+        until = self.issued_tokens.get(_digest(token.strip())) if scheme.lower() == "bearer" else None
+        return None if until is not None and until > time.time() else BAD_CREDENTIALS
+
+    async def vertex_call(self, found: re.Match, body: bytes, headers: dict[str, str]) -> tuple[int, dict | bytes]:
+        """A Vertex AI publisher-model call: authenticated first, as Google does, then answered like the Gemini
+        API's, in Vertex's shape, with its project, location and labels recorded."""
+        call: dict[str, Any] = {
+            "surface": VERTEX_SURFACE,
+            "path": found.group(0),
+            "project": found["project"],
+            "location": found["location"],
+            "authorization": "authorization" in headers,
+        }
+        self.stats["vertex_requests"] += 1
+        refused = self._unauthenticated(headers.get("authorization"))
+        if refused:
+            self.stats["vertex_unauthenticated"] += 1
+            self.requests.append({**call, "model": found["model"], "status": 401})
+            return 401, _error(401, refused, "UNAUTHENTICATED")
+        if found["method"] not in ("generateContent", "countTokens"):
+            return 400, _error(400, f"method {found['method']} is not supported here", "INVALID_ARGUMENT")
+        try:
+            request = json.loads(body)
+        except json.JSONDecodeError:
+            return 400, _error(400, "request body is not JSON", "INVALID_ARGUMENT")
+        labels = request.get("labels") or {}
+        problem = label_problem(labels)
+        if problem:
+            return 400, _error(400, problem, "INVALID_ARGUMENT")
+        call["labels"] = labels
+        if found["method"] == "countTokens":  # free, as Google's is: counted, never billed
+            self.stats["count_tokens"] += 1
+            self.requests.append({**call, "model": found["model"], "body": request})
+            return 200, vertex_token_count(request)
+        return await self.generate(found["model"], request, call)
+
+    def _traffic_type(self) -> str:
+        """The tier a Vertex answer is served at, drawn by `rate_flex`, `rate_priority`, `rate_provisioned`."""
+        config, roll = self.config, self.traffic.random()
+        for traffic, rate in (
+            (FLEX, config.rate_flex),
+            (PRIORITY, config.rate_priority),
+            (PROVISIONED, config.rate_provisioned),
+        ):
+            if roll < rate:
+                return traffic
+            roll -= rate
+        return ON_DEMAND
 
     def create_batch(self, model: str, body: dict) -> tuple[int, dict]:
         """`models/{model}:batchGenerateContent` with inlined requests: a pending job, answered after
@@ -448,16 +587,22 @@ class GeminiLikeServer:
             metadata["output"] = {"inlinedResponses": {"inlinedResponses": job["responses"]}}
         return {"name": job["name"], "metadata": metadata, "done": job["state"] in BATCH_DONE}
 
-    async def generate(self, model: str, request: dict) -> tuple[int, dict | bytes]:
+    async def generate(self, model: str, request: dict, vertex: dict | None = None) -> tuple[int, dict | bytes]:
+        """One generateContent call: a queued replay, an injected fault, or the fake model's answer, billed.
+
+        `vertex` is a Vertex AI call's context (`vertex_call`): the answer then takes Vertex's
+        shape, and the request's and billing records carry the context and the traffic type.
+        """
         config = self.config
-        record: dict[str, Any] = {"model": model, "body": request}
+        record: dict[str, Any] = {"model": model, "body": request, **(vertex or {})}
         self.requests.append(record)
         self.stats["requests"] += 1
         if self.replays:  # a recorded answer of Google's, billed as Google bills it: by its usage, if it has counts
             response = self.replays.popleft()
             usage = response.get("usageMetadata") or {}
             if any(name in usage for name in (*BILLED_USAGE_FIELDS, "totalTokenCount")):
-                self._bill(response, truncated=False, missing_usage=False, rejection=None)
+                billed = self._bill(response, truncated=False, missing_usage=False, rejection=None)
+                billed.update(vertex_billing(vertex, usage))
             self.stats["replayed"] += 1
             return 200, response
         delay = config.latency_ms + self.random.uniform(0, config.latency_jitter_ms)
@@ -477,12 +622,17 @@ class GeminiLikeServer:
             roll -= rate
         rejection = self._rejection(request)
         response = self.model_response(model, request, rejection)
+        if vertex is not None:
+            response = vertex_response(response, self._traffic_type())
+            record["traffic_type"] = response["usageMetadata"]["trafficType"]
+            self.stats[f"traffic:{record['traffic_type']}"] += 1
         if rejection:
             self.stats[f"rejection_{rejection}"] += 1
         usage = response["usageMetadata"]
         truncated = self.random.random() < config.rate_truncated
         missing_usage = not truncated and self.random.random() < config.rate_missing_usage
-        self._bill(response, truncated=truncated, missing_usage=missing_usage, rejection=rejection)
+        billed = self._bill(response, truncated=truncated, missing_usage=missing_usage, rejection=rejection)
+        billed.update(vertex_billing(vertex, usage))
         if truncated:
             self.stats["fault_truncated"] += 1
             whole = json.dumps(response).encode()
@@ -530,22 +680,23 @@ class GeminiLikeServer:
 
     def _bill(
         self, response: dict, truncated: bool, missing_usage: bool, rejection: str | None, processing: str = "standard"
-    ) -> None:
-        """The provider's own record: every 200 it produced is billed, whatever reaches the client."""
+    ) -> dict:
+        """The provider's own record: every 200 it produced is billed, whatever reaches the client; returns it."""
         usage = response["usageMetadata"]
-        self.billing.append(
-            {
-                "response_id": response.get("responseId"),
-                "model": normalized_model(response["modelVersion"]),
-                "at": time.time(),
-                "usage": usage,
-                **{name: usage.get(name, 0) for name in BILLED_USAGE_FIELDS},
-                "truncated": truncated,
-                "missing_usage": missing_usage,
-                "rejection": rejection,
-                "processing": processing,
-            }
-        )
+        record = {
+            "surface": GEMINI_API_SURFACE,
+            "response_id": response.get("responseId"),
+            "model": normalized_model(response["modelVersion"]),
+            "at": time.time(),
+            "usage": usage,
+            **{name: usage.get(name, 0) for name in BILLED_USAGE_FIELDS},
+            "truncated": truncated,
+            "missing_usage": missing_usage,
+            "rejection": rejection,
+            "processing": processing,
+        }
+        self.billing.append(record)
+        return record
 
     async def _fault(self, outcome: str) -> tuple[int, dict]:
         if outcome == "429":
@@ -656,6 +807,220 @@ def key_fingerprint(key: str) -> str:
 
 def parse_aliases(text: str) -> dict[str, str]:
     return dict(pair.split("=", 1) for pair in text.split(",") if "=" in pair)
+
+
+def _digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def label_problem(labels: Any) -> str | None:
+    """Why a request's `labels` break Google's label rules, or None (at most 64; keys of 1 to 63 and values of at
+    most 63 lowercase letters, digits, `_` or `-`, international letters allowed; a key starts with a letter)."""
+    if not isinstance(labels, dict) or len(labels) > MAX_LABELS:
+        return f"labels must be an object of at most {MAX_LABELS} string keys and values"
+    for key, value in labels.items():
+        fits = isinstance(value, str) and LABEL_KEY.match(key) and LABEL_VALUE.match(value)
+        if not fits or key != key.lower() or value != value.lower():
+            return f"label {key!r}: keys and values take lowercase letters, digits, '_' and '-' (at most 63)"
+    return None
+
+
+def vertex_token_count(request: dict) -> dict:
+    """Vertex's countTokens answer: the prompt's tokens (system instruction, tools, contents) and its billable
+    characters (those that are not whitespace)."""
+    system = " ".join(p.get("text", "") for p in (request.get("systemInstruction") or {}).get("parts", []))
+    texts = [system, *(p.get("text", "") for c in request.get("contents", []) for p in c.get("parts", []))]
+    tools = json.dumps(request["tools"], sort_keys=True) if request.get("tools") else ""
+    total = sum(count_tokens(text) for text in (*texts, tools))
+    return {
+        "totalTokens": total,
+        "totalBillableCharacters": sum(len("".join(text.split())) for text in texts),
+        "promptTokensDetails": [{"modality": "TEXT", "tokenCount": total}],
+    }
+
+
+def vertex_response(response: dict, traffic: str) -> dict:
+    """The fake model's answer as Vertex AI sends it, its keys in Vertex's order.
+
+    `usageMetadata` gains `trafficType` and per-modality candidate counts; `createTime` is the
+    answer's RFC 3339 UTC time to the microsecond and `responseId` a 23-character URL-safe id, as
+    in a recorded Vertex body (vercel/ai `packages/google/src/__fixtures__/google-vertex-stream-
+    tool-call-arguments-nested.1.chunks.txt`, last line; kept as
+    `cost_pipeline_tests/fixtures/responses/vertex_gemini-3.1-pro-preview_stream_final.json`).
+    """
+    usage = {**response["usageMetadata"], "trafficType": traffic}
+    if usage.get("candidatesTokenCount"):
+        usage["candidatesTokensDetails"] = [{"modality": "TEXT", "tokenCount": usage["candidatesTokenCount"]}]
+    shaped = {key: response[key] for key in ("candidates", "promptFeedback") if key in response}
+    return {
+        **shaped,
+        "usageMetadata": usage,
+        "modelVersion": response["modelVersion"],
+        "createTime": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        "responseId": secrets.token_urlsafe(17),
+    }
+
+
+def vertex_billing(vertex: dict | None, usage: dict) -> dict:
+    """What a Vertex call adds to its billing record: surface, project, location, labels and the traffic type
+    served (as the answer's `usageMetadata` named it; on demand when it named none). Empty for the Gemini API."""
+    if vertex is None:
+        return {}
+    return {
+        **{key: vertex[key] for key in ("surface", "project", "location", "labels")},
+        "traffic_type": usage.get("trafficType") or ON_DEMAND,
+    }
+
+
+VERTEX_AI_SERVICE_ID = "C7E2-9256-1C43"
+VERTEX_HEADER = [
+    "billing_account_id",
+    "service.id",
+    "service.description",
+    "sku.id",
+    "sku.description",
+    "usage_start_time",
+    "usage_end_time",
+    "project.id",
+    "location.location",
+    "labels",
+    "cost",
+    "currency",
+    "currency_conversion_rate",
+    "usage.amount",
+    "usage.unit",
+    "credits",
+]
+VERTEX_MODEL_NAMES = {
+    "gemini-2.5-flash-lite": "Gemini 2.5 Flash Lite",
+    "gemini-2.5-flash": "Gemini 2.5 Flash GA",
+    "gemini-2.5-pro": "Gemini 2.5 Pro",
+}
+"""Models as Vertex AI SKUs name them, where the name is not the model id in words (verbatim SKUs: see
+`vertex_sku`)."""
+VERTEX_SKU_IDS = {
+    "Gemini 2.5 Flash GA Text Input - Predictions": "FDAB-647C-5A22",
+    " Gemini 2.5 Flash GA Input Text Caching": "A1C1-77CC-6FAE",
+    "Gemini 2.5 Pro Text Input - Predictions": "A121-E2B5-1418",
+    "Gemini 2.5 Pro Text Output - Predictions": "5DA2-3F77-1CA5",
+    " Gemini 2.5 Pro Input Text Caching": "E941-1B12-88B9",
+    "Gemini 2.5 Flash Lite Text Input - Predictions": "F91E-007E-3BA1",
+    "Gemini 2.5 Flash Lite Text Output - Predictions": "2D6E-6AC5-B1FD",
+    " Gemini 2.5 Flash Lite Input Text Caching": "95C5-4D3B-D378",
+}
+"""Real Vertex AI SKU ids: a contract price list's breakdown naming id and description (stored public file,
+search id 25875549319), and for Flash Lite two public SKU tables (ids 33180387021, 68927314387)."""
+VERTEX_TIER_WORDS = {ON_DEMAND: "", FLEX: " Flex", PRIORITY: " Priority"}
+TIME_FORMAT = "%Y-%m-%d %H:%M:%S UTC"
+
+
+def vertex_sku(model: str, kind: str, modality: str, traffic: str, context: str) -> str:
+    """A Vertex AI Gemini token SKU's description, worded as Google's are.
+
+    Verbatim Vertex SKUs this follows: "Gemini 2.5 Flash Lite Text Input - Predictions", "Gemini
+    2.5 Flash GA Text Input - Predictions", " Gemini 2.5 Flash Lite Input Text Caching" (leading
+    space and all), from a test copying a live export's `SELECT DISTINCT sku.description`
+    (stored public file, search id 58001810404); "Gemini 3 Flash Text Input Flex - Predictions"
+    (id 57579783011) and "Gemini 2.5 Pro Audio Output Priority - Predictions" (id 56617342108)
+    for the tier words; "... Caching Flex" and "Gemini 2.0 Flash Text Input (Long) - Predictions"
+    (id 67047272758, quoting cloud.google.com/skus/sku-groups/vertex-api-gemini-2-x-skus). Where
+    "(Long)" and a tier word meet, their order is this function's choice.
+    """
+    name = VERTEX_MODEL_NAMES.get(model) or " ".join(word.capitalize() for word in model.split("-"))
+    long = " (Long)" if context == LONG else ""
+    tier = VERTEX_TIER_WORDS[traffic]
+    if kind == "cached_input":
+        return f" {name} Input {modality.capitalize()} Caching{long}{tier}"
+    return f"{name} {modality.capitalize()} {kind.capitalize()}{long}{tier} - Predictions"
+
+
+def vertex_export_csv(records: list[dict], book: PriceBook | None = None, account: str = "LOCAL-000000-000000") -> str:
+    """What Vertex AI billed for the server's Vertex answers, as BigQuery's export flattened to CSV.
+
+    One line per UTC hour, project, location, SKU and set of labels (the request's `labels`, as
+    the export's JSON array of `{"key", "value"}`), service "Vertex AI", unit `count`, in USD.
+    On-demand, flex and priority answers go to their own SKUs (`vertex_sku`); answers served
+    from provisioned throughput have no line, as that capacity is not billed by the token. A
+    line's cost is its answers' list prices split as the invoice splits them; a tier
+    genai-prices has no price for leaves the cost empty, never the standard price, never 0.
+    """
+    book = book or PriceBook()
+    lines: dict[tuple, list] = defaultdict(lambda: [0, Decimal(0)])
+    for record in records:
+        traffic = record.get("traffic_type")
+        if record["surface"] != VERTEX_SURFACE or traffic not in VERTEX_TIER_WORDS:
+            continue  # the Gemini API's calls, and provisioned throughput
+        usage = usage_from_metadata(metadata_from_dict(record["usage"]))
+        if usage is None or usage.source != REPORTED:
+            continue  # no token count: nothing billed by the token
+        at = datetime.fromtimestamp(record["at"], timezone.utc)
+        long_context = usage.input_tokens + usage.tool_prompt_tokens > LONG_CONTEXT_TOKENS
+        costs, rates = _vertex_costs(book, record["model"], usage, at, traffic, long_context)
+        hour = at.replace(minute=0, second=0, microsecond=0)
+        place = (record["project"], record["location"], tuple(sorted(record["labels"].items())))
+        for kind, modality, count, cost in invoice_split(lambda name, usage=usage: getattr(usage, name), costs, rates):
+            context = LONG if long_context else SHORT
+            line = lines[(hour, *place, vertex_sku(invoice_model(record["model"]), kind, modality, traffic, context))]
+            line[0] += count
+            line[1] = None if line[1] is None or cost is None else line[1] + cost
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(VERTEX_HEADER)
+    for (hour, project, location, labels, sku), (count, cost) in sorted(lines.items()):
+        writer.writerow(
+            [
+                account,
+                VERTEX_AI_SERVICE_ID,
+                VERTEX_AI,
+                VERTEX_SKU_IDS.get(sku, ""),  # a SKU's real id where known; none is made up
+                sku,
+                hour.strftime(TIME_FORMAT),
+                (hour + timedelta(hours=1)).strftime(TIME_FORMAT),
+                project,
+                location,
+                json.dumps([{"key": key, "value": value} for key, value in labels], separators=(",", ":")),
+                "" if cost is None else format(cost, "f"),
+                "USD",
+                "1.0",
+                count,
+                "count",
+                "[]",
+            ]
+        )
+    return out.getvalue()
+
+
+def _vertex_costs(
+    book: PriceBook, model: str, usage: Usage, at: datetime, traffic: str, long_context: bool
+) -> tuple[tuple[Decimal | None, Decimal | None, Decimal | None], dict]:
+    """(input, cached input, output) list cost of one answer at its traffic type, and its modality rates.
+
+    On demand is the price book's standard price. Flex and priority are genai-prices'
+    `service_tier` variants where the model has one in force; otherwise unpriced (None), since
+    the library answers a tier it has no variant for with the standard price. Tier lines split
+    only text at a known rate: another modality's share stays None.
+    """
+    if traffic == ON_DEMAND:
+        priced = book.cost(model, usage, at)
+        return (priced.input_cost, priced.cached_input_cost, priced.output_cost), (
+            book.modality_rates(model, at, STANDARD, long_context) or {}
+        )
+    context = {"service_tier": traffic.removeprefix("ON_DEMAND_").lower()}
+    try:
+        calculation = genai_prices.calc_price(
+            library_usage(usage), model, provider_id="google", genai_request_timestamp=at, price_context=context
+        )
+    except LookupError:
+        return (None, None, None), {}
+    if not any(
+        variant.when == context and (variant.constraint is None or variant.constraint.active(at))
+        for variant in calculation.model.price_variants or ()
+    ):
+        return (None, None, None), {}
+    total_input = usage.input_tokens + usage.tool_prompt_tokens
+    cached = calc_unit_price(calculation.model_price.cache_read_mtok, usage.cached_tokens, total_input, PER_MILLION)
+    input_cost, output_cost = calculation.input_price - cached, calculation.output_price
+    return (input_cost.quantize(MONEY_PLACES), cached.quantize(MONEY_PLACES), output_cost.quantize(MONEY_PLACES)), {}
 
 
 def build_server(config: ServerConfig, port: int = 0) -> uvicorn.Server:
