@@ -67,4 +67,11 @@ def resolved(name: str, default: str) -> str:
 
 API_KEY_ENVS = ("GEMINI_API_KEY", "GOOGLE_API_KEY")
 BASE_URL_ENV = "GOOGLE_GEMINI_BASE_URL"
+VERTEX_ENVS = ("GOOGLE_GENAI_USE_ENTERPRISE", "GOOGLE_GENAI_USE_VERTEXAI")
+"""google-genai's switches to Vertex AI (the Gemini Enterprise Agent Platform); the first one set wins, as in
+the SDK."""
+PROJECT_ENV, LOCATION_ENV = "GOOGLE_CLOUD_PROJECT", "GOOGLE_CLOUD_LOCATION"
+DEFAULT_LOCATION = "global"
+VERTEX_BASE_URL_ENV = "GOOGLE_VERTEX_BASE_URL"
+CREDENTIALS_ENV = "GOOGLE_APPLICATION_CREDENTIALS"
 """The SDK's own variable for a Gemini-compatible endpoint."""

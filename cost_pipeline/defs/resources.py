@@ -120,6 +120,16 @@ class CostSettings(dg.ConfigurableResource):
         """`[limits]`: hard spend limits per run, per day and per evaluation (month, all time); see money/budgets.py."""
         return Limits.from_table(self._table().get("limits", {}))
 
+    def labels(self) -> dict[str, str]:
+        """`[labels]`: labels every Vertex AI request carries besides the pipeline's own; checked against Google's
+        rules, never rewritten (raises ValueError naming each problem)."""
+        from cost_pipeline.gemini.labels import check_labels
+
+        labels = {str(key): str(value) for key, value in self._table().get("labels", {}).items()}
+        if problems := check_labels(labels):
+            raise ValueError(f"[labels] in {self.config_file}: " + "; ".join(problems))
+        return labels
+
     def budgets(self) -> dict[str, Decimal]:
         """Budget per evaluation in USD; the key `default` covers evaluations not listed."""
         return {name: Decimal(str(value)) for name, value in self._table().get("budgets", {}).items()}

@@ -44,12 +44,18 @@ class Attempt:
     usage: Usage = field(default=NO_USAGE)
     processing: str = "standard"
     """standard, or batch for a request sent inside a Batch API job (billed at the batch price)."""
+    labels: dict[str, str] | None = None
+    """The request's labels on Vertex AI (Cloud Billing carries them into the export); None elsewhere."""
+    served_tier: str | None = None
+    """The traffic type Vertex AI served the answer at (`usageMetadata.trafficType`), as sent; None when not said."""
 
     def sent_line(self) -> dict:
         """What is known before the request leaves: enough to record it if no answer ever comes."""
         line = {"event": "sent", **{k: getattr(self, k) for k in _IDENTITY_FIELDS}}
         if self.processing != "standard":  # absent means standard: the common line stays as short as it was
             line["processing"] = self.processing
+        if self.labels:
+            line["labels"] = self.labels
         return line
 
     def done_line(self) -> dict:
@@ -60,6 +66,7 @@ class Attempt:
             **{k: getattr(self, k) for k in _OUTCOME_FIELDS if k != "usage"},
             "usage_source": usage.source,
             **(usage.counts() if self.billed is not False else {}),
+            **({"served_tier": self.served_tier} if self.served_tier else {}),
         }
 
 

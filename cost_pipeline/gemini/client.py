@@ -37,6 +37,7 @@ from cost_pipeline.config import API_KEY_ENVS
 from cost_pipeline.gemini.answers import Verdict, judge
 from cost_pipeline.gemini.attempts import ACCEPTED, ERROR, REJECTED, Attempt, AttemptSink, NoSink
 from cost_pipeline.gemini.cache import CachedResponse, ResponseCache
+from cost_pipeline.gemini.labels import request_labels
 from cost_pipeline.gemini.prompts import LlmRequest
 from cost_pipeline.gemini.sdk_request import content_config, request_contents
 from cost_pipeline.gemini.settings import GeminiSettings
@@ -125,6 +126,9 @@ class GeminiSession:
         self.ledger = NoSink() if ledger is None else ledger
         self.run_id, self.partition_date = run_id, partition_date
         self.endpoint_id = settings.endpoint_id()
+        self.vertex = settings.endpoint.on_vertex() and not settings.endpoint.needs_local_server()
+        self.labels: dict[str, str] = {}
+        """Labels every Vertex request carries besides the pipeline's own (`costs.toml` `[labels]`)."""
         # Every key this process knows, first the resource's: the one used, and the ones to redact.
         self._secrets = known_secrets(settings.endpoint.api_key)
         self.client = settings.genai_client()
@@ -204,6 +208,9 @@ class GeminiSession:
 
         # tenacity's stop/retry/wait/reraise policy as a plain loop: an AsyncRetrying object per call costs more than
         # the loop, and all but a few calls succeed on the first attempt.
+        labels = (
+            request_labels(request.stage, tag.evaluation_id, self.partition_date, self.labels) if self.vertex else None
+        )
         error = None
         number = 0
         try:
@@ -232,6 +239,7 @@ class GeminiSession:
                                 request_hash,
                                 len(attempts) + 1,
                                 time.time(),
+                                labels=labels,
                             )
                             attempts.append(attempt)
                             self.ledger.sent(attempt)
@@ -240,7 +248,7 @@ class GeminiSession:
                                 response = await self.client.aio.models.generate_content(
                                     model=request.model,
                                     contents=request_contents(sent),
-                                    config=self.content_config(sent),
+                                    config=self.content_config(sent, labels),
                                 )
                             except BaseException as err:
                                 attempt.latency_ms = (time.perf_counter() - started) * 1000
@@ -359,11 +367,12 @@ class GeminiSession:
             return 0.0
         return max(self.backoff(state), server_retry_delay(err) or 0.0)
 
-    def content_config(self, request: LlmRequest) -> types.GenerateContentConfig:
-        """The SDK config of `request` (built once per stage, model and seed): what standard and batch calls send."""
-        key = (request.stage, request.model, request.generation_config.get("seed"))
+    def content_config(self, request: LlmRequest, labels: dict[str, str] | None = None) -> types.GenerateContentConfig:
+        """The SDK config of `request` (built once per stage, model, seed and labels): what standard and batch calls
+        send."""
+        key = (request.stage, request.model, request.generation_config.get("seed"), _frozen(labels))
         if key not in self._configs:
-            self._configs[key] = content_config(request)
+            self._configs[key] = content_config(request, labels)
         return self._configs[key]
 
     def redact(self, text: str) -> str:
@@ -377,8 +386,19 @@ def record_answer(attempt: Attempt, response, usage: Usage, unknown: str | None,
     """A 200 on its attempt: billed (or billing unknown, with why), the served model as prices name it, the verdict."""
     attempt.http_status, attempt.billed, attempt.usage = 200, None if unknown else True, usage
     attempt.model_version, attempt.response_id = normalized_model(response.model_version), response.response_id
+    attempt.served_tier = served_tier(response.usage_metadata)
     attempt.outcome = ACCEPTED if verdict.accepted else REJECTED
     attempt.reason = "; ".join(reason for reason in (verdict.reason, unknown) if reason) or None
+
+
+def _frozen(labels: dict[str, str] | None) -> tuple | None:
+    return tuple(sorted(labels.items())) if labels else None
+
+
+def served_tier(usage_metadata) -> str | None:
+    """The traffic type an answer was served at, as Vertex AI names it (`ON_DEMAND_FLEX`, ...); None when unsaid."""
+    traffic = getattr(usage_metadata, "traffic_type", None)
+    return None if traffic is None else str(getattr(traffic, "value", traffic))
 
 
 def _record_error(attempt: Attempt, err: BaseException, redact) -> None:

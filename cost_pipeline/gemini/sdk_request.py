@@ -11,8 +11,9 @@ from cost_pipeline.gemini.prompts import LlmRequest
 from cost_pipeline.gemini.tools import TOOLS
 
 
-def content_config(request: LlmRequest) -> types.GenerateContentConfig:
-    """The SDK config that sends `request`'s system instruction, tools and generation config."""
+def content_config(request: LlmRequest, labels: dict[str, str] | None = None) -> types.GenerateContentConfig:
+    """The SDK config that sends `request`'s system instruction, tools and generation config, and on Vertex AI its
+    `labels` (the Gemini Developer API takes none)."""
     options = dict(request.generation_config)
     budget = options.pop("thinking_budget", None)
     return types.GenerateContentConfig(
@@ -20,6 +21,7 @@ def content_config(request: LlmRequest) -> types.GenerateContentConfig:
         thinking_config=types.ThinkingConfig(thinking_budget=budget) if budget is not None else None,
         tools=TOOLS if request.with_tools else None,
         automatic_function_calling=types.AutomaticFunctionCallingConfig(disable=True) if request.with_tools else None,
+        labels=labels,
         **options,
     )
 

@@ -20,11 +20,17 @@ from cost_pipeline.config import (
     BASE_URL_ENV,
     BILLING_ENV,
     CLEAN_MODEL_ENV,
+    CREDENTIALS_ENV,
     DB_ENV,
     DEFAULT_BILLING,
     DEFAULT_DB,
+    DEFAULT_LOCATION,
     FUNCTION_MODEL_ENV,
+    LOCATION_ENV,
+    PROJECT_ENV,
     THINKING_BUDGET_ENV,
+    VERTEX_BASE_URL_ENV,
+    VERTEX_ENVS,
     resolved,
 )
 from cost_pipeline.gemini.batch.files import INLINE_LIMIT_BYTES
@@ -43,13 +49,26 @@ OTHER_ENDPOINT_RPM, OTHER_ENDPOINT_TPM = 4_000, 4_000_000
 
 
 class EndpointSettings(BaseModel):
-    """Where calls go: Google's API with a key, any Gemini-compatible base URL, or the shipped local server."""
+    """Where calls go: Google's Gemini API with a key, Vertex AI, a Gemini-compatible base URL, or the local server."""
 
     api_key: str | None = Field(
         default=None, description=f"Gemini API key; unset: {' or '.join(API_KEY_ENVS)} at run time."
     )
     base_url: str | None = Field(
         default=None, description=f"A Gemini-compatible endpoint; unset: {BASE_URL_ENV} at run time."
+    )
+    vertexai: bool | None = Field(
+        default=None,
+        description=f"Call Gemini on Vertex AI; unset: {' or '.join(VERTEX_ENVS)} at run time, as google-genai reads "
+        "them. Credentials: Application Default Credentials (GOOGLE_APPLICATION_CREDENTIALS, or the environment's), "
+        "or an API key alone (express mode) when no project is set.",
+    )
+    project: str | None = Field(default=None, description=f"Vertex AI project; unset: {PROJECT_ENV} at run time.")
+    location: str | None = Field(
+        default=None, description=f"Vertex AI location; unset: {LOCATION_ENV}, else {DEFAULT_LOCATION}, at run time."
+    )
+    vertex_base_url: str | None = Field(
+        default=None, description=f"A Vertex-compatible endpoint; unset: {VERTEX_BASE_URL_ENV} at run time."
     )
     use_local_server: bool = Field(default=False, description="Use the shipped local server even when a key is set.")
     local_server_latency_ms: float = Field(default=0.0, description="Latency of the auto-started local server.")
@@ -68,14 +87,59 @@ class EndpointSettings(BaseModel):
     def billing_folder(self) -> str:
         return self.local_billing_folder or resolved(BILLING_ENV, DEFAULT_BILLING)
 
+    def on_vertex(self) -> bool:
+        """Vertex AI, as configured or as google-genai's switches say (`GOOGLE_GENAI_USE_ENTERPRISE` first)."""
+        if self.vertexai is not None:
+            return self.vertexai
+        switch = next((os.environ[name] for name in VERTEX_ENVS if os.environ.get(name)), "")
+        return switch.strip().lower() in ("true", "1")
+
+    def resolved_project(self) -> str | None:
+        return self.project or os.environ.get(PROJECT_ENV) or None
+
+    def resolved_location(self) -> str:
+        return self.location or os.environ.get(LOCATION_ENV) or DEFAULT_LOCATION
+
+    def resolved_vertex_base_url(self) -> str | None:
+        return self.vertex_base_url or os.environ.get(VERTEX_BASE_URL_ENV) or None
+
+    def express_mode(self) -> bool:
+        """Vertex with an API key and no project: google-genai's express mode (no project, location or ADC)."""
+        return self.on_vertex() and not self.resolved_project() and bool(self.resolved_api_key())
+
     def needs_local_server(self) -> bool:
-        return self.use_local_server or not (self.resolved_api_key() or self.resolved_base_url())
+        if self.use_local_server:
+            return True
+        return not (self.on_vertex() or self.resolved_api_key() or self.resolved_base_url())
+
+    def problem(self) -> str | None:
+        """Why this endpoint cannot be called, in one sentence, or None."""
+        if self.needs_local_server() or not self.on_vertex():
+            return None
+        if not (self.resolved_project() or self.resolved_api_key()):
+            return (
+                f"Vertex AI is on ({' or '.join(VERTEX_ENVS)}) but no project is set ({PROJECT_ENV}) and no API key "
+                "for express mode: set the project, with credentials from Application Default Credentials"
+            )
+        return None
 
     def endpoint_id(self) -> str:
         """Who answers, as stored with every call and in the cache key: stable across runs and ports."""
         if self.needs_local_server():
             return LOCAL_ENDPOINT
+        if self.on_vertex():
+            where = "express" if self.express_mode() else f"{self.resolved_project()}/{self.resolved_location()}"
+            base = self.resolved_vertex_base_url()
+            return f"vertex:{where}" + (f"@{base}" if base else "")
         return self.resolved_base_url() or GOOGLE_ENDPOINT
+
+    def credentials_source(self) -> str:
+        """Where Vertex credentials come from, for the log: a variable's name or a mode, never a secret."""
+        if self.express_mode():
+            return f"API key from {self.key_source()} (express mode)"
+        if os.environ.get(CREDENTIALS_ENV):
+            return f"Application Default Credentials from the file {CREDENTIALS_ENV} names"
+        return "Application Default Credentials from the environment"
 
     def key_source(self) -> str:
         """Where the key came from, for the log: never the key itself."""
@@ -194,6 +258,18 @@ class GeminiSettings:
     def endpoint_id(self) -> str:
         return self.endpoint.endpoint_id()
 
+    def problem(self) -> str | None:
+        """Why these settings cannot run, in one sentence, before any call; None when they can."""
+        if problem := self.processing.problem() or self.endpoint.problem():
+            return problem
+        if self.processing.mode == BATCH and self.endpoint.on_vertex() and not self.endpoint.needs_local_server():
+            return (
+                "batch mode is not available on Vertex AI here: Vertex batch prediction reads its requests from Cloud "
+                "Storage or BigQuery, which this pipeline does not manage; run standard, or use the Gemini API's "
+                "Batch API with a key"
+            )
+        return None
+
     def base_url(self) -> str | None:
         """The base URL calls go to; None means the SDK's default, Google's API."""
         return self.local_url if self.endpoint.needs_local_server() else self.endpoint.resolved_base_url()
@@ -207,8 +283,19 @@ class GeminiSettings:
     def describe_endpoint(self) -> str:
         endpoint = self.endpoint
         if endpoint.needs_local_server():
-            why = "chosen explicitly" if endpoint.use_local_server else "no API key or base URL is set"
+            why = "chosen explicitly" if endpoint.use_local_server else "no API key, base URL or Vertex AI is set"
             return f"the local Gemini-compatible server at {self.local_url} ({why})"
+        if endpoint.on_vertex():
+            where = (
+                "express mode"
+                if endpoint.express_mode()
+                else f"project {endpoint.resolved_project()}, location {endpoint.resolved_location()}"
+            )
+            base = endpoint.resolved_vertex_base_url()
+            return (
+                f"Vertex AI, {where}{f', at {base}' if base else ''} ({endpoint.credentials_source()}); "
+                "every request carries labels"
+            )
         if endpoint.resolved_base_url():
             return f"{endpoint.resolved_base_url()} (base URL)"
         return f"Google's Gemini API, {GOOGLE_ENDPOINT} (API key from {endpoint.key_source()})"
@@ -218,9 +305,24 @@ class GeminiSettings:
         if self.endpoint.needs_local_server() and not self.local_url:
             raise RuntimeError("no API key or base URL, and the local server was not started for this run")
         key = self.endpoint.resolved_api_key()
+        timeout = int(self.retries.timeout_s * 1000)
+        if self.endpoint.on_vertex() and not self.endpoint.needs_local_server():
+            # Every setting passed explicitly: google-genai honours a Vertex base URL only with vertexai=True, and
+            # without a project and location it would post to the bare URL with no token.
+            base = self.endpoint.resolved_vertex_base_url()
+            if self.endpoint.express_mode():
+                return genai.Client(
+                    vertexai=True, api_key=key, http_options=types.HttpOptions(base_url=base, timeout=timeout)
+                )
+            return genai.Client(
+                vertexai=True,
+                project=self.endpoint.resolved_project(),
+                location=self.endpoint.resolved_location(),
+                http_options=types.HttpOptions(base_url=base, timeout=timeout),
+            )
         return genai.Client(
             api_key=key if key and not self.endpoint.needs_local_server() else LOCAL_PLACEHOLDER_KEY,
-            http_options=types.HttpOptions(base_url=self.base_url(), timeout=int(self.retries.timeout_s * 1000)),
+            http_options=types.HttpOptions(base_url=self.base_url(), timeout=timeout),
         )
 
 

@@ -59,6 +59,13 @@ COLUMNS = [
     Column("model_version", "VARCHAR", "As served (the response's modelVersion); null without an answer."),
     Column("endpoint", "VARCHAR"),
     Column("processing", "VARCHAR"),
+    Column(
+        "served_tier",
+        "VARCHAR",
+        "The traffic type Vertex AI served the answer at, as sent (ON_DEMAND_FLEX, PROVISIONED_THROUGHPUT, ...); "
+        "null when the API does not say.",
+    ),
+    Column("labels", "JSON", "The request's labels on Vertex AI, which Cloud Billing carries into the export."),
     Column("request_hash", "VARCHAR", "The response-cache key of the logical request."),
     Column("response_id", "VARCHAR", "The response's responseId."),
     Column("attempt", "INTEGER", "1..n within the call."),
@@ -85,6 +92,8 @@ DDL = create_table_sql(TABLE, COLUMNS)
 # A ledger written before a column existed gains it (null: the attempt predates it; `processing` null is standard).
 MIGRATIONS = [
     f"ALTER TABLE {TABLE} ADD COLUMN IF NOT EXISTS processing VARCHAR",
+    f"ALTER TABLE {TABLE} ADD COLUMN IF NOT EXISTS served_tier VARCHAR",
+    f"ALTER TABLE {TABLE} ADD COLUMN IF NOT EXISTS labels JSON",
     *(f"ALTER TABLE {TABLE} ADD COLUMN IF NOT EXISTS {name} BIGINT" for name in MODALITY_FIELDS),
 ]
 COST_KINDS = ["input_cost_usd", "cached_input_cost_usd", "output_cost_usd", "cost_usd"]
@@ -202,6 +211,7 @@ def attempt_rows(lines: list[str]) -> list[dict]:
 def priced_frame(rows: list[dict], book: PriceBook, recovered: bool) -> pd.DataFrame:
     """Ledger rows with exact costs: billed attempts priced, unbilled at 0, unknown billing null."""
     frame = pd.DataFrame(rows).reindex(columns=COLUMN_NAMES)
+    frame["labels"] = [_COMPACT_JSON.encode(v) if isinstance(v, dict) else None for v in frame["labels"]]
     frame["sent_at"] = pd.to_datetime(frame["sent_at"], unit="s", utc=True).dt.floor("us")
     costs: dict[str, list] = {name: [] for name in [*COST_KINDS, "price_source", "price_status"]}
     zero = Decimal(0)

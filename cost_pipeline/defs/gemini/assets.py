@@ -125,11 +125,15 @@ def turns_through_gemini(
 ):
     """Clean the day's turns and decide function calls with Gemini, accounting for every call."""
     use_system_allocator()
+    try:
+        labels = costs.labels()
+    except ValueError as problem:
+        raise dg.Failure(description=str(problem)) from None
     database, book = gemini.cache.database_file(), costs.price_book()
     load_spools(database, book, log=context.log.warning)
     area = StagingArea(staging_root(warehouse.database), staging_name(context.run.run_id, "turns_through_gemini"))
     try:
-        yield from _through_gemini(_Step(context, config, gemini, book, costs.limits(), area), warehouse)
+        yield from _through_gemini(_Step(context, config, gemini, book, costs.limits(), area, labels), warehouse)
     except BaseException:
         area.discard()
         raise
@@ -145,6 +149,8 @@ class _Step:
     book: PriceBook
     limits: Limits
     area: StagingArea
+    labels: dict[str, str]
+    """`costs.toml` `[labels]`: sent with every Vertex AI request besides the pipeline's own."""
 
 
 def _through_gemini(step: _Step, warehouse: DuckDBWarehouse):
@@ -186,7 +192,7 @@ def _calls_and_staging(step: _Step, turns_file: Path, total: int, writer: Writer
         if scope:  # the runs before this turn are all in the ledger (a killed one's spool is loaded now)
             load_spools(database, book, log=context.log.warning)
         checkpoints = Checkpoints(database, cache, spool, book, context.log.warning, config.checkpoint_every_s, writer)
-        parts = _DayParts(context, config, gemini, cache, spool, checkpoints, day)
+        parts = _DayParts(context, config, gemini, step.labels, cache, spool, checkpoints, day)
         chunks = conversation_chunks(turns_file, config.chunk_turns)
         try:
             if gemini.processing.mode == BATCH:
@@ -350,6 +356,7 @@ class _DayParts:
     context: dg.AssetExecutionContext
     config: GeminiStageConfig
     gemini: GeminiResource
+    labels: dict[str, str]
     cache: ResponseCache
     spool: AttemptSpool
     checkpoints: Checkpoints
@@ -361,6 +368,7 @@ async def _run_batch_day(parts: _DayParts, chunks, work_folder: Path, deferred: 
     collected."""
     context, gemini, checkpoints = parts.context, parts.gemini, parts.checkpoints
     session = gemini.session(parts.cache, parts.spool, context.run.run_id, context.partition_key)
+    session.labels = parts.labels
     stage = BatchStage(
         session,
         context.log.info,
@@ -385,7 +393,7 @@ async def _run_day(parts: _DayParts, chunks, total: int, spend: SpendGuard | Non
     """The day's calls, one conversation at a time per slot, checkpointed as they go; `spend` holds the limits."""
     context, config, checkpoints = parts.context, parts.config, parts.checkpoints
     session = parts.gemini.session(parts.cache, parts.spool, context.run.run_id, context.partition_key)
-    session.spend = spend
+    session.spend, session.labels = spend, parts.labels
     periodic = asyncio.create_task(checkpoints.run_periodically())
     schedule = thread_schedule()  # this thread is the loop's own
     try:

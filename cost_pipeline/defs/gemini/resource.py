@@ -71,7 +71,7 @@ class GeminiResource(dg.ConfigurableResource):
     _local_url: str | None = PrivateAttr(default=None)
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
-        problem = self.processing.problem()
+        problem = self.settings().problem()
         if problem:
             raise dg.Failure(description=problem)
         if self.endpoint.needs_local_server():
