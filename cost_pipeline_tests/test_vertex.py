@@ -1,8 +1,14 @@
 """Gemini on Vertex AI: the endpoint as google-genai's conventions set it, labels on every request, batch refused."""
 
+import os
+import subprocess
+import sys
 from datetime import date
+from decimal import Decimal
+from pathlib import Path
 
 import dagster as dg
+import duckdb
 import pytest
 
 from cost_pipeline.defs.resources import CostSettings
@@ -13,6 +19,7 @@ from cost_pipeline.ingest.synthetic import generate
 from .conftest import materialize_day
 
 DAY = date(2026, 11, 2)
+CLI = str(Path(sys.executable).with_name("cost-pipeline"))
 VERTEX_VARIABLES = (
     "GOOGLE_GENAI_USE_VERTEXAI",
     "GOOGLE_GENAI_USE_ENTERPRISE",
@@ -120,3 +127,91 @@ def test_labels_that_break_googles_rules_fail_the_step_with_the_reason(landing_r
     assert failure.step_key == "turns_through_gemini"
     assert "[labels] in" in failure.step_failure_data.user_failure_data.description
     assert model_server.requests() == []
+
+
+def test_a_day_on_vertex_with_adc_is_labelled_priced_by_tier_and_leaks_no_credential(tmp_path, model_server):
+    """`cost-pipeline demo` on Vertex AI through the real client, credentials refreshed by google-auth from a file."""
+    from .test_vertex_local_server import CLIENT_SECRET, REFRESH_TOKEN, write_credentials
+
+    credentials = write_credentials(tmp_path, model_server.url)
+    env = {name: value for name, value in os.environ.items() if name not in VERTEX_VARIABLES}
+    env.update(
+        GOOGLE_GENAI_USE_VERTEXAI="true",
+        GOOGLE_CLOUD_PROJECT="acme-evals",
+        GOOGLE_CLOUD_LOCATION="us-central1",
+        GOOGLE_VERTEX_BASE_URL=model_server.url,
+        GOOGLE_APPLICATION_CREDENTIALS=str(credentials),
+        COST_PIPELINE_DB=str(tmp_path / "store.duckdb"),
+        COST_PIPELINE_LANDING=str(tmp_path / "landing"),
+        DAGSTER_HOME=str(tmp_path / "home"),
+    )
+    model_server.configure(rate_provisioned=0.1, rate_500=0.05, seed=4)
+    result = subprocess.run(
+        [CLI, "demo", "--day", DAY.isoformat(), "--turns", "120"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+
+    sent = [r for r in model_server.requests() if r.get("surface") == "vertex" and r.get("status") != 401]
+    assert sent and all(r["authorization"] and r["project"] == "acme-evals" for r in sent)
+    assert {r["location"] for r in sent} == {"us-central1"}
+    assert all(
+        set(r["labels"]) == {"pipeline", "stage", "evaluation", "partition"}
+        and r["labels"]["pipeline"] == "cost_pipeline"
+        and r["labels"]["partition"] == DAY.isoformat()
+        for r in sent
+    ), "every request carried the pipeline's labels"
+    with duckdb.connect(env["COST_PIPELINE_DB"], read_only=True) as connection:
+        raw, cleaned = connection.execute(
+            "SELECT (SELECT count(*) FROM raw_turns), (SELECT count(*) FROM cleaned_turns WHERE status = 'ok')"
+        ).fetchone()
+        endpoints = connection.execute("SELECT DISTINCT endpoint FROM llm_attempts").fetchall()
+        unlabelled, mislabelled = connection.execute(
+            "SELECT count(*) FILTER (WHERE labels IS NULL), "
+            "count(*) FILTER (WHERE labels->>'stage' <> stage OR labels->>'partition' <> partition_date::VARCHAR) "
+            "FROM llm_attempts"
+        ).fetchone()
+        tiers = dict(
+            connection.execute(
+                "SELECT coalesce(served_tier, 'none'), count(*) FROM llm_attempts WHERE billed GROUP BY 1"
+            ).fetchall()
+        )
+        provisioned = connection.execute(
+            "SELECT sum(cost_usd), min(price_source) FROM llm_attempts WHERE served_tier = 'PROVISIONED_THROUGHPUT'"
+        ).fetchone()
+        billed = connection.execute(
+            "SELECT response_id, served_tier, input_tokens, cached_tokens, output_tokens FROM llm_attempts WHERE billed"
+        ).fetchall()
+        ledger, rollup = connection.execute(
+            "SELECT (SELECT sum(cost_usd) FROM llm_attempts), (SELECT sum(spend_usd) FROM daily_cost_rollup)"
+        ).fetchone()
+    assert raw == cleaned > 100, "every turn cleaned, as on the Gemini API"
+    assert endpoints == [(f"vertex:acme-evals/us-central1@{model_server.url}",)]
+    assert (unlabelled, mislabelled) == (0, 0)
+    assert set(tiers) == {"ON_DEMAND", "PROVISIONED_THROUGHPUT"} and tiers["PROVISIONED_THROUGHPUT"] > 5
+    assert provisioned == (Decimal(0), "provisioned throughput: prepaid, $0 marginal")
+    assert ledger == rollup > 0
+    # Tokens by kind and tier as the provider's own billing record has them, answer by answer.
+    records = {r["response_id"]: r for r in model_server.billing() if r["surface"] == "vertex"}
+    assert len(records) == len(billed)
+    for response_id, tier, prompt, cached, output in billed:
+        record = records[response_id]
+        assert (record["traffic_type"], record["promptTokenCount"], record["candidatesTokenCount"]) == (
+            tier,
+            prompt,
+            output,
+        )
+        assert record["cachedContentTokenCount"] == (cached or 0)
+    assert "Vertex AI, project acme-evals, location us-central1" in result.stdout + result.stderr
+    leaks = [
+        path
+        for path in tmp_path.rglob("*")
+        if path.is_file()
+        and path != credentials
+        and any(secret in path.read_bytes() for secret in (CLIENT_SECRET.encode(), REFRESH_TOKEN.encode(), b"ya29."))
+    ]
+    assert leaks == []

@@ -38,7 +38,7 @@ import pandas as pd
 
 from cost_pipeline.gemini.attempts import ERROR, Attempt
 from cost_pipeline.gemini.usage import MODALITY_FIELDS, TOKEN_FIELDS, UNKNOWN
-from cost_pipeline.money.pricing import MONEY_SQL_TYPE, STANDARD, PriceBook, token_counts
+from cost_pipeline.money.pricing import MONEY_SQL_TYPE, STANDARD, PriceBook, Tier, token_counts
 from cost_pipeline.storage.columns import Column, create_table_sql
 from cost_pipeline.storage.connect import STEP_MEMORY, connect, one_row
 from cost_pipeline.storage.tables import drop_primary_key
@@ -224,7 +224,8 @@ def priced_frame(rows: list[dict], book: PriceBook, recovered: bool) -> pd.DataF
         else:
             served = row.model_version if isinstance(row.model_version, str) else None
             processing = row.processing if isinstance(row.processing, str) else STANDARD
-            priced = book.cost(row.model, token_counts(row), row.sent_at.to_pydatetime(), served, processing)
+            tier = Tier(processing, row.served_tier if isinstance(row.served_tier, str) else None)
+            priced = book.cost(row.model, token_counts(row), row.sent_at.to_pydatetime(), served, tier)
             cost = (
                 priced.input_cost,
                 priced.cached_input_cost,
@@ -367,7 +368,7 @@ def attempt_cost(attempt: Attempt, book: PriceBook) -> Decimal | None:
         attempt.usage,
         datetime.fromtimestamp(attempt.sent_at, timezone.utc),
         attempt.model_version,
-        attempt.processing,
+        Tier(attempt.processing, attempt.served_tier),
     ).total_cost
 
 
