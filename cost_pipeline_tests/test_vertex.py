@@ -1,9 +1,11 @@
 """Gemini on Vertex AI: the endpoint as google-genai's conventions set it, labels on every request, batch refused."""
 
+import json
 import os
 import subprocess
 import sys
-from datetime import date
+import urllib.request
+from datetime import date, datetime, timezone
 from decimal import Decimal
 from pathlib import Path
 
@@ -30,6 +32,11 @@ VERTEX_VARIABLES = (
     "GOOGLE_API_KEY",
     "GOOGLE_GEMINI_BASE_URL",
 )
+
+
+def dict_of(labels: str) -> dict[str, str]:
+    """BigQuery's labels column (a JSON array of {key, value}) as a dict."""
+    return {item["key"]: item["value"] for item in json.loads(labels)}
 
 
 @pytest.fixture
@@ -215,3 +222,45 @@ def test_a_day_on_vertex_with_adc_is_labelled_priced_by_tier_and_leaks_no_creden
         and any(secret in path.read_bytes() for secret in (CLIENT_SECRET.encode(), REFRESH_TOKEN.encode(), b"ya29."))
     ]
     assert leaks == []
+
+
+def test_a_shared_vertex_project_reconciles_by_label_and_an_altered_line_of_ours_fails_by_name(
+    landing_root, database, model_server, tmp_path, clean_environment
+):
+    """10% of answers from provisioned throughput (no per-token line); the provider's Vertex export with another
+    team's lines, and unlabelled ones, in our project. (Flex is left out: genai-prices 0.2.5 has no flex price for
+    the 2.5 models, so neither side can price those lines and the check says so, as test_pricing shows.)"""
+    from .test_reconciliation import check, metadata, reconcile, rows_of, write_rows
+    from .test_vertex_local_server import write_credentials
+
+    clean_environment.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(write_credentials(tmp_path, model_server.url)))
+    generate(landing_root, DAY, days=1, turns_per_day=80, seed=5)
+    model_server.configure(rate_provisioned=0.1, seed=6)
+    vertex = {"base_url": None, "vertexai": True, "project": "acme-evals", "vertex_base_url": model_server.url}
+    materialize_day(DAY, landing_root, database, model_server, gemini={"endpoint": vertex})
+    with urllib.request.urlopen(f"{model_server.url}/admin/billing/export?surface=vertex", timeout=10) as response:
+        (folder := tmp_path / "billing").mkdir()
+        (folder / "export.csv").write_bytes(response.read())
+    ours = rows_of(folder / "export.csv")
+    assert ours and all(dict_of(row["labels"])["pipeline"] == "cost_pipeline" for row in ours)
+    other_team = [{**row, "labels": json.dumps([{"key": "pipeline", "value": "chatbot"}])} for row in ours]
+    unlabelled = [{**row, "labels": "[]"} for row in ours]
+    write_rows(folder / "export.csv", ours + other_team + unlabelled)
+    billing_day = datetime.now(timezone.utc).date()
+
+    result = reconcile(landing_root, database, model_server, folder, billing_day)
+    evaluation = check(result)
+    assert evaluation.passed, evaluation.description
+    found = metadata(result)
+    assert "another spender (pipeline=chatbot)" in found["not_ours"]
+    assert "another spender (not labelled by this pipeline)" in found["not_ours"]
+    with duckdb.connect(str(database), read_only=True) as connection:
+        tiers = {tier for (tier,) in connection.execute("SELECT DISTINCT tier FROM billing_reconciliation").fetchall()}
+    assert tiers == {"standard"}, "provisioned throughput has no per-token line and is not compared"
+
+    output = next(row for row in ours if row["sku.description"].endswith("Text Output - Predictions"))
+    output["usage.amount"] = str(int(output["usage.amount"]) + 1)
+    write_rows(folder / "export.csv", ours + other_team + unlabelled)
+    evaluation = check(reconcile(landing_root, database, model_server, folder, billing_day))
+    assert not evaluation.passed and "+1 tokens" in evaluation.description
+    assert "output text (standard, short)" in evaluation.description

@@ -91,6 +91,8 @@ class ExportLine:
     sku: Sku
     problem: str | None = None
     """Why `cost_usd` is None (a currency without a rate)."""
+    labels: dict[str, str] | None = None
+    """The request labels Cloud Billing carried into the line (BigQuery export); None when the file has no labels."""
 
     @property
     def tokens(self) -> int:
@@ -227,7 +229,20 @@ def _line(
         _usd(credits, rate),
         classify(service, sku, overrides),
         problem,
+        _labels(row.get("labels"), file, number),
     )
+
+
+def _labels(text: str | None, file: str, number: int) -> dict[str, str] | None:
+    """BigQuery's `labels` (a JSON array of {key, value}) as a dict; None when the column is absent."""
+    if text is None:
+        return None
+    if not text.strip():
+        return {}
+    try:
+        return {str(item["key"]): str(item.get("value", "")) for item in json.loads(text)}
+    except (ValueError, TypeError, KeyError):
+        raise ValueError(f"{file} line {number}: labels are not BigQuery's [{{key, value}}] JSON: {text[:80]!r}")
 
 
 def _currency_code(marker: str) -> str:

@@ -27,9 +27,22 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 from decimal import Decimal
 
+from cost_pipeline.gemini.labels import PIPELINE
 from cost_pipeline.money.billing_export import BIGQUERY, LOCAL_PROJECT, ExportLine
-from cost_pipeline.money.pricing import PriceBook, invoice_split
-from cost_pipeline.money.skus import LONG, NOT_GEMINI, OTHER_GEMINI, SHORT, TOKENS, UNKNOWN_GEMINI, invoice_model
+from cost_pipeline.money.pricing import STANDARD, PriceBook, Tier, invoice_split
+from cost_pipeline.money.skus import (
+    LONG,
+    NOT_GEMINI,
+    OTHER_GEMINI,
+    SHORT,
+    TOKENS,
+    UNKNOWN_GEMINI,
+    VERTEX_AI,
+    invoice_model,
+)
+
+SERVED_TIERS = {"flex": "ON_DEMAND_FLEX", "priority": "ON_DEMAND_PRIORITY"}
+"""The invoice's tier words for Vertex's traffic types (provisioned throughput is not billed per token)."""
 
 KEY = ("model", "kind", "modality", "tier", "context")
 
@@ -150,8 +163,8 @@ def _sort_lines(lines: list[ExportLine], ours: set[str] | None, used: set[tuple]
     other, unknown, unused = [], [], set()
     for line in lines:
         sku = line.sku
-        if sku.category == NOT_GEMINI or ours is None or line.project not in ours:
-            entry = not_ours[(line.project, line.service)]
+        if sku.category == NOT_GEMINI or ours is None or line.project not in ours or another_spender(line):
+            entry = not_ours[(line.project, line.service if not another_spender(line) else _spender(line))]
             entry[0] += 1
             entry[1] += line.cost_usd or Decimal(0)  # the unconverted are counted beside, never as 0
             entry[2] += line.cost_usd is None
@@ -187,6 +200,21 @@ def _sort_lines(lines: list[ExportLine], ours: set[str] | None, used: set[tuple]
             "ledger never used this day: reported as other spend"
         )
     return invoice
+
+
+def another_spender(line: ExportLine) -> bool:
+    """A Vertex AI line of our project whose labels say another spender made it (no `pipeline=cost_pipeline`).
+
+    Vertex requests carry labels and the export carries them on, so a project shared with other teams still
+    reconciles line by line; a file without a labels column (the console's) cannot tell and is read as ours.
+    """
+    return line.service == VERTEX_AI and line.labels is not None and line.labels.get("pipeline") != PIPELINE
+
+
+def _spender(line: ExportLine) -> str:
+    pipeline = (line.labels or {}).get("pipeline")
+    who = f"pipeline={pipeline}" if pipeline else "not labelled by this pipeline"
+    return f"{line.service}, another spender ({who})"
 
 
 def _compare(
@@ -259,7 +287,8 @@ def ledger_lines(groups: list[dict], book: PriceBook, day: date) -> list[dict]:
     merged: dict[tuple, dict] = {}
     for group in groups:
         model, tier, long_context = invoice_model(group["model"]), group["tier"], bool(group["long_context"])
-        rates = book.modality_rates(group["model"], at, tier, long_context) or {}
+        priced_as = Tier(STANDARD, SERVED_TIERS[tier]) if tier in SERVED_TIERS else Tier(tier)
+        rates = book.modality_rates(group["model"], at, priced_as, long_context) or {}
         costs = (group["input_cost_usd"], group["cached_input_cost_usd"], group["output_cost_usd"])
         counts = lambda name, group=group: int(group.get(name) or 0)  # noqa: E731
         for kind, modality, tokens, cost in invoice_split(counts, costs, rates):

@@ -48,10 +48,15 @@ _SUMMED = (
     "output_cost_usd",
 )
 LEDGER_GROUPS_SQL = f"""
-SELECT coalesce(model_version, model) AS model, coalesce(processing, 'standard') AS tier,
+SELECT coalesce(model_version, model) AS model,
+       CASE served_tier WHEN 'ON_DEMAND_FLEX' THEN 'flex' WHEN 'ON_DEMAND_PRIORITY' THEN 'priority'
+                        ELSE coalesce(processing, 'standard') END AS tier,
        input_tokens + tool_prompt_tokens > {LONG_CONTEXT_TOKENS} AS long_context,
        {", ".join(f"sum({name}) AS {name}" for name in _SUMMED)}
-FROM llm_attempts WHERE billed AND sent_at >= $start AND sent_at < $end GROUP BY ALL
+FROM llm_attempts
+-- Provisioned throughput is prepaid: the export has no per-token line for it.
+WHERE billed AND sent_at >= $start AND sent_at < $end AND served_tier IS DISTINCT FROM 'PROVISIONED_THROUGHPUT'
+GROUP BY ALL
 """
 UNKNOWN_SQL = (
     "SELECT count(*) AS unknown FROM llm_attempts WHERE billed IS NULL AND sent_at >= $start AND sent_at < $end"
