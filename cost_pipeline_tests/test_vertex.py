@@ -264,3 +264,28 @@ def test_a_shared_vertex_project_reconciles_by_label_and_an_altered_line_of_ours
     evaluation = check(reconcile(landing_root, database, model_server, folder, billing_day))
     assert not evaluation.passed and "+1 tokens" in evaluation.description
     assert "output text (standard, short)" in evaluation.description
+
+
+def test_a_requested_flex_tier_is_sent_recorded_and_never_priced_as_standard(landing_root, database, model_server):
+    """COST_PIPELINE_SERVICE_TIER=flex on the Gemini API, which does not say which tier served: each answer is
+    recorded at the tier asked, and genai-prices 0.2.5 has no flex price for gemini-2.5-flash-lite: missing."""
+    generate(landing_root, DAY, days=1, turns_per_day=20, seed=2)
+    materialize_day(
+        DAY,
+        landing_root,
+        database,
+        model_server,
+        gemini={"processing": {"service_tier": "flex"}},
+        raise_on_error=False,
+    )
+    bodies = [r["body"] for r in model_server.requests() if "body" in r]
+    assert bodies and all(body.get("serviceTier") == "flex" for body in bodies)
+    with duckdb.connect(str(database), read_only=True) as connection:
+        tiers = connection.execute(
+            "SELECT DISTINCT served_tier, price_status, cost_usd IS NULL FROM llm_attempts WHERE billed"
+        ).fetchall()
+    assert tiers == [("ON_DEMAND_FLEX", "missing", True)]
+    assert ProcessingSettings(mode="batch", service_tier="flex").problem() == (
+        "the Batch API is a tier of its own: service tier flex cannot be asked in batch mode"
+    )
+    assert "COST_PIPELINE_SERVICE_TIER" in (ProcessingSettings(service_tier="cheap").problem() or "")

@@ -26,6 +26,7 @@ from cost_pipeline.config import (
     LANDING_ENV,
     PROCESSING_ENV,
     RPM_ENV,
+    SERVICE_TIER_ENV,
     THINKING_BUDGET_ENV,
     TPM_ENV,
 )
@@ -56,7 +57,9 @@ def local_resources() -> dict:
                 max_concurrency=env_int_or_default(CONCURRENCY_ENV, RateLimits().max_concurrency),
             ),
             cache=Cache(database=database),
-            processing=Processing(mode=env_or_default(PROCESSING_ENV, STANDARD)),
+            processing=Processing(
+                mode=env_or_default(PROCESSING_ENV, STANDARD), service_tier=env_or_default(SERVICE_TIER_ENV, STANDARD)
+            ),
         ),
         "billing": BillingExports(folder=env_or_default(BILLING_ENV, DEFAULT_BILLING)),
         "costs": CostSettings(

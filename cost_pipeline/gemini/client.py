@@ -40,7 +40,7 @@ from cost_pipeline.gemini.cache import CachedResponse, ResponseCache
 from cost_pipeline.gemini.labels import request_labels
 from cost_pipeline.gemini.prompts import LlmRequest
 from cost_pipeline.gemini.sdk_request import content_config, request_contents
-from cost_pipeline.gemini.settings import GeminiSettings
+from cost_pipeline.gemini.settings import SERVED_AS, GeminiSettings
 from cost_pipeline.gemini.spend_limit import WAIT, SpendGuard
 from cost_pipeline.gemini.usage import (
     CACHE,
@@ -259,6 +259,9 @@ class GeminiSession:
                                 raise
                             attempt.latency_ms = (time.perf_counter() - started) * 1000
                         verdicts.append(self._record_answer(attempt, request, sent, response))
+                        if attempt.served_tier is None and (asked := self.settings.processing.requested_tier()):
+                            # The Gemini API does not say which tier served an answer: it is billed at the one asked.
+                            attempt.served_tier = SERVED_AS[asked]
                         self.ledger.done(attempt)
                         if not settled:
                             settled = self._settle(spend, reservation, attempt)
@@ -372,7 +375,7 @@ class GeminiSession:
         send."""
         key = (request.stage, request.model, request.generation_config.get("seed"), _frozen(labels))
         if key not in self._configs:
-            self._configs[key] = content_config(request, labels)
+            self._configs[key] = content_config(request, labels, self.settings.processing.requested_tier())
         return self._configs[key]
 
     def redact(self, text: str) -> str:

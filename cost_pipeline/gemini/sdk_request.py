@@ -11,9 +11,11 @@ from cost_pipeline.gemini.prompts import LlmRequest
 from cost_pipeline.gemini.tools import TOOLS
 
 
-def content_config(request: LlmRequest, labels: dict[str, str] | None = None) -> types.GenerateContentConfig:
-    """The SDK config that sends `request`'s system instruction, tools and generation config, and on Vertex AI its
-    `labels` (the Gemini Developer API takes none)."""
+def content_config(
+    request: LlmRequest, labels: dict[str, str] | None = None, service_tier: str | None = None
+) -> types.GenerateContentConfig:
+    """The SDK config that sends `request`'s system instruction, tools and generation config; on Vertex AI its
+    `labels` (the Gemini Developer API takes none); and the `service_tier` asked for (None: standard)."""
     options = dict(request.generation_config)
     budget = options.pop("thinking_budget", None)
     return types.GenerateContentConfig(
@@ -22,6 +24,7 @@ def content_config(request: LlmRequest, labels: dict[str, str] | None = None) ->
         tools=TOOLS if request.with_tools else None,
         automatic_function_calling=types.AutomaticFunctionCallingConfig(disable=True) if request.with_tools else None,
         labels=labels,
+        service_tier=service_tier,  # type: ignore[arg-type]
         **options,
     )
 

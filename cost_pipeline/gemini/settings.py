@@ -40,6 +40,10 @@ LOCAL_PLACEHOLDER_KEY = "local-server-needs-no-key"
 LOCAL_ENDPOINT = "local-server"
 GOOGLE_ENDPOINT = "https://generativelanguage.googleapis.com"
 STANDARD, BATCH = "standard", "batch"
+SERVICE_TIERS = (STANDARD, "flex", "priority")
+"""The tiers a request can ask for (google-genai's `service_tier`); the answer's served tier is what is priced."""
+SERVED_AS = {"flex": "ON_DEMAND_FLEX", "priority": "ON_DEMAND_PRIORITY"}
+"""A requested tier as Vertex names the tier it served (`trafficType`)."""
 """Processing modes; `batch` is genai-prices' batch price variant (the Batch API: half the input and output rates)."""
 PROCESSING_MODES = (STANDARD, BATCH)
 
@@ -222,6 +226,11 @@ class ProcessingSettings(BaseModel):
         description="standard: one request at a time; batch: the Batch API at half the price, "
         "answered within hours (gemini_step/batch_day.py says what changes).",
     )
+    service_tier: str = Field(
+        default=STANDARD,
+        description="standard, flex (cheaper, may wait or be refused when busy) or priority: the tier each request "
+        "asks for, where the API offers it (COST_PIPELINE_SERVICE_TIER).",
+    )
     batch_max_wait_s: float = Field(
         default=600.0,
         description="How long a batch step waits for its jobs; past it the step ends with them pending, "
@@ -236,11 +245,20 @@ class ProcessingSettings(BaseModel):
     )
 
     def problem(self) -> str | None:
-        """Why `mode` cannot be used, or None."""
-        if self.mode in PROCESSING_MODES:
-            return None
-        modes = ", ".join(PROCESSING_MODES)
-        return f"processing mode is {self.mode!r}: it must be one of {modes} (COST_PIPELINE_PROCESSING)"
+        """Why `mode` or `service_tier` cannot be used, or None."""
+        if self.mode not in PROCESSING_MODES:
+            modes = ", ".join(PROCESSING_MODES)
+            return f"processing mode is {self.mode!r}: it must be one of {modes} (COST_PIPELINE_PROCESSING)"
+        if self.service_tier not in SERVICE_TIERS:
+            tiers = ", ".join(SERVICE_TIERS)
+            return f"service tier is {self.service_tier!r}: it must be one of {tiers} (COST_PIPELINE_SERVICE_TIER)"
+        if self.mode == BATCH and self.service_tier != STANDARD:
+            return f"the Batch API is a tier of its own: service tier {self.service_tier} cannot be asked in batch mode"
+        return None
+
+    def requested_tier(self) -> str | None:
+        """The tier requests ask for, as google-genai's `service_tier` takes it; None for standard."""
+        return None if self.service_tier == STANDARD else self.service_tier
 
 
 @dataclass(frozen=True)

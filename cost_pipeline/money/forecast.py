@@ -43,7 +43,7 @@ from decimal import Decimal
 from pathlib import Path
 
 from cost_pipeline.gemini.prompts import CLEAN, FUNCTION, LlmRequest, cleaning_request, function_request
-from cost_pipeline.gemini.settings import GeminiSettings, ModelSettings
+from cost_pipeline.gemini.settings import SERVED_AS, GeminiSettings, ModelSettings
 from cost_pipeline.gemini.usage import Usage, estimate_tokens
 from cost_pipeline.ingest.landing import (
     DEFAULT_MAX_TEXT_CHARS,
@@ -52,7 +52,7 @@ from cost_pipeline.ingest.landing import (
     Turn,
     landing_folder,
 )
-from cost_pipeline.money.pricing import PriceBook
+from cost_pipeline.money.pricing import PriceBook, Tier
 
 FORECAST_TAG = "cost_pipeline/forecast_usd"
 """The run tag carrying a day's forecast (USD) when `cost-pipeline run` or `backfill` launched it."""
@@ -209,10 +209,19 @@ class ForecastSettings:
     models: ModelSettings
     endpoint_id: str
     max_text_chars: int = DEFAULT_MAX_TEXT_CHARS
+    tier: Tier = Tier()
+    """The tier requests ask for: the batch price in batch mode, flex or priority when asked (COST_PIPELINE_...)."""
 
     @classmethod
     def of(cls, settings: GeminiSettings) -> "ForecastSettings":
-        return cls(settings.models, settings.endpoint_id())
+        processing = settings.processing
+        asked = processing.requested_tier()
+        tier = Tier(processing.mode, SERVED_AS[asked] if asked else None)
+        return cls(settings.models, settings.endpoint_id(), tier=tier)
+
+    def describe_tier(self) -> str:
+        asked = self.tier.served_tier
+        return f"{self.tier.processing} processing" + (f", {asked} asked" if asked else "")
 
 
 @dataclass
@@ -293,8 +302,10 @@ class CallEstimate:
 class CallEstimator:
     """Predicts a call's tokens and cost from the calibration: the forecast's unit, and what a budget reserves."""
 
-    def __init__(self, calibration: Calibration, prices: PriceBook, priced_at: datetime | None = None):
-        self.calibration, self.prices = calibration, prices
+    def __init__(
+        self, calibration: Calibration, prices: PriceBook, priced_at: datetime | None = None, tier: Tier = Tier()
+    ):
+        self.calibration, self.prices, self.tier = calibration, prices, tier
         self.priced_at = priced_at or datetime.now(timezone.utc)
         self._unit_prices: dict[str, tuple[Decimal, Decimal, Decimal] | None] = {}
 
@@ -335,7 +346,7 @@ class CallEstimator:
         if model not in self._unit_prices:
             million = 1_000_000
             per = [
-                self.prices.cost(model, counts, self.priced_at)
+                self.prices.cost(model, counts, self.priced_at, None, self.tier)
                 for counts in (
                     Usage(input_tokens=million),
                     Usage(input_tokens=million, cached_tokens=million),
@@ -358,7 +369,7 @@ class Forecaster:
         self, settings: ForecastSettings, calibration: Calibration, prices: PriceBook, priced_at: datetime | None = None
     ):
         self.settings, self.calibration = settings, calibration
-        self.estimator = CallEstimator(calibration, prices, priced_at)
+        self.estimator = CallEstimator(calibration, prices, priced_at, settings.tier)
         self._seen: set[str] = set()
 
     def day(self, day: date, turns: Iterable[Turn], cached: CachedAnswers) -> DayForecast:
@@ -851,7 +862,7 @@ def render_table(forecast: Forecast) -> str:
         f"{'TOTAL':<10}  {total['turns']:>7,}  {total['calls']:>7,}  {total['cache_hits']:>10,}  "
         f"{total['forecast_usd']:>12}  {total['low_usd']:>10}  {total['high_usd']:>10}",
         f"models: clean {forecast.settings.models.clean_model}, function {forecast.settings.models.function_model}; "
-        f"standard processing; calibrated on {forecast.calibration.describe()}"
+        f"{forecast.settings.describe_tier()}; calibrated on {forecast.calibration.describe()}"
         + ("" if forecast.calibration.token_check else "; no API call was made"),
     ]
     if total["unpriced_calls"]:

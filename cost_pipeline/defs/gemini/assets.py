@@ -345,7 +345,7 @@ def _budget(
         f"spend limits {limits}; already spent on {context.partition_key}: ${budget.day_spent:.6f}; "
         f"each attempt reserves its high forecast, calibrated on {calibration.describe()}"
     )
-    return budget, CallEstimator(calibration, book)
+    return budget, CallEstimator(calibration, book, tier=settings.tier)
 
 
 @dataclass(frozen=True)
