@@ -193,6 +193,10 @@ def test_a_day_on_vertex_with_adc_is_labelled_priced_by_tier_and_leaks_no_creden
         billed = connection.execute(
             "SELECT response_id, served_tier, input_tokens, cached_tokens, output_tokens FROM llm_attempts WHERE billed"
         ).fetchall()
+        ledger_provisioned, rollup_provisioned = connection.execute(
+            "SELECT (SELECT sum(total_tokens) FROM llm_attempts WHERE billed "
+            "AND served_tier = 'PROVISIONED_THROUGHPUT'), (SELECT sum(provisioned_tokens) FROM daily_cost_rollup)"
+        ).fetchone()
         ledger, rollup = connection.execute(
             "SELECT (SELECT sum(cost_usd) FROM llm_attempts), (SELECT sum(spend_usd) FROM daily_cost_rollup)"
         ).fetchone()
@@ -201,6 +205,7 @@ def test_a_day_on_vertex_with_adc_is_labelled_priced_by_tier_and_leaks_no_creden
     assert (unlabelled, mislabelled) == (0, 0)
     assert set(tiers) == {"ON_DEMAND", "PROVISIONED_THROUGHPUT"} and tiers["PROVISIONED_THROUGHPUT"] > 5
     assert provisioned == (Decimal(0), "provisioned throughput: prepaid, $0 marginal")
+    assert rollup_provisioned == ledger_provisioned > 0, "the rollup says apart what provisioned throughput served"
     assert ledger == rollup > 0
     # Tokens by kind and tier as the provider's own billing record has them, answer by answer.
     records = {r["response_id"]: r for r in model_server.billing() if r["surface"] == "vertex"}

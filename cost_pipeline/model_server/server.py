@@ -78,7 +78,7 @@ from cost_pipeline.gemini.settings import STANDARD
 from cost_pipeline.gemini.usage import REPORTED, Usage, metadata_from_dict, normalized_model, usage_from_metadata
 from cost_pipeline.model_server.files import LocalFiles
 from cost_pipeline.model_server.files import error_body as _error
-from cost_pipeline.money.billing_export import LOCAL_PROJECT, LONG_CONTEXT_TOKENS, provider_export_csv
+from cost_pipeline.money.billing_export import BIGQUERY_HEADER, LOCAL_PROJECT, LONG_CONTEXT_TOKENS, provider_export_csv
 from cost_pipeline.money.pricing import MONEY_PLACES, PER_MILLION, PriceBook, invoice_split, library_usage
 from cost_pipeline.money.skus import LONG, SHORT, VERTEX_AI, invoice_model
 
@@ -873,24 +873,9 @@ def vertex_billing(vertex: dict | None, usage: dict) -> dict:
 
 
 VERTEX_AI_SERVICE_ID = "C7E2-9256-1C43"
-VERTEX_HEADER = [
-    "billing_account_id",
-    "service.id",
-    "service.description",
-    "sku.id",
-    "sku.description",
-    "usage_start_time",
-    "usage_end_time",
-    "project.id",
-    "location.location",
-    "labels",
-    "cost",
-    "currency",
-    "currency_conversion_rate",
-    "usage.amount",
-    "usage.unit",
-    "credits",
-]
+_AFTER_PROJECT = BIGQUERY_HEADER.index("project.id") + 1
+VERTEX_HEADER = [*BIGQUERY_HEADER[:_AFTER_PROJECT], "location.location", *BIGQUERY_HEADER[_AFTER_PROJECT:]]
+"""BigQuery's export columns, with the location Vertex AI lines carry."""
 VERTEX_MODEL_NAMES = {
     "gemini-2.5-flash-lite": "Gemini 2.5 Flash Lite",
     "gemini-2.5-flash": "Gemini 2.5 Flash GA",

@@ -81,7 +81,9 @@ SELECT evaluation_id, model, stage,
        count(DISTINCT run_id) AS spend_runs,
        {", ".join(f"coalesce(sum({kind}) FILTER (WHERE billed), 0)::BIGINT AS spend_{kind}" for kind in TOKEN_KINDS)},
        coalesce(sum(cost_usd), 0)::{TOTAL_MONEY} AS spend_usd,
-       coalesce(sum(cost_usd) FILTER (WHERE processing = 'batch'), 0)::{TOTAL_MONEY} AS batch_spend_usd
+       coalesce(sum(cost_usd) FILTER (WHERE processing = 'batch'), 0)::{TOTAL_MONEY} AS batch_spend_usd,
+       coalesce(sum(total_tokens) FILTER (WHERE billed AND served_tier = 'PROVISIONED_THROUGHPUT'), 0)::BIGINT
+           AS provisioned_tokens
 FROM llm_attempts WHERE partition_date = $day GROUP BY ALL
 """
 COUNTED = ["calls", "cache_hits", "failures", "estimated_usage_calls", "missing_price_calls", *TOKEN_KINDS]
@@ -93,7 +95,8 @@ SELECT {", ".join(f"coalesce(c.{k}, s.{k}) AS {k}" for k in GROUP_KEYS)},
        c.latency_p50_ms, c.latency_p95_ms, c.mean_tokens_per_second,
        {", ".join(f"coalesce(s.{n}, 0)::BIGINT AS {n}" for n in [*SPEND_COUNTS, *SPEND_TOKEN_KINDS])},
        coalesce(s.spend_usd, 0)::{TOTAL_MONEY} AS spend_usd,
-       coalesce(s.batch_spend_usd, 0)::{TOTAL_MONEY} AS batch_spend_usd
+       coalesce(s.batch_spend_usd, 0)::{TOTAL_MONEY} AS batch_spend_usd,
+       coalesce(s.provisioned_tokens, 0)::BIGINT AS provisioned_tokens
 FROM c FULL OUTER JOIN s ON c.evaluation_id = s.evaluation_id AND c.model = s.model AND c.stage = s.stage
 ORDER BY ALL
 """
@@ -136,6 +139,11 @@ ROLLUP_COLUMNS = [
         "batch_spend_usd",
         TOTAL_MONEY,
         "The part of spend_usd billed through the Batch API (at the batch price); the rest is standard processing.",
+    ),
+    Column(
+        "provisioned_tokens",
+        "BIGINT",
+        "Billed tokens served from provisioned throughput (Vertex AI): prepaid, $0 marginal, so in no spend figure.",
     ),
 ]
 
@@ -313,6 +321,7 @@ def rollup_metadata(rollup: pd.DataFrame) -> dict:
         "data_cost": money(money_sum(rollup["total_cost_usd"])),
         "saved": money(money_sum(rollup["saved_cost_usd"])),
         "totals": rollup_completeness(rollup),
+        **_provisioned(rollup),
         "by_evaluation_and_model": dg.MetadataValue.md(evaluation_by_model_table(rollup)),
         "total_tokens": int(rollup["total_tokens"].sum()),
         "calls": calls,
@@ -323,6 +332,12 @@ def rollup_metadata(rollup: pd.DataFrame) -> dict:
         "unpriced_attempts": int(rollup["unpriced_attempts"].sum()),
         "billing_unknown_attempts": int(rollup["billing_unknown_attempts"].sum()),
     }
+
+
+def _provisioned(rollup: pd.DataFrame) -> dict:
+    """Tokens served from provisioned throughput, said apart: prepaid capacity, so $0 in every spend figure."""
+    tokens = int(rollup["provisioned_tokens"].sum()) if "provisioned_tokens" in rollup else 0
+    return {"provisioned": f"served on provisioned throughput: {tokens:,} tokens ($0 marginal)"} if tokens else {}
 
 
 def evaluation_by_model_table(rollup: pd.DataFrame) -> str:
