@@ -64,7 +64,7 @@ import urllib.request
 import uuid
 from collections import Counter, defaultdict, deque
 from dataclasses import asdict, fields
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Any
 
@@ -78,7 +78,13 @@ from cost_pipeline.gemini.settings import STANDARD
 from cost_pipeline.gemini.usage import REPORTED, Usage, metadata_from_dict, normalized_model, usage_from_metadata
 from cost_pipeline.model_server.files import LocalFiles
 from cost_pipeline.model_server.files import error_body as _error
-from cost_pipeline.money.billing_export import BIGQUERY_HEADER, LOCAL_PROJECT, LONG_CONTEXT_TOKENS, provider_export_csv
+from cost_pipeline.money.billing_export import (
+    BIGQUERY_HEADER,
+    LOCAL_PROJECT,
+    LONG_CONTEXT_TOKENS,
+    BillingPlace,
+    provider_export_csv,
+)
 from cost_pipeline.money.pricing import MONEY_PLACES, PER_MILLION, PriceBook, invoice_split, library_usage
 from cost_pipeline.money.skus import LONG, SHORT, VERTEX_AI, invoice_model
 
@@ -896,7 +902,6 @@ VERTEX_SKU_IDS = {
 """Real Vertex AI SKU ids: a contract price list's breakdown naming id and description (stored public file,
 search id 25875549319), and for Flash Lite two public SKU tables (ids 33180387021, 68927314387)."""
 VERTEX_TIER_WORDS = {ON_DEMAND: "", FLEX: " Flex", PRIORITY: " Priority"}
-TIME_FORMAT = "%Y-%m-%d %H:%M:%S UTC"
 
 
 def vertex_sku(model: str, kind: str, modality: str, traffic: str, context: str) -> str:
@@ -952,26 +957,9 @@ def vertex_export_csv(records: list[dict], book: PriceBook | None = None, accoun
     writer = csv.writer(out)
     writer.writerow(VERTEX_HEADER)
     for (hour, project, location, labels, sku), (count, cost) in sorted(lines.items()):
-        writer.writerow(
-            [
-                account,
-                VERTEX_AI_SERVICE_ID,
-                VERTEX_AI,
-                VERTEX_SKU_IDS.get(sku, ""),  # a SKU's real id where known; none is made up
-                sku,
-                hour.strftime(TIME_FORMAT),
-                (hour + timedelta(hours=1)).strftime(TIME_FORMAT),
-                project,
-                location,
-                json.dumps([{"key": key, "value": value} for key, value in labels], separators=(",", ":")),
-                "" if cost is None else format(cost, "f"),
-                "USD",
-                "1.0",
-                count,
-                "count",
-                "[]",
-            ]
-        )
+        labelled = json.dumps([{"key": key, "value": value} for key, value in labels], separators=(",", ":"))
+        billed = BillingPlace(account, VERTEX_AI_SERVICE_ID, VERTEX_AI, project, location, labelled)
+        writer.writerow(billed.row(hour, (VERTEX_SKU_IDS.get(sku, ""), sku), count, cost))  # no SKU id made up
     return out.getvalue()
 
 

@@ -382,26 +382,46 @@ def provider_export_csv(
     writer.writerow(BIGQUERY_HEADER)
     for (hour, model, kind, modality, processing, context), (count, cost) in sorted(lines.items()):
         sku_id, description = describe(model, kind, modality, processing, context)
-        writer.writerow(
-            [
-                account,
-                GEMINI_API_SERVICE_ID,
-                GEMINI_API,
-                sku_id or _sku_id(description),
-                description,
-                hour.strftime(_TIME),
-                (hour + timedelta(hours=1)).strftime(_TIME),
-                project,
-                "[]",
-                "" if cost is None else str(cost),
-                "USD",
-                "1.0",
-                count,
-                "count",
-                "[]",
-            ]
-        )
+        place = BillingPlace(account, GEMINI_API_SERVICE_ID, GEMINI_API, project)
+        writer.writerow(place.row(hour, (sku_id or _sku_id(description), description), count, cost))
     return out.getvalue()
+
+
+@dataclass(frozen=True)
+class BillingPlace:
+    """Who was billed, and for what service, on a line of a BigQuery-style export the provider writes."""
+
+    account: str
+    service_id: str
+    service: str
+    project: str
+    location: str | None = None
+    """Vertex AI lines carry one; the Gemini API's do not (their header has no location column)."""
+    labels: str = "[]"
+    """The request labels, as BigQuery's JSON array of {key, value}."""
+
+    def row(self, hour: datetime, sku: tuple[str, str], tokens: int, cost: Decimal | None) -> list:
+        """The cells of one hour's line of `sku` (id, description): in USD, `cost` empty when unpriced (never 0)."""
+        where = [self.project] if self.location is None else [self.project, self.location]
+        started, ended = hour.strftime(_TIME), (hour + timedelta(hours=1)).strftime(_TIME)
+        amount = "" if cost is None else format(cost, "f")
+        usd = ["USD", "1.0"]  # currency and conversion rate
+        return [
+            self.account,
+            self.service_id,
+            self.service,
+            *sku,
+            started,
+            ended,
+            *where,
+            self.labels,
+            amount,
+            *usd,
+        ] + [
+            tokens,
+            "count",
+            "[]",  # usage amount and unit, credits
+        ]
 
 
 def _sku_id(description: str) -> str:
