@@ -97,9 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     report.add_argument(
         "--processing",
-        choices=["standard", "batch"],
+        choices=["standard", "batch", "flex", "priority"],
         default=None,
-        help="with --what-if (or alone: the models actually used), the processing mode to price at",
+        help="with --what-if (or alone: the models actually used), the processing mode or service tier to price at",
     )
 
     board = commands.add_parser("dashboard", help="write the cost dashboard (one self-contained HTML page) for a range")

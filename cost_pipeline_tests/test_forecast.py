@@ -367,3 +367,16 @@ def test_traffic_unlike_the_calibration_widens_the_interval_enough_and_says_why(
         forecast
     )
     assert THREE_DAYS[0] in forecast.calibration.profiles
+
+
+def test_what_if_prices_a_service_tier_and_never_falls_back_to_standard(three_days, database):
+    from cost_pipeline.money.what_if import what_if
+
+    start, end = THREE_DAYS[0], THREE_DAYS[-1]
+    (standard,) = what_if(str(database), start, end, ["gemini-4-argon"], "standard", PriceBook())[0][1:]
+    (flex,) = what_if(str(database), start, end, ["gemini-4-argon"], "flex", PriceBook())[0][1:]
+    (priority,) = what_if(str(database), start, end, ["gemini-4-argon"], "priority", PriceBook())[0][1:]
+    assert flex.name == "same token counts, priced as gemini-4-argon, flex tier"
+    assert flex.usd < standard.usd < priority.usd  # genai-prices' flex and priority rates
+    (lite_flex,) = what_if(str(database), start, end, ["gemini-2.5-flash-lite"], "flex", PriceBook())[0][1:]
+    assert lite_flex.usd is None and lite_flex.unpriced_attempts == lite_flex.attempts > 0  # never standard

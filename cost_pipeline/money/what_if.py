@@ -12,9 +12,10 @@ from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from decimal import Decimal
 
+from cost_pipeline.gemini.settings import SERVED_AS
 from cost_pipeline.gemini.usage import PRICED_FIELDS, Usage
 from cost_pipeline.money.ledger import TABLE
-from cost_pipeline.money.pricing import STANDARD, PriceBook
+from cost_pipeline.money.pricing import STANDARD, PriceBook, Tier
 from cost_pipeline.storage.connect import connect, one_row
 from cost_pipeline.storage.tables import table_exists
 
@@ -38,7 +39,7 @@ def what_if(
     database: str, start: date, end: date, models: list[str], processing: str, book: PriceBook
 ) -> tuple[list[Scenario], int]:
     """The actual spend, then one scenario per model in `models` (or, when empty, each attempt on its own model) at
-    `processing`.
+    `processing`: standard, batch, or a served tier, flex or priority (never standard where the tier has no price).
 
     Returns the scenarios and the number of billing-unknown attempts left out of every row.
     """
@@ -75,19 +76,20 @@ def what_if(
     targets: list[str | None] = [*models] or [None]  # None: each attempt on the model that served it
     for target in targets:
         total, unpriced = Decimal(0), 0
+        tier = Tier(STANDARD, SERVED_AS[processing]) if processing in SERVED_AS else Tier(processing)
         for served, requested, day, *counts in groups:
             tokens, number = Usage(**dict(zip(PRICED_FIELDS, counts[:_N]))), counts[_N]
             at = datetime(day.year, day.month, day.day, 12, tzinfo=timezone.utc)
             cost = (
-                book.cost(target, tokens, at, processing=processing)
+                book.cost(target, tokens, at, processing=tier)
                 if target
-                else book.cost(requested, tokens, at, served, processing)
+                else book.cost(requested, tokens, at, served, tier)
             ).total_cost
             if cost is None:
                 unpriced += number
             else:
                 total += cost * number
-        mode = "batch processing" if processing != STANDARD else "standard processing"
+        mode = f"{processing} tier" if processing in SERVED_AS else f"{processing} processing"
         scenarios.append(
             Scenario(
                 f"{LABEL} {target or 'the models used'}, {mode}",
