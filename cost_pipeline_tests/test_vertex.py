@@ -14,9 +14,13 @@ import duckdb
 import pytest
 
 from cost_pipeline.defs.resources import CostSettings
+from cost_pipeline.gemini.attempts import Attempt
+from cost_pipeline.gemini.client import call_served_tier
 from cost_pipeline.gemini.labels import check_labels, label_safe, request_labels
 from cost_pipeline.gemini.settings import EndpointSettings, GeminiSettings, ProcessingSettings
+from cost_pipeline.gemini.usage import Usage
 from cost_pipeline.ingest.synthetic import generate
+from cost_pipeline.money.pricing import STANDARD, PriceBook, Tier
 
 from .conftest import materialize_day
 
@@ -200,6 +204,25 @@ def test_a_day_on_vertex_with_adc_is_labelled_priced_by_tier_and_leaks_no_creden
         ledger, rollup = connection.execute(
             "SELECT (SELECT sum(cost_usd) FROM llm_attempts), (SELECT sum(spend_usd) FROM daily_cost_rollup)"
         ).fetchone()
+        # The cost of the data prices each call at the tier its billed attempts were served at.
+        calls_by_tier = dict(
+            connection.execute(
+                "SELECT coalesce(served_tier, 'standard'), count(*) FILTER (WHERE total_cost_usd <> 0) "
+                "FROM llm_calls WHERE NOT cache_hit AND billed_attempts > 0 GROUP BY 1"
+            ).fetchall()
+        )
+    assert calls_by_tier["PROVISIONED_THROUGHPUT"] == 0 and calls_by_tier["standard"] > 100, calls_by_tier
+    report = subprocess.run(
+        [CLI, "report", "--start", DAY.isoformat(), "--end", DAY.isoformat(), "--by", "model"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert f"served on provisioned throughput: {ledger_provisioned:,} tokens ($0 marginal" in report
+    board = tmp_path / "board.html"
+    subprocess.run([CLI, "dashboard", "--out", str(board)], env=env, capture_output=True, check=True)
+    assert f"served on provisioned throughput: {ledger_provisioned:,} tokens" in board.read_text()
     assert raw == cleaned > 100, "every turn cleaned, as on the Gemini API"
     assert endpoints == [(f"vertex:acme-evals/us-central1@{model_server.url}",)]
     assert (unlabelled, mislabelled) == (0, 0)
@@ -289,8 +312,44 @@ def test_a_requested_flex_tier_is_sent_recorded_and_never_priced_as_standard(lan
         tiers = connection.execute(
             "SELECT DISTINCT served_tier, price_status, cost_usd IS NULL FROM llm_attempts WHERE billed"
         ).fetchall()
+        calls = connection.execute(
+            "SELECT DISTINCT served_tier, price_status FROM llm_calls WHERE NOT cache_hit AND billed_attempts > 0"
+        ).fetchall()
     assert tiers == [("ON_DEMAND_FLEX", "missing", True)]
+    assert calls == [("ON_DEMAND_FLEX", "missing")], "the cost of the data is not priced as standard either"
     assert ProcessingSettings(mode="batch", service_tier="flex").problem() == (
         "the Batch API is a tier of its own: service tier flex cannot be asked in batch mode"
     )
     assert "COST_PIPELINE_SERVICE_TIER" in (ProcessingSettings(service_tier="cheap").problem() or "")
+
+
+def test_a_call_answered_at_two_tiers_is_unpriced_rather_than_priced_at_either():
+    """A rejected flex answer retried and served on demand: the call's summed tokens have no one price."""
+
+    def attempt(number: int, tier: str | None, billed: bool | None = True) -> Attempt:
+        return Attempt(
+            f"a{number}",
+            "c",
+            "r",
+            "2026-10-21",
+            "e",
+            "t",
+            "clean",
+            "gemini-2.5-flash",
+            "x",
+            "h",
+            number,
+            0.0,
+            billed=billed,
+            served_tier=tier,
+        )
+
+    assert call_served_tier([attempt(1, "ON_DEMAND_FLEX"), attempt(2, "ON_DEMAND_FLEX")]) == "ON_DEMAND_FLEX"
+    assert call_served_tier([attempt(1, None, billed=False), attempt(2, "ON_DEMAND")]) is None
+    mixed = call_served_tier([attempt(1, "ON_DEMAND_FLEX"), attempt(2, None)])
+    assert mixed == "ON_DEMAND+ON_DEMAND_FLEX"
+    tokens = Usage(input_tokens=1000, output_tokens=100)
+    at = datetime(2026, 10, 21, tzinfo=timezone.utc)
+    book = PriceBook()
+    assert book.cost("gemini-2.5-flash", tokens, at, None, Tier(STANDARD, None)).price_status == "ok"
+    assert book.cost("gemini-2.5-flash", tokens, at, None, Tier(STANDARD, mixed)).price_status == "missing"

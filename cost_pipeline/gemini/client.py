@@ -77,6 +77,8 @@ class CallOutcome:
     rejected_attempts: int = 0
     billing_unknown_attempts: int = 0
     model_version: str | None = None
+    served_tier: str | None = None
+    """The tier its billed attempts were served at (`call_served_tier`); None for the standard tier or no answer."""
     latency_ms: float | None = None
     error: str | None = None
     started_at: float = field(default_factory=time.time)
@@ -352,6 +354,7 @@ class GeminiSession:
             rejected_attempts=rejected,
             billing_unknown_attempts=unknown,
             model_version=last.model_version if last else None,
+            served_tier=call_served_tier(attempts),
             latency_ms=last.latency_ms if last else None,
         )
         if error is not None or verdict is None or last is None:
@@ -396,6 +399,17 @@ def record_answer(attempt: Attempt, response, usage: Usage, unknown: str | None,
 
 def _frozen(labels: dict[str, str] | None) -> tuple | None:
     return tuple(sorted(labels.items())) if labels else None
+
+
+def call_served_tier(attempts: list[Attempt]) -> str | None:
+    """The one tier every billed attempt of a call was served at; attempts served at different tiers give
+    their tiers joined by `+`, a tier no price list has, so the call's cost is missing, never a guess."""
+    tiers = sorted({attempt.served_tier or "" for attempt in attempts if attempt.billed} - _STANDARD_TRAFFIC)
+    on_demand = any(attempt.billed and (attempt.served_tier or "") in _STANDARD_TRAFFIC for attempt in attempts)
+    return "+".join(["ON_DEMAND"] * (on_demand and bool(tiers)) + tiers) or None
+
+
+_STANDARD_TRAFFIC = {"", "ON_DEMAND", "TRAFFIC_TYPE_UNSPECIFIED"}
 
 
 def served_tier(usage_metadata) -> str | None:

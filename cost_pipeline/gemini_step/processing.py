@@ -233,6 +233,7 @@ def call_row(turn: dict, outcome: CallOutcome, stage: str, endpoint: str, the_ca
         "stage": stage,
         "model": outcome.model,
         "model_version": outcome.model_version,
+        "served_tier": outcome.served_tier,
         "endpoint": endpoint,
         **usage.counts(),
         **(saved.as_saved() if saved else _NOTHING_SAVED),

@@ -50,6 +50,12 @@ LLM_CALLS = [
     Column("stage", "VARCHAR"),
     Column("model", "VARCHAR"),
     Column("model_version", "VARCHAR", "As served: the last answer's modelVersion."),
+    Column(
+        "served_tier",
+        "VARCHAR",
+        "The traffic type Vertex AI served the billed attempts at (tiers joined by + when they differ, then unpriced); "
+        "null for the standard tier.",
+    ),
     Column("endpoint", "VARCHAR"),
     Column("input_tokens", "BIGINT", "promptTokenCount, cached tokens included, over every billed attempt."),
     Column("output_tokens", "BIGINT", "candidatesTokenCount."),

@@ -23,7 +23,7 @@ from plotly.offline import get_plotlyjs
 from plotly.subplots import make_subplots
 
 from cost_pipeline.reports.markdown import money, money_sum
-from cost_pipeline.reports.report import rollup_completeness
+from cost_pipeline.reports.report import provisioned_note, rollup_completeness
 from cost_pipeline.storage.connect import connect, one_row, query_frame
 from cost_pipeline.storage.tables import table_exists
 
@@ -665,12 +665,14 @@ def _tiles(data: DashboardData) -> str:
     shown, rollup = figures(data), data.rollup
     calls, hits = int(rollup["calls"].sum()), int(rollup["cache_hits"].sum())
     failures, billed = int(rollup["failures"].sum()), int(rollup["billed_attempts"].sum())
+    provisioned = int(rollup["provisioned_tokens"].fillna(0).sum()) if "provisioned_tokens" in rollup else 0
+    spend_note = "billed attempts, as invoiced" + (f" \u00b7 {provisioned_note(provisioned)}" if provisioned else "")
 
     def figure(name: str) -> str:
         return f'<span data-figure="{name}">{html.escape(shown[name])}</span>'
 
     tiles = [
-        ("spend", "Spend", "billed attempts, as invoiced"),
+        ("spend", "Spend", spend_note),
         ("data_cost", "Cost of the data", "the rows as they stand"),
         ("saved", "Cache savings", "cache hits, priced but not paid"),
         ("calls", "Calls", f"{billed:,} billed attempts"),

@@ -26,8 +26,10 @@ MEASURES = [
     "saved_cost_usd",
     "unpriced_calls",
     "billing_unknown_attempts",
+    "provisioned_tokens",
 ]
-"""`spend_usd` is money out (every billed attempt of every run); `total_cost_usd` the cost of the data as it stands."""
+"""`spend_usd` is money out (every billed attempt of every run); `total_cost_usd` the cost of the data as it stands;
+`provisioned_tokens` the billed tokens Vertex AI served from provisioned throughput (prepaid: $0 in every figure)."""
 
 
 def incomplete_note(unpriced: int, unknown: int) -> str:
@@ -88,7 +90,8 @@ def cost_report(database: str, start: date, end: date, by: str) -> pd.DataFrame:
                    sum(total_tokens)::BIGINT AS total_tokens, sum(spend_usd) AS spend_usd,
                    sum(total_cost_usd) AS total_cost_usd, sum(saved_cost_usd) AS saved_cost_usd,
                    (sum(missing_price_calls) + sum(unpriced_attempts))::BIGINT AS unpriced_calls,
-                   sum(billing_unknown_attempts)::BIGINT AS billing_unknown_attempts
+                   sum(billing_unknown_attempts)::BIGINT AS billing_unknown_attempts,
+                   sum(provisioned_tokens)::BIGINT AS provisioned_tokens
             FROM daily_cost_rollup WHERE partition_date BETWEEN ? AND ?
             GROUP BY ALL ORDER BY ALL""",
             [start, end],
@@ -125,7 +128,17 @@ def render(report: pd.DataFrame, fmt: str) -> str:
         writer.writeheader()
         writer.writerows(rows)
         return out.getvalue()
-    return _table(report) + (f"\nTOTAL is {note}: it is a lower bound" if note else "")
+    provisioned = totals["provisioned_tokens"]
+    return (
+        _table(report if provisioned else report.drop(columns="provisioned_tokens"))
+        + (f"\nTOTAL is {note}: it is a lower bound" if note else "")
+        + (f"\n{provisioned_note(provisioned)}" if provisioned else "")
+    )
+
+
+def provisioned_note(tokens: int) -> str:
+    """What provisioned throughput served, said apart from the spend it is not in."""
+    return f"served on provisioned throughput: {tokens:,} tokens ($0 marginal, prepaid capacity: in no spend figure)"
 
 
 def write_chart(by_model: pd.DataFrame, path: str) -> None:
@@ -147,7 +160,11 @@ def write_chart(by_model: pd.DataFrame, path: str) -> None:
 
 
 def _totals(report: pd.DataFrame) -> dict:
-    return {m: sum((v for v in report[m] if v is not None), Decimal(0) if m.endswith("_usd") else 0) for m in MEASURES}
+    return {
+        m: sum((v for v in report[m] if v is not None), Decimal(0) if m.endswith("_usd") else 0)
+        for m in MEASURES
+        if m in report
+    }
 
 
 def _table(report: pd.DataFrame) -> str:

@@ -398,6 +398,7 @@ class BatchStage:
                 attempts=1,
                 billed_attempts=1,
                 model_version=attempt.model_version,
+                served_tier=attempt.served_tier,
                 billing_unknown_attempts=int(attempt.billed is None),
                 latency_ms=attempt.latency_ms,
                 started_at=attempt.sent_at,
