@@ -54,6 +54,7 @@ bench: setup system-deps
 	$(BIN)/python bench/rate_limit.py && \
 	$(BIN)/python bench/gemini_overhead.py && \
 	$(BIN)/python bench/gemini_overhead.py --instructions && \
+	$(BIN)/python bench/vertex_labels.py && \
 	$(BIN)/python bench/rollup.py && \
 	$(BIN)/python bench/invoice_match.py && \
 	$(BIN)/python bench/recorded_responses.py && \

@@ -140,11 +140,27 @@ def cpu_seconds(who: int = resource.RUSAGE_SELF) -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def gemini_resource(folder: Path, url: str, concurrency: int):
-    from cost_pipeline.defs.gemini.resource import GeminiResource
+PIPELINE_SIDES = {
+    "pipeline": "gemini-api",
+    "pipeline-vertex": "vertex",
+    "pipeline-vertex-unlabelled": "vertex-unlabelled",
+}
+"""The step's side of a measurement, by the surface it calls."""
+VERTEX_PROJECT, VERTEX_LOCATION = "bench-project", "us-central1"
 
+
+def gemini_resource(folder: Path, url: str, concurrency: int, surface: str = "gemini-api"):
+    """The step's Gemini resource on `surface`; on Vertex AI with Application Default Credentials the local server
+    refreshes (`local_credentials_file`, found through GOOGLE_APPLICATION_CREDENTIALS)."""
+    from cost_pipeline.defs.gemini.resource import GeminiResource
+    from cost_pipeline.gemini.local_endpoint import local_credentials_file
+
+    endpoint: dict = {"base_url": url}
+    if surface != "gemini-api":
+        os.environ["GOOGLE_APPLICATION_CREDENTIALS"] = str(local_credentials_file(folder, url))
+        endpoint = {"vertexai": True, "project": VERTEX_PROJECT, "location": VERTEX_LOCATION, "vertex_base_url": url}
     return GeminiResource(
-        endpoint={"base_url": url},
+        endpoint=endpoint,
         cache={"database": str(folder / "bench.duckdb")},
         limits={
             "max_concurrency": concurrency,
@@ -167,17 +183,26 @@ def resources_for(folder: Path) -> dict:
     }
 
 
-def pipeline_child(folder: Path, url: str, concurrency: int, stage_config: dict | None = None) -> dict:
-    """In a fresh process: the Gemini step end to end, its wall and CPU seconds (its own, its thread's, its
-    writer's)."""
+def pipeline_child(
+    folder: Path, url: str, concurrency: int, stage_config: dict | None = None, surface: str = "gemini-api"
+) -> dict:
+    """In a fresh process: the Gemini step end to end on `surface`, its wall and CPU seconds (its own, its thread's,
+    its writer's). `vertex-unlabelled` is Vertex AI with the labels left out of every request, the baseline that
+    prices them."""
     import dagster as dg
+
+    if surface == "vertex-unlabelled":
+        import cost_pipeline.gemini.client
+
+        cost_pipeline.gemini.client.request_labels = lambda *args: None  # type: ignore[assignment]
 
     from cost_pipeline.defs.gemini import assets as turns
     from cost_pipeline.defs.ingest import assets as ingest
     from cost_pipeline.defs.resources import CostSettings
 
     assets = dg.load_assets_from_modules([turns])
-    resources = {**resources_for(folder), "gemini": gemini_resource(folder, url, concurrency), "costs": CostSettings()}
+    gemini = gemini_resource(folder, url, concurrency, surface)
+    resources = {**resources_for(folder), "gemini": gemini, "costs": CostSettings()}
     run_config = {"ops": {"turns_through_gemini": {"config": stage_config}}} if stage_config else None
     started, cpu = time.perf_counter(), cpu_seconds()
     result = dg.materialize(
@@ -344,7 +369,7 @@ VALGRIND_SLOWDOWN = 50
 def counted_instructions(mode: str, folder: Path, url: str, concurrency: int, turns: int, out: Path) -> int:
     """Instructions one side executed in its own process (callgrind's total; children such as the writer not traced)."""
     stage_config = None
-    if mode == "pipeline":
+    if mode in PIPELINE_SIDES:
         stage_config = {
             "checkpoint_every_s": 5.0 * VALGRIND_SLOWDOWN,
             "progress_every_s": 30.0 * VALGRIND_SLOWDOWN,
@@ -439,14 +464,15 @@ def main() -> None:
         action="store_true",
         help="count instructions per API call with callgrind (two sizes) instead of timing rounds",
     )
-    parser.add_argument("--child", choices=["pipeline", "bare", "bare-dicts"], help=argparse.SUPPRESS)  # one side
+    parser.add_argument("--child", choices=[*PIPELINE_SIDES, "bare", "bare-dicts"], help=argparse.SUPPRESS)  # a side
     parser.add_argument("--stage-config", type=json.loads, help=argparse.SUPPRESS)
     parser.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        if args.child == "pipeline":
-            figures = pipeline_child(args.folder, args.url, args.concurrency, args.stage_config)
+        if args.child in PIPELINE_SIDES:
+            surface = PIPELINE_SIDES[args.child]
+            figures = pipeline_child(args.folder, args.url, args.concurrency, args.stage_config, surface)
         else:
             figures = bare_child(
                 args.folder, args.url, args.concurrency, "dicts" if args.child == "bare-dicts" else "typed"

@@ -138,3 +138,26 @@ def test_gemini_overhead_counts_instructions_at_a_tiny_size(tmp_path):
         figures = bench.run_child("pipeline", folder, url, 4, stage_config=stretched)
         assert figures["seconds"] > 0 and figures["writer_cpu"] > 0, "the writer process starts at staged_chunk_rows 4"
         assert 0 < figures["loop_cpu"] < figures["cpu"], "the loop's own thread is timed, a part of the step's process"
+
+
+@pytest.mark.slow
+def test_vertex_labels_sides_differ_only_in_the_labels_they_send(tmp_path):
+    """vertex_labels.py's three sides, run natively (under callgrind they take minutes): the Gemini API's paths, and
+    Vertex AI's through ADC the local server refreshes, with every request labelled, or none."""
+    sys.path.insert(0, str(REPO / "bench"))
+    import gemini_overhead as bench
+
+    from cost_pipeline.gemini.local_endpoint import ServerConfig, admin, running_local_server
+
+    bench.land_day(tmp_path / "landed", 6)
+    sent = {}
+    with running_local_server(ServerConfig()) as url:
+        for side in ("pipeline", "pipeline-vertex", "pipeline-vertex-unlabelled"):
+            shutil.copytree(tmp_path / "landed", tmp_path / side)
+            admin(url, "/admin/reset", {})
+            bench.run_child(side, tmp_path / side, url, 4)
+            sent[side] = [r for r in admin(url, "/admin/requests")["requests"] if r.get("status") != 401]
+    assert sent["pipeline"] and all(r.get("surface") != "vertex" for r in sent["pipeline"])
+    assert len(sent["pipeline-vertex"]) == len(sent["pipeline-vertex-unlabelled"]) == len(sent["pipeline"])
+    assert all(r["surface"] == "vertex" and r["labels"]["pipeline"] == "cost_pipeline" for r in sent["pipeline-vertex"])
+    assert all(r["surface"] == "vertex" and not r["labels"] for r in sent["pipeline-vertex-unlabelled"])

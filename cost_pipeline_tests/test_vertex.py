@@ -17,6 +17,7 @@ from cost_pipeline.defs.resources import CostSettings
 from cost_pipeline.gemini.attempts import Attempt
 from cost_pipeline.gemini.client import call_served_tier
 from cost_pipeline.gemini.labels import check_labels, label_safe, request_labels
+from cost_pipeline.gemini.local_endpoint import LOCAL_CLIENT_SECRET, LOCAL_REFRESH_TOKEN, local_credentials_file
 from cost_pipeline.gemini.settings import EndpointSettings, GeminiSettings, ProcessingSettings
 from cost_pipeline.gemini.usage import Usage
 from cost_pipeline.ingest.synthetic import generate
@@ -142,9 +143,8 @@ def test_labels_that_break_googles_rules_fail_the_step_with_the_reason(landing_r
 
 def test_a_day_on_vertex_with_adc_is_labelled_priced_by_tier_and_leaks_no_credential(tmp_path, model_server):
     """`cost-pipeline demo` on Vertex AI through the real client, credentials refreshed by google-auth from a file."""
-    from .test_vertex_local_server import CLIENT_SECRET, REFRESH_TOKEN, write_credentials
 
-    credentials = write_credentials(tmp_path, model_server.url)
+    credentials = local_credentials_file(tmp_path, model_server.url)
     env = {name: value for name, value in os.environ.items() if name not in VERTEX_VARIABLES}
     env.update(
         GOOGLE_GENAI_USE_VERTEXAI="true",
@@ -247,7 +247,10 @@ def test_a_day_on_vertex_with_adc_is_labelled_priced_by_tier_and_leaks_no_creden
         for path in tmp_path.rglob("*")
         if path.is_file()
         and path != credentials
-        and any(secret in path.read_bytes() for secret in (CLIENT_SECRET.encode(), REFRESH_TOKEN.encode(), b"ya29."))
+        and any(
+            secret in path.read_bytes()
+            for secret in (LOCAL_CLIENT_SECRET.encode(), LOCAL_REFRESH_TOKEN.encode(), b"ya29.")
+        )
     ]
     assert leaks == []
 
@@ -259,9 +262,8 @@ def test_a_shared_vertex_project_reconciles_by_label_and_an_altered_line_of_ours
     team's lines, and unlabelled ones, in our project. (Flex is left out: genai-prices 0.2.5 has no flex price for
     the 2.5 models, so neither side can price those lines and the check says so, as test_pricing shows.)"""
     from .test_reconciliation import check, metadata, reconcile, rows_of, write_rows
-    from .test_vertex_local_server import write_credentials
 
-    clean_environment.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(write_credentials(tmp_path, model_server.url)))
+    clean_environment.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(local_credentials_file(tmp_path, model_server.url)))
     generate(landing_root, DAY, days=1, turns_per_day=80, seed=5)
     model_server.configure(rate_provisioned=0.1, seed=6)
     vertex = {"base_url": None, "vertexai": True, "project": "acme-evals", "vertex_base_url": model_server.url}

@@ -32,12 +32,17 @@ from google import genai
 from google.auth.transport.requests import Request
 from google.genai import errors, types
 
-from cost_pipeline.gemini.local_endpoint import SERVER_MODULE
+from cost_pipeline.gemini.local_endpoint import (
+    LOCAL_CLIENT_ID,
+    LOCAL_CLIENT_SECRET,
+    LOCAL_REFRESH_TOKEN,
+    SERVER_MODULE,
+    local_credentials_file,
+)
 from cost_pipeline.model_server.server import count_tokens
 from cost_pipeline.money.billing_export import read_export
 
 PROJECT, LOCATION, MODEL = "cost-pipeline-vertex", "us-central1", "gemini-2.5-flash-lite"
-CLIENT_ID, CLIENT_SECRET, REFRESH_TOKEN = "local-client", "client-secret-7f3a9c", "refresh-token-91c2e4"
 CLOUD_PLATFORM = "https://www.googleapis.com/auth/cloud-platform"
 TEXT = "um so i i think we should ship it"
 VERTEX_ROUTE = f"/v1beta1/projects/{PROJECT}/locations/{LOCATION}/publishers/google/models/{MODEL}"
@@ -66,28 +71,10 @@ def _no_ambient_google_settings(monkeypatch):
         monkeypatch.delenv(name, raising=False)
 
 
-def write_credentials(folder: Path, server_url: str) -> Path:
-    """An external_account_authorized_user credentials file that refreshes at `server_url`/token."""
-    path = folder / "application_default_credentials.json"
-    path.write_text(
-        json.dumps(
-            {
-                "type": "external_account_authorized_user",
-                "audience": "//iam.googleapis.com/locations/global/workforcePools/local-pool/providers/local",
-                "client_id": CLIENT_ID,
-                "client_secret": CLIENT_SECRET,
-                "refresh_token": REFRESH_TOKEN,
-                "token_url": f"{server_url}/token",
-            }
-        )
-    )
-    return path
-
-
 @pytest.fixture
 def credentials_file(tmp_path, model_server, monkeypatch) -> Path:
     """Application default credentials pointing at the test's server, as `google.auth.default()` finds them."""
-    path = write_credentials(tmp_path, model_server.url)
+    path = local_credentials_file(tmp_path, model_server.url)
     monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(path))
     return path
 
@@ -366,7 +353,7 @@ def server_logging_to(log: Path) -> Iterator[str]:
 def test_no_token_or_client_secret_reaches_a_record_or_the_log(tmp_path, monkeypatch):
     log = tmp_path / "server.log"
     with server_logging_to(log) as url:
-        monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(write_credentials(tmp_path, url)))
+        monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(local_credentials_file(tmp_path, url)))
         credentials, _ = google.auth.default(scopes=[CLOUD_PLATFORM])
         client = vertex_client(url, credentials=credentials)
         generate(client, labels={"pipeline": "cost_pipeline"})
@@ -379,7 +366,7 @@ def test_no_token_or_client_secret_reaches_a_record_or_the_log(tmp_path, monkeyp
                 records += response.read().decode()
 
     assert credentials.token and "vertex" in records  # a token was issued and the calls were recorded
-    basic = base64.b64encode(f"{CLIENT_ID}:{CLIENT_SECRET}".encode()).decode()
-    for secret in (credentials.token, CLIENT_SECRET, REFRESH_TOKEN, basic, "ya29.forged-9e1"):
+    basic = base64.b64encode(f"{LOCAL_CLIENT_ID}:{LOCAL_CLIENT_SECRET}".encode()).decode()
+    for secret in (credentials.token, LOCAL_CLIENT_SECRET, LOCAL_REFRESH_TOKEN, basic, "ya29.forged-9e1"):
         assert secret not in records
         assert secret not in log.read_text()

@@ -18,6 +18,7 @@ import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
+from pathlib import Path
 
 SERVER_MODULE = "cost_pipeline.model_server.server"
 
@@ -109,3 +110,32 @@ def admin(url: str, path: str, payload: dict | None = None) -> dict:
     )
     with urllib.request.urlopen(request, timeout=30) as response:
         return json.loads(response.read())
+
+
+LOCAL_CLIENT_ID, LOCAL_CLIENT_SECRET, LOCAL_REFRESH_TOKEN = (
+    "local-client",
+    "client-secret-7f3a9c",
+    "refresh-token-91c2e4",
+)
+"""The made-up OAuth client and refresh token of `local_credentials_file` (the server accepts any non-empty ones)."""
+
+
+def local_credentials_file(folder: Path, server_url: str) -> Path:
+    """Application Default Credentials for the local server's Vertex paths: an `external_account_authorized_user`
+    file (the kind `gcloud auth application-default login` writes for a workforce identity) whose token URL is the
+    server's `/token`, where google-auth refreshes it as it would at Google's (it ignores an `authorized_user`
+    file's token URL)."""
+    path = folder / "application_default_credentials.json"
+    path.write_text(
+        json.dumps(
+            {
+                "type": "external_account_authorized_user",
+                "audience": "//iam.googleapis.com/locations/global/workforcePools/local-pool/providers/local",
+                "client_id": LOCAL_CLIENT_ID,
+                "client_secret": LOCAL_CLIENT_SECRET,
+                "refresh_token": LOCAL_REFRESH_TOKEN,
+                "token_url": f"{server_url}/token",
+            }
+        )
+    )
+    return path
