@@ -15,9 +15,10 @@ from cost_pipeline.definitions import all_assets, all_checks
 from cost_pipeline.defs.costs.reconciliation import billing_export_sensor
 from cost_pipeline.defs.resources import BillingExports, CostSettings
 from cost_pipeline.ingest.synthetic import generate
-from cost_pipeline.money.billing_export import PACIFIC, day_bounds, provider_export_csv, read_export
+from cost_pipeline.money.billing_export import PACIFIC, day_bounds, read_export
 from cost_pipeline.money.invoice_match import Tolerance, day_lines, match_day
 from cost_pipeline.money.ledger import ensure_ledger
+from cost_pipeline.money.provider_export import provider_export_csv
 from cost_pipeline.money.skus import OTHER_GEMINI, TOKENS, UNKNOWN_GEMINI, classify, describe
 
 from .conftest import local_resources, materialize_day

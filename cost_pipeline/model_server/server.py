@@ -30,7 +30,7 @@ as another (an alias, or a retired model routed to its successor, billed at the
 successor's rates, as Google does). `POST /admin/replay` queues recorded response bodies
 (`{"bodies": [...]}`) that answer the next requests verbatim, billed by their own usage.
 `GET /admin/billing/export` is what the server billed, as Cloud Billing's BigQuery export
-in the Gemini API's SKU wording (`money/billing_export.py`). Served by uvicorn on
+in the Gemini API's SKU wording (`money/provider_export.py`). Served by uvicorn on
 loopback; `cost-pipeline serve-model --port N` runs it on its own.
 
 It speaks Vertex AI too, as google-genai calls it with `vertexai=True`, a project, a location
@@ -50,9 +50,7 @@ the other tiers), `createTime` and Vertex's `responseId`; its billing record and
 
 import argparse
 import asyncio
-import csv
 import hashlib
-import io
 import json
 import random
 import re
@@ -62,31 +60,29 @@ import time
 import urllib.parse
 import urllib.request
 import uuid
-from collections import Counter, defaultdict, deque
+from collections import Counter, deque
 from dataclasses import asdict, fields
 from datetime import datetime, timezone
-from decimal import Decimal
 from typing import Any
 
-import genai_prices
 import uvicorn
-from genai_prices.types import calc_unit_price
 
 from cost_pipeline.gemini.local_endpoint import ServerConfig, config_arguments, config_from
 from cost_pipeline.gemini.prompts import REMINDER_PREFIX
-from cost_pipeline.gemini.settings import STANDARD
-from cost_pipeline.gemini.usage import REPORTED, Usage, metadata_from_dict, normalized_model, usage_from_metadata
+from cost_pipeline.gemini.usage import normalized_model
 from cost_pipeline.model_server.files import LocalFiles
 from cost_pipeline.model_server.files import error_body as _error
-from cost_pipeline.money.billing_export import (
-    BIGQUERY_HEADER,
+from cost_pipeline.money.provider_export import (
+    FLEX,
+    GEMINI_API_SURFACE,
     LOCAL_PROJECT,
-    LONG_CONTEXT_TOKENS,
-    BillingPlace,
+    ON_DEMAND,
+    PRIORITY,
+    PROVISIONED,
+    VERTEX_SURFACE,
     provider_export_csv,
+    vertex_export_csv,
 )
-from cost_pipeline.money.pricing import MONEY_PLACES, PER_MILLION, PriceBook, invoice_split, library_usage
-from cost_pipeline.money.skus import LONG, SHORT, VERTEX_AI, invoice_model
 
 FILLERS = {"um", "uh", "er", "hmm", "uhm", "erm"}
 FILLER_PHRASES = (("you", "know"), ("i", "mean"))
@@ -123,13 +119,6 @@ BILLED_USAGE_FIELDS = (
 VERTEX_PATH = re.compile(
     r"^/(?P<version>v1|v1beta1)/projects/(?P<project>[^/]+)/locations/(?P<location>[^/]+)"
     r"/publishers/google/models/(?P<model>[^:/]+):(?P<method>[A-Za-z]+)$"
-)
-GEMINI_API_SURFACE, VERTEX_SURFACE = "gemini-api", "vertex"
-ON_DEMAND, FLEX, PRIORITY, PROVISIONED = (
-    "ON_DEMAND",
-    "ON_DEMAND_FLEX",
-    "ON_DEMAND_PRIORITY",
-    "PROVISIONED_THROUGHPUT",
 )
 TOKEN_LIFETIME_S = 3600
 # Google's own 401 messages: a client that reads them (or a person) sees what Google would say.
@@ -876,124 +865,6 @@ def vertex_billing(vertex: dict | None, usage: dict) -> dict:
         **{key: vertex[key] for key in ("surface", "project", "location", "labels")},
         "traffic_type": usage.get("trafficType") or ON_DEMAND,
     }
-
-
-VERTEX_AI_SERVICE_ID = "C7E2-9256-1C43"
-_AFTER_PROJECT = BIGQUERY_HEADER.index("project.id") + 1
-VERTEX_HEADER = [*BIGQUERY_HEADER[:_AFTER_PROJECT], "location.location", *BIGQUERY_HEADER[_AFTER_PROJECT:]]
-"""BigQuery's export columns, with the location Vertex AI lines carry."""
-VERTEX_MODEL_NAMES = {
-    "gemini-2.5-flash-lite": "Gemini 2.5 Flash Lite",
-    "gemini-2.5-flash": "Gemini 2.5 Flash GA",
-    "gemini-2.5-pro": "Gemini 2.5 Pro",
-}
-"""Models as Vertex AI SKUs name them, where the name is not the model id in words (verbatim SKUs: see
-`vertex_sku`)."""
-VERTEX_SKU_IDS = {
-    "Gemini 2.5 Flash GA Text Input - Predictions": "FDAB-647C-5A22",
-    " Gemini 2.5 Flash GA Input Text Caching": "A1C1-77CC-6FAE",
-    "Gemini 2.5 Pro Text Input - Predictions": "A121-E2B5-1418",
-    "Gemini 2.5 Pro Text Output - Predictions": "5DA2-3F77-1CA5",
-    " Gemini 2.5 Pro Input Text Caching": "E941-1B12-88B9",
-    "Gemini 2.5 Flash Lite Text Input - Predictions": "F91E-007E-3BA1",
-    "Gemini 2.5 Flash Lite Text Output - Predictions": "2D6E-6AC5-B1FD",
-    " Gemini 2.5 Flash Lite Input Text Caching": "95C5-4D3B-D378",
-}
-"""Real Vertex AI SKU ids: a contract price list's breakdown naming id and description (stored public file,
-search id 25875549319), and for Flash Lite two public SKU tables (ids 33180387021, 68927314387)."""
-VERTEX_TIER_WORDS = {ON_DEMAND: "", FLEX: " Flex", PRIORITY: " Priority"}
-
-
-def vertex_sku(model: str, kind: str, modality: str, traffic: str, context: str) -> str:
-    """A Vertex AI Gemini token SKU's description, worded as Google's are.
-
-    Verbatim Vertex SKUs this follows: "Gemini 2.5 Flash Lite Text Input - Predictions", "Gemini
-    2.5 Flash GA Text Input - Predictions", " Gemini 2.5 Flash Lite Input Text Caching" (leading
-    space and all), from a test copying a live export's `SELECT DISTINCT sku.description`
-    (stored public file, search id 58001810404); "Gemini 3 Flash Text Input Flex - Predictions"
-    (id 57579783011) and "Gemini 2.5 Pro Audio Output Priority - Predictions" (id 56617342108)
-    for the tier words; "... Caching Flex" and "Gemini 2.0 Flash Text Input (Long) - Predictions"
-    (id 67047272758, quoting cloud.google.com/skus/sku-groups/vertex-api-gemini-2-x-skus). Where
-    "(Long)" and a tier word meet, their order is this function's choice.
-    """
-    name = VERTEX_MODEL_NAMES.get(model) or " ".join(word.capitalize() for word in model.split("-"))
-    long = " (Long)" if context == LONG else ""
-    tier = VERTEX_TIER_WORDS[traffic]
-    if kind == "cached_input":
-        return f" {name} Input {modality.capitalize()} Caching{long}{tier}"
-    return f"{name} {modality.capitalize()} {kind.capitalize()}{long}{tier} - Predictions"
-
-
-def vertex_export_csv(records: list[dict], book: PriceBook | None = None, account: str = "LOCAL-000000-000000") -> str:
-    """What Vertex AI billed for the server's Vertex answers, as BigQuery's export flattened to CSV.
-
-    One line per UTC hour, project, location, SKU and set of labels (the request's `labels`, as
-    the export's JSON array of `{"key", "value"}`), service "Vertex AI", unit `count`, in USD.
-    On-demand, flex and priority answers go to their own SKUs (`vertex_sku`); answers served
-    from provisioned throughput have no line, as that capacity is not billed by the token. A
-    line's cost is its answers' list prices split as the invoice splits them; a tier
-    genai-prices has no price for leaves the cost empty, never the standard price, never 0.
-    """
-    book = book or PriceBook()
-    lines: dict[tuple, list] = defaultdict(lambda: [0, Decimal(0)])
-    for record in records:
-        traffic = record.get("traffic_type")
-        if record["surface"] != VERTEX_SURFACE or traffic not in VERTEX_TIER_WORDS:
-            continue  # the Gemini API's calls, and provisioned throughput
-        usage = usage_from_metadata(metadata_from_dict(record["usage"]))
-        if usage is None or usage.source != REPORTED:
-            continue  # no token count: nothing billed by the token
-        at = datetime.fromtimestamp(record["at"], timezone.utc)
-        long_context = usage.input_tokens + usage.tool_prompt_tokens > LONG_CONTEXT_TOKENS
-        costs, rates = _vertex_costs(book, record["model"], usage, at, traffic, long_context)
-        hour = at.replace(minute=0, second=0, microsecond=0)
-        place = (record["project"], record["location"], tuple(sorted(record["labels"].items())))
-        for kind, modality, count, cost in invoice_split(lambda name, usage=usage: getattr(usage, name), costs, rates):
-            context = LONG if long_context else SHORT
-            line = lines[(hour, *place, vertex_sku(invoice_model(record["model"]), kind, modality, traffic, context))]
-            line[0] += count
-            line[1] = None if line[1] is None or cost is None else line[1] + cost
-    out = io.StringIO()
-    writer = csv.writer(out)
-    writer.writerow(VERTEX_HEADER)
-    for (hour, project, location, labels, sku), (count, cost) in sorted(lines.items()):
-        labelled = json.dumps([{"key": key, "value": value} for key, value in labels], separators=(",", ":"))
-        billed = BillingPlace(account, VERTEX_AI_SERVICE_ID, VERTEX_AI, project, location, labelled)
-        writer.writerow(billed.row(hour, (VERTEX_SKU_IDS.get(sku, ""), sku), count, cost))  # no SKU id made up
-    return out.getvalue()
-
-
-def _vertex_costs(
-    book: PriceBook, model: str, usage: Usage, at: datetime, traffic: str, long_context: bool
-) -> tuple[tuple[Decimal | None, Decimal | None, Decimal | None], dict]:
-    """(input, cached input, output) list cost of one answer at its traffic type, and its modality rates.
-
-    On demand is the price book's standard price. Flex and priority are genai-prices'
-    `service_tier` variants where the model has one in force; otherwise unpriced (None), since
-    the library answers a tier it has no variant for with the standard price. Tier lines split
-    only text at a known rate: another modality's share stays None.
-    """
-    if traffic == ON_DEMAND:
-        priced = book.cost(model, usage, at)
-        return (priced.input_cost, priced.cached_input_cost, priced.output_cost), (
-            book.modality_rates(model, at, STANDARD, long_context) or {}
-        )
-    context = {"service_tier": traffic.removeprefix("ON_DEMAND_").lower()}
-    try:
-        calculation = genai_prices.calc_price(
-            library_usage(usage), model, provider_id="google", genai_request_timestamp=at, price_context=context
-        )
-    except LookupError:
-        return (None, None, None), {}
-    if not any(
-        variant.when == context and (variant.constraint is None or variant.constraint.active(at))
-        for variant in calculation.model.price_variants or ()
-    ):
-        return (None, None, None), {}
-    total_input = usage.input_tokens + usage.tool_prompt_tokens
-    cached = calc_unit_price(calculation.model_price.cache_read_mtok, usage.cached_tokens, total_input, PER_MILLION)
-    input_cost, output_cost = calculation.input_price - cached, calculation.output_price
-    return (input_cost.quantize(MONEY_PLACES), cached.quantize(MONEY_PLACES), output_cost.quantize(MONEY_PLACES)), {}
 
 
 def build_server(config: ServerConfig, port: int = 0) -> uvicorn.Server:

@@ -20,34 +20,20 @@ keeps `cost_usd` None and says why in `problem`: it is never read as 0. Pure: no
 """
 
 import csv
-import hashlib
-import io
 import json
 import re
-from collections import defaultdict
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta, timezone
+from datetime import date, datetime, timezone
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-from cost_pipeline.gemini.usage import REPORTED, metadata_from_dict, usage_from_metadata
-from cost_pipeline.money.pricing import MONEY_PLACES, STANDARD, PriceBook, invoice_split
+from cost_pipeline.money.pricing import MONEY_PLACES
 from cost_pipeline.money.skus import (
-    GEMINI_API,
-    GEMINI_API_SERVICE_ID,
-    LONG,
-    SHORT,
     Sku,
     classify,
-    describe,
-    invoice_model,
 )
 
-LOCAL_PROJECT = "local-gemini-server"
-"""The project the shipped local server bills."""
-LONG_CONTEXT_TOKENS = 200_000
-"""Google's long-context threshold: a prompt above it is billed on the long-context SKUs."""
 UTC, PACIFIC = "UTC", "America/Los_Angeles"
 BIGQUERY, CONSOLE = "bigquery", "console"
 _CURRENCY_SYMBOLS = {"$": "USD", "€": "EUR", "£": "GBP", "¥": "JPY", "₹": "INR", "r$": "BRL", "a$": "AUD", "c$": "CAD"}
@@ -321,110 +307,3 @@ def day_bounds(day: date, zone: str) -> tuple[datetime, datetime]:
     start = datetime(day.year, day.month, day.day, tzinfo=ZoneInfo(zone))
     end = datetime.fromordinal(day.toordinal() + 1).replace(tzinfo=ZoneInfo(zone))
     return start.astimezone(timezone.utc), end.astimezone(timezone.utc)
-
-
-BIGQUERY_HEADER = [
-    "billing_account_id",
-    "service.id",
-    "service.description",
-    "sku.id",
-    "sku.description",
-    "usage_start_time",
-    "usage_end_time",
-    "project.id",
-    "labels",
-    "cost",
-    "currency",
-    "currency_conversion_rate",
-    "usage.amount",
-    "usage.unit",
-    "credits",
-]
-_TIME = "%Y-%m-%d %H:%M:%S UTC"
-
-
-def provider_export_csv(
-    records: list[dict],
-    book: PriceBook | None = None,
-    account: str = "LOCAL-000000-000000",
-    project: str = LOCAL_PROJECT,
-) -> str:
-    """What a provider billed for its answers, as BigQuery's export flattened to CSV: one line per UTC hour and SKU.
-
-    Each record is one billed response: `model` as served, `at` (Unix time), `usage` (its
-    `usageMetadata`), `processing` (standard or batch). A line's cost is its answers' list
-    prices split as the invoice splits them (`invoice_split`), in the Gemini API's SKU wording. A line
-    of a model nobody prices has no cost, which the reader refuses to read as 0.
-    """
-    book = book or PriceBook()
-    lines: dict[tuple, list] = defaultdict(lambda: [0, Decimal(0)])
-    for record in records:
-        usage = usage_from_metadata(metadata_from_dict(record["usage"]))
-        if usage is None or usage.source != REPORTED:
-            continue  # no token count: nothing billed by the token
-        at = datetime.fromtimestamp(record["at"], timezone.utc)
-        processing = record.get("processing") or STANDARD
-        long_context = usage.input_tokens + usage.tool_prompt_tokens > LONG_CONTEXT_TOKENS
-        priced = book.cost(record["model"], usage, at, processing=processing)
-        rates = book.modality_rates(record["model"], at, processing, long_context) or {}
-        hour = at.replace(minute=0, second=0, microsecond=0)
-        for kind, modality, count, cost in invoice_split(
-            lambda name, usage=usage: getattr(usage, name),
-            (priced.input_cost, priced.cached_input_cost, priced.output_cost),
-            rates,
-        ):
-            key = (hour, invoice_model(record["model"]), kind, modality, processing, LONG if long_context else SHORT)
-            line = lines[key]
-            line[0] += count
-            line[1] = None if line[1] is None or cost is None else line[1] + cost
-    out = io.StringIO()
-    writer = csv.writer(out)
-    writer.writerow(BIGQUERY_HEADER)
-    for (hour, model, kind, modality, processing, context), (count, cost) in sorted(lines.items()):
-        sku_id, description = describe(model, kind, modality, processing, context)
-        place = BillingPlace(account, GEMINI_API_SERVICE_ID, GEMINI_API, project)
-        writer.writerow(place.row(hour, (sku_id or _sku_id(description), description), count, cost))
-    return out.getvalue()
-
-
-@dataclass(frozen=True)
-class BillingPlace:
-    """Who was billed, and for what service, on a line of a BigQuery-style export the provider writes."""
-
-    account: str
-    service_id: str
-    service: str
-    project: str
-    location: str | None = None
-    """Vertex AI lines carry one; the Gemini API's do not (their header has no location column)."""
-    labels: str = "[]"
-    """The request labels, as BigQuery's JSON array of {key, value}."""
-
-    def row(self, hour: datetime, sku: tuple[str, str], tokens: int, cost: Decimal | None) -> list:
-        """The cells of one hour's line of `sku` (id, description): in USD, `cost` empty when unpriced (never 0)."""
-        where = [self.project] if self.location is None else [self.project, self.location]
-        started, ended = hour.strftime(_TIME), (hour + timedelta(hours=1)).strftime(_TIME)
-        amount = "" if cost is None else format(cost, "f")
-        usd = ["USD", "1.0"]  # currency and conversion rate
-        return [
-            self.account,
-            self.service_id,
-            self.service,
-            *sku,
-            started,
-            ended,
-            *where,
-            self.labels,
-            amount,
-            *usd,
-        ] + [
-            tokens,
-            "count",
-            "[]",  # usage amount and unit, credits
-        ]
-
-
-def _sku_id(description: str) -> str:
-    """A stable id in the SKU id's shape (`XXXX-XXXX-XXXX`) for a SKU whose real id the catalogue table lacks."""
-    digest = hashlib.sha1(description.encode()).hexdigest()[:12].upper()
-    return "-".join(digest[i : i + 4] for i in (0, 4, 8))

@@ -28,8 +28,9 @@ from datetime import date, datetime, timezone
 from decimal import Decimal
 
 from cost_pipeline.gemini.labels import PIPELINE
-from cost_pipeline.money.billing_export import BIGQUERY, LOCAL_PROJECT, ExportLine
+from cost_pipeline.money.billing_export import BIGQUERY, ExportLine
 from cost_pipeline.money.pricing import STANDARD, PriceBook, Tier, invoice_split
+from cost_pipeline.money.provider_export import LOCAL_PROJECT
 from cost_pipeline.money.skus import (
     LONG,
     NOT_GEMINI,

@@ -32,6 +32,8 @@ KINDS = ("input", "cached_input", "output")
 MODALITIES = ("text", "audio", "image", "video")
 TIERS = ("standard", "batch", "flex", "priority")
 SHORT, LONG = "short", "long"
+LONG_CONTEXT_TOKENS = 200_000
+"""Google's long-context threshold: a prompt above it is billed on the long-context SKUs."""
 GEMINI_API, VERTEX_AI = "Gemini API", "Vertex AI"
 GEMINI_SERVICES = (GEMINI_API, "Generative Language API", VERTEX_AI)
 """Services whose lines can be Gemini spend (the Gemini API was named Generative Language API before)."""

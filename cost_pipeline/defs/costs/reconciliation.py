@@ -29,9 +29,10 @@ from cost_pipeline.defs.resources import BillingExports, CostSettings
 from cost_pipeline.defs.table_schema import table_schema
 from cost_pipeline.defs.warehouse import DuckDBWarehouse
 from cost_pipeline.gemini.usage import MODALITY_FIELDS
-from cost_pipeline.money.billing_export import LONG_CONTEXT_TOKENS, day_bounds, read_export
+from cost_pipeline.money.billing_export import day_bounds, read_export
 from cost_pipeline.money.invoice_match import DayMatch, Tolerance, day_lines, ledger_lines, match_day
 from cost_pipeline.money.ledger import ensure_ledger
+from cost_pipeline.money.skus import LONG_CONTEXT_TOKENS
 from cost_pipeline.reports.markdown import markdown_table, money
 from cost_pipeline.storage.columns import Column
 from cost_pipeline.storage.connect import connect, one_row
