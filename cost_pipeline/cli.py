@@ -15,21 +15,22 @@ from pathlib import Path
 
 from cost_pipeline.config import (
     COSTS_ENV,
-    DB_ENV,
     DEFAULT_COSTS,
     DEFAULT_DASHBOARD_PORT,
-    DEFAULT_DB,
     DEFAULT_LANDING,
     LANDING_ENV,
     START_ENV,
     partitions_start,
     resolved,
+    store,
 )
 from cost_pipeline.gemini.local_endpoint import config_arguments, config_from
 from cost_pipeline.ingest.landing import LANDED
 from cost_pipeline.ingest.synthetic import generate
 from cost_pipeline.model_server.server import serve
 from cost_pipeline.reports.report import DIMENSIONS
+from cost_pipeline.storage.connect import connect
+from cost_pipeline.storage.lake import describe
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     _range_arguments(forecast)
     forecast.add_argument("--format", choices=["table", "json"], default="table")
-    forecast.add_argument("--database", default=resolved(DB_ENV, DEFAULT_DB))
+    forecast.add_argument("--database", default=store())
     forecast.add_argument("--landing", default=resolved(LANDING_ENV, DEFAULT_LANDING), help="landing root folder")
 
     model = commands.add_parser("serve-model", help="serve the Gemini-compatible local model on loopback")
@@ -88,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     report.add_argument("--format", choices=["table", "json", "csv"], default="table")
     report.add_argument("--chart", help="also write a PNG of daily spend by model to this path")
-    report.add_argument("--database", default=resolved(DB_ENV, DEFAULT_DB))
+    report.add_argument("--database", default=store())
     report.add_argument(
         "--what-if",
         type=lambda v: [m.strip() for m in v.split(",") if m.strip()],
@@ -106,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     board.add_argument("--start", type=_day, help="first day (default: 60 days before --end)")
     board.add_argument("--end", type=_day, help="last day (default: the latest day with a rollup)")
     board.add_argument("--out", default=None, help="the HTML file (default: dashboard.html beside the DuckDB file)")
-    board.add_argument("--database", default=resolved(DB_ENV, DEFAULT_DB))
+    board.add_argument("--database", default=store())
     board.add_argument(
         "--serve",
         action="store_true",
@@ -114,7 +115,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     board.add_argument("--port", type=int, default=DEFAULT_DASHBOARD_PORT, help="with --serve")
 
+    sql = commands.add_parser("sql", help="run a read-only SQL query on the store (the DuckDB file or the lake)")
+    sql.add_argument("query", help="for example: SELECT * FROM raw_turns LIMIT 5")
+    sql.add_argument("--database", default=store())
+
     args = parser.parse_args(argv)
+    if args.command == "sql":
+        with connect(args.database, read_only=True) as connection:
+            connection.sql(args.query).show(max_width=200)
+        return 0
     if args.command in ("run", "backfill"):
         days = [args.day] if args.command == "run" else _days(args.first, args.last)
         if not days:
@@ -216,7 +225,7 @@ def _batch_jobs_pending(days: list[date]) -> str | None:
     from cost_pipeline.gemini.batch import jobs as batch_jobs
 
     asked = {day.isoformat() for day in days}
-    waiting = sorted({day for _, day in batch_jobs.pending(resolved(DB_ENV, DEFAULT_DB)) if day in asked})
+    waiting = sorted({day for _, day in batch_jobs.pending(store()) if day in asked})
     if not waiting:
         return None
     return (
@@ -231,7 +240,7 @@ def _print_forecast(days: list[date]):
     from cost_pipeline.money.forecast import render_table
 
     try:
-        forecast = _forecast(resolved(DB_ENV, DEFAULT_DB), resolved(LANDING_ENV, DEFAULT_LANDING), days)
+        forecast = _forecast(store(), resolved(LANDING_ENV, DEFAULT_LANDING), days)
     except Exception as error:  # a forecast informs a run; it never stops one (budgets are the hard stop)
         from cost_pipeline.gemini.client import known_secrets, redact
 
@@ -265,7 +274,7 @@ def _spent_so_far(run_ids: list[str]) -> dict[str, str]:
     """What each running day has been billed, as of its last checkpoint to the ledger (a busy file waits 2 s)."""
     from cost_pipeline.money.ledger import spend_by_run
 
-    spent = spend_by_run(resolved(DB_ENV, DEFAULT_DB), run_ids, lock_timeout_s=2.0)
+    spent = spend_by_run(store(), run_ids, lock_timeout_s=2.0)
     return {run_id: f"{spend.attempts} attempts billed {spend.text()}" for run_id, spend in spent.items()}
 
 
@@ -274,7 +283,7 @@ def _spend_against_forecast(runs, forecast) -> str:
     from cost_pipeline.money.ledger import spend_by_run
     from cost_pipeline.reports.spend_vs_forecast import DayOutcome, render
 
-    spent = spend_by_run(resolved(DB_ENV, DEFAULT_DB), [run.run_id for run in runs])
+    spent = spend_by_run(store(), [run.run_id for run in runs])
     return render([DayOutcome(run.partition, run.status, spent.get(run.run_id)) for run in runs], forecast)
 
 
@@ -296,7 +305,7 @@ def run_demo(day: date, turns: int, seed: int) -> int:
     from cost_pipeline.launch import Launcher, project_instance
 
     landing = resolved(LANDING_ENV, DEFAULT_LANDING)
-    database = resolved(DB_ENV, DEFAULT_DB)
+    database = store()
 
     from cost_pipeline.reports.report import cost_report, render, table_counts
 
@@ -316,7 +325,7 @@ def run_demo(day: date, turns: int, seed: int) -> int:
     if failed:
         print(f"run {failed[0].run_id} ({failed[0].job_name}) failed: {failed[0].reason}", file=sys.stderr)
         return 1
-    print(f"\nrun {result.run_id} materialized partition {day} into {Path(database).resolve()}:")
+    print(f"\nrun {result.run_id} materialized partition {day} into {describe(database)}:")
     for table, rows in table_counts(database, day).items():
         print(f"  {table:<24} {rows:>8} rows")
     print(f"\nWhat {day} cost, by evaluation (cost-pipeline report --start {day} --end {day} --by evaluation):\n")
@@ -333,8 +342,7 @@ def run_demo(day: date, turns: int, seed: int) -> int:
         "\nWhere to look:\n"
         f"  UI:      make ui   (or: DAGSTER_HOME={home} .venv/bin/dagster dev) then open http://127.0.0.1:3000;"
         " the runs are on the Overview timeline\n"
-        f"  DuckDB:  .venv/bin/python -c \"import duckdb; print(duckdb.connect('{database}', read_only=True)"
-        ".sql('SELECT * FROM raw_turns LIMIT 5'))\""
+        f"  SQL:     .venv/bin/cost-pipeline sql 'SELECT * FROM raw_turns LIMIT 5'   ({describe(database)})"
     )
     return 0
 

@@ -9,6 +9,9 @@ from datetime import date
 
 DB_ENV = "COST_PIPELINE_DB"
 DEFAULT_DB = "data/cost_pipeline.duckdb"
+WAREHOUSE_ENV = "COST_PIPELINE_WAREHOUSE"
+"""Unset: every table in the DuckDB file (COST_PIPELINE_DB). `ducklake:postgres:<libpq connection string>`: every
+table in that DuckLake, whose data goes to COST_PIPELINE_LAKE_DATA (`storage/lake.py`)."""
 
 LANDING_ENV = "COST_PIPELINE_LANDING"
 DEFAULT_LANDING = "data/landing"
@@ -64,6 +67,18 @@ SERVICE_TIER_ENV = "COST_PIPELINE_SERVICE_TIER"
 def resolved(name: str, default: str) -> str:
     """The setting's value now, for code outside Dagster (the CLI)."""
     return os.environ.get(name) or default
+
+
+def store_setting() -> tuple[str, str]:
+    """(the variable, its value): the warehouse when COST_PIPELINE_WAREHOUSE is set, else the DuckDB file."""
+    if os.environ.get(WAREHOUSE_ENV):
+        return WAREHOUSE_ENV, os.environ[WAREHOUSE_ENV]
+    return DB_ENV, resolved(DB_ENV, DEFAULT_DB)
+
+
+def store() -> str:
+    """Where every table is, now: the DuckLake of COST_PIPELINE_WAREHOUSE, else the DuckDB file."""
+    return store_setting()[1]
 
 
 API_KEY_ENVS = ("GEMINI_API_KEY", "GOOGLE_API_KEY")

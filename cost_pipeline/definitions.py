@@ -14,6 +14,7 @@ from cost_pipeline.defs.costs import checks, reconciliation, rollups
 from cost_pipeline.defs.environment import local_resources
 from cost_pipeline.defs.gemini import assets as turns
 from cost_pipeline.defs.ingest import assets as ingest
+from cost_pipeline.defs.maintenance import store_maintenance, store_maintenance_job, store_maintenance_schedule
 
 OWNERS = ["team:cost-pipeline"]
 # Each asset page links to the code that defines it and names who owns it.
@@ -27,6 +28,7 @@ all_assets = dg.with_source_code_references(
                 if isinstance(asset, dg.AssetsDefinition)
             ),
             rollups.llm_attempts,
+            store_maintenance,
         ],
     )
 )
@@ -36,8 +38,8 @@ all_checks = dg.load_asset_checks_from_modules([checks, reconciliation])
 defs = dg.Definitions(
     assets=all_assets,
     asset_checks=all_checks,
-    jobs=[daily_pipeline_job, evaluation_costs_job, reconciliation.billing_reconciliation_job],
-    schedules=[daily_pipeline_schedule],
+    jobs=[daily_pipeline_job, evaluation_costs_job, reconciliation.billing_reconciliation_job, store_maintenance_job],
+    schedules=[daily_pipeline_schedule, store_maintenance_schedule],
     sensors=[late_landing_sensor, evaluation_costs_automation, reconciliation.billing_export_sensor, batch_jobs_sensor],
     resources=local_resources(),
     # The daily graph is a chain, so a process per step buys no parallelism and costs

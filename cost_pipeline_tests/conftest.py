@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -15,6 +16,7 @@ from datetime import date
 from pathlib import Path
 
 import dagster as dg
+import psycopg2
 import pytest
 
 # The fixtures' days (2022 to 2026) must stay inside the partitions whatever today is; set before the
@@ -22,6 +24,7 @@ import pytest
 os.environ.setdefault("COST_PIPELINE_START", "2022-01-01")
 
 from cost_pipeline.definitions import all_assets, all_checks
+from cost_pipeline.defs.automation import DAILY_SELECTION
 from cost_pipeline.defs.gemini.resource import GeminiResource
 from cost_pipeline.defs.ingest import assets as ingest
 from cost_pipeline.defs.io_manager import DuckDBPartitionIOManager
@@ -235,8 +238,7 @@ def materialize_day(
         [*all_assets, *all_checks],
         partition_key=str(day),
         resources=local_resources(landing_root, database, model_server, costs, **(gemini or {})),
-        selection=dg.AssetSelection.all()
-        - dg.AssetSelection.assets("evaluation_costs", "cost_dashboard", "billing_reconciliation"),
+        selection=DAILY_SELECTION,
         **kwargs,
     )
 
@@ -274,3 +276,60 @@ def three_days(_three_days_store, landing_root, database, model_server):
     shutil.copytree(folder / "landing", landing_root, dirs_exist_ok=True)
     shutil.copy(folder / "store.duckdb", database)
     return results
+
+
+PG_BIN = (
+    next(iter(sorted(Path("/usr/lib/postgresql").glob("*/bin"))), None)
+    if Path("/usr/lib/postgresql").exists()
+    else None
+)
+
+
+def as_postgres(*command: str) -> list[str]:
+    """PostgreSQL refuses to run as root; run its tools as the `postgres` user the package created."""
+    return ["runuser", "-u", "postgres", "--", *command] if os.geteuid() == 0 else list(command)
+
+
+@pytest.fixture
+def postgres():
+    """A throwaway PostgreSQL cluster (Debian's packages) on a loopback port, with databases `dagster` and `lake`;
+    yields the port."""
+    assert PG_BIN is not None, "Debian's postgresql is missing: `make test` installs it"
+    # Outside pytest's root-only temp tree, so the postgres user can reach it.
+    cluster = Path(tempfile.mkdtemp(prefix="cost-pipeline-pg-"))
+    data, sockets = cluster / "data", cluster / "sockets"
+    sockets.mkdir()
+    if os.geteuid() == 0:
+        shutil.chown(cluster, "postgres", "postgres")
+        shutil.chown(sockets, "postgres", "postgres")
+    subprocess.run(
+        as_postgres(str(PG_BIN / "initdb"), "-D", str(data), "-U", "dagster", "--auth=trust"),
+        check=True,
+        capture_output=True,
+    )
+    port = free_port()
+    subprocess.run(
+        as_postgres(
+            str(PG_BIN / "pg_ctl"),
+            "-D",
+            str(data),
+            "-w",
+            "-l",
+            str(cluster / "pg.log"),
+            "-o",
+            f"-h 127.0.0.1 -p {port} -k {sockets}",
+            "start",
+        ),
+        check=True,
+        capture_output=True,
+    )
+    try:
+        connection = psycopg2.connect(host="127.0.0.1", port=port, user="dagster", dbname="postgres")
+        connection.autocommit = True
+        for name in ("dagster", "lake"):
+            connection.cursor().execute(f"CREATE DATABASE {name}")
+        connection.close()
+        yield port
+    finally:
+        subprocess.run(as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"), capture_output=True)
+        shutil.rmtree(cluster, ignore_errors=True)

@@ -1,11 +1,8 @@
 """The prod profile: a real PostgreSQL (Debian's packages) on loopback holds Dagster's runs and events."""
 
 import os
-import shutil
 import subprocess
-import tempfile
 from datetime import date
-from pathlib import Path
 
 import duckdb
 import psycopg2
@@ -13,61 +10,9 @@ import pytest
 
 from cost_pipeline.ingest.synthetic import generate
 
-from .conftest import REPO, dagster_home, free_port, materialize_command
+from .conftest import REPO, dagster_home, materialize_command
 
-PG_BIN = (
-    next(iter(sorted(Path("/usr/lib/postgresql").glob("*/bin"))), None)
-    if Path("/usr/lib/postgresql").exists()
-    else None
-)
 DAY = "2026-11-04"
-
-
-def as_postgres(*command: str) -> list[str]:
-    """PostgreSQL refuses to run as root; run its tools as the `postgres` user the package created."""
-    return ["runuser", "-u", "postgres", "--", *command] if os.geteuid() == 0 else list(command)
-
-
-@pytest.fixture
-def postgres():
-    assert PG_BIN is not None, "Debian's postgresql is missing: `make test` installs it"
-    # Outside pytest's root-only temp tree, so the postgres user can reach it.
-    cluster = Path(tempfile.mkdtemp(prefix="cost-pipeline-pg-"))
-    data, sockets = cluster / "data", cluster / "sockets"
-    sockets.mkdir()
-    if os.geteuid() == 0:
-        shutil.chown(cluster, "postgres", "postgres")
-        shutil.chown(sockets, "postgres", "postgres")
-    subprocess.run(
-        as_postgres(str(PG_BIN / "initdb"), "-D", str(data), "-U", "dagster", "--auth=trust"),
-        check=True,
-        capture_output=True,
-    )
-    port = free_port()
-    subprocess.run(
-        as_postgres(
-            str(PG_BIN / "pg_ctl"),
-            "-D",
-            str(data),
-            "-w",
-            "-l",
-            str(cluster / "pg.log"),
-            "-o",
-            f"-h 127.0.0.1 -p {port} -k {sockets}",
-            "start",
-        ),
-        check=True,
-        capture_output=True,
-    )
-    try:
-        connection = psycopg2.connect(host="127.0.0.1", port=port, user="dagster", dbname="postgres")
-        connection.autocommit = True
-        connection.cursor().execute("CREATE DATABASE dagster")
-        connection.close()
-        yield port
-    finally:
-        subprocess.run(as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"), capture_output=True)
-        shutil.rmtree(cluster, ignore_errors=True)
 
 
 @pytest.mark.slow

@@ -92,3 +92,52 @@ def test_killing_a_run_mid_flight_leaves_old_or_new_partitions_never_a_mix(tmp_p
     assert len({tuple(final[t][1]) for t in BATCHES[1]}) == 1
     # The killed runs' staging was never read as data (the counts above) and is gone now.
     assert not any(staging_root(database).iterdir())
+
+
+@pytest.mark.slow
+def test_a_killed_runs_paid_answers_are_not_paid_again_even_before_a_checkpoint(
+    tmp_path, landing_root, database, model_server
+):
+    """Checkpoints stretched past the kill, so only the spool holds what the killed run was answered: its re-run
+    repeats the calls that were in flight (at most the concurrency), not the half of the day it had paid for."""
+    concurrency = 16
+    stretched = {"ops": {"turns_through_gemini": {"config": {"checkpoint_every_s": 600.0}}}}
+    generate(landing_root, DAY, days=1, turns_per_day=500, seed=3)
+
+    def run(folder, store):
+        env = {
+            **os.environ,
+            "DAGSTER_HOME": str(dagster_home(folder / "home")),
+            "COST_PIPELINE_DB": str(store),
+            "COST_PIPELINE_LANDING": str(landing_root),
+            "COST_PIPELINE_COSTS": str(REPO / "costs.toml"),
+            "COST_PIPELINE_CONCURRENCY": str(concurrency),
+            "GOOGLE_GEMINI_BASE_URL": model_server.url,
+            "GEMINI_API_KEY": "test-key",
+        }
+        command = materialize_command(DAILY, "--partition", str(DAY), "--config-json", json.dumps(stretched))
+        return subprocess.Popen(
+            command, env=env, cwd=folder, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+        )
+
+    def answered() -> int:
+        return model_server.stats().get("requests", 0)
+
+    (tmp_path / "clean").mkdir(), (tmp_path / "killed").mkdir()
+    assert run(tmp_path / "clean", tmp_path / "clean.duckdb").wait(timeout=300) == 0
+    clean = answered()
+    model_server.reset()
+    killed = run(tmp_path / "killed", database)
+    while answered() < clean // 2:
+        assert killed.poll() is None, "the run ended before half its calls"
+        time.sleep(0.02)
+    os.killpg(killed.pid, signal.SIGKILL)
+    killed.wait()
+    before_kill = answered()
+    rerun = run(tmp_path / "killed", database)
+    assert rerun.wait(timeout=300) == 0, rerun.stderr.read()[-3000:] if rerun.stderr else ""
+    repeated = answered() - clean
+    assert before_kill >= clean // 2 and 0 <= repeated <= concurrency, (clean, before_kill, answered())
+    with duckdb.connect(str(database), read_only=True) as connection:
+        billed = connection.execute("SELECT count(*) FROM llm_attempts WHERE billed IS NOT FALSE").fetchone()[0]
+    assert billed == answered(), "every answer the server gave is in the ledger, the killed run's included"

@@ -183,7 +183,8 @@ def test_a_day_on_vertex_with_adc_is_labelled_priced_by_tier_and_leaks_no_creden
         endpoints = connection.execute("SELECT DISTINCT endpoint FROM llm_attempts").fetchall()
         unlabelled, mislabelled = connection.execute(
             "SELECT count(*) FILTER (WHERE labels IS NULL), "
-            "count(*) FILTER (WHERE labels->>'stage' <> stage OR labels->>'partition' <> partition_date::VARCHAR) "
+            # Parenthesized: DuckDB 1.5 binds ->> looser than OR, DuckDB 2 tighter than <>.
+            "count(*) FILTER (WHERE (labels->>'stage') <> stage OR (labels->>'partition') <> partition_date::VARCHAR) "
             "FROM llm_attempts"
         ).fetchone()
         tiers = dict(

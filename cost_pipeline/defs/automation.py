@@ -14,11 +14,14 @@ from cost_pipeline.defs.partitions import daily_partitions
 from cost_pipeline.defs.resources import LandingResource
 from cost_pipeline.gemini.batch import jobs as batch_jobs
 
+DAILY_SELECTION = dg.AssetSelection.all() - dg.AssetSelection.assets(
+    "evaluation_costs", "cost_dashboard", "billing_reconciliation", "store_maintenance"
+)
+"""Every daily asset: totals over all days, the invoice reconciliation and the store's upkeep run on their own
+triggers, never in the daily job."""
 daily_pipeline_job = dg.define_asset_job(
     "daily_pipeline",
-    # Totals over all days and the invoice reconciliation run on their own triggers, never in the daily job.
-    selection=dg.AssetSelection.all()
-    - dg.AssetSelection.assets("evaluation_costs", "cost_dashboard", "billing_reconciliation"),
+    selection=DAILY_SELECTION,
     description="One day's partition of every daily asset: landing files to cost rollup, with their checks.",
 )
 evaluation_costs_job = dg.define_asset_job(

@@ -17,7 +17,6 @@ from cost_pipeline.config import (
     CLEAN_MODEL_ENV,
     CONCURRENCY_ENV,
     COSTS_ENV,
-    DB_ENV,
     DEFAULT_BILLING,
     DEFAULT_COSTS,
     DEFAULT_DB,
@@ -29,6 +28,7 @@ from cost_pipeline.config import (
     SERVICE_TIER_ENV,
     THINKING_BUDGET_ENV,
     TPM_ENV,
+    store_setting,
 )
 from cost_pipeline.defs.gemini.resource import Cache, Endpoint, GeminiResource, Limits, Models, Processing
 from cost_pipeline.defs.io_manager import DuckDBPartitionIOManager
@@ -39,7 +39,8 @@ from cost_pipeline.gemini.settings import DEFAULT_MODEL, STANDARD, RateLimits
 
 def local_resources() -> dict:
     """Every resource the definitions need, set from this process's environment."""
-    database = env_or_default(DB_ENV, DEFAULT_DB)
+    variable, _ = store_setting()
+    database = env_or_default(variable, DEFAULT_DB)
     return {
         "io_manager": DuckDBPartitionIOManager(database=database),
         "warehouse": DuckDBWarehouse(database=database),

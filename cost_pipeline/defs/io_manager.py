@@ -16,7 +16,6 @@ Contract (details below and in `storage.tables`, `storage.partition_slices`):
 
 import re
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -24,6 +23,7 @@ import pandas as pd
 from pydantic import Field
 
 from cost_pipeline.storage.connect import connect
+from cost_pipeline.storage.lake import catalog_name, describe, store_exists
 from cost_pipeline.storage.partition_slices import DATE, RUN_ID_COLUMN, Dimension, TableSlice, TimeRange, stamped_column
 from cost_pipeline.storage.staging import StagedTable
 from cost_pipeline.storage.tables import (
@@ -65,9 +65,7 @@ class DuckDBPartitionIOManager(dg.ConfigurableIOManagerFactory):
             raise ValueError(
                 f"staged_commit_memory must be a size like 100MB or 1GiB, got {self.staged_commit_memory!r}"
             )
-        return PartitionBatchIOManager(
-            Path(self.database), self.schema_, self.lock_timeout_s, self.staged_commit_memory
-        )
+        return PartitionBatchIOManager(self.database, self.schema_, self.lock_timeout_s, self.staged_commit_memory)
 
 
 class PartitionBatchIOManager(dg.IOManager):
@@ -95,7 +93,7 @@ class PartitionBatchIOManager(dg.IOManager):
     keys reach SQL only as parameters.
     """
 
-    def __init__(self, database: Path, schema: str | None, lock_timeout_s: float, staged_commit_memory: str = "100MB"):
+    def __init__(self, database: str, schema: str | None, lock_timeout_s: float, staged_commit_memory: str = "100MB"):
         self.database = database
         self.schema = schema
         self.lock_timeout_s = lock_timeout_s
@@ -144,6 +142,7 @@ class PartitionBatchIOManager(dg.IOManager):
             "committed "
             + ", ".join(f"{w.table} ({len(w.frame)} rows)" for w in writes)
             + f" for partition {context.partition_key if context.has_partition_key else 'all'} in one transaction"
+            + f" to {describe(self.database)}"
         )
 
     def load_input(self, context: dg.InputContext) -> pd.DataFrame:
@@ -165,7 +164,7 @@ class PartitionBatchIOManager(dg.IOManager):
         leave_out = [*(table_slice.stamped_columns() if table_slice else []), RUN_ID_COLUMN]
         if context.has_asset_partitions and not context.asset_partition_keys:
             return self._empty(context, schema, table, leave_out, columns)
-        exists = self.database.exists()
+        exists = store_exists(self.database)
         if exists:
             with connect(
                 self.database, read_only=True, timeout_s=self.lock_timeout_s, on_wait=context.log.info
@@ -186,7 +185,7 @@ class PartitionBatchIOManager(dg.IOManager):
             upstream = context.upstream_output
             declared = _declared_types((upstream.definition_metadata if upstream else None) or {})
             columns = list(declared) or None
-        if self.database.exists():
+        if store_exists(self.database):
             with connect(self.database, read_only=True, timeout_s=self.lock_timeout_s) as connection:
                 if table_exists(connection, schema, table):
                     return empty_frame(connection, schema, table, leave_out, columns)
@@ -225,7 +224,7 @@ class PartitionBatchIOManager(dg.IOManager):
         return metadata.get("schema") or self.schema or prefix or "main", table
 
     def _metadata(self, write: TableWrite, table_rows: int) -> dict:
-        name = f"{self.database.stem}.{write.schema}.{write.table}"
+        name = f"{catalog_name(self.database)}.{write.schema}.{write.table}"
         metadata = {
             "dagster/row_count": table_rows,
             "dagster/table_name": name,

@@ -5,13 +5,12 @@ DuckDB hands DECIMAL columns to pandas as float64; here they come back as Python
 Reads use read-only connections that wait out a writer's lock.
 """
 
-from pathlib import Path
-
 import dagster as dg
 import pandas as pd
 from pydantic import Field
 
 from cost_pipeline.storage.connect import connect, query_frame
+from cost_pipeline.storage.lake import store_exists
 
 
 class DuckDBWarehouse(dg.ConfigurableResource):
@@ -21,7 +20,7 @@ class DuckDBWarehouse(dg.ConfigurableResource):
     lock_timeout_s: float = Field(default=120.0, description="How long to wait for a writer to release the file.")
 
     def query(self, sql: str, params: list | dict | None = None) -> pd.DataFrame:
-        if not Path(self.database).exists():
+        if not store_exists(self.database):
             raise FileNotFoundError(
                 f"DuckDB file {self.database} does not exist yet: materialize upstream assets first"
             )

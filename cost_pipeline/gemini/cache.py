@@ -25,6 +25,7 @@ by chunks; a re-run pays for those cleanings once more and files them by context
 import hashlib
 import json
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -34,6 +35,7 @@ import pandas as pd
 from cost_pipeline.gemini.stages import CLEAN
 from cost_pipeline.gemini.usage import CACHE, TOTAL_FIELDS, Usage
 from cost_pipeline.storage.connect import STEP_MEMORY, connect
+from cost_pipeline.storage.lake import store_exists
 from cost_pipeline.storage.tables import drop_primary_key, table_exists
 
 TABLE = "llm_response_cache"
@@ -69,13 +71,15 @@ class ResponseCache:
     """In-memory view of the cache for one run, loaded by turn text and written as it grows."""
 
     def __init__(self, database: str | Path, enabled: bool = True, max_entries: int = 20_000):
-        self.database = Path(database)
+        self.database = str(database)
         self.enabled = enabled
         self.max_entries = max_entries
         # Oldest first; an OrderedDict drops its oldest in O(1), where a dict's first key costs a scan over the
         # slots its evictions left empty.
         self._entries: OrderedDict[str, CachedResponse] = OrderedDict()
         self._new: list[dict] = []
+        self.journal: Callable[[dict], None] | None = None
+        """Hears each new entry as it is made (the run's spool, which makes it durable before the checkpoint)."""
 
     def read(self, text_hashes: list[str], context_hashes: list[str] | None = None) -> list[tuple[str, CachedResponse]]:
         """Stored entries, without touching memory (safe from a worker thread).
@@ -83,7 +87,7 @@ class ResponseCache:
         With `context_hashes`: the cleaning answers filed under these contexts and the other stages' answers filed
         under these texts (a chunk's load). Without: every answer filed under these texts (a batch day's one load).
         """
-        if not self.enabled or not (text_hashes or context_hashes) or not self.database.exists():
+        if not self.enabled or not (text_hashes or context_hashes) or not store_exists(self.database):
             return []
         columns = f"request_hash, result_json, {', '.join(USAGE_FIELDS)}, usage_source"
         # Not read-only: the checkpoint thread may be writing the same file from this process, and DuckDB refuses
@@ -148,24 +152,44 @@ class ResponseCache:
         if not self.enabled or usage.source == CACHE:
             return
         self._remember(request_hash, CachedResponse(result, usage))
-        self._new.append(
-            {
-                "request_hash": request_hash,
-                "text_hash": text_hash,
-                "stage": stage,
-                "model": model,
-                "result_json": json.dumps(result, sort_keys=True),
-                **{name: getattr(usage, name) for name in USAGE_FIELDS},
-                "usage_source": usage.source,
-                "created_at": datetime.now(timezone.utc),
-                "context_hash": context_hash,
-            }
-        )
+        entry = {
+            "request_hash": request_hash,
+            "text_hash": text_hash,
+            "stage": stage,
+            "model": model,
+            "result_json": json.dumps(result, sort_keys=True),
+            **{name: getattr(usage, name) for name in USAGE_FIELDS},
+            "usage_source": usage.source,
+            "created_at": datetime.now(timezone.utc),
+            "context_hash": context_hash,
+        }
+        self._new.append(entry)
+        if self.journal is not None:
+            self.journal(entry)
 
     def take_new(self) -> list[dict]:
         """The entries added since the last take, handed over once (call it from the event loop's thread)."""
         entries, self._new = self._new, []
         return entries
+
+    def write_missing(self, entries: list[dict], timeout_s: float = 120.0) -> int:
+        """Write the entries whose request is not in the table yet (a recovered spool's answers, some of which a
+        checkpoint may have written before the run died); returns how many."""
+        if not entries:
+            return 0
+        with connect(self.database, timeout_s=timeout_s, memory_limit=STEP_MEMORY) as connection:
+            known = set()
+            if table_exists(connection, "main", TABLE):
+                hashes = [entry["request_hash"] for entry in entries]
+                known = {
+                    row[0]
+                    for row in connection.execute(
+                        f"SELECT DISTINCT request_hash FROM {TABLE} WHERE request_hash IN (SELECT unnest(?))",
+                        [hashes],
+                    ).fetchall()
+                }
+        fresh = list({entry["request_hash"]: entry for entry in entries if entry["request_hash"] not in known}.values())
+        return self.write(fresh, timeout_s)
 
     def write(self, entries: list[dict], timeout_s: float = 120.0) -> int:
         """Write entries in one short transaction (safe from a worker thread); returns how many."""

@@ -23,7 +23,6 @@ from cost_pipeline.config import (
     CREDENTIALS_ENV,
     DB_ENV,
     DEFAULT_BILLING,
-    DEFAULT_DB,
     DEFAULT_LOCATION,
     FUNCTION_MODEL_ENV,
     LOCATION_ENV,
@@ -32,6 +31,7 @@ from cost_pipeline.config import (
     VERTEX_BASE_URL_ENV,
     VERTEX_ENVS,
     resolved,
+    store,
 )
 from cost_pipeline.gemini.batch.files import INLINE_LIMIT_BYTES
 
@@ -214,7 +214,7 @@ class CacheSettings(BaseModel):
     )
 
     def database_file(self) -> str:
-        return self.database or resolved(DB_ENV, DEFAULT_DB)
+        return self.database or store()
 
 
 class ProcessingSettings(BaseModel):

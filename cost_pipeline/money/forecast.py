@@ -818,9 +818,9 @@ def forecast_days(
     from contextlib import nullcontext
 
     from cost_pipeline.storage.connect import connect
+    from cost_pipeline.storage.lake import store_exists
 
-    database = Path(database)
-    with connect(database, read_only=True) if database.exists() else nullcontext() as connection:
+    with connect(database, read_only=True) if store_exists(database) else nullcontext() as connection:
         calibration = calibrate(connection, settings, leave_out=days) if connection else Calibration()
         if count is not None:
             sample_day = next(

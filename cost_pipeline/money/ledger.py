@@ -37,15 +37,19 @@ from pathlib import Path
 import pandas as pd
 
 from cost_pipeline.gemini.attempts import ERROR, Attempt
+from cost_pipeline.gemini.cache import ResponseCache
 from cost_pipeline.gemini.usage import MODALITY_FIELDS, TOKEN_FIELDS, UNKNOWN
 from cost_pipeline.money.pricing import MONEY_SQL_TYPE, STANDARD, PriceBook, Tier, token_counts
 from cost_pipeline.storage.columns import Column, create_table_sql
 from cost_pipeline.storage.connect import STEP_MEMORY, connect, one_row
+from cost_pipeline.storage.lake import local_folder, store_exists
 from cost_pipeline.storage.tables import drop_primary_key
 
 TABLE = "llm_attempts"
 FSYNC_EVERY_S = 1.0
 INTERRUPTED = "process ended while the attempt was in flight: billing unknown"
+ANSWER = "answer"
+"""A spool line holding a paid answer's response-cache entry."""
 
 COLUMNS = [
     Column("attempt_id", "VARCHAR NOT NULL", "Unique per HTTP attempt."),
@@ -108,9 +112,8 @@ _COMPACT_JSON = json.JSONEncoder(separators=(",", ":"))
 
 
 def spool_folder(database: str | Path) -> Path:
-    """Where a database's spool files live: beside it, so they move with it."""
-    path = Path(database)
-    return path.with_name(path.name + ".attempts")
+    """Where a database's spool files live: beside a DuckDB file, so they move with it (`local_folder`)."""
+    return local_folder(database, ".attempts")
 
 
 class AttemptSpool:
@@ -166,6 +169,11 @@ class AttemptSpool:
         self._inflight.pop(attempt.attempt_id, None)
         self._write(attempt.done_line())
 
+    def answer(self, entry: dict) -> None:
+        """A paid answer's response-cache entry (`ResponseCache.journal`): durable with the attempt that bought it,
+        so a re-run after a kill finds it even when no checkpoint wrote it (`load_spools`)."""
+        self._write({"event": ANSWER, **entry, "created_at": entry["created_at"].isoformat()})
+
     def _write(self, line: dict) -> None:
         self._written = True
         self._file.write(_COMPACT_JSON.encode(line) + "\n")
@@ -185,6 +193,21 @@ def _finish(handle) -> None:
     os.fsync(handle.fileno())
     fcntl.flock(handle, fcntl.LOCK_UN)
     handle.close()
+
+
+def answer_entries(lines: list[str]) -> list[dict]:
+    """The response-cache entries a spool's `answer` lines carry; a torn last line is skipped."""
+    entries = []
+    for text in lines:
+        if f'"event":"{ANSWER}"' not in text:
+            continue
+        try:
+            entry = json.loads(text)
+        except json.JSONDecodeError:
+            continue
+        entry.pop("event")
+        entries.append({**entry, "created_at": datetime.fromisoformat(entry["created_at"])})
+    return entries
 
 
 def attempt_rows(lines: list[str]) -> list[dict]:
@@ -305,7 +328,9 @@ def load_spools(
     """Load spool files into `llm_attempts` (`only` one, or every spool whose writer is gone); returns rows added.
 
     A file is deleted only after its rows are committed; a crash in between loads it again
-    next time, and `_insert` keeps each attempt once.
+    next time, and `_insert` keeps each attempt once. A dead writer's file also gives the
+    response cache the answers it paid for (`AttemptSpool.answer`), each kept once, so its
+    re-run repeats only the calls that were in flight.
     """
     folder = spool_folder(database)
     paths = [only] if only else sorted(folder.glob("*.jsonl")) if folder.is_dir() else []
@@ -321,7 +346,10 @@ def load_spools(
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 continue  # being written, or being loaded by someone else
-            rows = attempt_rows(handle.read().splitlines())
+            lines = handle.read().splitlines()
+            rows = attempt_rows(lines)
+            if only is None:  # a dead run's paid answers, which its last checkpoint may not have written
+                ResponseCache(database).write_missing(answer_entries(lines), lock_timeout_s)
             if rows:
                 frame = priced_frame(rows, book, recovered=only is None)
                 added += _insert(database, frame, log, lock_timeout_s)
@@ -341,7 +369,7 @@ def spent_so_far(database: str | Path, day: str, month_start: datetime):
     from cost_pipeline.money.budgets import Spent
     from cost_pipeline.storage.tables import table_exists
 
-    if not Path(database).exists():
+    if not store_exists(database):
         return Spent()
     with connect(database, read_only=True) as connection:
         if not table_exists(connection, "main", TABLE):
@@ -392,7 +420,7 @@ def spend_by_run(database: str | Path, run_ids: list[str], lock_timeout_s: float
     """
     from cost_pipeline.storage.tables import table_exists
 
-    if not run_ids or not Path(database).exists():
+    if not run_ids or not store_exists(database):
         return {}
     with connect(database, read_only=True, timeout_s=lock_timeout_s) as connection:
         if not table_exists(connection, "main", TABLE):

@@ -25,6 +25,7 @@ from plotly.subplots import make_subplots
 from cost_pipeline.reports.markdown import money, money_sum
 from cost_pipeline.reports.report import provisioned_note, rollup_completeness
 from cost_pipeline.storage.connect import connect, one_row, query_frame
+from cost_pipeline.storage.lake import is_lake, local_folder
 from cost_pipeline.storage.tables import table_exists
 
 BILLED_TOKEN_PARTS = ["uncached input", "cached input", "output", "thinking", "tool prompt"]
@@ -330,7 +331,10 @@ def billed_token_parts(rollup: pd.DataFrame) -> pd.DataFrame:
 
 
 def default_path(database: str | Path) -> Path:
-    """Where the dashboard lives unless told otherwise: `dashboard.html` beside the DuckDB file."""
+    """Where the dashboard lives unless told otherwise: `dashboard.html` beside the DuckDB file, or in this
+    machine's folder for the lake (`local_folder`)."""
+    if is_lake(database):
+        return local_folder(database, ".dashboard") / "dashboard.html"
     return Path(database).resolve().parent / "dashboard.html"
 
 

@@ -16,6 +16,8 @@ from pathlib import Path
 import duckdb
 import pandas as pd
 
+from cost_pipeline.storage.lake import is_lake, lake_connection
+
 LOCK_MESSAGE = "Could not set lock on file"
 STEP_MEMORY = "64MB"
 """DuckDB's memory_limit for the short reads and writes a step makes while its calls run (a chunk's cache read,
@@ -46,7 +48,15 @@ def connect(
 
     `on_wait` hears one sentence when the connection had to wait, so runs can log contention.
     `memory_limit` (say `STEP_MEMORY`) bounds DuckDB's memory while the connection is open; it spills beyond.
+    A `ducklake:postgres:...` database is the shared lake (`lake.py`), whose writers take turns the same way.
     """
+    if is_lake(database):
+        with lake_connection(str(database), read_only=read_only, timeout_s=timeout_s, on_wait=on_wait) as connection:
+            connection.execute("SET TimeZone = 'UTC'")
+            if memory_limit:
+                connection.execute(f"SET memory_limit = '{memory_limit}'")
+            yield connection
+        return
     path = Path(database)
     if not read_only:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -31,6 +31,8 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from cost_pipeline.storage.lake import local_folder
+
 LOCK_SUFFIX = ".lock"
 DEFAULT_CHUNK_ROWS = 8192
 _DECIMAL = re.compile(r"DECIMAL\((\d+),\s*(\d+)\)")
@@ -48,8 +50,7 @@ _ARROW_TYPES = {
 
 def staging_root(database: str | Path) -> Path:
     """Where the staging folders of the steps writing `database` live."""
-    database = Path(database)
-    return database.with_name(database.name + ".staging")
+    return local_folder(database, ".staging")
 
 
 def arrow_schema(declared: Mapping[str, str]) -> pa.Schema:

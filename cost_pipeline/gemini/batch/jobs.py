@@ -15,11 +15,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from cost_pipeline.storage.connect import connect, one_row
+from cost_pipeline.storage.lake import store_exists
+from cost_pipeline.storage.tables import drop_primary_key
 
 TABLE = "llm_batch_jobs"
 DDL = f"""
 CREATE TABLE IF NOT EXISTS {TABLE} (
-    job_name VARCHAR PRIMARY KEY,
+    job_name VARCHAR NOT NULL,
     partition_date DATE NOT NULL,
     stage VARCHAR NOT NULL,
     model VARCHAR NOT NULL,
@@ -67,7 +69,7 @@ def request_set(request_hashes: list[str]) -> str:
 
 def _read(database: str | Path, sql: str, parameters: list) -> list[tuple]:
     """Rows of a read-only query on the jobs table; none when the database or the table does not exist yet."""
-    if not Path(database).exists():
+    if not store_exists(database):
         return []
     with connect(database, read_only=True) as connection:
         if not one_row(connection, "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [TABLE])[0]:
@@ -92,10 +94,14 @@ def record(database: str | Path, job: SubmittedJob) -> None:
     """Write a submitted job down at once, in its own short transaction."""
     with connect(database) as connection:
         connection.execute(DDL)
+        drop_primary_key(connection, TABLE)  # a table from before the key was dropped
+        connection.execute("BEGIN")  # one row per job name, without a key (a DuckLake table has none)
+        connection.execute(f"DELETE FROM {TABLE} WHERE job_name = ?", [job.job_name])
         connection.execute(
-            f"INSERT OR REPLACE INTO {TABLE} VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL)",
+            f"INSERT INTO {TABLE} VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL)",
             [*astuple(job), datetime.now(timezone.utc)],
         )
+        connection.execute("COMMIT")
 
 
 def update(database: str | Path, job_name: str, state: str, collected: bool = False) -> None:
