@@ -58,8 +58,11 @@ bench: setup system-deps
 	$(BIN)/python bench/rollup.py && \
 	$(BIN)/python bench/invoice_match.py && \
 	$(BIN)/python bench/recorded_responses.py && \
-	$(BIN)/python bench/crash_resume.py && \
+	$(BIN)/python bench/crash_resume.py --turns 6000 --latency-ms 0 && \
+	$(BIN)/python bench/crash_resume.py --turns 6000 --latency-ms 0 --store lake && \
+	$(BIN)/python bench/lake_store.py && \
 	$(BIN)/python bench/peak_rss.py && \
 	$(BIN)/python bench/ledger_growth.py && \
-	$(BIN)/python bench/backfill_overlap.py
+	$(BIN)/python bench/backfill_overlap.py && \
+	$(BIN)/python bench/backfill_overlap.py --store lake
 	$(BIN)/python bench/performance_page.py

@@ -3,8 +3,8 @@
 Generates `--days` days of `--turns` turns, starts one shared local model server at
 `--latency-ms`, and runs the same backfill twice, each time with a fresh DAGSTER_HOME
 (the project's instance profile with `max_concurrent_runs` set to 1, then `--parallel`),
-a fresh DuckDB file (so the response cache of the first mode cannot help the second)
-and a fresh billing folder:
+a fresh DuckDB file (so the response cache of the first mode cannot help the second;
+with `--store lake`, a fresh DuckLake on a throwaway local PostgreSQL) and a fresh billing folder:
 
     dagster-daemon run -m cost_pipeline.definitions        (its own process group)
     dagster job backfill -m cost_pipeline.definitions -j daily_pipeline --from .. --to .. --noprompt
@@ -21,6 +21,7 @@ Goal: `--parallel 4` takes at most 0.35x the time of one at a time, with no lock
 """
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -40,9 +41,11 @@ import dagster as dg
 import yaml
 from results import record  # noqa: E402
 
-from cost_pipeline.config import API_KEY_ENVS, BASE_URL_ENV, BILLING_ENV, COSTS_ENV, DB_ENV, LANDING_ENV
+from cost_pipeline.config import API_KEY_ENVS, BASE_URL_ENV, BILLING_ENV, COSTS_ENV, DB_ENV, LANDING_ENV, WAREHOUSE_ENV
 from cost_pipeline.gemini.local_endpoint import ServerConfig, admin, running_local_server
 from cost_pipeline.ingest.synthetic import generate
+from cost_pipeline.storage.lake import LAKE_DATA_ENV, LAKE_PREFIX
+from cost_pipeline.storage.local_postgres import free_port, running_postgres
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -51,7 +54,7 @@ START = date(2026, 11, 1)
 MODULE = "cost_pipeline.definitions"
 FAILURE_EVENTS = {dg.DagsterEventType.STEP_FAILURE, dg.DagsterEventType.RUN_FAILURE, dg.DagsterEventType.ENGINE_EVENT}
 LOCK_WORD = re.compile(r"\block(s|ed|ing)?\b", re.IGNORECASE)
-LOCK_WAIT = re.compile(r"waited (\d+(?:\.\d+)?)s .*for the lock on DuckDB file")
+LOCK_WAIT = re.compile(r"waited (\d+(?:\.\d+)?)s .*for the (?:lock on DuckDB file|lake's)")
 # Error text of a lock that was not waited out: DuckDB's, our connect helper's timeout, SQLite's.
 LOCK_ERROR = re.compile(
     r"could not set lock|stayed locked|database is locked|\block\b.*(timeout|timed out)|"
@@ -203,15 +206,28 @@ def failure_reason(instance: dg.DagsterInstance, run_id: str) -> str:
 
 
 def run_mode(
-    name: str, concurrency: int, folder: Path, landing: Path, server_url: str, days: list[str], timeout_s: float
+    name: str,
+    concurrency: int,
+    folder: Path,
+    landing: Path,
+    server_url: str,
+    days: list[str],
+    timeout_s: float,
+    lake: str | None = None,
 ) -> dict:
+    """One backfill through the daemon at `concurrency` runs at once, into a fresh DuckDB file, or a fresh `lake`."""
     home = write_home(folder / "dagster_home", concurrency)
-    database, billing = folder / "store.duckdb", folder / "billing"
+    billing = folder / "billing"
+    store = (
+        {WAREHOUSE_ENV: lake, LAKE_DATA_ENV: str(folder / "lake-data")}
+        if lake
+        else {DB_ENV: str(folder / "store.duckdb")}
+    )
     env = {key: value for key, value in os.environ.items() if key not in API_KEY_ENVS}
     env.update(
         {
             "DAGSTER_HOME": str(home),
-            DB_ENV: str(database),
+            **store,
             LANDING_ENV: str(landing),
             BILLING_ENV: str(billing),
             COSTS_ENV: str(REPO / "costs.toml"),
@@ -349,6 +365,9 @@ def main() -> None:
     parser.add_argument("--latency-ms", type=float, default=200.0)
     parser.add_argument("--parallel", type=int, default=4, help="max_concurrent_runs of the second mode")
     parser.add_argument("--timeout-s", type=float, default=3_600.0, help="per mode")
+    parser.add_argument(
+        "--store", choices=["file", "lake"], default="file", help="lake: DuckLakes on a local PostgreSQL"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temp folder (homes, daemon logs, DuckDB files)")
     args = parser.parse_args()
     # A plain `kill` of this bench still stops the daemons it started (the `finally` blocks run).
@@ -364,10 +383,16 @@ def main() -> None:
             f"model server at {args.latency_ms:g} ms",
             flush=True,
         )
-        with running_local_server(ServerConfig(latency_ms=args.latency_ms)) as url:
+        with contextlib.ExitStack() as stack:
+            url = stack.enter_context(running_local_server(ServerConfig(latency_ms=args.latency_ms)))
+            lakes = dict.fromkeys(("sequential", "parallel"))
+            if args.store == "lake":  # a lake per mode, so the first mode's cache cannot help the second
+                postgres = stack.enter_context(running_postgres(free_port(), tuple(lakes)))
+                lakes = {name: LAKE_PREFIX + postgres.replace("dbname=postgres", f"dbname={name}") for name in lakes}
             results = []
             for name, concurrency in (("sequential", 1), ("parallel", args.parallel)):
-                results.append(run_mode(name, concurrency, folder / name, landing, url, days, args.timeout_s))
+                mode = run_mode(name, concurrency, folder / name, landing, url, days, args.timeout_s, lakes[name])
+                results.append(mode)
                 print(describe(results[-1]), flush=True)
                 for reason in results[-1]["failure_reasons"]:
                     print(f"    failed {reason}", flush=True)
@@ -385,8 +410,9 @@ def main() -> None:
             f"(goal <= 0.35 with no lock failure: {'met' if goal else 'NOT met'})"
         )
         record(
-            "backfill_overlap.py",
-            f"backfill overlap: {args.days} days x {args.turns:,} turns, {args.parallel} runs at once vs one at a time",
+            "backfill_overlap.py" + (" --store lake" if args.store == "lake" else ""),
+            f"backfill overlap on the {args.store}: {args.days} days x {args.turns:,} turns, {args.parallel} runs at "
+            "once vs one at a time",
             f"{parallel['wall_s']:.1f} s vs {sequential['wall_s']:.1f} s: **{ratio:.3f}**",
             "<= 0.35",
         )

@@ -59,15 +59,14 @@ def last_day(rows: int) -> str:
     return str(date(2026, 1, 1) + timedelta(days=(rows - 1) // ATTEMPTS_PER_DAY))
 
 
-def checkpoint(database: Path, batch: int, day: str, rows: int) -> dict:
-    """One checkpoint's time and peak memory above the resting RSS, measured in this (fresh) process."""
+def spooled_batch(database: Path | str, batch: int, day: str):
+    """`batch` answered attempts of `day` in a closed spool, and as many new cache entries: one checkpoint's worth."""
     from cost_pipeline.gemini.attempts import ACCEPTED, Attempt
     from cost_pipeline.gemini.cache import ResponseCache
     from cost_pipeline.gemini.usage import Usage
-    from cost_pipeline.money.ledger import AttemptSpool, load_spools, spool_folder
-    from cost_pipeline.money.pricing import PriceBook
+    from cost_pipeline.money.ledger import AttemptSpool, spool_folder
 
-    book, run_id = PriceBook(), uuid.uuid4().hex
+    run_id = uuid.uuid4().hex
     spool = AttemptSpool(spool_folder(database), run_id)
     cache = ResponseCache(database)
     now = time.time()
@@ -101,6 +100,17 @@ def checkpoint(database: Path, batch: int, day: str, rows: int) -> dict:
             context_hash=f"c{i}",
         )
     spool.close()
+    return spool, cache
+
+
+def checkpoint(database: Path | str, batch: int, day: str, rows: int) -> dict:
+    """One checkpoint's time and peak memory above the resting RSS, measured in this (fresh) process."""
+    from cost_pipeline.gemini.usage import Usage
+    from cost_pipeline.money.ledger import load_spools
+    from cost_pipeline.money.pricing import PriceBook
+
+    book = PriceBook()
+    spool, cache = spooled_batch(database, batch, day)
     book.cost(
         "gemini-2.5-flash-lite", Usage(input_tokens=120, output_tokens=30), datetime.now(timezone.utc)
     )  # warm its tables

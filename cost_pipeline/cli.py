@@ -30,7 +30,7 @@ from cost_pipeline.ingest.synthetic import generate
 from cost_pipeline.model_server.server import serve
 from cost_pipeline.reports.report import DIMENSIONS
 from cost_pipeline.storage.connect import connect
-from cost_pipeline.storage.lake import describe
+from cost_pipeline.storage.lake import describe, store_exists
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -394,8 +394,8 @@ def run_report(args: argparse.Namespace) -> int:
     if args.end < args.start:
         print(f"--end {args.end} is before --start {args.start}", file=sys.stderr)
         return 2
-    if not Path(args.database).exists():
-        print(f"no DuckDB file at {args.database}: run the pipeline first (make demo)", file=sys.stderr)
+    if not store_exists(args.database):
+        print(f"no {describe(args.database)}: run the pipeline first (make demo)", file=sys.stderr)
         return 1
     if args.what_if is not None or args.processing is not None:
         from cost_pipeline.money import what_if
@@ -412,7 +412,7 @@ def run_report(args: argparse.Namespace) -> int:
         return 0
     report = cost_report(args.database, args.start, args.end, args.by)
     if report.empty:
-        print(f"no cost data between {args.start} and {args.end} in {args.database}")
+        print(f"no cost data between {args.start} and {args.end} in the {describe(args.database)}")
         return 0
     print(render(report, args.format))
     if args.chart:
@@ -426,7 +426,7 @@ def run_dashboard(args: argparse.Namespace) -> int:
     from cost_pipeline.reports import dashboard
 
     out = Path(args.out) if args.out else dashboard.default_path(args.database)
-    if Path(args.database).exists():
+    if store_exists(args.database):
         end = args.end or dashboard.latest_day(args.database)
         start = args.start or end - timedelta(days=dashboard.DEFAULT_DAYS - 1)
         if end < start:
@@ -440,7 +440,7 @@ def run_dashboard(args: argparse.Namespace) -> int:
                 print(missing, file=sys.stderr)
                 return 1
     elif not args.serve:
-        print(f"no DuckDB file at {args.database}: run the pipeline first (make demo)", file=sys.stderr)
+        print(f"no {describe(args.database)}: run the pipeline first (make demo)", file=sys.stderr)
         return 1
     if args.serve:
         from cost_pipeline.reports.dashboard_server import serve as serve_page

@@ -4,10 +4,8 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -16,7 +14,6 @@ from datetime import date
 from pathlib import Path
 
 import dagster as dg
-import psycopg2
 import pytest
 
 # The fixtures' days (2022 to 2026) must stay inside the partitions whatever today is; set before the
@@ -32,6 +29,7 @@ from cost_pipeline.defs.resources import BillingExports, CostSettings, LandingRe
 from cost_pipeline.defs.warehouse import DuckDBWarehouse
 from cost_pipeline.gemini.local_endpoint import ServerConfig, running_local_server
 from cost_pipeline.ingest.synthetic import generate
+from cost_pipeline.storage.local_postgres import free_port, running_postgres
 
 INGEST_ASSETS = dg.load_assets_from_modules([ingest])
 REPO = Path(__file__).parents[1]
@@ -100,12 +98,6 @@ def make_ui(project: Path, env: dict[str, str]) -> Iterator[RunningUI]:
         except subprocess.TimeoutExpired:  # a run the daemon launched can outlive a polite stop on a busy machine
             os.killpg(process.pid, signal.SIGKILL)
             process.wait(timeout=30)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 class ModelServer:
@@ -278,58 +270,10 @@ def three_days(_three_days_store, landing_root, database, model_server):
     return results
 
 
-PG_BIN = (
-    next(iter(sorted(Path("/usr/lib/postgresql").glob("*/bin"))), None)
-    if Path("/usr/lib/postgresql").exists()
-    else None
-)
-
-
-def as_postgres(*command: str) -> list[str]:
-    """PostgreSQL refuses to run as root; run its tools as the `postgres` user the package created."""
-    return ["runuser", "-u", "postgres", "--", *command] if os.geteuid() == 0 else list(command)
-
-
 @pytest.fixture
-def postgres():
-    """A throwaway PostgreSQL cluster (Debian's packages) on a loopback port, with databases `dagster` and `lake`;
-    yields the port."""
-    assert PG_BIN is not None, "Debian's postgresql is missing: `make test` installs it"
-    # Outside pytest's root-only temp tree, so the postgres user can reach it.
-    cluster = Path(tempfile.mkdtemp(prefix="cost-pipeline-pg-"))
-    data, sockets = cluster / "data", cluster / "sockets"
-    sockets.mkdir()
-    if os.geteuid() == 0:
-        shutil.chown(cluster, "postgres", "postgres")
-        shutil.chown(sockets, "postgres", "postgres")
-    subprocess.run(
-        as_postgres(str(PG_BIN / "initdb"), "-D", str(data), "-U", "dagster", "--auth=trust"),
-        check=True,
-        capture_output=True,
-    )
+def postgres() -> Iterator[int]:
+    """A throwaway PostgreSQL (Debian's packages) on a loopback port, with databases `dagster` and `lake`; yields
+    the port."""
     port = free_port()
-    subprocess.run(
-        as_postgres(
-            str(PG_BIN / "pg_ctl"),
-            "-D",
-            str(data),
-            "-w",
-            "-l",
-            str(cluster / "pg.log"),
-            "-o",
-            f"-h 127.0.0.1 -p {port} -k {sockets}",
-            "start",
-        ),
-        check=True,
-        capture_output=True,
-    )
-    try:
-        connection = psycopg2.connect(host="127.0.0.1", port=port, user="dagster", dbname="postgres")
-        connection.autocommit = True
-        for name in ("dagster", "lake"):
-            connection.cursor().execute(f"CREATE DATABASE {name}")
-        connection.close()
+    with running_postgres(port):
         yield port
-    finally:
-        subprocess.run(as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"), capture_output=True)
-        shutil.rmtree(cluster, ignore_errors=True)

@@ -4,19 +4,26 @@ The extensions come from their wheels (`storage/lake.py`); nothing is downloaded
 """
 
 import os
+import shlex
+import signal
 import subprocess
 import sys
 import textwrap
+import time
+from datetime import date, timedelta
 from decimal import Decimal
 from pathlib import Path
 
 import duckdb
+import psycopg2
 import pytest
 
+from cost_pipeline.ingest.synthetic import generate
 from cost_pipeline.storage import lake
-from cost_pipeline.storage.connect import connect
+from cost_pipeline.storage.connect import LAKE_MEMORY, STEP_MEMORY, connect, size_bytes
+from cost_pipeline.storage.tables import table_exists
 
-from .conftest import REPO
+from .conftest import REPO, dagster_home, materialize_command
 
 CLI = str(Path(sys.executable).with_name("cost-pipeline"))
 DAY = "2026-11-04"
@@ -194,5 +201,185 @@ def test_the_weekly_maintenance_merges_small_files_and_expires_snapshots(tmp_pat
     assert checks == {"files_merged": True, "old_snapshots_expired": True}
     assert len(list((tmp_path / "data").rglob("*.parquet"))) == 1, "the merged-away files are deleted too"
 
+    # A step's short reads and writes get the lake's floor: Parquet row groups do not fit in the file's 64MB.
+    with connect(location, memory_limit=STEP_MEMORY) as connection:
+        (limit,) = connection.execute("SELECT current_setting('memory_limit')").fetchone()
+    assert size_bytes(limit) >= 0.9 * size_bytes(LAKE_MEMORY) > size_bytes(STEP_MEMORY)
+
     on_file = maintenance(str(tmp_path / "store.duckdb"))
     assert on_file.success and all(c.passed for c in on_file.get_asset_check_evaluations())
+
+
+WORKERS, DAYS = 4, 8
+FIRST_DAY = date(2026, 11, 1)
+DAILY = "raw_turns,quarantined_turns,cleaned_turns,function_calls,llm_calls,daily_cost_rollup"
+
+
+def worker_env(folder: Path, postgres: int, model_server, landing: Path) -> dict[str, str]:
+    """A machine of its own: its working folder, its DAGSTER_HOME (the prod profile: the shared PostgreSQL), its
+    scratch; shared with the others only PostgreSQL, the lake's data folder and the landing folder."""
+    folder.mkdir(parents=True)
+    home = dagster_home(folder / "home", REPO / "deploy" / "prod" / "dagster.yaml", initialize=False)
+    return {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("COST_PIPELINE_", "GEMINI_", "GOOGLE_"))},
+        "DAGSTER_HOME": str(home),
+        "DAGSTER_PG_URL": f"postgresql+psycopg2://dagster@127.0.0.1:{postgres}/dagster",
+        "COST_PIPELINE_START": "2026-11-01",
+        "COST_PIPELINE_WAREHOUSE": lake_location(postgres),
+        "COST_PIPELINE_LAKE_DATA": str(folder.parent / "lake-data"),
+        "COST_PIPELINE_LANDING": str(landing),
+        "COST_PIPELINE_COSTS": str(REPO / "costs.toml"),
+        "COST_PIPELINE_SCRATCH": str(folder / "scratch"),
+        "GOOGLE_GEMINI_BASE_URL": model_server.url,
+        "GEMINI_API_KEY": "test-key",
+        "TMPDIR": str(folder / "tmp"),
+    }
+
+
+@pytest.mark.slow
+def test_eight_days_from_four_workers_sharing_only_postgres_and_the_data_folder(tmp_path, postgres, model_server):
+    """Four worker processes, each its own working folder, DAGSTER_HOME and scratch, run two days each at once into
+    one lake: every day whole and written by one run, every answer the server billed in the ledger exactly once and
+    at its tokens, the ledger's spend equal to the rollups', and the report reading the lake while they write."""
+    landing = tmp_path / "landing"
+    days = [(FIRST_DAY + timedelta(days=n)).isoformat() for n in range(DAYS)]
+    generate(landing, FIRST_DAY, days=DAYS, turns_per_day=40, seed=31)
+    envs = [worker_env(tmp_path / f"worker-{n}", postgres, model_server, landing) for n in range(WORKERS)]
+    for env in envs:
+        Path(env["TMPDIR"]).mkdir()
+    workers = [
+        subprocess.Popen(
+            [
+                "bash",
+                "-c",
+                " && ".join(shlex.join(materialize_command(DAILY, "--partition", day)) for day in days[n::WORKERS]),
+            ],
+            env=env,
+            cwd=env["DAGSTER_HOME"].removesuffix("/home"),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for n, env in enumerate(envs)
+    ]
+    reports = []
+    while any(worker.poll() is None for worker in workers):
+        for command in (
+            ["report", "--start", days[0], "--end", days[-1], "--format", "json"],
+            ["dashboard", "--start", days[0], "--end", days[-1], "--out", str(tmp_path / "board.html")],
+        ):
+            reports.append(subprocess.run([CLI, *command], env=envs[0], capture_output=True, text=True, timeout=120))
+        time.sleep(1)
+    errors = [worker.stderr.read()[-2000:] for worker in workers if worker.returncode]
+    assert errors == []
+    # Read while the runs wrote; before the first rollup the dashboard says so, in one sentence.
+    refused = [r for r in reports if r.returncode and "no daily_cost_rollup in the DuckLake" not in r.stderr]
+    assert reports and refused == [], [r.stderr[-500:] for r in refused]
+    assert any(r.returncode == 0 and "dashboard of" in r.stdout for r in reports), "a dashboard drawn mid-backfill"
+
+    with connect(lake_location(postgres), read_only=True) as connection:
+        per_day = connection.execute(
+            """SELECT partition_date::VARCHAR, count(*), count(DISTINCT run_id) FROM cleaned_turns GROUP BY 1
+            ORDER BY 1"""
+        ).fetchall()
+        landed = connection.execute("SELECT partition_date::VARCHAR, count(*) FROM raw_turns GROUP BY 1").fetchall()
+        billed = connection.execute(
+            "SELECT response_id, input_tokens, output_tokens, cached_tokens FROM llm_attempts WHERE billed"
+        ).fetchall()
+        ledger, rollup = connection.execute(
+            "SELECT (SELECT sum(cost_usd) FROM llm_attempts), (SELECT sum(spend_usd) FROM daily_cost_rollup)"
+        ).fetchone()
+    assert [day for day, _, _ in per_day] == days
+    assert all(runs == 1 for _, _, runs in per_day), "each day is one run's whole partition"
+    assert dict(landed) == {day: rows for day, rows, _ in per_day}
+    records = {r["response_id"]: r for r in model_server.billing()}
+    assert len(billed) == len(records) == len({row[0] for row in billed}), "every billed answer once"
+    for response_id, prompt, output, cached in billed:
+        record = records[response_id]
+        assert (record["promptTokenCount"], record["candidatesTokenCount"]) == (prompt, output)
+        assert record["cachedContentTokenCount"] == (cached or 0)
+    assert ledger == rollup > 0
+    with psycopg2.connect(host="127.0.0.1", port=postgres, user="dagster", dbname="dagster") as instance:
+        with instance.cursor() as cursor:
+            cursor.execute("SELECT status, count(*) FROM runs GROUP BY 1")
+            assert dict(cursor.fetchall()) == {"SUCCESS": DAYS}, "every run in the shared instance, all green"
+            cursor.execute(
+                "SELECT (SELECT count(*) FROM event_logs WHERE event LIKE %s), "
+                "(SELECT count(*) FROM runs WHERE run_body LIKE %s)",
+                [f"%{PASSWORD}%"] * 2,
+            )
+            assert cursor.fetchone() == (0, 0), "the warehouse's password is in no event and no run"
+    assert not list(tmp_path.rglob("*.duckdb")), "no DuckDB file anywhere: every table is in the lake"
+
+
+@pytest.mark.slow
+def test_kill_9_on_the_lake_leaves_old_or_new_and_the_rerun_pays_for_nothing_twice(tmp_path, postgres, model_server):
+    """A run killed mid-calls, then runs killed at later moments (around their commits): each batch of tables holds
+    one run's whole day or none, every answer the server billed is in the lake's ledger once (one in flight at a
+    kill as billing unknown), and all the runs together paid for at most a concurrency's worth of repeated calls."""
+    landing = tmp_path / "landing"
+    generate(landing, FIRST_DAY, days=1, turns_per_day=300, seed=5)
+    env = worker_env(tmp_path / "worker", postgres, model_server, landing)
+    Path(env["TMPDIR"]).mkdir()
+    location = lake_location(postgres)
+    command = materialize_command(DAILY, "--partition", FIRST_DAY.isoformat())
+
+    def start() -> subprocess.Popen:
+        return subprocess.Popen(
+            command,
+            env=env,
+            cwd=tmp_path / "worker",
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+
+    def batches() -> list[tuple]:
+        """(rows, run ids) of each table the Gemini step commits together, once it has committed anything."""
+        with connect(location, read_only=True) as connection:
+            if not table_exists(connection, "main", "llm_calls"):
+                return []
+            return [
+                connection.execute(f"SELECT count(*), list(DISTINCT run_id) FROM {table}").fetchone()
+                for table in ("cleaned_turns", "function_calls", "llm_calls")
+            ]
+
+    def answered() -> int:
+        return model_server.stats().get("requests", 0)
+
+    def in_ledger() -> int:
+        with connect(location, read_only=True) as connection:
+            if not table_exists(connection, "main", "llm_attempts"):
+                return 0
+            return connection.execute("SELECT count(*) FROM llm_attempts WHERE billed").fetchone()[0]
+
+    run = start()
+    while answered() < 60:
+        assert run.poll() is None, "the run ended too soon"
+        time.sleep(0.02)
+    so_far = answered()
+    time.sleep(2.5)
+    assert in_ledger() >= so_far, "a billed attempt reaches the lake's ledger within a second or two of its answer"
+    while answered() < 150:
+        assert run.poll() is None, "the run ended before the kill"
+        time.sleep(0.02)
+    os.killpg(run.pid, signal.SIGKILL)
+    run.wait()
+    assert batches() == [], "killed mid-calls: nothing committed"
+    for delay in (3.0, 6.0, 9.0):
+        run = start()
+        time.sleep(delay)
+        os.killpg(run.pid, signal.SIGKILL)
+        run.wait()
+        found = batches()
+        writers = {tuple(run_ids) for _, run_ids in found}
+        assert len(writers) <= 1 and all(len(run_ids) == 1 for _, run_ids in found), f"a mix at {delay} s: {found}"
+        assert found == [] or found[0][0] == 300
+    assert start().wait(timeout=300) == 0
+    with connect(location, read_only=True) as connection:
+        billed = connection.execute("SELECT count(*) FROM llm_attempts WHERE billed IS NOT FALSE").fetchone()[0]
+        needed = connection.execute("SELECT count(DISTINCT request_hash) FROM llm_calls").fetchone()[0]
+        rows = connection.execute("SELECT count(*) FROM cleaned_turns").fetchone()[0]
+    assert rows == 300
+    assert billed == answered(), "every answer the server gave is in the ledger, the killed runs' included"
+    assert needed <= answered() <= needed + int(env.get("COST_PIPELINE_CONCURRENCY", 64)), (needed, answered())

@@ -12,17 +12,20 @@ alone, or no limits, never waits.
 
 How: an exclusive `flock` on a file beside the DuckDB file, one per scope: every day at
 once when there are evaluation limits, else one per data day when there is a day limit.
-The kernel frees it when its holder dies, so a killed run never blocks the next one. No
-Dagster here.
+The kernel frees it when its holder dies, so a killed run never blocks the next one. On the
+lake, whose runs share no disk, the turn is a PostgreSQL advisory lock in its catalog, which
+the server frees when its holder's session ends. No Dagster here.
 """
 
 import fcntl
+import math
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from cost_pipeline.money.budgets import Limits
+from cost_pipeline.storage.lake import advisory_lock, catalog_dsn, is_lake
 
 
 def turn_scope(limits: Limits, day: str) -> str | None:
@@ -46,6 +49,11 @@ def spending_turn(
     """Hold the turn of `scope` (waiting for it as long as it takes); yields the seconds waited (0.0: no wait)."""
     if scope is None:
         yield 0.0
+        return
+    if is_lake(database):
+        started = time.monotonic()
+        with advisory_lock(catalog_dsn(str(database)), f"cost_pipeline spending {scope}", math.inf, log):
+            yield time.monotonic() - started
         return
     path = Path(f"{database}.spending-{scope}.lock")
     started, said = time.monotonic(), None

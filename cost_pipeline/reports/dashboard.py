@@ -25,7 +25,7 @@ from plotly.subplots import make_subplots
 from cost_pipeline.reports.markdown import money, money_sum
 from cost_pipeline.reports.report import provisioned_note, rollup_completeness
 from cost_pipeline.storage.connect import connect, one_row, query_frame
-from cost_pipeline.storage.lake import is_lake, local_folder
+from cost_pipeline.storage.lake import describe, is_lake, local_folder
 from cost_pipeline.storage.tables import table_exists
 
 BILLED_TOKEN_PARTS = ["uncached input", "cached input", "output", "thinking", "tool prompt"]
@@ -110,7 +110,7 @@ def load(database: str | Path, start: date, end: date, budgets: dict[str, Decima
     """The range's figures, read without taking the writer's lock."""
     with connect(database, read_only=True) as connection:
         if not table_exists(connection, "main", "daily_cost_rollup"):
-            raise LookupError(f"no daily_cost_rollup in {database}: run a day first (make demo)")
+            raise LookupError(f"no daily_cost_rollup in the {describe(database)}: run a day first (make demo)")
         rollup = query_frame(
             connection,
             """SELECT * EXCLUDE (run_id) FROM daily_cost_rollup

@@ -8,6 +8,7 @@ failing. After `timeout_s` the error names the file and the lock holder.
 """
 
 import random
+import re
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -25,6 +26,12 @@ a checkpoint). Unset, DuckDB may keep up to 80% of RAM in its buffer pool, and r
 large response cache would take memory that grows with the cache (bench/ledger_growth.py). It is the instance's
 setting, shared by every connection the process has open to the file, so all of a running step's
 connections ask for the same value."""
+
+
+LAKE_MEMORY = "256MB"
+"""The memory_limit on the lake wherever the file's would be lower: DuckLake reads Parquet a row group (122,880 rows
+of a column) at a time per thread, so a response-cache read of 3,000,000 rows runs out at 64MB (128MB suffices);
+a DuckDB file streams 256KB blocks."""
 
 
 class DatabaseBusy(TimeoutError):
@@ -54,7 +61,8 @@ def connect(
         with lake_connection(str(database), read_only=read_only, timeout_s=timeout_s, on_wait=on_wait) as connection:
             connection.execute("SET TimeZone = 'UTC'")
             if memory_limit:
-                connection.execute(f"SET memory_limit = '{memory_limit}'")
+                larger = max(memory_limit, LAKE_MEMORY, key=size_bytes)
+                connection.execute(f"SET memory_limit = '{larger}'")
             yield connection
         return
     path = Path(database)
@@ -89,6 +97,19 @@ def connect(
         yield connection
     finally:
         connection.close()
+
+
+_UNITS = {"": 1, "K": 1000, "M": 1000**2, "G": 1000**3, "T": 1000**4}
+
+
+def size_bytes(size: str) -> float:
+    """`100MB`, `1GiB` ... in bytes, as DuckDB reads a memory_limit (`KiB` and the like in powers of 1024)."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(i?)B\s*", size, re.IGNORECASE)
+    if match is None:
+        raise ValueError(f"not a size like 100MB or 1GiB: {size!r}")
+    number, unit, binary = match.groups()
+    scale = 1024 ** "KMGT".index(unit.upper()) * 1024 if binary and unit else _UNITS[unit.upper()]
+    return float(number) * scale
 
 
 def query_frame(connection: duckdb.DuckDBPyConnection, sql: str, params: list | dict | None = None) -> pd.DataFrame:

@@ -180,7 +180,7 @@ def advisory_lock(
                 if row and row[0]:
                     break
                 if time.monotonic() - started > timeout_s:
-                    raise LakeBusy(f"the lake's {name!r} lock stayed taken by another process for {timeout_s:.0f}s")
+                    raise LakeBusy(f"the lake's {name} lock stayed locked by another process for {timeout_s:.0f}s")
                 time.sleep(delay)
                 delay = min(1.0, delay * 2)
         if on_wait and time.monotonic() - started > 0.1:
