@@ -383,3 +383,12 @@ def test_kill_9_on_the_lake_leaves_old_or_new_and_the_rerun_pays_for_nothing_twi
     assert rows == 300
     assert billed == answered(), "every answer the server gave is in the ledger, the killed runs' included"
     assert needed <= answered() <= needed + int(env.get("COST_PIPELINE_CONCURRENCY", 64)), (needed, answered())
+
+
+def test_an_error_quoting_the_catalogs_connection_string_loses_its_password():
+    location = lake_location(5432)
+    with pytest.raises(duckdb.IOException) as raised, lake._no_password(location):
+        raise duckdb.IOException(f'Failed to attach DuckLake MetaData at "{lake.catalog_dsn(location)}"')
+    assert PASSWORD not in str(raised.value) and "password=***" in str(raised.value)
+    with pytest.raises(duckdb.CatalogException, match="no table"), lake._no_password(location):
+        raise duckdb.CatalogException("no table")  # other errors pass through untouched

@@ -137,8 +137,8 @@ def root_connection(location: str) -> duckdb.DuckDBPyConnection:
             for extension in ("ducklake", "postgres_scanner", *(["httpfs"] if _remote(data) else [])):
                 root.execute(f"LOAD '{extension_file(extension)}'")
             options = f" (DATA_PATH '{_quoted(data)}')" if data else ""
-            with advisory_lock(catalog_dsn(location), CATALOG_LOCK):  # the first ATTACH creates the catalog
-                root.execute(f"ATTACH '{_quoted(location)}' AS {LAKE_NAME}{options}")
+            with advisory_lock(catalog_dsn(location), CATALOG_LOCK), _no_password(location):
+                root.execute(f"ATTACH '{_quoted(location)}' AS {LAKE_NAME}{options}")  # the first creates the catalog
             _roots[location] = root
         return root
 
@@ -151,13 +151,31 @@ def lake_connection(
     cursor = root_connection(location).cursor()
     try:
         cursor.execute(f"USE {LAKE_NAME}")
-        if read_only:
-            yield cursor
-        else:
-            with advisory_lock(catalog_dsn(location), WRITER_LOCK, timeout_s, on_wait):
+        with _no_password(location):
+            if read_only:
                 yield cursor
+            else:
+                with advisory_lock(catalog_dsn(location), WRITER_LOCK, timeout_s, on_wait):
+                    yield cursor
     finally:
         cursor.close()
+
+
+@contextmanager
+def _no_password(location: str) -> Iterator[None]:
+    """DuckDB's errors about the catalog may quote its connection string: raised again without the password."""
+    try:
+        yield
+    except duckdb.Error as err:
+        secrets = [
+            word.split("=", 1)[1] for word in catalog_dsn(location).split() if word.lower().startswith("password=")
+        ]
+        message = str(err)
+        if not any(secret and secret in message for secret in secrets):
+            raise
+        for secret in secrets:
+            message = message.replace(secret, "***")
+        raise type(err)(message) from None
 
 
 @contextmanager
