@@ -392,3 +392,26 @@ def test_an_error_quoting_the_catalogs_connection_string_loses_its_password():
     assert PASSWORD not in str(raised.value) and "password=***" in str(raised.value)
     with pytest.raises(duckdb.CatalogException, match="no table"), lake._no_password(location):
         raise duckdb.CatalogException("no table")  # other errors pass through untouched
+
+
+@pytest.mark.slow
+def test_a_batch_day_on_the_lake_records_its_job_and_pays_each_answer_once(
+    tmp_path, postgres, model_server, monkeypatch, landing_root
+):
+    from cost_pipeline.gemini.batch import jobs
+
+    from .conftest import materialize_day
+
+    monkeypatch.setenv(lake.LAKE_DATA_ENV, str(tmp_path / "data"))
+    location = lake_location(postgres)
+    generate(landing_root, FIRST_DAY, days=1, turns_per_day=30, seed=8)
+    gemini = {"processing": {"mode": "batch", "batch_poll_s": 0.1}}
+    result = materialize_day(FIRST_DAY, landing_root, location, model_server, gemini=gemini)
+    assert result.success
+    with connect(location, read_only=True) as connection:
+        states = connection.execute(f"SELECT state, collected_at IS NOT NULL FROM {jobs.TABLE}").fetchall()
+        cleaned = connection.execute("SELECT count(*) FROM cleaned_turns WHERE status = 'ok'").fetchone()[0]
+        billed = connection.execute("SELECT count(*), count(DISTINCT response_id) FROM llm_attempts WHERE billed")
+        attempts, distinct = billed.fetchone()
+    assert len(states) == 2 and all(collected for _, collected in states), "both stages' jobs recorded, collected"
+    assert cleaned == 30 and attempts == distinct == len(model_server.billing())
