@@ -61,7 +61,7 @@ def demo(folder: Path, **store: str) -> subprocess.CompletedProcess:
     same tokens on both stores), with the store settings given."""
     folder.mkdir()
     return subprocess.run(
-        [CLI, "demo", "--day", DAY, "--turns", "60"],
+        [CLI, "demo", "--day", DAY, "--turns", "40"],
         env=environment(folder, **store),
         cwd=folder,
         capture_output=True,
@@ -93,7 +93,7 @@ def test_a_day_on_the_lake_equals_the_same_day_on_the_duckdb_file(tmp_path, post
     with connect(location, read_only=True) as connection:
         found = figures(connection)
     assert found == expected
-    assert found["raw_turns"][0] == 60 and found["llm_attempts"][2] > Decimal(0)
+    assert found["raw_turns"][0] == 40 and found["llm_attempts"][2] > Decimal(0)
     assert not (tmp_path / "lake" / "unused.duckdb").exists(), "with the warehouse set, COST_PIPELINE_DB is not used"
     assert list(data.rglob("*.parquet")), "the lake's data is Parquet in its data folder"
     output = on_lake.stdout + on_lake.stderr
@@ -106,7 +106,7 @@ def test_a_day_on_the_lake_equals_the_same_day_on_the_duckdb_file(tmp_path, post
         text=True,
         check=True,
     )
-    assert "60" in counted.stdout, "cost-pipeline sql reads the lake, its data path remembered by the catalog"
+    assert "40" in counted.stdout, "cost-pipeline sql reads the lake, its data path remembered by the catalog"
     leaks = [
         path for path in (tmp_path / "lake").rglob("*") if path.is_file() and PASSWORD.encode() in path.read_bytes()
     ]

@@ -291,9 +291,11 @@ def run_env(tmp_path, landing_root, database, model_server, **extra) -> dict:
 
 
 @pytest.mark.slow
-def test_kill_9_mid_day_loses_no_billed_attempt_and_the_re_run_pays_only_for_what_was_not_checkpointed(
+def test_kill_9_mid_day_loses_no_billed_attempt_and_the_re_run_pays_only_for_calls_in_flight(
     tmp_path, landing_root, database, model_server
 ):
+    """Checkpoints stretched past the kill, so only the killed run's spool holds what it was answered: the re-run
+    loads its attempts into the ledger and its answers into the cache, and repeats only the calls in flight."""
     generate(landing_root, DAY, days=1, turns_per_day=600, seed=6)
     model_server.configure(latency_ms=20, rate_max_tokens=0.1)
     materialize_day(DAY, landing_root, tmp_path / "clean.duckdb", model_server, run_config=NO_FAILURE_LIMIT)
@@ -302,7 +304,7 @@ def test_kill_9_mid_day_loses_no_billed_attempt_and_the_re_run_pays_only_for_wha
     model_server.configure(latency_ms=20, rate_max_tokens=0.1)
     env = run_env(tmp_path, landing_root, database, model_server)
     often = json.dumps(
-        {"ops": {"turns_through_gemini": {"config": {"checkpoint_every_s": 0.2, "max_failure_share": 1.0}}}}
+        {"ops": {"turns_through_gemini": {"config": {"checkpoint_every_s": 600.0, "max_failure_share": 1.0}}}}
     )
     run = run_day(env, tmp_path, "--config-json", often)
     deadline = time.monotonic() + 120
@@ -330,7 +332,7 @@ def test_kill_9_mid_day_loses_no_billed_attempt_and_the_re_run_pays_only_for_wha
     assert ledger_ids <= {r["response_id"] for r in model_server.billing()}
     assert query(database, "SELECT count(DISTINCT run_id) FROM llm_attempts") == [(2,)]
     assert spend_matches_rollup(database)
-    # Checkpointed answers are not paid for again: only those in flight or in the last interval are.
+    # Answers the spool holds are not paid for again: only calls in flight are (and the retries of answers cut short).
     paid_twice = model_server.stats()["requests"] - clean_requests
     assert 0 <= paid_twice <= 96 and paid_twice < killed_requests / 2, (clean_requests, killed_requests, paid_twice)
 
