@@ -87,7 +87,7 @@ def test_recorded_responses_are_priced_as_genai_prices_prices_them_at_a_tiny_siz
 @pytest.mark.slow
 def test_crash_resume_runs_on_the_lake_at_a_tiny_size_and_repeats_only_calls_in_flight():
     figures = json.loads(
-        run_bench("crash_resume.py", "--turns", "500", "--latency-ms", "20", "--store", "lake").splitlines()[-1]
+        run_bench("crash_resume.py", "--turns", "400", "--latency-ms", "20", "--store", "lake").splitlines()[-1]
     )
     assert figures["killed_run_calls"] >= figures["clean_calls"] // 2
     assert figures["missing_from_ledger"] <= figures["billing_unknown"]
@@ -125,7 +125,7 @@ def test_backfill_overlap_runs_on_the_lake_at_a_tiny_size_without_lock_failures(
             "--days",
             "2",
             "--turns",
-            "60",
+            "20",
             "--latency-ms",
             "20",
             "--parallel",
