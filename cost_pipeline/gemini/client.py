@@ -40,8 +40,9 @@ from cost_pipeline.gemini.cache import CachedResponse, ResponseCache
 from cost_pipeline.gemini.labels import request_labels
 from cost_pipeline.gemini.prompts import LlmRequest
 from cost_pipeline.gemini.sdk_request import content_config, request_contents
-from cost_pipeline.gemini.settings import SERVED_AS, GeminiSettings
+from cost_pipeline.gemini.settings import GeminiSettings
 from cost_pipeline.gemini.spend_limit import WAIT, SpendGuard
+from cost_pipeline.gemini.traffic import ON_DEMAND, SERVED_AS, STANDARD_TRAFFIC_TYPES
 from cost_pipeline.gemini.usage import (
     CACHE,
     ESTIMATED,
@@ -404,12 +405,11 @@ def _frozen(labels: dict[str, str] | None) -> tuple | None:
 def call_served_tier(attempts: list[Attempt]) -> str | None:
     """The one tier every billed attempt of a call was served at; attempts served at different tiers give
     their tiers joined by `+`, a tier no price list has, so the call's cost is missing, never a guess."""
-    tiers = sorted({attempt.served_tier or "" for attempt in attempts if attempt.billed} - _STANDARD_TRAFFIC)
-    on_demand = any(attempt.billed and (attempt.served_tier or "") in _STANDARD_TRAFFIC for attempt in attempts)
-    return "+".join(["ON_DEMAND"] * (on_demand and bool(tiers)) + tiers) or None
-
-
-_STANDARD_TRAFFIC = {"", "ON_DEMAND", "TRAFFIC_TYPE_UNSPECIFIED"}
+    standard = STANDARD_TRAFFIC_TYPES | {ON_DEMAND}
+    served = [attempt.served_tier or ON_DEMAND for attempt in attempts if attempt.billed]
+    tiers = sorted(set(served) - standard)
+    on_demand = any(tier in standard for tier in served)
+    return "+".join([ON_DEMAND] * (on_demand and bool(tiers)) + tiers) or None
 
 
 def served_tier(usage_metadata) -> str | None:

@@ -42,8 +42,6 @@ GOOGLE_ENDPOINT = "https://generativelanguage.googleapis.com"
 STANDARD, BATCH = "standard", "batch"
 SERVICE_TIERS = (STANDARD, "flex", "priority")
 """The tiers a request can ask for (google-genai's `service_tier`); the answer's served tier is what is priced."""
-SERVED_AS = {"flex": "ON_DEMAND_FLEX", "priority": "ON_DEMAND_PRIORITY"}
-"""A requested tier as Vertex names the tier it served (`trafficType`)."""
 """Processing modes; `batch` is genai-prices' batch price variant (the Batch API: half the input and output rates)."""
 PROCESSING_MODES = (STANDARD, BATCH)
 

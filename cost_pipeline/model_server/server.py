@@ -69,16 +69,13 @@ import uvicorn
 
 from cost_pipeline.gemini.local_endpoint import ServerConfig, config_arguments, config_from
 from cost_pipeline.gemini.prompts import REMINDER_PREFIX
+from cost_pipeline.gemini.traffic import FLEX, ON_DEMAND, PRIORITY, PROVISIONED_THROUGHPUT
 from cost_pipeline.gemini.usage import normalized_model
 from cost_pipeline.model_server.files import LocalFiles
 from cost_pipeline.model_server.files import error_body as _error
 from cost_pipeline.money.provider_export import (
-    FLEX,
     GEMINI_API_SURFACE,
     LOCAL_PROJECT,
-    ON_DEMAND,
-    PRIORITY,
-    PROVISIONED,
     VERTEX_SURFACE,
     provider_export_csv,
     vertex_export_csv,
@@ -459,7 +456,7 @@ class GeminiLikeServer:
         for traffic, rate in (
             (FLEX, config.rate_flex),
             (PRIORITY, config.rate_priority),
-            (PROVISIONED, config.rate_provisioned),
+            (PROVISIONED_THROUGHPUT, config.rate_provisioned),
         ):
             if roll < rate:
                 return traffic

@@ -43,7 +43,8 @@ from decimal import Decimal
 from pathlib import Path
 
 from cost_pipeline.gemini.prompts import CLEAN, FUNCTION, LlmRequest, cleaning_request, function_request
-from cost_pipeline.gemini.settings import SERVED_AS, GeminiSettings, ModelSettings
+from cost_pipeline.gemini.settings import GeminiSettings, ModelSettings
+from cost_pipeline.gemini.traffic import SERVED_AS
 from cost_pipeline.gemini.usage import Usage, estimate_tokens
 from cost_pipeline.ingest.landing import (
     DEFAULT_MAX_TEXT_CHARS,

@@ -28,6 +28,7 @@ from datetime import date, datetime, timezone
 from decimal import Decimal
 
 from cost_pipeline.gemini.labels import PIPELINE
+from cost_pipeline.gemini.traffic import SERVED_AS
 from cost_pipeline.money.billing_export import BIGQUERY, ExportLine
 from cost_pipeline.money.pricing import STANDARD, PriceBook, Tier, invoice_split
 from cost_pipeline.money.provider_export import LOCAL_PROJECT
@@ -41,9 +42,6 @@ from cost_pipeline.money.skus import (
     VERTEX_AI,
     invoice_model,
 )
-
-SERVED_TIERS = {"flex": "ON_DEMAND_FLEX", "priority": "ON_DEMAND_PRIORITY"}
-"""The invoice's tier words for Vertex's traffic types (provisioned throughput is not billed per token)."""
 
 KEY = ("model", "kind", "modality", "tier", "context")
 
@@ -288,7 +286,7 @@ def ledger_lines(groups: list[dict], book: PriceBook, day: date) -> list[dict]:
     merged: dict[tuple, dict] = {}
     for group in groups:
         model, tier, long_context = invoice_model(group["model"]), group["tier"], bool(group["long_context"])
-        priced_as = Tier(STANDARD, SERVED_TIERS[tier]) if tier in SERVED_TIERS else Tier(tier)
+        priced_as = Tier(STANDARD, SERVED_AS[tier]) if tier in SERVED_AS else Tier(tier)
         rates = book.modality_rates(group["model"], at, priced_as, long_context) or {}
         costs = (group["input_cost_usd"], group["cached_input_cost_usd"], group["output_cost_usd"])
         counts = lambda name, group=group: int(group.get(name) or 0)  # noqa: E731

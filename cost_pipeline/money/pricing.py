@@ -26,6 +26,7 @@ import pandas as pd
 from genai_prices.types import ModelPrice, PriceCalculation, calc_unit_price
 
 from cost_pipeline.gemini.settings import BATCH, STANDARD
+from cost_pipeline.gemini.traffic import PROVISIONED_THROUGHPUT, STANDARD_TRAFFIC_TYPES
 from cost_pipeline.gemini.usage import MODALITIES, PRICED_FIELDS, Usage, normalized_model
 
 MONEY_PLACES = Decimal("0.000000000001")
@@ -34,10 +35,7 @@ MONEY_SQL_TYPE = "DECIMAL(20,12)"
 PER_MILLION = 1_000_000
 OK, MISSING = "ok", "missing"
 LIBRARY_SOURCE = f"genai-prices {genai_prices.__version__}"
-PROVISIONED_THROUGHPUT = "PROVISIONED_THROUGHPUT"
 PROVISIONED_SOURCE = "provisioned throughput: prepaid, $0 marginal"
-STANDARD_SERVED_TIERS = frozenset({"ON_DEMAND", "TRAFFIC_TYPE_UNSPECIFIED"})
-"""Vertex `trafficType`s billed at the standard on-demand rate (as is an answer that names none)."""
 
 
 @dataclass(frozen=True)
@@ -91,7 +89,7 @@ class Tier:
         if self.served_tier is None:
             return self
         served = self.served_tier.strip().upper()  # a plain str, also from google-genai's `TrafficType` enum
-        if self.processing == BATCH or not served or served in STANDARD_SERVED_TIERS:
+        if self.processing == BATCH or not served or served in STANDARD_TRAFFIC_TYPES:
             return Tier(self.processing)
         return Tier(self.processing, served)
 

@@ -21,6 +21,7 @@ from decimal import Decimal
 import genai_prices
 from genai_prices.types import calc_unit_price
 
+from cost_pipeline.gemini.traffic import FLEX, ON_DEMAND, PRIORITY
 from cost_pipeline.gemini.usage import REPORTED, Usage, metadata_from_dict, usage_from_metadata
 from cost_pipeline.money.pricing import (
     MONEY_PLACES,
@@ -43,8 +44,6 @@ from cost_pipeline.money.skus import (
 
 LOCAL_PROJECT = "local-gemini-server"
 """The project the shipped local server bills on the Gemini API."""
-ON_DEMAND, FLEX, PRIORITY, PROVISIONED = "ON_DEMAND", "ON_DEMAND_FLEX", "ON_DEMAND_PRIORITY", "PROVISIONED_THROUGHPUT"
-"""Vertex AI's traffic types (`usageMetadata.trafficType`)."""
 GEMINI_API_SURFACE, VERTEX_SURFACE = "gemini-api", "vertex"
 """A billing record's `surface`: which API answered."""
 

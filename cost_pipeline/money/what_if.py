@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from decimal import Decimal
 
-from cost_pipeline.gemini.settings import SERVED_AS
+from cost_pipeline.gemini.traffic import SERVED_AS
 from cost_pipeline.gemini.usage import PRICED_FIELDS, Usage
 from cost_pipeline.money.ledger import TABLE
 from cost_pipeline.money.pricing import STANDARD, PriceBook, Tier
