@@ -277,3 +277,18 @@ def postgres() -> Iterator[int]:
     port = free_port()
     with running_postgres(port):
         yield port
+
+
+CLI = str(Path(sys.executable).with_name("cost-pipeline"))
+
+
+def run_demo(env: dict[str, str], cwd: Path, day: str, turns: int, timeout: float = 300) -> subprocess.CompletedProcess:
+    """`cost-pipeline demo` for `day` as a person runs it, in `cwd` with `env`; its output captured as text."""
+    return subprocess.run(
+        [CLI, "demo", "--day", day, "--turns", str(turns)],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

@@ -11,6 +11,8 @@ import pytest
 from cost_pipeline.cli import main
 from cost_pipeline.ingest.landing import read_landing_day
 
+from .conftest import run_demo
+
 CLI = str(Path(sys.executable).with_name("cost-pipeline"))
 
 
@@ -70,14 +72,7 @@ def test_demo_materializes_a_day_and_says_where_to_look(tmp_path):
         "COST_PIPELINE_START",
     ):
         env.pop(name, None)
-    result = subprocess.run(
-        [CLI, "demo", "--day", "2026-11-03", "--turns", "400"],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = run_demo(env, tmp_path, "2026-11-03", 400)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     assert "raw_turns" in result.stdout and "http://127.0.0.1:3000" in result.stdout
     # The local server was the provider: its invoice landed in the billing folder and the ledger matches it.

@@ -24,7 +24,7 @@ from cost_pipeline.storage import lake
 from cost_pipeline.storage.connect import LAKE_MEMORY, STEP_MEMORY, connect, size_bytes
 from cost_pipeline.storage.tables import table_exists
 
-from .conftest import REPO, dagster_home, materialize_command
+from .conftest import REPO, dagster_home, materialize_command, run_demo
 
 CLI = str(Path(sys.executable).with_name("cost-pipeline"))
 DAY = "2026-11-04"
@@ -61,14 +61,7 @@ def demo(folder: Path, **store: str) -> subprocess.CompletedProcess:
     """`cost-pipeline demo` for DAY in `folder`, one call at a time (so the local server's prompt cache answers the
     same tokens on both stores), with the store settings given."""
     folder.mkdir()
-    return subprocess.run(
-        [CLI, "demo", "--day", DAY, "--turns", "40"],
-        env=environment(folder, **store),
-        cwd=folder,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    return run_demo(environment(folder, **store), folder, DAY, 40, timeout=600)
 
 
 def figures(connection) -> dict:

@@ -2,12 +2,10 @@
 logs."""
 
 import os
-import subprocess
-import sys
-from pathlib import Path
+
+from .conftest import run_demo
 
 FAKE_KEY = "AIzaSy-FAKE-0000-secret-that-must-never-leak-1234"
-CLI = str(Path(sys.executable).with_name("cost-pipeline"))
 
 
 def test_a_fake_key_is_sent_and_never_stored_or_logged(tmp_path, model_server):
@@ -20,14 +18,7 @@ def test_a_fake_key_is_sent_and_never_stored_or_logged(tmp_path, model_server):
         "DAGSTER_HOME": str(tmp_path / "home"),
     }
     model_server.configure(rate_400=0.02, rate_500=0.05, seed=4)
-    result = subprocess.run(
-        [CLI, "demo", "--day", "2026-11-02", "--turns", "120"],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = run_demo(env, tmp_path, "2026-11-02", 120)
     assert result.returncode == 0, result.stderr[-3000:]
     stats = model_server.stats()
     assert stats["with_api_key"] >= stats["requests"] > 100, (

@@ -23,7 +23,7 @@ from cost_pipeline.gemini.usage import Usage
 from cost_pipeline.ingest.synthetic import generate
 from cost_pipeline.money.pricing import STANDARD, PriceBook, Tier
 
-from .conftest import materialize_day
+from .conftest import materialize_day, run_demo
 
 DAY = date(2026, 11, 2)
 CLI = str(Path(sys.executable).with_name("cost-pipeline"))
@@ -157,14 +157,7 @@ def test_a_day_on_vertex_with_adc_is_labelled_priced_by_tier_and_leaks_no_creden
         DAGSTER_HOME=str(tmp_path / "home"),
     )
     model_server.configure(rate_provisioned=0.1, rate_500=0.05, seed=4)
-    result = subprocess.run(
-        [CLI, "demo", "--day", DAY.isoformat(), "--turns", "120"],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = run_demo(env, tmp_path, DAY.isoformat(), 120)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
 
     sent = [r for r in model_server.requests() if r.get("surface") == "vertex" and r.get("status") != 401]
